@@ -1,0 +1,111 @@
+"""The ``ggufkit`` command: a root group that only wires the command modules.
+
+Each command lives in ``ggufkit/cli/<module>.py`` as a click command named ``command`` and is
+imported only when it runs (or when help lists it), so ``ggufkit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from ggufkit import __version__
+from ggufkit.errors import GGUFKitError, exit_code_for, format_error
+from ggufkit.log import setup_logging
+
+# command name -> module under ggufkit.cli
+COMMANDS: dict[str, str] = {
+    "download": "download",
+    "init": "init",
+    "status": "status",
+    "merge-delta": "merge_delta",
+    "make-delta": "make_delta",
+    "convert": "convert",
+    "build": "build",
+    "doctor": "doctor",
+    "quantize": "quantize",
+    "imatrix": "imatrix",
+    "eval": "eval",
+    "bench": "bench",
+    "run": "run",
+    "inspect": "inspect",
+    "verify": "verify",
+    "bnb": "bnb",
+    "compare": "compare",
+    "demo": "demo",
+}
+
+
+class CommandFailed(click.ClickException):
+    """A GGUFKitError on its way out of click, keeping the error's exit code."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(format_error(error))
+        self.exit_code = exit_code_for(error)
+
+
+class RootGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, module in COMMANDS.items() if _module_exists(module)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        module_name = COMMANDS.get(name)
+        if module_name is None:
+            return None
+        module = importlib.import_module(f"ggufkit.cli.{module_name}")
+        command: click.Command = module.command
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except (GGUFKitError, KeyboardInterrupt) as error:
+            if debug_enabled():
+                traceback.print_exc()
+            raise CommandFailed(error) from error
+        except Exception as error:
+            if debug_enabled():
+                raise
+            raise CommandFailed(error) from error
+
+
+def _module_exists(module: str) -> bool:
+    return importlib.util.find_spec(f"ggufkit.cli.{module}") is not None
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("GGUFKIT_DEBUG", "") not in ("", "0")
+
+
+@click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ggufkit")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+def cli(verbose: int, quiet: bool) -> None:
+    """Hugging Face checkpoints to llama.cpp GGUF files, and proof that they are right.
+
+    \b
+    A typical run:
+        ggufkit build                       # the pinned llama.cpp, once
+        ggufkit convert ./my-model -o my-model-f16.gguf
+        ggufkit quantize my-model-f16.gguf q4_0 q8_0
+        ggufkit eval my-model-f16.gguf my-model-f16-Q4_0.gguf
+    """
+    setup_logging(-1 if quiet else verbose)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="ggufkit", standalone_mode=True)
+    except KeyboardInterrupt:  # pragma: no cover - click normally handles this
+        click.echo(format_error(KeyboardInterrupt()), err=True)
+        sys.exit(130)

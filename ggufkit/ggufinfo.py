@@ -1,0 +1,507 @@
+"""The one GGUF reading path of ggufkit: header, metadata and tensor table, validated.
+
+:func:`read_gguf` parses a GGUF file with :mod:`struct` over a read-only memory map and checks every
+count, length and offset against the file size before trusting it, so a malformed, truncated or
+hostile file raises :class:`GGUFFormatError` naming the file — never IndexError, ValueError or
+MemoryError, and never a large allocation. The checks follow the pinned llama.cpp's ``gguf.cpp``
+(duplicate keys or tensor names, alignment a power of two, at most 4 dimensions, rows a multiple of
+the block size, tensors contiguous in order), so a file that passes here is one llama.cpp can open.
+:func:`check_gguf` is the cheap variant for validation: it walks long arrays without decoding them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import mmap
+import struct
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ggufkit.errors import GGUFFormatError
+
+MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4
+MAX_ARRAY_NESTING = 8
+MAX_TYPE_ID = 256  # ggml has ~42 types; an id past this is corruption, not a newer library
+INT64_MAX = 2**63 - 1
+
+# GGUF metadata value types: id -> (name, struct code or None for string/array)
+VALUE_TYPES: dict[int, tuple[str, str | None]] = {
+    0: ("uint8", "B"),
+    1: ("int8", "b"),
+    2: ("uint16", "H"),
+    3: ("int16", "h"),
+    4: ("uint32", "I"),
+    5: ("int32", "i"),
+    6: ("float32", "f"),
+    7: ("bool", "?"),
+    8: ("string", None),
+    9: ("array", None),
+    10: ("uint64", "Q"),
+    11: ("int64", "q"),
+    12: ("float64", "d"),
+}
+STRING, ARRAY = 8, 9
+# Unquantized ggml types: a tensor of any other type counts as quantized.
+PLAIN_TYPES = frozenset({"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"})
+
+
+@dataclass(frozen=True)
+class GGMLType:
+    id: int
+    name: str
+    block_size: int
+    type_size: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.type_size * 8 / self.block_size
+
+
+@lru_cache(maxsize=1)
+def _gguf_constants() -> Any:
+    # gguf's package __init__ imports numpy and yaml (~0.4 s), which every `ggufkit quantize` would
+    # pay for; the tables live in gguf/constants.py, which needs only the standard library.
+    if "gguf.constants" in sys.modules:
+        return sys.modules["gguf.constants"]
+    spec = importlib.util.find_spec("gguf")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "constants.py"
+        loader_spec = importlib.util.spec_from_file_location("ggufkit._gguf_constants", path)
+        if loader_spec is not None and loader_spec.loader is not None and path.is_file():
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+            return module
+    import gguf.constants  # the normal way, should the file layout ever change
+
+    return gguf.constants
+
+
+@lru_cache(maxsize=1)
+def ggml_types() -> dict[int, GGMLType]:
+    """ggml tensor types known to the installed ``gguf`` library, by id."""
+    constants = _gguf_constants()
+    sizes = constants.GGML_QUANT_SIZES
+    return {
+        int(t): GGMLType(int(t), t.name, *sizes[t])
+        for t in constants.GGMLQuantizationType
+        if t in sizes
+    }
+
+
+def ggml_type_by_name(name: str) -> GGMLType | None:
+    """A ggml type by (case-insensitive) name, e.g. ``q8_0``; None when unknown."""
+    for ggml_type in ggml_types().values():
+        if ggml_type.name.lower() == name.lower():
+            return ggml_type
+    return None
+
+
+def file_type_name(file_type: int) -> str | None:
+    """``general.file_type`` as llama.cpp names it (15 -> ``Q4_K_M``); None when unknown."""
+    for member in _gguf_constants().LlamaFileType:
+        if int(member) == file_type and member.name != "GUESSED":
+            name: str = member.name
+            return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    return None
+
+
+@dataclass(frozen=True)
+class ArraySummary:
+    """A metadata array that was not decoded in full: its item type, length and first items."""
+
+    item_type: str
+    length: int
+    head: tuple[Any, ...] = ()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": f"array[{self.item_type}]", "length": self.length, "head": list(self.head)}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type_id: int
+    type_name: str  # "Q4_0"; "TYPE_42" when the installed gguf library does not know the id
+    shape: tuple[int, ...]  # ggml order: shape[0] is the row length
+    offset: int  # from the start of the data section, as stored
+    file_offset: int  # from the start of the file
+    n_elements: int
+    n_bytes: int | None  # None for a type the installed gguf library does not know
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.type_name not in PLAIN_TYPES
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type_name,
+            "shape": list(self.shape),
+            "n_bytes": self.n_bytes,
+            "offset": self.file_offset,
+        }
+
+
+@dataclass
+class GGUFInfo:
+    path: Path
+    version: int
+    byte_order: str  # "little" or "big"
+    alignment: int
+    data_offset: int
+    file_size: int
+    metadata: dict[str, Any]
+    tensors: list[TensorInfo] = field(default_factory=list)
+    metadata_types: dict[str, str] = field(default_factory=dict)  # key -> "uint32", "array[string]"
+
+    @property
+    def architecture(self) -> str | None:
+        value = self.metadata.get("general.architecture")
+        return value if isinstance(value, str) else None
+
+    @property
+    def file_type(self) -> int | None:
+        value = self.metadata.get("general.file_type")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def file_type_name(self) -> str | None:
+        return None if self.file_type is None else file_type_name(self.file_type)
+
+    @property
+    def tensor_types(self) -> Counter[str]:
+        """How many tensors of each ggml type."""
+        return Counter(t.type_name for t in self.tensors)
+
+    @property
+    def quantized_tensors(self) -> list[TensorInfo]:
+        return [t for t in self.tensors if t.is_quantized]
+
+    @property
+    def is_quantized(self) -> bool:
+        """True when any tensor is stored in a quantized type (what llama-quantize refuses to redo)."""
+        return any(t.is_quantized for t in self.tensors)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.n_bytes or 0 for t in self.tensors)
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        """Tensor bytes * 8 / parameters, as llama.cpp reports it; None if a size is unknown."""
+        if not self.tensors or any(t.n_bytes is None for t in self.tensors):
+            return None
+        return self.tensor_bytes * 8 / max(1, self.parameter_count)
+
+    def summarized_metadata(self, max_items: int = 8) -> dict[str, Any]:
+        """Metadata with arrays longer than ``max_items`` replaced by an :class:`ArraySummary`."""
+        out: dict[str, Any] = {}
+        for key, value in self.metadata.items():
+            if isinstance(value, list) and len(value) > max_items:
+                item_type = self.metadata_types.get(key, "array").removeprefix("array[").rstrip("]")
+                out[key] = ArraySummary(item_type, len(value), tuple(value[:max_items]))
+            else:
+                out[key] = value
+        return out
+
+    def to_json(self, max_items: int = 8) -> dict[str, Any]:
+        metadata = {
+            key: value.to_json() if isinstance(value, ArraySummary) else value
+            for key, value in self.summarized_metadata(max_items).items()
+        }
+        return {
+            "path": str(self.path),
+            "version": self.version,
+            "byte_order": self.byte_order,
+            "alignment": self.alignment,
+            "file_size": self.file_size,
+            "architecture": self.architecture,
+            "file_type": self.file_type_name,
+            "is_quantized": self.is_quantized,
+            "parameter_count": self.parameter_count,
+            "bits_per_weight": self.bits_per_weight,
+            "tensor_types": dict(self.tensor_types),
+            "metadata": metadata,
+            "tensors": [t.to_json() for t in self.tensors],
+        }
+
+
+class _Reader:
+    """Bounds-checked little/big-endian reads over a buffer; every failure is a GGUFFormatError."""
+
+    def __init__(self, buf: Any, size: int, path: Path) -> None:
+        self.buf = buf
+        self.size = size
+        self.path = path
+        self.pos = 0
+        self.endian = "<"
+
+    def fail(self, message: str) -> GGUFFormatError:
+        return GGUFFormatError(
+            f"{self.path} is not a valid GGUF file: {message}",
+            hint="re-create it (ggufkit convert / ggufkit quantize) or download it again",
+            path=self.path,
+        )
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise self.fail(
+                f"truncated while reading {what} at byte {self.pos} "
+                f"(needs {n} more bytes, the file has {self.size})"
+            )
+
+    def scalar(self, code: str, what: str) -> Any:
+        n = struct.calcsize(code)
+        self.need(n, what)
+        (value,) = struct.unpack_from(self.endian + code, self.buf, self.pos)
+        self.pos += n
+        return value
+
+    def string(self, what: str) -> str:
+        length = self.scalar("Q", f"the length of {what}")
+        self.need(length, what)
+        raw = bytes(self.buf[self.pos : self.pos + length])
+        self.pos += length
+        return raw.decode("utf-8", errors="replace")
+
+    def strings(self, count: int, keep: int, key: str) -> list[str]:
+        """``count`` strings of an array, the first ``keep`` decoded (a tight loop: vocabularies
+        hold hundreds of thousands)."""
+        buf, pos, size = self.buf, self.pos, self.size
+        unpack = struct.Struct(self.endian + "Q").unpack_from
+        items: list[str] = []
+        for index in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, f"item {index} of '{key}'")
+            (length,) = unpack(buf, pos)
+            end = pos + 8 + length
+            if end > size:
+                self.pos = pos + 8
+                self.need(length, f"item {index} of '{key}'")
+            if index < keep:
+                items.append(bytes(buf[pos + 8 : end]).decode("utf-8", errors="replace"))
+            pos = end
+        self.pos = pos
+        return items
+
+    def value(self, type_id: int, key: str, limit: int | None, depth: int = 0) -> Any:
+        if type_id not in VALUE_TYPES:
+            raise self.fail(f"key '{key}' has an unknown value type {type_id}")
+        if type_id == STRING:
+            return self.string(f"the value of '{key}'")
+        if type_id != ARRAY:
+            return self.scalar(VALUE_TYPES[type_id][1] or "", f"the value of '{key}'")
+        if depth >= MAX_ARRAY_NESTING:
+            raise self.fail(f"key '{key}' nests arrays more than {MAX_ARRAY_NESTING} deep")
+        item_type = self.scalar("I", f"the array type of '{key}'")
+        length = self.scalar("Q", f"the array length of '{key}'")
+        if item_type not in VALUE_TYPES:
+            raise self.fail(f"array '{key}' has an unknown item type {item_type}")
+        code = VALUE_TYPES[item_type][1]
+        # Each item takes at least one byte (strings 8): a length beyond that cannot be real.
+        min_item = (
+            8 if item_type == STRING else 12 if item_type == ARRAY else struct.calcsize(code or "B")
+        )
+        if length > (self.size - self.pos) // min_item:
+            raise self.fail(
+                f"array '{key}' claims {length} items but only {self.size - self.pos} bytes remain"
+            )
+        keep = length if limit is None else min(limit, length)
+        items: list[Any]
+        if code is not None:
+            n = struct.calcsize(code)
+            self.need(n * length, f"the items of '{key}'")
+            items = list(struct.unpack_from(f"{self.endian}{keep}{code}", self.buf, self.pos))
+            self.pos += n * length
+        elif item_type == STRING:
+            items = self.strings(length, keep, key)
+        else:
+            items = [self.value(item_type, key, limit, depth + 1) for _ in range(keep)]
+            for _ in range(length - keep):
+                self.value(item_type, key, 0, depth + 1)
+        if keep < length:
+            return ArraySummary(VALUE_TYPES[item_type][0], length, tuple(items))
+        return items
+
+
+def read_gguf(path: str | Path, *, max_array_items: int | None = None) -> GGUFInfo:
+    """Read and validate a GGUF file's header, metadata and tensor table (not the tensor data).
+
+    ``max_array_items`` keeps only that many items of each metadata array (an
+    :class:`ArraySummary` stands for the rest); None decodes everything.
+    Raises :class:`GGUFFormatError`, naming the file, for anything that is not a valid GGUF.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            size = path.stat().st_size
+            if size < 4 + 4 + 8 + 8:
+                head = handle.read(9)
+                if head[:4] == MAGIC:
+                    raise GGUFFormatError(
+                        f"{path} is truncated: {size} bytes, shorter than a GGUF header",
+                        hint="re-create or download the file again",
+                        path=path,
+                    )
+                raise _not_gguf(path, head)
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _parse(_Reader(buf, size, path), max_array_items)
+    except GGUFFormatError:
+        raise
+    except IsADirectoryError as exc:
+        raise GGUFFormatError(f"{path} is a directory, not a GGUF file", path=path) from exc
+    except FileNotFoundError as exc:
+        raise GGUFFormatError(
+            f"{path} does not exist", hint="check the path (ls *.gguf)", path=path
+        ) from exc
+    except (OSError, ValueError, OverflowError, MemoryError, struct.error) as exc:
+        # mmap/read errors, or anything the explicit checks above did not foresee.
+        raise GGUFFormatError(f"cannot read {path} as GGUF: {exc}", path=path) from exc
+
+
+def check_gguf(path: str | Path) -> GGUFInfo:
+    """Cheap validation: like :func:`read_gguf`, but arrays are walked, not decoded."""
+    return read_gguf(path, max_array_items=4)
+
+
+def _not_gguf(path: Path, head: bytes) -> GGUFFormatError:
+    hint = "give a .gguf file (a Hugging Face checkpoint is converted with `ggufkit convert`)"
+    if head[:2] == b"PK":
+        hint = "this looks like a PyTorch checkpoint: convert it first with `ggufkit convert`"
+    elif head[8:9] == b"{":  # safetensors: a little-endian u64 header length, then JSON
+        hint = "this looks like a safetensors file: convert the checkpoint with `ggufkit convert`"
+    return GGUFFormatError(
+        f"{path} is not a GGUF file (it starts with {head[:4]!r}, not b'GGUF')",
+        hint=hint,
+        path=path,
+    )
+
+
+def _parse(r: _Reader, max_array_items: int | None) -> GGUFInfo:
+    if bytes(r.buf[0:4]) != MAGIC:
+        raise _not_gguf(r.path, bytes(r.buf[0:9]))
+    r.pos = 4
+    version = r.scalar("I", "the version")
+    if version & 0xFFFF == 0 and version != 0:
+        r.endian = ">"  # a big-endian file read on a little-endian reader, or vice versa
+        version = struct.unpack("<I", struct.pack(">I", version))[0]
+    byte_order = "little" if r.endian == "<" else "big"
+    if version == 1:
+        raise r.fail("GGUF version 1 is no longer supported by llama.cpp; re-create the file")
+    if version not in SUPPORTED_VERSIONS:
+        raise r.fail(f"unsupported GGUF version {version} (supported: 2 and 3)")
+    n_tensors = r.scalar("Q", "the tensor count")
+    n_kv = r.scalar("Q", "the metadata count")
+    remaining = r.size - r.pos
+    if n_kv > remaining // 13:  # key length 8 + key >= 1 + type 4
+        raise r.fail(f"header claims {n_kv} metadata entries but only {remaining} bytes follow")
+    if n_tensors > remaining // 24:  # name length 8 + dims count 4 + type 4 + offset 8
+        raise r.fail(f"header claims {n_tensors} tensors but only {remaining} bytes follow")
+
+    metadata: dict[str, Any] = {}
+    types: dict[str, str] = {}
+    for index in range(n_kv):
+        key = r.string(f"metadata key {index}")
+        if not key:
+            raise r.fail(f"metadata key {index} is empty")
+        if key in metadata:
+            raise r.fail(f"duplicate metadata key '{key}'")
+        type_id = r.scalar("I", f"the type of '{key}'")
+        start = r.pos
+        metadata[key] = r.value(type_id, key, max_array_items)
+        types[key] = VALUE_TYPES.get(type_id, ("?", None))[0]
+        if type_id == ARRAY:
+            item = struct.unpack_from(r.endian + "I", r.buf, start)[0]
+            types[key] = f"array[{VALUE_TYPES[item][0]}]"
+
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if "general.alignment" in metadata and types["general.alignment"] != "uint32":
+        raise r.fail(f"general.alignment has type {types['general.alignment']}, expected uint32")
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise r.fail(f"general.alignment {alignment} is not a power of 2")
+
+    known = ggml_types()
+    tensors: list[TensorInfo] = []
+    seen: set[str] = set()
+    raw: list[tuple[str, int, tuple[int, ...], int, int]] = []
+    for index in range(n_tensors):
+        name = r.string(f"the name of tensor {index}")
+        if name in seen:
+            raise r.fail(f"duplicate tensor name '{name}'")
+        seen.add(name)
+        n_dims = r.scalar("I", f"the dimension count of '{name}'")
+        if n_dims > MAX_DIMS:
+            raise r.fail(f"tensor '{name}' has {n_dims} dimensions (at most {MAX_DIMS})")
+        shape = tuple(r.scalar("Q", f"the shape of '{name}'") for _ in range(n_dims))
+        n_elements = 1
+        for dim in shape:
+            if dim > INT64_MAX or (dim and n_elements > INT64_MAX // dim):
+                raise r.fail(f"tensor '{name}' has an impossible shape {list(shape)}")
+            n_elements *= dim
+        type_id = r.scalar("I", f"the type of '{name}'")
+        offset = r.scalar("Q", f"the data offset of '{name}'")
+        raw.append((name, type_id, shape, offset, n_elements))
+
+    data_offset = r.pos + (-r.pos % alignment) if n_tensors else r.pos
+    expected: int | None = 0  # where the next tensor must start; None after an unknown type
+    for name, type_id, shape, offset, n_elements in raw:
+        ggml_type = known.get(type_id)
+        n_bytes: int | None = None
+        if ggml_type is not None:
+            row = shape[0] if shape else 1
+            if row % ggml_type.block_size:
+                raise r.fail(
+                    f"tensor '{name}' ({ggml_type.name}) has rows of {row} elements, "
+                    f"not a multiple of its block size {ggml_type.block_size}"
+                )
+            n_bytes = n_elements // ggml_type.block_size * ggml_type.type_size
+        elif type_id >= MAX_TYPE_ID:
+            raise r.fail(f"tensor '{name}' has an invalid ggml type {type_id}")
+        if expected is not None and offset != expected:
+            raise r.fail(f"tensor '{name}' has data offset {offset}, expected {expected}")
+        end = data_offset + offset + (n_bytes or 0)
+        if end > r.size:
+            raise r.fail(
+                f"truncated: tensor '{name}' needs bytes up to {end}, the file has {r.size}"
+            )
+        # After a type the installed gguf library does not know (newer than it), the next
+        # tensor's own offset is the only thing to go by.
+        expected = None if n_bytes is None else offset + n_bytes + (-(offset + n_bytes) % alignment)
+        tensors.append(
+            TensorInfo(
+                name=name,
+                type_id=type_id,
+                type_name=ggml_type.name if ggml_type else f"TYPE_{type_id}",
+                shape=shape,
+                offset=offset,
+                file_offset=data_offset + offset,
+                n_elements=n_elements,
+                n_bytes=n_bytes,
+            )
+        )
+    return GGUFInfo(
+        path=r.path,
+        version=version,
+        byte_order=byte_order,
+        alignment=alignment,
+        data_offset=data_offset,
+        file_size=r.size,
+        metadata=metadata,
+        tensors=tensors,
+        metadata_types=types,
+    )

@@ -1,0 +1,333 @@
+"""`ggufkit build`: the pinned llama.cpp built once with CMake, cached by (source, flags, platform)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform as platform_module
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ggufkit import paths
+from ggufkit.errors import BuildError, ToolMissingError
+from ggufkit.fsutil import locked, write_json_atomic
+from ggufkit.llamacpp import layout
+from ggufkit.llamacpp.runner import new_log_path, run_tool
+from ggufkit.llamacpp.source import SourcePin, ensure_source, read_pin
+from ggufkit.log import get_logger, progress
+
+log = get_logger("llamacpp.build")
+
+STAMP_NAME = "ggufkit-build.json"
+CURRENT_POINTER = "current.json"
+
+
+@dataclass
+class BuildInfo:
+    key: str
+    build_dir: Path
+    tools: dict[str, Path]
+    library: Path
+    llama_cpp_commit: str
+    sdist_sha256: str
+    options: dict[str, object]
+    platform: str
+    seconds: float
+    cached: bool = False
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.library.parent
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["build_dir"] = str(self.build_dir)
+        data["library"] = str(self.library)
+        data["lib_dir"] = str(self.lib_dir)
+        data["tools"] = {name: str(path) for name, path in self.tools.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> BuildInfo:
+        tools = data["tools"]
+        assert isinstance(tools, dict)
+        options = data["options"]
+        assert isinstance(options, dict)
+        return cls(
+            key=str(data["key"]),
+            build_dir=Path(str(data["build_dir"])),
+            tools={str(k): Path(str(v)) for k, v in tools.items()},
+            library=Path(str(data["library"])),
+            llama_cpp_commit=str(data["llama_cpp_commit"]),
+            sdist_sha256=str(data["sdist_sha256"]),
+            options=options,
+            platform=str(data["platform"]),
+            seconds=float(str(data["seconds"])),
+        )
+
+
+def platform_tag() -> str:
+    return f"{sys.platform}-{platform_module.machine().lower()}"
+
+
+def build_key(pin: SourcePin, options: layout.BuildOptions, platform: str | None = None) -> str:
+    payload = json.dumps(
+        {"sha256": pin.sha256, "options": asdict(options), "platform": platform or platform_tag()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def find_cmake() -> str:
+    found = shutil.which("cmake")
+    if found:
+        return found
+    try:
+        import cmake  # type: ignore[import-not-found]  # the `cmake` package on PyPI
+
+        candidate = Path(cmake.CMAKE_BIN_DIR) / layout.exe_name("cmake")
+        if candidate.is_file():
+            return str(candidate)
+    except ImportError:
+        pass
+    raise ToolMissingError(
+        "cmake was not found",
+        hint="install it: `pip install cmake` (or apt-get install cmake / brew install cmake)",
+    )
+
+
+def find_compiler() -> str:
+    for name in (os.environ.get("CXX", ""), "c++", "g++", "clang++", "cl"):
+        if name and shutil.which(name):
+            return str(shutil.which(name))
+    raise ToolMissingError(
+        "no C++ compiler was found (looked for $CXX, c++, g++, clang++, cl)",
+        hint="install one: apt-get install build-essential, xcode-select --install, "
+        "or Visual Studio Build Tools on Windows",
+    )
+
+
+def pick_generator() -> str | None:
+    return "Ninja" if shutil.which("ninja") else None
+
+
+def _read_stamp(root: Path) -> BuildInfo | None:
+    stamp = root / STAMP_NAME
+    if not stamp.is_file():
+        return None
+    try:
+        info = BuildInfo.from_json(json.loads(stamp.read_text()))
+    except (ValueError, KeyError, AssertionError, TypeError):
+        log.warning("the build cache at %s is corrupted (unreadable stamp); rebuilding", root)
+        return None
+    missing = [p for p in [*info.tools.values(), info.library] if not p.is_file()]
+    if missing:
+        log.warning(
+            "the build cache at %s is corrupted (%s missing); rebuilding", root, missing[0].name
+        )
+        return None
+    return info
+
+
+def _collect(tree: Path) -> tuple[dict[str, Path], Path]:
+    tools = {}
+    for name in layout.TOOLS:
+        found = layout.find_binary(tree, name)
+        if found is None:
+            raise BuildError(
+                f"the build finished but {name} is not in {tree}",
+                hint="run `ggufkit build --force`",
+            )
+        tools[name] = found
+    library = layout.find_library(tree)
+    if library is None:
+        raise BuildError(f"the build finished but the llama shared library is not in {tree}")
+    return tools, library
+
+
+def build(
+    options: layout.BuildOptions | None = None,
+    *,
+    jobs: int | None = None,
+    force: bool = False,
+    bindings: bool = True,
+) -> BuildInfo:
+    """Build (or reuse) the pinned llama.cpp; returns where the binaries and library are."""
+    options = options or layout.BuildOptions()
+    pin = read_pin()
+    key = build_key(pin, options)
+    root = paths.builds_dir() / key
+    info = None if force else _read_stamp(root)
+    if info is None:
+        with locked(root.with_name(key + ".lock"), what="the llama.cpp build cache"):
+            info = None if force else _read_stamp(root)  # another process may have built it
+            if info is None:
+                info = _build_into(root, pin, key, options, jobs or os.cpu_count() or 2)
+    else:
+        info.cached = True
+    write_json_atomic(paths.builds_dir() / CURRENT_POINTER, {"key": key})
+    if bindings:
+        install_bindings(info, pin)
+    return info
+
+
+def _build_into(
+    root: Path, pin: SourcePin, key: str, options: layout.BuildOptions, jobs: int
+) -> BuildInfo:
+    cmake = find_cmake()
+    find_compiler()
+    source = ensure_source(pin)
+    tree = root / "cmake"
+    cache_file = tree / "CMakeCache.txt"
+    if (
+        cache_file.is_file()
+        and f"CMAKE_HOME_DIRECTORY:INTERNAL={source}" not in cache_file.read_text(errors="replace")
+    ):
+        # Same flags from another checkout: CMake refuses a cache made for a different source dir.
+        shutil.rmtree(tree)
+    (root / STAMP_NAME).unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    log.info("configuring llama.cpp %s (build %s)", pin.llama_cpp_commit, key)
+    configure = layout.configure_args(source, tree, options, generator=pick_generator())
+    hint = "read the log; `ggufkit doctor` checks the toolchain"
+    run_tool(
+        [cmake, *configure],
+        what="CMake configure",
+        hint=hint,
+        log_path=new_log_path("cmake-configure"),
+    )
+    log.info(
+        "compiling %s with %d jobs (several minutes on first run)", ", ".join(layout.TOOLS), jobs
+    )
+    pattern = re.compile(r"^\[\s*(\d+)\s*/\s*(\d+)\]|^\[\s*(\d+)%\]")
+    with progress(100, "building llama.cpp", unit="%") as bar:
+
+        def on_line(line: str) -> None:
+            match = pattern.match(line)
+            if match and match.group(1):
+                bar.update(100 * int(match.group(1)) / int(match.group(2)) - bar.n)
+            elif match and match.group(3):
+                bar.update(int(match.group(3)) - bar.n)
+
+        run_tool(
+            [cmake, *layout.build_args(tree, options, jobs)],
+            what="compiling llama.cpp",
+            hint=hint,
+            on_line=on_line,
+            merge_stderr=True,
+            log_path=new_log_path("cmake-build"),
+            env={"NINJA_STATUS": "[%f/%t] "},
+        )
+    tools, library = _collect(tree)
+    info = BuildInfo(
+        key=key,
+        build_dir=tree,
+        tools=tools,
+        library=library,
+        llama_cpp_commit=pin.llama_cpp_commit,
+        sdist_sha256=pin.sha256,
+        options=asdict(options),
+        platform=platform_tag(),
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    write_json_atomic(root / STAMP_NAME, info.to_json())
+    log.info("built in %.0f s: %s", info.seconds, tree)
+    return info
+
+
+def current_build() -> BuildInfo:
+    """The last successful build (or the default-options one); ToolMissingError when none."""
+    override = os.environ.get("GGUFKIT_BUILD_DIR")
+    if override:
+        tools, library = _collect(Path(override))
+        pin = read_pin()
+        return BuildInfo(
+            "external",
+            Path(override),
+            tools,
+            library,
+            pin.llama_cpp_commit,
+            pin.sha256,
+            {},
+            platform_tag(),
+            0.0,
+            True,
+        )
+    builds = paths.builds_dir()
+    keys = []
+    pointer = builds / CURRENT_POINTER
+    if pointer.is_file():
+        with contextlib.suppress(ValueError, KeyError):
+            keys.append(str(json.loads(pointer.read_text())["key"]))
+    keys.append(build_key(read_pin(), layout.BuildOptions()))
+    for key in keys:
+        info = _read_stamp(builds / key)
+        if info is not None:
+            info.cached = True
+            return info
+    raise ToolMissingError(
+        "llama.cpp is not built yet", hint="run `ggufkit build` (a few minutes, once)"
+    )
+
+
+def find_tool(name: str) -> Path:
+    """The path of a built llama.cpp tool such as ``llama-quantize``."""
+    info = current_build()
+    path = info.tools.get(name) or layout.find_binary(info.build_dir, name)
+    if path is None or not path.is_file():
+        raise ToolMissingError(
+            f"{name} is not in the llama.cpp build at {info.build_dir}",
+            hint="run `ggufkit build --force`",
+        )
+    return path
+
+
+def bindings_version() -> str | None:
+    try:
+        return importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def install_bindings(info: BuildInfo, pin: SourcePin | None = None) -> None:
+    """pip-install llama-cpp-python from the verified sdist without compiling llama.cpp again."""
+    pin = pin or read_pin()
+    if bindings_version() == pin.version:
+        return
+    from ggufkit.llamacpp.source import fetch_sdist
+
+    sdist = fetch_sdist(pin)
+    log.info(
+        "installing %s %s against build %s (no second compile)", pin.package, pin.version, info.key
+    )
+    env = {"CMAKE_ARGS": "-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF"}
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-deps",
+        str(sdist),
+    ]
+    started = time.perf_counter()
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, **env}, check=False
+    )
+    if result.returncode != 0:
+        raise BuildError(
+            f"installing {pin.package} {pin.version} failed",
+            hint="retry with `ggufkit build -v`; or install it yourself with "
+            f'CMAKE_ARGS="{env["CMAKE_ARGS"]}" pip install {pin.package}=={pin.version}',
+            tail="\n".join((result.stderr or result.stdout).strip().splitlines()[-10:]),
+        )
+    log.info("llama-cpp-python installed in %.0f s", time.perf_counter() - started)

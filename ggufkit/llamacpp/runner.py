@@ -1,0 +1,117 @@
+"""Run a llama.cpp binary (or cmake): argument lists only, output to a log file, tail on failure."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from ggufkit import paths
+from ggufkit.errors import ToolFailedError
+from ggufkit.log import get_logger
+
+log = get_logger("llamacpp.runner")
+
+TAIL_LINES = 15
+
+
+@dataclass
+class ToolResult:
+    args: list[str]
+    returncode: int
+    stdout: str  # with merge_stderr=True: stdout and stderr interleaved
+    log_path: Path
+    seconds: float
+
+
+def logs_dir() -> Path:
+    path = paths.home() / "logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def new_log_path(name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return logs_dir() / f"{stamp}-{os.getpid()}-{Path(name).stem}.log"
+
+
+def run_tool(
+    args: Sequence[str | os.PathLike[str]],
+    *,
+    what: str,
+    on_line: Callable[[str], None] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    log_path: Path | None = None,
+    hint: str | None = None,
+    merge_stderr: bool = False,
+) -> ToolResult:
+    """Run ``args`` (never through a shell), streaming its diagnostics to a log and ``on_line``.
+
+    Without ``merge_stderr`` stdout is kept apart (tools print results there) and stderr lines are
+    streamed; with it both streams are one (e.g. ninja prints progress on stdout). A non-zero exit
+    raises :class:`ToolFailedError` with the last lines and the log path.
+    """
+    argv = [str(a) for a in args]
+    log_path = log_path or new_log_path(Path(argv[0]).name)
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    started = time.perf_counter()
+    log.debug("running %s", " ".join(argv))
+    stdout_parts: list[str] = []
+    with open(log_path, "w", encoding="utf-8", errors="replace") as log_file:
+        log_file.write("$ " + " ".join(argv) + "\n")
+        log_file.flush()
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+        reader = None
+        if not merge_stderr:
+            # stdout holds results; read it in a thread so a full pipe cannot deadlock the tool.
+            def pump(stream: IO[str]) -> None:
+                stdout_parts.append(stream.read())
+
+            assert process.stdout is not None
+            reader = threading.Thread(target=pump, args=(process.stdout,), daemon=True)
+            reader.start()
+        stream = process.stdout if merge_stderr else process.stderr
+        assert stream is not None
+        try:
+            for line in stream:
+                log_file.write(line)
+                tail.append(line.rstrip("\n"))
+                if merge_stderr:
+                    stdout_parts.append(line)
+                if on_line is not None:
+                    on_line(line)
+            returncode = process.wait()
+            if reader is not None:
+                reader.join()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        stdout = "".join(stdout_parts)
+        if stdout and not merge_stderr:
+            log_file.write("--- stdout ---\n" + stdout)
+    seconds = time.perf_counter() - started
+    if returncode != 0:
+        raise ToolFailedError(
+            f"{what} failed (exit code {returncode})",
+            hint=hint,
+            log_path=log_path,
+            tail="\n".join(tail),
+        )
+    return ToolResult(argv, returncode, stdout, log_path, seconds)

@@ -1,0 +1,61 @@
+"""Logging and progress on stderr; results go to stdout through click.echo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tqdm import tqdm
+
+logger = logging.getLogger("ggufkit")
+
+_state = {"quiet": False}
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """verbosity: -1 quiet (warnings only, no progress), 0 info, 1+ debug."""
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    _state["quiet"] = verbosity < 0
+    root = logging.getLogger("ggufkit")
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(message)s" if verbosity < 1 else "%(levelname)s %(name)s: %(message)s")
+    )
+    root.addHandler(handler)
+    root.propagate = False
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name if name.startswith("ggufkit") else f"ggufkit.{name}")
+
+
+def progress_disabled() -> bool:
+    return _state["quiet"] or os.environ.get("GGUFKIT_NO_PROGRESS", "") not in ("", "0")
+
+
+@contextmanager
+def progress(total: float | None, desc: str, unit: str = "B", **kwargs: Any) -> Iterator[tqdm]:
+    """A progress bar on stderr; ``GGUFKIT_NO_PROGRESS=1`` or ``-q`` turns it off."""
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit == "B",
+        unit_divisor=1024 if unit == "B" else 1000,
+        file=sys.stderr,
+        disable=progress_disabled(),
+        leave=False,
+        dynamic_ncols=True,
+        **kwargs,
+    )
+    try:
+        yield bar
+    finally:
+        bar.close()

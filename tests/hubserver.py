@@ -1,0 +1,297 @@
+"""A fake Hugging Face Hub on 127.0.0.1 for the download tests.
+
+It answers the endpoints huggingface_hub 2.4.0 calls for ``snapshot_download`` the way the Hub does:
+
+- ``GET /api/models/{repo}[/revision/{rev}]``: repo info (``sha``, ``siblings``);
+- ``GET /api/models/{repo}/tree/{rev}?recursive=...``: the file listing (``oid``, ``size``, ``lfs``);
+- ``HEAD``/``GET /{repo}/resolve/{rev}/{path}``: the file, with ``X-Repo-Commit``, ``ETag`` (or
+  ``X-Linked-Etag``/``X-Linked-Size`` for LFS files) and ``Range`` requests (206 + ``Content-Range``).
+
+Errors carry the ``X-Error-Code``/``X-Error-Message`` headers huggingface_hub maps to exceptions:
+404 ``RepoNotFound``/``RevisionNotFound``/``EntryNotFound``, 401 ``GatedRepo`` for a gated repo
+without a token, and 401 "Invalid credentials in Authorization header" for an unknown token.
+``cut(path, after)`` makes the next GET of a file stop after ``after`` bytes (a dropped connection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class Revision:
+    files: dict[str, bytes]
+    sha: str
+
+
+@dataclass
+class FakeRepo:
+    repo_id: str
+    revisions: dict[str, Revision] = field(default_factory=dict)  # ref name -> revision
+    gated: bool = False
+
+    def find(self, rev: str) -> Revision | None:
+        if rev in self.revisions:
+            return self.revisions[rev]
+        for revision in self.revisions.values():
+            if revision.sha == rev:
+                return revision
+        return None
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    range: str | None
+    authorized: bool
+
+
+class FakeHub:
+    """``with FakeHub() as hub: hub.add_repo(...); ... hub.url``"""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, FakeRepo] = {}
+        self.tokens: set[str] = set()
+        self.requests: list[Request] = []
+        self._cuts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- set-up -------------------------------------------------------------------------------
+    def add_repo(
+        self, repo_id: str, revisions: dict[str, dict[str, bytes]], *, gated: bool = False
+    ) -> FakeRepo:
+        """``revisions``: ref name (e.g. "main", "v1") -> {path: content}."""
+        repo = FakeRepo(repo_id, gated=gated)
+        for ref, files in revisions.items():
+            digest = hashlib.sha1(repr((repo_id, ref, sorted(files.items()))).encode()).hexdigest()
+            repo.revisions[ref] = Revision(files=dict(files), sha=digest)
+        self.repos[repo_id] = repo
+        return repo
+
+    def cut(self, path: str, after: int) -> None:
+        """The next GET of ``path`` (any repo) sends ``after`` bytes, then drops the connection."""
+        with self._lock:
+            self._cuts[path] = after
+
+    def gets(self, path: str) -> list[Request]:
+        """The GET requests made for a repo file whose path ends with ``/path``."""
+        return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + path)]
+
+    # -- server -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start the server first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeHub:
+        hub = self
+
+        class Handler(_Handler):
+            fake = hub
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeHub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def take_cut(self, path: str) -> int | None:
+        with self._lock:
+            return self._cuts.pop(path, None)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeHub
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+        pass
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if "Content-Length" not in (headers or {}):
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+
+    def _json(self, data: Any, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(data).encode()
+        self._send(200, body, {"Content-Type": "application/json", **(headers or {})})
+
+    def _error(self, status: int, code: str | None, message: str, **extra: str) -> None:
+        headers = {"X-Error-Message": message, "Content-Type": "application/json", **extra}
+        if code:
+            headers["X-Error-Code"] = code
+        self._send(status, json.dumps({"error": message}).encode(), headers)
+
+    def _token(self) -> str | None:
+        value = self.headers.get("Authorization", "")
+        return value[len("Bearer ") :] if value.startswith("Bearer ") else None
+
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        split = urlsplit(self.path)
+        token = self._token()
+        self.fake.requests.append(
+            Request(self.command, split.path, self.headers.get("Range"), token is not None)
+        )
+        if split.path == "/api/agent-harnesses":  # huggingface_hub's user-agent registry
+            self._json({})
+            return
+        if token is not None and token not in self.fake.tokens:
+            self._error(401, None, "Invalid credentials in Authorization header")
+            return
+        parts = [unquote(p) for p in split.path.split("/")[1:]]
+        if len(parts) >= 3 and parts[:2] == ["api", "models"]:
+            self._api(parts[2:], parse_qs(split.query))
+        elif len(parts) >= 5 and parts[2] == "resolve":
+            self._resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]), token)
+        else:
+            self._error(404, None, "Not found")
+
+    def _repo_and_revision(self, repo_id: str, rev: str) -> tuple[FakeRepo, Revision] | None:
+        repo = self.fake.repos.get(repo_id)
+        if repo is None:
+            self._error(404, "RepoNotFound", "Repository not found")
+            return None
+        revision = repo.find(rev)
+        if revision is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            return None
+        return repo, revision
+
+    # -- /api/models/... ----------------------------------------------------------------------
+    def _api(self, parts: list[str], query: dict[str, list[str]]) -> None:
+        if len(parts) < 2:
+            self._error(404, None, "Not found")
+            return
+        repo_id, rest = f"{parts[0]}/{parts[1]}", parts[2:]
+        if not rest or rest[0] == "revision":
+            found = self._repo_and_revision(repo_id, rest[1] if len(rest) > 1 else "main")
+            if found:
+                repo, revision = found
+                self._json(
+                    {
+                        "id": repo_id,
+                        "modelId": repo_id,
+                        "sha": revision.sha,
+                        "private": False,
+                        "gated": "auto" if repo.gated else False,
+                        "siblings": [{"rfilename": name} for name in sorted(revision.files)],
+                    }
+                )
+        elif rest[0] == "tree" and len(rest) >= 2:
+            found = self._repo_and_revision(repo_id, rest[1])
+            if found:
+                prefix = "/".join(rest[2:])
+                recursive = query.get("recursive", ["False"])[0].lower() == "true"
+                self._json(_tree(found[1].files, prefix, recursive))
+        else:
+            self._error(404, None, "Not found")
+
+    # -- /{repo}/resolve/{rev}/{path} ---------------------------------------------------------
+    def _resolve(self, repo_id: str, rev: str, path: str, token: str | None) -> None:
+        found = self._repo_and_revision(repo_id, rev)
+        if not found:
+            return
+        repo, revision = found
+        if repo.gated and token is None:
+            self._error(
+                401,
+                "GatedRepo",
+                f"Access to model {repo_id} is restricted. You must have access to it and be "
+                "authenticated to access it. Please log in.",
+            )
+            return
+        data = revision.files.get(path)
+        if data is None:
+            self._error(404, "EntryNotFound", f"{path} does not exist", **{"X-Repo-Commit": revision.sha})
+            return
+        headers = {"X-Repo-Commit": revision.sha, "Accept-Ranges": "bytes"}
+        if path.endswith(LFS_SUFFIXES):
+            sha256 = hashlib.sha256(data).hexdigest()
+            headers.update({"ETag": f'"{sha256}"', "X-Linked-Etag": f'"{sha256}"'})
+            headers["X-Linked-Size"] = str(len(data))
+        else:
+            headers["ETag"] = f'"{git_blob_sha1(data)}"'
+        start, status = 0, 200
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if match and self.command == "GET":
+            start = int(match.group(1))
+            end = int(match.group(2)) if match.group(2) else len(data) - 1
+            if start >= len(data):
+                self._error(416, None, "Range not satisfiable")
+                return
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            data, status = data[start : end + 1], 206
+        cut = self.fake.take_cut(path) if self.command == "GET" else None
+        if cut is None:
+            self._send(status, data, headers)
+            return
+        # Promise the whole body, send part of it, and hang up: the client sees a dropped transfer.
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:cut])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def _tree(files: dict[str, bytes], prefix: str, recursive: bool) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    folders: set[str] = set()
+    base = prefix + "/" if prefix else ""
+    for name in sorted(files):
+        if not name.startswith(base):
+            continue
+        relative = name[len(base) :]
+        if "/" in relative and not recursive:
+            folders.add(base + relative.split("/", 1)[0])
+            continue
+        for depth in range(1, relative.count("/") + 1):
+            folders.add(base + "/".join(relative.split("/")[:depth]))
+        data = files[name]
+        entry: dict[str, Any] = {"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": name}
+        if name.endswith(LFS_SUFFIXES):
+            entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        entries.append(entry)
+    entries += [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)]
+    return entries

@@ -1,0 +1,242 @@
+"""Factories for tiny Hugging Face checkpoints: random seeded weights, tokenizers trained locally.
+
+Used by the test fixtures in conftest.py and by the benchmarks. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data"
+CORPUS = DATA / "corpus.txt"
+
+# BLOOM's own pre-tokenizer split: words with an optional leading space, punctuation apart.
+BLOOM_SPLIT_REGEX = " ?[^(\\s|[.,!?…。，、।۔،])]+"
+
+
+def train_sentencepiece(out_dir: Path, *, vocab_size: int = 800, corpus: Path = CORPUS) -> Path:
+    """A LLaMA-style sentencepiece BPE model (byte fallback, split digits) trained on ``corpus``."""
+    import sentencepiece as spm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = out_dir / "tokenizer"
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    (out_dir / "tokenizer.vocab").unlink(missing_ok=True)
+    return prefix.with_suffix(".model")
+
+
+def _save_llama_tokenizer(out_dir: Path, spm_model: Path, *, add_pad: bool, json_only: bool) -> int:
+    """Write the transformers tokenizer files; returns the tokenizer length."""
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    staging = out_dir / "_spm"
+    staging.mkdir(parents=True, exist_ok=True)
+    shutil.copy(spm_model, staging / "tokenizer.model")
+    tokenizer = LlamaTokenizer.from_pretrained(str(staging), legacy=False)
+    if add_pad:
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    tokenizer.save_pretrained(str(out_dir))
+    shutil.rmtree(staging)
+    if json_only:
+        (out_dir / "tokenizer.model").unlink(missing_ok=True)
+    else:
+        # transformers 5 does not write tokenizer.model: copy it (the original, without <pad>).
+        shutil.copy(spm_model, out_dir / "tokenizer.model")
+    reloaded = AutoTokenizer.from_pretrained(str(out_dir))
+    return len(reloaded)
+
+
+def _jitter_norms(model: object, seed: int) -> None:
+    """Norm weights of ones hide mapping mistakes; make them distinct."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():  # type: ignore[attr-defined]
+            if "norm" in name and param.dim() == 1:
+                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=generator))
+            elif name.endswith(".bias"):
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+def make_llama(
+    out_dir: Path,
+    *,
+    hidden: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    intermediate: int = 256,
+    vocab_size: int = 800,
+    tie_embeddings: bool = False,
+    add_pad: bool = False,
+    tokenizer: str = "sentencepiece",  # or "json": only tokenizer.json
+    dtype: str = "float32",
+    rope_theta: float = 10000.0,
+    max_positions: int = 512,
+    init_std: float = 0.05,
+    seed: int = 0,
+    spm_model: Path | None = None,
+) -> Path:
+    """A random LlamaForCausalLM checkpoint with a locally trained sentencepiece tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spm_model = spm_model or train_sentencepiece(out_dir / "_train", vocab_size=vocab_size)
+    n_vocab = _save_llama_tokenizer(
+        out_dir, spm_model, add_pad=add_pad, json_only=tokenizer == "json"
+    )
+    shutil.rmtree(out_dir / "_train", ignore_errors=True)
+    config = LlamaConfig(
+        vocab_size=n_vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads,
+        max_position_embeddings=max_positions,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie_embeddings,
+        rope_theta=rope_theta,
+        initializer_range=init_std,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=n_vocab - 1 if add_pad else None,
+        architectures=["LlamaForCausalLM"],
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    _jitter_norms(model, seed)
+    model = model.to(getattr(torch, dtype))
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    return out_dir
+
+
+def train_bpe_tokenizer(
+    out_dir: Path, *, vocab_size: int = 600, style: str = "bloom", corpus: Path = CORPUS
+) -> int:
+    """A byte-level BPE tokenizer trained locally; ``style`` "bloom" or "gpt2" pre-tokenization."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    if style == "bloom":
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(BLOOM_SPLIT_REGEX), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<unk>", "<s>", "</s>", "<pad>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train([str(corpus)], trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    fast.save_pretrained(str(out_dir))
+    return len(fast)
+
+
+def make_bloom(
+    out_dir: Path,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    tokenizer_vocab: int = 600,
+    pad_vocab_to: int | None = 640,
+    style: str = "bloom",
+    seq_length: int = 512,
+    dtype: str = "float32",
+    init_std: float = 0.05,
+    seed: int = 0,
+) -> Path:
+    """A random BloomForCausalLM whose embedding may have more rows than the tokenizer (like Phoenix)."""
+    import torch
+    from transformers import BloomConfig, BloomForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_tokens = train_bpe_tokenizer(out_dir, vocab_size=tokenizer_vocab, style=style)
+    config = BloomConfig(
+        vocab_size=max(n_tokens, pad_vocab_to or 0),
+        hidden_size=hidden,
+        n_layer=layers,
+        n_head=heads,
+        layer_norm_epsilon=1e-5,
+        initializer_range=init_std,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        architectures=["BloomForCausalLM"],
+    )
+    config.seq_length = seq_length
+    torch.manual_seed(seed)
+    model = BloomForCausalLM(config)
+    _jitter_norms(model, seed)
+    model = model.to(getattr(torch, dtype))
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    return out_dir
+
+
+def upstream_convert(model_dir: Path, out_file: Path, *, outtype: str = "f16") -> Path:
+    """Convert with the pinned upstream convert_hf_to_gguf.py and its own gguf-py (reference output)."""
+    from ggufkit.llamacpp.source import ensure_source
+
+    source = ensure_source()
+    env = {**os.environ, "PYTHONPATH": str(source / "gguf-py"), "NO_LOCAL_GGUF": ""}
+    env.pop("NO_LOCAL_GGUF")
+    command = [
+        sys.executable,
+        str(source / "convert_hf_to_gguf.py"),
+        str(model_dir),
+        "--outfile",
+        str(out_file),
+        "--outtype",
+        outtype,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"upstream conversion failed:\n{result.stderr[-3000:]}")
+    return out_file
+
+
+def read_config(model_dir: Path) -> dict[str, object]:
+    return json.loads((Path(model_dir) / "config.json").read_text())
