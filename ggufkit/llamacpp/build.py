@@ -316,7 +316,6 @@ def install_bindings(info: BuildInfo, pin: SourcePin | None = None) -> None:
         "pip",
         "install",
         "--disable-pip-version-check",
-        "--no-deps",
         str(sdist),
     ]
     started = time.perf_counter()

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ggufkit.errors import DiskSpaceError, UsageError, WorkspaceError
+from ggufkit.fsutil import (
+    atomic_dir,
+    atomic_output,
+    check_free_disk,
+    check_output_path,
+    locked,
+    partial_path,
+    write_json_atomic,
+)
+
+
+def test_atomic_output_renames_on_success(tmp_path: Path) -> None:
+    final = tmp_path / "sub" / "out.bin"
+    with atomic_output(final) as tmp:
+        assert tmp == partial_path(final)
+        tmp.write_bytes(b"data")
+        assert not final.exists()
+    assert final.read_bytes() == b"data"
+    assert not partial_path(final).exists()
+
+
+def test_atomic_output_removes_partial_on_error(tmp_path: Path) -> None:
+    final = tmp_path / "out.bin"
+    final.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt), atomic_output(final) as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert final.read_bytes() == b"old"
+    assert not partial_path(final).exists()
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path: Path) -> None:
+    final = tmp_path / "model"
+    with atomic_dir(final) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "b").write_text("2")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in final.iterdir()) == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_json_is_written_atomically(tmp_path: Path) -> None:
+    path = write_json_atomic(tmp_path / "m.json", {"a": 1})
+    assert path.read_text().strip().startswith("{")
+
+
+def test_free_disk_probe_can_be_faked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GGUFKIT_FAKE_FREE_BYTES", str(10 * 1024 * 1024))
+    with pytest.raises(DiskSpaceError, match="need 1.00 GiB"):
+        check_free_disk(tmp_path / "x.gguf", 1024**3)
+    monkeypatch.setenv("GGUFKIT_FAKE_FREE_BYTES", str(10 * 1024**3))
+    check_free_disk(tmp_path / "x.gguf", 1024**3)
+
+
+def test_output_path_checks(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="directory"):
+        check_output_path(tmp_path)
+    source = tmp_path / "in.gguf"
+    source.write_bytes(b"x")
+    with pytest.raises(UsageError, match="same file"):
+        check_output_path(source, inputs=(source,))
+
+
+def test_lock_times_out_when_held(tmp_path: Path) -> None:
+    lock = tmp_path / "ws.lock"
+    with locked(lock, what="the workspace"):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            assert pool.apply(_try_lock, (str(lock),)) == "locked"
+
+
+def _try_lock(path: str) -> str:
+    try:
+        with locked(Path(path), what="the workspace", timeout=0.2):
+            return "free"
+    except WorkspaceError:
+        return "locked"
