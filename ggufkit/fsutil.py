@@ -18,7 +18,13 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ggufkit.errors import DiskSpaceError, InputError, UsageError, WorkspaceError
+from ggufkit.errors import (
+    DiskSpaceError,
+    InputError,
+    MemoryShortageError,
+    UsageError,
+    WorkspaceError,
+)
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -119,6 +125,27 @@ def check_free_disk(path: str | Path, need_bytes: int, *, what: str = "the outpu
             f"not enough free disk for {what}: need {human_bytes(need_bytes)}, "
             f"{human_bytes(free)} free at {Path(path).absolute().parent}",
             hint="free some space or write the output elsewhere (-o / --outdir)",
+        )
+
+
+def available_memory() -> int:
+    """Available RAM in bytes; ``GGUFKIT_FAKE_AVAILABLE_MEMORY`` overrides it for tests."""
+    fake = os.environ.get("GGUFKIT_FAKE_AVAILABLE_MEMORY")
+    if fake:
+        return int(fake)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_free_memory(need_bytes: int, *, what: str) -> None:
+    """Raise :class:`MemoryShortageError` before a step whose rough RAM need will not fit."""
+    available = available_memory()
+    if available < need_bytes:
+        raise MemoryShortageError(
+            f"not enough memory for {what}: about {human_bytes(need_bytes)} needed, "
+            f"{human_bytes(available)} available",
+            hint="close other programs, or use a machine with more RAM",
         )
 
 

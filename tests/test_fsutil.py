@@ -85,3 +85,13 @@ def _try_lock(path: str) -> str:
             return "free"
     except WorkspaceError:
         return "locked"
+
+
+def test_memory_preflight_can_be_faked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ggufkit.errors import MemoryShortageError
+    from ggufkit.fsutil import check_free_memory
+
+    monkeypatch.setenv("GGUFKIT_FAKE_AVAILABLE_MEMORY", str(100 * 1024 * 1024))
+    with pytest.raises(MemoryShortageError, match="about 1.00 GiB needed"):
+        check_free_memory(1024**3, what="the merge")
+    check_free_memory(10 * 1024 * 1024, what="the merge")

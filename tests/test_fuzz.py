@@ -1,0 +1,127 @@
+"""Fuzzing the readers of untrusted files: they raise only ggufkit's own errors.
+
+Bounded here (GGUFKIT_FUZZ_EXAMPLES examples per target, default 300); `make fuzz` runs longer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ggufkit.errors import GGUFKitError
+from ggufkit.tensors import Checkpoint, read_safetensors_header
+
+EXAMPLES = int(os.environ.get("GGUFKIT_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=os.environ.get("GGUFKIT_FUZZ_RANDOM") is None,
+)
+
+
+def valid_safetensors() -> bytes:
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(0)
+    return save(
+        {
+            "a.weight": rng.standard_normal((4, 8)).astype(np.float16),
+            "b.bias": rng.standard_normal(8).astype(np.float32),
+            "c.ids": np.arange(3, dtype=np.int64),
+        }
+    )
+
+
+VALID = valid_safetensors()
+
+
+def _read_everything(path: Path) -> None:
+    header = read_safetensors_header(path)
+    with Checkpoint([path]) as checkpoint:
+        for name in header:
+            checkpoint.read(
+                name, float32=checkpoint.info(name).dtype in ("F16", "F32", "BF16")
+            ).sum()
+
+
+def _check(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    try:
+        _read_everything(path)
+    except GGUFKitError:
+        pass
+
+
+@FUZZ
+@given(data=st.binary(max_size=512))
+def test_random_bytes(tmp_path: Path, data: bytes) -> None:
+    _check(tmp_path / "x.safetensors", data)
+
+
+@FUZZ
+@given(
+    position=st.integers(min_value=0, max_value=len(VALID) - 1),
+    replacement=st.binary(min_size=1, max_size=8),
+    truncate=st.one_of(st.none(), st.integers(min_value=0, max_value=len(VALID))),
+)
+def test_mutated_valid_file(
+    tmp_path: Path, position: int, replacement: bytes, truncate: int | None
+) -> None:
+    data = VALID[:position] + replacement + VALID[position + len(replacement) :]
+    if truncate is not None:
+        data = data[:truncate]
+    _check(tmp_path / "x.safetensors", data)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@FUZZ
+@given(
+    header=st.dictionaries(
+        st.sampled_from(["w", "__metadata__", "x"]),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "dtype": st.sampled_from(["F16", "F32", "BF16", "I64", "Q4", 3]),
+                "shape": st.lists(st.integers(-2, 2**40), max_size=3) | json_values,
+                "data_offsets": st.lists(st.integers(-5, 2**62), max_size=3) | json_values,
+            },
+        )
+        | json_values,
+        max_size=3,
+    ),
+    body=st.binary(max_size=64),
+)
+def test_lying_headers(tmp_path: Path, header: dict[str, object], body: bytes) -> None:
+    raw = json.dumps(header).encode()
+    _check(tmp_path / "x.safetensors", struct.pack("<Q", len(raw)) + raw + body)
+
+
+def test_the_valid_file_reads(tmp_path: Path) -> None:
+    path = tmp_path / "ok.safetensors"
+    path.write_bytes(VALID)
+    _read_everything(path)
+    assert set(read_safetensors_header(path)) == {"a.weight", "b.bias", "c.ids"}
+
+
+@pytest.mark.parametrize("cut", [0, 7, 8, 20, len(VALID) - 1])
+def test_truncations_are_named_errors(tmp_path: Path, cut: int) -> None:
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(VALID[:cut])
+    with pytest.raises(GGUFKitError, match="cut.safetensors"):
+        read_safetensors_header(path)
