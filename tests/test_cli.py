@@ -78,7 +78,9 @@ def test_debug_env_shows_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_tool_failure_message_carries_tail_and_log() -> None:
-    text = format_error(ToolFailedError("llama-quantize failed", tail="line a\nline b", log_path="/tmp/x.log"))
+    text = format_error(
+        ToolFailedError("llama-quantize failed", tail="line a\nline b", log_path="/tmp/x.log")
+    )
     assert "line b" in text and "/tmp/x.log" in text
     assert isinstance(ToolFailedError("x"), BuildError)
     assert issubclass(UsageError, GGUFKitError)

@@ -34,7 +34,9 @@ def test_tampered_sdist_is_an_error(tmp_path: Path) -> None:
         verify_sha256(tampered, pin.sha256)
 
 
-def test_tampered_sdist_fails_the_build_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tampered_sdist_fails_the_build_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GGUFKIT_HOME", str(tmp_path))
     monkeypatch.setenv("GGUFKIT_LLAMA_CPP_SRC", str(tmp_path / "src"))
     pin = read_pin()
@@ -59,11 +61,18 @@ def _sdist(tmp_path: Path, members: dict[str, bytes]) -> Path:
 def test_unpack_takes_only_the_subdir(tmp_path: Path) -> None:
     sdist = _sdist(
         tmp_path,
-        {"pkg-1.0/setup.py": b"x", "pkg-1.0/vendor/llama.cpp/CMakeLists.txt": b"cmake", "pkg-1.0/vendor/llama.cpp/src/a.c": b"a"},
+        {
+            "pkg-1.0/setup.py": b"x",
+            "pkg-1.0/vendor/llama.cpp/CMakeLists.txt": b"cmake",
+            "pkg-1.0/vendor/llama.cpp/src/a.c": b"a",
+        },
     )
     dest = tmp_path / "out"
     unpack_subdir(sdist, "vendor/llama.cpp", dest)
-    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == ["CMakeLists.txt", "src/a.c"]
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
+        "CMakeLists.txt",
+        "src/a.c",
+    ]
 
 
 def test_unpack_refuses_escaping_members(tmp_path: Path) -> None:
@@ -90,7 +99,9 @@ def _touch(path: Path) -> Path:
         ("linux", "bin/llama-quantize", "src/libllama.so"),
     ],
 )
-def test_discovery_in_each_cmake_layout(tmp_path: Path, platform: str, tool: str, library: str) -> None:
+def test_discovery_in_each_cmake_layout(
+    tmp_path: Path, platform: str, tool: str, library: str
+) -> None:
     expected_tool = _touch(tmp_path / tool)
     expected_lib = _touch(tmp_path / library)
     _touch(tmp_path / "bin" / "unrelated.txt")
@@ -109,9 +120,17 @@ def test_discovery_ignores_the_other_platforms_names(tmp_path: Path) -> None:
 @pytest.mark.parametrize("platform", ["linux", "darwin", "win32"])
 def test_cmake_arguments_per_platform(tmp_path: Path, platform: str) -> None:
     options = layout.BuildOptions(cuda=True, extra_cmake_args=("-DGGML_VULKAN=ON",))
-    args = layout.configure_args(tmp_path / "src", tmp_path / "build", options, platform=platform, generator="Ninja")
+    args = layout.configure_args(
+        tmp_path / "src", tmp_path / "build", options, platform=platform, generator="Ninja"
+    )
     assert args[:6] == ["-S", str(tmp_path / "src"), "-B", str(tmp_path / "build"), "-G", "Ninja"]
-    for flag in ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF", "-DGGML_CUDA=ON", "-DLLAMA_BUILD_SERVER=OFF"):
+    for flag in (
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DBUILD_SHARED_LIBS=ON",
+        "-DLLAMA_CURL=OFF",
+        "-DGGML_CUDA=ON",
+        "-DLLAMA_BUILD_SERVER=OFF",
+    ):
         assert flag in args
     assert args[-1] == "-DGGML_VULKAN=ON"
     rpath = {"linux": "-DCMAKE_BUILD_RPATH=$ORIGIN", "darwin": "-DCMAKE_BUILD_RPATH=@loader_path"}
@@ -141,7 +160,9 @@ def _fake_build(home: Path) -> Path:
     tree = root / "cmake"
     tools = {name: _touch(tree / "bin" / name) for name in layout.TOOLS}
     library = _touch(tree / "bin" / "libllama.so")
-    info = build_module.BuildInfo(key, tree, tools, library, "0c1e57098", read_pin().sha256, {}, "test", 1.0)
+    info = build_module.BuildInfo(
+        key, tree, tools, library, "0c1e57098", read_pin().sha256, {}, "test", 1.0
+    )
     (root / build_module.STAMP_NAME).write_text(json.dumps(info.to_json()))
     return root
 
@@ -182,12 +203,16 @@ def test_no_cmake_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
         build_module.find_compiler()
 
 
-def test_failing_cmake_reports_tail_and_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_cmake_reports_tail_and_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GGUFKIT_HOME", str(tmp_path))
     monkeypatch.setenv("GGUFKIT_LLAMA_CPP_SRC", str(tmp_path / "src"))
     broken = tmp_path / "src"
     broken.mkdir()
-    (broken / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.14)\nproject(x)\nmessage(FATAL_ERROR \"deliberately broken\")\n")
+    (broken / "CMakeLists.txt").write_text(
+        'cmake_minimum_required(VERSION 3.14)\nproject(x)\nmessage(FATAL_ERROR "deliberately broken")\n'
+    )
     (broken / ".ggufkit-source").write_text(read_pin().sha256 + "\n")
     result = CliRunner().invoke(cli, ["build", "--no-bindings"])
     assert result.exit_code == 1
@@ -207,7 +232,9 @@ def test_doctor_json_reports_the_build() -> None:
 
 @pytest.mark.needs_llamacpp
 @pytest.mark.needs_torch
-def test_quantize_with_built_binary_and_load_through_bindings(tmp_path: Path, tiny_llama_gqa_dir: Path) -> None:
+def test_quantize_with_built_binary_and_load_through_bindings(
+    tmp_path: Path, tiny_llama_gqa_dir: Path
+) -> None:
     """The foundation's proof: upstream-converted GGUF -> built llama-quantize -> llama_cpp on our libllama."""
     import tiny
 
