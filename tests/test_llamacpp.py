@@ -184,10 +184,10 @@ def test_corrupted_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("GGUFKIT_HOME", str(tmp_path))
     root = _fake_build(tmp_path)
     (root / "cmake" / "bin" / "llama-bench").unlink()
-    rebuilt = []
+    rebuilt: list[object] = []
     monkeypatch.setattr(build_module, "_build_into", lambda *a, **k: rebuilt.append(a) or "rebuilt")
     assert build_module.build(bindings=False) == "rebuilt"
-    assert rebuilt
+    assert len(rebuilt) == 1
     (root / build_module.STAMP_NAME).write_text("{not json")
     with pytest.raises(ToolMissingError, match="not built"):
         build_module.current_build()

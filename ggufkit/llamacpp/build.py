@@ -41,7 +41,7 @@ class BuildInfo:
     options: dict[str, object]
     platform: str
     seconds: float
-    cached: bool = False
+    cached: bool = True  # False only for the run that compiled it
 
     @property
     def lib_dir(self) -> Path:
@@ -171,8 +171,6 @@ def build(
             info = None if force else _read_stamp(root)  # another process may have built it
             if info is None:
                 info = _build_into(root, pin, key, options, jobs or os.cpu_count() or 2)
-    else:
-        info.cached = True
     write_json_atomic(paths.builds_dir() / CURRENT_POINTER, {"key": key})
     if bindings:
         install_bindings(info, pin)
@@ -238,6 +236,7 @@ def _build_into(
         options=asdict(options),
         platform=platform_tag(),
         seconds=round(time.perf_counter() - started, 1),
+        cached=False,
     )
     write_json_atomic(root / STAMP_NAME, info.to_json())
     log.info("built in %.0f s: %s", info.seconds, tree)
@@ -272,7 +271,6 @@ def current_build() -> BuildInfo:
     for key in keys:
         info = _read_stamp(builds / key)
         if info is not None:
-            info.cached = True
             return info
     raise ToolMissingError(
         "llama.cpp is not built yet", hint="run `ggufkit build` (a few minutes, once)"
