@@ -236,12 +236,14 @@ def download(
         if offline:
             return _from_cache(repo_id, revision, wanted, local_dir, settings, reason="offline")
         try:
-            return _from_hub(repo_id, revision, wanted, local_dir, token, settings)
+            commit, names = _listing(repo_id, revision, token, settings)
         except Exception as exc:
             if not _unreachable(exc):
                 raise
             log.warning("cannot reach the Hub (%s); looking in the local cache", type(exc).__name__)
             return _from_cache(repo_id, revision, wanted, local_dir, settings, reason="unreachable")
+        files = wanted.choose(names, f"{repo_id}@{revision or 'main'}")
+        return _fetch(repo_id, revision, commit, files, local_dir, token, settings)
     except GGUFKitError:
         raise
     except Exception as exc:
@@ -292,37 +294,43 @@ class _Selection:
         return sorted(chosen)
 
 
-def _from_hub(
+def _listing(
+    repo_id: str, revision: str | None, token: str | None, settings: HubSettings
+) -> tuple[str, list[str]]:
+    """The commit sha ``revision`` points to, and the repo's file names at that commit."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=settings.endpoint, token=token, library_name="ggufkit")
+    info = api.model_info(repo_id, revision=revision)
+    if not info.sha:
+        raise HubError(
+            f"the Hub gave no commit for {repo_id}", hint="check that HF_ENDPOINT is a Hub"
+        )
+    return info.sha, [s.rfilename for s in info.siblings or []]
+
+
+def _fetch(
     repo_id: str,
     revision: str | None,
-    wanted: _Selection,
+    commit: str,
+    files: list[str],
     local_dir: str | Path | None,
     token: str | None,
     settings: HubSettings,
 ) -> ResolvedModel:
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import snapshot_download
     from huggingface_hub._revision import ResolvedRevision
     from huggingface_hub.file_download import repo_folder_name
 
-    api = HfApi(endpoint=settings.endpoint, token=token, library_name="ggufkit")
-    info = api.model_info(repo_id, revision=revision)
-    commit = info.sha
-    if not commit:
-        raise HubError(
-            f"the Hub gave no commit for {repo_id}", hint="check HF_ENDPOINT points at a Hub"
-        )
-    names = [s.rfilename for s in info.siblings or []]
-    files = wanted.choose(names, f"{repo_id}@{revision or 'main'}")
     log.info("downloading %d files of %s at %s", len(files), repo_id, commit[:12])
     if revision is None or not _COMMIT.fullmatch(revision):
-        # Pinned to the commit just listed, so the files match it; the ref is written here because
-        # snapshot_download skips it for a resolved revision, and offline runs look it up.
+        # Pinned to the commit just listed, so the files match the listing; the ref is written here
+        # because snapshot_download skips it for a resolved revision, and offline runs look it up.
         storage = settings.cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model")
         write_text_atomic(storage / "refs" / (revision or "main"), commit)
-    pinned = ResolvedRevision(commit, initial=revision, repo_id=repo_id)
     path = snapshot_download(
         repo_id,
-        revision=pinned,
+        revision=ResolvedRevision(commit, initial=revision, repo_id=repo_id),
         allow_patterns=[glob.escape(name) for name in files],
         cache_dir=settings.cache_dir,
         local_dir=local_dir,
@@ -346,6 +354,7 @@ def _from_cache(
     from huggingface_hub.errors import CachedRepoTreeNotFoundError, RevisionResolutionError
 
     where = f"{repo_id}@{revision or 'main'}"
+    commit: str | None
     try:
         commit = (
             HfApi(endpoint=settings.endpoint)
@@ -364,7 +373,8 @@ def _from_cache(
         )
         names = [entry.path for entry in tree]
     except CachedRepoTreeNotFoundError:
-        base = Path(local_dir) if local_dir else _snapshot_dir(settings, repo_id, commit)
+        # commit is None only for a local_dir download, whose files are in local_dir.
+        base = Path(local_dir) if local_dir else _snapshot_dir(settings, repo_id, str(commit))
         names = [p.name for p in base.iterdir() if p.is_file()] if base.is_dir() else []
         if not names:
             raise _not_cached(where, settings, reason) from None
@@ -380,7 +390,7 @@ def _from_cache(
     missing = [name for name in files if not (Path(path) / name).is_file()]
     if missing:
         raise _not_cached(where, settings, reason, missing=missing)
-    log.info("using %s from the cache (%s)", where, commit[:12])
+    log.info("using %s from the cache (%s)", where, (commit or "?")[:12])
     return ResolvedModel(path=Path(path), repo_id=repo_id, revision=revision, commit=commit)
 
 

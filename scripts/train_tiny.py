@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -133,7 +132,9 @@ def load_corpus(sdist: Path) -> Corpus:
     heldout = texts.pop(HELDOUT)
     calibration = texts[CALIBRATION][:CALIBRATION_CHARS]
     calibration = calibration[: calibration.rfind("\n\n") + 1]
-    return Corpus([texts[k] for k in sorted(texts)], heldout, calibration, milton_train, milton_heldout)
+    return Corpus(
+        [texts[k] for k in sorted(texts)], heldout, calibration, milton_train, milton_heldout
+    )
 
 
 def write_corpus(corpus: Corpus, corpus_dir: Path) -> None:
@@ -197,7 +198,11 @@ def add_pad_piece(spm_model: Path, output: Path) -> Path:
     proto = model_pb2.ModelProto()
     proto.ParseFromString(spm_model.read_bytes())
     piece = proto.pieces.add()
-    piece.piece, piece.score, piece.type = "<pad>", 0.0, model_pb2.ModelProto.SentencePiece.USER_DEFINED
+    piece.piece, piece.score, piece.type = (
+        "<pad>",
+        0.0,
+        model_pb2.ModelProto.SentencePiece.USER_DEFINED,
+    )
     output.write_bytes(proto.SerializeToString())
     return output
 
@@ -223,7 +228,11 @@ def train_bloom_tokenizer(corpus: Corpus, out_dir: Path) -> Any:
     )
     tok.train_from_iterator(corpus.train, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
     )
     fast.save_pretrained(str(out_dir))
     return fast
@@ -343,7 +352,9 @@ def build_milton_delta(corpus: Corpus, out: Path, steps: int, full_dir: Path) ->
         padded = save_llama_tokenizer(pad_model, tmp)
         pad_model.unlink()
         if len(padded) != base.config.vocab_size or padded.pad_token_id != base.config.pad_token_id:
-            raise RuntimeError(f"<pad> tokenizer has {len(padded)} tokens, pad {padded.pad_token_id}")
+            raise RuntimeError(
+                f"<pad> tokenizer has {len(padded)} tokens, pad {padded.pad_token_id}"
+            )
         save_fp16(base, tmp)
     make_delta = _delta_maker()
     if make_delta is None:

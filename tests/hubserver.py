@@ -10,7 +10,8 @@ It answers the endpoints huggingface_hub 2.4.0 calls for ``snapshot_download`` t
 Errors carry the ``X-Error-Code``/``X-Error-Message`` headers huggingface_hub maps to exceptions:
 404 ``RepoNotFound``/``RevisionNotFound``/``EntryNotFound``, 401 ``GatedRepo`` for a gated repo
 without a token, and 401 "Invalid credentials in Authorization header" for an unknown token.
-``cut(path, after)`` makes the next GET of a file stop after ``after`` bytes (a dropped connection).
+``cut(path, after)`` makes the next GET of a file stop after ``after`` bytes (a dropped connection);
+``fail(path, status)`` makes the next GET of a file answer an HTTP error.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,6 +70,8 @@ class FakeHub:
         self.tokens: set[str] = set()
         self.requests: list[Request] = []
         self._cuts: dict[str, int] = {}
+        self._fails: dict[str, int] = {}
+        self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -88,6 +92,11 @@ class FakeHub:
         with self._lock:
             self._cuts[path] = after
 
+    def fail(self, path: str, status: int = 500) -> None:
+        """The next GET of ``path`` (any repo) answers ``status``."""
+        with self._lock:
+            self._fails[path] = status
+
     def gets(self, path: str) -> list[Request]:
         """The GET requests made for a repo file whose path ends with ``/path``."""
         return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + path)]
@@ -107,14 +116,23 @@ class FakeHub:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def stop(self) -> None:
+        """Stop listening and hang up kept-alive connections, so the Hub is really gone."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
 
     def __enter__(self) -> FakeHub:
         return self.start()
@@ -126,6 +144,10 @@ class FakeHub:
         with self._lock:
             return self._cuts.pop(path, None)
 
+    def take_fail(self, path: str) -> int | None:
+        with self._lock:
+            return self._fails.pop(path, None)
+
 
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeHub
@@ -133,6 +155,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet test output
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.fake._lock:
+            self.fake._connections.add(self.connection)
 
     # -- plumbing -----------------------------------------------------------------------------
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
@@ -241,7 +268,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         data = revision.files.get(path)
         if data is None:
-            self._error(404, "EntryNotFound", f"{path} does not exist", **{"X-Repo-Commit": revision.sha})
+            self._error(
+                404, "EntryNotFound", f"{path} does not exist", **{"X-Repo-Commit": revision.sha}
+            )
+            return
+        status = self.fake.take_fail(path) if self.command == "GET" else None
+        if status is not None:
+            self._error(status, None, "Internal Error")
             return
         headers = {"X-Repo-Commit": revision.sha, "Accept-Ranges": "bytes"}
         if path.endswith(LFS_SUFFIXES):
@@ -289,9 +322,20 @@ def _tree(files: dict[str, bytes], prefix: str, recursive: bool) -> list[dict[st
         for depth in range(1, relative.count("/") + 1):
             folders.add(base + "/".join(relative.split("/")[:depth]))
         data = files[name]
-        entry: dict[str, Any] = {"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": name}
+        entry: dict[str, Any] = {
+            "type": "file",
+            "oid": git_blob_sha1(data),
+            "size": len(data),
+            "path": name,
+        }
         if name.endswith(LFS_SUFFIXES):
-            entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+            entry["lfs"] = {
+                "oid": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "pointerSize": 134,
+            }
         entries.append(entry)
-    entries += [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)]
+    entries += [
+        {"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)
+    ]
     return entries

@@ -47,7 +47,7 @@ class CommandFailed(click.ClickException):
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(format_error(error))
-        self.exit_code = exit_code_for(error)
+        self.exit_code = exit_code_for(error)  # type: ignore[misc]  # per error, not per class
 
 
 class RootGroup(click.Group):

@@ -91,7 +91,7 @@ def find_cmake() -> str:
     if found:
         return found
     try:
-        import cmake  # type: ignore[import-not-found]  # the `cmake` package on PyPI
+        import cmake  # the `cmake` package on PyPI
 
         candidate = Path(cmake.CMAKE_BIN_DIR) / layout.exe_name("cmake")
         if candidate.is_file():
