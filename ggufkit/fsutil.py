@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,10 +72,16 @@ def atomic_output(final: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Like :func:`atomic_output` for a directory; an existing ``final`` is replaced only on success."""
+    """Like :func:`atomic_output` for a directory (``final.partial``); an existing ``final`` is
+    replaced only on success, and a ``.partial`` left by a killed run is removed first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=PARTIAL_SUFFIX, dir=final.parent))
+    tmp = partial_path(final)
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    elif tmp.exists():
+        tmp.unlink()
+    tmp.mkdir()
     try:
         yield tmp
         if final.exists():

@@ -8,6 +8,7 @@ plain pickle.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import mmap
@@ -232,7 +233,9 @@ class Checkpoint:
 
     def close(self) -> None:
         for mapped in self._maps.values():
-            mapped.close()
+            # A numpy view may still be alive (e.g. unwinding from Ctrl-C): the map closes with it.
+            with contextlib.suppress(BufferError):
+                mapped.close()
         self._maps.clear()
         self._torch_state.clear()
 
