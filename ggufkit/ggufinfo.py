@@ -319,7 +319,8 @@ class _Reader:
         )
         if length > (self.size - self.pos) // min_item:
             raise self.fail(
-                f"array '{key}' claims {length} items but only {self.size - self.pos} bytes remain"
+                f"array '{key}' claims {length} items but only {self.size - self.pos} bytes "
+                "remain (truncated or corrupt)"
             )
         keep = length if limit is None else min(limit, length)
         items: list[Any]
@@ -409,9 +410,15 @@ def _parse(r: _Reader, max_array_items: int | None) -> GGUFInfo:
     n_kv = r.scalar("Q", "the metadata count")
     remaining = r.size - r.pos
     if n_kv > remaining // 13:  # key length 8 + key >= 1 + type 4
-        raise r.fail(f"header claims {n_kv} metadata entries but only {remaining} bytes follow")
+        raise r.fail(
+            f"header claims {n_kv} metadata entries but only {remaining} bytes follow "
+            "(truncated or corrupt)"
+        )
     if n_tensors > remaining // 24:  # name length 8 + dims count 4 + type 4 + offset 8
-        raise r.fail(f"header claims {n_tensors} tensors but only {remaining} bytes follow")
+        raise r.fail(
+            f"header claims {n_tensors} tensors but only {remaining} bytes follow "
+            "(truncated or corrupt)"
+        )
 
     metadata: dict[str, Any] = {}
     types: dict[str, str] = {}

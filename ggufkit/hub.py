@@ -29,20 +29,10 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "vocab.json",
-    "merges.txt",
-    "vocab.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "*.tiktoken",
-)
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json", "merges.txt",
+    "vocab.txt", "chat_template.jinja", "chat_template.json", "*.tiktoken",
+)  # fmt: skip
 # Trainer checkpoints ship these beside the weights; they are not model weights.
 TRAINING_STATE = (
     "training_args.bin",
@@ -318,8 +308,7 @@ def _fetch(
     token: str | None,
     settings: HubSettings,
 ) -> ResolvedModel:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub._revision import ResolvedRevision
+    from huggingface_hub import ResolvedRevision, snapshot_download
     from huggingface_hub.file_download import repo_folder_name
 
     log.info("downloading %d files of %s at %s", len(files), repo_id, commit[:12])
@@ -366,7 +355,7 @@ def _from_cache(
     except RevisionResolutionError as exc:
         if local_dir is None or not Path(local_dir).is_dir():
             raise _not_cached(where, settings, reason) from exc
-        commit = _local_dir_commit(Path(local_dir))
+        commit = None  # a --local-dir download whose ref was cleared from the main cache
     try:
         tree = get_cached_repo_tree(
             repo_id, revision=commit, cache_dir=settings.cache_dir, local_dir=local_dir
@@ -403,16 +392,6 @@ def _snapshot_dir(settings: HubSettings, repo_id: str, commit: str) -> Path:
         / "snapshots"
         / commit
     )
-
-
-def _local_dir_commit(local_dir: Path) -> str | None:
-    from huggingface_hub._local_folder import read_download_metadata
-
-    for name in CONFIG_FILES:
-        metadata = read_download_metadata(local_dir, name)
-        if metadata is not None:
-            return metadata.commit_hash
-    return None
 
 
 def _not_cached(

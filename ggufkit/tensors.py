@@ -283,15 +283,21 @@ class Checkpoint:
             )
         return array
 
-    def release(self, name: str) -> None:
-        """Give the tensor's pages back to the OS (they stay in the page cache)."""
+    def release(self, name: str, start_byte: int = 0, stop_byte: int | None = None) -> None:
+        """Give the tensor's pages back to the OS (they stay in the page cache).
+
+        ``start_byte``/``stop_byte`` (within the tensor) release part of it, for readers that
+        go through a large tensor in chunks.
+        """
         info = self._infos.get(name)
         mapped = self._maps.get(info.file) if info else None
         if info is None or mapped is None or not hasattr(mapped, "madvise"):
             return
         page = mmap.PAGESIZE
-        start = info.offset - info.offset % page
-        length = info.offset + info.n_bytes - start
+        first = info.offset + start_byte
+        start = first - first % page
+        end = info.offset + (info.n_bytes if stop_byte is None else min(stop_byte, info.n_bytes))
+        length = end - start
         length = min(length, len(mapped) - start)
         if length > 0:
             mapped.madvise(getattr(mmap, "MADV_DONTNEED", 4), start, length)

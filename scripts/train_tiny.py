@@ -181,12 +181,17 @@ def save_llama_tokenizer(spm_model: Path, out_dir: Path) -> Any:
 
     staging = Path(tempfile.mkdtemp(prefix="spm-"))
     shutil.copy(spm_model, staging / "tokenizer.model")
-    tokenizer = LlamaTokenizer.from_pretrained(str(staging), legacy=False)
+    tokenizer = LlamaTokenizer.from_pretrained(str(staging), legacy=False, add_bos_token=True)
     if "<pad>" in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
     tokenizer.save_pretrained(str(out_dir))
-    # transformers 5 does not write tokenizer.model itself.
+    # transformers 5 does not write tokenizer.model itself, nor the BOS/EOS flags LLaMA's carries
+    # (converters read them from tokenizer_config.json).
     shutil.copy(spm_model, out_dir / "tokenizer.model")
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(add_bos_token=True, add_eos_token=False)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
     shutil.rmtree(staging)
     return tokenizer
 
@@ -293,6 +298,10 @@ def bloom_config() -> Any:
 
 def save_fp16(model: Any, out_dir: Path) -> None:
     model.to(torch.float16).save_pretrained(str(out_dir))
+    # mkdtemp and safetensors create owner-only modes; package data must be world-readable.
+    out_dir.chmod(0o755)
+    for path in out_dir.iterdir():
+        path.chmod(0o644)
 
 
 def report(name: str, figures: dict[str, Any]) -> None:
@@ -307,7 +316,7 @@ def build_tiny_llama(corpus: Corpus, out: Path, steps: int, workdir: Path) -> di
         stream = encode_stream(tokenizer, corpus.train, eos=2)
         heldout = torch.tensor(tokenizer(corpus.heldout, add_special_tokens=False)["input_ids"])
         config = llama_config(len(tokenizer))
-        settings = TrainSettings(steps=steps, lr=3e-3, bos=1, seed=SEED)
+        settings = TrainSettings(steps=steps, lr=2e-3, bos=1, seed=SEED)
         torch.manual_seed(SEED)
         model = LlamaForCausalLM(config)
         seconds = train_lm(model, stream, settings)
@@ -380,7 +389,7 @@ def build_tiny_bloom(corpus: Corpus, out: Path, steps: int) -> dict[str, Any]:
         stream = encode_stream(tokenizer, corpus.train, eos=2)
         heldout = torch.tensor(tokenizer(corpus.heldout, add_special_tokens=False)["input_ids"])
         config = bloom_config()
-        settings = TrainSettings(steps=steps, lr=3e-3, bos=None, seed=SEED + 3)
+        settings = TrainSettings(steps=steps, lr=2e-3, bos=None, seed=SEED + 3)
         torch.manual_seed(SEED + 3)
         model = BloomForCausalLM(config)
         seconds = train_lm(model, stream, settings)

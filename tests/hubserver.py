@@ -21,10 +21,15 @@ import json
 import re
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 
@@ -105,8 +110,7 @@ class FakeHub:
     @property
     def url(self) -> str:
         assert self._server is not None, "start the server first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> FakeHub:
         hub = self
@@ -128,10 +132,8 @@ class FakeHub:
         with self._lock:
             connections, self._connections = self._connections, set()
         for connection in connections:
-            try:
+            with suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             connection.close()
 
     def __enter__(self) -> FakeHub:
@@ -339,3 +341,24 @@ def _tree(files: dict[str, bytes], prefix: str, recursive: bool) -> list[dict[st
         {"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)
     ]
     return entries
+
+
+@contextmanager
+def serving(monkeypatch: pytest.MonkeyPatch, hf_home: Path) -> Iterator[FakeHub]:
+    """A running FakeHub that huggingface_hub talks to, with its cache and login under ``hf_home``."""
+    from huggingface_hub import constants
+
+    with FakeHub() as server:
+        for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HOME", str(hf_home))
+        # huggingface_hub read these when it was imported: point them at the fake Hub and hf_home.
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(hf_home / "token"))
+        monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(hf_home / "stored_tokens"))
+        yield server

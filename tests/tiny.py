@@ -240,3 +240,90 @@ def upstream_convert(model_dir: Path, out_file: Path, *, outtype: str = "f16") -
 
 def read_config(model_dir: Path) -> dict[str, object]:
     return json.loads((Path(model_dir) / "config.json").read_text())
+
+
+def write_random_llama(
+    out_dir: Path,
+    *,
+    hidden: int = 2048,
+    intermediate: int = 5632,
+    layers: int = 16,
+    heads: int = 32,
+    kv_heads: int = 32,
+    vocab: int = 32000,
+    shards: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A big random bf16 LlamaForCausalLM written with numpy only (no torch): for benchmarks and
+    interrupt tests. The defaults give ~953M parameters (1.9 GB), like the FINDINGS measurements."""
+    import struct
+
+    import numpy as np
+
+    from ggufkit.tensors import float32_to_bf16
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kv_rows = kv_heads * (hidden // heads)
+    shapes: dict[str, list[int]] = {"model.embed_tokens.weight": [vocab, hidden]}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = [hidden]
+        shapes[p + "self_attn.q_proj.weight"] = [hidden, hidden]
+        shapes[p + "self_attn.k_proj.weight"] = [kv_rows, hidden]
+        shapes[p + "self_attn.v_proj.weight"] = [kv_rows, hidden]
+        shapes[p + "self_attn.o_proj.weight"] = [hidden, hidden]
+        shapes[p + "post_attention_layernorm.weight"] = [hidden]
+        shapes[p + "mlp.gate_proj.weight"] = [intermediate, hidden]
+        shapes[p + "mlp.up_proj.weight"] = [intermediate, hidden]
+        shapes[p + "mlp.down_proj.weight"] = [hidden, intermediate]
+    shapes["model.norm.weight"] = [hidden]
+    shapes["lm_head.weight"] = [vocab, hidden]
+    names = list(shapes)
+    per_shard = -(-len(names) // shards)
+    rng = np.random.default_rng(seed)
+    weight_map = {}
+    for s in range(shards):
+        file_name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        chunk = names[s * per_shard : (s + 1) * per_shard]
+        header, offset = {}, 0
+        for name in chunk:
+            nbytes = 2 * int(np.prod(shapes[name]))
+            header[name] = {
+                "dtype": "BF16",
+                "shape": shapes[name],
+                "data_offsets": [offset, offset + nbytes],
+            }
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(out_dir / file_name, "wb") as handle:
+            handle.write(struct.pack("<Q", len(raw)) + raw)
+            for name in chunk:
+                scale, shift = (0.1, 1.0) if len(shapes[name]) == 1 else (0.02, 0.0)
+                values = shift + scale * rng.standard_normal(shapes[name], dtype=np.float32)
+                handle.write(float32_to_bf16(values).tobytes())
+                weight_map[name] = file_name
+    index = {"metadata": {}, "weight_map": weight_map}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "bfloat16",
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    spm = train_sentencepiece(out_dir / "_spm")
+    shutil.move(str(spm), out_dir / "tokenizer.model")
+    shutil.rmtree(out_dir / "_spm", ignore_errors=True)
+    return out_dir

@@ -97,7 +97,7 @@ def cli(verbose: int, quiet: bool) -> None:
         ggufkit build                       # the pinned llama.cpp, once
         ggufkit convert ./my-model -o my-model-f16.gguf
         ggufkit quantize my-model-f16.gguf q4_0 q8_0
-        ggufkit eval my-model-f16.gguf my-model-f16-Q4_0.gguf
+        ggufkit eval my-model-f16.gguf my-model-Q4_0.gguf
     """
     setup_logging(-1 if quiet else verbose)
 

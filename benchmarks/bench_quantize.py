@@ -1,0 +1,199 @@
+"""Benchmark: `ggufkit quantize` vs the raw pinned llama-quantize, q4_0 of a ~1B f16 GGUF.
+
+The model (LLaMA-shaped, random f16 weights, fixed seed, a minimal valid vocabulary) is written
+once with gguf-py's GGUFWriter, tensor by tensor, and cached under GGUFKIT_HOME/bench. Both sides
+run as fresh processes, alternating, after one untimed warm-up each (page cache, type table).
+The ggufkit side is the whole command: Python start-up, the checks, the dry run, the atomic
+rename. Target: wrapper overhead <= 3 % of wall time.
+
+    .venv/bin/python benchmarks/bench_quantize.py [--runs 3] [--layers 20] [--type q4_0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_OVERHEAD = 0.03
+
+
+def llama_shapes(
+    *, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int
+) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor names and numpy shapes (rows, columns) of a LLaMA."""
+    kv = kv_heads * (hidden // heads)
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"blk.{i}."
+        shapes |= {
+            p + "attn_norm.weight": (hidden,),
+            p + "attn_q.weight": (hidden, hidden),
+            p + "attn_k.weight": (kv, hidden),
+            p + "attn_v.weight": (kv, hidden),
+            p + "attn_output.weight": (hidden, hidden),
+            p + "ffn_norm.weight": (hidden,),
+            p + "ffn_gate.weight": (intermediate, hidden),
+            p + "ffn_up.weight": (intermediate, hidden),
+            p + "ffn_down.weight": (hidden, intermediate),
+        }
+    shapes |= {"output_norm.weight": (hidden,), "output.weight": (vocab, hidden)}
+    return shapes
+
+
+def make_model(path: Path, *, layers: int, seed: int = 0) -> Path:
+    """Write the benchmark GGUF (streamed: one tensor in memory at a time), atomically."""
+    import gguf
+
+    hidden, intermediate, heads, kv_heads, vocab = 2048, 5632, 32, 4, 32000
+    shapes = llama_shapes(
+        hidden=hidden,
+        intermediate=intermediate,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        vocab=vocab,
+    )
+    tmp = path.with_name(path.name + ".partial")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer.add_name(f"bench-llama-{layers}l")
+    writer.add_context_length(2048)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(intermediate)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16))
+    # A minimal valid SentencePiece-style vocabulary: specials, 256 byte tokens, filler pieces.
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tokens += [f"▁t{i}" for i in range(vocab - len(tokens))]
+    types = [2, 3, 3] + [6] * 256 + [1] * (vocab - 259)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([-float(i) for i in range(vocab)])
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    for name, shape in shapes.items():
+        dtype = np.float32 if len(shape) == 1 else np.float16
+        writer.add_tensor_info(
+            name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    rng = np.random.default_rng(seed)
+    for shape in shapes.values():
+        if len(shape) == 1:
+            writer.write_tensor_data(np.ones(shape, dtype=np.float32))
+        else:
+            data = rng.standard_normal(shape, dtype=np.float32)
+            data *= 0.02
+            writer.write_tensor_data(data.astype(np.float16))
+    writer.close()
+    os.replace(tmp, path)
+    return path
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=20, help="20 layers: ~1.0B parameters")
+    parser.add_argument("--type", default="q4_0")
+    args = parser.parse_args()
+
+    from ggufkit import paths
+    from ggufkit.ggufinfo import read_gguf
+    from ggufkit.llamacpp.build import find_tool
+
+    binary = str(find_tool("llama-quantize"))
+    bench = paths.home() / "bench"
+    bench.mkdir(parents=True, exist_ok=True)
+    model = bench / f"bench-llama-{args.layers}l-f16.gguf"
+    if not model.is_file():
+        print(f"generating the benchmark model {model} ...", flush=True)
+        started = time.perf_counter()
+        make_model(model, layers=args.layers)
+        print(f"  written in {time.perf_counter() - started:.0f} s", flush=True)
+    info = read_gguf(model, max_array_items=0)
+    ggufkit = str(Path(sys.executable).with_name("ggufkit"))
+    out_dir = bench / "quantize-out"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
+    out_raw, out_kit = out_dir / "raw.gguf", out_dir / "kit.gguf"
+    sides = {
+        "raw binary": [binary, str(model), str(out_raw), args.type.upper()],
+        "ggufkit": [
+            ggufkit,
+            "-q",
+            "quantize",
+            str(model),
+            args.type,
+            "-o",
+            str(out_kit),
+            "--engine",
+            "binary",
+        ],
+    }
+    with open(model, "rb") as handle:  # page cache
+        while handle.read(64 << 20):
+            pass
+    for command in sides.values():  # warm-up, untimed
+        timed(command)
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for run in range(args.runs):
+        order = list(sides) if run % 2 == 0 else list(reversed(sides))
+        for name in order:
+            seconds = timed(sides[name])
+            times[name].append(seconds)
+            print(f"run {run + 1} {name:10s} {seconds:6.2f} s", flush=True)
+    identical = out_raw.read_bytes() == out_kit.read_bytes()
+    startup = statistics.median(timed([ggufkit, "--version"]) for _ in range(3))
+    dry_run = statistics.median(
+        timed([binary, "--dry-run", str(model), args.type.upper()]) for _ in range(3)
+    )
+
+    raw, kit = statistics.median(times["raw binary"]), statistics.median(times["ggufkit"])
+    overhead = (kit - raw) / raw
+    print(
+        f"\nmodel: {info.parameter_count / 1e9:.2f}B parameters, {info.file_size / 1e9:.2f} GB f16 ({model})"
+    )
+    print(f"{args.type}: outputs byte-identical: {identical}")
+    print(f"raw binary  median {raw:6.2f} s  (min {min(times['raw binary']):.2f})")
+    print(f"ggufkit     median {kit:6.2f} s  (min {min(times['ggufkit']):.2f})")
+    print(
+        f"ratio ggufkit/raw {kit / raw:.3f}  overhead {overhead * 100:+.1f} % (target <= {TARGET_OVERHEAD * 100:.0f} %)"
+    )
+    print(
+        f"  of which: `ggufkit --version` start-up {startup:.2f} s, llama-quantize --dry-run {dry_run:.2f} s"
+    )
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if not identical:
+        raise SystemExit("outputs differ")
+
+
+if __name__ == "__main__":
+    main()

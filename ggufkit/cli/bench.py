@@ -1,0 +1,76 @@
+"""`ggufkit bench`: prompt and generation speed of a GGUF file (llama-bench)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ggufkit.cli.options import echo_json, json_option
+from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, DEFAULT_REPETITIONS, benchmark
+from ggufkit.report import bench_table
+
+
+@click.command("bench")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "-p",
+    "--prompt-tokens",
+    type=click.IntRange(min=0),
+    default=DEFAULT_PROMPT,
+    show_default=True,
+    help="Prompt length to process (0: skip).",
+)
+@click.option(
+    "-n",
+    "--gen-tokens",
+    type=click.IntRange(min=0),
+    default=DEFAULT_GEN,
+    show_default=True,
+    help="Tokens to generate (0: skip).",
+)
+@click.option(
+    "-r",
+    "--repetitions",
+    type=click.IntRange(min=1),
+    default=DEFAULT_REPETITIONS,
+    show_default=True,
+    help="Runs per test (mean ± standard deviation).",
+)
+@click.option(
+    "-t",
+    "--threads",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="CPU threads; repeat to compare (-t 4 -t 8). Default: llama-bench's choice.",
+)
+@json_option
+def command(
+    model: Path,
+    prompt_tokens: int,
+    gen_tokens: int,
+    repetitions: int,
+    threads: tuple[int, ...],
+    as_json: bool,
+) -> None:
+    """Measure prompt processing (pp) and generation (tg) speed in tokens per second.
+
+    \b
+    Examples:
+        ggufkit bench model-Q4_0.gguf
+        ggufkit bench model-Q4_0.gguf -t 4 -t 8 -r 3
+        ggufkit bench model-Q4_0.gguf -p 0 -n 64 --json
+    """
+    results = benchmark(
+        model, n_prompt=prompt_tokens, n_gen=gen_tokens, repetitions=repetitions, threads=threads
+    )
+    if as_json:
+        echo_json(
+            {
+                "model": str(model),
+                "size_bytes": model.stat().st_size,
+                "tests": [r.to_json() for r in results],
+            }
+        )
+        return
+    click.echo(bench_table(results, {str(model): model.stat().st_size}))

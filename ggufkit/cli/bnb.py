@@ -1,0 +1,216 @@
+"""`ggufkit bnb`: nf4 / nf4-dq / fp4 / fp4-dq / int8 through bitsandbytes, before and after."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ggufkit.bnb import DEFAULT_PROMPTS, BnbOptions, markdown, parse_modes, run_bnb
+from ggufkit.bnb.modes import COMPUTE_DTYPES, MODES, QUANT_STORAGE
+from ggufkit.bnb.workspace import record_in_workspace, workspace_model
+from ggufkit.cli.options import echo_json, json_option, threads_option
+from ggufkit.errors import EvaluationError, InputError, UsageError
+from ggufkit.hub import resolve_model
+from ggufkit.log import get_logger
+
+log = get_logger("cli.bnb")
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    text = value.strip().lower()
+    if text in ("auto", "cpu", "cuda") or (
+        text.startswith("cuda:") and text.partition(":")[2].isdigit()
+    ):
+        return text
+    raise click.BadParameter("use auto, cpu, cuda or cuda:N")
+
+
+def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
+    if prompt and prompts_file:
+        raise UsageError("give --prompt or --prompts, not both")
+    if prompts_file is None:
+        return list(prompt) or list(DEFAULT_PROMPTS)
+    try:
+        lines = prompts_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {prompts_file}: {exc}", path=prompts_file) from exc
+    found = [line.strip() for line in lines if line.strip()]
+    if not found:
+        raise UsageError(f"{prompts_file} holds no prompt", hint="one prompt per line")
+    return found
+
+
+@click.command("bnb")
+@click.argument("model", required=False)
+@click.option(
+    "--modes",
+    default=",".join(MODES),
+    show_default=True,
+    help="Comma-separated bitsandbytes modes to measure (or all).",
+)
+@click.option(
+    "--compute-dtype",
+    type=click.Choice(list(COMPUTE_DTYPES)),
+    default=None,
+    help="Baseline dtype and 4-bit compute dtype (default: bf16/f16 on CUDA, f32 on CPU).",
+)
+@click.option(
+    "--quant-storage",
+    type=click.Choice(QUANT_STORAGE),
+    default="uint8",
+    show_default=True,
+    help="Storage dtype of packed 4-bit weights.",
+)
+@click.option(
+    "--skip-modules",
+    default="",
+    help="Comma-separated modules kept unquantized, besides lm_head and tied weights.",
+)
+@click.option("--int8-threshold", type=float, default=6.0, show_default=True)
+@click.option(
+    "--fp32-cpu-offload",
+    is_flag=True,
+    help="CUDA: place what does not fit on the GPU on the CPU in fp32 (device_map auto).",
+)
+@click.option("--prompt", multiple=True, help="A prompt to generate from. Repeatable.")
+@click.option(
+    "--prompts",
+    "prompts_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file with one prompt per line.",
+)
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--save",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Save each quantized model (safetensors and tokenizer) to DIR/<mode>.",
+)
+@click.option(
+    "--trust-remote-code", is_flag=True, help="Run Python code shipped with the model (auto_map)."
+)
+@click.option(
+    "--device", default="auto", show_default=True, callback=_device, help="auto, cpu or cuda[:N]."
+)
+@click.option(
+    "--corpus",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Plain text for perplexity (default: the held-out text shipped with ggufkit).",
+)
+@click.option("--ctx", type=click.IntRange(min=16), default=None, help="Tokens per chunk.")
+@click.option("--chunks", type=click.IntRange(min=1), default=None, help="Chunks to score.")
+@click.option(
+    "--quality/--no-quality",
+    default=True,
+    help="Measure perplexity and the deviation from the baseline (default: on).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@threads_option
+@json_option
+def command(
+    model: str | None,
+    modes: str,
+    compute_dtype: str | None,
+    quant_storage: str,
+    skip_modules: str,
+    int8_threshold: float,
+    fp32_cpu_offload: bool,
+    prompt: tuple[str, ...],
+    prompts_file: Path | None,
+    runs: int,
+    max_new_tokens: int,
+    save: Path | None,
+    trust_remote_code: bool,
+    device: str,
+    corpus: Path | None,
+    ctx: int | None,
+    chunks: int | None,
+    quality: bool,
+    seed: int,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Quantize a Hugging Face model in-process with bitsandbytes and compare each mode with the
+    unquantized model: load time, generation time, tokens/s, memory, perplexity, KL-divergence,
+    top-1 agreement and logit deviation, as the guides' before/after table.
+
+    MODEL is a checkpoint directory or a Hub id (default: the workspace's model; results are
+    then recorded in its manifest). Runs on CPU without a GPU; the bitsandbytes CPU defects are
+    guarded against and every guard is listed under Notes.
+
+    \b
+    Examples:
+        ggufkit bnb ./my-model
+        ggufkit bnb ./my-model --modes nf4,int8 --runs 10 --prompt "Tell me about Paris"
+        ggufkit bnb ./my-model --device cuda --compute-dtype f16 --json > bnb.json
+        ggufkit bnb ./my-model --modes nf4-dq --save quantized/
+    """
+    started = time.perf_counter()
+    ref, workspace = workspace_model(model)
+    resolved = resolve_model(ref)
+    options = BnbOptions(
+        modes=parse_modes(modes),
+        compute_dtype=compute_dtype,
+        quant_storage=quant_storage,
+        skip_modules=[m.strip() for m in skip_modules.split(",") if m.strip()],
+        int8_threshold=int8_threshold,
+        fp32_cpu_offload=fp32_cpu_offload,
+        prompts=_prompts(prompt, prompts_file),
+        runs=runs,
+        max_new_tokens=max_new_tokens,
+        save=save,
+        trust_remote_code=trust_remote_code,
+        device=device,
+        corpus=corpus,
+        quality=quality,
+        ctx=ctx,
+        chunks=chunks,
+        seed=seed,
+        threads=threads,
+    )
+    report = run_bnb(resolved, options)
+    if workspace is not None:
+        recorded = record_in_workspace(
+            report,
+            workspace,
+            resolved,
+            options={
+                "modes": [m.name for m in options.modes],
+                "compute_dtype": report.compute_dtype,
+                "quant_storage": quant_storage,
+                "skip_modules": list(options.skip_modules),
+                "int8_threshold": int8_threshold,
+                "device": report.device,
+                "runs": runs,
+                "max_new_tokens": max_new_tokens,
+                "seed": seed,
+            },
+            command=[
+                "ggufkit",
+                "bnb",
+                resolved.describe(),
+                "--modes",
+                ",".join(m.name for m in options.modes),
+                "--device",
+                device,
+                "--runs",
+                str(runs),
+                "--max-new-tokens",
+                str(max_new_tokens),
+                *(["--save", str(save)] if save else []),
+            ],
+            seconds=time.perf_counter() - started,
+        )
+        log.info("results written to %s and recorded in %s", recorded, workspace.manifest_path)
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        click.echo(markdown(report))
+    if report.failed:
+        raise EvaluationError(
+            f"{len(report.failed)} mode(s) failed: "
+            + "; ".join(f"{r.name}: {r.reason}" for r in report.failed),
+            hint="the other results are above; GGUFKIT_DEBUG=1 -v shows the tracebacks",
+        )

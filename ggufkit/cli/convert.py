@@ -1,0 +1,124 @@
+"""`ggufkit convert`: a Hugging Face checkpoint (directory or Hub id) to a GGUF file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from ggufkit.cli.options import echo_json, json_option, threads_option
+from ggufkit.errors import UsageError
+from ggufkit.fsutil import human_bytes
+
+
+@click.command("convert")
+@click.argument("model", required=False)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output file (default: ./<model>-<OUTTYPE>.gguf).",
+)
+@click.option(
+    "--outtype",
+    type=click.Choice(["f16", "bf16", "f32", "q8_0"], case_sensitive=False),
+    default="f16",
+    show_default=True,
+    help="Type of the 2-D weights; 1-D tensors and norms stay f32.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "native", "upstream"]),
+    default="auto",
+    show_default=True,
+    help="native: ggufkit's streaming converter; upstream: the pinned convert_hf_to_gguf.py; "
+    "auto: native where registered, else upstream.",
+)
+@click.option(
+    "--delta-base",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="MODEL is a delta: add it to this base model while converting.",
+)
+@click.option(
+    "--pre-tokenizer",
+    default=None,
+    metavar="NAME",
+    help="llama.cpp pre-tokenizer (tokenizer.ggml.pre) for a byte-level BPE vocab, e.g. bloom or "
+    "gpt-2; by default detected from tokenizer.json.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@threads_option
+@json_option
+def command(
+    model: str | None,
+    output: Path | None,
+    outtype: str,
+    engine: str,
+    delta_base: Path | None,
+    pre_tokenizer: str | None,
+    force: bool,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Convert a checkpoint to GGUF, streaming one tensor at a time.
+
+    MODEL is a local directory (config.json, weights, tokenizer) or a Hub id (owner/name).
+    The file is written as OUT.partial and renamed when complete. Without MODEL, in a
+    workspace (`ggufkit init`), the model and output come from ggufkit.toml and the step is
+    skipped when its inputs have not changed (--force redoes it).
+
+    \b
+    Examples:
+        ggufkit convert ./vicuna-7b -o vicuna-7b-f16.gguf
+        ggufkit convert ./tiny-llama --outtype q8_0 --threads 4
+        ggufkit convert ./phoenix-inst-chat-7b --engine upstream
+        ggufkit convert ./vicuna-delta --delta-base ./llama-7b -o vicuna-7b-f16.gguf
+        ggufkit init ./tiny-llama && ggufkit convert
+    """
+    if model is None:  # a workspace: model, output and type come from ggufkit.toml
+        from ggufkit.workspace import Workspace
+
+        given = click.get_current_context().get_parameter_source("outtype")
+        if (
+            output is not None
+            or delta_base is not None
+            or pre_tokenizer is not None
+            or given == ParameterSource.COMMANDLINE
+        ):
+            raise UsageError(
+                "-o, --outtype, --delta-base and --pre-tokenizer come from ggufkit.toml when "
+                "MODEL is left out",
+                hint="edit ggufkit.toml, or give MODEL",
+            )
+        step = Workspace.require().convert(force=force, engine=engine, threads=threads)
+        if as_json:
+            echo_json(step.to_json())
+        else:
+            click.echo(step.describe())
+        return
+    from ggufkit.convert import convert
+
+    result = convert(
+        model,
+        output,
+        outtype=outtype.lower(),
+        engine=engine,
+        delta_base=delta_base,
+        threads=threads,
+        force=force,
+        pre_tokenizer=pre_tokenizer,
+    )
+    if as_json:
+        echo_json(result.to_json())
+        return
+    click.echo(f"{result.output}")
+    click.echo(
+        f"  {result.arch} -> {result.gguf_arch}, {result.outtype}, {result.n_tensors} tensors, "
+        f"{human_bytes(result.n_bytes)} in {result.seconds:.1f} s "
+        f"({result.mb_per_s:.0f} MB/s, {result.engine} engine)"
+    )
+    for note in result.notes:
+        click.echo(f"  {note}")

@@ -1,0 +1,118 @@
+"""`ggufkit eval`: perplexity, KL-divergence, size and speed of GGUF files, as the guide's table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ggufkit.cli.options import echo_json, json_option, threads_option
+from ggufkit.evaluate import evaluate
+from ggufkit.evaluate.pipeline import DEFAULT_BENCH_REPETITIONS, record_results, resolve_models
+from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT
+from ggufkit.log import get_logger
+from ggufkit.report import eval_table, plot_eval
+
+log = get_logger("cli.eval")
+
+
+@click.command("eval")
+@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path),
+    help="Reference for KL-divergence (default: the first F16/BF16/F32 model given).",
+)
+@click.option(
+    "--corpus",
+    type=click.Path(path_type=Path),
+    help="Plain-text file for perplexity (default: the held-out text shipped with ggufkit).",
+)
+@click.option(
+    "--ctx",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Context per chunk (default 512, lowered to fit a short corpus).",
+)
+@click.option(
+    "--chunks", type=click.IntRange(min=1), default=None, help="Chunks to score (default: all)."
+)
+@threads_option
+@click.option("--speed/--no-speed", default=True, help="Run llama-bench too (default: on).")
+@click.option(
+    "--bench-prompt",
+    type=click.IntRange(min=0),
+    default=DEFAULT_PROMPT,
+    show_default=True,
+    help="Prompt tokens for the speed test.",
+)
+@click.option(
+    "--bench-gen",
+    type=click.IntRange(min=0),
+    default=DEFAULT_GEN,
+    show_default=True,
+    help="Generated tokens for the speed test.",
+)
+@click.option(
+    "--bench-reps",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BENCH_REPETITIONS,
+    show_default=True,
+    help="Repetitions of each speed test.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a PNG: perplexity and KL-divergence against file size.",
+)
+@json_option
+def command(
+    models: tuple[Path, ...],
+    baseline: Path | None,
+    corpus: Path | None,
+    ctx: int | None,
+    chunks: int | None,
+    threads: int | None,
+    speed: bool,
+    bench_prompt: int,
+    bench_gen: int,
+    bench_reps: int,
+    plot: Path | None,
+    as_json: bool,
+) -> None:
+    """Fill the quantization guide's table: perplexity, KL-divergence vs F16, size, bits per
+    weight and ms/token for each model.
+
+    In a workspace (ggufkit.toml), MODELS default to its converted and quantized files, and the
+    results are recorded in its manifest.
+
+    \b
+    Examples:
+        ggufkit eval model-f16.gguf model-Q4_0.gguf model-Q8_0.gguf
+        ggufkit eval model-Q4_0.gguf --baseline model-f16.gguf --corpus wiki.test.raw --chunks 20
+        ggufkit eval model-*.gguf --json > eval.json --plot eval.png
+        ggufkit eval                      # in a workspace: all of its GGUF files
+    """
+    paths, workspace = resolve_models(models)
+    report = evaluate(
+        paths,
+        baseline=baseline,
+        corpus=corpus,
+        ctx=ctx,
+        chunks=chunks,
+        threads=threads,
+        speed=speed,
+        n_prompt=bench_prompt,
+        n_gen=bench_gen,
+        repetitions=bench_reps,
+    )
+    if workspace is not None and record_results(report, workspace):
+        log.info("results recorded in %s", workspace.manifest_path)
+    if plot is not None:
+        plot_eval(report, plot)
+        log.info("plot written to %s", plot)
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        click.echo(eval_table(report))

@@ -1,0 +1,36 @@
+"""`ggufkit inspect`: what is inside a GGUF file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ggufkit.cli.options import echo_json, json_option
+from ggufkit.ggufinfo import read_gguf
+from ggufkit.report import inspect_json, inspect_text
+
+# Metadata arrays longer than this are summarised (type, length, first items).
+ARRAY_ITEMS = 8
+
+
+@click.command("inspect")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--tensors", is_flag=True, help="List every tensor: name, type, shape, bytes.")
+@json_option
+def command(file: Path, tensors: bool, as_json: bool) -> None:
+    """Show a GGUF file's header, metadata, tensor types, bits per weight and size.
+
+    Long metadata arrays (the vocabulary, merges) are summarised by type, length and first items.
+
+    \b
+    Examples:
+        ggufkit inspect model-Q4_0.gguf
+        ggufkit inspect model-Q4_0.gguf --tensors
+        ggufkit inspect model-Q4_0.gguf --json | jq .bits_per_weight
+    """
+    info = read_gguf(file, max_array_items=ARRAY_ITEMS)
+    if as_json:
+        echo_json(inspect_json(info, tensors=tensors))
+    else:
+        click.echo(inspect_text(info, tensors=tensors))

@@ -1,0 +1,54 @@
+"""`ggufkit make-delta`: delta = target - base, the inverse of merge-delta."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ggufkit.cli.options import echo_json, json_option
+
+DTYPE_CHOICES = ("f16", "bf16", "f32")
+
+
+@click.command("make-delta")
+@click.option("--base", required=True, metavar="BASE", help="Base model: directory or Hub id.")
+@click.option(
+    "--target", required=True, metavar="TARGET", help="Fine-tuned model: directory or Hub id."
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory for the delta (written under a temporary name, renamed when done).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPE_CHOICES),
+    default=None,
+    help="Round both inputs to this dtype, subtract, and write the delta in it (default: f16).",
+)
+@json_option
+def command(base: str, target: str, output: Path, dtype: str | None, as_json: bool) -> None:
+    """Write the delta of TARGET against BASE: DELTA = TARGET - BASE, tensor by tensor.
+
+    The default f16 matches FastChat's make_delta. With --dtype f32 the delta is exact
+    wherever float32 can hold TARGET - BASE (always for fp16 models), so that
+    `merge-delta --dtype f32` gives the target back bit for bit; otherwise a warning counts the
+    values that will differ. Rows the target appends to the vocabulary are stored as they are,
+    which `merge-delta --style llmzoo` (or auto) undoes. The delta gets the target's config and
+    tokenizer files.
+
+    \b
+    Examples:
+        ggufkit make-delta --base ./llama-7b --target ./my-finetune -o my-finetune-delta
+        ggufkit make-delta --base ./llama-7b --target ./my-finetune -o delta-f32 --dtype f32
+    """
+    from ggufkit.delta import make_delta
+
+    path = make_delta(base, target, output, dtype=dtype)
+    if as_json:
+        echo_json({"output": str(path), "dtype": dtype or "f16"})
+        return
+    click.echo(str(path))

@@ -1,0 +1,158 @@
+"""`ggufkit quantize`: a GGUF to one or more llama.cpp quantization types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ggufkit.cli.options import echo_json, json_option, threads_option
+from ggufkit.errors import UsageError
+from ggufkit.fsutil import human_bytes
+from ggufkit.quantize import ENGINES, QuantizeOptions, list_types, parse_kv_override, quantize
+from ggufkit.quantize_types import format_table
+
+
+def split_input(args: tuple[str, ...]) -> tuple[Path, list[str]]:
+    """INPUT is the first argument when it names a file (or ends in .gguf); the rest are types."""
+    if not args:
+        raise UsageError(
+            "give the GGUF to quantize and at least one type",
+            hint="e.g. `ggufkit quantize my-model-f16.gguf q4_0` (`--list` shows the types)",
+        )
+    first = args[0]
+    if first.lower().endswith(".gguf") or Path(first).exists():
+        if len(args) == 1:
+            raise UsageError(
+                f"no quantization type given for {first}",
+                hint=f"e.g. `ggufkit quantize {first} q4_0` (`--list` shows the types)",
+            )
+        return Path(first), list(args[1:])
+    raise UsageError(
+        f"no INPUT.gguf given (only {' '.join(args)})",
+        hint="pass the GGUF first: `ggufkit quantize my-model-f16.gguf "
+        f"{' '.join(args)}`, or run `ggufkit init` to set up a workspace",
+    )
+
+
+@click.command("quantize")
+@click.argument("args", nargs=-1, metavar="[INPUT.gguf] TYPE [TYPE ...]")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Output file (one TYPE).",
+)
+@click.option(
+    "--outdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for the outputs (default: beside INPUT).",
+)
+@click.option(
+    "--imatrix",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Importance matrix from `ggufkit imatrix` (required by IQ1/IQ2 types, Q2_K_S ...).",
+)
+@threads_option
+@click.option("--allow-requantize", is_flag=True, help="Allow an already quantized INPUT.")
+@click.option("--leave-output-tensor", is_flag=True, help="Leave output.weight unquantized.")
+@click.option("--pure", is_flag=True, help="No k-quant mixtures: every tensor in TYPE.")
+@click.option("--output-tensor-type", metavar="T", help="ggml type for output.weight, e.g. q8_0.")
+@click.option("--token-embedding-type", metavar="T", help="ggml type for token embeddings.")
+@click.option(
+    "--override-kv",
+    "override_kv",
+    multiple=True,
+    metavar="KEY=TYPE:VALUE",
+    help="Set a metadata key (TYPE int|float|bool|str). Repeatable.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="auto",
+    show_default=True,
+    help="binary: the built llama-quantize; inprocess: llama_cpp.llama_model_quantize; "
+    "auto: the binary, else in-process.",
+)
+@click.option("--list", "list_only", is_flag=True, help="List the types with bits per weight.")
+@click.option("--force", is_flag=True, help="In a workspace: redo steps even when up to date.")
+@json_option
+def command(
+    args: tuple[str, ...],
+    output: Path | None,
+    outdir: Path | None,
+    imatrix: Path | None,
+    threads: int | None,
+    allow_requantize: bool,
+    leave_output_tensor: bool,
+    pure: bool,
+    output_tensor_type: str | None,
+    token_embedding_type: str | None,
+    override_kv: tuple[str, ...],
+    engine: str,
+    list_only: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Quantize a GGUF with the pinned llama.cpp to each TYPE (any case).
+
+    TYPE is any type the built llama-quantize accepts: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ...
+    q6_k, q4_k_m, iq*, tq*, mxfp4_moe, f16, bf16, copy (`--list` shows them all). Outputs are
+    named <stem>-<TYPE>.gguf beside INPUT (or in --outdir), where <stem> drops a trailing
+    precision: my-model-f16.gguf -> my-model-Q4_0.gguf. Each is written under a temporary name
+    and renamed when complete. IQ1/IQ2/IQ3_XXS and Q2_K_S need --imatrix.
+
+    \b
+    Examples:
+        ggufkit quantize my-model-f16.gguf q4_0
+        ggufkit quantize my-model-f16.gguf q4_0 q8_0 q4_k_m --outdir quants/
+        ggufkit imatrix my-model-f16.gguf --corpus calibration.txt
+        ggufkit quantize my-model-f16.gguf iq2_xxs --imatrix my-model-imatrix.gguf
+        ggufkit quantize --list
+        ggufkit init ./tiny-llama && ggufkit convert && ggufkit quantize q4_0
+
+    Without INPUT, in a workspace (`ggufkit init`), the converted file is brought up to date
+    first, TYPEs default to ggufkit.toml's `types`, and up-to-date outputs are skipped.
+    """
+    if list_only:
+        table = list_types(engine)
+        if as_json:
+            echo_json([t.to_json() for t in table.types])
+        else:
+            click.echo(format_table(table))
+        return
+    options = QuantizeOptions(
+        imatrix=imatrix,
+        threads=threads,
+        allow_requantize=allow_requantize,
+        leave_output_tensor=leave_output_tensor,
+        pure=pure,
+        output_tensor_type=output_tensor_type,
+        token_embedding_type=token_embedding_type,
+        override_kv=tuple(parse_kv_override(item) for item in override_kv),
+    )
+    # No INPUT (as split_input decides) inside a workspace: types and paths from ggufkit.toml.
+    is_input = bool(args) and (args[0].lower().endswith(".gguf") or Path(args[0]).exists())
+    if not is_input:
+        from ggufkit.workspace import Workspace, parse_types  # not paid for on the direct path
+    workspace = None if is_input else Workspace.find()
+    if workspace is not None:
+        if output is not None or outdir is not None:
+            raise UsageError("-o and --outdir come from ggufkit.toml when INPUT is left out")
+        steps = workspace.quantize(
+            parse_types(",".join(args)) or None, force=force, options=options, engine=engine
+        )
+        if as_json:
+            echo_json([step.to_json() for step in steps])
+        else:
+            for step in steps:
+                click.echo(step.describe())
+        return
+    source, types = split_input(args)
+    results = quantize(source, types, output=output, outdir=outdir, options=options, engine=engine)
+    if as_json:
+        echo_json([r.to_json() for r in results])
+        return
+    for r in results:
+        bpw = f"{r.bits_per_weight:5.2f} bpw" if r.bits_per_weight else "    ? bpw"
+        click.echo(f"{r.type:<8} {human_bytes(r.size):>11}  {bpw}  {r.seconds:6.1f} s  {r.output}")

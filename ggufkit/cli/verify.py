@@ -1,0 +1,74 @@
+"""`ggufkit verify`: logits and tokenization of a GGUF file against its Hugging Face checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ggufkit.cli.options import echo_json, json_option
+from ggufkit.errors import EvaluationError
+from ggufkit.evaluate.verify import DEFAULT_POSITIONS, verify
+
+
+@click.command("verify")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--against",
+    "hf_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The Hugging Face checkpoint directory the file was converted from.",
+)
+@click.option(
+    "--text",
+    "text_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Text to tokenize and score (default: the held-out text shipped with ggufkit).",
+)
+@click.option(
+    "--positions",
+    type=click.IntRange(min=2),
+    default=DEFAULT_POSITIONS,
+    show_default=True,
+    help="Token positions whose logits are compared.",
+)
+@click.option(
+    "--max-rel-diff",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Largest |Δlogit| allowed, as a fraction of the largest logit "
+    "(default 0.01 for F16/BF16/F32; quantized files are only reported).",
+)
+@json_option
+def command(
+    file: Path,
+    hf_dir: Path,
+    text_file: Path | None,
+    positions: int,
+    max_rel_diff: float | None,
+    as_json: bool,
+) -> None:
+    """Check that a GGUF file tokenizes and predicts like the checkpoint it came from.
+
+    Tokenization must be identical; llama.cpp's logits are compared position by position with
+    transformers' fp32 logits. Exits 1 when a check fails. Needs the [torch] extra.
+
+    \b
+    Examples:
+        ggufkit verify my-model-f16.gguf --against ./my-model
+        ggufkit verify my-model-Q8_0.gguf --against ./my-model --max-rel-diff 0.1 --json
+    """
+    report = verify(
+        file, hf_dir, text_file=text_file, positions=positions, max_rel_diff=max_rel_diff
+    )
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        click.echo(report.text())
+    if not report.passed:
+        raise EvaluationError(
+            f"{file} does not match {hf_dir}: " + "; ".join(report.problems),
+            hint="re-convert it with `ggufkit convert`; report the model if it persists",
+        )

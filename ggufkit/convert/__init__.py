@@ -1,0 +1,282 @@
+"""Hugging Face checkpoint -> GGUF: ``ggufkit.convert(model, output, outtype=..., engine=...)``.
+
+The native engine streams tensors through a registered per-architecture converter
+(``ggufkit/convert/<arch>.py``); the upstream engine runs the pinned ``convert_hf_to_gguf.py`` for
+architectures ggufkit does not register. Outputs are written to ``OUT.partial`` and renamed only
+when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from ggufkit.convert.base import (
+    FILE_TYPES,
+    OUTTYPES,
+    ModelConverter,
+    TensorPlan,
+    converter_for,
+    parse_outtype,
+    register,
+    registered_architectures,
+    unsupported,
+)
+from ggufkit.convert.provenance import (
+    SourceHashes,
+    SourceInfo,
+    add_general_metadata,
+    add_provenance,
+    source_files,
+)
+from ggufkit.convert.upstream import run_upstream, upstream_supports
+from ggufkit.convert.writer import write_gguf
+from ggufkit.errors import InputError, UsageError
+from ggufkit.fsutil import atomic_output, check_free_disk, check_output_path
+from ggufkit.hfconfig import architecture, load_config
+from ggufkit.log import get_logger, progress
+from ggufkit.tensors import Checkpoint, TensorSource
+
+__all__ = [
+    "ENGINES",
+    "OUTTYPES",
+    "ConvertResult",
+    "ModelConverter",
+    "TensorPlan",
+    "convert",
+    "default_output_name",
+    "register",
+    "registered_architectures",
+]
+
+log = get_logger("convert")
+
+ENGINES = ("auto", "native", "upstream")
+
+
+@dataclass
+class ConvertResult:
+    output: Path
+    arch: str  # the Hugging Face architecture, e.g. LlamaForCausalLM
+    gguf_arch: str  # llama.cpp's name, e.g. llama
+    outtype: str
+    n_tensors: int
+    n_bytes: int
+    source_bytes: int
+    seconds: float
+    engine: str  # "native" or "upstream"
+    notes: list[str] = field(default_factory=list)  # vocab / pre-tokenizer remarks
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.source_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["output"] = str(self.output)
+        return data
+
+
+def default_output_name(model_name: str, outtype: str) -> str:
+    """``<model>-<OUTTYPE>.gguf``, the type upper-cased as llama.cpp names its files."""
+    return f"{model_name}-{outtype.upper()}.gguf"
+
+
+def _resolve(model: str | Path) -> tuple[Path, str | None, str | None]:
+    """A local directory as is, or a Hub id downloaded (or found in the cache)."""
+    from ggufkit.hub import resolve_model
+
+    resolved = resolve_model(model)
+    return Path(resolved.path), resolved.repo_id, resolved.commit or resolved.revision
+
+
+def open_source(model_dir: Path, delta_base: Path | None) -> TensorSource:
+    """The tensors to convert: the checkpoint itself, or base + delta merged on the fly."""
+    if delta_base is None:
+        return Checkpoint.open(model_dir)
+    from ggufkit.delta import open_merged
+
+    source: TensorSource = open_merged(delta_base, model_dir)
+    return source
+
+
+def convert(
+    model: str | Path,
+    output: str | Path | None = None,
+    *,
+    outtype: str = "f16",
+    engine: str = "auto",
+    delta_base: str | Path | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    pre_tokenizer: str | None = None,
+) -> ConvertResult:
+    """Convert a checkpoint directory or Hub id to a GGUF file; returns what was written.
+
+    ``delta_base``: ``model`` is a delta (config and tokenizer from it) added to this base on the
+    fly. ``force`` overwrites an existing output. ``pre_tokenizer`` names llama.cpp's BPE
+    pre-tokenizer (``tokenizer.ggml.pre``) instead of detecting it.
+    """
+    started = time.perf_counter()
+    parse_outtype(outtype)  # a clear UsageError before anything else
+    outtype = outtype.lower()
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}", hint=f"choose one of {', '.join(ENGINES)}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads must be at least 1, got {threads}")
+    model_dir, repo_id, revision = _resolve(model)
+    base_dir = _resolve(delta_base)[0] if delta_base is not None else None
+    config = load_config(model_dir)
+    hf_arch = architecture(config, model_dir / "config.json")
+
+    converter_cls = converter_for(hf_arch) if engine != "upstream" else None
+    use_upstream = converter_cls is None and engine != "native" and upstream_supports(hf_arch)
+    if converter_cls is None and not use_upstream:
+        raise unsupported(hf_arch, upstream_too=engine != "native")
+    if pre_tokenizer is not None and (
+        use_upstream or converter_cls is None or not converter_cls.accepts_pre_tokenizer
+    ):
+        raise UsageError(
+            f"--pre-tokenizer applies to natively converted byte-level BPE models; {hf_arch} "
+            "is not one",
+            hint="leave --pre-tokenizer out",
+        )
+    if use_upstream and base_dir is not None:
+        raise UsageError(
+            f"--delta-base needs a natively supported architecture; {hf_arch} is not one",
+            hint="merge first with `ggufkit merge-delta`, then convert the merged directory",
+        )
+
+    name = repo_id.split("/")[-1] if repo_id else model_dir.name
+    out = Path(output) if output is not None else Path.cwd() / default_output_name(name, outtype)
+    check_output_path(out, inputs=(model_dir,))
+    if out.exists() and not force:
+        raise UsageError(f"{out} already exists", hint="pass --force to overwrite it, or choose -o")
+    info = SourceInfo(model_dir=model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir)
+
+    if use_upstream:
+        n_tensors, n_bytes, source_bytes, gguf_arch = _convert_upstream(model_dir, out, outtype)
+        engine_used, notes = "upstream", ["converted by the pinned upstream convert_hf_to_gguf.py"]
+    else:
+        assert converter_cls is not None
+        n_tensors, n_bytes, source_bytes, gguf_arch, notes = _convert_native(
+            converter_cls, info, config, out, outtype, threads, pre_tokenizer
+        )
+        engine_used = "native"
+    seconds = time.perf_counter() - started
+    log.debug("wrote %s (%d tensors) in %.1f s", out, n_tensors, seconds)
+    return ConvertResult(
+        output=out,
+        arch=hf_arch,
+        gguf_arch=gguf_arch,
+        outtype=outtype,
+        n_tensors=n_tensors,
+        n_bytes=n_bytes,
+        source_bytes=source_bytes,
+        seconds=seconds,
+        engine=engine_used,
+        notes=notes,
+    )
+
+
+def _convert_native(
+    converter_cls: type[ModelConverter],
+    info: SourceInfo,
+    config: dict[str, Any],
+    out: Path,
+    outtype: str,
+    threads: int | None,
+    pre_tokenizer: str | None = None,
+) -> tuple[int, int, int, str, list[str]]:
+    source = open_source(info.model_dir, info.delta_base)
+    hashes: SourceHashes | None = None
+    try:
+        converter = converter_cls(info.model_dir, config, source, outtype=outtype)
+        converter.pre_tokenizer = pre_tokenizer
+        # Everything that can fail on bad input fails here, before the output exists.
+        plans = converter.plan_tensors()
+        converter.validate(plans)
+        writer = gguf.GGUFWriter(path=None, arch=converter.arch_name)
+        add_general_metadata(writer, info, config, FILE_TYPES[converter.outtype])
+        converter.set_gguf_parameters(writer)
+        converter.set_vocab(writer)
+        data_bytes = sum(plan.n_bytes + gguf.GGUF_DEFAULT_ALIGNMENT for plan in plans)
+        check_free_disk(out, data_bytes + 4 * 1024 * 1024)
+        files = source_files(info.model_dir, info.delta_base)
+        hashes = SourceHashes(files)
+        add_provenance(writer, info, files, hashes.hashes, engine="native")
+        kv = writer.kv_data[0]
+
+        def final_kv() -> dict[str, Any]:
+            assert hashes is not None
+            if files:
+                kv["ggufkit.source.sha256"].value = hashes.result()
+            return kv
+
+        source_bytes = sum(plan.source_bytes for plan in plans)
+        with (
+            atomic_output(out) as partial,
+            progress(source_bytes, f"converting {info.model_dir.name}") as bar,
+        ):
+            stats = write_gguf(
+                partial,
+                kv,
+                plans,
+                source,
+                threads=threads or os.cpu_count() or 1,
+                on_bytes=bar.update,
+                final_kv=final_kv,
+            )
+        return (
+            stats.n_tensors,
+            stats.n_bytes,
+            stats.source_bytes,
+            converter.arch_name,
+            converter.notes,
+        )
+    finally:
+        if hashes is not None:
+            hashes.cancel()
+        source.close()
+
+
+def _convert_upstream(model_dir: Path, out: Path, outtype: str) -> tuple[int, int, int, str]:
+    qtype = OUTTYPES[outtype]
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    with Checkpoint.open(model_dir) as checkpoint:
+        infos = checkpoint.infos()
+        source_bytes = sum(i.n_bytes for i in infos)
+        expected = sum(i.n_elements * type_size // block for i in infos)
+    check_free_disk(out, expected)
+    with atomic_output(out) as partial:
+        run_upstream(model_dir, partial, outtype=outtype, expected_bytes=expected)
+        try:
+            reader = gguf.GGUFReader(partial)
+            field = reader.fields["general.architecture"]
+            gguf_arch = bytes(field.parts[field.data[0]]).decode("utf-8")
+            n_tensors = len(reader.tensors)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise InputError(f"the upstream converter wrote an unreadable file: {exc}") from exc
+    return n_tensors, out.stat().st_size, source_bytes, gguf_arch
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``ggufkit.convert(...)`` be called as the function while staying the package."""
+
+    def __call__(
+        self,
+        model: str | Path,
+        output: str | Path | None = None,
+        **kwargs: Any,
+    ) -> ConvertResult:
+        return convert(model, output, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

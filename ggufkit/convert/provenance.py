@@ -1,0 +1,204 @@
+"""What a converted file records about where it came from: ``general.*`` and ``ggufkit.*`` keys.
+
+Source sha256s are the slow part (a 2 GB checkpoint hashes in seconds), so they come from, in
+order: the Hugging Face cache's blob names (an LFS blob is named by its sha256), a cache keyed by
+path, size, mtime and inode under GGUFKIT_HOME, or a background thread that hashes while the
+tensors are converted. The header is written with placeholders of the same length and patched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from ggufkit import __version__, paths
+from ggufkit.fsutil import locked, sha256_file, write_json_atomic
+from ggufkit.log import get_logger
+
+log = get_logger("convert.provenance")
+
+PLACEHOLDER = "0" * 64
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where the checkpoint came from, for the metadata."""
+
+    model_dir: Path
+    repo_id: str | None = None
+    revision: str | None = None  # the commit when known
+    delta_base: Path | None = None
+
+
+def readme_license(model_dir: Path) -> str | None:
+    """``license:`` from README.md's YAML front matter (the model card), without a YAML parser."""
+    readme = model_dir / "README.md"
+    try:
+        text = readme.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    if not text.startswith("---"):
+        return None
+    end = text.find("\n---", 3)
+    for line in text[3 : end if end > 0 else len(text)].splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "license" and value.strip():
+            return value.strip().strip("'\"")
+    return None
+
+
+def _repo_url(repo_id: str) -> str:
+    from ggufkit.hub import hub_settings
+
+    endpoint = hub_settings().endpoint
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    return f"{endpoint.rstrip('/')}/{repo_id}"
+
+
+def add_general_metadata(
+    writer: gguf.GGUFWriter, info: SourceInfo, config: dict[str, Any], file_type: int
+) -> None:
+    writer.add_name(info.repo_id.split("/")[-1] if info.repo_id else info.model_dir.name)
+    license_ = config.get("license") or readme_license(info.model_dir)
+    if isinstance(license_, str) and license_:
+        writer.add_license(license_)
+    if info.repo_id:
+        writer.add_source_repo_url(_repo_url(info.repo_id))
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def add_provenance(
+    writer: gguf.GGUFWriter,
+    info: SourceInfo,
+    files: list[Path],
+    hashes: list[str],
+    *,
+    engine: str,
+) -> None:
+    writer.add_string("ggufkit.version", __version__)
+    writer.add_string("ggufkit.engine", engine)
+    if info.repo_id:
+        writer.add_string("ggufkit.source.repo_id", info.repo_id)
+    if info.revision:
+        writer.add_string("ggufkit.source.revision", info.revision)
+    if info.delta_base is not None:
+        writer.add_string("ggufkit.source.delta_base", info.delta_base.name)
+    if files:
+        writer.add_array("ggufkit.source.files", [_label(f, info) for f in files])
+        writer.add_array("ggufkit.source.sha256", hashes)
+
+
+def _label(file: Path, info: SourceInfo) -> str:
+    for root, prefix in ((info.model_dir, ""), (info.delta_base, "base:")):
+        if root is not None and file.parent.absolute() == Path(root).absolute():
+            return prefix + file.name
+    return file.name
+
+
+# --- hashing --------------------------------------------------------------------------------
+
+
+def _blob_sha256(path: Path) -> str | None:
+    """The sha256 a Hugging Face cache blob is named by (LFS files only), if ``path`` links to one."""
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    if target.parent.name == "blobs" and _HEX64.match(target.name):
+        return target.name
+    return None
+
+
+def _cache_file() -> Path:
+    return paths.home() / "cache" / "sha256.json"
+
+
+def _stat_key(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def _load_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(_cache_file().read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def known_sha256(path: Path, cache: dict[str, Any] | None = None) -> str | None:
+    blob = _blob_sha256(path)
+    if blob:
+        return blob
+    entry = (cache if cache is not None else _load_cache()).get(str(path.resolve()))
+    if isinstance(entry, list) and len(entry) == 4 and entry[:3] == _stat_key(path):
+        return str(entry[3])
+    return None
+
+
+class SourceHashes:
+    """sha256 of each source file; unknown ones are hashed in a background thread."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+        cache = _load_cache()
+        self.hashes: list[str] = [known_sha256(f, cache) or PLACEHOLDER for f in files]
+        self._todo = [i for i, h in enumerate(self.hashes) if h == PLACEHOLDER]
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self._todo:
+            self._thread = threading.Thread(target=self._run, name="ggufkit-sha256", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for i in self._todo:
+                if self._stop.is_set():
+                    return
+                self.hashes[i] = sha256_file(self.files[i])
+        except BaseException as exc:  # handed to the caller in result()
+            self._error = exc
+
+    def result(self) -> list[str]:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._todo:
+            self._remember()
+        return list(self.hashes)
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    def _remember(self) -> None:
+        try:
+            with locked(_cache_file().with_suffix(".lock"), what="the sha256 cache", timeout=10):
+                cache = _load_cache()
+                for i in self._todo:
+                    path = self.files[i]
+                    cache[str(path.resolve())] = [*_stat_key(path), self.hashes[i]]
+                write_json_atomic(_cache_file(), cache)
+        except Exception as exc:  # a cache is an optimisation: never fail a conversion for it
+            log.debug("could not update the sha256 cache: %s", exc)
+
+
+def source_files(model_dir: Path, delta_base: Path | None) -> list[Path]:
+    from ggufkit.tensors import find_weight_files
+
+    files = list(find_weight_files(model_dir))
+    if delta_base is not None:
+        files = list(find_weight_files(delta_base)) + files
+    return [f for f in files if os.path.isfile(f)]

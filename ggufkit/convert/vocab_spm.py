@@ -1,0 +1,233 @@
+"""The LLaMA (sentencepiece) vocabulary: from ``tokenizer.model``, or else from ``tokenizer.json``.
+
+llama.cpp's "llama" tokenizer is sentencepiece's BPE: it repeatedly merges the adjacent pair whose
+joined text is the vocabulary entry with the highest *score*. From ``tokenizer.model`` the scores
+are sentencepiece's own. A ``tokenizer.json`` has no scores, only merge ranks, so each token's
+score is minus the rank of the first merge that makes it: the same order, hence the same
+tokenization. Added tokens (``added_tokens.json``, ``added_tokens_decoder``), special ids,
+add_bos/add_eos and the chat template follow, through ``gguf.SpecialVocab``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import gguf
+from gguf import TokenType
+
+from ggufkit.errors import TokenizerError
+from ggufkit.log import get_logger
+
+log = get_logger("convert.vocab_spm")
+
+SPM_SPACE = "\u2581"  # sentencepiece's visible space
+_BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+
+def looks_special(text: str) -> bool:
+    """Added tokens some checkpoints forget to mark special (llama.cpp treats them as control)."""
+    return (
+        text in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+        or (text.startswith("<|") and text.endswith("|>"))
+        or (text.startswith("<\uff5c") and text.endswith("\uff5c>"))
+        or (text.startswith("<unused") and text.endswith(">"))
+    )
+
+
+class Vocab:
+    """Token texts, scores and types, indexed by id, padded to the model's vocab size."""
+
+    def __init__(self, size: int) -> None:
+        self.tokens: list[bytes] = [f"[PAD{i}]".encode() for i in range(size)]
+        self.scores: list[float] = [-10000.0] * size
+        self.types: list[int] = [TokenType.UNUSED] * size
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def set(self, token_id: int, text: str | bytes, score: float, kind: int) -> bool:
+        if not 0 <= token_id < len(self.tokens):
+            log.warning(
+                "token %d (%r) is beyond the model's %d rows; ignored", token_id, text, len(self)
+            )
+            return False
+        self.tokens[token_id] = text.encode("utf-8") if isinstance(text, str) else text
+        self.scores[token_id] = score
+        self.types[token_id] = kind
+        return True
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"{path} is not valid JSON: {exc}", path=path) from exc
+
+
+def sentencepiece_vocab(model_file: Path, size: int | None) -> Vocab:
+    from sentencepiece import SentencePieceProcessor
+
+    processor = SentencePieceProcessor()
+    try:
+        processor.LoadFromFile(str(model_file))
+    except (OSError, RuntimeError) as exc:
+        raise TokenizerError(
+            f"{model_file} is not a sentencepiece model: {exc}",
+            hint="restore tokenizer.model from the original checkpoint",
+            path=model_file,
+        ) from exc
+    n_pieces = processor.vocab_size()
+    vocab = Vocab(size or n_pieces)
+    for token_id in range(min(n_pieces, len(vocab))):
+        if processor.IsUnknown(token_id):
+            kind = TokenType.UNKNOWN
+        elif processor.IsControl(token_id):
+            kind = TokenType.CONTROL
+        elif processor.IsUnused(token_id):
+            kind = TokenType.UNUSED
+        elif processor.IsByte(token_id):
+            kind = TokenType.BYTE
+        else:
+            kind = TokenType.NORMAL
+        vocab.set(token_id, processor.IdToPiece(token_id), processor.GetScore(token_id), kind)
+    return vocab
+
+
+def tokenizer_json_vocab(tokenizer_file: Path, size: int | None) -> Vocab:
+    data = _read_json(tokenizer_file)
+    model = data.get("model") if isinstance(data, dict) else None
+    if not (
+        isinstance(model, dict)
+        and model.get("type") == "BPE"
+        and isinstance(model.get("vocab"), dict)
+        and model.get("byte_fallback", False)
+    ):
+        raise TokenizerError(
+            f"{tokenizer_file} is not a LLaMA-style (sentencepiece BPE with byte fallback) tokenizer",
+            hint="this converter handles LLaMA-1/2 vocabularies; try --engine upstream",
+            path=tokenizer_file,
+        )
+    pieces: dict[str, int] = model["vocab"]
+    vocab = Vocab(size or max(pieces.values(), default=-1) + 1)
+    rank_of: dict[str, int] = {}
+    for rank, merge in enumerate(model.get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank_of.setdefault(left + right, rank)
+    n_merges = len(rank_of)
+    specials = {t["id"] for t in data.get("added_tokens") or [] if t.get("special")}
+    for text, token_id in pieces.items():
+        if _BYTE_TOKEN.match(text):
+            vocab.set(token_id, text, 0.0, TokenType.BYTE)
+        elif token_id in specials or text == model.get("unk_token"):
+            kind = TokenType.UNKNOWN if text == model.get("unk_token") else TokenType.CONTROL
+            vocab.set(token_id, text, 0.0, kind)
+        else:
+            # Merge results rank by their first merge; single characters come after them all.
+            score = -float(rank_of[text]) if text in rank_of else -float(n_merges + token_id)
+            vocab.set(token_id, text, score, TokenType.NORMAL)
+    return vocab
+
+
+def apply_added_tokens(vocab: Vocab, model_dir: Path) -> list[str]:
+    """Tokens added on top of the base vocabulary (e.g. Vicuna's ``<pad>`` at 32000)."""
+    added: list[str] = []
+    added_file = model_dir / "added_tokens.json"
+    if added_file.is_file():
+        entries = _read_json(added_file)
+        if not isinstance(entries, dict):
+            raise TokenizerError(f"{added_file} should map tokens to ids", path=added_file)
+        for text, token_id in entries.items():
+            if vocab.set(int(token_id), text, -1000.0, TokenType.USER_DEFINED):
+                added.append(text)
+    config_file = model_dir / "tokenizer_config.json"
+    decoder = _read_json(config_file).get("added_tokens_decoder") if config_file.is_file() else None
+    for key, entry in (decoder or {}).items():
+        token_id, text = int(key), str(entry["content"])
+        if entry.get("special") or looks_special(text):
+            kind = TokenType.CONTROL
+        else:
+            # llama.cpp matches user-defined tokens against raw text: spaces, not the visible "▁".
+            text, kind = text.replace(SPM_SPACE, " "), TokenType.USER_DEFINED
+        if 0 <= token_id < len(vocab) and vocab.types[token_id] != TokenType.UNUSED:
+            old = vocab.tokens[token_id]
+            if old != text.encode("utf-8"):
+                log.debug("added token %d replaces %r with %r", token_id, old, text)
+        if vocab.set(token_id, text, -1000.0, kind) and text not in added:
+            added.append(text)
+    return added
+
+
+def _json_added_tokens(vocab: Vocab, tokenizer_file: Path) -> list[str]:
+    """Added tokens from tokenizer.json itself (when tokenizer_config.json does not list them)."""
+    data = _read_json(tokenizer_file)
+    added = []
+    for entry in data.get("added_tokens") or []:
+        token_id, text = int(entry["id"]), str(entry["content"])
+        if token_id < len(vocab) and vocab.tokens[token_id] == text.encode("utf-8"):
+            continue
+        kind = (
+            TokenType.CONTROL
+            if entry.get("special") or looks_special(text)
+            else TokenType.USER_DEFINED
+        )
+        if vocab.set(token_id, text, -1000.0, kind):
+            added.append(text)
+    return added
+
+
+def template_adds(tokenizer_file: Path) -> dict[str, bool]:
+    """Whether tokenizer.json's post-processor puts a special token first (BOS) or last (EOS).
+
+    ``gguf.SpecialVocab`` reads only templates with a special token in them; a template of the
+    bare sequence (what transformers 5 writes for LLaMA) means neither, and saying nothing would
+    let llama.cpp add a BOS that the reference tokenizer does not.
+    """
+    if not tokenizer_file.is_file():
+        return {}
+    processor = (_read_json(tokenizer_file) or {}).get("post_processor") or {}
+    found: dict[str, bool] = {}
+    for step in processor.get("processors", [processor]):
+        single = step.get("single") if step.get("type") == "TemplateProcessing" else None
+        if isinstance(single, list) and single:
+            found["bos"] = "SpecialToken" in single[0]
+            found["eos"] = len(single) > 1 and "SpecialToken" in single[-1]
+    return found
+
+
+def set_llama_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int | None) -> list[str]:
+    """Write the tokenizer keys; returns notes for the conversion result."""
+    spm_file, json_file = model_dir / "tokenizer.model", model_dir / "tokenizer.json"
+    if spm_file.is_file():
+        vocab, origin = sentencepiece_vocab(spm_file, vocab_size), "tokenizer.model"
+    elif json_file.is_file():
+        vocab, origin = tokenizer_json_vocab(json_file, vocab_size), "tokenizer.json"
+    else:
+        raise TokenizerError(
+            f"{model_dir} has neither tokenizer.model nor tokenizer.json",
+            hint="copy the tokenizer files of the original model into the directory",
+            path=model_dir,
+        )
+    # transformers 5 lists added tokens (e.g. <pad>) only in tokenizer.json.
+    added = _json_added_tokens(vocab, json_file) if json_file.is_file() else []
+    added += [t for t in apply_added_tokens(vocab, model_dir) if t not in added]
+    config_file = model_dir / "tokenizer_config.json"
+    if config_file.is_file():
+        prefix_space = _read_json(config_file).get("add_prefix_space")
+        if isinstance(prefix_space, bool):
+            writer.add_add_space_prefix(prefix_space)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.types)
+    special = gguf.SpecialVocab(model_dir, n_vocab=len(vocab))
+    for kind, adds in template_adds(json_file).items():
+        special.add_special_token.setdefault(kind, adds)
+    special.add_to_gguf(writer, quiet=True)
+    notes = [f"vocab: {len(vocab)} tokens from {origin}"]
+    if added:
+        notes.append("added tokens: " + ", ".join(repr(t) for t in added[:8]))
+    return notes

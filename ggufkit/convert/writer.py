@@ -1,0 +1,322 @@
+"""Streaming GGUF writing: the header first, then each tensor's data in row blocks.
+
+Every tensor's offset is known from the plans before any data is read, so worker threads convert
+row blocks and ``pwrite`` them straight to their place in the file, in any order: no tensor is
+held whole, no output is buffered, and numpy's conversions (which release the GIL) run in
+parallel. bf16 -> f16 uses integer bit operations (exact: every bf16 in f16's normal range has an
+exact f16), with a lookup table for the rest, so the bytes equal numpy's float32 -> float16 cast
+that the upstream converter uses. f16 -> f16 is a raw copy from the memory map.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import functools
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+from gguf import GGUFValueType as VT
+
+from ggufkit.convert.base import TensorPlan
+from ggufkit.errors import DiskSpaceError, GGUFKitError
+from ggufkit.tensors import Checkpoint, TensorSource, bf16_to_float32
+
+BLOCK_BYTES = 4 * 1024 * 1024  # source bytes per row block: big writes, still cache-friendly
+
+
+# --- header ---------------------------------------------------------------------------------
+
+_SCALARS = {
+    VT.UINT8: "<B",
+    VT.INT8: "<b",
+    VT.UINT16: "<H",
+    VT.INT16: "<h",
+    VT.UINT32: "<I",
+    VT.INT32: "<i",
+    VT.FLOAT32: "<f",
+    VT.UINT64: "<Q",
+    VT.INT64: "<q",
+    VT.FLOAT64: "<d",
+    VT.BOOL: "<?",
+}
+_ARRAY_DTYPES = {VT.UINT8: "<u1", VT.INT32: "<i4", VT.UINT32: "<u4", VT.FLOAT32: "<f4"}
+
+
+def _string(value: str | bytes) -> bytes:
+    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _item_type(item: Any) -> VT:
+    if isinstance(item, np.floating):
+        return VT.FLOAT32
+    if isinstance(item, np.integer):
+        return VT.INT32
+    return VT.get_type(item)
+
+
+def _value(value: Any, vtype: VT, sub_type: VT | None) -> bytes:
+    if vtype in _SCALARS:
+        return struct.pack(_SCALARS[vtype], value)
+    if vtype == VT.STRING:
+        return _string(value)
+    if vtype != VT.ARRAY:
+        raise ValueError(f"unsupported GGUF value type {vtype}")
+    items = list(value)
+    if not items:
+        raise ValueError("GGUF arrays cannot be empty")
+    ltype = sub_type or _item_type(items[0])
+    head = struct.pack("<IQ", ltype, len(items))
+    if ltype in _ARRAY_DTYPES:  # numeric arrays (token scores, types) in one go
+        return head + np.asarray(items, dtype=_ARRAY_DTYPES[ltype]).tobytes()
+    return head + b"".join(_value(item, ltype, None) for item in items)
+
+
+def serialize_header(
+    kv: Mapping[str, Any],
+    plans: Sequence[TensorPlan],
+    alignment: int = gguf.GGUF_DEFAULT_ALIGNMENT,
+) -> tuple[bytes, list[int]]:
+    """The GGUF header (magic to aligned data start) and each tensor's offset in the file.
+
+    ``kv`` maps keys to ``gguf.GGUFValue`` (what ``GGUFWriter.kv_data[0]`` holds).
+    """
+    parts = [struct.pack("<IIQQ", gguf.GGUF_MAGIC, gguf.GGUF_VERSION, len(plans), len(kv))]
+    for key, val in kv.items():
+        parts.append(
+            _string(key) + struct.pack("<I", val.type) + _value(val.value, val.type, val.sub_type)
+        )
+    relative = []
+    cursor = 0
+    for plan in plans:
+        dims = tuple(reversed(plan.shape)) or (1,)
+        parts.append(
+            _string(plan.name)
+            + struct.pack(f"<I{len(dims)}Q", len(dims), *dims)
+            + struct.pack("<IQ", plan.ggml_type, cursor)
+        )
+        relative.append(cursor)
+        cursor += -(-plan.n_bytes // alignment) * alignment
+    header = b"".join(parts)
+    header += b"\0" * (-len(header) % alignment)
+    return header, [len(header) + r for r in relative]
+
+
+# --- block conversion -----------------------------------------------------------------------
+
+_BF16_TO_F16: np.ndarray | None = None
+_F16_NORMAL_BIAS = np.uint16((112 << 10) & 0xFFFF)  # exponent rebias 127 -> 15, modulo 2^16
+
+
+def _bf16_lut() -> np.ndarray:
+    global _BF16_TO_F16
+    if _BF16_TO_F16 is None:
+        with np.errstate(over="ignore"):
+            every = (np.arange(65536, dtype=np.uint32) << 16).view(np.float32)
+            _BF16_TO_F16 = every.astype(np.float16).view(np.uint16)
+    return _BF16_TO_F16
+
+
+def bf16_bits_to_f16_bits(bits: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns to f16 bit patterns, rounding exactly like float32 -> float16 in numpy."""
+    lut = _bf16_lut()
+    magnitude = bits & np.uint16(0x7FFF)
+    out = (magnitude << np.uint16(3)) - _F16_NORMAL_BIAS  # sign-less f16 for the normal range
+    out |= bits & np.uint16(0x8000)
+    # bf16 exponents 113..142 are f16 normals; everything else (subnormal, overflow, inf, nan)
+    # goes through the table. The subtraction wraps the small ones round to huge values.
+    outside = (magnitude - np.uint16(113 << 7)) >= np.uint16(30 << 7)
+    idx = np.flatnonzero(outside)
+    if idx.size:
+        out.reshape(-1)[idx] = lut[bits.reshape(-1)[idx]]
+    return out
+
+
+def convert_block(block: np.ndarray, src_dtype: str, target: QT) -> np.ndarray:
+    """A block of source rows (BF16 as uint16 bits) as ``target`` bytes, row for row."""
+    if src_dtype == "BF16":
+        if target == QT.BF16:
+            return block
+        if target == QT.F16:
+            return bf16_bits_to_f16_bits(block)
+        block = bf16_to_float32(block)
+    elif (src_dtype, target) in (("F16", QT.F16), ("F32", QT.F32)):
+        return block
+    if target == QT.F16:
+        return block.astype(np.float16)
+    if target == QT.F32:
+        return block.astype(np.float32)
+    return gguf.quants.quantize(block.astype(np.float32, copy=False), target)
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+@dataclass
+class WriteStats:
+    n_tensors: int
+    n_bytes: int  # the output file's size
+    source_bytes: int
+    seconds: float
+
+
+def _write_error(path: Path, exc: OSError) -> GGUFKitError:
+    if exc.errno == errno.ENOSPC:
+        return DiskSpaceError(f"the disk holding {path} filled up while writing", path=path)
+    return GGUFKitError(f"cannot write {path}: {exc.strerror}", path=path)
+
+
+class _Sink:
+    """Positioned writes to one file from several threads."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock() if not hasattr(os, "pwrite") else None
+
+    def write_at(self, data: Any, offset: int) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            if self._lock is None:
+                written = os.pwrite(self.fd, view, offset)
+            else:  # platforms without pwrite
+                with self._lock:
+                    os.lseek(self.fd, offset, os.SEEK_SET)
+                    written = os.write(self.fd, view)
+            view = view[written:]
+            offset += written
+
+
+def _blocks(plan: TensorPlan, src_row_bytes: int) -> Iterable[tuple[int, int]]:
+    rows = plan.shape[0] if plan.shape else 1
+    step = max(1, BLOCK_BYTES // max(1, src_row_bytes))
+    for start in range(0, rows, step):
+        yield start, min(rows, start + step)
+
+
+def _tensor_tasks(
+    plan: TensorPlan, source: TensorSource, offset: int, sink: _Sink
+) -> list[Callable[[], int]]:
+    """Callables that each convert and write one row block; they return source bytes done."""
+    if plan.source_name is not None:
+        src_dtype = source.info(plan.source_name).dtype
+        array = source.read(plan.source_name)
+        order = plan.row_order
+    else:
+        array = np.asarray(plan.produce())
+        src_dtype = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}.get(array.dtype, "")
+        if not src_dtype:
+            array, src_dtype = array.astype(np.float32), "F32"
+        order = None
+    if array.ndim == 0:
+        array = array.reshape(1)
+    if tuple(array.shape) != tuple(plan.shape):
+        raise GGUFKitError(f"internal error: {plan.name} is {array.shape}, planned {plan.shape}")
+    rows = array.shape[0]
+    row_src = array.nbytes // max(1, rows)
+    row_out = plan.n_bytes // max(1, rows)
+
+    def run_block(start: int, stop: int) -> int:
+        block = array[order[start:stop]] if order is not None else array[start:stop]
+        data = np.ascontiguousarray(convert_block(block, src_dtype, plan.ggml_type))
+        sink.write_at(data, offset + start * row_out)
+        return (stop - start) * row_src
+
+    return [functools.partial(run_block, start, stop) for start, stop in _blocks(plan, row_src)]
+
+
+def write_tensor_data(
+    path: Path,
+    fd: int,
+    plans: Sequence[TensorPlan],
+    offsets: Sequence[int],
+    source: TensorSource,
+    *,
+    threads: int,
+    on_bytes: Callable[[int], None] | None = None,
+) -> None:
+    """Convert and write every plan's data at its offset, ``threads`` blocks at a time."""
+    sink = _Sink(fd)
+    # A memory-mapped source costs nothing to keep open, so the next tensor's blocks are queued
+    # before the previous one finishes (no idle threads at tensor boundaries); arrays produced in
+    # memory are taken one at a time to bound memory by the largest tensor.
+    window = 2 if isinstance(source, Checkpoint) else 1
+    pending: collections.deque[tuple[TensorPlan, list[Future[int]]]] = collections.deque()
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="ggufkit-write")
+
+    def settle() -> None:
+        plan, futures = pending.popleft()
+        for future in futures:
+            done = future.result()
+            if on_bytes is not None:
+                on_bytes(done)
+        if plan.source_name is not None:
+            source.release(plan.source_name)
+
+    try:
+        for plan, offset in zip(plans, offsets, strict=True):
+            tasks = _tensor_tasks(plan, source, offset, sink)
+            pending.append((plan, [pool.submit(task) for task in tasks]))
+            while len(pending) >= window:
+                settle()
+        while pending:
+            settle()
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def write_gguf(
+    path: Path,
+    kv: Mapping[str, Any],
+    plans: Sequence[TensorPlan],
+    source: TensorSource,
+    *,
+    threads: int,
+    on_bytes: Callable[[int], None] | None = None,
+    final_kv: Callable[[], Mapping[str, Any]] | None = None,
+) -> WriteStats:
+    """Write a complete GGUF file at ``path`` (the caller makes it atomic).
+
+    ``final_kv``, when given, is called after the data is written and its header (which must
+    serialize to the same length, e.g. hashes computed meanwhile) replaces the first one.
+    """
+    started = time.perf_counter()
+    header, offsets = serialize_header(kv, plans)
+    align = gguf.GGUF_DEFAULT_ALIGNMENT
+    total = offsets[-1] + -(-plans[-1].n_bytes // align) * align if plans else len(header)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    try:
+        try:
+            os.ftruncate(fd, total)  # padding between tensors stays zero
+            _Sink(fd).write_at(header, 0)
+        except OSError as exc:
+            raise _write_error(path, exc) from exc
+        write_tensor_data(path, fd, plans, offsets, source, threads=threads, on_bytes=on_bytes)
+        if final_kv is not None:
+            final_header, _ = serialize_header(final_kv(), plans)
+            if len(final_header) != len(header):
+                raise GGUFKitError("internal error: the final GGUF header changed length")
+            _Sink(fd).write_at(final_header, 0)
+    finally:
+        os.close(fd)
+    return WriteStats(
+        n_tensors=len(plans),
+        n_bytes=total,
+        source_bytes=sum(p.source_bytes for p in plans),
+        seconds=time.perf_counter() - started,
+    )

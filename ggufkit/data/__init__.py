@@ -1,0 +1,89 @@
+"""The tiny models and texts shipped inside ggufkit, so that the whole pipeline runs offline.
+
+They are trained by ``scripts/train_tiny.py`` (the source of truth: corpus split, dimensions,
+seeds) on public-domain Gutenberg texts of Shakespeare and Milton:
+
+- ``tiny-llama``: a LlamaForCausalLM with a sentencepiece tokenizer, trained on Shakespeare;
+- ``tiny-llama-milton-delta``: a delta against tiny-llama (fine-tuned on Paradise Lost, one
+  ``<pad>`` token added), the way Vicuna and Chimera ship their weights;
+- ``tiny-bloom``: a BloomForCausalLM with a byte-level BPE tokenizer, like Phoenix and BLOOMZ.
+
+The held-out text (Macbeth, never trained on) is the default evaluation corpus.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ggufkit.errors import InputError, UsageError
+
+DATA_DIR = Path(__file__).resolve().parent
+MODELS_DIR = DATA_DIR / "models"
+CORPUS_DIR = DATA_DIR / "corpus"
+
+EMBEDDED_MODELS: dict[str, str] = {
+    "tiny-llama": "LlamaForCausalLM (3.4M parameters, GQA) with a sentencepiece tokenizer, "
+    "trained on Shakespeare",
+    "tiny-llama-milton-delta": "delta against tiny-llama: fine-tuned on Milton's Paradise Lost "
+    "with an added <pad> token (vocab 2048 -> 2049)",
+    "tiny-bloom": "BloomForCausalLM (2.2M parameters) with a byte-level BPE tokenizer, "
+    "trained on Shakespeare",
+}
+
+# delta name -> the embedded model it applies to
+DELTA_BASES: dict[str, str] = {"tiny-llama-milton-delta": "tiny-llama"}
+
+REGENERATE_HINT = (
+    "reinstall ggufkit, or regenerate the models from a checkout with "
+    "`python scripts/train_tiny.py --out ggufkit/data/models`"
+)
+
+
+def embedded_model(name: str) -> Path:
+    """The directory of an embedded model (an HF checkpoint, or a delta for DELTA_BASES)."""
+    if name not in EMBEDDED_MODELS:
+        available = ", ".join(EMBEDDED_MODELS)
+        raise UsageError(
+            f"no embedded model named {name!r}; available: {available}",
+            hint=f"use one of: {available}",
+        )
+    path = MODELS_DIR / name
+    if not (path / "config.json").is_file():
+        raise InputError(
+            f"the embedded model {name} is missing from {path}", hint=REGENERATE_HINT, path=path
+        )
+    return path
+
+
+def _corpus_file(name: str) -> Path:
+    path = CORPUS_DIR / name
+    if not path.is_file():
+        raise InputError(f"the embedded text {path} is missing", hint=REGENERATE_HINT, path=path)
+    return path
+
+
+def default_corpus() -> Path:
+    """Held-out Shakespeare (Macbeth, ~100 kB): the default text for perplexity."""
+    return _corpus_file("heldout.txt")
+
+
+def calibration_corpus() -> Path:
+    """A ~24 kB excerpt of the training text (Hamlet): calibration data for an imatrix."""
+    return _corpus_file("calibration.txt")
+
+
+def milton_corpus() -> Path:
+    """Held-out Milton (Paradise Regained): shows what the Milton delta learned."""
+    return _corpus_file("heldout-milton.txt")
+
+
+def training_record() -> dict[str, Any]:
+    """The figures train_tiny.py recorded: steps, parameters, times, perplexities per model."""
+    path = MODELS_DIR / "training.json"
+    try:
+        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}", hint=REGENERATE_HINT, path=path) from exc
+    return record

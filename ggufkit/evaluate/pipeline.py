@@ -1,0 +1,294 @@
+"""``evaluate()``: size, bits per weight, perplexity, KL-divergence and speed for a set of GGUFs."""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ggufkit.errors import UsageError, WorkspaceError
+from ggufkit.evaluate import ppl as ppl_mod
+from ggufkit.evaluate.results import EvalReport, ModelResult
+from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, benchmark
+from ggufkit.fsutil import check_free_disk, sha256_file
+from ggufkit.ggufinfo import ArraySummary, GGUFInfo, read_gguf
+from ggufkit.llamacpp.build import current_build
+from ggufkit.log import get_logger, progress
+from ggufkit.manifest import Manifest, now_iso, record_eval
+
+if TYPE_CHECKING:
+    from ggufkit.workspace import Workspace
+
+log = get_logger("evaluate")
+
+DEFAULT_BENCH_REPETITIONS = 3
+
+
+def default_corpus() -> Path:
+    """The corpus shipped with ggufkit (``ggufkit.data.default_corpus``), if this install has one."""
+    try:
+        data: Any = importlib.import_module("ggufkit.data")
+    except ImportError:
+        data = None
+    finder = getattr(data, "default_corpus", None)
+    if finder is None:
+        raise UsageError(
+            "no evaluation corpus given", hint="pass --corpus FILE (plain text, a few hundred KB)"
+        )
+    return Path(finder())
+
+
+def type_label(info: GGUFInfo) -> str:
+    """``Q4_0``, ``F16``...: the file type, else the most common type of the 2-D tensors."""
+    if info.file_type_name:
+        return info.file_type_name
+    matrices = Counter(t.type_name for t in info.tensors if len(t.shape) >= 2)
+    return (matrices or info.tensor_types).most_common(1)[0][0] if info.tensors else "?"
+
+
+def model_label(info: GGUFInfo) -> str:
+    """The guide's "Model" column: ``7B``-style size label, else the model name, else the stem."""
+    for key in ("general.size_label", "general.name", "general.basename"):
+        value = info.metadata.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return info.path.stem
+
+
+def n_vocab(info: GGUFInfo) -> int | None:
+    tokens = info.metadata.get("tokenizer.ggml.tokens")
+    return len(tokens) if isinstance(tokens, list | ArraySummary) else None
+
+
+def n_ctx_train(info: GGUFInfo) -> int | None:
+    value = info.metadata.get(f"{info.architecture}.context_length")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _new_result(info: GGUFInfo, *, is_baseline: bool) -> ModelResult:
+    return ModelResult(
+        name=type_label(info),
+        path=str(info.path),
+        type=type_label(info),
+        model=model_label(info),
+        size_bytes=info.file_size,
+        n_params=info.parameter_count,
+        bpw=info.bits_per_weight,
+        is_baseline=is_baseline,
+    )
+
+
+def _unique_names(results: list[ModelResult]) -> None:
+    counts = Counter(r.name for r in results)
+    for result in results:
+        if counts[result.name] > 1:
+            result.name = Path(result.path).stem
+
+
+def _order(models: Sequence[Path], baseline: Path | None) -> list[Path]:
+    """Distinct paths, the baseline first (added when it was not among the models)."""
+    seen: dict[Path, Path] = {}
+    for path in [*([baseline] if baseline else []), *models]:
+        seen.setdefault(path.resolve(), path)
+    return list(seen.values())
+
+
+def evaluate(
+    models: Sequence[str | Path],
+    *,
+    baseline: str | Path | None = None,
+    corpus: str | Path | None = None,
+    ctx: int | None = None,
+    chunks: int | None = None,
+    threads: int | None = None,
+    speed: bool = True,
+    n_prompt: int = DEFAULT_PROMPT,
+    n_gen: int = DEFAULT_GEN,
+    repetitions: int = DEFAULT_BENCH_REPETITIONS,
+    tmp_dir: str | Path | None = None,
+) -> EvalReport:
+    """Measure each model: file size, bits per weight, perplexity on ``corpus``, speed, and, when
+    there is a baseline, KL-divergence and top-token agreement against it.
+
+    Without ``baseline`` the first unquantized model (F16/BF16/F32) serves as one; with none,
+    KL-divergence is skipped. ``ctx`` defaults to 512 (or the model's training context), lowered
+    to fit a short corpus. The KL-divergence base file lives in a temporary directory under
+    ``tmp_dir`` and is deleted afterwards.
+    """
+    if not models and baseline is None:
+        raise UsageError("no models to evaluate", hint="give one or more .gguf files")
+    corpus_path = Path(corpus) if corpus is not None else default_corpus()
+    if not corpus_path.is_file():
+        raise UsageError(f"the corpus {corpus_path} does not exist", hint="check --corpus")
+    infos = {p: read_gguf(p, max_array_items=0) for p in map(Path, models)}
+    base_path = Path(baseline) if baseline is not None else None
+    if base_path is None:
+        base_path = next((p for p, info in infos.items() if not info.is_quantized), None)
+        if base_path is None:
+            log.warning("no unquantized model among the inputs: KL-divergence is skipped")
+    paths = _order(list(infos), base_path)
+    if base_path is not None and base_path not in infos:
+        infos[base_path] = read_gguf(base_path, max_array_items=0)
+    results = [_new_result(infos[p], is_baseline=p == base_path) for p in paths]
+    _unique_names(results)
+    base_info = infos[base_path] if base_path is not None else infos[paths[0]]
+    vocab = n_vocab(base_info)
+    for path in paths:
+        if base_path is not None and n_vocab(infos[path]) != vocab:
+            raise UsageError(
+                f"{path} has {n_vocab(infos[path])} tokens, the baseline {base_path} has {vocab}",
+                hint="KL-divergence compares quantizations of the same model only",
+            )
+
+    n_tokens = ppl_mod.count_tokens(base_info.path, corpus_path)
+    plan = ppl_mod.plan(
+        n_tokens,
+        ctx=ctx,
+        chunks=chunks,
+        n_ctx_train=n_ctx_train(base_info),
+        kld=base_path is not None and len(paths) > 1,
+        corpus=corpus_path,
+    )
+    log.info(
+        "evaluating %d model(s) on %s: %s tokens, context %d, %s chunks",
+        len(paths),
+        corpus_path.name,
+        n_tokens if n_tokens is not None else "?",
+        plan.ctx,
+        plan.chunks or "all",
+    )
+    steps = len(paths) * (2 if speed else 1)
+    with (
+        tempfile.TemporaryDirectory(prefix="ggufkit-eval-", dir=tmp_dir) as work,
+        progress(steps, "evaluating", unit="step") as bar,
+    ):
+        base_file = Path(work) / "baseline.kld"
+        used_chunks = plan.chunks
+        for result in results:
+            model = Path(result.path)
+            if result.is_baseline and len(paths) > 1:
+                if vocab and plan.chunks:
+                    check_free_disk(
+                        base_file, plan.base_file_bytes(vocab), what="the KL-divergence base file"
+                    )
+                measured = ppl_mod.perplexity(
+                    model,
+                    corpus_path,
+                    ctx=plan.ctx,
+                    chunks=plan.chunks or None,
+                    threads=threads,
+                    save_base=base_file,
+                )
+                result.ppl, result.ppl_err, used_chunks = (
+                    measured.ppl,
+                    measured.ppl_err,
+                    measured.chunks,
+                )
+            elif base_path is not None and len(paths) > 1:
+                kld = ppl_mod.kl_divergence(model, base_file, ctx=plan.ctx, threads=threads)
+                result.ppl, result.ppl_err = kld.ppl, kld.ppl_err
+                result.kld_mean, result.kld_err = kld.kld_mean, kld.kld_err
+                result.kld_median, result.kld_p99, result.kld_max = (
+                    kld.kld_median,
+                    kld.kld_p99,
+                    kld.kld_max,
+                )
+                result.top1_agreement, result.top1_err = kld.top1_agreement, kld.top1_err
+            else:
+                measured = ppl_mod.perplexity(
+                    model, corpus_path, ctx=plan.ctx, chunks=plan.chunks or None, threads=threads
+                )
+                result.ppl, result.ppl_err, used_chunks = (
+                    measured.ppl,
+                    measured.ppl_err,
+                    measured.chunks,
+                )
+            bar.update(1)
+            if speed:
+                tests = benchmark(
+                    model,
+                    n_prompt=n_prompt,
+                    n_gen=n_gen,
+                    repetitions=repetitions,
+                    threads=[threads] if threads else (),
+                )
+                for test in tests:
+                    result.threads = test.threads
+                    if test.kind == "pp":
+                        result.pp_tps, result.pp_tps_std = test.tps, test.tps_std
+                    else:
+                        result.tg_tps, result.tg_tps_std = test.tps, test.tps_std
+                bar.update(1)
+    return EvalReport(
+        corpus=str(corpus_path),
+        corpus_sha256=sha256_file(corpus_path),
+        corpus_tokens=n_tokens,
+        ctx=plan.ctx,
+        chunks=used_chunks,
+        baseline=str(base_path) if base_path is not None else None,
+        llama_cpp_commit=current_build().llama_cpp_commit,
+        models=results,
+        bench={"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions} if speed else {},
+    )
+
+
+# --- the workspace: default models, and results into its manifest ------------------------------
+
+
+def resolve_models(models: Sequence[Path]) -> tuple[list[Path], Workspace | None]:
+    """The models to evaluate, and the workspace (if any) whose manifest gets the results.
+
+    Without models, the workspace's converted file and quantized files are evaluated.
+    """
+    from ggufkit.workspace import Workspace
+
+    if models:
+        try:
+            return list(models), Workspace.find()
+        except WorkspaceError as exc:  # a broken ggufkit.toml must not stop an explicit eval
+            log.warning("ignoring the workspace: %s", exc)
+            return list(models), None
+    workspace = Workspace.require()
+    candidates = [workspace.f16_path, *map(workspace.quantized_path, workspace.config.types)]
+    for key, record in Manifest.load(workspace.manifest_path).artefacts.items():
+        if record.get("step") == "quantize" and key.endswith(".gguf"):
+            candidates.append(workspace.manifest_path.parent / key)
+    candidates = list(dict.fromkeys(p.absolute() for p in candidates))
+    found = [p for p in candidates if p.is_file()]
+    missing = [workspace.relative(p) for p in candidates if not p.is_file()]
+    if not found:
+        raise WorkspaceError(
+            f"nothing to evaluate in {workspace.outdir}: {', '.join(missing)} not built yet",
+            hint="run `ggufkit convert && ggufkit quantize` first, or give the .gguf files",
+        )
+    if missing:
+        log.warning("not built yet, skipped: %s", ", ".join(missing))
+    return found, workspace
+
+
+def record_results(report: EvalReport, workspace: Workspace) -> list[Path]:
+    """Add each model's numbers to the workspace manifest; models outside the workspace are
+    left out. Returns the recorded paths."""
+    recorded = []
+    context = {
+        "corpus": report.corpus,
+        "corpus_sha256": report.corpus_sha256,
+        "ctx": report.ctx,
+        "chunks": report.chunks,
+        "baseline": workspace.relative(Path(report.baseline)) if report.baseline else None,
+        "llama_cpp_commit": report.llama_cpp_commit,
+        "measured": now_iso(),
+    }
+    for model in report.models:
+        path = Path(model.path).absolute()
+        if not path.is_relative_to(workspace.root.absolute()):
+            continue
+        values = {k: v for k, v in model.to_json().items() if k not in ("path", "name")}
+        # Keep earlier numbers a narrower run did not measure (e.g. speed after --no-speed).
+        results = {k: v for k, v in {**values, **context}.items() if v is not None}
+        record_eval(workspace.manifest_path, path, results)
+        recorded.append(path)
+    return recorded

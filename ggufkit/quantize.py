@@ -1,0 +1,261 @@
+"""`ggufkit quantize`: one GGUF to one or more llama.cpp quantization types.
+
+Everything that can be checked is checked before llama.cpp writes a byte: the input is a readable
+GGUF in this machine's byte order and not already quantized (unless ``allow_requantize``), every
+type exists in the pinned build, outputs are not the input, a dry run of each type (llama.cpp's own
+``--dry-run``) says whether it needs an importance matrix and how large it will be, and the disk
+has room for all of them. Each output is written under a temporary name and renamed on success.
+
+Outputs are named ``<stem>-<TYPE>.gguf`` beside the input, where ``<stem>`` is the input's name
+without ``.gguf`` and without a trailing precision such as ``-f16``/``-bf16``/``-Q8_0``:
+``my-model-f16.gguf`` -> ``my-model-Q4_0.gguf``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ggufkit.errors import GGUFFormatError, QuantizeError, UsageError
+from ggufkit.fsutil import atomic_output, check_free_disk, check_output_path, human_bytes
+from ggufkit.ggufinfo import GGUFInfo, check_gguf
+from ggufkit.log import get_logger, progress
+from ggufkit.quantize_engines import (
+    ENGINES,
+    DryRun,
+    Engine,
+    KVOverride,
+    QuantizeOptions,
+    is_copy,
+    parse_kv_override,
+    select_engine,
+)
+from ggufkit.quantize_types import QuantType, TypeTable, output_name
+
+__all__ = [
+    "ENGINES",
+    "KVOverride",
+    "QuantizeOptions",
+    "QuantizeResult",
+    "list_types",
+    "parse_kv_override",
+    "plan_outputs",
+    "quantize",
+]
+
+log = get_logger("quantize")
+
+IMATRIX_HINT = (
+    "make one from a calibration text: `ggufkit imatrix MODEL-f16.gguf --corpus calibration.txt`, "
+    "then pass `--imatrix MODEL-imatrix.gguf`"
+)
+
+
+@dataclass
+class QuantizeResult:
+    """One quantized output: what the workspace manifest records and ``--json`` prints."""
+
+    input: Path
+    output: Path
+    type: str
+    size: int
+    seconds: float
+    bits_per_weight: float | None
+    engine: str
+    imatrix: Path | None = None
+    log_path: Path | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "input": str(self.input),
+            "output": str(self.output),
+            "type": self.type,
+            "size": self.size,
+            "seconds": round(self.seconds, 3),
+            "bits_per_weight": None
+            if self.bits_per_weight is None
+            else round(self.bits_per_weight, 4),
+            "engine": self.engine,
+            "imatrix": None if self.imatrix is None else str(self.imatrix),
+            "log": None if self.log_path is None else str(self.log_path),
+        }
+
+
+def list_types(engine: str = "auto") -> TypeTable:
+    """The types the pinned build accepts (``ggufkit quantize --list``)."""
+    return select_engine(engine).table()
+
+
+def check_input(source: Path) -> GGUFInfo:
+    """A GGUF that llama.cpp can read on this machine, with tensors to quantize."""
+    info = check_gguf(source)
+    if info.byte_order != sys.byteorder:
+        raise GGUFFormatError(
+            f"{source} is a {info.byte_order}-endian GGUF; llama.cpp on this "
+            f"{sys.byteorder}-endian machine cannot read it",
+            hint="convert the model again on (or for) this kind of machine",
+            path=source,
+        )
+    if not info.tensors:
+        raise GGUFFormatError(f"{source} holds no tensors: nothing to quantize", path=source)
+    return info
+
+
+def check_not_quantized(info: GGUFInfo) -> None:
+    """llama.cpp refuses to re-quantize quantized tensors without --allow-requantize: say so first."""
+    quantized = info.quantized_tensors
+    if quantized:
+        kinds = ", ".join(sorted({t.type_name for t in quantized}))
+        raise QuantizeError(
+            f"{info.path} is already quantized ({kinds}: {len(quantized)} of {len(info.tensors)} "
+            "tensors); quantizing it again loses more quality than quantizing the original",
+            hint="quantize from the f16/bf16/f32 GGUF, or pass --allow-requantize if you mean it",
+            path=info.path,
+        )
+
+
+def plan_outputs(
+    source: Path,
+    types: Sequence[QuantType],
+    table: TypeTable,
+    *,
+    output: Path | None = None,
+    outdir: Path | None = None,
+) -> list[Path]:
+    """Where each type goes: ``output`` (one type only), else ``<stem>-<TYPE>.gguf`` in ``outdir``
+    or beside the input. Refuses directories, the input itself and two types onto one file."""
+    if output is not None and outdir is not None:
+        raise UsageError("give either -o/--output or --outdir, not both")
+    if output is not None and len(types) > 1:
+        raise UsageError(
+            f"-o names one file, but {len(types)} types were asked for",
+            hint="use --outdir DIR (files are named <stem>-<TYPE>.gguf) or one type per call",
+        )
+    if output is not None:
+        targets = [Path(output)]
+    else:
+        folder = Path(outdir) if outdir is not None else source.parent
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--outdir {folder} is a file, not a directory")
+        targets = [folder / output_name(source, t.name, table.names) for t in types]
+    for target in targets:
+        check_output_path(target, inputs=(source,))
+        if target.absolute() == source.absolute():
+            raise UsageError(f"output {target} is the input file", hint="choose another -o")
+    if len({t.absolute() for t in targets}) != len(targets):
+        raise UsageError("two types would be written to the same file", hint="use --outdir")
+    return targets
+
+
+def _preflight(
+    engine: Engine,
+    source: Path,
+    info: GGUFInfo,
+    jobs: list[tuple[QuantType, Path]],
+    options: QuantizeOptions,
+) -> None:
+    """Dry-run every type (fast: header only) before quantizing any, then check the disk."""
+    if options.imatrix is not None and not Path(options.imatrix).is_file():
+        raise UsageError(f"--imatrix {options.imatrix} does not exist", hint=IMATRIX_HINT)
+    plans: list[DryRun] = [engine.dry_run(source, quant_type, options) for quant_type, _ in jobs]
+    if options.imatrix is None:
+        needing = [
+            quant_type.name
+            for (quant_type, _), plan in zip(jobs, plans, strict=True)
+            if plan.requires_imatrix
+        ]
+        if needing:
+            raise QuantizeError(
+                f"{', '.join(needing)} need{'s' if len(needing) == 1 else ''} an importance matrix "
+                f"for {source.name}: without one llama.cpp refuses (the result would be garbage)",
+                hint=IMATRIX_HINT,
+            )
+    header = info.data_offset + 4096  # metadata is copied; allow for the extra keys
+    need = sum(
+        (plan.size_bytes if plan.size_bytes is not None else info.file_size) + header
+        for plan in plans
+    )
+    check_free_disk(jobs[0][1], need, what=f"{len(jobs)} quantized file{'s' * (len(jobs) > 1)}")
+
+
+def quantize(
+    source: str | Path,
+    types: Sequence[str],
+    *,
+    output: str | Path | None = None,
+    outdir: str | Path | None = None,
+    options: QuantizeOptions | None = None,
+    engine: str | Engine = "auto",
+) -> list[QuantizeResult]:
+    """Quantize ``source`` to each of ``types`` (names as ``llama-quantize`` takes them, any case).
+
+    Returns one :class:`QuantizeResult` per type, in order. Nothing is written when a check fails;
+    a failing type leaves no file, and the types before it stay done.
+    """
+    source = Path(source)
+    options = options or QuantizeOptions()
+    if not types:
+        raise UsageError(
+            "no quantization type given", hint="e.g. `ggufkit quantize model-f16.gguf q4_0`"
+        )
+    info = check_input(source)
+    runner = engine if isinstance(engine, Engine) else select_engine(engine)
+    table = runner.table()
+    wanted = table.resolve(types)
+    if not options.allow_requantize and not all(is_copy(t) for t in wanted):
+        check_not_quantized(info)
+    targets = plan_outputs(
+        source,
+        wanted,
+        table,
+        output=Path(output) if output is not None else None,
+        outdir=Path(outdir) if outdir is not None else None,
+    )
+    jobs = list(zip(wanted, targets, strict=True))
+    _preflight(runner, source, info, jobs, options)
+    results = []
+    for quant_type, target in jobs:
+        results.append(_quantize_one(runner, source, quant_type, target, options))
+    return results
+
+
+def _quantize_one(
+    engine: Engine, source: Path, quant_type: QuantType, target: Path, options: QuantizeOptions
+) -> QuantizeResult:
+    if target.exists():
+        log.info("replacing %s", target)
+    log.info("quantizing %s -> %s (%s)", source.name, target, quant_type.name)
+    started = time.perf_counter()
+    with progress(None, f"quantize {quant_type.name}", unit="tensor") as bar:
+
+        def on_progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        with atomic_output(target) as tmp:
+            log_path = engine.run(source, tmp, quant_type, options, on_progress)
+            written = check_gguf(tmp)  # a file llama.cpp reports as written must also parse
+    seconds = time.perf_counter() - started
+    result = QuantizeResult(
+        input=source,
+        output=target,
+        type=quant_type.name,
+        size=written.file_size,
+        seconds=seconds,
+        bits_per_weight=written.bits_per_weight,
+        engine=engine.name,
+        imatrix=options.imatrix,
+        log_path=log_path,
+    )
+    log.info(
+        "%s: %s, %s bpw, %.1f s",
+        target.name,
+        human_bytes(result.size),
+        f"{result.bits_per_weight:.2f}" if result.bits_per_weight else "?",
+        seconds,
+    )
+    return result

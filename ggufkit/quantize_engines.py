@@ -1,0 +1,287 @@
+"""How a quantization runs: the built ``llama-quantize`` binary, or the same library in-process.
+
+Both engines take the same :class:`QuantizeOptions`, offer a dry run (llama.cpp's ``--dry-run``:
+reads only the header, reports the output size and whether an importance matrix is required) and
+report progress from llama.cpp's own ``[ i/ n]`` tensor lines.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ggufkit.errors import InputError, ToolFailedError, ToolMissingError, UsageError
+from ggufkit.log import get_logger
+from ggufkit.quantize_types import COPY, QuantType, TypeTable, table_from_binary
+
+log = get_logger("quantize")
+
+ENGINES = ("auto", "binary", "inprocess")
+KV_KINDS = ("int", "float", "bool", "str")
+MAX_KV_KEY = 127  # llama_model_kv_override.key and .val_str are char[128]
+
+ProgressCallback = Callable[[int, int], None]  # (tensors done, tensors in all)
+
+_PROGRESS = re.compile(r"^\[\s*(\d+)\s*/\s*(\d+)\]")
+_QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+)\s*MiB")
+_NEEDS_IMATRIX = re.compile(r"will require an imatrix|requires an importance matrix")
+_BAD_GGML_TYPE = re.compile(r"invalid ggml_type '([^']*)'")
+
+
+@dataclass(frozen=True)
+class KVOverride:
+    """``--override-kv KEY=TYPE:VALUE`` as llama.cpp parses it (TYPE: int, float, bool, str)."""
+
+    key: str
+    kind: str
+    value: int | float | bool | str
+
+    def __str__(self) -> str:
+        value = str(self.value).lower() if self.kind == "bool" else self.value
+        return f"{self.key}={self.kind}:{value}"
+
+
+def parse_kv_override(text: str) -> KVOverride:
+    """Parse and check ``KEY=TYPE:VALUE`` before anything runs; errors are UsageErrors."""
+    hint = "write KEY=TYPE:VALUE with TYPE int, float, bool or str, e.g. general.name=str:my-model"
+    key, sep, rest = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--override-kv {text!r} has no KEY=", hint=hint)
+    if len(key.encode()) > MAX_KV_KEY:
+        raise UsageError(f"--override-kv key {key[:40]!r}... is longer than {MAX_KV_KEY} bytes")
+    kind, sep, raw = rest.partition(":")
+    if not sep or kind not in KV_KINDS:
+        raise UsageError(f"--override-kv {text!r}: unknown value type {kind!r}", hint=hint)
+    value: int | float | bool | str
+    try:
+        if kind == "int":
+            value = int(raw)
+        elif kind == "float":
+            value = float(raw)
+        elif kind == "bool":
+            if raw not in ("true", "false"):
+                raise ValueError(raw)
+            value = raw == "true"
+        else:
+            if len(raw.encode()) > MAX_KV_KEY:
+                raise UsageError(f"--override-kv {key}: a str value is at most {MAX_KV_KEY} bytes")
+            value = raw
+    except ValueError as exc:
+        raise UsageError(
+            f"--override-kv {text!r}: {raw!r} is not a valid {kind}", hint=hint
+        ) from exc
+    return KVOverride(key, kind, value)
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """The llama-quantize options ggufkit exposes; the same for both engines."""
+
+    imatrix: Path | None = None
+    threads: int | None = None
+    allow_requantize: bool = False
+    leave_output_tensor: bool = False
+    pure: bool = False
+    output_tensor_type: str | None = None
+    token_embedding_type: str | None = None
+    override_kv: tuple[KVOverride, ...] = field(default_factory=tuple)
+
+    def binary_flags(self) -> list[str]:
+        """The flags in front of the positional arguments, in llama-quantize's spelling."""
+        flags: list[str] = []
+        if self.allow_requantize:
+            flags.append("--allow-requantize")
+        if self.leave_output_tensor:
+            flags.append("--leave-output-tensor")
+        if self.pure:
+            flags.append("--pure")
+        if self.imatrix is not None:
+            flags += ["--imatrix", str(self.imatrix)]
+        if self.output_tensor_type:
+            flags += ["--output-tensor-type", self.output_tensor_type]
+        if self.token_embedding_type:
+            flags += ["--token-embedding-type", self.token_embedding_type]
+        for override in self.override_kv:
+            flags += ["--override-kv", str(override)]
+        return flags
+
+
+@dataclass(frozen=True)
+class DryRun:
+    requires_imatrix: bool
+    size_bytes: int | None  # the tensor data size llama.cpp computed, None if not reported
+
+
+def parse_dry_run(text: str) -> DryRun:
+    size = _QUANT_SIZE.search(text)
+    return DryRun(
+        requires_imatrix=bool(_NEEDS_IMATRIX.search(text)),
+        size_bytes=int(float(size.group(1)) * 1024 * 1024) if size else None,
+    )
+
+
+class ProgressParser:
+    """Feeds llama.cpp's ``[ 12/ 201] blk.0.attn_q.weight ...`` lines to a progress callback."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+
+    def __call__(self, line: str) -> None:
+        match = _PROGRESS.match(line)
+        if match and self.callback is not None:
+            self.callback(int(match.group(1)), int(match.group(2)))
+
+
+def _failure_text(error: ToolFailedError) -> str:
+    """The tail, and the start of the log: llama-quantize prints its reason, then its usage."""
+    text = error.tail
+    if error.log_path is not None:
+        try:
+            with open(error.log_path, encoding="utf-8", errors="replace") as handle:
+                text = handle.read(1 << 20) + "\n" + text
+        except OSError:
+            pass
+    return text
+
+
+def explain_failure(error: ToolFailedError, options: QuantizeOptions) -> Exception:
+    """Turn llama.cpp's messages for bad options into usage/input errors; others stay as they are."""
+    text = _failure_text(error)
+    bad_type = _BAD_GGML_TYPE.search(text)
+    if bad_type:
+        which = (
+            "--output-tensor-type"
+            if bad_type.group(1) == options.output_tensor_type
+            else "--token-embedding-type"
+        )
+        return UsageError(
+            f"{which} {bad_type.group(1)!r} is not a ggml tensor type",
+            hint="use a ggml type name such as q8_0, q6_k, q4_k or f16",
+        )
+    if options.imatrix is not None and "failed to load imatrix" in text:
+        return InputError(
+            f"{options.imatrix} is not an importance matrix llama.cpp can read",
+            hint="make one with `ggufkit imatrix MODEL.gguf --corpus TEXT`",
+            path=options.imatrix,
+        )
+    return error
+
+
+class Engine(ABC):
+    name: str
+
+    @abstractmethod
+    def table(self) -> TypeTable: ...
+
+    @abstractmethod
+    def dry_run(self, source: Path, quant_type: QuantType, options: QuantizeOptions) -> DryRun: ...
+
+    @abstractmethod
+    def run(
+        self,
+        source: Path,
+        output: Path,
+        quant_type: QuantType,
+        options: QuantizeOptions,
+        on_progress: ProgressCallback | None = None,
+    ) -> Path | None:
+        """Quantize ``source`` into ``output``; returns the log file."""
+
+
+class BinaryEngine(Engine):
+    name = "binary"
+
+    def __init__(self, binary: Path) -> None:
+        self.binary = binary
+
+    def table(self) -> TypeTable:
+        return table_from_binary(self.binary)
+
+    @staticmethod
+    def _path_arg(path: Path) -> str:
+        # llama-quantize takes anything starting with "--" for an option.
+        return str(path.absolute()) if str(path).startswith("-") else str(path)
+
+    def command(
+        self, source: Path, output: Path | None, quant_type: QuantType, options: QuantizeOptions
+    ) -> list[str]:
+        """The exact argument list (also what a user would type to reproduce it by hand)."""
+        args = [str(self.binary), *options.binary_flags()]
+        if output is None:
+            args.insert(1, "--dry-run")
+        args.append(self._path_arg(source))
+        if output is not None:
+            args.append(self._path_arg(output))
+        args.append(quant_type.name)
+        if options.threads and output is not None:
+            args.append(str(options.threads))
+        return args
+
+    def dry_run(self, source: Path, quant_type: QuantType, options: QuantizeOptions) -> DryRun:
+        from ggufkit.llamacpp.runner import new_log_path, run_tool
+
+        try:
+            result = run_tool(
+                self.command(source, None, quant_type, options),
+                what=f"llama-quantize --dry-run {quant_type.name}",
+                merge_stderr=True,
+                log_path=new_log_path(f"quantize-dry-run-{quant_type.name}"),
+            )
+        except ToolFailedError as exc:
+            raise explain_failure(exc, options) from exc
+        return parse_dry_run(result.stdout)
+
+    def run(
+        self,
+        source: Path,
+        output: Path,
+        quant_type: QuantType,
+        options: QuantizeOptions,
+        on_progress: ProgressCallback | None = None,
+    ) -> Path | None:
+        from ggufkit.llamacpp.runner import new_log_path, run_tool
+
+        try:
+            result = run_tool(
+                self.command(source, output, quant_type, options),
+                what=f"llama-quantize {quant_type.name}",
+                on_line=ProgressParser(on_progress),
+                log_path=new_log_path(f"quantize-{quant_type.name}"),
+                hint="the lines above are llama-quantize's own; the full log has the rest",
+            )
+        except ToolFailedError as exc:
+            raise explain_failure(exc, options) from exc
+        return result.log_path
+
+
+def select_engine(engine: str = "auto") -> Engine:
+    """``binary``: the built llama-quantize; ``inprocess``: the bindings; ``auto``: the binary,
+    else the bindings when they import."""
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}", hint="use auto, binary or inprocess")
+    from ggufkit.llamacpp.build import find_tool
+
+    if engine in ("auto", "binary"):
+        try:
+            return BinaryEngine(find_tool("llama-quantize"))
+        except ToolMissingError as missing:
+            if engine == "binary":
+                raise
+            try:
+                from ggufkit.quantize_inprocess import InProcessEngine
+
+                found = InProcessEngine()
+            except ToolMissingError:
+                raise missing from None
+            log.info("llama-quantize is not built; quantizing in-process through llama_cpp")
+            return found
+    from ggufkit.quantize_inprocess import InProcessEngine
+
+    return InProcessEngine()
+
+
+def is_copy(quant_type: QuantType) -> bool:
+    return quant_type.name == COPY

@@ -1,0 +1,508 @@
+"""The ``ggufkit.toml`` workspace: commands that need no arguments, and steps that run like make.
+
+``ggufkit init SOURCE`` writes the file; afterwards ``ggufkit convert`` and ``ggufkit quantize``
+read the model, names and types from it. A step whose inputs (by sha256) and options are those
+recorded in ``out/manifest.json`` for an output that is still intact is skipped; ``--force``
+redoes it. A file lock keeps two runs from building in the same workspace at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ggufkit.errors import InputError, UsageError, WorkspaceError
+from ggufkit.fsutil import locked, write_text_atomic
+from ggufkit.hub import ResolvedModel, cached_model, looks_like_repo_id, resolve_model
+from ggufkit.log import get_logger
+from ggufkit.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    file_input,
+    fingerprint,
+    model_input,
+    now_iso,
+    record_artefact,
+    sha256_of,
+)
+
+if TYPE_CHECKING:
+    from ggufkit.quantize import QuantizeOptions
+
+log = get_logger("workspace")
+
+CONFIG_NAME = "ggufkit.toml"
+LOCK_NAME = ".ggufkit.lock"
+_TYPE = re.compile(r"[a-z0-9_]+")
+_REASONS = {
+    "missing": "not built yet",
+    "out of date": "inputs or options changed",
+    "modified": "the output changed since it was made",
+    "not recorded": "not made in this workspace",
+}
+
+TEMPLATE = """\
+# ggufkit workspace: `ggufkit convert && ggufkit quantize` build what this file describes.
+# Steps whose inputs (sha256) and options have not changed are skipped; --force redoes them.
+# `ggufkit status` shows each artefact; <outdir>/manifest.json records how each was made.
+
+# The model: a directory (relative to this file) or a Hugging Face Hub id (owner/name).
+source = {source}
+# Hub branch, tag or commit sha (Hub sources only; default: main).
+{revision}
+# When `source` is a delta (weights minus a base model): the base it is added to.
+{delta_base}
+
+# Outputs: <outdir>/<name>-<outtype>.gguf, then <outdir>/<name>-<TYPE>.gguf per type.
+name = {name}
+outdir = {outdir}
+# The converted file's type: f16, bf16, f32 or q8_0.
+outtype = {outtype}
+# What `ggufkit quantize` makes when given no types.
+types = [{types}]
+"""
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+@dataclass
+class WorkspaceConfig:
+    source: str
+    name: str
+    revision: str | None = None
+    delta_base: str | None = None
+    outdir: str = "out"
+    outtype: str = "f16"
+    types: list[str] = field(default_factory=lambda: ["q4_0"])
+
+    @classmethod
+    def from_toml(cls, path: Path) -> WorkspaceConfig:
+        def invalid(message: str, hint: str) -> WorkspaceError:
+            return WorkspaceError(f"{path}: {message}", hint=hint, path=path)
+
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise invalid(
+                f"not valid TOML ({exc})", "fix it, or rewrite it: `ggufkit init SOURCE --force`"
+            ) from exc
+        known = list(cls.__dataclass_fields__)
+        for key in data:
+            if key not in known:
+                raise invalid(f"unknown setting {key!r}", f"known settings: {', '.join(known)}")
+        # Every setting but `types` is a string; `source` and `name` are required.
+        for key in known[:-1]:
+            value = data.get(key, "" if key in ("source", "name") else None)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise invalid(f"`{key}` must be a non-empty string", f'e.g. {key} = "..."')
+        types = data.get("types", ["q4_0"])
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            raise invalid("`types` must be a list of strings", 'e.g. types = ["q4_0", "q8_0"]')
+        data["types"] = parse_types(",".join(types))
+        return cls(**data)
+
+    def to_toml(self) -> str:
+        """The commented, human-editable file ``ggufkit init`` writes."""
+
+        def optional(key: str, value: str | None, example: str) -> str:
+            return f"{key} = {_toml_str(value)}" if value else f"# {key} = {_toml_str(example)}"
+
+        return TEMPLATE.format(
+            source=_toml_str(self.source),
+            revision=optional("revision", self.revision, "main"),
+            delta_base=optional("delta_base", self.delta_base, "owner/base-model"),
+            name=_toml_str(self.name),
+            outdir=_toml_str(self.outdir),
+            outtype=_toml_str(self.outtype),
+            types=", ".join(_toml_str(t) for t in self.types),
+        )
+
+
+def parse_types(text: str) -> list[str]:
+    """``"q4_0, Q8_0"`` -> ``["q4_0", "q8_0"]``, without duplicates."""
+    types: list[str] = []
+    for raw in text.split(","):
+        item = raw.strip().lower()
+        if item and not _TYPE.fullmatch(item):
+            raise UsageError(f"{raw.strip()!r} is not a quantization type", hint="e.g. q4_0,q8_0")
+        if item and item not in types:
+            types.append(item)
+    return types
+
+
+def default_name(source: str) -> str:
+    base = source.rstrip("/").split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "model"
+
+
+def init_workspace(
+    directory: Path,
+    source: str,
+    *,
+    delta_base: str | None = None,
+    name: str | None = None,
+    types: Sequence[str] = ("q4_0",),
+    outdir: str = "out",
+    outtype: str = "f16",
+    revision: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write ``directory/ggufkit.toml``. SOURCE and BASE must be directories or Hub ids; nothing
+    is downloaded yet."""
+    target = directory / CONFIG_NAME
+    if target.exists() and not force:
+        raise UsageError(f"{target} already exists", hint="edit it, or pass --force to replace it")
+    for label, ref in (("SOURCE", source), ("--delta-base", delta_base)):
+        if ref is not None and not (directory / ref).is_dir() and not looks_like_repo_id(ref):
+            raise InputError(
+                f"{label} {ref}: no such directory, and not a Hub id (owner/name)",
+                hint="give a model directory (relative to here) or a Hub id such as owner/name",
+            )
+    if revision and (directory / source).is_dir():
+        raise UsageError("--revision applies to Hub sources only", hint="drop --revision")
+    name = name or default_name(source)
+    if default_name(name) != name:
+        raise UsageError(
+            f"--name {name!r} is not a plain file name", hint="use letters, digits, . _ -"
+        )
+    config = WorkspaceConfig(
+        source=source,
+        name=name,
+        revision=revision,
+        delta_base=delta_base,
+        outdir=outdir,
+        outtype=outtype.lower(),
+        types=list(types) or ["q4_0"],
+    )
+    write_text_atomic(target, config.to_toml())
+    return target
+
+
+@dataclass
+class StepResult:
+    step: str
+    output: Path
+    skipped: bool
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        """The line the CLI prints: the output, and whether it was built or already up to date."""
+        done = "up to date (skipped)" if self.skipped else f"built in {self.seconds:.1f} s"
+        return f"{self.output}  {done}"
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {**data, "output": str(self.output), "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class StepState:
+    step: str
+    output: Path
+    state: str  # up to date, missing, out of date, modified, not recorded, unknown
+    record: dict[str, Any] | None = None
+    label: str = ""  # e.g. "quantize q4_0"
+
+
+def _jsonable(value: object) -> Any:
+    """A step's return value as JSON for the manifest (``to_json()``, a dataclass, or plain)."""
+    to_json = getattr(value, "to_json", None)
+    if callable(to_json):
+        value = to_json()
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    return json.loads(json.dumps(value, default=str))
+
+
+@dataclass
+class Workspace:
+    root: Path
+    config: WorkspaceConfig
+    _lock_depth: int = field(default=0, init=False, repr=False)
+
+    @classmethod
+    def find(cls, start: Path | None = None) -> Workspace | None:
+        """The workspace whose ggufkit.toml is in ``start`` (default: cwd) or a parent of it."""
+        here = (start or Path.cwd()).absolute()
+        for directory in (here, *here.parents):
+            if (directory / CONFIG_NAME).is_file():
+                return cls(directory, WorkspaceConfig.from_toml(directory / CONFIG_NAME))
+        return None
+
+    @classmethod
+    def require(cls, start: Path | None = None) -> Workspace:
+        workspace = cls.find(start)
+        if workspace is None:
+            where = (start or Path.cwd()).absolute()
+            raise WorkspaceError(
+                f"no model given, and no {CONFIG_NAME} in {where} or its parents",
+                hint="give the model (see --help), or set up a workspace with `ggufkit init SOURCE`",
+            )
+        return workspace
+
+    # -- paths ----------------------------------------------------------------------------------
+    @property
+    def outdir(self) -> Path:
+        return self.root / self.config.outdir
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.outdir / MANIFEST_NAME
+
+    @property
+    def f16_path(self) -> Path:
+        """The converted file: ``<outdir>/<name>-<outtype>.gguf`` (f16 by default)."""
+        return self.outdir / f"{self.config.name}-{self.config.outtype}.gguf"
+
+    def quantized_path(self, qtype: str) -> Path:
+        return self.outdir / f"{self.config.name}-{qtype.upper()}.gguf"
+
+    def relative(self, path: Path) -> str:
+        return (
+            path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+        )
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """The workspace lock: re-entrant within this object, refused at once to another run."""
+        if self._lock_depth == 0:
+            with locked(self.root / LOCK_NAME, what=f"the workspace {self.root}", timeout=0):
+                self._lock_depth = 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth = 0
+            return
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+
+    # -- models ---------------------------------------------------------------------------------
+    def _local_or_hub(self, ref: str) -> Path | str:
+        local = self.root / ref
+        if local.is_dir():
+            return local
+        if looks_like_repo_id(ref):
+            return ref
+        raise InputError(
+            f"{ref} (in {self.root / CONFIG_NAME}): no such directory, and not a Hub id",
+            hint=f"fix `source` / `delta_base` in {CONFIG_NAME}",
+        )
+
+    def source(self) -> ResolvedModel:
+        """The model directory, downloaded first for a Hub source."""
+        ref = self._local_or_hub(self.config.source)
+        return resolve_model(ref, revision=self.config.revision if isinstance(ref, str) else None)
+
+    def delta_base(self) -> ResolvedModel | None:
+        return (
+            None
+            if self.config.delta_base is None
+            else resolve_model(self._local_or_hub(self.config.delta_base))
+        )
+
+    def cached(self, ref: str | None, revision: str | None = None) -> ResolvedModel | None:
+        """A source as it is on disk now (None: a Hub model not downloaded); no network."""
+        if ref is None:
+            return None
+        where = self._local_or_hub(ref)
+        return (
+            resolve_model(where)
+            if isinstance(where, Path)
+            else cached_model(where, revision=revision)
+        )
+
+    # -- the step runner ------------------------------------------------------------------------
+    def run_step(
+        self,
+        step: str,
+        output: Path,
+        *,
+        inputs: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any],
+        command: Sequence[str],
+        action: Callable[[], object],
+        force: bool = False,
+    ) -> StepResult:
+        """Run ``action`` (it writes ``output``) unless the manifest shows ``output`` up to date,
+        then record it; what ``action`` returns is kept as the record's ``result``."""
+        with self.lock():
+            state = self._state(step, output, inputs, options, Manifest.load(self.manifest_path))
+            if state.state == "up to date" and not force:
+                log.info("%s: up to date (skipped) %s", step, self.relative(output))
+                return StepResult(step, output, skipped=True)
+            why = (
+                "--force" if state.state == "up to date" else _REASONS.get(state.state, state.state)
+            )
+            log.info("%s: building %s (%s)", step, self.relative(output), why)
+            started, clock = now_iso(), time.perf_counter()
+            result = action()
+            seconds = time.perf_counter() - clock
+            if not output.exists():
+                raise WorkspaceError(
+                    f"{step} finished without writing {output}", hint="report this bug"
+                )
+            record_artefact(
+                self.manifest_path,
+                output,
+                step=step,
+                inputs=inputs,
+                options=options,
+                command=command,
+                seconds=seconds,
+                started=started,
+                extra=None if result is None else {"result": _jsonable(result)},
+            )
+            return StepResult(step, output, skipped=False, seconds=seconds)
+
+    def _state(
+        self,
+        step: str,
+        output: Path,
+        inputs: Sequence[Mapping[str, Any]] | None,
+        options: Mapping[str, Any],
+        manifest: Manifest,
+    ) -> StepState:
+        record = manifest.get(output)
+        if not output.exists():
+            state = "missing"
+        elif record is None:
+            state = "not recorded"
+        elif output.is_file() and sha256_of(output) != record.get("sha256"):
+            state = "modified"
+        elif inputs is None:
+            state = "unknown"  # e.g. a Hub source that is not downloaded
+        elif fingerprint(step, inputs, options) != record.get("fingerprint"):
+            state = "out of date"
+        else:
+            state = "up to date"
+        return StepState(step, output, state, record)
+
+    # -- the pipeline ---------------------------------------------------------------------------
+    def _convert_inputs(
+        self, model: ResolvedModel, base: ResolvedModel | None
+    ) -> list[dict[str, Any]]:
+        if base is None:
+            return [model_input(model)]
+        return [model_input(base, role="base"), model_input(model, role="delta")]
+
+    def convert(
+        self, *, force: bool = False, engine: str = "auto", threads: int | None = None
+    ) -> StepResult:
+        """Download (if needed) and convert the source to ``f16_path``; a delta is merged on the fly."""
+        with self.lock():
+            model, base = self.source(), self.delta_base()
+            options: dict[str, Any] = {"outtype": self.config.outtype}
+            if engine != "auto":  # engines may differ in bytes; threads do not
+                options["engine"] = engine
+            command = ["ggufkit", "convert", model.describe(), "-o", self.relative(self.f16_path)]
+            command += ["--outtype", self.config.outtype]
+            command += ["--delta-base", base.describe()] if base is not None else []
+            command += ["--engine", engine] if engine != "auto" else []
+
+            def action() -> object:
+                from ggufkit.convert import convert
+
+                return convert(
+                    model.path,
+                    self.f16_path,
+                    outtype=self.config.outtype,
+                    delta_base=base.path if base is not None else None,
+                    engine=engine,
+                    threads=threads,
+                    force=True,
+                )
+
+            inputs = self._convert_inputs(model, base)
+            return self.run_step(
+                "convert",
+                self.f16_path,
+                inputs=inputs,
+                options=options,
+                command=command,
+                action=action,
+                force=force,
+            )
+
+    def quantize(
+        self,
+        types: Sequence[str] | None = None,
+        *,
+        force: bool = False,
+        options: QuantizeOptions | None = None,
+        engine: str = "auto",
+    ) -> list[StepResult]:
+        """Bring the converted file up to date, then make one quantized file per type."""
+        from ggufkit.quantize import QuantizeOptions
+
+        options = options or QuantizeOptions()
+        # The flags that change the bytes; the imatrix is an input (by sha256), not a path.
+        flags = dataclasses.replace(options, imatrix=None, threads=None).binary_flags()
+        with self.lock():
+            self.convert()
+            results = []
+            for qtype in types or self.config.types:
+                output = self.quantized_path(qtype)
+                inputs = [file_input(self.f16_path)]
+                if options.imatrix is not None:
+                    inputs.append(file_input(Path(options.imatrix), role="imatrix"))
+                settings = {"type": qtype, **({"flags": flags} if flags else {})}
+                command = ["ggufkit", "quantize", self.relative(self.f16_path), qtype]
+                command += ["-o", self.relative(output), *options.binary_flags()]
+
+                def action(qtype: str = qtype, output: Path = output) -> object:
+                    from ggufkit.quantize import quantize
+
+                    done = quantize(
+                        self.f16_path, [qtype], output=output, options=options, engine=engine
+                    )
+                    return done[0]
+
+                step = self.run_step(
+                    "quantize",
+                    output,
+                    inputs=inputs,
+                    options=settings,
+                    command=command,
+                    action=action,
+                    force=force,
+                )
+                results.append(step)
+            return results
+
+    def status(self) -> list[StepState]:
+        """Each step's output and whether it is up to date; downloads and builds nothing."""
+        manifest = Manifest.load(self.manifest_path)
+        model = self.cached(self.config.source, self.config.revision)
+        base = self.cached(self.config.delta_base)
+        known = model is not None and (base is not None or self.config.delta_base is None)
+        inputs = self._convert_inputs(model, base) if known and model is not None else None
+        options = {"outtype": self.config.outtype}
+        convert = self._state("convert", self.f16_path, inputs, options, manifest)
+        convert.label = "convert"
+        states = [convert]
+        f16_stale = convert.state in ("missing", "out of date", "modified")
+        f16_input = [file_input(self.f16_path)] if self.f16_path.is_file() else None
+        recorded = [r.get("options", {}).get("type") for r in manifest.artefacts.values()]
+        extra = [t for t in recorded if isinstance(t, str) and t not in self.config.types]
+        for qtype in dict.fromkeys([*self.config.types, *extra]):
+            state = self._state(
+                "quantize", self.quantized_path(qtype), f16_input, {"type": qtype}, manifest
+            )
+            state.label = f"quantize {qtype}"
+            if state.state == "up to date" and f16_stale:
+                state.state = "out of date"  # the f16 it was made from is rebuilt first
+            states.append(state)
+        return states

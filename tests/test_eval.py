@@ -1,0 +1,468 @@
+"""`ggufkit eval` and `ggufkit bench`: output parsing, corpus planning, reports, and real runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from ggufkit.cli import cli
+from ggufkit.errors import EvaluationError, UsageError
+from ggufkit.evaluate import EvalReport, ModelResult, ppl
+from ggufkit.evaluate.speed import parse_bench_json
+from ggufkit.llamacpp.runner import ToolResult
+from ggufkit.report import PLOT_SIZE_PX, eval_table, plot_eval
+
+PPL_HEAD = (
+    "0.00.377.159 I perplexity: calculating perplexity over 3 chunks, n_ctx=128, "
+    "batch_size=2048, n_seq=16\n"
+)
+PPL_RUN = PPL_HEAD + (
+    "0.00.590.000 I perplexity: 0.21 seconds per pass - ETA 0.00 minutes\n"
+    "[1]914.3017,[2]910.8615,[3]881.3554,\n"
+)
+PPL_FINAL = "0.01.067.129 I Final estimate: PPL = 881.3554 +/- 25.46360\n"
+
+KLD_HEAD = (
+    "0.00.126.437 I kl_divergence: computing over 2 chunks, n_ctx=128, batch_size=2048, n_seq=16\n"
+    "chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence"
+    "              Δp RMS            Same top p\n"
+    "   1     973.7564 ±   66.0166       0.06300 ±    0.02986       0.01820 ±    0.00040"
+    "     0.036 ±  0.005 %    44.444 ±  6.311 %\n"
+)
+KLD_ROW2 = (
+    "   2     955.2738 ±   48.9218       0.04761 ±    0.01895       0.01533 ±    0.00036"
+    "     0.036 ±  0.004 %    54.762 ±  4.452 %\n"
+)
+KLD_STATS = """
+====== Perplexity statistics ======
+Mean PPL(Q)                   : 955.156356 ±  24.786324
+Mean PPL(base)                : 924.535695 ±  25.463609
+====== KL divergence statistics ======
+Mean    KLD:   0.014678 ±   0.000196
+Maximum KLD:   0.033999
+99.9%   KLD:   0.033416
+99.0%   KLD:   0.026824
+Median  KLD:   0.014245
+====== Token probability statistics ======
+RMS Δp    :  0.029 ± 0.001 %
+Same top p: 53.968 ± 2.222 %
+"""
+
+
+# --- parsing llama-perplexity ---------------------------------------------------------------
+
+
+def test_parse_perplexity_final_estimate() -> None:
+    result = ppl.parse_perplexity(PPL_RUN + PPL_FINAL)
+    assert result is not None
+    assert (result.ppl, result.ppl_err, result.chunks, result.ctx) == (881.3554, 25.4636, 3, 128)
+
+
+def test_parse_perplexity_falls_back_to_the_last_chunk() -> None:
+    # The pinned llama.cpp may lose its last log lines at exit: the running value stands in.
+    result = ppl.parse_perplexity(PPL_RUN)
+    assert result is not None
+    assert (result.ppl, result.ppl_err) == (881.3554, None)
+    assert ppl.parse_perplexity(PPL_HEAD + "[1]914.3017,[2]910.8615,") is None
+    assert ppl.parse_perplexity("llama_model_load: error loading model") is None
+
+
+def test_parse_perplexity_nan_is_an_error() -> None:
+    with pytest.raises(EvaluationError, match="invalid logits"):
+        ppl.parse_perplexity(PPL_HEAD + "Final estimate: PPL = nan +/- nan\n")
+
+
+def test_parse_kld_statistics() -> None:
+    result = ppl.parse_kld(KLD_HEAD + KLD_ROW2 + KLD_STATS)
+    assert result is not None
+    assert result.ppl == 955.156356 and result.ppl_err == 24.786324
+    assert result.kld_mean == 0.014678 and result.kld_err == 0.000196
+    assert result.kld_max == 0.033999 and result.kld_p99 == 0.026824
+    assert result.kld_median == 0.014245
+    assert result.top1_agreement == pytest.approx(0.53968)
+    assert result.top1_err == pytest.approx(0.02222)
+
+
+def test_parse_kld_falls_back_to_the_last_row() -> None:
+    result = ppl.parse_kld(KLD_HEAD + KLD_ROW2)
+    assert result is not None
+    assert result.kld_mean == 0.01533 and result.ppl == 955.2738
+    assert result.top1_agreement == pytest.approx(0.54762)
+    assert result.kld_max is None
+    assert ppl.parse_kld(KLD_HEAD) is None  # the row of chunk 2 is missing
+
+
+def test_parse_kld_survives_a_lossy_decode_of_plus_minus() -> None:
+    mangled = (KLD_HEAD + KLD_ROW2 + KLD_STATS).replace("±", "\ufffd\ufffd")
+    result = ppl.parse_kld(mangled)
+    assert result is not None and result.kld_mean == 0.014678
+
+
+def _fake_runs(monkeypatch: pytest.MonkeyPatch, outputs: list[str]) -> list[list[str]]:
+    calls: list[list[str]] = []
+
+    def fake_run_tool(args: list[str], **_: object) -> ToolResult:
+        calls.append(list(args))
+        return ToolResult(list(args), 0, outputs[len(calls) - 1], Path("/tmp/fake.log"), 0.1)
+
+    monkeypatch.setattr(ppl, "run_tool", fake_run_tool)
+    monkeypatch.setattr(ppl, "find_tool", lambda name: Path("/bin") / name)
+    return calls
+
+
+def test_lost_output_is_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_runs(monkeypatch, [KLD_HEAD, KLD_HEAD + KLD_ROW2 + KLD_STATS])
+    result = ppl.kl_divergence(Path("q.gguf"), Path("base.kld"), ctx=128)
+    assert result.kld_mean == 0.014678
+    assert len(calls) == 2
+    assert calls[0][-3:] == ["--kl-divergence-base", "base.kld", "--kl-divergence"]
+
+
+def test_unparseable_output_quotes_the_tail(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_runs(monkeypatch, ["something unexpected\nlast words\n"] * ppl.ATTEMPTS)
+    with pytest.raises(EvaluationError) as caught:
+        ppl.perplexity(Path("m.gguf"), Path("c.txt"), ctx=128)
+    assert "last words" in str(caught.value) and "/tmp/fake.log" in str(caught.value)
+
+
+def test_short_corpus_reported_by_the_tool(monkeypatch: pytest.MonkeyPatch) -> None:
+    short = (
+        "perplexity: you need at least 1024 tokens to evaluate perplexity with a context of 512\n"
+        "perplexity: the data file you provided tokenizes to only 300 tokens\n"
+    )
+    _fake_runs(monkeypatch, [short])
+    with pytest.raises(UsageError, match="has 300 tokens"):
+        ppl.perplexity(Path("m.gguf"), Path("c.txt"), ctx=512)
+
+
+# --- planning the corpus ------------------------------------------------------------------
+
+
+def test_plan_uses_all_chunks_by_default() -> None:
+    plan = ppl.plan(17776, ctx=None, chunks=None, n_ctx_train=4096, kld=True, corpus=Path("c"))
+    assert (plan.ctx, plan.chunks) == (512, 34)
+    assert (
+        ppl.plan(17776, ctx=128, chunks=5, n_ctx_train=None, kld=True, corpus=Path("c")).chunks == 5
+    )
+
+
+def test_plan_lowers_a_default_ctx_but_not_an_explicit_one() -> None:
+    plan = ppl.plan(600, ctx=None, chunks=None, n_ctx_train=2048, kld=False, corpus=Path("c"))
+    assert plan.ctx == 288 and plan.chunks == 2
+    with pytest.raises(UsageError, match="needs at least 1024") as caught:
+        ppl.plan(600, ctx=512, chunks=None, n_ctx_train=2048, kld=False, corpus=Path("c"))
+    assert caught.value.hint == "use --ctx 288 or less, or a longer --corpus"
+    with pytest.raises(UsageError, match="has 20 tokens") as caught:
+        ppl.plan(20, ctx=None, chunks=None, n_ctx_train=None, kld=False, corpus=Path("c"))
+    assert caught.value.hint == "give a longer --corpus"
+
+
+def test_plan_needs_enough_scored_tokens_for_kld() -> None:
+    with pytest.raises(UsageError, match="KL-divergence needs") as caught:
+        ppl.plan(4000, ctx=64, chunks=2, n_ctx_train=None, kld=True, corpus=Path("c"))
+    assert caught.value.hint == "use --chunks 4 or more"
+    assert ppl.plan(4000, ctx=64, chunks=2, n_ctx_train=None, kld=False, corpus=Path("c"))
+
+
+# --- llama-bench JSON -----------------------------------------------------------------------
+
+
+def test_parse_bench_json() -> None:
+    text = json.dumps(
+        [
+            {"n_prompt": 32, "n_gen": 0, "n_threads": 2, "avg_ts": 1000.0, "stddev_ts": 5.0,
+             "samples_ts": [995.0, 1005.0], "backends": "CPU", "model_type": "llama ?B Q4_0"},
+            {"n_prompt": 0, "n_gen": 16, "n_threads": 2, "avg_ts": 250.0, "stddev_ts": 0.0,
+             "samples_ts": [250.0]},
+        ]
+    )  # fmt: skip
+    pp, tg = parse_bench_json("warming up\n" + text, "m.gguf")
+    assert (pp.test, pp.kind, pp.repetitions, pp.ms_per_token) == ("pp32", "pp", 2, 1.0)
+    assert (tg.test, tg.kind, tg.threads, tg.ms_per_token) == ("tg16", "tg", 2, 4.0)
+    with pytest.raises(EvaluationError, match="no JSON"):
+        parse_bench_json("error: failed to load model", "m.gguf")
+
+
+# --- reports --------------------------------------------------------------------------------
+
+
+def _report() -> EvalReport:
+    def model(name: str, size: int, **values: Any) -> ModelResult:
+        path, bpw = f"/m/{name}.gguf", size * 8 / 1000
+        return ModelResult(name, path, name, "7B", size, 1000, bpw, threads=4, **values)
+
+    return EvalReport(
+        corpus="/c/wiki.txt",
+        corpus_sha256="0" * 64,
+        corpus_tokens=10000,
+        ctx=512,
+        chunks=19,
+        baseline="/m/F16.gguf",
+        llama_cpp_commit="abc",
+        models=[
+            model("F16", 2000, is_baseline=True, ppl=5.9066, ppl_err=0.03, tg_tps=8.0, pp_tps=90.0),
+            model(
+                "Q8_0",
+                1062,
+                ppl=5.9102,
+                ppl_err=0.03,
+                kld_mean=0.0011,
+                top1_agreement=0.981,
+                tg_tps=12.5,
+                pp_tps=80.0,
+            ),
+            model(
+                "Q4_0",
+                562,
+                ppl=6.1565,
+                ppl_err=0.04,
+                kld_mean=0.0412,
+                top1_agreement=0.902,
+                tg_tps=20.0,
+                pp_tps=70.0,
+            ),
+        ],
+    )
+
+
+def table_cells(table: str) -> dict[str, list[str]]:
+    """Measure -> cells of a guide-shaped Markdown table."""
+    rows = {}
+    for line in table.splitlines()[2:]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[1]] = cells[2:]
+    return rows
+
+
+def numbers_agree(report: dict[str, object], table: str) -> None:
+    """Every number in the table is the JSON's number, formatted."""
+    rows = table_cells(table)
+    models = report["models"]
+    assert isinstance(models, list)
+    for cell, m in zip(rows["perplexity"], models, strict=True):
+        assert cell.startswith(f"{m['ppl']:.4f} ± {m['ppl_err']:.4f}")
+    for cell, m in zip(rows["KL-divergence"], models, strict=True):
+        assert cell == ("(baseline)" if m["is_baseline"] else f"{m['kld_mean']:.6f}")
+    for cell, m in zip(rows["same top token"], models, strict=True):
+        assert m["is_baseline"] or cell == f"{100 * m['top1_agreement']:.2f}%"
+    for cell, m in zip(rows["bits/weight"], models, strict=True):
+        assert cell == f"{m['bpw']:.2f}"
+    speed = [key for key in rows if key.startswith("ms/tok")]
+    for key in speed:
+        for cell, m in zip(rows[key], models, strict=True):
+            assert cell == f"{m['ms_per_token']:.2f}"
+
+
+def test_table_in_the_guide_shape_and_json_agree() -> None:
+    report = _report()
+    table = eval_table(report)
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    assert header == ["Model", "Measure", "F16", "Q8_0", "Q4_0"]
+    rows = table_cells(table)
+    assert rows["ms/tok @ 4th"] == ["125.00", "80.00", "50.00"]
+    assert rows["file size"] == ["1.95 KiB", "1.04 KiB", "562 B"]
+    data = json.loads(json.dumps(report.to_json()))
+    numbers_agree(data, table)
+    assert EvalReport.from_json(data) == report
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_plot_is_a_png_of_the_expected_size(tmp_path: Path) -> None:
+    out = plot_eval(_report(), tmp_path / "eval.png")
+    assert png_size(out) == PLOT_SIZE_PX
+    assert out.stat().st_size > 10_000  # points, labels and axes, not an empty canvas
+    with pytest.raises(UsageError, match=".png"):
+        plot_eval(_report(), tmp_path / "eval.jpg")
+
+
+def test_missing_corpus_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["eval", "x.gguf", "--corpus", str(tmp_path / "none.txt")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+
+
+# --- real runs on the tiny model ------------------------------------------------------------
+
+CTX, CHUNKS = 128, 6
+BENCH = ["--bench-prompt", "16", "--bench-gen", "8", "--bench-reps", "1", "-t", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_quants(
+    tiny_llama_f16_gguf: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    from ggufkit.quantize import quantize
+
+    outdir = tmp_path_factory.mktemp("quants")
+    results = quantize(tiny_llama_f16_gguf, ["q8_0", "q4_0"], outdir=outdir)
+    return {"f16": tiny_llama_f16_gguf, **{r.type.lower(): r.output for r in results}}
+
+
+@pytest.fixture(scope="module")
+def eval_run(
+    tiny_quants: dict[str, Path], corpus_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, object], Path]:
+    plot = tmp_path_factory.mktemp("plot") / "eval.png"
+    args = ["eval", str(tiny_quants["f16"]), str(tiny_quants["q8_0"]), str(tiny_quants["q4_0"])]
+    args += ["--corpus", str(corpus_path), "--ctx", str(CTX), "--chunks", str(CHUNKS)]
+    result = CliRunner().invoke(cli, [*args, *BENCH, "--json", "--plot", str(plot)])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout), plot
+
+
+def by_type(report: dict[str, object]) -> dict[str, dict[str, object]]:
+    models = report["models"]
+    assert isinstance(models, list)
+    return {m["type"]: m for m in models}
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+@pytest.mark.slow
+def test_eval_measures_real_numbers(eval_run: tuple[dict[str, object], Path]) -> None:
+    report, plot = eval_run
+    models = by_type(report)
+    assert list(models) == ["F16", "Q8_0", "Q4_0"]
+    assert report["ctx"] == CTX and report["chunks"] == CHUNKS
+    f16, q8, q4 = models["F16"], models["Q8_0"], models["Q4_0"]
+    assert f16["is_baseline"] and f16["kld_mean"] is None
+    for m in models.values():
+        assert m["size_bytes"] == Path(str(m["path"])).stat().st_size
+        assert 1 < m["ppl"] < 1e6 and m["ppl_err"] > 0
+        assert m["pp_tps"] > 0 and m["tg_tps"] > 0 and m["threads"] == 1
+    assert 0 < q8["kld_mean"] < q4["kld_mean"]
+    assert q8["top1_agreement"] > q4["top1_agreement"]
+    assert f16["bpw"] > q8["bpw"] > q4["bpw"]
+    assert png_size(plot) == PLOT_SIZE_PX
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+@pytest.mark.slow
+def test_f16_perplexity_equals_a_by_hand_run(
+    eval_run: tuple[dict[str, object], Path], tiny_quants: dict[str, Path], corpus_path: Path
+) -> None:
+    from ggufkit.llamacpp.build import find_tool
+    from ggufkit.llamacpp.runner import run_tool
+
+    args = [find_tool("llama-perplexity"), "-m", tiny_quants["f16"], "-f", corpus_path]
+    args += ["-c", str(CTX), "--chunks", str(CHUNKS)]
+    for _ in range(ppl.ATTEMPTS):  # the tool sometimes loses its last lines (see ppl.py)
+        output = run_tool(args, what="by-hand llama-perplexity", merge_stderr=True).stdout
+        final = re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", output)
+        if final:
+            break
+    assert final, output
+    f16 = by_type(eval_run[0])["F16"]
+    assert f16["ppl"] == float(final.group(1))
+    assert f16["ppl_err"] == pytest.approx(float(final.group(2)), abs=1e-4)
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+@pytest.mark.slow
+def test_eval_table_matches_json(
+    eval_run: tuple[dict[str, object], Path], tiny_quants: dict[str, Path], corpus_path: Path
+) -> None:
+    args = ["eval", str(tiny_quants["q4_0"]), "--baseline", str(tiny_quants["f16"])]
+    args += ["--corpus", str(corpus_path), "--ctx", str(CTX), "--chunks", str(CHUNKS)]
+    result = CliRunner().invoke(cli, [*args, "--no-speed", "-t", "1"])
+    assert result.exit_code == 0, result.stderr
+    header = [c.strip() for c in result.stdout.splitlines()[0].strip("|").split("|")]
+    assert header == ["Model", "Measure", "F16", "Q4_0"]  # the baseline comes first
+    rows = table_cells(result.stdout)
+    assert not any(key.startswith("ms/tok") for key in rows)
+    # The same files, corpus and context give the same numbers as the --json run.
+    models = by_type(eval_run[0])
+    numbers_agree({"models": [models["F16"], models["Q4_0"]]}, result.stdout)
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+@pytest.mark.slow
+def test_eval_rejects_a_corpus_too_short(tiny_quants: dict[str, Path], tmp_path: Path) -> None:
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("To be, or not to be, that is the question.\n" * 4)
+    args = ["eval", str(tiny_quants["q4_0"]), "--corpus", str(corpus), "--ctx", "128"]
+    result = CliRunner().invoke(cli, [*args, "--no-speed"])
+    assert result.exit_code == 2
+    assert "needs at least 256" in result.stderr and "hint: use --ctx" in result.stderr
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+def test_bench_table_and_json(tiny_quants: dict[str, Path]) -> None:
+    args = ["bench", str(tiny_quants["q4_0"]), "-p", "16", "-n", "8", "-r", "1", "-t", "1"]
+    table = CliRunner().invoke(cli, args)
+    assert table.exit_code == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split("|")[1].strip() == "model"
+    assert [line.split("|")[4].strip() for line in lines[2:]] == ["pp16", "tg8"]
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["size_bytes"] == tiny_quants["q4_0"].stat().st_size
+    assert [(t["test"], t["threads"]) for t in data["tests"]] == [("pp16", 1), ("tg8", 1)]
+    assert all(t["tps"] > 0 and t["ms_per_token"] == pytest.approx(1000 / t["tps"])
+               for t in data["tests"])  # fmt: skip
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+@pytest.mark.slow
+def test_workspace_models_and_manifest(
+    tiny_quants: dict[str, Path],
+    tiny_llama_gqa_dir: Path,
+    corpus_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shutil
+
+    from ggufkit.manifest import Manifest
+    from ggufkit.workspace import init_workspace
+
+    init_workspace(tmp_path, str(tiny_llama_gqa_dir), name="tiny", types=["q8_0", "q4_0", "q5_0"])
+    (tmp_path / "out").mkdir()
+    for kind, name in (("f16", "tiny-f16"), ("q8_0", "tiny-Q8_0"), ("q4_0", "tiny-Q4_0")):
+        shutil.copy(tiny_quants[kind], tmp_path / "out" / f"{name}.gguf")
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "--corpus", str(corpus_path), "--ctx", str(CTX), "--chunks", str(CHUNKS)]
+    result = CliRunner().invoke(cli, [*args, "--no-speed", "-t", "1", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert "not built yet, skipped: out/tiny-Q5_0.gguf" in result.stderr
+    report = json.loads(result.stdout)
+    assert [Path(m["path"]).name for m in report["models"]] == [
+        "tiny-f16.gguf",
+        "tiny-Q8_0.gguf",
+        "tiny-Q4_0.gguf",
+    ]
+    manifest = Manifest.load(tmp_path / "out" / "manifest.json")
+    for model in report["models"]:
+        record = manifest.get(Path(model["path"]))
+        assert record is not None
+        assert record["eval"]["ppl"] == model["ppl"]
+        assert record["eval"]["ctx"] == CTX and record["eval"]["baseline"] == "out/tiny-f16.gguf"
+        assert ("kld_mean" in record["eval"]) == (not model["is_baseline"])
+        assert "tg_tps" not in record["eval"]  # not measured: nothing recorded
+
+
+def test_no_models_and_no_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["eval", "--corpus", __file__])
+    assert result.exit_code == 1
+    assert "no model given, and no ggufkit.toml" in result.stderr

@@ -1,0 +1,117 @@
+"""`ggufkit run`: streaming generation through llama-cpp-python, seeds, stops and chat templates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ggufkit.cli import cli
+from ggufkit.generate import unescape
+from ggufkit.ggufinfo import read_gguf
+
+# Starts with the BOS token, as real templates do: a chat prompt gets no automatic BOS.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n"
+    "{% endfor %}assistant:"
+)
+
+
+def test_unescape() -> None:
+    assert unescape(r"\n") == "\n"
+    assert unescape(r"Q:\tA\\") == "Q:\tA\\"
+    assert unescape("Q:") == "Q:"
+    assert unescape(r"é\n") == "é\n"
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["run", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def chat_gguf(tiny_llama_f16_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a chat template added to its metadata (by gguf-py's own tool)."""
+    out = tmp_path_factory.mktemp("chat") / "tiny-chat.gguf"
+    command = [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", "--force"]
+    command += ["--chat-template", CHAT_TEMPLATE, str(tiny_llama_f16_gguf), str(out)]
+    subprocess.run(command, check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+def test_fixed_seed_is_reproducible(tiny_llama_f16_gguf: Path) -> None:
+    args = [str(tiny_llama_f16_gguf), "-p", "To be, or not", "-n", "24", "--seed", "42", "--json"]
+    first, second = run(*args), run(*args)
+    assert first[0] == 0, first[2]
+    one, two = json.loads(first[1]), json.loads(second[1])
+    assert one["text"] and one["text"] == two["text"]
+    assert one["seed"] == 42 and one["tokens"] == 24 and one["finish_reason"] == "length"
+    other = json.loads(run(*args[:-3], "--seed", "43", "--json")[1])
+    assert other["text"] != one["text"]  # the seed, not luck, fixes the output
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+def test_streams_to_stdout_and_reports_on_stderr(tiny_llama_f16_gguf: Path) -> None:
+    args = [str(tiny_llama_f16_gguf), "-p", "To be, or not", "-n", "16", "--seed", "7"]
+    code, out, err = run(*args)
+    assert code == 0, err
+    expected = json.loads(run(*args, "--json")[1])["text"]
+    assert out == expected + "\n"
+    assert "16 tokens" in err and "seed 7" in err
+    code, out, _ = run(*args, "--echo")
+    assert out == "To be, or not" + expected + "\n"
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+def test_the_guides_example_stops_at_q_or_newline(tiny_llama_f16_gguf: Path) -> None:
+    prompt = "Q: what is your name? A: "
+    base = [str(tiny_llama_f16_gguf), "-p", prompt, "-n", "48", "--seed", "5", "--json"]
+    code, out, err = run(*base, "--stop", "Q:", "--stop", r"\n")
+    assert code == 0, err
+    text = json.loads(out)["text"]
+    assert "\n" not in text and "Q:" not in text
+    # A stop string that the free generation does contain cuts it right there.
+    free = json.loads(run(*base)[1])["text"]
+    starts = [i for i in range(len(free) // 2, len(free) - 1) if not free[i : i + 2].isspace()]
+    assert starts, free
+    stop = free[starts[0] : starts[0] + 2]
+    cut = json.loads(run(*base, "--stop", stop)[1])
+    assert cut["text"] == free[: free.find(stop)]
+    assert cut["finish_reason"] == "stop"
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+def test_chat_uses_the_gguf_template(chat_gguf: Path) -> None:
+    chat = run(str(chat_gguf), "--chat", "-p", "hello", "-n", "12", "--temp", "0", "--json")
+    assert chat[0] == 0, chat[2]
+    # The template's rendering typed by hand: a plain prompt gets BOS only if the GGUF says so.
+    adds_bos = read_gguf(chat_gguf).metadata.get("tokenizer.ggml.add_bos_token", True)
+    prompt = ("" if adds_bos else "<s>") + "user: hello\nassistant:"
+    by_hand = run(str(chat_gguf), "-p", prompt, "-n", "12", "--temp", "0", "--json")
+    assert json.loads(chat[1])["text"] == json.loads(by_hand[1])["text"]
+    assert json.loads(chat[1])["prompt_tokens"] == json.loads(by_hand[1])["prompt_tokens"]
+    code, out, err = run(str(chat_gguf), "--chat", "-p", "hello", "-n", "8", "--seed", "1")
+    assert code == 0 and out.strip(), err
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+def test_chat_without_a_template_is_a_usage_error(tiny_llama_f16_gguf: Path) -> None:
+    code, _, err = run(str(tiny_llama_f16_gguf), "--chat", "-p", "hello")
+    assert code == 2
+    assert "has no chat template" in err and "Traceback" not in err
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    code, _, err = run(str(tmp_path / "absent.gguf"), "-p", "hi")
+    assert code == 1
+    assert "does not exist" in err and "Traceback" not in err
