@@ -183,7 +183,7 @@ CASES = [
         "convert-weights-is-a-directory",
         convert_args,
         _dir_instead_of_weights,
-        expect=("model.safetensors",),
+        expect=("no weights",),
     ),
     Case(
         "convert-wrong-shape-for-config",
@@ -245,7 +245,7 @@ CASES = [
     Case(
         "quantize-iquant-without-imatrix",
         gguf_args("quantize", "iq2_xxs"),
-        kind="gguf",
+        kind="converted-gguf",
         expect=("imatrix",),
     ),
     Case(
@@ -286,7 +286,7 @@ CASES = [
     ),
     Case(
         "eval-not-gguf",
-        gguf_args("eval", "--no-speed"),
+        lambda p, t: ["eval", str(p), "--no-speed", "--corpus", str(CORPUS)],
         lambda p: p.write_bytes(b"\0" * 64),
         kind="gguf",
         expect=("x.gguf",),
@@ -330,7 +330,8 @@ CASES = [
         "merge-delta-output-is-base",
         lambda d, t: ["merge-delta", "--base", str(d), "--delta", str(d), "-o", str(d)],
         kind="delta",
-        expect=("same",),
+        code=2,
+        expect=("overwrite",),
     ),
 ]
 

@@ -124,3 +124,92 @@ def test_truncations_are_named_errors(tmp_path: Path, cut: int) -> None:
     path.write_bytes(VALID[:cut])
     with pytest.raises(GGUFKitError, match="cut.safetensors"):
         read_safetensors_header(path)
+
+
+# --- GGUF: the reading path behind inspect, quantize and eval validation -----------------------
+
+
+def valid_gguf() -> bytes:
+    import tempfile
+
+    import gguf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "v.gguf"
+        writer = gguf.GGUFWriter(str(path), "llama")
+        writer.add_name("fuzz")
+        writer.add_context_length(128)
+        writer.add_token_list(["<unk>", "<s>", "</s>", "a", "b"])
+        writer.add_token_scores([0.0, 0.0, 0.0, -1.0, -2.0])
+        rng = np.random.default_rng(0)
+        writer.add_tensor("token_embd.weight", rng.standard_normal((5, 32)).astype(np.float16))
+        writer.add_tensor(
+            "blk.0.attn_q.weight",
+            gguf.quantize(
+                rng.standard_normal((32, 32)).astype(np.float32), gguf.GGMLQuantizationType.Q8_0
+            ),
+            raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+        )
+        writer.add_tensor("output_norm.weight", np.ones(32, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes()
+
+
+VALID_GGUF = valid_gguf()
+
+
+def _check_gguf(path: Path, data: bytes) -> None:
+    from ggufkit.ggufinfo import check_gguf, read_gguf
+    from ggufkit.report import inspect_json
+
+    path.write_bytes(data)
+    try:
+        info = read_gguf(path)
+        inspect_json(info)
+        check_gguf(path)
+    except GGUFKitError:
+        pass
+
+
+def test_the_valid_gguf_reads(tmp_path: Path) -> None:
+    from ggufkit.ggufinfo import read_gguf
+
+    path = tmp_path / "ok.gguf"
+    path.write_bytes(VALID_GGUF)
+    info = read_gguf(path)
+    assert len(info.tensors) == 3 and info.is_quantized
+
+
+@FUZZ
+@given(data=st.binary(max_size=256))
+def test_gguf_random_bytes(tmp_path: Path, data: bytes) -> None:
+    _check_gguf(tmp_path / "x.gguf", b"GGUF" + data)
+
+
+@FUZZ
+@given(
+    position=st.integers(min_value=0, max_value=len(VALID_GGUF) - 1),
+    replacement=st.binary(min_size=1, max_size=8),
+    truncate=st.one_of(st.none(), st.integers(min_value=0, max_value=len(VALID_GGUF))),
+)
+def test_gguf_mutated_valid_file(
+    tmp_path: Path, position: int, replacement: bytes, truncate: int | None
+) -> None:
+    data = VALID_GGUF[:position] + replacement + VALID_GGUF[position + len(replacement) :]
+    if truncate is not None:
+        data = data[:truncate]
+    _check_gguf(tmp_path / "x.gguf", data)
+
+
+@FUZZ
+@given(
+    position=st.integers(min_value=0, max_value=400),
+    value=st.sampled_from([0, 1, 2**31 - 1, 2**32 - 1, 2**63 - 1, 2**64 - 1]),
+)
+def test_gguf_lying_counts_and_lengths(tmp_path: Path, position: int, value: int) -> None:
+    # Overwrite an 8-byte field anywhere in the header with a huge count/length/offset.
+    data = VALID_GGUF[:position] + struct.pack("<Q", value) + VALID_GGUF[position + 8 :]
+    _check_gguf(tmp_path / "x.gguf", data)
