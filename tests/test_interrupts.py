@@ -1,4 +1,4 @@
-"""Killed and interrupted runs: nothing half-written under a final name, and the next run works.
+"""Killed, interrupted and concurrent runs: nothing half-written under a final name, and the next run works.
 
 Each long command runs in a subprocess on a model large enough (~200 MB) that it is caught
 mid-write: SIGKILL leaves at most the `.partial`, SIGINT exits 130 with a message and removes it.
@@ -164,3 +164,35 @@ def test_quantize_killed_and_interrupted(tmp_path: Path, medium_llama: Path) -> 
     args = ["quantize", str(f32), "q8_0", "-o", str(out), "--threads", "1"]
     _interrupt(args, out)
     _kill_then_rerun(args, out)
+
+
+def test_two_processes_on_one_workspace(tmp_path: Path, medium_llama: Path) -> None:
+    """While one `ggufkit convert` holds the workspace, a second is refused, and nothing is corrupted."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    env = {**os.environ, "GGUFKIT_NO_PROGRESS": "1"}
+
+    def ggufkit(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ggufkit", *args],
+            cwd=workspace,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    init = ggufkit("init", str(medium_llama), "--name", "m", "--outtype", "f32")
+    assert init.wait(timeout=120) == 0
+    first = ggufkit("convert")
+    final = workspace / "out" / "m-f32.gguf"
+    _wait_for(_has_bytes(_partial(final)), first)
+    second = ggufkit("convert")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 1
+    assert "in use by another ggufkit process" in err
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    again = ggufkit("convert")
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0 and "up to date" in err
