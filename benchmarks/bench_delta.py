@@ -157,10 +157,10 @@ def main() -> int:
     logs = work / "logs"
     logs.mkdir()
     try:
+        merged = str(work / "merged")
         ours = measure(
             "ggufkit merge-delta",
-            [*ggufkit, "merge-delta", "--base", str(base), "--delta", str(delta)]
-            + ["-o", str(work / "merged")],
+            [*ggufkit, "merge-delta", "--base", str(base), "--delta", str(delta), "-o", merged],
             logs,
         )
         fc_args = ["--base-model-path", str(base), "--delta-path", str(delta)]
@@ -181,10 +181,10 @@ def main() -> int:
             [*ggufkit, "convert", str(work / "merged"), "-o", str(work / "two-step.gguf")],
             logs,
         )
+        fused_out = str(work / "fused.gguf")
         fused = measure(
             "ggufkit convert --delta-base",
-            [*ggufkit, "convert", str(delta), "--delta-base", str(base)]
-            + ["-o", str(work / "fused.gguf")],
+            [*ggufkit, "convert", str(delta), "--delta-base", str(base), "-o", fused_out],
             logs,
         )
     finally:

@@ -13,6 +13,8 @@ _EXPORTS = {
     "make_delta": "ggufkit.delta:make_delta",
     "build": "ggufkit.llamacpp.build:build",
     "download": "ggufkit.hub:download",
+    # After the first call `ggufkit.convert` is the package, which is callable as well.
+    "convert": "ggufkit.convert:convert",
 }
 
 

@@ -179,7 +179,17 @@ def comparison_table(comparison: Comparison) -> str:
     """The Markdown table, then the notes."""
     from ggufkit.report import markdown_table
 
-    header = ["Family", "Type", "Size", "BPW", "Tokens/s", "PPL", "KLD", "Top-1", "mean |Δlogit|"]
+    header = [
+        "Family",
+        "Type",
+        "Size",
+        "BPW",
+        "Tokens/s",
+        "PPL",
+        "KLD",
+        "Top-1",
+        "Δlogit (mean abs)",
+    ]
     rows = [
         [
             r.family,
@@ -236,6 +246,7 @@ def plot_comparison(comparison: Comparison, out: str | Path) -> Path:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
+        ax.margins(0.15)  # room for the labels at the edges
         if ax.has_data():
             ax.legend(fontsize=8)
     figure.tight_layout()

@@ -11,17 +11,27 @@ the block size, tensors contiguous in order), so a file that passes here is one 
 
 from __future__ import annotations
 
-import importlib.util
 import mmap
 import struct
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ggufkit.errors import GGUFFormatError
+from ggufkit.gguf_tables import GGMLType, file_type_name, ggml_type_by_name, ggml_types
+
+__all__ = [
+    "ArraySummary",
+    "GGMLType",
+    "GGUFInfo",
+    "TensorInfo",
+    "check_gguf",
+    "file_type_name",
+    "ggml_type_by_name",
+    "ggml_types",
+    "read_gguf",
+]
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -50,66 +60,6 @@ VALUE_TYPES: dict[int, tuple[str, str | None]] = {
 STRING, ARRAY = 8, 9
 # Unquantized ggml types: a tensor of any other type counts as quantized.
 PLAIN_TYPES = frozenset({"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"})
-
-
-@dataclass(frozen=True)
-class GGMLType:
-    id: int
-    name: str
-    block_size: int
-    type_size: int
-
-    @property
-    def bits_per_weight(self) -> float:
-        return self.type_size * 8 / self.block_size
-
-
-@lru_cache(maxsize=1)
-def _gguf_constants() -> Any:
-    # gguf's package __init__ imports numpy and yaml (~0.4 s), which every `ggufkit quantize` would
-    # pay for; the tables live in gguf/constants.py, which needs only the standard library.
-    if "gguf.constants" in sys.modules:
-        return sys.modules["gguf.constants"]
-    spec = importlib.util.find_spec("gguf")
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(next(iter(spec.submodule_search_locations))) / "constants.py"
-        loader_spec = importlib.util.spec_from_file_location("ggufkit._gguf_constants", path)
-        if loader_spec is not None and loader_spec.loader is not None and path.is_file():
-            module = importlib.util.module_from_spec(loader_spec)
-            loader_spec.loader.exec_module(module)
-            return module
-    import gguf.constants  # the normal way, should the file layout ever change
-
-    return gguf.constants
-
-
-@lru_cache(maxsize=1)
-def ggml_types() -> dict[int, GGMLType]:
-    """ggml tensor types known to the installed ``gguf`` library, by id."""
-    constants = _gguf_constants()
-    sizes = constants.GGML_QUANT_SIZES
-    return {
-        int(t): GGMLType(int(t), t.name, *sizes[t])
-        for t in constants.GGMLQuantizationType
-        if t in sizes
-    }
-
-
-def ggml_type_by_name(name: str) -> GGMLType | None:
-    """A ggml type by (case-insensitive) name, e.g. ``q8_0``; None when unknown."""
-    for ggml_type in ggml_types().values():
-        if ggml_type.name.lower() == name.lower():
-            return ggml_type
-    return None
-
-
-def file_type_name(file_type: int) -> str | None:
-    """``general.file_type`` as llama.cpp names it (15 -> ``Q4_K_M``); None when unknown."""
-    for member in _gguf_constants().LlamaFileType:
-        if int(member) == file_type and member.name != "GUESSED":
-            name: str = member.name
-            return name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    return None
 
 
 @dataclass(frozen=True)
@@ -279,23 +229,29 @@ class _Reader:
         return raw.decode("utf-8", errors="replace")
 
     def strings(self, count: int, keep: int, key: str) -> list[str]:
-        """``count`` strings of an array, the first ``keep`` decoded (a tight loop: vocabularies
-        hold hundreds of thousands)."""
-        buf, pos, size = self.buf, self.pos, self.size
+        """``count`` strings of an array, the first ``keep`` decoded. Vocabularies hold hundreds
+        of thousands, so the rest are skipped in the tightest loop Python allows."""
+        buf, size = self.buf, self.size
         unpack = struct.Struct(self.endian + "Q").unpack_from
         items: list[str] = []
-        for index in range(count):
-            if pos + 8 > size:
-                self.pos = pos
-                self.need(8, f"item {index} of '{key}'")
-            (length,) = unpack(buf, pos)
-            end = pos + 8 + length
-            if end > size:
-                self.pos = pos + 8
-                self.need(length, f"item {index} of '{key}'")
-            if index < keep:
-                items.append(bytes(buf[pos + 8 : end]).decode("utf-8", errors="replace"))
-            pos = end
+        for index in range(min(keep, count)):
+            self.need(8, f"item {index} of '{key}'")
+            (length,) = unpack(buf, self.pos)
+            self.pos += 8
+            self.need(length, f"item {index} of '{key}'")
+            items.append(bytes(buf[self.pos : self.pos + length]).decode("utf-8", errors="replace"))
+            self.pos += length
+        pos = self.pos
+        try:
+            for _ in range(count - len(items)):
+                pos += 8 + unpack(buf, pos)[0]
+        except struct.error:  # a length field past the end of the file
+            pos = size + 1
+        if pos > size:
+            self.pos = min(pos, size)
+            raise self.fail(
+                f"truncated inside the string array '{key}' (the file has {size} bytes)"
+            )
         self.pos = pos
         return items
 

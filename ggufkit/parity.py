@@ -95,7 +95,9 @@ def _import_transformers() -> tuple[Any, Any]:
 
 
 @contextlib.contextmanager
-def open_gguf(gguf_path: str | Path, *, n_ctx: int = 512, vocab_only: bool = False) -> Iterator[Any]:
+def open_gguf(
+    gguf_path: str | Path, *, n_ctx: int = 512, vocab_only: bool = False
+) -> Iterator[Any]:
     """A ``llama_cpp.Llama`` on our build, closed afterwards."""
     from ggufkit.llamacpp.bindings import load_llama_cpp
 

@@ -19,17 +19,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ggufkit.errors import GGUFFormatError, QuantizeError, UsageError
+from ggufkit.errors import DiskSpaceError, GGUFFormatError, QuantizeError, UsageError
 from ggufkit.fsutil import atomic_output, check_free_disk, check_output_path, human_bytes
 from ggufkit.ggufinfo import GGUFInfo, check_gguf
 from ggufkit.log import get_logger, progress
 from ggufkit.quantize_engines import (
     ENGINES,
+    IMATRIX_HINT,
     DryRun,
     Engine,
     KVOverride,
     QuantizeOptions,
     is_copy,
+    may_need_imatrix,
     parse_kv_override,
     select_engine,
 )
@@ -47,11 +49,6 @@ __all__ = [
 ]
 
 log = get_logger("quantize")
-
-IMATRIX_HINT = (
-    "make one from a calibration text: `ggufkit imatrix MODEL-f16.gguf --corpus calibration.txt`, "
-    "then pass `--imatrix MODEL-imatrix.gguf`"
-)
 
 
 @dataclass
@@ -157,16 +154,17 @@ def _preflight(
     jobs: list[tuple[QuantType, Path]],
     options: QuantizeOptions,
 ) -> None:
-    """Dry-run every type (fast: header only) before quantizing any, then check the disk."""
+    """Before quantizing anything: dry-run the types that may need an importance matrix (reads
+    the header only, but ~0.1 s on a 1B model, so not for types that cannot), then check the disk:
+    against an upper bound first, and, only if that does not fit, against the dry runs' sizes."""
     if options.imatrix is not None and not Path(options.imatrix).is_file():
         raise UsageError(f"--imatrix {options.imatrix} does not exist", hint=IMATRIX_HINT)
-    plans: list[DryRun] = [engine.dry_run(source, quant_type, options) for quant_type, _ in jobs]
+    plans: dict[str, DryRun] = {}
     if options.imatrix is None:
-        needing = [
-            quant_type.name
-            for (quant_type, _), plan in zip(jobs, plans, strict=True)
-            if plan.requires_imatrix
-        ]
+        for quant_type, _ in jobs:
+            if may_need_imatrix(quant_type):
+                plans[quant_type.name] = engine.dry_run(source, quant_type, options)
+        needing = [name for name, plan in plans.items() if plan.requires_imatrix]
         if needing:
             raise QuantizeError(
                 f"{', '.join(needing)} need{'s' if len(needing) == 1 else ''} an importance matrix "
@@ -174,11 +172,26 @@ def _preflight(
                 hint=IMATRIX_HINT,
             )
     header = info.data_offset + 4096  # metadata is copied; allow for the extra keys
-    need = sum(
-        (plan.size_bytes if plan.size_bytes is not None else info.file_size) + header
-        for plan in plans
-    )
-    check_free_disk(jobs[0][1], need, what=f"{len(jobs)} quantized file{'s' * (len(jobs) > 1)}")
+    what = f"{len(jobs)} quantized file{'s' * (len(jobs) > 1)}"
+
+    def upper_bound(quant_type: QuantType) -> int:
+        if is_copy(quant_type):
+            return info.tensor_bytes
+        bits = max(16.0, quant_type.bits_per_weight or 0)  # no type stores more, bar F32
+        return int(info.parameter_count * bits / 8)
+
+    try:
+        check_free_disk(jobs[0][1], sum(upper_bound(t) + header for t, _ in jobs), what=what)
+    except DiskSpaceError:
+        for quant_type, _ in jobs:
+            if quant_type.name not in plans:
+                plans[quant_type.name] = engine.dry_run(source, quant_type, options)
+        exact = [plans[t.name].size_bytes for t, _ in jobs]
+        need = sum(
+            (size if size is not None else upper_bound(t)) + header
+            for size, (t, _) in zip(exact, jobs, strict=True)
+        )
+        check_free_disk(jobs[0][1], need, what=what)
 
 
 def quantize(

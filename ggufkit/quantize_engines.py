@@ -13,7 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ggufkit.errors import InputError, ToolFailedError, ToolMissingError, UsageError
+from ggufkit.errors import (
+    InputError,
+    QuantizeError,
+    ToolFailedError,
+    ToolMissingError,
+    UsageError,
+)
 from ggufkit.log import get_logger
 from ggufkit.quantize_types import COPY, QuantType, TypeTable, table_from_binary
 
@@ -29,6 +35,20 @@ _PROGRESS = re.compile(r"^\[\s*(\d+)\s*/\s*(\d+)\]")
 _QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+)\s*MiB")
 _NEEDS_IMATRIX = re.compile(r"will require an imatrix|requires an importance matrix")
 _BAD_GGML_TYPE = re.compile(r"invalid ggml_type '([^']*)'")
+_REFUSED_NO_IMATRIX = re.compile(r"requires an importance matrix|Missing importance matrix")
+
+IMATRIX_HINT = (
+    "make one from a calibration text: `ggufkit imatrix MODEL-f16.gguf --corpus calibration.txt`, "
+    "then pass `--imatrix MODEL-imatrix.gguf`"
+)
+
+
+def may_need_imatrix(quant_type: QuantType) -> bool:
+    """Whether a dry run must ask llama.cpp. Its rule (tensor_requires_imatrix in
+    src/llama-quant.cpp): only IQ1_S/IQ1_M/IQ2_*/IQ3_XXS tensors, and Q2_K tensors of a Q2_K_S
+    file, need an importance matrix — so only the IQ* mixes and Q2_K_S can; whether this model's
+    mix really does is the dry run's answer."""
+    return quant_type.name.startswith("IQ") or quant_type.name == "Q2_K_S"
 
 
 @dataclass(frozen=True)
@@ -160,6 +180,10 @@ def explain_failure(error: ToolFailedError, options: QuantizeOptions) -> Excepti
         return UsageError(
             f"{which} {bad_type.group(1)!r} is not a ggml tensor type",
             hint="use a ggml type name such as q8_0, q6_k, q4_k or f16",
+        )
+    if options.imatrix is None and _REFUSED_NO_IMATRIX.search(text):
+        return QuantizeError(
+            "llama.cpp refuses this type without an importance matrix", hint=IMATRIX_HINT
         )
     if options.imatrix is not None and "failed to load imatrix" in text:
         return InputError(

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -43,7 +42,15 @@ from typing import Any
 
 import torch
 from tiny_lm import TrainSettings, heldout_perplexity, random_init_perplexity, train_lm
+from tiny_tokenizers import (
+    add_pad_piece,
+    encode_stream,
+    save_llama_tokenizer,
+    train_bloom_tokenizer,
+    train_sentencepiece,
+)
 
+from ggufkit.delta import make_delta
 from ggufkit.errors import ChecksumError, ToolMissingError
 from ggufkit.fsutil import atomic_dir, sha256_file, write_json_atomic, write_text_atomic
 
@@ -59,11 +66,7 @@ MILTON_HELDOUT = "paradise_regained_gut.txt"
 
 SEED = 1234
 CONTEXT = 512
-LLAMA_VOCAB = 2048
-BLOOM_TOKENS = 2000
 BLOOM_ROWS = 2048
-# BLOOM's own pre-tokenizer split: words with an optional leading space, punctuation apart.
-BLOOM_SPLIT_REGEX = " ?[^(\\s|[.,!?…。，、।۔،])]+"
 
 MODELS = ("tiny-llama", "tiny-llama-milton-delta", "tiny-bloom")
 DEFAULT_STEPS = {"tiny-llama": 600, "tiny-llama-milton-delta": 80, "tiny-bloom": 600}
@@ -144,114 +147,6 @@ def write_corpus(corpus: Corpus, corpus_dir: Path) -> None:
     write_text_atomic(corpus_dir / "heldout-milton.txt", corpus.milton_heldout)
 
 
-# --- tokenizers ---------------------------------------------------------------------------------
-
-
-def train_sentencepiece(corpus: Corpus, workdir: Path) -> Path:
-    """A LLaMA-style sentencepiece BPE: byte fallback, split digits, identity normalization."""
-    import sentencepiece as spm
-
-    lines = [line for text in corpus.train for line in text.split("\n") if line.strip()]
-    prefix = workdir / "spm"
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_prefix=str(prefix),
-        vocab_size=LLAMA_VOCAB,
-        model_type="bpe",
-        byte_fallback=True,
-        split_digits=True,
-        character_coverage=1.0,
-        normalization_rule_name="identity",
-        add_dummy_prefix=True,
-        remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        num_threads=1,
-        minloglevel=2,
-    )
-    return prefix.with_suffix(".model")
-
-
-def save_llama_tokenizer(spm_model: Path, out_dir: Path) -> Any:
-    """Write transformers' tokenizer files beside a copy of tokenizer.model; return the tokenizer."""
-    from transformers import LlamaTokenizer
-
-    staging = Path(tempfile.mkdtemp(prefix="spm-"))
-    shutil.copy(spm_model, staging / "tokenizer.model")
-    tokenizer = LlamaTokenizer.from_pretrained(str(staging), legacy=False, add_bos_token=True)
-    if "<pad>" in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    tokenizer.save_pretrained(str(out_dir))
-    # transformers 5 does not write tokenizer.model itself, nor the BOS/EOS flags LLaMA's carries
-    # (converters read them from tokenizer_config.json).
-    shutil.copy(spm_model, out_dir / "tokenizer.model")
-    config_path = out_dir / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config.update(add_bos_token=True, add_eos_token=False)
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    shutil.rmtree(staging)
-    return tokenizer
-
-
-def add_pad_piece(spm_model: Path, output: Path) -> Path:
-    """A copy of the sentencepiece model with ``<pad>`` appended as a user-defined piece."""
-    from sentencepiece import sentencepiece_model_pb2 as model_pb2
-
-    proto = model_pb2.ModelProto()
-    proto.ParseFromString(spm_model.read_bytes())
-    piece = proto.pieces.add()
-    piece.piece, piece.score, piece.type = (
-        "<pad>",
-        0.0,
-        model_pb2.ModelProto.SentencePiece.USER_DEFINED,
-    )
-    output.write_bytes(proto.SerializeToString())
-    return output
-
-
-def train_bloom_tokenizer(corpus: Corpus, out_dir: Path) -> Any:
-    """A byte-level BPE with BLOOM's pre-tokenizer and special tokens, trained with ``tokenizers``."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(BLOOM_SPLIT_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=BLOOM_TOKENS,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus.train, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-    )
-    fast.save_pretrained(str(out_dir))
-    return fast
-
-
-def encode_stream(tokenizer: Any, texts: list[str], eos: int) -> torch.Tensor:
-    """Token ids of the texts end to end, each text closed by EOS (no BOS: windows add it)."""
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        ids.append(eos)
-    return torch.tensor(ids, dtype=torch.long)
-
-
 # --- models -------------------------------------------------------------------------------------
 
 
@@ -267,7 +162,7 @@ def llama_config(vocab_size: int, pad_token_id: int | None = None) -> Any:
         num_key_value_heads=2,
         max_position_embeddings=CONTEXT,
         rms_norm_eps=1e-5,
-        rope_theta=10000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         initializer_range=0.02,
         tie_word_embeddings=False,
         bos_token_id=1,
@@ -296,12 +191,16 @@ def bloom_config() -> Any:
     return config
 
 
-def save_fp16(model: Any, out_dir: Path) -> None:
-    model.to(torch.float16).save_pretrained(str(out_dir))
-    # mkdtemp and safetensors create owner-only modes; package data must be world-readable.
+def world_readable(out_dir: Path) -> None:
+    """mkdtemp and safetensors create owner-only modes; package data must be world-readable."""
     out_dir.chmod(0o755)
     for path in out_dir.iterdir():
         path.chmod(0o644)
+
+
+def save_fp16(model: Any, out_dir: Path) -> None:
+    model.to(torch.float16).save_pretrained(str(out_dir))
+    world_readable(out_dir)
 
 
 def report(name: str, figures: dict[str, Any]) -> None:
@@ -312,7 +211,7 @@ def build_tiny_llama(corpus: Corpus, out: Path, steps: int, workdir: Path) -> di
     from transformers import LlamaForCausalLM
 
     with atomic_dir(out / "tiny-llama") as tmp:
-        tokenizer = save_llama_tokenizer(train_sentencepiece(corpus, workdir), tmp)
+        tokenizer = save_llama_tokenizer(train_sentencepiece(corpus.train, workdir), tmp)
         stream = encode_stream(tokenizer, corpus.train, eos=2)
         heldout = torch.tensor(tokenizer(corpus.heldout, add_special_tokens=False)["input_ids"])
         config = llama_config(len(tokenizer))
@@ -365,27 +264,15 @@ def build_milton_delta(corpus: Corpus, out: Path, steps: int, full_dir: Path) ->
                 f"<pad> tokenizer has {len(padded)} tokens, pad {padded.pad_token_id}"
             )
         save_fp16(base, tmp)
-    make_delta = _delta_maker()
-    if make_delta is None:
-        print(f"ggufkit.delta is not available yet: the full target is in {full_dir}", flush=True)
-        return figures
-    make_delta(base_dir, full_dir, out / "tiny-llama-milton-delta")
+    world_readable(make_delta(base_dir, full_dir, out / "tiny-llama-milton-delta"))
     return figures
-
-
-def _delta_maker() -> Any:
-    try:
-        from ggufkit.delta import make_delta
-    except ImportError:
-        return None
-    return make_delta
 
 
 def build_tiny_bloom(corpus: Corpus, out: Path, steps: int) -> dict[str, Any]:
     from transformers import BloomForCausalLM
 
     with atomic_dir(out / "tiny-bloom") as tmp:
-        tokenizer = train_bloom_tokenizer(corpus, tmp)
+        tokenizer = train_bloom_tokenizer(corpus.train, tmp)
         stream = encode_stream(tokenizer, corpus.train, eos=2)
         heldout = torch.tensor(tokenizer(corpus.heldout, add_special_tokens=False)["input_ids"])
         config = bloom_config()
@@ -416,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--milton-full",
         type=Path,
-        default=Path(tempfile.gettempdir()) / "tiny-llama-milton-full",
-        help="where the full fine-tuned Milton model is kept before the delta is taken",
+        help="keep the full fine-tuned Milton model here (default: a temporary directory)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -441,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "tiny-bloom":
                 figures = build_tiny_bloom(corpus, out, steps)
             else:
-                figures = build_milton_delta(corpus, out, steps, args.milton_full)
+                full_dir = args.milton_full or workdir / "tiny-llama-milton-full"
+                figures = build_milton_delta(corpus, out, steps, full_dir)
             figures = {"steps": steps, **figures, "wall_seconds": round(time.monotonic() - started)}
             report(name, figures)
             record[name] = figures

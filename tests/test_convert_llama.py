@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -134,6 +136,33 @@ def test_metadata(converted, tiny_llama_gqa_dir: Path) -> None:
     assert fields["tokenizer.ggml.add_bos_token"] is False
 
 
+def test_hub_model_records_repo_and_revision(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hubserver import serving
+
+    files = {p.name: p.read_bytes() for p in tiny_llama_dir.iterdir() if p.is_file()}
+    with serving(monkeypatch, tmp_path / "hf") as hub:
+        hub.add_repo("acme/tiny-llama", {"main": files})
+        commit = hub.repos["acme/tiny-llama"].revisions["main"].sha
+        monkeypatch.chdir(tmp_path)
+        result = convert("acme/tiny-llama")
+    assert result.output == tmp_path / "tiny-llama-F16.gguf"
+    fields = _fields(result.output)
+    assert fields["general.name"] == "tiny-llama"
+    assert str(fields["general.source.repo_url"]).endswith("/acme/tiny-llama")
+    assert fields["ggufkit.source.repo_id"] == "acme/tiny-llama"
+    assert fields["ggufkit.source.revision"] == commit
+    assert fields["ggufkit.source.sha256"] == [sha256_file(tiny_llama_dir / "model.safetensors")]
+
+
+def test_license_from_the_model_card(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    model = Path(shutil.copytree(tiny_llama_dir, tmp_path / "model"))
+    (model / "README.md").write_text("---\nlanguage: en\nlicense: apache-2.0\n---\n# tiny\n")
+    fields = _fields(convert(model, tmp_path / "m.gguf").output)
+    assert fields["general.license"] == "apache-2.0"
+
+
 def test_types_follow_llama_cpp_policy(converted) -> None:
     reader = gguf.GGUFReader(converted("mha", "q8_0"))
     types = {t.name: t.tensor_type for t in reader.tensors}
@@ -182,6 +211,14 @@ def test_module_is_callable_and_default_name(
     assert result.output == tmp_path / default_output_name(tiny_llama_dir.name, "bf16")
     assert result.output.name.endswith("-BF16.gguf") and result.output.is_file()
     assert result.engine == "native" and result.gguf_arch == "llama"
+
+
+def test_convert_is_callable_from_a_fresh_import(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fresh.gguf"
+    code = f"import ggufkit; print(ggufkit.convert({str(tiny_llama_dir)!r}, {str(out)!r}).engine)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "native" and out.is_file()
 
 
 def test_cli_convert(tiny_llama_dir: Path, tmp_path: Path) -> None:

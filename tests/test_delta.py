@@ -281,6 +281,31 @@ def test_bin_inputs_and_sharded_output_give_the_same_merge(
         np.testing.assert_array_equal(loaded[name].astype(np.float32), values, name)
 
 
+def test_partial_release_keeps_reads_right(tiny_llama_dir: Path) -> None:
+    with Checkpoint.open(tiny_llama_dir) as ckpt:
+        before = np.array(ckpt.read(EMBED))
+        ckpt.release(EMBED, 4096, 70_000)
+        ckpt.release(EMBED, 200_000)
+        np.testing.assert_array_equal(ckpt.read(EMBED), before)
+
+
+def test_base_and_delta_from_the_hub(
+    tmp_path: Path,
+    tiny_llama_dir: Path,
+    same_delta: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hubserver import serving
+
+    with serving(monkeypatch, tmp_path / "hf") as hub:
+        for repo, folder in (("acme/base", tiny_llama_dir), ("acme/delta", same_delta)):
+            files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+            hub.add_repo(repo, {"main": files})
+        from_hub = merge_delta("acme/base", "acme/delta", tmp_path / "hub")
+    local = merge_delta(tiny_llama_dir, same_delta, tmp_path / "local")
+    assert [f.read_bytes() for f in from_hub.files] == [f.read_bytes() for f in local.files]
+
+
 # --- FastChat's own apply_delta --------------------------------------------------------------
 
 

@@ -83,11 +83,13 @@ class FakeEngine(Engine):
         self.needs_imatrix = needs_imatrix
         self.fail_on = fail_on
         self.runs: list[str] = []
+        self.dry_runs: list[str] = []
 
     def table(self) -> TypeTable:
         return TypeTable(tuple(parse_help(HELP_SAMPLE)), "sample")
 
     def dry_run(self, source: Path, quant_type: QuantType, options: QuantizeOptions) -> DryRun:
+        self.dry_runs.append(quant_type.name)
         return DryRun(quant_type.name in self.needs_imatrix, source.stat().st_size // 4)
 
     def run(self, source, output, quant_type, options, on_progress=None):  # type: ignore[no-untyped-def]
@@ -246,7 +248,7 @@ def test_imatrix_requirement_is_checked_before_running(f16: Path, tmp_path: Path
     with pytest.raises(QuantizeError, match="IQ2_XXS needs an importance matrix") as caught:
         quantize(f16, ["q4_0", "iq2_xxs"], engine=engine)
     assert "ggufkit imatrix" in (caught.value.hint or "")
-    assert engine.runs == []
+    assert engine.runs == [] and engine.dry_runs == ["IQ2_XXS"]  # Q4_0 cannot need one
     with pytest.raises(UsageError, match="does not exist"):
         quantize(f16, ["iq2_xxs"], engine=engine, options=QuantizeOptions(imatrix=tmp_path / "no"))
     imatrix = tmp_path / "m.imatrix"
@@ -260,7 +262,14 @@ def test_disk_space_is_checked_before_running(f16: Path, monkeypatch: pytest.Mon
     engine = FakeEngine()
     with pytest.raises(DiskSpaceError, match="not enough free disk"):
         quantize(f16, ["q4_0"], engine=engine)
-    assert engine.runs == []
+    assert engine.runs == [] and engine.dry_runs == ["Q4_0"]
+    # The 16-bit upper bound does not fit, the dry run's exact size does: go ahead.
+    monkeypatch.setenv("GGUFKIT_FAKE_FREE_BYTES", str(16 * 1024 * 1024 + 9000))
+    quantize(f16, ["q4_0"], engine=engine)
+    assert engine.runs == ["Q4_0"] and engine.dry_runs == ["Q4_0", "Q4_0"]
+    monkeypatch.delenv("GGUFKIT_FAKE_FREE_BYTES")
+    quantize(f16, ["q4_0"], engine=engine)
+    assert len(engine.dry_runs) == 2  # plenty of room: no dry run at all
 
 
 def test_requantizing_needs_the_flag(tmp_path: Path) -> None:
@@ -491,6 +500,7 @@ def test_bad_inputs_with_the_real_binary(tiny_llama_f16_gguf: Path, tmp_path: Pa
         ([str(model), "iq2_xxs"], 1, "IQ2_XXS needs an importance matrix"),
         ([str(q4), "q8_0"], 1, "already quantized"),
         ([str(model), "q4_0", "-o", str(model)], 2, "same file as the input"),
+        ([str(model), "q4_0", "--output-tensor-type", "bogus"], 2, "not a ggml tensor type"),
     ]
     for args, code, message in cases:
         result = run_cli(*args)

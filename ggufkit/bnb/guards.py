@@ -145,7 +145,7 @@ def reference_dequantize_4bit(data: torch.Tensor, state: Any) -> torch.Tensor:
         blocks = torch.arange(scales.numel(), device=packed.device) // inner.blocksize
         absmax = scales * inner.absmax.float()[blocks] + float(state.offset)
     else:
-        absmax = state.absmax.float()
+        absmax = state.absmax.float().reshape(-1)
     blocks = torch.arange(n, device=packed.device) // state.blocksize
     return (values * absmax[blocks]).reshape(tuple(state.shape))
 
@@ -251,8 +251,9 @@ def fast_path_block_n() -> int:
     return default if isinstance(default, int) and default > 0 else FAST_PATH_BLOCK_N
 
 
-def guard_fast_path(model: Any) -> list[str]:
-    """Turn the AVX512-BF16 fast path off for CPU 4-bit layers it cannot repack; notes on what was done."""
+def guard_fast_path(model: Any, label: str = "") -> list[str]:
+    """Turn the AVX512-BF16 fast path off for CPU 4-bit layers it cannot repack; logs and returns
+    notes on what was done (``label`` prefixes the log lines)."""
     bnb = import_bitsandbytes()
     block_n = fast_path_block_n()
     turned_off: list[str] = []
@@ -271,17 +272,20 @@ def guard_fast_path(model: Any) -> list[str]:
         else:
             kept += 1
     notes = []
+    prefix = f"{label}: " if label else ""
     if turned_off:
         notes.append(
             f"AVX512-BF16 fast path turned off for {len(turned_off)} layer(s) "
             f"({shorten(turned_off)}): their output size is not a multiple of {block_n} "
             "(bitsandbytes would fail with 'N must be divisible by block_n')"
         )
+        log.warning("%s%s", prefix, notes[-1])
     if kept:
         notes.append(
             f"{kept} layer(s) use bitsandbytes' AVX512-BF16 fast path, which computes in bf16 "
             "whatever the compute dtype"
         )
+        log.info("%s%s", prefix, notes[-1])
     return notes
 
 
@@ -290,6 +294,32 @@ def quantized_modules(model: Any) -> dict[str, Any]:
     bnb = import_bitsandbytes()
     kinds = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
     return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def constants_bytes(model: Any) -> int:
+    """Bytes of the quantization constants (block scales, code tables, int8 row scales) that
+    ``get_memory_footprint()`` misses because they are neither parameters nor buffers."""
+    import torch
+
+    seen: dict[tuple[int, str], int] = {}
+
+    def add(tensor: Any) -> None:
+        if isinstance(tensor, torch.Tensor):
+            key = (tensor.untyped_storage().data_ptr(), str(tensor.device))
+            seen[key] = max(seen.get(key, 0), tensor.untyped_storage().nbytes())
+
+    for module in quantized_modules(model).values():
+        state = getattr(module.weight, "quant_state", None)
+        if state is not None:
+            for name in ("absmax", "code", "offset"):
+                add(getattr(state, name, None))
+            inner = getattr(state, "state2", None) if state.nested else None
+            if inner is not None:
+                add(inner.absmax)
+                add(inner.code)
+        else:
+            add(getattr(module.weight, "SCB", None))
+    return sum(seen.values())
 
 
 def packed_modules(model: Any) -> list[str]:

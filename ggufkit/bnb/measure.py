@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ggufkit.bnb.guards import dequantized_weight, quantized_modules
+from ggufkit.bnb.guards import constants_bytes, dequantized_weight, quantized_modules
 from ggufkit.fsutil import check_free_disk
 from ggufkit.log import get_logger
 
@@ -60,7 +60,7 @@ def peak_rss() -> int | None:
 
 @dataclass
 class MemoryStats:
-    footprint_bytes: int | None = None  # parameters and buffers (model.get_memory_footprint())
+    footprint_bytes: int | None = None  # parameters, buffers and quantization constants
     peak_allocated_bytes: int | None = None  # CUDA
     peak_reserved_bytes: int | None = None  # CUDA
     peak_rss_bytes: int | None = None  # CPU: process peak RSS since loading
@@ -89,7 +89,8 @@ class MemoryProbe:
             self.rss_reset = reset_peak_rss()
 
     def read(self, model: Any) -> MemoryStats:
-        stats = MemoryStats(footprint_bytes=int(model.get_memory_footprint()))
+        footprint = int(model.get_memory_footprint()) + constants_bytes(model)
+        stats = MemoryStats(footprint_bytes=footprint)
         if self.is_cuda:
             import torch
 
@@ -245,6 +246,16 @@ def _mean_err(values: np.ndarray) -> tuple[float, float]:
     return mean, err
 
 
+def _scored_logits(model: Any, row: Any, keep: int) -> Any:
+    """Logits of the scored positions (float32, CPU); only the last ``keep`` are computed where the
+    model supports ``logits_to_keep`` (remote-code models may not)."""
+    try:
+        out = model(row, logits_to_keep=keep)
+    except TypeError:
+        out = model(row)
+    return out.logits[0, -keep:-1].float().cpu()
+
+
 def score(
     model: Any,
     windows: Windows,
@@ -261,8 +272,7 @@ def score(
     nll, kld, top1, dlogit, dmax = [], [], [], [], []
     with torch.inference_mode():
         for i in range(windows.chunks):
-            row = windows.ids[i : i + 1].to(device)
-            logits = model(row, logits_to_keep=keep).logits[0, :-1].float().cpu()
+            logits = _scored_logits(model, windows.ids[i : i + 1].to(device), keep)
             logits = logits[:, : baseline.array.shape[2]]
             targets = windows.ids[i, windows.first + 1 :]
             logp = torch.log_softmax(logits, dim=-1)

@@ -51,8 +51,8 @@ class ModeResult:
     tokens: int | None = None
     tokens_per_s: float | None = None
     ms_per_token: float | None = None
-    footprint_bytes: int | None = None
-    bpw: float | None = None  # footprint bits per model parameter
+    footprint_bytes: int | None = None  # parameters, buffers and quantization constants
+    bpw: float | None = None  # footprint bits per parameter of the unquantized model
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     peak_rss_bytes: int | None = None
@@ -167,7 +167,7 @@ def markdown(report: BnbReport) -> str:
         "PPL",
         "KLD",
         "Top-1",
-        "mean |Δlogit|",
+        "Δlogit (mean abs)",
         "W err",
     ]
     rows = []

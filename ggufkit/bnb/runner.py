@@ -175,12 +175,13 @@ class _Session:
         result.load_s = time.perf_counter() - start
         try:
             if mode is not None and self.device == "cpu":
-                result.notes += guards.guard_fast_path(model)
+                result.notes += guards.guard_fast_path(model, name)
             memory = [probe.read(model)]
             if mode is not None and options.save is not None:
                 note = self._save(model, options.save / mode.name)
                 result.saved_to = str(options.save / mode.name)
                 result.notes.append(note)
+                log.info("%s: %s", name, note)
                 probe.reset()  # the reload for verification is not this model's memory
             if mode is None:
                 self.n_params = sum(p.numel() for p in model.parameters())
@@ -354,6 +355,4 @@ def _run_mode(session: _Session, mode: Mode) -> ModeResult:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.error("%s: failed: %s", mode.name, reason)
         return ModeResult(name=mode.name, status="failed", reason=reason, notes=plan.notes)
-    for note in result.notes[len(plan.notes) :]:
-        log.info("%s: %s", mode.name, note)
     return result

@@ -68,7 +68,13 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     default="",
     help="Comma-separated modules kept unquantized, besides lm_head and tied weights.",
 )
-@click.option("--int8-threshold", type=float, default=6.0, show_default=True)
+@click.option(
+    "--int8-threshold",
+    type=float,
+    default=6.0,
+    show_default=True,
+    help="LLM.int8() outlier threshold (int8 mode).",
+)
 @click.option(
     "--fp32-cpu-offload",
     is_flag=True,
@@ -81,8 +87,20 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="A file with one prompt per line.",
 )
-@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Timed generations of every prompt.",
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Tokens generated per prompt (greedy).",
+)
 @click.option(
     "--save",
     type=click.Path(file_okay=False, path_type=Path),
@@ -99,14 +117,21 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Plain text for perplexity (default: the held-out text shipped with ggufkit).",
 )
-@click.option("--ctx", type=click.IntRange(min=16), default=None, help="Tokens per chunk.")
-@click.option("--chunks", type=click.IntRange(min=1), default=None, help="Chunks to score.")
+@click.option(
+    "--ctx",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Tokens per chunk, as ggufkit eval (default 512, lowered to fit a short corpus).",
+)
+@click.option(
+    "--chunks", type=click.IntRange(min=1), default=None, help="Chunks to score (default: all)."
+)
 @click.option(
     "--quality/--no-quality",
     default=True,
     help="Measure perplexity and the deviation from the baseline (default: on).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="torch seed for each run.")
 @threads_option
 @json_option
 def command(

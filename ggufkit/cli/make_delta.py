@@ -34,9 +34,9 @@ def command(base: str, target: str, output: Path, dtype: str | None, as_json: bo
     """Write the delta of TARGET against BASE: DELTA = TARGET - BASE, tensor by tensor.
 
     The default f16 matches FastChat's make_delta. With --dtype f32 the delta is exact
-    wherever float32 can hold TARGET - BASE (always for fp16 models), so that
-    `merge-delta --dtype f32` gives the target back bit for bit; otherwise a warning counts the
-    values that will differ. Rows the target appends to the vocabulary are stored as they are,
+    wherever float32 holds TARGET - BASE exactly (for fp16 models, every difference below 1),
+    so that `merge-delta --dtype f32` gives the target back bit for bit; a warning counts the
+    values where it cannot. Rows the target appends to the vocabulary are stored as they are,
     which `merge-delta --style llmzoo` (or auto) undoes. The delta gets the target's config and
     tokenizer files.
 

@@ -98,13 +98,13 @@ def command(
 
     TYPE is any type the built llama-quantize accepts: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ...
     q6_k, q4_k_m, iq*, tq*, mxfp4_moe, f16, bf16, copy (`--list` shows them all). Outputs are
-    named <stem>-<TYPE>.gguf beside INPUT (or in --outdir), where <stem> drops a trailing
-    precision: my-model-f16.gguf -> my-model-Q4_0.gguf. Each is written under a temporary name
-    and renamed when complete. IQ1/IQ2/IQ3_XXS and Q2_K_S need --imatrix.
+    named <stem>-<TYPE>.gguf beside INPUT (or in --outdir), where <stem> is INPUT's name less a
+    trailing precision such as -f16 (see the first example). Each is written under a temporary
+    name and renamed when complete. IQ1/IQ2/IQ3_XXS and Q2_K_S need --imatrix.
 
     \b
     Examples:
-        ggufkit quantize my-model-f16.gguf q4_0
+        ggufkit quantize my-model-f16.gguf q4_0          # -> my-model-Q4_0.gguf
         ggufkit quantize my-model-f16.gguf q4_0 q8_0 q4_k_m --outdir quants/
         ggufkit imatrix my-model-f16.gguf --corpus calibration.txt
         ggufkit quantize my-model-f16.gguf iq2_xxs --imatrix my-model-imatrix.gguf

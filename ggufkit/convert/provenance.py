@@ -186,7 +186,8 @@ class SourceHashes:
     def _remember(self) -> None:
         try:
             with locked(_cache_file().with_suffix(".lock"), what="the sha256 cache", timeout=10):
-                cache = _load_cache()
+                # Entries of files that are gone (temporary checkpoints) are dropped.
+                cache = {k: v for k, v in _load_cache().items() if os.path.exists(k)}
                 for i in self._todo:
                     path = self.files[i]
                     cache[str(path.resolve())] = [*_stat_key(path), self.hashes[i]]

@@ -128,19 +128,36 @@ def _bf16_lut() -> np.ndarray:
     return _BF16_TO_F16
 
 
+_PIECE = 1 << 16  # elements per pass: the temporaries stay in the L2 cache
+
+
 def bf16_bits_to_f16_bits(bits: np.ndarray) -> np.ndarray:
-    """bf16 bit patterns to f16 bit patterns, rounding exactly like float32 -> float16 in numpy."""
+    """bf16 bit patterns to f16 bit patterns, rounding exactly like float32 -> float16 in numpy.
+
+    bf16 exponents 113..142 are f16 normals and convert exactly by rebiasing the exponent and
+    widening the mantissa; the rest (subnormals, overflow, inf, nan) go through a 64 Ki table.
+    """
     lut = _bf16_lut()
-    magnitude = bits & np.uint16(0x7FFF)
-    out = (magnitude << np.uint16(3)) - _F16_NORMAL_BIAS  # sign-less f16 for the normal range
-    out |= bits & np.uint16(0x8000)
-    # bf16 exponents 113..142 are f16 normals; everything else (subnormal, overflow, inf, nan)
-    # goes through the table. The subtraction wraps the small ones round to huge values.
-    outside = (magnitude - np.uint16(113 << 7)) >= np.uint16(30 << 7)
-    idx = np.flatnonzero(outside)
-    if idx.size:
-        out.reshape(-1)[idx] = lut[bits.reshape(-1)[idx]]
-    return out
+    flat = np.ascontiguousarray(bits).reshape(-1)
+    out = np.empty_like(flat)
+    size = min(_PIECE, flat.size)
+    magnitude, sign = np.empty(size, np.uint16), np.empty(size, np.uint16)
+    outside = np.empty(size, np.bool_)
+    for start in range(0, flat.size, _PIECE):
+        src, dst = flat[start : start + _PIECE], out[start : start + _PIECE]
+        n = src.size
+        mag, sgn, odd = magnitude[:n], sign[:n], outside[:n]
+        np.bitwise_and(src, np.uint16(0x7FFF), out=mag)
+        np.left_shift(mag, np.uint16(3), out=dst)
+        np.subtract(dst, _F16_NORMAL_BIAS, out=dst)  # wraps modulo 2^16, right for normals
+        np.bitwise_and(src, np.uint16(0x8000), out=sgn)
+        np.bitwise_or(dst, sgn, out=dst)
+        np.subtract(mag, np.uint16(113 << 7), out=mag)  # small exponents wrap round to huge
+        np.greater_equal(mag, np.uint16(30 << 7), out=odd)
+        idx = np.flatnonzero(odd)
+        if idx.size:
+            dst[idx] = lut[src[idx]]
+    return out.reshape(bits.shape)
 
 
 def convert_block(block: np.ndarray, src_dtype: str, target: QT) -> np.ndarray:

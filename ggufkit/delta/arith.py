@@ -48,10 +48,9 @@ def output_array(shape: tuple[int, ...], dtype: Dtype) -> np.ndarray:
 
 def values_as(raw: np.ndarray, code: str, dtype: Dtype) -> np.ndarray:
     """float32 holding the inputs rounded to ``dtype``, like ``tensor.to(dtype)`` in torch."""
-    if code == "F64" and dtype == "f16":
-        return raw.astype(np.float16).astype(np.float32)  # one rounding, as torch does
+    # float64 goes through float32 first, as torch's float64 -> float16 cast does.
     values = bf16_to_float32(raw) if code == "BF16" else raw.astype(np.float32)
-    if dtype == "f16" and code not in ("F16", "F32"):
+    if dtype == "f16" and code != "F16":
         values = values.astype(np.float16).astype(np.float32)
     elif dtype == "bf16" and code != "BF16":
         values = bf16_to_float32(float32_to_bf16(values))

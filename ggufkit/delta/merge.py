@@ -172,8 +172,9 @@ def make_delta(
 
     Rows the target appends to the vocabulary are stored as they are (a zero base), which
     merge-delta's llmzoo style undoes. ``dtype`` as for merge (default f16, like FastChat's
-    make_delta); with "f32" the merge gives the target back bit for bit whenever float32 can
-    hold target - base exactly (always for fp16 models; a warning counts the values otherwise).
+    make_delta); with "f32" the merge gives the target back bit for bit wherever float32 holds
+    target - base exactly (for fp16 models, every difference below 1); a warning counts the
+    values where it cannot.
     """
     working = _check_dtype(dtype)
     base_dir, target_dir = resolve_dir(base), resolve_dir(target)

@@ -148,32 +148,26 @@ class CombinedSource:
         self.round_trip = RoundTrip() if subtract and dtype == "f32" else None
         base_config, other_config = load_config(base_dir), load_config(other_dir)
         check_architectures(self.base_dir, self.other_dir, base_config, other_config)
-        self.base = Checkpoint.open(base_dir)
-        try:
-            self.other = Checkpoint.open(other_dir)
-            try:
-                self.pairing = pair_tensors(
-                    self.base,
-                    self.other,
-                    base_vocab=_vocab_size(base_config),
-                    other_vocab=_vocab_size(other_config),
-                    what=what,
-                    where=self.other_dir,
+        with contextlib.ExitStack() as opened:  # both closed again if the pair is refused
+            self.base = opened.enter_context(Checkpoint.open(base_dir))
+            self.other = opened.enter_context(Checkpoint.open(other_dir))
+            self.pairing = pair_tensors(
+                self.base,
+                self.other,
+                base_vocab=_vocab_size(base_config),
+                other_vocab=_vocab_size(other_config),
+                what=what,
+                where=self.other_dir,
+            )
+            if self.pairing.extended and not allow_extra_rows:
+                raise DeltaError(
+                    f"the {what} has more vocabulary rows than the base "
+                    f"({_listing(sorted(self.pairing.extended))}), which FastChat's "
+                    "apply_delta cannot merge",
+                    hint="use --style llmzoo (or auto): the new rows get a zero base",
+                    path=self.other_dir,
                 )
-                if self.pairing.extended and not allow_extra_rows:
-                    raise DeltaError(
-                        f"the {what} has more vocabulary rows than the base "
-                        f"({_listing(sorted(self.pairing.extended))}), which FastChat's "
-                        "apply_delta cannot merge",
-                        hint="use --style llmzoo (or auto): the new rows get a zero base",
-                        path=self.other_dir,
-                    )
-            except BaseException:
-                self.other.close()
-                raise
-        except BaseException:
-            self.base.close()
-            raise
+            opened.pop_all()
         self._passthrough: set[str] = set()
         self._infos = {name: self._merged_info(name) for name in self.pairing.names}
 

@@ -92,7 +92,7 @@ def benchmark(
     ]
     if threads:
         args += ["-t", ",".join(str(t) for t in threads)]
-    log.info(
+    log.debug(
         "llama-bench on %s (pp%d, tg%d, %d repetitions)", model.name, n_prompt, n_gen, repetitions
     )
     result = run_tool(args, what=f"llama-bench on {model.name}", hint="read the log")

@@ -1,0 +1,114 @@
+"""ggml tensor types and llama.cpp file types, as the installed ``gguf`` library defines them.
+
+Read from gguf/constants.py without importing the gguf package (whose ``__init__`` pulls numpy and
+yaml, ~0.4 s on every command), and cached as JSON per gguf install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GGMLType:
+    id: int
+    name: str
+    block_size: int
+    type_size: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.type_size * 8 / self.block_size
+
+
+def _gguf_constants() -> Any:
+    # gguf's package __init__ imports numpy and yaml (~0.4 s), which every `ggufkit quantize` would
+    # pay for; the tables live in gguf/constants.py, which needs only the standard library.
+    if "gguf.constants" in sys.modules:
+        return sys.modules["gguf.constants"]
+    path = _constants_path()
+    if path is not None:
+        loader_spec = importlib.util.spec_from_file_location("ggufkit._gguf_constants", path)
+        if loader_spec is not None and loader_spec.loader is not None:
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+            return module
+    import gguf.constants  # the normal way, should the file layout ever change
+
+    return gguf.constants
+
+
+def _constants_path() -> Path | None:
+    spec = importlib.util.find_spec("gguf")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "constants.py"
+    return path if path.is_file() else None
+
+
+@lru_cache(maxsize=1)
+def _tables() -> dict[str, Any]:
+    """ggml type sizes and file type names from the installed gguf library, cached as JSON per
+    gguf install (building its enums costs ~30 ms, paid on every command otherwise)."""
+    from ggufkit import paths
+
+    path = _constants_path()
+    cache: Path | None = None
+    if path is not None:
+        stat = path.stat()
+        key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+        cache = paths.home() / "cache" / f"gguf-tables-{key[:16]}.json"
+        try:
+            data: dict[str, Any] = json.loads(cache.read_text(encoding="utf-8"))
+            return data
+        except (OSError, ValueError):
+            pass
+    constants = _gguf_constants()
+    sizes = constants.GGML_QUANT_SIZES
+    data = {
+        "types": [
+            [int(t), t.name, *sizes[t]] for t in constants.GGMLQuantizationType if t in sizes
+        ],
+        "file_types": {
+            str(int(m)): m.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+            for m in constants.LlamaFileType
+            if m.name != "GUESSED"
+        },
+    }
+    if cache is not None:
+        from ggufkit.fsutil import write_json_atomic
+
+        with contextlib.suppress(OSError):
+            write_json_atomic(cache, data)
+    return data
+
+
+@lru_cache(maxsize=1)
+def ggml_types() -> dict[int, GGMLType]:
+    """ggml tensor types known to the installed ``gguf`` library, by id."""
+    return {
+        int(row[0]): GGMLType(int(row[0]), str(row[1]), int(row[2]), int(row[3]))
+        for row in _tables()["types"]
+    }
+
+
+def ggml_type_by_name(name: str) -> GGMLType | None:
+    """A ggml type by (case-insensitive) name, e.g. ``q8_0``; None when unknown."""
+    for ggml_type in ggml_types().values():
+        if ggml_type.name.lower() == name.lower():
+            return ggml_type
+    return None
+
+
+def file_type_name(file_type: int) -> str | None:
+    """``general.file_type`` as llama.cpp names it (15 -> ``Q4_K_M``); None when unknown."""
+    name = _tables()["file_types"].get(str(file_type))
+    return str(name) if name is not None else None
