@@ -162,7 +162,8 @@ def compare(eval_file: str | Path, bnb_file: str | Path) -> Comparison:
         else "its baseline"
     )
     result.notes += [
-        "Size: the GGUF file; for bnb the model's footprint in memory (weights and buffers).",
+        "Size: the GGUF file; for bnb the model's footprint in memory (weights, buffers and "
+        "quantization constants).",
         "Tokens/s: llama-bench generation for GGUF; transformers generate() for bnb"
         + (f" on {result.device}" if result.device else "")
         + ".",
@@ -210,6 +211,21 @@ def comparison_table(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
+def _label_offsets(
+    points: list[tuple[str, float, float]],
+) -> list[tuple[str, float, float, tuple[int, int]]]:
+    """Labels for (name, x, y) points, stacked downwards where points (nearly) coincide."""
+    if not points:
+        return []
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[str, float, float, tuple[int, int]]] = []
+    for name, x, y in sorted(points, key=lambda p: (p[1], p[2])):
+        near = [q for q in placed if abs(q[1] - x) < 0.03 * dx and abs(q[2] - y) < 0.04 * dy]
+        placed.append((name, x, y, (5, 4 - 10 * len(near))))
+    return placed
+
+
 def plot_comparison(comparison: Comparison, out: str | Path) -> Path:
     """A PNG with three panels against size: perplexity, KL-divergence and tokens/s."""
     try:
@@ -235,13 +251,15 @@ def plot_comparison(comparison: Comparison, out: str | Path) -> Path:
     )
     mib = 1024 * 1024
     for ax, (attr, ylabel, title) in zip(axes, panels, strict=True):
+        labelled: list[tuple[str, float, float]] = []
         for family, (marker, color) in MARKERS.items():
             points = [r for r in sized if r.family == family and getattr(r, attr) is not None]
             xs = [(r.size_bytes or 0) / mib for r in points]
             ys = [float(getattr(r, attr)) for r in points]
             ax.plot(xs, ys, marker, color=color, label=family, linestyle="none")
-            for r, x, y in zip(points, xs, ys, strict=True):
-                ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            labelled += zip([r.name for r in points], xs, ys, strict=True)
+        for name, x, y, offset in _label_offsets(labelled):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, fontsize=8)
         ax.set_xlabel("size (MiB): GGUF file / bnb footprint")
         ax.set_ylabel(ylabel)
         ax.set_title(title)

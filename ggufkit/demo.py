@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,13 +61,14 @@ MODELS = (
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Small enough for about a minute on 2 cores, large enough that Q4_0's cost shows."""
+    """Small enough for a quick run on 2 cores, large enough that Q4_0's cost shows."""
 
-    ctx: int = 256  # perplexity context (tokens per chunk), for llama.cpp and bitsandbytes
-    chunks: int = 24  # 24 x 127 scored tokens per file
+    ctx: int = 256  # perplexity context (tokens per chunk), for llama.cpp and bitsandbytes alike
+    chunks: int = 16  # 16 x 127 scored tokens per file: two llama-perplexity passes
     bench_prompt: int = 64  # llama-bench
     bench_gen: int = 16
     bench_reps: int = 2
+    bnb_modes: tuple[str, ...] = ("nf4", "int8")  # the counterparts of Q4_0 and Q8_0
     bnb_runs: int = 1
     bnb_tokens: int = 16
     sample_tokens: int = 48
@@ -134,7 +135,7 @@ class DemoResult:
         return {
             "schema": SCHEMA,
             "outdir": str(self.outdir),
-            "settings": vars(self.settings),
+            "settings": asdict(self.settings),
             "seconds": round(self.seconds, 2),
             "models": {
                 run.name: {
@@ -218,7 +219,7 @@ class _Demo:
         files.update({t.upper(): workspace.quantized_path(t) for t in TYPES})
         eval_json = self.outdir / f"{model.name}-eval.json"
         log.info("demo: %s: evaluate %s on %s", model.name, ", ".join(files), self.corpus.name)
-        report = self.evaluate(workspace, files, eval_json)
+        report = self.evaluate(workspace, model.name, files, eval_json)
         run = ModelRun(model.name, model.about, files, eval_json, report)
         if not _missing(PLOT_MODULES):
             run.plot = self.plot_eval(workspace, run)
@@ -226,7 +227,9 @@ class _Demo:
         run.sample = self.generate(files[SAMPLE_TYPE], model.prompt)
         return run
 
-    def evaluate(self, workspace: Workspace, files: dict[str, Path], out: Path) -> EvalReport:
+    def evaluate(
+        self, workspace: Workspace, name: str, files: dict[str, Path], out: Path
+    ) -> EvalReport:
         from ggufkit.evaluate import EvalReport, evaluate
         from ggufkit.evaluate.pipeline import record_results
 
@@ -261,6 +264,8 @@ class _Demo:
                 repetitions=s.bench_reps,
                 tmp_dir=self.outdir,
             )
+            for measured in report.models:
+                measured.model = name  # the merged model, not the delta it was converted from
             write_json_atomic(out, report.to_json())
             made.append(report)
 
@@ -305,7 +310,7 @@ class _Demo:
         return Sample(model, prompt, done.text, done.tokens, done.seconds)
 
     def bnb(self, gguf_eval: Path) -> None:
-        from ggufkit.bnb import BnbOptions, BnbReport, run_bnb
+        from ggufkit.bnb import BnbOptions, BnbReport, parse_modes, run_bnb
         from ggufkit.bnb.workspace import summary
         from ggufkit.compare import compare
         from ggufkit.data import embedded_model
@@ -318,6 +323,7 @@ class _Demo:
         resolved = resolve_model(embedded_model(model.source))
         out = self.outdir / f"{model.name}-bnb.json"
         bnb_options = BnbOptions(
+            modes=parse_modes(",".join(s.bnb_modes)),
             prompts=[model.prompt],
             runs=s.bnb_runs,
             max_new_tokens=s.bnb_tokens,

@@ -30,7 +30,10 @@ from gguf import GGUFValueType as VT
 
 from ggufkit.convert.base import TensorPlan
 from ggufkit.errors import DiskSpaceError, GGUFKitError
+from ggufkit.log import get_logger
 from ggufkit.tensors import Checkpoint, TensorSource, bf16_to_float32
+
+log = get_logger(__name__)
 
 BLOCK_BYTES = 4 * 1024 * 1024  # source bytes per row block: big writes, still cache-friendly
 
@@ -221,8 +224,21 @@ def _blocks(plan: TensorPlan, src_row_bytes: int) -> Iterable[tuple[int, int]]:
         yield start, min(rows, start + step)
 
 
+def has_nonfinite(block: np.ndarray, src_dtype: str) -> bool:
+    """NaN or Inf in a block of source values (BF16 given as uint16 bits: exponent all ones)."""
+    if src_dtype == "BF16":
+        return bool(((block & 0x7F80) == 0x7F80).any())
+    if block.dtype.kind != "f":
+        return False
+    return not bool(np.isfinite(block).all())
+
+
 def _tensor_tasks(
-    plan: TensorPlan, source: TensorSource, offset: int, sink: _Sink
+    plan: TensorPlan,
+    source: TensorSource,
+    offset: int,
+    sink: _Sink,
+    nonfinite: dict[str, str],
 ) -> list[Callable[[], int]]:
     """Callables that each convert and write one row block; they return source bytes done."""
     if plan.source_name is not None:
@@ -245,6 +261,8 @@ def _tensor_tasks(
 
     def run_block(start: int, stop: int) -> int:
         block = array[order[start:stop]] if order is not None else array[start:stop]
+        if not nonfinite.get(plan.name) and has_nonfinite(block, src_dtype):
+            nonfinite[plan.name] = plan.source_name or plan.name
         data = np.ascontiguousarray(convert_block(block, src_dtype, plan.ggml_type))
         sink.write_at(data, offset + start * row_out)
         return (stop - start) * row_src
@@ -264,6 +282,7 @@ def write_tensor_data(
 ) -> None:
     """Convert and write every plan's data at its offset, ``threads`` blocks at a time."""
     sink = _Sink(fd)
+    nonfinite: dict[str, str] = {}  # GGUF name -> source name, filled by the worker threads
     # A memory-mapped source costs nothing to keep open, so the next tensor's blocks are queued
     # before the previous one finishes (no idle threads at tensor boundaries); arrays produced in
     # memory are taken one at a time to bound memory by the largest tensor.
@@ -279,10 +298,17 @@ def write_tensor_data(
                 on_bytes(done)
         if plan.source_name is not None:
             source.release(plan.source_name)
+        if plan.name in nonfinite:
+            # Converted as is (upstream does the same), but a user must hear of it.
+            log.warning(
+                "tensor %s holds NaN or Inf values; %s will too",
+                nonfinite[plan.name],
+                plan.name,
+            )
 
     try:
         for plan, offset in zip(plans, offsets, strict=True):
-            tasks = _tensor_tasks(plan, source, offset, sink)
+            tasks = _tensor_tasks(plan, source, offset, sink, nonfinite)
             pending.append((plan, [pool.submit(task) for task in tasks]))
             while len(pending) >= window:
                 settle()

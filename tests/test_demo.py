@@ -1,0 +1,187 @@
+"""`ggufkit demo`: the whole pipeline on the embedded models, end to end.
+
+One demo run (module-scoped: convert, quantize, eval, bnb, run) serves every end-to-end assertion;
+the tests at the bottom re-run it in the same directory to check that finished steps are reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ggufkit.cli import cli
+from ggufkit.data import default_corpus, embedded_model
+from ggufkit.demo import MODELS, TYPES, DemoResult, DemoSettings, ModelRun, markdown, run_demo
+from ggufkit.evaluate import EvalReport, ModelResult
+
+FAMILIES = [m.name for m in MODELS]
+LABELS = ["F16", *(t.upper() for t in TYPES)]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def table_row(markdown_text: str, section: str, measure: str) -> dict[str, str]:
+    """The cells of one row of the eval table under ``## <section> (``, by column header."""
+    block = markdown_text.split(f"## {section} (", 1)[1]
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if cells[1] == measure:
+            return dict(zip(header, cells, strict=True))
+    raise AssertionError(f"no {measure!r} row under {section}")
+
+
+# --- without llama.cpp ----------------------------------------------------------------------
+
+
+def test_help_says_what_the_demo_does() -> None:
+    result = CliRunner().invoke(cli, ["demo", "--help"])
+    assert result.exit_code == 0, result.output
+    for text in ("q4_0", "Milton", "--outdir", "--no-bnb", "--force", "manifest.json"):
+        assert text in result.output
+
+
+def test_without_a_build_the_demo_asks_for_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GGUFKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("GGUFKIT_BUILD_DIR", raising=False)
+    result = CliRunner().invoke(cli, ["demo", "--outdir", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "ggufkit build" in result.output
+    assert not (tmp_path / "out").exists()  # nothing converted before the check
+
+
+def test_an_outdir_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    target = tmp_path / "taken"
+    target.write_text("x")
+    result = CliRunner().invoke(cli, ["demo", "--outdir", str(target)])
+    assert result.exit_code == 2, result.output
+    assert "is a file" in result.output
+
+
+def test_markdown_states_each_types_perplexity_cost() -> None:
+    def model(label: str, ppl: float) -> ModelResult:
+        return ModelResult(
+            label, f"m-{label}.gguf", label, "m", 1000, 100, 8.0, label == "F16", ppl
+        )
+
+    report = EvalReport("c.txt", "0" * 64, 5000, 256, 16, "m-F16.gguf", "abc")
+    report.models = [model("F16", 20.0), model("Q8_0", 20.02), model("Q4_0", 21.0)]
+    run = ModelRun("m", "about", {}, Path("m-eval.json"), report)
+    assert run.ppl_change() == pytest.approx({"Q8_0": 0.001, "Q4_0": 0.05})
+    text = markdown(DemoResult(Path("out"), DemoSettings(), models=[run]))
+    assert "Perplexity against F16: Q8_0 +0.10%, Q4_0 +5.00%." in text
+    assert table_row(text, "m", "perplexity")["Q4_0"] == "21.0000"
+
+
+# --- the whole demo, once -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoResult]:
+    pytest.importorskip("torch")
+    pytest.importorskip("bitsandbytes")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GGUFKIT_NO_PROGRESS", "1")
+        patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+        yield run_demo(tmp_path_factory.mktemp("demo") / "out", bnb=True)
+
+
+@pytest.mark.slow
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+@pytest.mark.needs_bnb
+class TestWholeDemo:
+    @pytest.mark.parametrize("family", FAMILIES)
+    def test_q4_0_costs_perplexity_and_q8_0_keeps_it(self, demo: DemoResult, family: str) -> None:
+        run = next(r for r in demo.models if r.name == family)
+        ppl = {m.type: m.ppl for m in run.report.models}
+        assert set(ppl) == set(LABELS)
+        assert all(value is not None and value > 1 for value in ppl.values())
+        f16, q8, q4 = ppl["F16"], ppl["Q8_0"], ppl["Q4_0"]
+        assert f16 is not None and q8 is not None and q4 is not None
+        assert q4 > f16, f"{family}: Q4_0 {q4} is not above F16 {f16}"
+        assert abs(q8 - f16) / f16 < 0.01, f"{family}: Q8_0 {q8} is not within 1% of F16 {f16}"
+        assert all(m.kld_mean is not None for m in run.report.models if not m.is_baseline)
+        assert run.report.corpus_sha256 == sha256(default_corpus())
+
+    @pytest.mark.parametrize("family", FAMILIES)
+    def test_each_q4_0_file_generates_text(self, demo: DemoResult, family: str) -> None:
+        run = next(r for r in demo.models if r.name == family)
+        assert run.sample is not None and run.sample.model == run.files["Q4_0"]
+        assert run.sample.tokens > 0
+        assert len(run.sample.text.split()) >= 3, run.sample.text
+
+    def test_results_are_written_and_the_table_parses(self, demo: DemoResult) -> None:
+        data = json.loads(demo.results_json.read_text(encoding="utf-8"))
+        assert data["schema"] == "ggufkit.demo/1"
+        text = demo.results_md.read_text(encoding="utf-8")
+        for family in FAMILIES:
+            row = table_row(text, family, "perplexity")
+            assert [key for key in row if key in LABELS] == LABELS
+            recorded = {m["type"]: m["ppl"] for m in data["models"][family]["eval"]["models"]}
+            for label in LABELS:
+                shown = float(row[label].split("±")[0])
+                assert shown == pytest.approx(recorded[label], abs=1e-4)
+            assert row["Model"] == family  # the merged model, not the name of its delta
+        for path in [*(r.plot for r in demo.models), demo.compare_plot]:
+            assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_bitsandbytes_sits_beside_gguf(self, demo: DemoResult) -> None:
+        assert demo.comparison is not None and demo.bnb_json is not None
+        rows = {(r.family, r.name): r for r in demo.comparison.rows}
+        assert {("GGUF", label) for label in LABELS} <= set(rows)
+        assert {("bnb", "baseline"), ("bnb", "nf4"), ("bnb", "int8")} <= set(rows)
+        assert all(r.ppl is not None for r in rows.values())
+        # Same corpus, context and chunks: the notes raise no comparability warning.
+        assert not any("differ" in note for note in demo.comparison.notes), demo.comparison.notes
+        assert "## bitsandbytes beside GGUF" in demo.results_md.read_text(encoding="utf-8")
+
+    def test_manifest_names_the_inputs(self, demo: DemoResult) -> None:
+        artefacts = json.loads(demo.manifest.read_text(encoding="utf-8"))["artefacts"]
+        merged = artefacts["tiny-llama-milton-f16.gguf"]
+        roles = {i["role"]: i for i in merged["inputs"]}
+        assert set(roles) == {"base", "delta"}
+        assert roles["base"]["path"] == str(embedded_model("tiny-llama"))
+        weights = embedded_model("tiny-llama-milton-delta") / "model.safetensors"
+        assert roles["delta"]["files"]["model.safetensors"] == sha256(weights)
+        for family in FAMILIES:
+            for label in LABELS:
+                name = f"{family}-{label.lower() if label == 'F16' else label}.gguf"
+                record = artefacts[name]
+                assert record["sha256"] == sha256(demo.outdir / name)
+                assert record["eval"]["ppl"] > 1  # the eval results are recorded with the file
+            evaluation = artefacts[f"{family}-eval.json"]
+            corpus = next(i for i in evaluation["inputs"] if i["role"] == "corpus")
+            assert corpus["sha256"] == sha256(default_corpus())
+        assert artefacts["tiny-llama-bnb.json"]["eval"]["bnb"]["modes"]["nf4"]["status"] == "ok"
+
+    def test_cli_reuses_everything_and_ends_with_the_tables(self, demo: DemoResult) -> None:
+        result = CliRunner().invoke(cli, ["demo", "--outdir", str(demo.outdir)])
+        assert result.exit_code == 0, result.output
+        assert re.search(r"\(0 steps run, \d+ up to date and reused\)", result.output), (
+            result.output
+        )
+        assert "manifest.json" in result.output and "Samples (Q4_0" in result.output
+        last_section = result.output.rsplit("\n## ", 1)[1]
+        assert last_section.startswith("bitsandbytes beside GGUF")
+
+    def test_a_missing_file_is_rebuilt_alone(self, demo: DemoResult) -> None:
+        victim = demo.outdir / "tiny-bloom-Q4_K_M.gguf"
+        before = sha256(victim)
+        victim.unlink()
+        again = run_demo(demo.outdir, bnb=True)
+        built = [s.output.name for s in again.steps if not s.skipped]
+        # Quantization is deterministic: the same bytes again, so the eval stays up to date.
+        assert built == [victim.name]
+        assert sha256(victim) == before
