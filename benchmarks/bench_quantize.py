@@ -137,6 +137,12 @@ def main() -> None:
     from ggufkit.ggufinfo import read_gguf
     from ggufkit.llamacpp.build import find_tool
 
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        # Users' Pythons cache bytecode; without it every start compiles ggufkit (~0.1 s).
+        print(
+            "note: PYTHONDONTWRITEBYTECODE is set: the ggufkit side recompiles its modules on "
+            "every start; run with `env -u PYTHONDONTWRITEBYTECODE` to measure what users get"
+        )
     binary = str(find_tool("llama-quantize"))
     bench = paths.home() / "bench"
     bench.mkdir(parents=True, exist_ok=True)

@@ -250,19 +250,26 @@ def _quantize_one(
             bar.update(done - bar.n)
 
         with atomic_output(target) as tmp:
-            log_path = engine.run(source, tmp, quant_type, options, on_progress)
-            written = check_gguf(tmp)  # a file llama.cpp reports as written must also parse
+            report = engine.run(source, tmp, quant_type, options, on_progress)
+            bits_per_weight = report.bits_per_weight
+            if bits_per_weight is None:  # llama.cpp did not say: read the output's tensor table
+                bits_per_weight = check_gguf(tmp).bits_per_weight
+            else:  # (parsing a big vocabulary again would cost a good part of the 3 % budget)
+                with open(tmp, "rb") as handle:
+                    if handle.read(4) != b"GGUF":
+                        raise QuantizeError(f"{engine.name} wrote no GGUF file to {tmp}")
+            size = tmp.stat().st_size
     seconds = time.perf_counter() - started
     result = QuantizeResult(
         input=source,
         output=target,
         type=quant_type.name,
-        size=written.file_size,
+        size=size,
         seconds=seconds,
-        bits_per_weight=written.bits_per_weight,
+        bits_per_weight=bits_per_weight,
         engine=engine.name,
         imatrix=options.imatrix,
-        log_path=log_path,
+        log_path=report.log_path,
     )
     log.info(
         "%s: %s, %s bpw, %.1f s",

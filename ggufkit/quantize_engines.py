@@ -32,7 +32,7 @@ MAX_KV_KEY = 127  # llama_model_kv_override.key and .val_str are char[128]
 ProgressCallback = Callable[[int, int], None]  # (tensors done, tensors in all)
 
 _PROGRESS = re.compile(r"^\[\s*(\d+)\s*/\s*(\d+)\]")
-_QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+)\s*MiB")
+_QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+)\s*MiB(?:\s*\(([\d.]+) BPW\))?")
 _NEEDS_IMATRIX = re.compile(r"will require an imatrix|requires an importance matrix")
 _BAD_GGML_TYPE = re.compile(r"invalid ggml_type '([^']*)'")
 _REFUSED_NO_IMATRIX = re.compile(r"requires an importance matrix|Missing importance matrix")
@@ -143,16 +143,27 @@ def parse_dry_run(text: str) -> DryRun:
     )
 
 
-class ProgressParser:
-    """Feeds llama.cpp's ``[ 12/ 201] blk.0.attn_q.weight ...`` lines to a progress callback."""
+@dataclass(frozen=True)
+class RunReport:
+    log_path: Path | None
+    bits_per_weight: float | None  # as llama.cpp reports it ("quant size = ... (4.64 BPW)")
+
+
+class LogWatcher:
+    """Follows llama.cpp's quantize log: ``[ 12/ 201] blk.0.attn_q.weight ...`` lines go to the
+    progress callback; the closing ``quant size = ... (4.64 BPW)`` line is kept."""
 
     def __init__(self, callback: ProgressCallback | None) -> None:
         self.callback = callback
+        self.bits_per_weight: float | None = None
 
     def __call__(self, line: str) -> None:
         match = _PROGRESS.match(line)
-        if match and self.callback is not None:
-            self.callback(int(match.group(1)), int(match.group(2)))
+        if match:
+            if self.callback is not None:
+                self.callback(int(match.group(1)), int(match.group(2)))
+        elif (size := _QUANT_SIZE.search(line)) and size.group(2):
+            self.bits_per_weight = float(size.group(2))
 
 
 def _failure_text(error: ToolFailedError) -> str:
@@ -211,8 +222,8 @@ class Engine(ABC):
         quant_type: QuantType,
         options: QuantizeOptions,
         on_progress: ProgressCallback | None = None,
-    ) -> Path | None:
-        """Quantize ``source`` into ``output``; returns the log file."""
+    ) -> RunReport:
+        """Quantize ``source`` into ``output``."""
 
 
 class BinaryEngine(Engine):
@@ -265,20 +276,21 @@ class BinaryEngine(Engine):
         quant_type: QuantType,
         options: QuantizeOptions,
         on_progress: ProgressCallback | None = None,
-    ) -> Path | None:
+    ) -> RunReport:
         from ggufkit.llamacpp.runner import new_log_path, run_tool
 
+        watcher = LogWatcher(on_progress)
         try:
             result = run_tool(
                 self.command(source, output, quant_type, options),
                 what=f"llama-quantize {quant_type.name}",
-                on_line=ProgressParser(on_progress),
+                on_line=watcher,
                 log_path=new_log_path(f"quantize-{quant_type.name}"),
                 hint="the lines above are llama-quantize's own; the full log has the rest",
             )
         except ToolFailedError as exc:
             raise explain_failure(exc, options) from exc
-        return result.log_path
+        return RunReport(result.log_path, watcher.bits_per_weight)
 
 
 def select_engine(engine: str = "auto") -> Engine:

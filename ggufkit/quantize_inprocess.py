@@ -24,9 +24,10 @@ from ggufkit.llamacpp.bindings import load_llama_cpp
 from ggufkit.quantize_engines import (
     DryRun,
     Engine,
+    LogWatcher,
     ProgressCallback,
-    ProgressParser,
     QuantizeOptions,
+    RunReport,
     explain_failure,
     parse_dry_run,
 )
@@ -248,7 +249,7 @@ class InProcessEngine(Engine):
 
     @contextmanager
     def _captured_log(
-        self, name: str, on_line: ProgressParser | None = None
+        self, name: str, on_line: LogWatcher | None = None
     ) -> Iterator[tuple[list[str], Path]]:
         """Route llama.cpp's log into a list, a log file and ``on_line``; restore it afterwards."""
         from ggufkit.llamacpp.runner import new_log_path
@@ -286,7 +287,7 @@ class InProcessEngine(Engine):
         output: Path | None,
         quant_type: QuantType,
         options: QuantizeOptions,
-        on_line: ProgressParser | None,
+        on_line: LogWatcher | None,
     ) -> tuple[list[str], Path]:
         params, keep = self._params(quant_type, options, dry_run=output is None)
         with self._captured_log("inprocess-quantize", on_line) as (lines, log_path):
@@ -314,8 +315,7 @@ class InProcessEngine(Engine):
         quant_type: QuantType,
         options: QuantizeOptions,
         on_progress: ProgressCallback | None = None,
-    ) -> Path | None:
-        _, log_path = self._quantize(
-            source, output, quant_type, options, ProgressParser(on_progress)
-        )
-        return log_path
+    ) -> RunReport:
+        watcher = LogWatcher(on_progress)
+        _, log_path = self._quantize(source, output, quant_type, options, watcher)
+        return RunReport(log_path, watcher.bits_per_weight)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from ggufkit.cli import cli
 from ggufkit.delta import make_delta, merge_delta, open_merged
 from ggufkit.errors import DeltaError, DiskSpaceError, UsageError
+from ggufkit.fsutil import sha256_file
 from ggufkit.shards import TensorSpec, write_sharded
 from ggufkit.tensors import Checkpoint, bf16_to_float32, float32_to_bf16
 
@@ -377,28 +378,35 @@ def test_convert_with_delta_base_equals_merge_then_convert(
     merged = merge_delta(tiny_llama_dir, pad_delta, tmp_path / "merged" / pad_delta.name).output
     two_step = convert(merged, tmp_path / "two-step.gguf").output
     fused = convert(pad_delta, tmp_path / "fused.gguf", delta_base=tiny_llama_dir).output
-    readers = gguf.GGUFReader(two_step), gguf.GGUFReader(fused)
-    # Only the provenance differs: which files were read (merged shards vs base + delta).
-    fields = [
-        {
-            k: f.contents()
-            for k, f in r.fields.items()
-            if not k.startswith(("ggufkit.source", "GGUF."))
-        }
-        for r in readers
+    assert two_step.read_bytes() == fused.read_bytes()
+    # Both name the true origin: the base's and the delta's files, not the merged shards.
+    fields = gguf.GGUFReader(fused).fields
+    assert fields["ggufkit.source.delta_base"].contents() == tiny_llama_dir.name
+    assert fields["ggufkit.source.files"].contents() == [
+        "base:model.safetensors",
+        "model.safetensors",
     ]
-    assert fields[0] == fields[1]
-    assert readers[1].fields["ggufkit.source.delta_base"].contents() == tiny_llama_dir.name
-    infos = [
-        [(t.name, t.tensor_type, list(t.shape), t.data_offset - r.data_offset) for t in r.tensors]
-        for r in readers
+    assert fields["ggufkit.source.sha256"].contents() == [
+        sha256_file(tiny_llama_dir / "model.safetensors"),
+        sha256_file(pad_delta / "model.safetensors"),
     ]
-    assert infos[0] == infos[1] and len(infos[0]) == 21
-    data = [
-        Path(path).read_bytes()[r.data_offset :]
-        for path, r in zip((two_step, fused), readers, strict=True)
-    ]
-    assert data[0] == data[1]
+
+
+def test_a_merged_directory_edited_afterwards_records_its_own_files(
+    tmp_path: Path, tiny_llama_dir: Path, pad_delta: Path
+) -> None:
+    import gguf
+
+    from ggufkit.convert import convert
+
+    merged = merge_delta(tiny_llama_dir, pad_delta, tmp_path / "merged").output
+    weights = merged / "model.safetensors"
+    stat = weights.stat()
+    # Rewritten since the merge (a later mtime): the record no longer vouches for the weights.
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    fields = gguf.GGUFReader(convert(merged, tmp_path / "edited.gguf").output).fields
+    assert "ggufkit.source.delta_base" not in fields
+    assert fields["ggufkit.source.sha256"].contents() == [sha256_file(weights)]
 
 
 # --- bad inputs: a clear error, and nothing left behind ----------------------------------------

@@ -27,7 +27,7 @@ DTYPE_CHOICES = ("f16", "bf16", "f32")
     type=click.Choice(STYLE_CHOICES),
     default="auto",
     show_default=True,
-    help="How the delta was made; see below.",
+    help="How the delta was made (see Styles above).",
 )
 @click.option(
     "--dtype",

@@ -30,11 +30,10 @@ from ggufkit.convert.base import (
     unsupported,
 )
 from ggufkit.convert.provenance import (
-    SourceHashes,
     SourceInfo,
+    SourceOrigin,
     add_general_metadata,
     add_provenance,
-    source_files,
 )
 from ggufkit.convert.upstream import run_upstream, upstream_supports
 from ggufkit.convert.writer import write_gguf
@@ -196,7 +195,7 @@ def _convert_native(
     pre_tokenizer: str | None = None,
 ) -> tuple[int, int, int, str, list[str]]:
     source = open_source(info.model_dir, info.delta_base)
-    hashes: SourceHashes | None = None
+    origin: SourceOrigin | None = None
     try:
         converter = converter_cls(info.model_dir, config, source, outtype=outtype)
         converter.pre_tokenizer = pre_tokenizer
@@ -209,15 +208,14 @@ def _convert_native(
         converter.set_vocab(writer)
         data_bytes = sum(plan.n_bytes + gguf.GGUF_DEFAULT_ALIGNMENT for plan in plans)
         check_free_disk(out, data_bytes + 4 * 1024 * 1024)
-        files = source_files(info.model_dir, info.delta_base)
-        hashes = SourceHashes(files)
-        add_provenance(writer, info, files, hashes.hashes, engine="native")
+        origin = SourceOrigin.of(info)
+        add_provenance(writer, info, origin, engine="native")
         kv = writer.kv_data[0]
 
         def final_kv() -> dict[str, Any]:
-            assert hashes is not None
-            if files:
-                kv["ggufkit.source.sha256"].value = hashes.result()
+            assert origin is not None
+            if origin.labels:
+                kv["ggufkit.source.sha256"].value = origin.result()
             return kv
 
         source_bytes = sum(plan.source_bytes for plan in plans)
@@ -242,8 +240,8 @@ def _convert_native(
             converter.notes,
         )
     finally:
-        if hashes is not None:
-            hashes.cancel()
+        if origin is not None:
+            origin.cancel()
         source.close()
 
 

@@ -82,8 +82,7 @@ def add_general_metadata(
 def add_provenance(
     writer: gguf.GGUFWriter,
     info: SourceInfo,
-    files: list[Path],
-    hashes: list[str],
+    origin: SourceOrigin,
     *,
     engine: str,
 ) -> None:
@@ -93,11 +92,86 @@ def add_provenance(
         writer.add_string("ggufkit.source.repo_id", info.repo_id)
     if info.revision:
         writer.add_string("ggufkit.source.revision", info.revision)
-    if info.delta_base is not None:
-        writer.add_string("ggufkit.source.delta_base", info.delta_base.name)
-    if files:
-        writer.add_array("ggufkit.source.files", [_label(f, info) for f in files])
-        writer.add_array("ggufkit.source.sha256", hashes)
+    if origin.delta_base is not None:
+        writer.add_string("ggufkit.source.delta_base", origin.delta_base)
+    if origin.labels:
+        writer.add_array("ggufkit.source.files", origin.labels)
+        writer.add_array("ggufkit.source.sha256", origin.hashes)
+
+
+@dataclass
+class SourceOrigin:
+    """The files a GGUF records as its source: labels (``base:`` marks a delta's base) and sha256s.
+
+    A directory written by merge-delta records the base and delta it was merged from
+    (MERGE_RECORD); converting it records those, so that merge-then-convert and
+    ``convert --delta-base`` name the same origin and write the same bytes.
+    """
+
+    labels: list[str]
+    hashes: list[str]
+    delta_base: str | None = None
+    pending: SourceHashes | None = None  # hashing still running for some of ``hashes``
+
+    @classmethod
+    def of(cls, info: SourceInfo) -> SourceOrigin:
+        if info.delta_base is None and (recorded := read_merge_record(info.model_dir)):
+            return recorded
+        files = source_files(info.model_dir, info.delta_base)
+        pending = SourceHashes(files)
+        base_name = info.delta_base.name if info.delta_base is not None else None
+        return cls([_label(f, info) for f in files], pending.hashes, base_name, pending)
+
+    def result(self) -> list[str]:
+        return self.pending.result() if self.pending is not None else list(self.hashes)
+
+    def cancel(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+
+
+MERGE_RECORD = "ggufkit-merge.json"
+
+
+def write_merge_record(merged_dir: Path, origin: SourceOrigin, shards: list[Path]) -> None:
+    """Record in a merged directory what it was merged from; sizes and mtimes detect later edits."""
+    record = {
+        "delta_base": origin.delta_base,
+        "files": origin.labels,
+        "sha256": origin.result(),
+        "shards": {shard.name: _size_and_mtime(shard) for shard in shards},
+    }
+    (merged_dir / MERGE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _size_and_mtime(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def read_merge_record(model_dir: Path) -> SourceOrigin | None:
+    """The origin merge-delta recorded, if it still describes the weights in ``model_dir``."""
+    path = model_dir / MERGE_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        shards = {name: [int(n) for n in stat] for name, stat in record["shards"].items()}
+        labels, hashes = list(record["files"]), list(record["sha256"])
+        base = record["delta_base"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return None
+    weights = {f.name: _size_and_mtime(f) for f in source_files(model_dir, None)}
+    valid = (
+        len(labels) == len(hashes)
+        and all(isinstance(h, str) and _HEX64.match(h) for h in hashes)
+        and isinstance(base, str | None)
+    )
+    if weights != shards or not valid:
+        log.warning("ignoring %s: the weights beside it are not the ones it describes", path)
+        return None
+    return SourceOrigin([str(label) for label in labels], hashes, base)
 
 
 def _label(file: Path, info: SourceInfo) -> str:

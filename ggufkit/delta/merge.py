@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ggufkit.convert.provenance import SourceInfo, SourceOrigin, write_merge_record
 from ggufkit.delta.arith import DTYPES, TORCH_NAMES, Dtype
 from ggufkit.delta.source import STYLES, CombinedSource, Style
 from ggufkit.errors import UsageError
@@ -135,15 +136,22 @@ def merge_delta(
     base_dir, delta_dir = resolve_dir(base), resolve_dir(delta)
     output = Path(output)
     _check_paths(output, {"--base": base_dir, "--delta": delta_dir})
+    # Hashed while merging; converting the output records base and delta, as the fused
+    # `convert --delta-base` does.
+    origin = SourceOrigin.of(SourceInfo(model_dir=delta_dir, delta_base=base_dir))
     with open_merged(base_dir, delta_dir, style=style, dtype=dtype) as source:
-        written = _write_model(
-            source,
-            output,
-            files_from=delta_dir,
-            fallback=base_dir,
-            what="merged model",
-            max_shard_bytes=max_shard_bytes,
-        )
+        try:
+            written = _write_model(
+                source,
+                output,
+                files_from=delta_dir,
+                fallback=base_dir,
+                what="merged model",
+                max_shard_bytes=max_shard_bytes,
+                origin=origin,
+            )
+        finally:
+            origin.cancel()
         result = MergeResult(
             output=output,
             style=source.style or "fastchat",
@@ -236,6 +244,7 @@ def _write_model(
     fallback: Path,
     what: str,
     max_shard_bytes: int,
+    origin: SourceOrigin | None = None,
 ) -> ShardedCheckpoint:
     specs = [TensorSpec(i.name, i.dtype, i.shape) for i in source.infos()]
     check_free_disk(output, source.total_bytes + 1024 * 1024, what=f"the {what} {output}")
@@ -256,6 +265,8 @@ def _write_model(
         _set_dtype(config, TORCH_NAMES[source.dtype])
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         _copy_side_files(files_from, fallback, tmp)
+        if origin is not None:
+            write_merge_record(tmp, origin, written.files)
     return written
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import subprocess
 import threading
@@ -36,9 +37,13 @@ def logs_dir() -> Path:
     return path
 
 
+_log_counter = itertools.count(1)
+
+
 def new_log_path(name: str) -> Path:
+    """A log name of its own: the same tool twice in one second of one process gets two files."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return logs_dir() / f"{stamp}-{os.getpid()}-{Path(name).stem}.log"
+    return logs_dir() / f"{stamp}-{os.getpid()}-{next(_log_counter)}-{Path(name).stem}.log"
 
 
 def run_tool(
