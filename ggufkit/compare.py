@@ -13,14 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import InputError, ToolMissingError, UsageError
-from ggufkit.fsutil import atomic_output, human_bytes
+from ggufkit.errors import InputError, UsageError
+from ggufkit.fsutil import human_bytes
 
 GGUF = "GGUF"
 BNB = "bnb"
 MISSING = "—"
 PLOT_SIZE_INCHES = (15.0, 4.5)
-PLOT_DPI = 100
 MARKERS = {GGUF: ("o", "tab:blue"), BNB: ("s", "tab:orange")}
 
 
@@ -228,21 +227,12 @@ def _label_offsets(
 
 def plot_comparison(comparison: Comparison, out: str | Path) -> Path:
     """A PNG with three panels against size: perplexity, KL-divergence and tokens/s."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ToolMissingError(
-            "--plot needs matplotlib", hint="pip install 'ggufkit[plot]' (or matplotlib)"
-        ) from exc
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"the plot {out} must be a .png file", hint="e.g. --plot compare.png")
+    from ggufkit.report import new_figure, save_figure
+
+    out, figure = new_figure(out, "compare.png", PLOT_SIZE_INCHES)
     sized = [r for r in comparison.rows if r.size_bytes]
     if not any(r.ppl is not None for r in sized):
         raise UsageError("nothing to plot: no perplexity in either file")
-    figure = Figure(figsize=PLOT_SIZE_INCHES, dpi=PLOT_DPI)
-    FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
     panels = (
         ("ppl", "perplexity", "Perplexity"),
@@ -267,7 +257,4 @@ def plot_comparison(comparison: Comparison, out: str | Path) -> Path:
         ax.margins(0.15)  # room for the labels at the edges
         if ax.has_data():
             ax.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_output(out) as tmp:
-        figure.savefig(tmp, format="png", dpi=PLOT_DPI)
-    return out
+    return save_figure(figure, out)

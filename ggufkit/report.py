@@ -126,8 +126,8 @@ def bench_table(results: Sequence[SpeedResult], sizes: dict[str, int] | None = N
     return markdown_table(header, rows, "lrrrrr")
 
 
-def plot_eval(report: EvalReport, out: str | Path) -> Path:
-    """A PNG: perplexity vs file size and KL-divergence vs file size, one labelled point per file."""
+def new_figure(out: str | Path, example: str, size_inches: tuple[float, float]) -> tuple[Path, Any]:
+    """Check ``out`` (a .png) and matplotlib, then a Figure drawn off-screen (no display needed)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -137,13 +137,26 @@ def plot_eval(report: EvalReport, out: str | Path) -> Path:
         ) from exc
     out = Path(out)
     if out.suffix.lower() != ".png":
-        raise UsageError(f"the plot {out} must be a .png file", hint="e.g. --plot eval.png")
+        raise UsageError(f"the plot {out} must be a .png file", hint=f"e.g. --plot {example}")
+    figure = Figure(figsize=size_inches, dpi=PLOT_DPI)
+    FigureCanvasAgg(figure)
+    return out, figure
+
+
+def save_figure(figure: Any, out: Path) -> Path:
+    figure.tight_layout()
+    with atomic_output(out) as tmp:
+        figure.savefig(tmp, format="png", dpi=PLOT_DPI)
+    return out
+
+
+def plot_eval(report: EvalReport, out: str | Path) -> Path:
+    """A PNG: perplexity vs file size and KL-divergence vs file size, one labelled point per file."""
+    out, figure = new_figure(out, "eval.png", PLOT_SIZE_INCHES)
     measured = [m for m in report.models if m.ppl is not None]
     if not measured:
         raise UsageError("nothing to plot: no perplexity was measured")
     with_kld = [m for m in measured if m.kld_mean is not None]
-    figure = Figure(figsize=PLOT_SIZE_INCHES, dpi=PLOT_DPI)
-    FigureCanvasAgg(figure)
     panels = 2 if with_kld else 1
     axes = figure.subplots(1, panels, squeeze=False)[0]
     unit, scale = "B", 1
@@ -179,10 +192,7 @@ def plot_eval(report: EvalReport, out: str | Path) -> Path:
         axes[1].set_ylabel("mean KL-divergence (nats/token)")
         axes[1].set_title(f"KL-divergence vs {Path(report.baseline or '').name}")
     figure.suptitle(", ".join(dict.fromkeys(m.model for m in report.models)))
-    figure.tight_layout()
-    with atomic_output(out) as tmp:
-        figure.savefig(tmp, format="png", dpi=PLOT_DPI)
-    return out
+    return save_figure(figure, out)
 
 
 def _value_text(value: Any, width: int = 100) -> str:

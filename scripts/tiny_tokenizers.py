@@ -10,38 +10,20 @@ from typing import Any
 
 import torch
 
+from ggufkit.data.tokenizer_training import (
+    as_transformers_tokenizer,
+    train_byte_bpe,
+    train_llama_sentencepiece,
+)
+
 LLAMA_VOCAB = 2048
 BLOOM_TOKENS = 2000
-# BLOOM's own pre-tokenizer split: words with an optional leading space, punctuation apart.
-BLOOM_SPLIT_REGEX = " ?[^(\\s|[.,!?…。，、।۔،])]+"
 
 
 def train_sentencepiece(texts: list[str], workdir: Path) -> Path:
-    """A LLaMA-style sentencepiece BPE: byte fallback, split digits, identity normalization."""
-    import sentencepiece as spm
-
+    """A LLaMA-style sentencepiece BPE of LLAMA_VOCAB pieces, trained on the texts' lines."""
     lines = [line for text in texts for line in text.split("\n") if line.strip()]
-    prefix = workdir / "spm"
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_prefix=str(prefix),
-        vocab_size=LLAMA_VOCAB,
-        model_type="bpe",
-        byte_fallback=True,
-        split_digits=True,
-        character_coverage=1.0,
-        normalization_rule_name="identity",
-        add_dummy_prefix=True,
-        remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        num_threads=1,
-        minloglevel=2,
-    )
-    return prefix.with_suffix(".model")
+    return train_llama_sentencepiece(workdir / "spm", LLAMA_VOCAB, sentences=lines)
 
 
 def save_llama_tokenizer(spm_model: Path, out_dir: Path) -> Any:
@@ -81,32 +63,8 @@ def add_pad_piece(spm_model: Path, output: Path) -> Path:
 
 
 def train_bloom_tokenizer(texts: list[str], out_dir: Path) -> Any:
-    """A byte-level BPE with BLOOM's pre-tokenizer and special tokens, trained with ``tokenizers``."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(BLOOM_SPLIT_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=BLOOM_TOKENS,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-    )
+    """A byte-level BPE with BLOOM's pre-tokenizer and special tokens, saved for transformers."""
+    fast = as_transformers_tokenizer(train_byte_bpe(BLOOM_TOKENS, texts=texts))
     fast.save_pretrained(str(out_dir))
     return fast
 

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
-from ggufkit.data import default_corpus, embedded_model
+from ggufkit.data import default_corpus, embedded_model, embedded_text, milton_corpus
 from ggufkit.demo import MODELS, TYPES, DemoResult, DemoSettings, ModelRun, markdown, run_demo
 from ggufkit.evaluate import EvalReport, ModelResult
 
@@ -113,7 +113,8 @@ class TestWholeDemo:
         assert q4 > f16, f"{family}: Q4_0 {q4} is not above F16 {f16}"
         assert abs(q8 - f16) / f16 < 0.01, f"{family}: Q8_0 {q8} is not within 1% of F16 {f16}"
         assert all(m.kld_mean is not None for m in run.report.models if not m.is_baseline)
-        assert run.report.corpus_sha256 == sha256(default_corpus())
+        model = next(m for m in MODELS if m.name == family)
+        assert run.report.corpus_sha256 == sha256(embedded_text(model.corpus))
 
     @pytest.mark.parametrize("family", FAMILIES)
     def test_each_q4_0_file_generates_text(self, demo: DemoResult, family: str) -> None:
@@ -163,7 +164,8 @@ class TestWholeDemo:
                 assert record["eval"]["ppl"] > 1  # the eval results are recorded with the file
             evaluation = artefacts[f"{family}-eval.json"]
             corpus = next(i for i in evaluation["inputs"] if i["role"] == "corpus")
-            assert corpus["sha256"] == sha256(default_corpus())
+            expected = milton_corpus() if family == "tiny-llama-milton" else default_corpus()
+            assert corpus["sha256"] == sha256(expected)
         assert artefacts["tiny-llama-bnb.json"]["eval"]["bnb"]["modes"]["nf4"]["status"] == "ok"
 
     def test_cli_reuses_everything_and_ends_with_the_tables(self, demo: DemoResult) -> None:

@@ -23,6 +23,7 @@ from ggufkit.convert.vocab_bpe import (
     detect_pre_tokenizer,
     load_tokenizer_json,
 )
+from ggufkit.data.tokenizer_training import BLOOM_SPLIT_REGEX, train_byte_bpe
 from ggufkit.errors import TokenizerError, UsageError
 
 PATH = Path("tokenizer.json")
@@ -60,7 +61,7 @@ def spec(*steps: dict[str, Any], normalizer: Any = None) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("tokenizer_json", "expected"),
     [
-        (spec(split(tiny.BLOOM_SPLIT_REGEX), byte_level()), "bloom"),
+        (spec(split(BLOOM_SPLIT_REGEX), byte_level()), "bloom"),
         # the same character class as llama.cpp spells it
         (spec(split(" ?[^(\\s|.,!?…。，、।۔،)]+"), byte_level()), "bloom"),
         (spec(byte_level(use_regex=True)), "gpt-2"),
@@ -177,24 +178,7 @@ def bpe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(out: Path, vocab_size: int = 300) -> Any:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(tiny.BLOOM_SPLIT_REGEX), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train([str(tiny.CORPUS)], trainer)
-    return tokenizer
+    return train_byte_bpe(vocab_size, files=[tiny.CORPUS])
 
 
 def test_vocab_types_and_padding(bpe_dir: Path) -> None:

@@ -12,40 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ggufkit.data.tokenizer_training import (
+    as_transformers_tokenizer,
+    train_byte_bpe,
+    train_llama_sentencepiece,
+)
+
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "corpus.txt"
-
-# BLOOM's own pre-tokenizer split: words with an optional leading space, punctuation apart.
-BLOOM_SPLIT_REGEX = " ?[^(\\s|[.,!?…。，、।۔،])]+"
 
 
 def train_sentencepiece(out_dir: Path, *, vocab_size: int = 800, corpus: Path = CORPUS) -> Path:
     """A LLaMA-style sentencepiece BPE model (byte fallback, split digits) trained on ``corpus``."""
-    import sentencepiece as spm
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = out_dir / "tokenizer"
-    spm.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(prefix),
-        vocab_size=vocab_size,
-        model_type="bpe",
-        byte_fallback=True,
-        split_digits=True,
-        character_coverage=1.0,
-        normalization_rule_name="identity",
-        add_dummy_prefix=True,
-        remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        num_threads=1,
-        minloglevel=2,
-    )
-    (out_dir / "tokenizer.vocab").unlink(missing_ok=True)
-    return prefix.with_suffix(".model")
+    return train_llama_sentencepiece(out_dir / "tokenizer", vocab_size, input_file=corpus)
 
 
 def _save_llama_tokenizer(out_dir: Path, spm_model: Path, *, add_pad: bool, json_only: bool) -> int:
@@ -141,35 +121,7 @@ def train_bpe_tokenizer(
     out_dir: Path, *, vocab_size: int = 600, style: str = "bloom", corpus: Path = CORPUS
 ) -> int:
     """A byte-level BPE tokenizer trained locally; ``style`` "bloom" or "gpt2" pre-tokenization."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    if style == "bloom":
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(BLOOM_SPLIT_REGEX), behavior="isolated", invert=False),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    else:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    special = ["<unk>", "<s>", "</s>", "<pad>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train([str(corpus)], trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-    )
+    fast = as_transformers_tokenizer(train_byte_bpe(vocab_size, files=[corpus], style=style))
     fast.save_pretrained(str(out_dir))
     return len(fast)
 

@@ -57,7 +57,8 @@ def embedded_model(name: str) -> Path:
     return path
 
 
-def _corpus_file(name: str) -> Path:
+def embedded_text(name: str) -> Path:
+    """One of the texts shipped beside the models, by file name (e.g. ``heldout.txt``)."""
     path = CORPUS_DIR / name
     if not path.is_file():
         raise InputError(f"the embedded text {path} is missing", hint=REGENERATE_HINT, path=path)
@@ -66,17 +67,17 @@ def _corpus_file(name: str) -> Path:
 
 def default_corpus() -> Path:
     """Held-out Shakespeare (Macbeth, ~100 kB): the default text for perplexity."""
-    return _corpus_file("heldout.txt")
+    return embedded_text("heldout.txt")
 
 
 def calibration_corpus() -> Path:
     """A ~24 kB excerpt of the training text (Hamlet): calibration data for an imatrix."""
-    return _corpus_file("calibration.txt")
+    return embedded_text("calibration.txt")
 
 
 def milton_corpus() -> Path:
     """Held-out Milton (Paradise Regained): shows what the Milton delta learned."""
-    return _corpus_file("heldout-milton.txt")
+    return embedded_text("heldout-milton.txt")
 
 
 def training_record() -> dict[str, Any]:

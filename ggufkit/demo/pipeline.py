@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ggufkit.data import embedded_text
 from ggufkit.demo.results import (
     BNB_MODEL,
     BNB_MODULES,
@@ -48,7 +49,7 @@ class _Demo:
 
         self.outdir, self.settings, self.threads = outdir, settings, threads
         self.force, self.speed = force, speed
-        self.corpus = default_corpus()
+        self.corpus = default_corpus()  # the bitsandbytes comparison's, as tiny-llama's
         self.result = DemoResult(outdir, settings)
 
     def workspace(self, model: DemoModel) -> Workspace:
@@ -96,14 +97,15 @@ class _Demo:
         files = {"F16": workspace.f16_path}
         files.update({t.upper(): workspace.quantized_path(t) for t in TYPES})
         eval_json = self.outdir / f"{model.name}-eval.json"
-        log.info("demo: %s: evaluate %s on %s", model.name, ", ".join(files), self.corpus.name)
-        report = self.evaluate(workspace, model.name, files, eval_json)
+        corpus = embedded_text(model.corpus)
+        log.info("demo: %s: evaluate %s on %s", model.name, ", ".join(files), corpus.name)
+        report = self.evaluate(workspace, model.name, files, corpus, eval_json)
         run = ModelRun(model.name, model.about, files, eval_json, report)
         if not _missing(PLOT_MODULES):
             from ggufkit.report import plot_eval
 
             png = eval_json.with_suffix(".png")
-            command = [*self.eval_command(workspace, files), "--plot", png.name]
+            command = [*self.eval_command(workspace, files, corpus), "--plot", png.name]
             inputs = [file_input(eval_json, role="eval")]
             self.step(workspace, "plot", png, lambda: plot_eval(report, png), command, inputs)
             run.plot = png
@@ -111,18 +113,24 @@ class _Demo:
         run.sample = self.generate(files[SAMPLE_TYPE], model.prompt)
         return run
 
-    def eval_command(self, workspace: Workspace, files: dict[str, Path]) -> list[str]:
-        """The ``ggufkit eval`` command line that measures what the demo's eval step does."""
+    def eval_flags(self) -> list[str]:
+        """The ``ggufkit eval`` options of the demo's settings."""
         s = self.settings
-        command = ["ggufkit", "eval", *(workspace.relative(p) for p in files.values())]
-        command += ["--ctx", str(s.ctx), "--chunks", str(s.chunks)]
+        flags = ["--ctx", str(s.ctx), "--chunks", str(s.chunks)]
         if not self.speed:
-            return [*command, "--no-speed"]
-        command += ["--bench-prompt", str(s.bench_prompt), "--bench-gen", str(s.bench_gen)]
-        return [*command, "--bench-reps", str(s.bench_reps)]
+            return [*flags, "--no-speed"]
+        flags += ["--bench-prompt", str(s.bench_prompt), "--bench-gen", str(s.bench_gen)]
+        return [*flags, "--bench-reps", str(s.bench_reps)]
+
+    def eval_command(self, workspace: Workspace, files: dict[str, Path], corpus: Path) -> list[str]:
+        """The ``ggufkit eval`` command line that measures what the demo's eval step does."""
+        command = ["ggufkit", "eval", *(workspace.relative(p) for p in files.values())]
+        if corpus != self.corpus:
+            command += ["--corpus", str(corpus)]
+        return [*command, *self.eval_flags()]
 
     def evaluate(
-        self, workspace: Workspace, name: str, files: dict[str, Path], out: Path
+        self, workspace: Workspace, name: str, files: dict[str, Path], corpus: Path, out: Path
     ) -> EvalReport:
         from ggufkit.compare import read_json
         from ggufkit.evaluate import EvalReport, evaluate
@@ -135,7 +143,7 @@ class _Demo:
         def action() -> None:
             report = evaluate(
                 list(files.values()),
-                corpus=self.corpus,
+                corpus=corpus,
                 ctx=s.ctx,
                 chunks=s.chunks,
                 threads=self.threads,
@@ -150,10 +158,10 @@ class _Demo:
             write_json_atomic(out, report.to_json())
             made.append(report)
 
-        command = self.eval_command(workspace, files)
+        command = self.eval_command(workspace, files, corpus)
         inputs = [file_input(p, role=label) for label, p in files.items()]
-        inputs.append(file_input(self.corpus, role="corpus"))
-        flags = command[2 + len(files) :]
+        inputs.append(file_input(corpus, role="corpus"))
+        flags = self.eval_flags()  # the corpus is an input (by sha256), not an option
         self.step(
             workspace, "eval", out, action, command, inputs, flags=flags, threads=self.threads
         )

@@ -28,6 +28,7 @@ class DemoModel:
     base: str | None  # the embedded model a delta source is added to
     prompt: str  # for the sample generation
     about: str
+    corpus: str = "heldout.txt"  # the embedded text it is evaluated on (ggufkit.data)
 
 
 MODELS = (
@@ -38,6 +39,7 @@ MODELS = (
         "tiny-llama",
         "So spake the Angel, and",
         "LLaMA + the Milton delta, merged while converting",
+        "heldout-milton.txt",  # Paradise Regained: what the delta learned, held out
     ),
     DemoModel("tiny-bloom", "tiny-bloom", None, "QUEEN.\nGood my lord,", "BLOOM, Shakespeare"),
 )
