@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -241,16 +242,21 @@ def test_loaded_4bit_layers_compute_right(odd_llama_dir: Path) -> None:
         session.layers, MODES["nf4"], base_skip=session.base_skip, device="cpu"
     )
     model = session.load(MODES["nf4"], plan.skip)
+    guards.guard_fast_path(model)  # as measure() does
     quantized = guards.quantized_modules(model)
     assert quantized and not set(quantized) & set(plan.guarded)
     assert len(quantized) == plan.quantized
     x = torch.randn(3, 128, generator=torch.Generator().manual_seed(0))
     for name, module in quantized.items():
         inputs = x if module.in_features == 128 else torch.randn(3, module.in_features)
+        # On CPUs with AVX512-BF16 the layers that keep bitsandbytes' fast path compute in bf16
+        # (8 significant bits); the defects guarded against give errors of order 1.
+        bf16 = getattr(module, "support_avx512bf16_for_cpu", False)
         with torch.inference_mode():
             expected = inputs @ guards.dequantized_weight(module).T
             got = module(inputs)
-        assert float((got - expected).norm() / expected.norm()) < 1e-4, name
+        error = float((got - expected).norm() / expected.norm())
+        assert error < (1e-2 if bf16 else 1e-4), (name, error)
 
 
 # --- defect 1: the AVX512-BF16 fast path ---------------------------------------------------------
@@ -373,8 +379,13 @@ def test_every_mode_runs_or_says_why(which: str, request: pytest.FixtureRequest)
         assert 0.07 < nf4.weight_rel_error < 0.12
     by_name = {r.name: r for r in report.results}
     if which == "report64":  # the odd model's layers are too small for dq to pay off
-        # double quantization shrinks the block scales, which get_memory_footprint() leaves out
-        assert by_name["nf4-dq"].footprint_bytes < by_name["nf4"].footprint_bytes
+        undone = [n for n in by_name["nf4-dq"].notes if "undoing the double quantization" in n]
+        if not undone:
+            # double quantization shrinks the block scales, which get_memory_footprint() leaves out
+            assert by_name["nf4-dq"].footprint_bytes < by_name["nf4"].footprint_bytes
+        else:  # an AVX512-BF16 CPU: the note gives both figures, the smaller one as loaded
+            sizes = re.findall(r"footprint (.+) as loaded, (.+) once run", undone[0])
+            assert sizes and sizes[0][0] != sizes[0][1], undone
     text = markdown(report)
     assert "| int8" in text and "baseline (f32)" in text
 

@@ -39,7 +39,7 @@ from ggufkit.bnb.modes import (
 )
 from ggufkit.bnb.results import BASELINE, BnbReport, ModeResult
 from ggufkit.errors import EvaluationError, UsageError
-from ggufkit.fsutil import sha256_file
+from ggufkit.fsutil import human_bytes, sha256_file
 from ggufkit.hfconfig import load_config
 from ggufkit.hub import ResolvedModel, resolve_model
 from ggufkit.log import get_logger
@@ -177,6 +177,15 @@ class _Session:
             if mode is not None and self.device == "cpu":
                 result.notes += guards.guard_fast_path(model, name)
             memory = [probe.read(model)]
+            if mode is not None:
+                # Before any forward: on AVX512-BF16 CPUs the first one repacks 4-bit weights
+                # into a layout the reference dequantization cannot read.
+                result.weight_rel_error, covered = weight_error(model, self.model_dir)
+                if covered < (plan.quantized if plan else 0):
+                    result.notes.append(
+                        f"weight error covers {covered} of {plan.quantized if plan else 0} "
+                        "quantized layers (the others have no same-named tensor in the checkpoint)"
+                    )
             if mode is not None and options.save is not None:
                 note = self._save(model, options.save / mode.name)
                 result.saved_to = str(options.save / mode.name)
@@ -185,13 +194,6 @@ class _Session:
                 probe.reset()  # the reload for verification is not this model's memory
             if mode is None:
                 self.n_params = sum(p.numel() for p in model.parameters())
-            else:
-                result.weight_rel_error, covered = weight_error(model, self.model_dir)
-                if covered < (plan.quantized if plan else 0):
-                    result.notes.append(
-                        f"weight error covers {covered} of {plan.quantized if plan else 0} "
-                        "quantized layers (the others have no same-named tensor in the checkpoint)"
-                    )
             self._score(model, result, record=mode is None)
             gen = time_generation(
                 model,
@@ -211,6 +213,8 @@ class _Session:
                 same = sum(a == b for a, b in zip(gen.outputs, self.baseline_outputs, strict=False))
                 result.same_output = same / len(self.baseline_outputs)
             memory.append(probe.read(model))
+            if mode is not None:
+                result.notes += footprint_change(mode, memory[0], memory[-1], self.device)
             self._memory(result, memory)
         finally:
             del model
@@ -356,3 +360,23 @@ def _run_mode(session: _Session, mode: Mode) -> ModeResult:
         log.error("%s: failed: %s", mode.name, reason)
         return ModeResult(name=mode.name, status="failed", reason=reason, notes=plan.notes)
     return result
+
+
+def footprint_change(
+    mode: Mode, loaded: MemoryStats, running: MemoryStats, device: str
+) -> list[str]:
+    """A note when a model's footprint changed once it ran (the reported one is the latter)."""
+    if loaded.footprint_bytes == running.footprint_bytes:
+        return []
+    note = (
+        f"footprint {human_bytes(loaded.footprint_bytes)} as loaded, "
+        f"{human_bytes(running.footprint_bytes)} once run"
+    )
+    if device == "cpu" and mode.bits == 4:
+        note += (
+            ": bitsandbytes' AVX512-BF16 fast path repacked the 4-bit weights with bf16 block "
+            "scales on the first forward"
+        )
+        if mode.double_quant:
+            note += ", undoing the double quantization"
+    return [note]
