@@ -366,12 +366,10 @@ def footprint_change(
     mode: Mode, loaded: MemoryStats, running: MemoryStats, device: str
 ) -> list[str]:
     """A note when a model's footprint changed once it ran (the reported one is the latter)."""
-    if loaded.footprint_bytes == running.footprint_bytes:
+    before, after = loaded.footprint_bytes, running.footprint_bytes
+    if before is None or after is None or before == after:
         return []
-    note = (
-        f"footprint {human_bytes(loaded.footprint_bytes)} as loaded, "
-        f"{human_bytes(running.footprint_bytes)} once run"
-    )
+    note = f"footprint {human_bytes(before)} as loaded, {human_bytes(after)} once run"
     if device == "cpu" and mode.bits == 4:
         note += (
             ": bitsandbytes' AVX512-BF16 fast path repacked the 4-bit weights with bf16 block "
