@@ -32,7 +32,6 @@ LLAMA3 = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-VENDOR = Path(__file__).parents[1] / "vendor" / "llama.cpp"
 
 
 def byte_level(use_regex: bool = False, add_prefix_space: bool = False) -> dict[str, Any]:
@@ -228,14 +227,18 @@ def test_check_hash_matches_transformers_encoding(bpe_dir: Path) -> None:
 
 # --- the tables stay in step with the pinned llama.cpp -------------------------------------
 
-needs_vendor = pytest.mark.skipif(
-    not (VENDOR / "conversion" / "base.py").is_file(), reason="vendor/llama.cpp is not unpacked"
-)
+
+@pytest.fixture(scope="module")
+def pinned_source() -> Path:
+    """The pinned llama.cpp source, unpacked from the sdist `ggufkit build` fetched."""
+    from ggufkit.llamacpp.source import ensure_source
+
+    return ensure_source()
 
 
-@needs_vendor
-def test_check_text_and_hashes_match_the_pinned_upstream() -> None:
-    source = (VENDOR / "conversion" / "base.py").read_text(encoding="utf-8")
+@pytest.mark.needs_llamacpp
+def test_check_text_and_hashes_match_the_pinned_upstream(pinned_source: Path) -> None:
+    source = (pinned_source / "conversion" / "base.py").read_text(encoding="utf-8")
     literal = re.search(r"chktxt = ('.*')\n", source)
     assert literal is not None
     assert ast.literal_eval(literal.group(1)) == vocab_bpe.CHECK_TEXT
@@ -246,9 +249,9 @@ def test_check_text_and_hashes_match_the_pinned_upstream() -> None:
         assert upstream.get(digest) == name
 
 
-@needs_vendor
-def test_pre_names_match_the_pinned_llama_cpp() -> None:
-    source = (VENDOR / "src" / "llama-vocab.cpp").read_text(encoding="utf-8")
+@pytest.mark.needs_llamacpp
+def test_pre_names_match_the_pinned_llama_cpp(pinned_source: Path) -> None:
+    source = (pinned_source / "src" / "llama-vocab.cpp").read_text(encoding="utf-8")
     names = set(re.findall(r'tokenizer_pre == "([^"]+)"', source))
     assert names == LLAMA_CPP_PRE_NAMES
     assert set(KNOWN_HASHES.values()) <= names
