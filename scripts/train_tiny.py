@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             report(name, figures)
             record[name] = figures
             write_json_atomic(record_path, record)
-    for name in MODELS:
+    for name in (m for m in MODELS if (out / m).is_dir()):
         size = sum(f.stat().st_size for f in (out / name).glob("*") if f.is_file())
         print(f"{name}: {size / 1e6:.2f} MB on disk", flush=True)
     return 0
