@@ -1,8 +1,10 @@
 """Models from the Hugging Face Hub: pick the files a conversion needs and fetch them.
 
 Downloads go through ``huggingface_hub.snapshot_download``, so the standard cache (``HF_HOME``,
-``HF_HUB_CACHE``), tokens (``--token``, ``HF_TOKEN``, the stored login), ``HF_HUB_OFFLINE``,
-resumed transfers and progress bars all behave as in every other Hugging Face tool.
+``HF_HUB_CACHE``), tokens (``--token``, ``HF_TOKEN``, the stored login), ``HF_HUB_OFFLINE``
+and progress bars all behave as in every other Hugging Face tool. Weight files are fetched into
+the cache first by :func:`_fetch_blob_resumably`, so that a run cut off mid-file (Ctrl-C, a lost
+connection, a killed process) is resumed by the next run instead of starting over.
 The access token is never logged, stored or echoed in a message.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ggufkit.errors import GGUFKitError, HubError, InputError, UsageError
-from ggufkit.fsutil import write_text_atomic
+from ggufkit.fsutil import human_bytes, locked, sha256_file, write_text_atomic
 from ggufkit.log import get_logger, progress_disabled
 
 log = get_logger("hub")
@@ -26,6 +28,7 @@ log = get_logger("hub")
 # owner/name as the Hub accepts it; "." / ".." parts and "--" are refused by the Hub too.
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # an LFS file's ETag is the sha256 of its content
 
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = (
@@ -312,6 +315,9 @@ def _fetch(
     from huggingface_hub.file_download import repo_folder_name
 
     log.info("downloading %d files of %s at %s", len(files), repo_id, commit[:12])
+    if local_dir is None:
+        for name in weight_files(files):
+            _fetch_blob_resumably(repo_id, commit, name, token, settings)
     if revision is None or not _COMMIT.fullmatch(revision):
         # Pinned to the commit just listed, so the files match the listing; the ref is written here
         # because snapshot_download skips it for a resolved revision, and offline runs look it up.
@@ -328,6 +334,74 @@ def _fetch(
         library_name="ggufkit",
     )
     return ResolvedModel(path=Path(path), repo_id=repo_id, revision=revision, commit=commit)
+
+
+def _fetch_blob_resumably(
+    repo_id: str, commit: str, name: str, token: str | None, settings: HubSettings
+) -> None:
+    """Put a weight file's blob into the cache, resuming what an interrupted run left.
+
+    huggingface_hub resumes a broken transfer only within one call: each call writes to a fresh
+    temporary name. Here the bytes go to ``blobs/<etag>.ggufkit.incomplete`` and are kept across
+    runs, the next run asks for the rest with a Range request, and the blob is checked (size, and
+    sha256 for LFS files) before it is renamed into place; snapshot_download then links it.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get, repo_folder_name
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(repo_id, name, revision=commit, endpoint=settings.endpoint)
+    meta = get_hf_file_metadata(url, token=token, library_name="ggufkit")
+    if meta.etag is None or meta.size is None or (meta.xet_file_data and _xet_available()):
+        return  # huggingface_hub's own path (Xet storage resumes by itself)
+    blob = settings.cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model") / "blobs"
+    blob = blob / meta.etag
+    if blob.exists():
+        return
+    partial = blob.with_name(f"{meta.etag}.ggufkit.incomplete")
+    headers = build_hf_headers(token=token, library_name="ggufkit")
+    if urlsplit(meta.location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a signed CDN address: the token stays with the Hub
+    with locked(blob.with_name(f"{meta.etag}.ggufkit.lock"), what=f"the download of {name}"):
+        if blob.exists():
+            return
+        with partial.open("ab") as handle:
+            have = handle.tell()
+            if have > meta.size:
+                handle.truncate(0)
+                have = 0
+            if have:
+                log.info(
+                    "%s: resuming at %s of %s", name, human_bytes(have), human_bytes(meta.size)
+                )
+            http_get(
+                meta.location,
+                handle,
+                resume_size=have,
+                headers=headers,
+                expected_size=meta.size,
+                displayed_filename=name,
+            )
+        size = partial.stat().st_size
+        digest = sha256_file(partial) if _SHA256.fullmatch(meta.etag) else meta.etag
+        if size != meta.size or digest != meta.etag:
+            partial.unlink()
+            raise HubError(
+                f"{name} of {repo_id} arrived damaged ({size} bytes, sha256 {digest[:12]}…; "
+                f"expected {meta.size} bytes, {meta.etag[:12]}…)",
+                hint="run the download again: the damaged copy was removed",
+            )
+        os.replace(partial, blob)
+
+
+def _xet_available() -> bool:
+    try:
+        from huggingface_hub.utils._runtime import is_xet_available
+    except ImportError:
+        return False
+    return bool(is_xet_available())
 
 
 def _from_cache(

@@ -75,6 +75,7 @@ class FakeHub:
         self.tokens: set[str] = set()
         self.requests: list[Request] = []
         self._cuts: dict[str, int] = {}
+        self._cut_then_fail: dict[str, int] = {}
         self._fails: dict[str, int] = {}
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -92,10 +93,13 @@ class FakeHub:
         self.repos[repo_id] = repo
         return repo
 
-    def cut(self, path: str, after: int) -> None:
-        """The next GET of ``path`` (any repo) sends ``after`` bytes, then drops the connection."""
+    def cut(self, path: str, after: int, then_fail: int | None = None) -> None:
+        """The next GET of ``path`` (any repo) sends ``after`` bytes, then drops the connection;
+        with ``then_fail``, the GET after that (the client's retry) answers that status."""
         with self._lock:
             self._cuts[path] = after
+            if then_fail is not None:
+                self._cut_then_fail[path] = then_fail
 
     def fail(self, path: str, status: int = 500) -> None:
         """The next GET of ``path`` (any repo) answers ``status``."""
@@ -305,6 +309,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        with self.fake._lock:
+            then_fail = self.fake._cut_then_fail.pop(path, None)
+        if then_fail is not None:
+            self.fake.fail(path, then_fail)
         self.wfile.write(data[:cut])
         self.wfile.flush()
         self.close_connection = True

@@ -19,6 +19,7 @@ from ggufkit.errors import HubError, InputError, UsageError
 from ggufkit.hub import (
     cached_model,
     download,
+    hub_settings,
     is_safe_name,
     looks_like_repo_id,
     model_files,
@@ -194,6 +195,28 @@ def test_cut_transfer_resumes_with_a_range_request(
     assert second.range is not None and second.range.startswith("bytes=")
     start = int(second.range[len("bytes=") :].rstrip("-"))
     assert 0 < start <= cut  # resumed where the transfer broke, not restarted
+
+
+def test_an_interrupted_download_resumes_on_the_next_call(
+    hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
+    cut = 100_000
+    hub.cut("model.safetensors", after=cut, then_fail=503)  # it breaks, and its retry fails
+    with pytest.raises(HubError, match="HTTP 503"):
+        download("acme/tiny")
+    blobs = hub_settings().cache_dir / "models--acme--tiny" / "blobs"
+    (kept,) = blobs.glob("*.ggufkit.incomplete")
+    have = kept.stat().st_size
+    assert 0 < have <= cut
+    model = download("acme/tiny")
+    assert (model.path / "model.safetensors").read_bytes() == WEIGHTS
+    ranges = [g.range for g in hub.gets("model.safetensors")]
+    # The first call's two tries, then the next call asks only for what was not written yet.
+    assert len(ranges) == 3 and ranges[0] is None and ranges[2] == f"bytes={have}-"
+    assert not kept.exists() and not list(blobs.glob("*.incomplete"))
 
 
 def test_failed_run_then_next_run_fetches_only_what_is_missing(hub: FakeHub) -> None:
