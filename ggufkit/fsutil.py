@@ -15,8 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from ggufkit.errors import (
     DiskSpaceError,
     InputError,
@@ -178,6 +176,8 @@ def locked(lock_path: str | Path, *, what: str, timeout: float = -1) -> Iterator
     """Hold an inter-process file lock; ``timeout`` < 0 waits forever."""
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock, Timeout  # here: its import costs a quantize run ~15 ms
+
     lock = FileLock(str(lock_path))
     try:
         lock.acquire(timeout=timeout)

@@ -7,9 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-from tqdm import tqdm
+from typing import Any, Protocol
 
 logger = logging.getLogger("ggufkit")
 
@@ -40,9 +38,46 @@ def progress_disabled() -> bool:
     return _state["quiet"] or os.environ.get("GGUFKIT_NO_PROGRESS", "") not in ("", "0")
 
 
+class ProgressBar(Protocol):
+    """What callers use of a progress bar (tqdm's names)."""
+
+    n: float
+    total: float | None
+
+    def update(self, n: float = 1) -> Any: ...
+
+    def refresh(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _SilentBar:
+    """Counts like a bar and shows nothing: no tqdm import when progress is off."""
+
+    def __init__(self, total: float | None) -> None:
+        self.n: float = 0
+        self.total = total
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @contextmanager
-def progress(total: float | None, desc: str, unit: str = "B", **kwargs: Any) -> Iterator[tqdm]:
+def progress(
+    total: float | None, desc: str, unit: str = "B", **kwargs: Any
+) -> Iterator[ProgressBar]:
     """A progress bar on stderr; ``GGUFKIT_NO_PROGRESS=1`` or ``-q`` turns it off."""
+    if progress_disabled():
+        yield _SilentBar(total)
+        return
+    from tqdm import tqdm
+
     bar = tqdm(
         total=total,
         desc=desc,
@@ -50,7 +85,6 @@ def progress(total: float | None, desc: str, unit: str = "B", **kwargs: Any) -> 
         unit_scale=unit == "B",
         unit_divisor=1024 if unit == "B" else 1000,
         file=sys.stderr,
-        disable=progress_disabled(),
         leave=False,
         dynamic_ncols=True,
         **kwargs,
