@@ -6,7 +6,6 @@ so a crash or Ctrl-C never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -161,6 +160,8 @@ def human_bytes(n: float) -> str:
 
 
 def sha256_file(path: str | Path, chunk: int = 4 * 1024 * 1024) -> str:
+    import hashlib  # here: quantize and other quick commands never hash
+
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:

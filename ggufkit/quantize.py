@@ -64,6 +64,7 @@ class QuantizeResult:
     engine: str
     imatrix: Path | None = None
     log_path: Path | None = None
+    tool_seconds: float | None = None  # of ``seconds``, the time spent in llama.cpp itself
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -72,6 +73,7 @@ class QuantizeResult:
             "type": self.type,
             "size": self.size,
             "seconds": round(self.seconds, 3),
+            "tool_seconds": None if self.tool_seconds is None else round(self.tool_seconds, 3),
             "bits_per_weight": None
             if self.bits_per_weight is None
             else round(self.bits_per_weight, 4),
@@ -270,6 +272,7 @@ def _quantize_one(
         engine=engine.name,
         imatrix=options.imatrix,
         log_path=report.log_path,
+        tool_seconds=report.tool_seconds,
     )
     log.info(
         "%s: %s, %s bpw, %.1f s",

@@ -147,6 +147,7 @@ def parse_dry_run(text: str) -> DryRun:
 class RunReport:
     log_path: Path | None
     bits_per_weight: float | None  # as llama.cpp reports it ("quant size = ... (4.64 BPW)")
+    tool_seconds: float | None = None  # llama.cpp's own time; the rest is ggufkit's
 
 
 class LogWatcher:
@@ -290,7 +291,7 @@ class BinaryEngine(Engine):
             )
         except ToolFailedError as exc:
             raise explain_failure(exc, options) from exc
-        return RunReport(result.log_path, watcher.bits_per_weight)
+        return RunReport(result.log_path, watcher.bits_per_weight, result.seconds)
 
 
 def select_engine(engine: str = "auto") -> Engine:

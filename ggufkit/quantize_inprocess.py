@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import struct
 import sys
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -317,5 +318,6 @@ class InProcessEngine(Engine):
         on_progress: ProgressCallback | None = None,
     ) -> RunReport:
         watcher = LogWatcher(on_progress)
+        started = time.perf_counter()
         _, log_path = self._quantize(source, output, quant_type, options, watcher)
-        return RunReport(log_path, watcher.bits_per_weight)
+        return RunReport(log_path, watcher.bits_per_weight, time.perf_counter() - started)

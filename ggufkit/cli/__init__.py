@@ -10,7 +10,6 @@ import importlib
 import importlib.util
 import os
 import sys
-import traceback
 from typing import Any
 
 import click
@@ -69,6 +68,8 @@ class RootGroup(click.Group):
             raise
         except (GGUFKitError, KeyboardInterrupt) as error:
             if debug_enabled():
+                import traceback
+
                 traceback.print_exc()
             raise CommandFailed(error) from error
         except Exception as error:
