@@ -412,6 +412,7 @@ def test_types_are_byte_identical_to_the_raw_binary(
         raw_quantize(tiny_llama_f16_gguf, reference, row["type"])
         assert output.read_bytes() == reference.read_bytes(), row["type"]
         assert row["size"] == output.stat().st_size
+        assert 0 < row["tool_seconds"] <= row["seconds"]  # llama.cpp's share of the step
         # llama.cpp's own figure agrees with the file's tensor table.
         assert row["bits_per_weight"] == pytest.approx(read_gguf(output).bits_per_weight, abs=0.006)
         assert_generates(output)
