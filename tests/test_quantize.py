@@ -376,7 +376,11 @@ def assert_generates(model: Path) -> None:
     from ggufkit.llamacpp.bindings import load_llama_cpp
 
     llama_cpp = load_llama_cpp()
-    llm = llama_cpp.Llama(model_path=str(model), n_ctx=64, n_threads=1, verbose=False)
+    # logits_all: without it llama_cpp never writes its score buffer (sampling happens in C), and
+    # the buffer holds whatever memory it was given.
+    llm = llama_cpp.Llama(
+        model_path=str(model), n_ctx=64, n_threads=1, logits_all=True, verbose=False
+    )
     try:
         prompt = llm.tokenize(b"The quick brown fox")
         generated = []
@@ -385,10 +389,9 @@ def assert_generates(model: Path) -> None:
             if len(generated) == 4:
                 break
         assert len(generated) == 4 and all(0 <= t < llm.n_vocab() for t in generated)
-        # Without logits_all, llama_cpp fills only the rows of the positions it sampled from; the
-        # rest of its score buffer is uninitialised memory.
-        sampled_from = np.asarray(llm.scores[len(prompt) - 1 : llm.n_tokens])
-        assert len(sampled_from) == 4 and np.isfinite(sampled_from).all()
+        scores = np.asarray(llm.scores[: llm.n_tokens])
+        assert len(scores) == len(prompt) + 3 and np.isfinite(scores).all()
+        assert scores.std(axis=1).min() > 0  # computed logits, not an untouched buffer
     finally:
         llm.close()
 
