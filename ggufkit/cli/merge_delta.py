@@ -44,7 +44,9 @@ def command(
     One tensor at a time, so memory stays near the largest tensor, not the model. Both sides
     may be safetensors or pytorch_model*.bin (read weights-only), sharded alike or not. The
     output holds safetensors shards of at most 5 GB (with an index), the delta's config.json
-    and the delta's tokenizer files, as FastChat and LLMZoo save them.
+    and the delta's tokenizer files, as FastChat and LLMZoo save them, and ggufkit-merge.json:
+    the base and delta files it came from (sha256), which `ggufkit convert` records as the GGUF's
+    source, so merging then converting gives the same file as `convert --delta-base`.
 
     \b
     Styles:
