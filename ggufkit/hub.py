@@ -356,17 +356,19 @@ def _fetch_blob_resumably(
     meta = get_hf_file_metadata(url, token=token, library_name="ggufkit")
     if meta.etag is None or meta.size is None or (meta.xet_file_data and _xet_available()):
         return  # huggingface_hub's own path (Xet storage resumes by itself)
-    blob = settings.cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model") / "blobs"
-    blob = blob / meta.etag
+    folder = repo_folder_name(repo_id=repo_id, repo_type="model")
+    blob = settings.cache_dir / folder / "blobs" / meta.etag
     if blob.exists():
         return
+    lock = settings.cache_dir / ".locks" / folder / f"{meta.etag}.ggufkit.lock"  # beside the Hub's
     partial = blob.with_name(f"{meta.etag}.ggufkit.incomplete")
     headers = build_hf_headers(token=token, library_name="ggufkit")
     if urlsplit(meta.location).netloc != urlsplit(url).netloc:
         headers.pop("authorization", None)  # a signed CDN address: the token stays with the Hub
-    with locked(blob.with_name(f"{meta.etag}.ggufkit.lock"), what=f"the download of {name}"):
+    with locked(lock, what=f"the download of {name}"):
         if blob.exists():
             return
+        blob.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("ab") as handle:
             have = handle.tell()
             if have > meta.size:

@@ -9,7 +9,7 @@ import click
 from ggufkit.cli.options import echo_json, json_option, threads_option
 from ggufkit.errors import UsageError
 from ggufkit.fsutil import human_bytes
-from ggufkit.quantize import ENGINES, QuantizeOptions, list_types, parse_kv_override, quantize
+from ggufkit.quantize import ENGINES, QuantizeOptions, list_types, parse_kv_override
 from ggufkit.quantize_types import format_table
 
 
@@ -148,6 +148,8 @@ def command(
             for step in steps:
                 click.echo(step.describe())
         return
+    from ggufkit.quantize import quantize  # looked up per call, as convert's is
+
     source, types = split_input(args)
     results = quantize(source, types, output=output, outdir=outdir, options=options, engine=engine)
     if as_json:
