@@ -52,6 +52,7 @@ class ModeResult:
     tokens_per_s: float | None = None
     ms_per_token: float | None = None
     footprint_bytes: int | None = None  # parameters, buffers and quantization constants
+    loaded_footprint_bytes: int | None = None  # the same right after loading, before a forward
     bpw: float | None = None  # footprint bits per parameter of the unquantized model
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None

@@ -254,6 +254,7 @@ class _Session:
             known = [v for v in values if v is not None]
             return max(known) if known else None
 
+        result.loaded_footprint_bytes = stats[0].footprint_bytes
         result.footprint_bytes = stats[-1].footprint_bytes
         result.peak_allocated_bytes = peak([s.peak_allocated_bytes for s in stats])
         result.peak_reserved_bytes = peak([s.peak_reserved_bytes for s in stats])
