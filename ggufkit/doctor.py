@@ -15,7 +15,8 @@ from ggufkit import paths
 from ggufkit.errors import GGUFKitError
 from ggufkit.fsutil import free_bytes, human_bytes
 from ggufkit.llamacpp import build as llama_build
-from ggufkit.llamacpp.source import STAMP, default_source_dir, read_pin
+from ggufkit.llamacpp.cpu import detect_cpu
+from ggufkit.llamacpp.source import default_source_dir, read_pin, source_is_current
 
 MIN_FREE_DISK = 10 * 1024**3
 
@@ -27,6 +28,7 @@ class Check:
     detail: str
     fix: str = ""
     required: bool = True
+    data: dict[str, object] | None = None  # structured details for --json
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -77,8 +79,7 @@ def check_ninja() -> Check:
 def check_source() -> Check:
     pin = read_pin()
     source = default_source_dir(pin)
-    stamp = source / STAMP
-    ok = stamp.is_file() and stamp.read_text().strip() == pin.sha256
+    ok = source_is_current(source, pin)
     detail = f"llama.cpp {pin.llama_cpp_commit} from {pin.package} {pin.version}"
     return Check(
         "llama.cpp source",
@@ -94,6 +95,28 @@ def check_build() -> Check:
     except GGUFKitError as exc:
         return Check("llama.cpp build", False, exc.message, exc.hint or "ggufkit build")
     return Check("llama.cpp build", True, f"{info.build_dir} ({', '.join(info.tools)})")
+
+
+def check_cpu() -> Check:
+    cpu = detect_cpu()
+    note = "; AMX kernels left out of native builds (ggufkit build --amx)" if cpu.has_amx else ""
+    return Check("cpu", True, cpu.describe() + note, required=False)
+
+
+def check_selftest() -> Check:
+    """The build's self-test: from its stamp, or run now (seconds) when it has not run yet."""
+    from ggufkit.evaluate.selftest import ensure_selftest
+
+    try:
+        info = llama_build.current_build(allow_failed_selftest=True)
+    except GGUFKitError as exc:
+        return Check("llama.cpp self-test", False, exc.message, exc.hint or "ggufkit build")
+    try:
+        result = ensure_selftest(info)
+    except GGUFKitError as exc:
+        fix = exc.hint or "ggufkit build --force"
+        return Check("llama.cpp self-test", False, exc.message, fix, data=info.selftest)
+    return Check("llama.cpp self-test", True, result.summary(), data=result.to_json())
 
 
 def check_bindings() -> Check:
@@ -173,9 +196,11 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     check_compiler,
     check_cmake,
     check_ninja,
+    check_cpu,
     check_source,
     check_build,
     check_bindings,
+    check_selftest,
     lambda: check_package("torch", "2.13.0"),
     lambda: check_package("transformers"),
     lambda: check_package("bitsandbytes", extra="bnb"),

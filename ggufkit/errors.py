@@ -105,6 +105,23 @@ class ToolFailedError(BuildError):
     """A llama.cpp binary exited with an error. Carries its last output lines and the log path."""
 
 
+class ToolCrashedError(ToolFailedError):
+    """A llama.cpp binary or an isolated llama.cpp call was killed by a signal (a crash)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        signal_name: str,
+        hint: str | None = None,
+        path: str | Path | None = None,
+        log_path: str | Path | None = None,
+        tail: str = "",
+    ) -> None:
+        super().__init__(message, hint=hint, path=path, log_path=log_path, tail=tail)
+        self.signal_name = signal_name
+
+
 class ConversionError(GGUFKitError):
     """The checkpoint cannot be converted (shape mismatch, missing tensor, ...)."""
 

@@ -96,7 +96,11 @@ def _import_transformers() -> tuple[Any, Any]:
 
 @contextlib.contextmanager
 def open_gguf(
-    gguf_path: str | Path, *, n_ctx: int = 512, vocab_only: bool = False
+    gguf_path: str | Path,
+    *,
+    n_ctx: int = 512,
+    vocab_only: bool = False,
+    n_threads: int | None = None,
 ) -> Iterator[Any]:
     """A ``llama_cpp.Llama`` on our build, closed afterwards."""
     from ggufkit.llamacpp.bindings import load_llama_cpp
@@ -111,7 +115,8 @@ def open_gguf(
             logits_all=not vocab_only,
             vocab_only=vocab_only,
             seed=0,
-            n_threads=os.cpu_count() or 1,
+            n_threads=n_threads or os.cpu_count() or 1,
+            n_threads_batch=n_threads or os.cpu_count() or 1,
             verbose=False,
         )
     except (ValueError, RuntimeError) as exc:
@@ -131,11 +136,25 @@ def reference_logits(hf_dir: str | Path, ids: Sequence[int]) -> np.ndarray:
     return np.asarray(logits.float().numpy(), dtype=np.float32)
 
 
-def gguf_logits(gguf_path: str | Path, ids: Sequence[int]) -> np.ndarray:
+def gguf_logits_here(gguf_path: str | Path, ids: Sequence[int]) -> np.ndarray:
+    """llama.cpp's logits for ``ids`` in this process (a crash here ends the process)."""
     n_ctx = max(64, -(-len(ids) // 64) * 64)
     with open_gguf(gguf_path, n_ctx=n_ctx) as llm:
         llm.eval(list(ids))
         return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def gguf_logits(gguf_path: str | Path, ids: Sequence[int]) -> np.ndarray:
+    """llama.cpp's logits for ``ids``, computed in a child process: a crashing kernel becomes a
+    ToolCrashedError naming the signal instead of taking this process down."""
+    from ggufkit.llamacpp.isolate import run_isolated
+
+    return run_isolated(
+        gguf_logits_here,
+        str(gguf_path),
+        [int(i) for i in ids],
+        what=f"llama.cpp evaluating {Path(gguf_path).name}",
+    )
 
 
 def compare_logits(ref: np.ndarray, got: np.ndarray) -> ParityReport:

@@ -14,7 +14,17 @@ from ggufkit.cli import cli
 from ggufkit.errors import ChecksumError, InputError, ToolMissingError
 from ggufkit.llamacpp import build as build_module
 from ggufkit.llamacpp import layout
-from ggufkit.llamacpp.source import SourcePin, fetch_sdist, read_pin, unpack_subdir, verify_sha256
+from ggufkit.llamacpp.cpu import CpuInfo
+from ggufkit.llamacpp.patches import patches_digest
+from ggufkit.llamacpp.source import (
+    STAMP,
+    SourcePin,
+    fetch_sdist,
+    read_pin,
+    source_stamp,
+    unpack_subdir,
+    verify_sha256,
+)
 
 
 def test_lock_pins_the_sdist() -> None:
@@ -121,7 +131,12 @@ def test_discovery_ignores_the_other_platforms_names(tmp_path: Path) -> None:
 def test_cmake_arguments_per_platform(tmp_path: Path, platform: str) -> None:
     options = layout.BuildOptions(cuda=True, extra_cmake_args=("-DGGML_VULKAN=ON",))
     args = layout.configure_args(
-        tmp_path / "src", tmp_path / "build", options, platform=platform, generator="Ninja"
+        tmp_path / "src",
+        tmp_path / "build",
+        options,
+        cpu=CpuInfo("x86_64", frozenset({"avx2"})),
+        platform=platform,
+        generator="Ninja",
     )
     assert args[:6] == ["-S", str(tmp_path / "src"), "-B", str(tmp_path / "build"), "-G", "Ninja"]
     for flag in (
@@ -213,7 +228,7 @@ def test_failing_cmake_reports_tail_and_log(
     (broken / "CMakeLists.txt").write_text(
         'cmake_minimum_required(VERSION 3.14)\nproject(x)\nmessage(FATAL_ERROR "deliberately broken")\n'
     )
-    (broken / ".ggufkit-source").write_text(read_pin().sha256 + "\n")
+    (broken / STAMP).write_text(source_stamp(read_pin(), patches_digest()) + "\n")
     result = CliRunner().invoke(cli, ["build", "--no-bindings"])
     assert result.exit_code == 1
     assert "CMake configure failed" in result.output
@@ -238,20 +253,16 @@ def test_quantize_with_built_binary_and_load_through_bindings(
     """The foundation's proof: upstream-converted GGUF -> built llama-quantize -> llama_cpp on our libllama."""
     import tiny
 
-    from ggufkit.llamacpp.bindings import load_llama_cpp
-    from ggufkit.llamacpp.build import current_build, find_tool
+    from ggufkit.llamacpp.build import find_tool
+    from ggufkit.llamacpp.isolate import run_isolated
     from ggufkit.llamacpp.runner import run_tool
 
     f16 = tiny.upstream_convert(tiny_llama_gqa_dir, tmp_path / "m-f16.gguf")
     q4 = tmp_path / "m-q4_0.gguf"
     run_tool([find_tool("llama-quantize"), f16, q4, "q4_0", "1"], what="llama-quantize")
     assert 0 < q4.stat().st_size < f16.stat().st_size
-    llama_cpp = load_llama_cpp()
-    import os
-
-    assert os.environ["LLAMA_CPP_LIB_PATH"] == str(current_build().lib_dir)
-    model = llama_cpp.Llama(model_path=str(q4), n_ctx=64, verbose=False)
-    tokens = model.tokenize(b"To be, or not to be", add_bos=True)
+    # In a child process: a kernel that crashes fails this test, not the whole run.
+    lib_dir, tokens, n_evaluated = run_isolated(tiny.bindings_eval, str(q4), what="llama_cpp")
+    assert lib_dir == str(build_module.current_build().lib_dir)
     assert tokens[0] == 1 and len(tokens) > 3
-    model.eval(tokens)
-    assert model.n_tokens == len(tokens)
+    assert n_evaluated == len(tokens)

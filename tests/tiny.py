@@ -279,3 +279,20 @@ def write_random_llama(
     shutil.move(str(spm), out_dir / "tokenizer.model")
     shutil.rmtree(out_dir / "_spm", ignore_errors=True)
     return out_dir
+
+
+def bindings_eval(model: str) -> tuple[str, list[int], int]:
+    """In a child process: load ``model`` through llama_cpp on our build, tokenize and evaluate.
+
+    Returns the library folder llama_cpp was pointed at, the tokens and how many were evaluated.
+    """
+    from ggufkit.llamacpp.bindings import load_llama_cpp
+
+    llama_cpp = load_llama_cpp()
+    llm = llama_cpp.Llama(model_path=model, n_ctx=64, verbose=False)
+    try:
+        tokens = [int(t) for t in llm.tokenize(b"To be, or not to be", add_bos=True)]
+        llm.eval(tokens)
+        return os.environ["LLAMA_CPP_LIB_PATH"], tokens, int(llm.n_tokens)
+    finally:
+        llm.close()

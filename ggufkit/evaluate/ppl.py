@@ -4,9 +4,9 @@ The f16 baseline runs once with ``--kl-divergence-base FILE`` (its perplexity, p
 log-probabilities saved to FILE); every other model runs with ``--kl-divergence`` against FILE,
 which yields its perplexity on the same tokens, the KL-divergence and the top-token agreement.
 
-The pinned llama.cpp logs through a background thread that is not flushed at exit (upstream issue
-22142), so the last lines of a run are sometimes lost. Parsing therefore falls back to the last
-per-chunk line (cumulative values) and, when that is missing too, the run is repeated.
+The pinned llama.cpp logs through a background thread that was never drained at exit, so about
+one run in ten lost its last lines. ggufkit's patch (vendor/patches/0001) drains it before
+``main`` returns, so the final statistics are always there and are the only numbers read.
 """
 
 from __future__ import annotations
@@ -28,14 +28,12 @@ log = get_logger("evaluate.ppl")
 DEFAULT_CTX = 512
 MIN_CTX = 16
 MIN_KLD_TOKENS = 100  # llama-perplexity prints no KL statistics below this many scored tokens
-ATTEMPTS = 3
 
 T = TypeVar("T")
 
 _NUM = r"([-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|-?inf))"
 _PM = r"\s*(?:±|\+/-|\ufffd+|\?+)\s*"  # "±", or what is left of it after a lossy decode
 _FINAL = re.compile(r"Final estimate: PPL = " + _NUM + r" \+/- " + _NUM)
-_CHUNK_PPL = re.compile(r"\[(\d+)\]" + _NUM + ",")
 _CHUNKS = re.compile(r"(?:calculating perplexity|computing) over (\d+) chunks, n_ctx=(\d+)")
 _NEED = re.compile(r"you need at least (\d+) tokens.*?tokenizes to only (\d+) tokens", re.S)
 _STATS = {
@@ -46,38 +44,12 @@ _STATS = {
     "kld_median": re.compile(r"Median\s+KLD:\s*" + _NUM),
     "top1": re.compile(r"Same top p:\s*" + _NUM + _PM + _NUM + r"\s*%"),
 }
-# A per-chunk line of the KL-divergence table (all values cumulative):
-# chunk, PPL ± e, ln(PPL(Q)/PPL(base)) ± e, KLD ± e, Δp RMS ± e %, same top p ± e %
-_KLD_ROW = re.compile(
-    r"^\s*(\d+)\s+"
-    + _NUM
-    + _PM
-    + _NUM
-    + r"\s+"
-    + _NUM
-    + _PM
-    + _NUM
-    + r"\s+"
-    + _NUM
-    + _PM
-    + _NUM
-    + r"\s+"
-    + _NUM
-    + _PM
-    + _NUM
-    + r"\s*%\s+"
-    + _NUM
-    + _PM
-    + _NUM
-    + r"\s*%",
-    re.M,
-)
 
 
 @dataclass
 class PerplexityResult:
     ppl: float
-    ppl_err: float | None  # None when only the per-chunk value survived
+    ppl_err: float
     chunks: int
     ctx: int
 
@@ -85,11 +57,11 @@ class PerplexityResult:
 @dataclass
 class KLDResult:
     ppl: float
-    ppl_err: float | None
+    ppl_err: float
     kld_mean: float
-    kld_err: float | None
+    kld_err: float
     top1_agreement: float  # fraction, 0..1
-    top1_err: float | None
+    top1_err: float
     chunks: int
     ctx: int
     kld_median: float | None = None
@@ -224,9 +196,6 @@ def parse_perplexity(text: str) -> PerplexityResult | None:
     final = _FINAL.search(text)
     if final:
         return PerplexityResult(_num(final.group(1)), _num(final.group(2)), chunks, ctx)
-    values = {int(i): v for i, v in _CHUNK_PPL.findall(text)}
-    if chunks in values:  # the cumulative value after the last chunk is the estimate
-        return PerplexityResult(_num(values[chunks]), None, chunks, ctx)
     return None
 
 
@@ -257,19 +226,6 @@ def parse_kld(text: str) -> KLDResult | None:
             kld_p99=optional("kld_p99"),
             kld_max=optional("kld_max"),
         )
-    rows = {int(row[0]): row for row in _KLD_ROW.findall(text)}
-    if chunks in rows:
-        row = rows[chunks]
-        return KLDResult(
-            ppl=_num(row[1]),
-            ppl_err=_num(row[2]),
-            kld_mean=_num(row[5]),
-            kld_err=_num(row[6]),
-            top1_agreement=_num(row[9]) / 100,
-            top1_err=_num(row[10]) / 100,
-            chunks=chunks,
-            ctx=ctx,
-        )
     return None
 
 
@@ -295,27 +251,16 @@ def _check_known_failures(result: ToolResult, corpus: Path | None) -> None:
 def _run_parsed(
     args: list[str], parse: Callable[[str], T | None], *, what: str, corpus: Path | None
 ) -> T:
-    last: ToolResult | None = None
-    for attempt in range(1, ATTEMPTS + 1):
-        last = run_tool(
-            args,
-            what=what,
-            merge_stderr=True,
-            hint="read the log; `ggufkit inspect` checks the file",
-        )
-        parsed = parse(last.stdout)
-        if parsed is not None:
-            return parsed
-        _check_known_failures(last, corpus)
-        if attempt < ATTEMPTS:
-            log.warning(
-                "%s ended without its results (llama.cpp lost its last log lines); running again",
-                what,
-            )
-    assert last is not None
+    result = run_tool(
+        args, what=what, merge_stderr=True, hint="read the log; `ggufkit inspect` checks the file"
+    )
+    parsed = parse(result.stdout)
+    if parsed is not None:
+        return parsed
+    _check_known_failures(result, corpus)
     raise EvaluationError(
-        f"could not read the results of {what} from its output\n  last output:\n{_tail(last)}\n"
-        f"  full log: {last.log_path}",
+        f"could not read the results of {what} from its output\n  last output:\n{_tail(result)}\n"
+        f"  full log: {result.log_path}",
         hint="run it again with -v; if it keeps failing, report the log",
     )
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from ggufkit import paths
 from ggufkit.errors import BuildError, ToolMissingError
 from ggufkit.fsutil import locked, write_json_atomic
-from ggufkit.llamacpp import layout
+from ggufkit.llamacpp import layout, patches
+from ggufkit.llamacpp.cpu import CpuInfo, detect_cpu
 from ggufkit.llamacpp.runner import new_log_path, run_tool
 from ggufkit.llamacpp.source import SourcePin, ensure_source, read_pin
 from ggufkit.log import get_logger, progress
@@ -42,6 +43,9 @@ class BuildInfo:
     platform: str
     seconds: float
     cached: bool = True  # False only for the run that compiled it
+    cpu: str = ""  # the CPU it was compiled on, in words
+    patches: str = "none"  # digest of vendor/patches applied to the source
+    selftest: dict[str, object] | None = None  # the self-test's record; None until it has run
 
     @property
     def lib_dir(self) -> Path:
@@ -71,16 +75,39 @@ class BuildInfo:
             options=options,
             platform=str(data["platform"]),
             seconds=float(str(data["seconds"])),
+            cpu=str(data.get("cpu", "")),
+            patches=str(data.get("patches", "none")),
+            selftest=selftest if isinstance(selftest := data.get("selftest"), dict) else None,
         )
+
+    @property
+    def selftest_failed(self) -> bool:
+        return self.selftest is not None and not self.selftest.get("ok", False)
 
 
 def platform_tag() -> str:
     return f"{sys.platform}-{platform_module.machine().lower()}"
 
 
-def build_key(pin: SourcePin, options: layout.BuildOptions, platform: str | None = None) -> str:
+def build_key(
+    pin: SourcePin,
+    options: layout.BuildOptions,
+    platform: str | None = None,
+    *,
+    cpu: CpuInfo | None = None,
+    patches_digest: str | None = None,
+) -> str:
+    """The cache key: source, patches, options, platform, and for a native build the CPU's ISA
+    features, so that a shared GGUFKIT_HOME never hands a machine a build for another CPU."""
+    cpu = cpu or detect_cpu()
     payload = json.dumps(
-        {"sha256": pin.sha256, "options": asdict(options), "platform": platform or platform_tag()},
+        {
+            "sha256": pin.sha256,
+            "patches": patches_digest or patches.patches_digest(),
+            "options": asdict(options),
+            "platform": platform or platform_tag(),
+            "cpu": cpu.isa_key() if options.native else None,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -163,14 +190,15 @@ def build(
     """Build (or reuse) the pinned llama.cpp; returns where the binaries and library are."""
     options = options or layout.BuildOptions()
     pin = read_pin()
-    key = build_key(pin, options)
+    cpu = detect_cpu()
+    key = build_key(pin, options, cpu=cpu)
     root = paths.builds_dir() / key
     info = None if force else _read_stamp(root)
     if info is None:
         with locked(root.with_name(key + ".lock"), what="the llama.cpp build cache"):
             info = None if force else _read_stamp(root)  # another process may have built it
             if info is None:
-                info = _build_into(root, pin, key, options, jobs or os.cpu_count() or 2)
+                info = _build_into(root, pin, key, options, jobs or os.cpu_count() or 2, cpu)
     write_json_atomic(paths.builds_dir() / CURRENT_POINTER, {"key": key})
     if bindings:
         install_bindings(info, pin)
@@ -178,7 +206,7 @@ def build(
 
 
 def _build_into(
-    root: Path, pin: SourcePin, key: str, options: layout.BuildOptions, jobs: int
+    root: Path, pin: SourcePin, key: str, options: layout.BuildOptions, jobs: int, cpu: CpuInfo
 ) -> BuildInfo:
     cmake = find_cmake()
     find_compiler()
@@ -187,7 +215,9 @@ def _build_into(
     cache_file = tree / "CMakeCache.txt"
     if (
         cache_file.is_file()
-        and f"CMAKE_HOME_DIRECTORY:INTERNAL={source}" not in cache_file.read_text(errors="replace")
+        # CMake writes the path with forward slashes on every platform.
+        and f"CMAKE_HOME_DIRECTORY:INTERNAL={source.as_posix()}"
+        not in cache_file.read_text(errors="replace")
     ):
         # Same flags from another checkout: CMake refuses a cache made for a different source dir.
         shutil.rmtree(tree)
@@ -195,7 +225,8 @@ def _build_into(
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log.info("configuring llama.cpp %s (build %s)", pin.llama_cpp_commit, key)
-    configure = layout.configure_args(source, tree, options, generator=pick_generator())
+    log.info("CPU: %s", cpu.describe())
+    configure = layout.configure_args(source, tree, options, cpu=cpu, generator=pick_generator())
     hint = "read the log; `ggufkit doctor` checks the toolchain"
     run_tool(
         [cmake, *configure],
@@ -237,14 +268,53 @@ def _build_into(
         platform=platform_tag(),
         seconds=round(time.perf_counter() - started, 1),
         cached=False,
+        cpu=cpu.describe(),
+        patches=patches.patches_digest(),
     )
     write_json_atomic(root / STAMP_NAME, info.to_json())
     log.info("built in %.0f s: %s", info.seconds, tree)
     return info
 
 
-def current_build() -> BuildInfo:
-    """The last successful build (or the default-options one); ToolMissingError when none."""
+def record_selftest(info: BuildInfo, record: dict[str, object]) -> BuildInfo:
+    """Store the self-test's result in the build's stamp, so a cached build is not tested again."""
+    info.selftest = record
+    if info.key != "external":
+        stamp = info.to_json()
+        stamp.pop("lib_dir", None)
+        stamp["cached"] = True
+        write_json_atomic(paths.builds_dir() / info.key / STAMP_NAME, stamp)
+    return info
+
+
+def _usable(info: BuildInfo) -> BuildInfo:
+    if info.selftest_failed:
+        assert info.selftest is not None
+        raise BuildError(
+            f"the llama.cpp build at {info.build_dir} failed its self-test: "
+            f"{info.selftest.get('error', 'see ggufkit doctor')}",
+            hint=str(info.selftest.get("hint") or "run `ggufkit build --portable`"),
+        )
+    return info
+
+
+def _made_for_this_machine(info: BuildInfo) -> bool:
+    """Whether this machine would compute the same key: a pointer written on another machine
+    that shares GGUFKIT_HOME must not lead here to a build for its CPU."""
+    options = dict(info.options)
+    options["extra_cmake_args"] = tuple(options.get("extra_cmake_args") or ())  # type: ignore[arg-type]
+    try:
+        expected = build_key(read_pin(), layout.BuildOptions(**options))  # type: ignore[arg-type]
+    except TypeError:  # a stamp from another ggufkit version
+        return False
+    if expected != info.key:
+        log.debug("build %s was made for another CPU or source; ignoring it", info.key)
+    return expected == info.key
+
+
+def current_build(*, allow_failed_selftest: bool = False) -> BuildInfo:
+    """The last successful build (or the default-options one); ToolMissingError when none,
+    BuildError when it failed its self-test (it would crash), unless ``allow_failed_selftest``."""
     override = os.environ.get("GGUFKIT_BUILD_DIR")
     if override:
         tools, library = _collect(Path(override))
@@ -270,8 +340,8 @@ def current_build() -> BuildInfo:
     keys.append(build_key(read_pin(), layout.BuildOptions()))
     for key in keys:
         info = _read_stamp(builds / key)
-        if info is not None:
-            return info
+        if info is not None and _made_for_this_machine(info):
+            return info if allow_failed_selftest else _usable(info)
     raise ToolMissingError(
         "llama.cpp is not built yet", hint="run `ggufkit build` (a few minutes, once)"
     )

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ggufkit.llamacpp.cpu import CpuInfo
+
 # The binaries ggufkit drives, and the library llama-cpp-python loads.
 TOOLS = ("llama-quantize", "llama-perplexity", "llama-imatrix", "llama-bench", "llama-gguf-split")
 LIBRARY_TARGET = "llama"
@@ -59,15 +61,27 @@ def find_library(
     return None
 
 
+# Without these, a native build on an AMX CPU compiles ggml-cpu's AMX kernels, which crash at
+# this pin (SIGILL at tilezero: tile-data permission is requested for the main thread only).
+# GCC and Clang let an explicit -mno-* win over -march=native whatever the order.
+NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
 @dataclass(frozen=True)
 class BuildOptions:
-    """What changes the binaries: part of the cache key."""
+    """What changes the binaries: part of the cache key.
+
+    ``native`` builds for this CPU (``-march=native``); otherwise the build is portable the way
+    llama.cpp's releases are: every CPU variant as a loadable backend, chosen at run time.
+    ``amx`` keeps the AMX kernels (off by default: they crash at this pin).
+    """
 
     cuda: bool = False
     metal: bool | None = None  # None: CMake's default (on for Apple silicon)
     native: bool = True
     extra_cmake_args: tuple[str, ...] = field(default_factory=tuple)
     build_type: str = "Release"
+    amx: bool = False
 
     def backend_args(self) -> list[str]:
         args = []
@@ -75,9 +89,27 @@ class BuildOptions:
             args.append("-DGGML_CUDA=ON")
         if self.metal is not None:
             args.append(f"-DGGML_METAL={'ON' if self.metal else 'OFF'}")
-        if not self.native:
-            args.append("-DGGML_NATIVE=OFF")
         return args
+
+
+def cpu_args(
+    options: BuildOptions, build_dir: Path, cpu: CpuInfo, platform: str = sys.platform
+) -> list[str]:
+    """How the CPU backend is compiled: for this CPU (minus AMX), or every variant (portable)."""
+    if not options.native:
+        return [
+            "-DGGML_NATIVE=OFF",
+            "-DGGML_BACKEND_DL=ON",
+            "-DGGML_CPU_ALL_VARIANTS=ON",
+            # Backends are otherwise searched beside the executable (python's bin/ for the
+            # bindings) and in the current directory only.
+            "-DGGML_BACKEND_DIR=" + (build_dir / "bin").as_posix(),
+            f"-DGGML_CPU_VARIANT_AMX={'ON' if options.amx else 'OFF'}",
+        ]
+    if cpu.is_x86 and cpu.has_amx and not options.amx and not platform.startswith("win"):
+        # MSVC compiles no AMX code unless asked to (GGML_AMX_*), so Windows needs nothing.
+        return [f"-DCMAKE_C_FLAGS={NO_AMX_FLAGS}", f"-DCMAKE_CXX_FLAGS={NO_AMX_FLAGS}"]
+    return []
 
 
 def configure_args(
@@ -85,6 +117,7 @@ def configure_args(
     build_dir: Path,
     options: BuildOptions,
     *,
+    cpu: CpuInfo,
     platform: str = sys.platform,
     generator: str | None = None,
 ) -> list[str]:
@@ -112,6 +145,7 @@ def configure_args(
     else:
         args.append("-DCMAKE_BUILD_RPATH=$ORIGIN")
     args += options.backend_args()
+    args += cpu_args(options, build_dir, cpu, platform)
     args += list(options.extra_cmake_args)
     return args
 

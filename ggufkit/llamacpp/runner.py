@@ -15,6 +15,7 @@ from typing import IO
 
 from ggufkit import paths
 from ggufkit.errors import ToolFailedError
+from ggufkit.llamacpp.crash import crash_error, signal_of
 from ggufkit.log import get_logger
 
 log = get_logger("llamacpp.runner")
@@ -112,6 +113,9 @@ def run_tool(
         if stdout and not merge_stderr:
             log_file.write("--- stdout ---\n" + stdout)
     seconds = time.perf_counter() - started
+    crashed = signal_of(returncode)
+    if crashed:
+        raise crash_error(what, crashed, hint=hint, log_path=log_path, tail="\n".join(tail))
     if returncode != 0:
         raise ToolFailedError(
             f"{what} failed (exit code {returncode})",

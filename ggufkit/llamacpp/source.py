@@ -14,6 +14,7 @@ from pathlib import Path
 from ggufkit import paths
 from ggufkit.errors import ChecksumError, InputError, ToolFailedError
 from ggufkit.fsutil import atomic_dir, locked, sha256_file
+from ggufkit.llamacpp import patches
 from ggufkit.log import get_logger
 
 log = get_logger("llamacpp.source")
@@ -108,25 +109,45 @@ def default_source_dir(pin: SourcePin) -> Path:
 STAMP = ".ggufkit-source"
 
 
+def source_stamp(pin: SourcePin, patches_digest: str) -> str:
+    """What the unpacked tree is: the sdist it came from and the patches applied to it."""
+    return f"{pin.sha256} patches={patches_digest}"
+
+
+def source_is_current(source_dir: Path, pin: SourcePin) -> bool:
+    stamp = source_dir / STAMP
+    expected = source_stamp(pin, patches.patches_digest())
+    return stamp.is_file() and stamp.read_text().strip() == expected
+
+
 def ensure_source(pin: SourcePin | None = None, source_dir: Path | None = None) -> Path:
-    """Unpack the pinned source once; the stamp file names the sdist sha256 it came from."""
+    """Unpack the pinned source once and apply ggufkit's patches; the stamp says what it holds."""
     pin = pin or read_pin()
     source_dir = source_dir or default_source_dir(pin)
-    stamp = source_dir / STAMP
-    if stamp.is_file() and stamp.read_text().strip() == pin.sha256:
+    if source_is_current(source_dir, pin):
         return source_dir
     with locked(source_dir.with_name(source_dir.name + ".lock"), what="the llama.cpp source"):
-        if stamp.is_file() and stamp.read_text().strip() == pin.sha256:
+        if source_is_current(source_dir, pin):
             return source_dir
         sdist = fetch_sdist(pin)
-        log.info("unpacking llama.cpp %s into %s", pin.llama_cpp_commit, source_dir)
-        unpack_subdir(sdist, pin.subdir, source_dir)
-        (source_dir / STAMP).write_text(pin.sha256 + "\n")
+        patch_list = patches.patch_files()
+        log.info(
+            "unpacking llama.cpp %s into %s (%d ggufkit patches)",
+            pin.llama_cpp_commit,
+            source_dir,
+            len(patch_list),
+        )
+        unpack_subdir(sdist, pin.subdir, source_dir, patch_list)
+        stamp = source_stamp(pin, patches.patches_digest(patch_list))
+        (source_dir / STAMP).write_text(stamp + "\n")
     return source_dir
 
 
-def unpack_subdir(sdist: Path, subdir: str, dest: Path) -> None:
-    """Extract ``<top>/<subdir>/**`` of the sdist into ``dest`` atomically, refusing unsafe members."""
+def unpack_subdir(
+    sdist: Path, subdir: str, dest: Path, patch_list: list[Path] | None = None
+) -> None:
+    """Extract ``<top>/<subdir>/**`` of the sdist into ``dest`` atomically, refusing unsafe members,
+    then apply ``patch_list`` there: a half-patched tree never appears under ``dest``."""
     with tarfile.open(sdist, "r:gz") as archive, atomic_dir(dest) as staging:
         prefix: str | None = None
         count = 0
@@ -163,3 +184,4 @@ def unpack_subdir(sdist: Path, subdir: str, dest: Path) -> None:
                 path=sdist,
             )
         (staging / STAMP).unlink(missing_ok=True)
+        patches.apply_all(staging, patch_list or [])
