@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 GGUFKIT := $(VENV)/bin/ggufkit
 PYTEST_ARGS ?=
 
-.PHONY: install build test test-fast lint format bench demo fuzz clean
+.PHONY: install build test test-fast lint format bench bench-portable demo fuzz clean
 
 # torch is pinned (a CPU build installs from disk here); installing it first keeps any
 # dependency from pulling another torch.
@@ -45,6 +45,10 @@ format: install
 
 bench: build
 	$(PY) benchmarks/run_all.py
+
+# Opt-in: two cold llama.cpp builds (native and --portable), 25 minutes or more on 2 cores.
+bench-portable: build
+	$(PY) benchmarks/portable_build.py
 
 demo: build
 	$(GGUFKIT) demo

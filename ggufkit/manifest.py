@@ -112,17 +112,23 @@ def _version(package: str) -> str | None:
 
 def environment() -> dict[str, str | None]:
     """The versions that decide an artefact's bytes (package metadata only: nothing heavy imported)."""
+    from ggufkit.llamacpp import patches
     from ggufkit.llamacpp.source import read_pin
 
     try:
         llama_cpp: str | None = read_pin().llama_cpp_commit
+        applied = patches.patch_files()
+        # The committed patches to that source: names and their digest (as in the build key).
+        llama_cpp_patches: str | None = ",".join(p.name for p in applied) or "none"
+        llama_cpp_patches += f" ({patches.patches_digest(applied)[:16]})" if applied else ""
     except (
         Exception
     ):  # the manifest must not fail on a broken lock file; `ggufkit build` reports it
-        llama_cpp = None
+        llama_cpp = llama_cpp_patches = None
     return {
         "ggufkit": __version__,
         "llama_cpp_commit": llama_cpp,
+        "llama_cpp_patches": llama_cpp_patches,
         "gguf": _version("gguf"),
         "transformers": _version("transformers"),
         "torch": _version("torch"),

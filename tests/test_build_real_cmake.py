@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from ggufkit.llamacpp.layout import TOOLS
-from ggufkit.llamacpp.source import STAMP, read_pin
+from ggufkit.llamacpp.patches import patches_digest
+from ggufkit.llamacpp.source import STAMP, read_pin, source_stamp
 
 CMAKELISTS = """cmake_minimum_required(VERSION 3.14)
 project(standin C)
@@ -38,7 +39,7 @@ def standin_env(tmp_path: Path) -> dict[str, str]:
     (source / "tool.c").write_text(
         '#include <stdio.h>\nint llama_standin(void);\nint main(void) { printf("%d\\n", llama_standin()); return 0; }\n'
     )
-    (source / STAMP).write_text(read_pin().sha256 + "\n")
+    (source / STAMP).write_text(source_stamp(read_pin(), patches_digest()) + "\n")
     return {
         **os.environ,
         "GGUFKIT_HOME": str(tmp_path / "home"),
@@ -49,7 +50,9 @@ def standin_env(tmp_path: Path) -> dict[str, str]:
 
 def _build(env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "ggufkit", "build", "--no-bindings", "--json", "-j", "1"],
+        # Stand-in tools cannot run the self-test (tests/test_build_cpu.py covers it).
+        [sys.executable, "-m", "ggufkit", "build", "--no-bindings", "--no-self-test", "--json"]
+        + ["-j", "1"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -242,6 +242,10 @@ def test_doctor_json_reports_the_build() -> None:
     checks = {c["name"]: c for c in json.loads(result.output)}
     assert checks["llama.cpp build"]["ok"] is True
     assert checks["llama-cpp-python"]["ok"] is True
+    selftest = checks["llama.cpp self-test"]
+    assert selftest["ok"] is True, selftest
+    assert sorted(selftest["data"]["perplexity"]) == ["Q4_0", "Q4_K_M", "Q8_0"]
+    assert selftest["data"]["threads"] >= 2
     assert result.exit_code == 0
 
 
