@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quantize import make_model  # noqa: E402
+from bench_quantize import make_model
 
 GGUFKIT = [sys.executable, "-m", "ggufkit"]
 
@@ -60,8 +60,21 @@ def measure(label: str, flags: list[str], home: Path, model: Path) -> dict[str, 
     quantized = home / "model-Q4_0.gguf"
     run([built["tools"]["llama-quantize"], str(model), str(quantized), "q4_0", "2"], env)
     bench = run(
-        [built["tools"]["llama-bench"], "-m", str(quantized), "-t", "2", "-p", "128", "-n", "32"]
-        + ["-r", "3", "-o", "json"],
+        [
+            built["tools"]["llama-bench"],
+            "-m",
+            str(quantized),
+            "-t",
+            "2",
+            "-p",
+            "128",
+            "-n",
+            "32",
+            "-r",
+            "3",
+            "-o",
+            "json",
+        ],
         env,
     )
     speeds = {

@@ -119,8 +119,9 @@ def environment() -> dict[str, str | None]:
         llama_cpp: str | None = read_pin().llama_cpp_commit
         applied = patches.patch_files()
         # The committed patches to that source: names and their digest (as in the build key).
-        llama_cpp_patches: str | None = ",".join(p.name for p in applied) or "none"
-        llama_cpp_patches += f" ({patches.patches_digest(applied)[:16]})" if applied else ""
+        names = ",".join(p.name for p in applied) or "none"
+        digest = f" ({patches.patches_digest(applied)[:16]})" if applied else ""
+        llama_cpp_patches: str | None = names + digest
     except (
         Exception
     ):  # the manifest must not fail on a broken lock file; `ggufkit build` reports it

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from ggufkit.cli import cli
 from ggufkit.errors import BuildError, GGUFKitError, InputError, ToolCrashedError, format_error
 from ggufkit.llamacpp import build as build_module
-from ggufkit.llamacpp import crash, cpu, layout, patches
+from ggufkit.llamacpp import cpu, crash, layout, patches
 from ggufkit.llamacpp.isolate import run_isolated
 from ggufkit.llamacpp.runner import run_tool
 from ggufkit.llamacpp.source import fetch_sdist, read_pin
@@ -27,13 +27,31 @@ from ggufkit.llamacpp.source import fetch_sdist, read_pin
 SAPPHIRE_RAPIDS = cpu.CpuInfo(
     "x86_64",
     frozenset(
-        "sse3 ssse3 avx avx2 fma f16c bmi2 avx512f avx512bw avx512vl avx512_vnni avx512_bf16 "
-        "avx_vnni amx_tile amx_int8 amx_bf16".split()
+        [
+            "sse3",
+            "ssse3",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "bmi2",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512_vnni",
+            "avx512_bf16",
+            "avx_vnni",
+            "amx_tile",
+            "amx_int8",
+            "amx_bf16",
+        ]
     ),
     "Intel Xeon",
 )
 EPYC = cpu.CpuInfo(
-    "x86_64", frozenset("sse3 ssse3 avx avx2 fma f16c bmi2 avx512f avx512_bf16".split()), "AMD"
+    "x86_64",
+    frozenset(["sse3", "ssse3", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512_bf16"]),
+    "AMD",
 )
 GRAVITON = cpu.CpuInfo("arm64", frozenset({"asimd", "asimddp", "i8mm", "sve"}), "Neoverse")
 POSIX_ONLY = pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX signals")

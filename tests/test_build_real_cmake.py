@@ -51,8 +51,17 @@ def standin_env(tmp_path: Path) -> dict[str, str]:
 def _build(env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         # Stand-in tools cannot run the self-test (tests/test_build_cpu.py covers it).
-        [sys.executable, "-m", "ggufkit", "build", "--no-bindings", "--no-self-test", "--json"]
-        + ["-j", "1"],
+        [
+            sys.executable,
+            "-m",
+            "ggufkit",
+            "build",
+            "--no-bindings",
+            "--no-self-test",
+            "--json",
+            "-j",
+            "1",
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
