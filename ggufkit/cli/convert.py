@@ -81,6 +81,14 @@ def command(
     skipped when its inputs have not changed (--force redoes it).
 
     \b
+    Architectures (what the tests prove, on tiny models built locally):
+        native    LlamaForCausalLM (LLaMA-1/2, Vicuna, Chimera), BloomForCausalLM
+                  (BLOOM, BLOOMZ, Phoenix): logits, tokenizer, tensors = upstream's
+        upstream  FalconForCausalLM, Glm4ForCausalLM (GLM-4), MiniCPM3ForCausalLM:
+                  logits and tokenizer, with tokenizers upstream has never seen;
+                  any other class the pinned convert_hf_to_gguf.py knows: not proven
+
+    \b
     Examples:
         ggufkit convert ./vicuna-7b -o vicuna-7b-f16.gguf
         ggufkit convert ./tiny-llama --outtype q8_0 --threads 4
@@ -101,8 +109,8 @@ def command(
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
-                "-o, --outtype, --delta-base, --pre-tokenizer and --chat-template come from "
-                "ggufkit.toml when MODEL is left out",
+                "-o, --outtype, --delta-base, --pre-tokenizer and --chat-template need MODEL; "
+                "in a workspace the step follows ggufkit.toml",
                 hint="edit ggufkit.toml, or give MODEL",
             )
         step = Workspace.require().convert(force=force, engine=engine, threads=threads)
