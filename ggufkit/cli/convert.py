@@ -109,8 +109,8 @@ def command(
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
-                "-o, --outtype, --delta-base, --pre-tokenizer and --chat-template need MODEL; "
-                "in a workspace the step follows ggufkit.toml",
+                "-o, --outtype, --delta-base and --pre-tokenizer come from ggufkit.toml when "
+                "MODEL is left out, and --chat-template needs MODEL",
                 hint="edit ggufkit.toml, or give MODEL",
             )
         step = Workspace.require().convert(force=force, engine=engine, threads=threads)

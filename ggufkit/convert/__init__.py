@@ -34,6 +34,7 @@ from ggufkit.convert.chat_templates import (
     ChatTemplateChoice,
     apply_chat_template,
     choose_chat_template,
+    report,
 )
 from ggufkit.convert.provenance import (
     SourceInfo,
@@ -181,6 +182,7 @@ def convert(
             converter_cls, info, config, out, outtype, threads, pre_tokenizer, chat
         )
         engine_used = "native"
+    report(chat)
     seconds = time.perf_counter() - started
     log.debug("wrote %s (%d tensors) in %.1f s", out, n_tensors, seconds)
     return ConvertResult(

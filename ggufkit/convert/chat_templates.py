@@ -210,7 +210,6 @@ def apply_chat_template(writer: Any, choice: ChatTemplateChoice) -> list[str]:
             writer.add_array(key, value)
         else:
             writer.add_string(key, value)
-    report(choice)
     return [choice.note()]
 
 
@@ -227,6 +226,7 @@ def child_settings(choice: ChatTemplateChoice) -> dict[str, Any]:
 
 
 def report(choice: ChatTemplateChoice) -> None:
+    """Log the choice once the file is written (a warning when none was written)."""
     if choice.source == "none":
         log.warning("%s", choice.note())
     else:
