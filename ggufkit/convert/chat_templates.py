@@ -54,10 +54,6 @@ class ChatTemplateChoice:
         return f"chat template: {self.name} ({self.reason})"
 
 
-def template_names() -> list[str]:
-    return list(FORMATS)
-
-
 # --- choosing --------------------------------------------------------------------------------
 
 
