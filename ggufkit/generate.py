@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ log = get_logger("generate")
 
 DEFAULT_MAX_CTX = 4096
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
+STOP_KEY = "ggufkit.chat_template.stop"  # written by convert with a FastChat template
 
 
 @dataclass
@@ -70,16 +71,120 @@ def generate(
 ) -> GenerationResult:
     """Generate from ``prompt``, passing each piece of text to ``on_text`` as it is produced.
 
-    With ``chat`` the prompt is a user message formatted by the GGUF's own chat template. A fixed
-    ``seed`` makes sampling reproducible; without one a seed is drawn and reported.
+    With ``chat`` the prompt is a user message formatted by the GGUF's own chat template (see
+    :func:`chat` for a conversation). A fixed ``seed`` makes sampling reproducible; without one a
+    seed is drawn and reported.
     """
+    if chat:
+        return converse(
+            model,
+            [prompt],
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            ctx=ctx,
+            threads=threads,
+            on_text=on_text,
+        )[0]
+    llm, seed = _open(model, chat=False, ctx=ctx, threads=threads, seed=seed, max_tokens=max_tokens)
+    try:
+        return _complete(
+            llm,
+            lambda opts: llm.create_completion(prompt, **opts),
+            _options(max_tokens, temperature, top_p, seed, stop),
+            seed,
+            chat=False,
+            on_text=on_text,
+        )
+    finally:
+        llm.close()
+
+
+def converse(
+    model: str | Path,
+    prompts: Iterable[str],
+    *,
+    system: str | None = None,
+    max_tokens: int = 128,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+    ctx: int | None = None,
+    threads: int | None = None,
+    on_text: Callable[[str], None] | None = None,
+    on_turn: Callable[[int, str], None] | None = None,
+) -> list[GenerationResult]:
+    """A multi-turn conversation: each of ``prompts`` is a user message, answered in turn.
+
+    The whole conversation so far is formatted by the GGUF's chat template for every reply; a
+    reply ends at EOS, at the template's stop strings (``ggufkit.chat_template.stop``) or at
+    ``stop``. ``prompts`` may be lazy (a REPL reading stdin); ``on_turn(index, prompt)`` is called
+    before each reply, ``on_text`` with each piece of it. Every reply uses the same ``seed``.
+    """
+    llm, seed = _open(model, chat=True, ctx=ctx, threads=threads, seed=seed, max_tokens=max_tokens)
+    stops = [*template_stops(model), *stop]
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    results: list[GenerationResult] = []
+    try:
+        for index, prompt in enumerate(prompts):
+            if on_turn is not None:
+                on_turn(index, prompt)
+            messages.append({"role": "user", "content": prompt})
+            result = _complete(
+                llm,
+                lambda opts: llm.create_chat_completion(messages=messages, **opts),
+                _options(max_tokens, temperature, top_p, seed, stops),
+                seed,
+                chat=True,
+                on_text=on_text,
+            )
+            messages.append({"role": "assistant", "content": result.text})
+            results.append(result)
+    finally:
+        llm.close()
+    return results
+
+
+def template_stops(model: str | Path) -> list[str]:
+    """The stop strings convert recorded for the file's chat template (FastChat's stop_str)."""
+    value = read_gguf(model, max_array_items=64).metadata.get(STOP_KEY)
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _options(
+    max_tokens: int, temperature: float, top_p: float, seed: int, stop: Sequence[str]
+) -> dict[str, Any]:
+    return {
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "stop": list(stop) or None,
+        "stream": True,
+    }
+
+
+def _open(
+    model: str | Path,
+    *,
+    chat: bool,
+    ctx: int | None,
+    threads: int | None,
+    seed: int | None,
+    max_tokens: int,
+) -> tuple[Any, int]:
+    """A ``llama_cpp.Llama`` for ``model`` (with the GGUF's chat template when ``chat``)."""
     model = Path(model)
     info = read_gguf(model, max_array_items=0)
     if chat and not isinstance(info.metadata.get(CHAT_TEMPLATE_KEY), str):
         raise UsageError(
             f"{model} has no chat template ({CHAT_TEMPLATE_KEY})",
-            hint="run without --chat, or convert from a checkpoint whose tokenizer_config.json "
-            "has a chat_template",
+            hint="run without --chat, or convert again with --chat-template NAME|FILE "
+            "(e.g. vicuna_v1.1, phoenix)",
         )
     if max_tokens < 1:
         raise UsageError("-n must be at least 1")
@@ -96,20 +201,24 @@ def generate(
     if chat:
         kwargs["chat_format"] = "chat_template.default"  # the GGUF's template, never a guess
     try:
-        llm = llama_cpp.Llama(model_path=str(model), **kwargs)
+        return llama_cpp.Llama(model_path=str(model), **kwargs), seed
     except ValueError as exc:
         raise EvaluationError(
             f"llama.cpp could not load {model}: {exc}",
             hint="check it with `ggufkit inspect`; try a smaller --ctx",
         ) from exc
-    options: dict[str, Any] = {
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "top_p": top_p,
-        "seed": seed,
-        "stop": list(stop) or None,
-        "stream": True,
-    }
+
+
+def _complete(
+    llm: Any,
+    start: Callable[[dict[str, Any]], Iterator[Any]],
+    options: dict[str, Any],
+    seed: int,
+    *,
+    chat: bool,
+    on_text: Callable[[str], None] | None,
+) -> GenerationResult:
+    """Stream one completion, counting the prompt's and the sampled tokens."""
     pieces: list[str] = []
     finish = "length"
     counts = {"sampled": 0, "prompt": 0}
@@ -124,14 +233,7 @@ def generate(
     llm.sample = counting_sample
     started = time.perf_counter()
     try:
-        if chat:
-            messages = [{"role": "user", "content": prompt}]
-            if system:
-                messages.insert(0, {"role": "system", "content": system})
-            stream: Iterator[Any] = llm.create_chat_completion(messages=messages, **options)
-        else:
-            stream = llm.create_completion(prompt, **options)
-        for chunk in stream:
+        for chunk in start(options):
             choice = chunk["choices"][0]
             text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
             if text:
@@ -142,8 +244,8 @@ def generate(
     except ValueError as exc:  # e.g. "Requested tokens (…) exceed context window of …"
         raise UsageError(str(exc), hint="shorten the prompt, lower -n or raise --ctx") from exc
     finally:
-        seconds = time.perf_counter() - started
-        llm.close()
+        llm.sample = sample
+    seconds = time.perf_counter() - started
     return GenerationResult(
         "".join(pieces), counts["prompt"], counts["sampled"], finish, seed, seconds
     )

@@ -226,9 +226,27 @@ def test_auto_falls_back_to_upstream_for_an_architecture_only_it_knows(
 def test_upstream_failure_is_reported_and_leaves_nothing(
     tiny_bloom_dir: Path, tmp_path: Path
 ) -> None:
-    # Upstream does not recognise the locally trained BLOOM tokenizer's pre-tokenizer.
+    # 3 heads cannot split BLOOM's 64-wide fused qkv weight: upstream fails on the tensor.
+    model = Path(shutil.copytree(tiny_bloom_dir, tmp_path / "model"))
+    _edit_config(model, n_head=3)
     out = tmp_path / "bloom.gguf"
-    exit_code, output = _run(tiny_bloom_dir, out, "--engine", "upstream")
+    exit_code, output = _run(model, out, "--engine", "upstream")
     assert exit_code == 1, output
     assert "upstream converter" in output and "full log:" in output
     assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.needs_torch
+@pytest.mark.needs_llamacpp
+def test_upstream_gets_the_pre_tokenizer_of_an_unknown_tokenizer(
+    tiny_bloom_dir: Path, tmp_path: Path, corpus_path: Path
+) -> None:
+    # Upstream alone refuses this locally trained tokenizer (test_convert_bloom); through
+    # ggufkit it gets the pre-tokenizer derived from tokenizer.json, and tokenizes like HF.
+    from ggufkit.parity import tokenizer_parity
+
+    result = convert(tiny_bloom_dir, tmp_path / "up.gguf", engine="upstream")
+    assert "pre-tokenizer 'bloom', derived from tokenizer.json" in result.notes
+    report = tokenizer_parity(result.output, tiny_bloom_dir, corpus_path.read_text())
+    assert report.equal, report.summary()

@@ -115,3 +115,114 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     code, _, err = run(str(tmp_path / "absent.gguf"), "-p", "hi")
     assert code == 1
     assert "does not exist" in err and "Traceback" not in err
+
+
+# --- multi-turn chat with the templates convert writes ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedded_chat(tmp_path_factory: pytest.TempPathFactory):
+    """(embedded model, template name) -> its f16 GGUF with that template."""
+    from ggufkit.convert import convert
+    from ggufkit.data import embedded_model
+
+    out_dir = tmp_path_factory.mktemp("embedded-chat")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(model: str, template: str) -> Path:
+        if (model, template) not in cache:
+            out = out_dir / f"{model}-{template}.gguf"
+            convert(embedded_model(model), out, chat_template=template)
+            cache[model, template] = out
+        return cache[model, template]
+
+    return get
+
+
+def _rendered_tokens(gguf_path: Path, messages: list[dict[str, str]]) -> int:
+    """Tokens of the conversation as llama-cpp-python formats and tokenizes a chat prompt."""
+    from ggufkit.llamacpp.bindings import load_llama_cpp
+    from ggufkit.parity import open_gguf
+
+    load_llama_cpp()
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    with open_gguf(gguf_path, vocab_only=True) as llm:
+        bos = llm._model.token_get_text(llm.token_bos())
+        eos = llm._model.token_get_text(llm.token_eos())
+        formatter = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos, bos)
+        prompt = formatter(messages=messages).prompt
+        return len(llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+@pytest.mark.parametrize(
+    "model,template", [("tiny-llama", "vicuna_v1.1"), ("tiny-bloom", "phoenix")]
+)
+def test_chat_is_a_conversation_on_the_embedded_models(
+    embedded_chat, model: str, template: str
+) -> None:
+    path = embedded_chat(model, template)
+    turns = ["Who art thou?", "Speak again.", "Farewell."]
+    args = [str(path), "--chat", "-n", "12", "--temp", "0", "--system", "Be brief."]
+    for turn in turns:
+        args += ["-p", turn]
+    code, out, err = run(*args, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert [t["prompt"] for t in data["turns"]] == turns
+    assert data["text"] == data["turns"][-1]["text"]
+    # Every turn's prompt is the whole conversation so far, as the template renders it.
+    messages = [{"role": "system", "content": "Be brief."}]
+    for turn in data["turns"]:
+        messages.append({"role": "user", "content": turn["prompt"]})
+        assert turn["prompt_tokens"] == _rendered_tokens(path, messages)
+        assert turn["finish_reason"] in ("stop", "length") and turn["tokens"] >= 1
+        messages.append({"role": "assistant", "content": turn["text"]})
+    # Text mode: the replies on stdout, each ended by a newline.
+    code, out, err = run(*args)
+    assert code == 0, err
+    assert out == "".join(t["text"] + "\n" for t in data["turns"])
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+def test_chat_reads_turns_from_stdin(embedded_chat) -> None:
+    path = embedded_chat("tiny-llama", "vicuna_v1.1")
+    base = [str(path), "--chat", "-n", "8", "--temp", "0", "--json"]
+    result = CliRunner().invoke(cli, ["run", *base], input="To be?\n\nOr not?\n")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [t["prompt"] for t in data["turns"]] == ["To be?", "Or not?"]
+    given = json.loads(run(*base, "-p", "To be?", "-p", "Or not?")[1])
+    assert [t["text"] for t in data["turns"]] == [t["text"] for t in given["turns"]]
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.needs_torch
+def test_chat_stops_at_the_templates_stop_strings(
+    embedded_chat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ggufkit import generate
+
+    # zero_shot: one_shot's stop string without its example exchange, longer than this model's
+    # 512-token context.
+    path = embedded_chat("tiny-llama", "zero_shot")
+    assert generate.template_stops(path) == ["###"]  # FastChat's stop_str, from the file
+    args = [str(path), "--chat", "-p", "Who art thou?", "-n", "40", "--temp", "0", "--json"]
+    free = json.loads(run(*args)[1])["text"]
+    starts = [i for i in range(len(free) // 2, len(free) - 1) if not free[i : i + 2].isspace()]
+    assert starts, free
+    stop = free[starts[0] : starts[0] + 2]
+    # A template whose stop string the free reply contains: the reply ends right before it.
+    monkeypatch.setattr(generate, "template_stops", lambda model: ["###", stop])
+    cut = json.loads(run(*args)[1])
+    assert cut["text"] == free[: free.find(stop)] and cut["finish_reason"] == "stop"
+
+
+def test_several_prompts_need_chat(tmp_path: Path) -> None:
+    code, _, err = run(str(tmp_path / "m.gguf"), "-p", "a", "-p", "b")
+    assert code == 2 and "--chat" in err
+    code, _, err = run(str(tmp_path / "m.gguf"))
+    assert code == 2 and "-p" in err

@@ -28,17 +28,29 @@ def train_sentencepiece(out_dir: Path, *, vocab_size: int = 800, corpus: Path = 
     return train_llama_sentencepiece(out_dir / "tokenizer", vocab_size, input_file=corpus)
 
 
-def _save_llama_tokenizer(out_dir: Path, spm_model: Path, *, add_pad: bool, json_only: bool) -> int:
-    """Write the transformers tokenizer files; returns the tokenizer length."""
+def _save_llama_tokenizer(
+    out_dir: Path, spm_model: Path, *, add_pad: bool, json_only: bool, legacy: bool = False
+) -> int:
+    """Write the transformers tokenizer files; returns the tokenizer length.
+
+    ``legacy``: the 2023 LLaMA tokenizer (Vicuna, Chimera): BOS added, and a word after a special
+    token gets sentencepiece's leading space, as llama.cpp does.
+    """
     from transformers import AutoTokenizer, LlamaTokenizer
 
     staging = out_dir / "_spm"
     staging.mkdir(parents=True, exist_ok=True)
     shutil.copy(spm_model, staging / "tokenizer.model")
-    tokenizer = LlamaTokenizer.from_pretrained(str(staging), legacy=False)
+    options = {"legacy": True, "add_bos_token": True} if legacy else {"legacy": False}
+    tokenizer = LlamaTokenizer.from_pretrained(str(staging), **options)
     if add_pad:
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
     tokenizer.save_pretrained(str(out_dir))
+    if legacy:  # transformers 5 saves neither; without them a reload is not legacy
+        config_file = out_dir / "tokenizer_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config.update(options)
+        config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
     shutil.rmtree(staging)
     if json_only:
         (out_dir / "tokenizer.model").unlink(missing_ok=True)
@@ -80,6 +92,7 @@ def make_llama(
     init_std: float = 0.05,
     seed: int = 0,
     spm_model: Path | None = None,
+    legacy_tokenizer: bool = False,
 ) -> Path:
     """A random LlamaForCausalLM checkpoint with a locally trained sentencepiece tokenizer."""
     import torch
@@ -89,7 +102,11 @@ def make_llama(
     out_dir.mkdir(parents=True, exist_ok=True)
     spm_model = spm_model or train_sentencepiece(out_dir / "_train", vocab_size=vocab_size)
     n_vocab = _save_llama_tokenizer(
-        out_dir, spm_model, add_pad=add_pad, json_only=tokenizer == "json"
+        out_dir,
+        spm_model,
+        add_pad=add_pad,
+        json_only=tokenizer == "json",
+        legacy=legacy_tokenizer,
     )
     shutil.rmtree(out_dir / "_train", ignore_errors=True)
     config = LlamaConfig(

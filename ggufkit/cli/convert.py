@@ -49,6 +49,15 @@ from ggufkit.fsutil import human_bytes
     help="llama.cpp pre-tokenizer (tokenizer.ggml.pre) for a byte-level BPE vocab, e.g. bloom or "
     "gpt-2; by default detected from tokenizer.json.",
 )
+@click.option(
+    "--chat-template",
+    default="auto",
+    show_default=True,
+    metavar="NAME|FILE|auto",
+    help="Chat template written as tokenizer.chat_template: a FastChat name (vicuna_v1.1, "
+    "one_shot, zero_shot, phoenix, llama-2), a Jinja file, or auto: the checkpoint's own, else "
+    "one recognised from the model's name (vicuna, phoenix, chimera, llama-2), else none.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @threads_option
 @json_option
@@ -59,6 +68,7 @@ def command(
     engine: str,
     delta_base: Path | None,
     pre_tokenizer: str | None,
+    chat_template: str,
     force: bool,
     threads: int | None,
     as_json: bool,
@@ -71,11 +81,20 @@ def command(
     skipped when its inputs have not changed (--force redoes it).
 
     \b
+    Architectures (what the tests prove, on tiny models built locally):
+        native    LlamaForCausalLM (LLaMA-1/2, Vicuna, Chimera), BloomForCausalLM
+                  (BLOOM, BLOOMZ, Phoenix): logits, tokenizer, tensors = upstream's
+        upstream  FalconForCausalLM, Glm4ForCausalLM (GLM-4), MiniCPM3ForCausalLM:
+                  logits and tokenizer, with tokenizers upstream has never seen;
+                  any other class the pinned convert_hf_to_gguf.py knows: not proven
+
+    \b
     Examples:
         ggufkit convert ./vicuna-7b -o vicuna-7b-f16.gguf
         ggufkit convert ./tiny-llama --outtype q8_0 --threads 4
         ggufkit convert ./phoenix-inst-chat-7b --engine upstream
         ggufkit convert ./vicuna-delta --delta-base ./llama-7b -o vicuna-7b-f16.gguf
+        ggufkit convert ./chimera-inst-chat-7b --chat-template phoenix
         ggufkit init ./tiny-llama && ggufkit convert
     """
     if model is None:  # a workspace: model, output and type come from ggufkit.toml
@@ -86,11 +105,12 @@ def command(
             output is not None
             or delta_base is not None
             or pre_tokenizer is not None
+            or chat_template != "auto"
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
                 "-o, --outtype, --delta-base and --pre-tokenizer come from ggufkit.toml when "
-                "MODEL is left out",
+                "MODEL is left out, and --chat-template needs MODEL",
                 hint="edit ggufkit.toml, or give MODEL",
             )
         step = Workspace.require().convert(force=force, engine=engine, threads=threads)
@@ -110,6 +130,7 @@ def command(
         threads=threads,
         force=force,
         pre_tokenizer=pre_tokenizer,
+        chat_template=chat_template,
     )
     if as_json:
         echo_json(result.to_json())

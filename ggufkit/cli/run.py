@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from ggufkit.cli.options import echo_json, json_option, threads_option
-from ggufkit.generate import generate, unescape
+from ggufkit.errors import UsageError
+from ggufkit.generate import GenerationResult, converse, generate, unescape
 from ggufkit.log import get_logger
 
 log = get_logger("cli.run")
@@ -15,7 +18,14 @@ log = get_logger("cli.run")
 
 @click.command("run")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-p", "--prompt", required=True, help="The prompt (with --chat: the user message).")
+@click.option(
+    "-p",
+    "--prompt",
+    "prompts",
+    multiple=True,
+    help="The prompt. With --chat: a user message; repeat it for a conversation of several "
+    "turns; without it, --chat reads one user message per line from stdin.",
+)
 @click.option(
     "-n",
     "--max-tokens",
@@ -40,9 +50,16 @@ log = get_logger("cli.run")
     multiple=True,
     help=r"Stop when this text appears; repeatable. Escapes work: --stop '\n'.",
 )
-@click.option("--chat", is_flag=True, help="Format the prompt with the GGUF's chat template.")
+@click.option(
+    "--chat",
+    is_flag=True,
+    help="A conversation formatted by the GGUF's chat template; replies stop at EOS or at the "
+    "template's stop strings.",
+)
 @click.option("--system", default=None, help="System message (with --chat).")
-@click.option("--echo", is_flag=True, help="Print the prompt before the generated text.")
+@click.option(
+    "--echo", is_flag=True, help="Print the prompt (with --chat: each user turn) before the reply."
+)
 @click.option(
     "--ctx",
     type=click.IntRange(min=16),
@@ -53,7 +70,7 @@ log = get_logger("cli.run")
 @json_option
 def command(
     model: Path,
-    prompt: str,
+    prompts: tuple[str, ...],
     max_tokens: int,
     temp: float,
     top_p: float,
@@ -68,39 +85,100 @@ def command(
 ) -> None:
     """Generate text from a prompt, streaming tokens to stdout.
 
-    Runs on ggufkit's own llama.cpp build through llama-cpp-python.
+    Runs on ggufkit's own llama.cpp build through llama-cpp-python. With --chat, each -p is one
+    user turn of a conversation, answered in order with the whole conversation so far; without
+    -p, --chat reads user turns from stdin, one per line, until end of input.
 
     \b
     Examples:
         ggufkit run model-Q4_0.gguf -p "Q: what is your name? A: " -n 32 --stop "Q:" --stop '\\n'
         ggufkit run model-Q4_0.gguf -p "Write a haiku" --chat --seed 1
+        ggufkit run model-Q4_0.gguf --chat -p "Hello" -p "Say more" --system "Be brief."
+        ggufkit run model-Q4_0.gguf --chat          # type a line, get a reply; Ctrl-D ends
     """
     stops = [unescape(s) for s in stop]
-    if echo and not as_json:
-        click.echo(prompt, nl=False)
+    if not chat and len(prompts) != 1:
+        raise UsageError(
+            "give exactly one -p/--prompt" if not prompts else "several -p need --chat",
+            hint="use --chat for a conversation of several turns",
+        )
+    if system is not None and not chat:
+        raise UsageError("--system needs --chat")
 
     def stream(text: str) -> None:
         if not as_json:
             click.echo(text, nl=False)
 
-    result = generate(
+    if not chat:
+        if echo and not as_json:
+            click.echo(prompts[0], nl=False)
+        result = generate(
+            model,
+            prompts[0],
+            max_tokens=max_tokens,
+            temperature=temp,
+            top_p=top_p,
+            seed=seed,
+            stop=stops,
+            ctx=ctx,
+            threads=threads,
+            on_text=stream,
+        )
+        if as_json:
+            echo_json({"model": str(model), "prompt": prompts[0], **result.to_json()})
+            return
+        click.echo()
+        _log_result(result)
+        return
+
+    asked: list[str] = []
+
+    def on_turn(index: int, prompt: str) -> None:
+        asked.append(prompt)
+        if index and not as_json:
+            click.echo()  # end the previous reply
+        if echo and not as_json:
+            click.echo(f"> {prompt}")
+
+    results = converse(
         model,
-        prompt,
+        prompts or _stdin_turns(),
+        system=system,
         max_tokens=max_tokens,
         temperature=temp,
         top_p=top_p,
         seed=seed,
         stop=stops,
-        chat=chat,
-        system=system,
         ctx=ctx,
         threads=threads,
         on_text=stream,
+        on_turn=on_turn,
     )
     if as_json:
-        echo_json({"model": str(model), "prompt": prompt, **result.to_json()})
+        turns = [{"prompt": p, **r.to_json()} for p, r in zip(asked, results, strict=True)]
+        last = turns[-1] if turns else {}
+        echo_json({"model": str(model), **last, "turns": turns})
         return
-    click.echo()
+    if results:
+        click.echo()
+    for result in results:
+        _log_result(result)
+
+
+def _stdin_turns() -> Iterator[str]:
+    """User turns typed on stdin, one per line; a prompt on stderr when it is a terminal."""
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            click.echo("> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.rstrip("\n")
+
+
+def _log_result(result: GenerationResult) -> None:
     log.info(
         "%d tokens in %.2f s (%.1f tokens/s), seed %d, stopped: %s",
         result.tokens,

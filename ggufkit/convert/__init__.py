@@ -29,6 +29,13 @@ from ggufkit.convert.base import (
     registered_architectures,
     unsupported,
 )
+from ggufkit.convert.chat_templates import (
+    AUTO,
+    ChatTemplateChoice,
+    apply_chat_template,
+    choose_chat_template,
+    report,
+)
 from ggufkit.convert.provenance import (
     SourceInfo,
     SourceOrigin,
@@ -116,12 +123,15 @@ def convert(
     threads: int | None = None,
     force: bool = False,
     pre_tokenizer: str | None = None,
+    chat_template: str = AUTO,
 ) -> ConvertResult:
     """Convert a checkpoint directory or Hub id to a GGUF file; returns what was written.
 
     ``delta_base``: ``model`` is a delta (config and tokenizer from it) added to this base on the
     fly. ``force`` overwrites an existing output. ``pre_tokenizer`` names llama.cpp's BPE
-    pre-tokenizer (``tokenizer.ggml.pre``) instead of detecting it.
+    pre-tokenizer (``tokenizer.ggml.pre``) instead of detecting it. ``chat_template`` is a
+    FastChat template name, a Jinja file, or ``auto`` (the checkpoint's own, else one recognised
+    from the model's name, else none; see ``ggufkit.convert.chat_templates``).
     """
     started = time.perf_counter()
     parse_outtype(outtype)  # a clear UsageError before anything else
@@ -159,16 +169,20 @@ def convert(
     if out.exists() and not force:
         raise UsageError(f"{out} already exists", hint="pass --force to overwrite it, or choose -o")
     info = SourceInfo(model_dir=model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir)
+    chat = choose_chat_template(chat_template, model_dir, repo_id or model_dir.name)
 
     if use_upstream:
-        n_tensors, n_bytes, source_bytes, gguf_arch = _convert_upstream(model_dir, out, outtype)
-        engine_used, notes = "upstream", ["converted by the pinned upstream convert_hf_to_gguf.py"]
+        n_tensors, n_bytes, source_bytes, gguf_arch, notes = _convert_upstream(
+            model_dir, out, outtype, chat
+        )
+        engine_used = "upstream"
     else:
         assert converter_cls is not None
         n_tensors, n_bytes, source_bytes, gguf_arch, notes = _convert_native(
-            converter_cls, info, config, out, outtype, threads, pre_tokenizer
+            converter_cls, info, config, out, outtype, threads, pre_tokenizer, chat
         )
         engine_used = "native"
+    report(chat)
     seconds = time.perf_counter() - started
     log.debug("wrote %s (%d tensors) in %.1f s", out, n_tensors, seconds)
     return ConvertResult(
@@ -192,7 +206,8 @@ def _convert_native(
     out: Path,
     outtype: str,
     threads: int | None,
-    pre_tokenizer: str | None = None,
+    pre_tokenizer: str | None,
+    chat: ChatTemplateChoice,
 ) -> tuple[int, int, int, str, list[str]]:
     source = open_source(info.model_dir, info.delta_base)
     origin: SourceOrigin | None = None
@@ -206,6 +221,7 @@ def _convert_native(
         add_general_metadata(writer, info, config, FILE_TYPES[converter.outtype])
         converter.set_gguf_parameters(writer)
         converter.set_vocab(writer)
+        converter.notes.extend(apply_chat_template(writer, chat))
         data_bytes = sum(plan.n_bytes + gguf.GGUF_DEFAULT_ALIGNMENT for plan in plans)
         check_free_disk(out, data_bytes + 4 * 1024 * 1024)
         origin = SourceOrigin.of(info)
@@ -245,7 +261,9 @@ def _convert_native(
         source.close()
 
 
-def _convert_upstream(model_dir: Path, out: Path, outtype: str) -> tuple[int, int, int, str]:
+def _convert_upstream(
+    model_dir: Path, out: Path, outtype: str, chat: ChatTemplateChoice
+) -> tuple[int, int, int, str, list[str]]:
     qtype = OUTTYPES[outtype]
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     with Checkpoint.open(model_dir) as checkpoint:
@@ -254,7 +272,9 @@ def _convert_upstream(model_dir: Path, out: Path, outtype: str) -> tuple[int, in
         expected = sum(i.n_elements * type_size // block for i in infos)
     check_free_disk(out, expected)
     with atomic_output(out) as partial:
-        run_upstream(model_dir, partial, outtype=outtype, expected_bytes=expected)
+        notes = run_upstream(
+            model_dir, partial, outtype=outtype, expected_bytes=expected, chat=chat
+        )
         try:
             reader = gguf.GGUFReader(partial)
             field = reader.fields["general.architecture"]
@@ -262,7 +282,8 @@ def _convert_upstream(model_dir: Path, out: Path, outtype: str) -> tuple[int, in
             n_tensors = len(reader.tensors)
         except (KeyError, ValueError, IndexError) as exc:
             raise InputError(f"the upstream converter wrote an unreadable file: {exc}") from exc
-    return n_tensors, out.stat().st_size, source_bytes, gguf_arch
+    notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")
+    return n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes
 
 
 class _CallableModule(types.ModuleType):

@@ -92,6 +92,12 @@ def register(*hf_architectures: str) -> Callable[[C], C]:
     return decorate
 
 
+# Modules of the package that hold no per-architecture converter.
+NOT_CONVERTERS = frozenset(
+    {"base", "writer", "upstream", "provenance", "chat_formats", "chat_templates", "families"}
+)
+
+
 def _load_builtin_converters() -> None:
     # Importing the architecture modules runs their @register decorators.
     import importlib
@@ -99,7 +105,7 @@ def _load_builtin_converters() -> None:
 
     package = Path(__file__).parent
     for module in pkgutil.iter_modules([str(package)]):
-        if module.name not in ("base", "writer", "upstream") and not module.name.startswith("_"):
+        if module.name not in NOT_CONVERTERS and not module.name.startswith("_"):
             importlib.import_module(f"ggufkit.convert.{module.name}")
 
 

@@ -1,18 +1,25 @@
 """The upstream engine: the pinned llama.cpp ``convert_hf_to_gguf.py`` with its own gguf-py.
 
 Used for architectures ggufkit has no converter for. The PyPI ``gguf`` does not work with that
-script (it lacks ``LazyChunkedTensor``), so the pinned gguf-py beside it goes first on PYTHONPATH.
+script (it lacks ``LazyChunkedTensor``), so it runs in a child process (``_upstream_child.py``)
+that puts the pinned gguf-py first and gives upstream ggufkit's answers where upstream would stop
+or be wrong: the pre-tokenizer of a BPE tokenizer whose hash upstream does not list (derived
+from tokenizer.json as for native BLOOM), Falcon's multi-query head count, the chat template.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sys
+import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
-from ggufkit.errors import ToolFailedError, ToolMissingError
+from ggufkit.convert.chat_templates import ChatTemplateChoice, child_settings
+from ggufkit.errors import GGUFKitError, ToolFailedError, ToolMissingError
 from ggufkit.llamacpp.runner import run_tool
 from ggufkit.llamacpp.source import ensure_source
 from ggufkit.log import get_logger, progress
@@ -67,22 +74,79 @@ def _check_torch() -> None:
         ) from exc
 
 
-def run_upstream(model_dir: Path, out_file: Path, *, outtype: str, expected_bytes: int) -> None:
-    """Run the upstream converter writing ``out_file``; a progress bar follows the file's size."""
+def derived_pre_tokenizer(model_dir: Path) -> str | None:
+    """The pre-tokenizer ggufkit derives from tokenizer.json, or None (no BPE, or cannot tell)."""
+    from ggufkit.convert.vocab_bpe import (
+        check_text_hash,
+        detect_pre_tokenizer,
+        load_tokenizer_json,
+    )
+
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        data = load_tokenizer_json(model_dir)
+        check_hash = check_text_hash(Tokenizer.from_file(str(path)))
+        return detect_pre_tokenizer(data, path=path, check_hash=check_hash).name
+    except GGUFKitError as exc:
+        log.debug("no pre-tokenizer derived from %s: %s", path, exc)
+    except Exception as exc:  # the tokenizers library raises plain Exceptions
+        log.debug("the tokenizers library cannot load %s: %s", path, exc)
+    return None
+
+
+def run_upstream(
+    model_dir: Path,
+    out_file: Path,
+    *,
+    outtype: str,
+    expected_bytes: int,
+    chat: ChatTemplateChoice | None = None,
+) -> list[str]:
+    """Run the upstream converter writing ``out_file``; returns notes for the result.
+
+    A progress bar follows the file's size.
+    """
     _check_torch()
     source = _source()
+    settings: dict[str, Any] = {
+        "source": str(source),
+        "pre_tokenizer": derived_pre_tokenizer(model_dir),
+    }
+    if chat is not None:
+        settings |= child_settings(chat)
+    notes = [chat.note()] if chat is not None else []
+    with tempfile.TemporaryDirectory(prefix="ggufkit-upstream-") as tmp:
+        settings_file = Path(tmp) / "settings.json"
+        settings_file.write_text(json.dumps(settings), encoding="utf-8")
+        args = [
+            sys.executable,
+            str(Path(__file__).with_name("_upstream_child.py")),
+            str(settings_file),
+            str(model_dir),
+            "--outfile",
+            str(out_file),
+            "--outtype",
+            outtype,
+        ]
+        _run(args, model_dir, out_file, expected_bytes, notes)
+    return notes
+
+
+def _run(
+    args: list[str], model_dir: Path, out_file: Path, expected_bytes: int, notes: list[str]
+) -> None:
     # PYTHONPATH comes before site-packages, so the pinned gguf-py wins over the PyPI one.
-    env = {"PYTHONPATH": str(source / "gguf-py")}
-    args = [
-        sys.executable,
-        str(source / SCRIPT),
-        str(model_dir),
-        "--outfile",
-        str(out_file),
-        "--outtype",
-        outtype,
-    ]
+    env = {"PYTHONPATH": str(_source() / "gguf-py")}
     done = threading.Event()
+
+    def on_line(line: str) -> None:
+        if line.startswith("ggufkit: "):  # the child's own remarks
+            notes.append(line.removeprefix("ggufkit: ").strip())
+
     with progress(expected_bytes or None, f"converting {model_dir.name} (upstream)") as bar:
 
         def follow() -> None:
@@ -102,6 +166,7 @@ def run_upstream(model_dir: Path, out_file: Path, *, outtype: str, expected_byte
                 what=f"the upstream converter ({SCRIPT})",
                 env=env,
                 merge_stderr=True,
+                on_line=on_line,
                 hint="see the log; this architecture may need a newer llama.cpp than the pinned one",
             )
         except ToolFailedError:

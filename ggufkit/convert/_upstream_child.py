@@ -1,0 +1,103 @@
+"""Child process of the upstream engine: the pinned ``convert_hf_to_gguf.py`` with ggufkit's answers.
+
+Run as ``python _upstream_child.py SETTINGS.json UPSTREAM-ARGS...``. It imports nothing from
+ggufkit: the pinned gguf-py must come first on the path, and ggufkit imports the PyPI ``gguf``.
+Three answers are given to upstream, each only where upstream would otherwise be wrong or stop:
+
+- the BPE pre-tokenizer, when upstream does not know the tokenizer's hash (every locally trained
+  or extended tokenizer): the name ggufkit derived from tokenizer.json;
+- Falcon's key/value head count: transformers 5 saves ``num_kv_heads`` equal to the head count
+  for a multi-query model, which has one key/value head;
+- the chat template chosen by ``--chat-template`` and its provenance keys, written after
+  upstream's own special-token keys (so the variant for the file's add_bos is known).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+FALCON = ("FalconForCausalLM", "RWForCausalLM")
+
+
+def main(argv: list[str]) -> None:
+    settings = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+    source = Path(settings["source"])
+    # This file's own directory (ggufkit/convert) must not shadow upstream's modules.
+    sys.path[0] = str(source)
+    sys.path.insert(0, str(source / "gguf-py"))
+    import gguf
+    from conversion import base
+
+    _fix_falcon_kv_heads(base)
+    if settings.get("pre_tokenizer"):
+        _pre_tokenizer_fallback(base, settings["pre_tokenizer"])
+    if settings.get("chat"):
+        _chat_template(gguf, settings["chat"], set(settings["bpe_pre_adding_bos"]))
+    import convert_hf_to_gguf as upstream
+
+    sys.argv = [str(source / "convert_hf_to_gguf.py"), *argv[2:]]
+    upstream.main()
+
+
+def _fix_falcon_kv_heads(base: Any) -> None:
+    original = base.ModelBase.load_hparams
+
+    def load_hparams(dir_model: Path, is_mistral_format: bool) -> Any:
+        hparams = original(dir_model, is_mistral_format)
+        if (
+            isinstance(hparams, dict)
+            and set(hparams.get("architectures") or ()) & set(FALCON)
+            and hparams.get("multi_query")
+            and not hparams.get("new_decoder_architecture")
+        ):
+            hparams["num_kv_heads"] = 1
+        return hparams
+
+    base.ModelBase.load_hparams = staticmethod(load_hparams)
+
+
+def _pre_tokenizer_fallback(base: Any, name: str) -> None:
+    original = base.TextModel.get_vocab_base_pre
+
+    def get_vocab_base_pre(self: Any, tokenizer: Any) -> str:
+        try:
+            return str(original(self, tokenizer))
+        except NotImplementedError:
+            print(f"ggufkit: pre-tokenizer {name!r}, derived from tokenizer.json", file=sys.stderr)
+            return name
+
+    base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+
+
+def _chat_template(gguf: Any, chat: dict[str, Any], bpe_pre_adding_bos: set[str]) -> None:
+    original = gguf.SpecialVocab.add_to_gguf
+
+    def add_to_gguf(self: Any, gw: Any, quiet: bool = False) -> None:
+        original(self, gw, quiet)
+        kv = gw.kv_data[0]
+        if "ggufkit.chat_template.source" in kv:
+            return
+        values = {key: value.value for key, value in kv.items()}
+        if "tokenizer.ggml.add_bos_token" in values:
+            add_bos = bool(values["tokenizer.ggml.add_bos_token"])
+        else:  # llama.cpp's default, as ggufkit.convert.chat_templates.effective_add_bos
+            model, pre = values.get("tokenizer.ggml.model"), values.get("tokenizer.ggml.pre")
+            add_bos = model == "llama" or (model == "gpt2" and pre in bpe_pre_adding_bos)
+        text = chat["jinja_bos"] if add_bos else chat["jinja_plain"]
+        if text is not None:
+            kv.pop("tokenizer.chat_template", None)
+            gw.add_chat_template(text)
+        for key, value in chat["kv"].items():
+            if isinstance(value, list):
+                gw.add_array(key, value)
+            else:
+                gw.add_string(key, value)
+
+    gguf.SpecialVocab.add_to_gguf = add_to_gguf
+
+
+if __name__ == "__main__":
+    main(sys.argv)
