@@ -14,6 +14,7 @@ from ggufkit.errors import EvaluationError, UsageError
 from ggufkit.evaluate.ppl import quiet_llama_logs
 from ggufkit.ggufinfo import read_gguf
 from ggufkit.llamacpp.bindings import load_llama_cpp
+from ggufkit.llamacpp.isolate import run_isolated
 from ggufkit.log import get_logger
 
 log = get_logger("generate")
@@ -72,8 +73,9 @@ def generate(
     """Generate from ``prompt``, passing each piece of text to ``on_text`` as it is produced.
 
     With ``chat`` the prompt is a user message formatted by the GGUF's own chat template (see
-    :func:`chat` for a conversation). A fixed ``seed`` makes sampling reproducible; without one a
-    seed is drawn and reported.
+    :func:`converse` for a conversation). A fixed ``seed`` makes sampling reproducible; without
+    one a seed is drawn and reported. llama.cpp runs in a child process (see
+    :mod:`ggufkit.llamacpp.isolate`): a crash there is a ToolCrashedError here.
     """
     if chat:
         return converse(
@@ -89,6 +91,36 @@ def generate(
             threads=threads,
             on_text=on_text,
         )[0]
+    return run_isolated(
+        _generate_here,
+        str(model),
+        prompt,
+        what=f"llama.cpp generating with {Path(model).name}",
+        on_event=on_text,
+        event_kwarg="on_text",
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop=list(stop),
+        ctx=ctx,
+        threads=threads,
+    )
+
+
+def _generate_here(
+    model: str,
+    prompt: str,
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    stop: Sequence[str],
+    ctx: int | None,
+    threads: int | None,
+    on_text: Callable[[str], None] | None = None,
+) -> GenerationResult:
     llm, seed = _open(model, chat=False, ctx=ctx, threads=threads, seed=seed, max_tokens=max_tokens)
     try:
         return _complete(
@@ -122,17 +154,59 @@ def converse(
 
     The whole conversation so far is formatted by the GGUF's chat template for every reply; a
     reply ends at EOS, at the template's stop strings (``ggufkit.chat_template.stop``) or at
-    ``stop``. ``prompts`` may be lazy (a REPL reading stdin); ``on_turn(index, prompt)`` is called
+    ``stop``. ``prompts`` may be lazy (a REPL reading stdin): the child process that runs
+    llama.cpp asks for each one when it is ready for it. ``on_turn(index, prompt)`` is called
     before each reply, ``on_text`` with each piece of it. Every reply uses the same ``seed``.
     """
+
+    def dispatch(event: tuple[str, Any]) -> None:
+        kind, payload = event
+        if kind == "text" and on_text is not None:
+            on_text(payload)
+        elif kind == "turn" and on_turn is not None:
+            on_turn(*payload)
+
+    return run_isolated(
+        _converse_here,
+        str(model),
+        what=f"llama.cpp chatting with {Path(model).name}",
+        on_event=dispatch,
+        event_kwarg="on_event",
+        feed=prompts,
+        feed_kwarg="prompts",
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop=[*template_stops(model), *stop],
+        ctx=ctx,
+        threads=threads,
+    )
+
+
+def _converse_here(
+    model: str,
+    *,
+    prompts: Iterable[str],
+    system: str | None,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    stop: Sequence[str],
+    ctx: int | None,
+    threads: int | None,
+    on_event: Callable[[tuple[str, Any]], None] | None = None,
+) -> list[GenerationResult]:
+    emit = on_event or (lambda event: None)
     llm, seed = _open(model, chat=True, ctx=ctx, threads=threads, seed=seed, max_tokens=max_tokens)
-    stops = [*template_stops(model), *stop]
+    stops = list(stop)  # the template's own stop strings included, by converse()
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     results: list[GenerationResult] = []
     try:
         for index, prompt in enumerate(prompts):
-            if on_turn is not None:
-                on_turn(index, prompt)
+            emit(("turn", (index, prompt)))
             messages.append({"role": "user", "content": prompt})
             result = _complete(
                 llm,
@@ -140,7 +214,7 @@ def converse(
                 _options(max_tokens, temperature, top_p, seed, stops),
                 seed,
                 chat=True,
-                on_text=on_text,
+                on_text=lambda text: emit(("text", text)),
             )
             messages.append({"role": "assistant", "content": result.text})
             results.append(result)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -21,6 +21,17 @@ from ggufkit.llamacpp.crash import crash_error, signal_of
 T = TypeVar("T")
 
 _EVENT, _RESULT, _ERROR = "event", "result", "error"
+_NEED, _ITEM, _END = "need", "item", "end"
+
+
+def _pull(conn: Connection) -> Iterator[Any]:
+    """In the child: the parent's iterable, one item asked for at a time."""
+    while True:
+        conn.send((_NEED, None))
+        kind, item = conn.recv()
+        if kind == _END:
+            return
+        yield item
 
 
 def _child_main(
@@ -29,10 +40,13 @@ def _child_main(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     event_kwarg: str | None,
+    feed_kwarg: str | None,
 ) -> None:
     try:
         if event_kwarg is not None:
             kwargs = {**kwargs, event_kwarg: lambda payload: conn.send((_EVENT, payload))}
+        if feed_kwarg is not None:
+            kwargs = {**kwargs, feed_kwarg: _pull(conn)}
         conn.send((_RESULT, func(*args, **kwargs)))
     except BaseException as exc:  # everything goes back to the parent, which decides
         try:
@@ -52,19 +66,31 @@ def run_isolated(
     hint: str | None = None,
     on_event: Callable[[Any], None] | None = None,
     event_kwarg: str | None = None,
+    feed: Iterable[Any] | None = None,
+    feed_kwarg: str | None = None,
     **kwargs: Any,
 ) -> T:
     """``func(*args, **kwargs)`` in a spawned child; its result, or its exception re-raised here.
 
     ``func`` must be importable by name (a module-level function) and its arguments picklable.
     With ``event_kwarg``, the child passes a callback under that name; what the child sends
-    through it reaches ``on_event`` here as it happens (e.g. generated text).
+    through it reaches ``on_event`` here as it happens (e.g. generated text). With
+    ``feed_kwarg``, the child gets an iterator under that name that takes the items of ``feed``
+    from here one at a time, when it asks (e.g. a conversation's turns typed at a prompt).
     """
     context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
+    receiver, sender = context.Pipe(duplex=True)
+    items = iter(feed) if feed is not None and feed_kwarg is not None else None
     process = context.Process(
         target=_child_main,
-        args=(sender, func, args, kwargs, event_kwarg if on_event is not None else None),
+        args=(
+            sender,
+            func,
+            args,
+            kwargs,
+            event_kwarg if on_event is not None else None,
+            feed_kwarg if items is not None else None,
+        ),
         daemon=True,
     )
     process.start()
@@ -79,6 +105,11 @@ def run_isolated(
             if kind == _EVENT:
                 if on_event is not None:
                     on_event(payload)
+            elif kind == _NEED:
+                assert items is not None
+                nothing = object()
+                item = next(items, nothing)
+                receiver.send((_END, None) if item is nothing else (_ITEM, item))
             else:
                 outcome = (kind, payload)
         process.join()
