@@ -49,6 +49,19 @@ from ggufkit.fsutil import human_bytes
     help="llama.cpp pre-tokenizer (tokenizer.ggml.pre) for a byte-level BPE vocab, e.g. bloom or "
     "gpt-2; by default detected from tokenizer.json.",
 )
+@click.option(
+    "--tokenizer",
+    default=None,
+    metavar="DIR|REPO_ID",
+    help="Legacy .bin input: the original checkpoint's tokenizer (needed for bloomz.cpp and "
+    "unversioned GGML files).",
+)
+@click.option(
+    "--context-length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Legacy .bin input: the model's training context (the files record none).",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @threads_option
 @json_option
@@ -59,13 +72,17 @@ def command(
     engine: str,
     delta_base: Path | None,
     pre_tokenizer: str | None,
+    tokenizer: str | None,
+    context_length: int | None,
     force: bool,
     threads: int | None,
     as_json: bool,
 ) -> None:
     """Convert a checkpoint to GGUF, streaming one tensor at a time.
 
-    MODEL is a local directory (config.json, weights, tokenizer) or a Hub id (owner/name).
+    MODEL is a local directory (config.json, weights, tokenizer) or a Hub id (owner/name), or a
+    pre-GGUF .bin file: llama.cpp GGML/GGMF/GGJT (LLaMA) or bloomz.cpp GGML (BLOOM), whose
+    tensors keep their types (old quantized blocks are repacked, or dequantized to f16).
     The file is written as OUT.partial and renamed when complete. Without MODEL, in a
     workspace (`ggufkit init`), the model and output come from ggufkit.toml and the step is
     skipped when its inputs have not changed (--force redoes it).
@@ -77,6 +94,7 @@ def command(
         ggufkit convert ./phoenix-inst-chat-7b --engine upstream
         ggufkit convert ./vicuna-delta --delta-base ./llama-7b -o vicuna-7b-f16.gguf
         ggufkit init ./tiny-llama && ggufkit convert
+        ggufkit convert ggml-model-f16.bin --tokenizer ./phoenix -o phoenix-f16.gguf
     """
     if model is None:  # a workspace: model, output and type come from ggufkit.toml
         from ggufkit.workspace import Workspace
@@ -86,6 +104,8 @@ def command(
             output is not None
             or delta_base is not None
             or pre_tokenizer is not None
+            or tokenizer is not None
+            or context_length is not None
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
@@ -100,7 +120,15 @@ def command(
             click.echo(step.describe())
         return
     from ggufkit.convert import convert
+    from ggufkit.convert.legacy import is_legacy_file
 
+    if is_legacy_file(model) and click.get_current_context().get_parameter_source(
+        "outtype"
+    ) == ParameterSource.COMMANDLINE:
+        raise UsageError(
+            f"{model} is a legacy .bin file: its tensors keep their types, --outtype does not apply",
+            hint="convert without --outtype, then `ggufkit quantize` the result",
+        )
     result = convert(
         model,
         output,
@@ -110,6 +138,8 @@ def command(
         threads=threads,
         force=force,
         pre_tokenizer=pre_tokenizer,
+        tokenizer=tokenizer,
+        context_length=context_length,
     )
     if as_json:
         echo_json(result.to_json())
