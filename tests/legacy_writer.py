@@ -161,10 +161,13 @@ def write_llama(
     container: str,
     version: int,
     kind: str,
+    from_f16: bool = False,
 ) -> tuple[Path, dict[str, np.ndarray]]:
     """A LLaMA legacy file of ``kind`` (f16, q4_0, q8_0) from an f32 GGUF of the same model.
 
-    Returns the file and the float32 values it stores, by legacy name.
+    ``from_f16``: quantize f16-rounded weights, as ``quantize`` did reading an f16 file (q4_0's
+    d = max / -8 then is exactly an f16). Returns the file and the float32 values it stores, by
+    legacy name.
     """
     reader = gguf.GGUFReader(f32_gguf)
     arrays = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors}
@@ -178,6 +181,8 @@ def write_llama(
     for name, array in arrays.items():
         legacy = llama_name(name)
         tensor_kind = kind if array.ndim == 2 else "f32"
+        if from_f16 and tensor_kind != "f32":
+            array = array.astype(np.float16).astype(np.float32)
         type_id, data, values = encode(array, tensor_kind, layout)
         tensors.append((legacy, type_id, array.shape, data))
         stored[legacy] = values

@@ -55,9 +55,10 @@ def resolve_tokenizer(ref: str | Path) -> Path:
 
 def _need_tokenizer(legacy: LegacyFile, why: str) -> TokenizerError:
     return TokenizerError(
-        f"{legacy.path}: {why}, so a GGUF made from it alone would tokenize wrongly",
-        hint="pass --tokenizer DIR|REPO_ID with the original checkpoint's tokenizer "
-        "(tokenizer.json or tokenizer.model)",
+        f"{legacy.path}: {why}, so a GGUF made from it alone would tokenize wrongly; "
+        "pass --tokenizer with the original checkpoint",
+        hint="--tokenizer DIR|REPO_ID: the directory or Hub id of the checkpoint the file was "
+        "made from (its tokenizer.json or tokenizer.model)",
         path=legacy.path,
     )
 
