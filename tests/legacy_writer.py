@@ -39,10 +39,8 @@ def quantize_q4_0_old(x: np.ndarray, *, split_nibbles: bool = False) -> tuple[by
     d = (signed_max / np.float32(-8)).astype(np.float32)
     inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
     q = np.minimum(15, _roundf(blocks * inv[:, None]) + 8).astype(np.uint8)
-    if split_nibbles:
-        packed = q[:, :16] | (q[:, 16:] << 4)
-    else:
-        packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    # GGJT v2 and later: elements j and j+16; before: elements 2j and 2j+1
+    packed = q[:, :16] | (q[:, 16:] << 4) if split_nibbles else q[:, 0::2] | (q[:, 1::2] << 4)
     raw = np.concatenate([d.view(np.uint8).reshape(-1, 4), packed], axis=1)
     values = (q.astype(np.float32) - 8) * d[:, None]
     return raw.tobytes(), values.reshape(x.shape)

@@ -122,9 +122,11 @@ def command(
     from ggufkit.convert import convert
     from ggufkit.convert.legacy import is_legacy_file
 
-    if is_legacy_file(model) and click.get_current_context().get_parameter_source(
-        "outtype"
-    ) == ParameterSource.COMMANDLINE:
+    if (
+        is_legacy_file(model)
+        and click.get_current_context().get_parameter_source("outtype")
+        == ParameterSource.COMMANDLINE
+    ):
         raise UsageError(
             f"{model} is a legacy .bin file: its tensors keep their types, --outtype does not apply",
             hint="convert without --outtype, then `ggufkit quantize` the result",

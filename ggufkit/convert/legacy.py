@@ -114,7 +114,7 @@ def convert_legacy(
             written = 0
             for chunk in job.chunks():
                 data = np.ascontiguousarray(chunk).view(np.uint8)
-                fh.write(memoryview(data).cast("B"))
+                fh.write(data.data)
                 written += data.nbytes
             if written != plan.n_bytes:
                 raise ConversionError(
@@ -206,7 +206,9 @@ def _set_parameters(
     by_name = {j.name: j for j in jobs}
     n_embd, n_head = hp["n_embd"], hp["n_head"]
     if n_embd % n_head:
-        raise LegacyFormatError(f"{legacy.path}: n_embd {n_embd} is not a multiple of {n_head} heads")
+        raise LegacyFormatError(
+            f"{legacy.path}: n_embd {n_embd} is not a multiple of {n_head} heads"
+        )
     token_embd = by_name["token_embd.weight"].shape
     if token_embd != (hp["n_vocab"], n_embd):
         raise LegacyFormatError(
@@ -292,7 +294,7 @@ def describe_legacy_text(info: dict[str, Any], *, tensors: bool = False) -> str:
     ]
     if tensors:
         lines.extend(
-            f"    {t['name']:48s} {t['type']:6s} {str(t['shape']):16s} {t['bytes']}"
+            f"    {t['name']:48s} {t['type']:6s} {t['shape']!s:16s} {t['bytes']}"
             for t in info["tensors"]
         )
     return "\n".join(lines)

@@ -136,7 +136,7 @@ def repack(blocks: Blocks, kind: int) -> np.ndarray:
     """
     n = len(blocks.d)
     heads = [blocks.d] if blocks.m is None else [blocks.d, blocks.m]
-    parts = [h.astype("<f2").view(np.uint8).reshape(n, 2) for h in heads]
+    parts: list[np.ndarray] = [h.astype("<f2").view(np.uint8).reshape(n, 2) for h in heads]
     if kind == Q8_0:
         parts.append(blocks.q.view(np.uint8))
     else:

@@ -132,15 +132,11 @@ def _rebuild_llama(writer: gguf.GGUFWriter, legacy: LegacyFile) -> None:
 
 
 def _compare(legacy: LegacyFile, expected: dict[int, bytes], where: Path) -> None:
-    comparable = [
-        (i, text) for i, (text, _) in enumerate(legacy.vocab) if i in expected and text
-    ]
+    comparable = [(i, text) for i, (text, _) in enumerate(legacy.vocab) if i in expected and text]
     wrong = [i for i, text in comparable if expected[i] != text]
     log.debug("tokenizer check: %d of %d entries differ", len(wrong), len(comparable))
     if not comparable or len(wrong) > MAX_MISMATCH * len(comparable):
-        shown = ", ".join(
-            f"{i}: {legacy.vocab[i][0]!r} vs {expected[i]!r}" for i in wrong[:3]
-        )
+        shown = ", ".join(f"{i}: {legacy.vocab[i][0]!r} vs {expected[i]!r}" for i in wrong[:3])
         raise TokenizerError(
             f"the tokenizer in {where} does not match {legacy.path}'s vocabulary "
             f"({len(wrong)} of {len(comparable)} entries differ: {shown})",
@@ -156,9 +152,7 @@ def _check_bloom(legacy: LegacyFile, tokenizer_dir: Path) -> None:
     n = min(tokenizer.get_vocab_size(with_added_tokens=True), len(legacy.vocab))
     decoded = tokenizer.decode_batch([[i] for i in range(n)], skip_special_tokens=False)
     # decode([i]) of a partial UTF-8 sequence gives U+FFFD: those entries say nothing
-    expected = {
-        i: text.encode("utf-8") for i, text in enumerate(decoded) if "\ufffd" not in text
-    }
+    expected = {i: text.encode("utf-8") for i, text in enumerate(decoded) if "\ufffd" not in text}
     _compare(legacy, expected, tokenizer_dir)
 
 

@@ -189,19 +189,28 @@ def _unsupported(type_id: int, when: str) -> LegacyFormatError:
 
 
 class _Cursor:
+    HEAD = 64 << 20  # header and vocabulary are parsed from a bytes copy (slicing is cheap)
+
     def __init__(self, data: np.ndarray, path: Path) -> None:
         self.data, self.path, self.pos = data, path, 0
+        self.head = data[: self.HEAD].tobytes()
 
-    def take(self, n: int, what: str) -> memoryview:
+    def take(self, n: int, what: str) -> bytes:
+        start = self.skip(n, what)
+        if start + n <= len(self.head):
+            return self.head[start : start + n]
+        return self.data[start : start + n].tobytes()
+
+    def skip(self, n: int, what: str) -> int:
+        """Advance past ``n`` bytes (checked to be there); returns where they start."""
         if n < 0 or self.pos + n > len(self.data):
             raise LegacyFormatError(
                 f"{self.path} is truncated: it ends inside {what} (offset {self.pos})",
                 hint="the file is incomplete: download or copy it again",
                 path=self.path,
             )
-        view = memoryview(self.data[self.pos : self.pos + n])
         self.pos += n
-        return view
+        return self.pos - n
 
     def ints(self, n: int, what: str) -> tuple[int, ...]:
         return struct.unpack(f"<{n}i", self.take(4 * n, what))
@@ -218,9 +227,7 @@ def read_legacy(path: str | Path) -> LegacyFile:
     cur = _Cursor(data, path)
     (magic,) = struct.unpack("<I", cur.take(4, "the magic"))
     if magic == GGUF_MAGIC:
-        raise LegacyFormatError(
-            f"{path} is already a GGUF file", hint="use it as it is", path=path
-        )
+        raise LegacyFormatError(f"{path} is already a GGUF file", hint="use it as it is", path=path)
     if magic not in MAGICS:
         raise LegacyFormatError(
             f"{path} is not a GGML/GGMF/GGJT file (magic {magic:#010x})",
@@ -229,7 +236,13 @@ def read_legacy(path: str | Path) -> LegacyFile:
         )
     container = MAGICS[magic]
     version = 0 if container == "ggml" else cur.ints(1, "the version")[0]
-    if (container, version) not in {("ggml", 0), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)}:
+    if (container, version) not in {
+        ("ggml", 0),
+        ("ggmf", 1),
+        ("ggjt", 1),
+        ("ggjt", 2),
+        ("ggjt", 3),
+    }:
         raise LegacyFormatError(
             f"{path}: {container.upper()} version {version} is not one llama.cpp ever wrote",
             hint="the file is corrupt",
@@ -251,7 +264,7 @@ def read_legacy(path: str | Path) -> LegacyFile:
                 hint="the file is corrupt",
                 path=path,
             )
-        text = bytes(cur.take(length, f"vocabulary entry {i}"))
+        text = cur.take(length, f"vocabulary entry {i}")
         score = struct.unpack("<f", cur.take(4, f"score {i}"))[0] if with_scores else None
         vocab.append((text, score))
     legacy = LegacyFile(path, container, version, hparams, vocab, [], data)
@@ -295,10 +308,9 @@ def _read_tensor(cur: _Cursor, legacy: LegacyFile) -> LegacyTensor:
             path=legacy.path,
         )
     if legacy.container == "ggjt":
-        cur.take(-cur.pos % 32, f"the padding of {name}")
+        cur.skip(-cur.pos % 32, f"the padding of {name}")
     n_bytes = n_elements // block * type_size
-    offset = cur.pos
-    cur.take(n_bytes, f"the data of tensor {name}")
+    offset = cur.skip(n_bytes, f"the data of tensor {name}")
     return LegacyTensor(name, type_id, tuple(dims), offset, n_bytes)
 
 
