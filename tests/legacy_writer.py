@@ -24,7 +24,8 @@ import gguf
 import numpy as np
 
 MAGIC = {"ggml": 0x67676D6C, "ggmf": 0x67676D66, "ggjt": 0x67676A74}
-TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 8}
+TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8}
+FTYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9}
 
 
 def _roundf(x: np.ndarray) -> np.ndarray:
@@ -46,6 +47,20 @@ def quantize_q4_0_old(x: np.ndarray, *, split_nibbles: bool = False) -> tuple[by
     return raw.tobytes(), values.reshape(x.shape)
 
 
+def quantize_q4_1_old(x: np.ndarray, *, split_nibbles: bool = False) -> tuple[bytes, np.ndarray]:
+    """Blocks of float32 d = (max - min) / 15, float32 m = min, 16 nibble bytes."""
+    blocks = x.astype(np.float32).reshape(-1, 32)
+    lo, hi = blocks.min(axis=1), blocks.max(axis=1)
+    d = ((hi - lo) / np.float32(15)).astype(np.float32)
+    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    q = np.minimum(15, _roundf((blocks - lo[:, None]) * inv[:, None])).astype(np.uint8)
+    packed = q[:, :16] | (q[:, 16:] << 4) if split_nibbles else q[:, 0::2] | (q[:, 1::2] << 4)
+    heads = [d.view(np.uint8).reshape(-1, 4), lo.view(np.uint8).reshape(-1, 4)]
+    raw = np.concatenate([*heads, packed], axis=1)
+    values = q.astype(np.float32) * d[:, None] + lo[:, None]
+    return raw.tobytes(), values.reshape(x.shape)
+
+
 def quantize_q8_0_old(x: np.ndarray) -> tuple[bytes, np.ndarray]:
     """Blocks of float32 d = amax / 127 + 32 int8 (GGJT v1/v2)."""
     blocks = x.astype(np.float32).reshape(-1, 32)
@@ -64,12 +79,15 @@ def encode(array: np.ndarray, kind: str, layout: str) -> tuple[int, bytes, np.nd
     if kind == "f16":
         a = array.astype("<f2")
         return TYPE[kind], a.tobytes(), a.astype(np.float32)
-    if layout == "v3":
+    if layout == "v3" or kind in ("q5_0", "q5_1"):  # v2's q5 blocks are today's
         qtype = gguf.GGMLQuantizationType[kind.upper()]
         raw = gguf.quants.quantize(array.astype(np.float32), qtype)
         return TYPE[kind], raw.tobytes(), gguf.quants.dequantize(raw, qtype).reshape(array.shape)
     if kind == "q4_0":
         raw, values = quantize_q4_0_old(array, split_nibbles=layout == "v2")
+        return TYPE[kind], raw, values
+    if kind == "q4_1":
+        raw, values = quantize_q4_1_old(array, split_nibbles=layout == "v2")
         return TYPE[kind], raw, values
     if kind == "q8_0":
         raw, values = quantize_q8_0_old(array)
@@ -173,7 +191,7 @@ def write_llama(
     n_vocab, n_embd = arrays["token_embd.weight"].shape
     n_head = int(reader.fields["llama.attention.head_count"].contents())
     n_layer = int(reader.fields["llama.block_count"].contents())
-    ftype = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}[kind]
+    ftype = FTYPE[kind]
     hparams = [n_vocab, n_embd, 256, n_head, n_layer, n_embd // n_head, ftype]
     tensors, stored = [], {}
     for name, array in arrays.items():
@@ -216,7 +234,7 @@ def _bloomz_name(name: str) -> str:
 
 
 def write_bloomz(path: Path, model_dir: Path, *, kind: str) -> tuple[Path, dict[str, np.ndarray]]:
-    """bloomz.cpp's file of the tiny BLOOM: f32, f16, or q4_0 as its quantize tool wrote it.
+    """bloomz.cpp's file of the tiny BLOOM: f32, f16, or q4_0/q4_1 as its quantize tool wrote it.
 
     Returns the file and the float32 values stored, by HF name (query_key_value in HF order).
     """
@@ -229,7 +247,7 @@ def write_bloomz(path: Path, model_dir: Path, *, kind: str) -> tuple[Path, dict[
     state = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     if "lm_head.weight" not in state:  # transformers of 2023 listed the tied head too
         state["lm_head.weight"] = state["transformer.word_embeddings.weight"]
-    ftype = {"f32": 0, "f16": 1, "q4_0": 2}[kind]
+    ftype = FTYPE[kind]
     hparams = [
         config.vocab_size,
         config.hidden_size,
@@ -256,7 +274,7 @@ def write_bloomz(path: Path, model_dir: Path, *, kind: str) -> tuple[Path, dict[
         elif kind == "f16":
             tensor_kind = "f16"
         else:  # quantize.cpp: 2-D ".*weight" tensors, read from the f16 file
-            tensor_kind = "q4_0"
+            tensor_kind = kind
             data = data.astype(np.float16).astype(np.float32)
         type_id, raw, values = encode(data, tensor_kind, "v1")
         tensors.append((_bloomz_name(name), type_id, data.shape, raw))

@@ -92,6 +92,11 @@ def test_reads_every_llama_container(legacy_llama: Any, container: str, version:
         ("ggmf", 1, "q4_0", True, "repacked"),
         ("ggjt", 2, "q4_0", True, "repacked"),
         ("ggjt", 1, "q8_0", True, "dequantized"),  # amax / 127 is no f16 even from f16 input
+        ("ggjt", 1, "q4_1", False, "dequantized"),
+        ("ggjt", 2, "q4_1", False, "dequantized"),
+        ("ggjt", 3, "q4_1", False, "kept"),
+        ("ggjt", 2, "q5_0", False, "kept"),
+        ("ggjt", 3, "q5_1", False, "kept"),
     ],
 )
 def test_quantized_values(
@@ -289,3 +294,24 @@ def test_cli_inspect_and_convert(legacy_llama: Any, tiny_llama_dir: Path, tmp_pa
     assert "dequantized to f16" in done.output and "legacy engine" in done.output
     assert field(out, "general.architecture") == "llama"
     assert field(out, "general.file_type") == gguf.LlamaFileType.MOSTLY_F16
+
+
+@pytest.mark.parametrize("kind", ["q4_0", "q4_1", "q8_0"])
+def test_repack_matches_gguf_quants(kind: str) -> None:
+    """Today's layouts as gguf.quants reads them: the repacked blocks hold the decoded values."""
+    from ggufkit.convert.legacy_tensors import repack
+    from ggufkit.formats.legacy_ggml import TYPE_NAMES, Blocks, dequantize
+
+    type_id = next(i for i, name in TYPE_NAMES.items() if name == kind)
+    rng = np.random.default_rng(3)
+    n = 64
+    d = rng.normal(size=n).astype(np.float16).astype(np.float32)
+    m = rng.normal(size=n).astype(np.float16).astype(np.float32) if kind == "q4_1" else None
+    if kind == "q8_0":
+        q = rng.integers(-128, 128, size=(n, 32)).astype(np.int8)
+    else:
+        q = rng.integers(0, 16, size=(n, 32)).astype(np.uint8)
+    blocks = Blocks(d, q, m)
+    qtype = gguf.GGMLQuantizationType[kind.upper()]
+    got = gguf.quants.dequantize(repack(blocks, type_id), qtype).reshape(-1)
+    assert np.array_equal(got, dequantize(blocks, type_id))
