@@ -315,3 +315,41 @@ def test_repack_matches_gguf_quants(kind: str) -> None:
     qtype = gguf.GGMLQuantizationType[kind.upper()]
     got = gguf.quants.dequantize(repack(blocks, type_id), qtype).reshape(-1)
     assert np.array_equal(got, dequantize(blocks, type_id))
+
+
+_BLOOM_HF = {
+    "token_embd": "transformer.word_embeddings",
+    "token_embd_norm": "transformer.word_embeddings_layernorm",
+    "output_norm": "transformer.ln_f",
+    "attn_norm": "input_layernorm",
+    "attn_qkv": "self_attention.query_key_value",
+    "attn_output": "self_attention.dense",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_up": "mlp.dense_h_to_4h",
+    "ffn_down": "mlp.dense_4h_to_h",
+}
+
+
+@pytest.mark.needs_torch
+@pytest.mark.parametrize(("kind", "action"), [("q4_0", "repacked"), ("q4_1", "dequantized")])
+def test_bloomz_quantized_values(
+    tiny_bloom_dir: Path, tmp_path: Path, kind: str, action: str
+) -> None:
+    from ggufkit.convert.bloom import qkv_row_order
+
+    path, stored = lw.write_bloomz(tmp_path / "b.bin", tiny_bloom_dir, kind=kind)
+    result = convert(path, tmp_path / "b.gguf", tokenizer=tiny_bloom_dir)
+    # 9 2-D weights: the tied output (a copy of the embedding in the file) is dropped
+    assert any(f"{kind}: 9 tensors {action}" in note for note in result.notes), result.notes
+    for name, tensor in gguf_tensors(result.output).items():
+        parts = name.split(".")
+        if parts[0] == "blk":
+            hf = f"transformer.h.{parts[1]}.{_BLOOM_HF[parts[2]]}.{parts[3]}"
+        else:
+            hf = f"{_BLOOM_HF[parts[0]]}.{parts[1]}"
+        expected = stored[hf]
+        if "attn_qkv" in name:
+            expected = expected[qkv_row_order(4, 16)]
+        if action == "dequantized" and expected.ndim == 2:
+            expected = expected.astype(np.float16).astype(np.float32)
+        assert np.array_equal(values(tensor).reshape(expected.shape), expected), name
