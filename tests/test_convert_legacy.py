@@ -353,3 +353,19 @@ def test_bloomz_quantized_values(
         if action == "dequantized" and expected.ndim == 2:
             expected = expected.astype(np.float16).astype(np.float32)
         assert np.array_equal(values(tensor).reshape(expected.shape), expected), name
+
+
+@pytest.mark.needs_torch
+def test_tokenizer_from_a_hub_repo_id(
+    tiny_bloom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hubserver import serving
+
+    files = {p.name: p.read_bytes() for p in tiny_bloom_dir.iterdir() if p.is_file()}
+    path, _ = lw.write_bloomz(tmp_path / "b.bin", tiny_bloom_dir, kind="f16")
+    with serving(monkeypatch, Path(os.environ["HF_HOME"])) as hub:
+        hub.add_repo("acme/tiny-bloom", {"main": files})
+        result = convert(path, tmp_path / "b.gguf", tokenizer="acme/tiny-bloom")
+        fetched = (len(hub.gets("tokenizer.json")), len(hub.gets("model.safetensors")))
+    assert field(result.output, "tokenizer.ggml.pre") == "bloom"
+    assert fetched == (1, 0)  # the tokenizer files, not the weights
