@@ -166,7 +166,11 @@ def test_llama_logit_and_tokenizer_parity(
 def test_llama_rebuilt_vocab_tokenizes_like_sentencepiece(
     llama_legacy: Any, tiny_llama_dir: Path, corpus_path: Path, tmp_path: Path
 ) -> None:
-    """GGJT carries sentencepiece scores: without --tokenizer the tokens still match HF's."""
+    """GGJT carries sentencepiece scores: without --tokenizer the tokens still match HF's.
+
+    The file does not record whether BOS is added; llama.cpp's default for a sentencepiece
+    vocabulary (as in 2023) adds it, while this tiny tokenizer's config does not.
+    """
     src = llama_legacy("ggjt", 3, "f16")
     lonely = tmp_path / "alone"
     lonely.mkdir()
@@ -174,4 +178,5 @@ def test_llama_rebuilt_vocab_tokenizes_like_sentencepiece(
     out = cli_convert(moved, tmp_path / "out.gguf")
     text = corpus_path.read_text(encoding="utf-8") + SPECIAL_TAIL
     report = tokenizer_parity(out, tiny_llama_dir, text)
-    assert report.equal, report.summary()
+    assert report.gguf_ids[0] == 1 and report.reference_ids[0] != 1
+    assert report.gguf_ids[1:] == report.reference_ids, report.summary()
