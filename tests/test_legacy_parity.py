@@ -118,14 +118,56 @@ def llama_legacy(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     folder = tmp_path_factory.mktemp("legacy-llama-parity")
     f32 = convert(tiny_llama_dir, folder / "f32.gguf", outtype="f32").output
 
-    def make(container: str, version: int, kind: str) -> Path:
-        path, _ = lw.write_llama(
+    def make(container: str, version: int, kind: str) -> tuple[Path, dict[str, np.ndarray]]:
+        return lw.write_llama(
             folder / f"ggml-model-{container}{version}-{kind}.bin", f32, tiny_llama_dir,
             container=container, version=version, kind=kind,
         )  # fmt: skip
-        return path
 
     return make
+
+
+_LLAMA_HF = {
+    "tok_embeddings": "model.embed_tokens",
+    "norm": "model.norm",
+    "output": "lm_head",
+    "attention.wq": "self_attn.q_proj",
+    "attention.wk": "self_attn.k_proj",
+    "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj",
+    "attention_norm": "input_layernorm",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "feed_forward.w3": "mlp.up_proj",
+    "ffn_norm": "post_attention_layernorm",
+}
+
+
+def llama_with_values(model_dir: Path, stored: dict[str, np.ndarray], out: Path) -> Path:
+    """The checkpoint with the legacy file's own values, q/k rows back in HF's rotate-half order."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ggufkit.convert.llama import rotary_row_order
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    n_head, n_kv = model.config.num_attention_heads, model.config.num_key_value_heads
+    state = {}
+    for name, array in stored.items():
+        parts = name.split(".")
+        if parts[0] == "layers":
+            hf = f"model.layers.{parts[1]}.{_LLAMA_HF['.'.join(parts[2:-1])]}.weight"
+        else:
+            hf = f"{_LLAMA_HF[parts[0]]}.weight"
+        if name.endswith(("wq.weight", "wk.weight")):
+            heads = n_head if "wq" in name else n_kv
+            unpermuted = np.empty_like(array)
+            unpermuted[rotary_row_order(array.shape[0], heads)] = array
+            array = unpermuted
+        state[hf] = torch.from_numpy(np.ascontiguousarray(array))
+    model.load_state_dict(state, strict=True)
+    model.save_pretrained(str(out))
+    return out
 
 
 def llama_ids(model_dir: Path) -> list[int]:
@@ -138,9 +180,11 @@ def llama_ids(model_dir: Path) -> list[int]:
     [
         ("ggjt", 3, "f16", F16_TOL),
         ("ggml", 0, "f16", F16_TOL),
-        ("ggjt", 3, "q8_0", 0.1),  # 8-bit weights, as native q8_0 files
-        ("ggjt", 3, "q4_0", 0.5),  # 4-bit random weights; the values are checked exactly elsewhere
-        ("ggjt", 1, "q4_0", 0.5),
+        # quantized: against the checkpoint holding the file's own values (what is left is
+        # llama.cpp rounding activations to 8 bits for quantized products)
+        ("ggjt", 3, "q8_0", 0.02),
+        ("ggjt", 3, "q4_0", 0.02),
+        ("ggjt", 1, "q4_0", F16_TOL),  # dequantized to f16
     ],
 )
 def test_llama_logit_and_tokenizer_parity(
@@ -153,12 +197,14 @@ def test_llama_logit_and_tokenizer_parity(
     kind: str,
     tol: float,
 ) -> None:
-    src = llama_legacy(container, version, kind)
+    src, stored = llama_legacy(container, version, kind)
     out = cli_convert(src, tmp_path / "out.gguf", "--tokenizer", str(tiny_llama_dir))
-    report = logit_parity(out, tiny_llama_dir, llama_ids(tiny_llama_dir))
+    reference = tiny_llama_dir
+    if kind != "f16":
+        reference = llama_with_values(tiny_llama_dir, stored, tmp_path / "values")
+    report = logit_parity(out, reference, llama_ids(tiny_llama_dir))
     assert report.rel_diff <= tol, report.summary()
-    if tol <= F16_TOL:
-        assert report.decisive_mismatches(tol * report.max_abs_logit) == [], report.summary()
+    assert report.decisive_mismatches(tol * report.max_abs_logit) == [], report.summary()
     text = corpus_path.read_text(encoding="utf-8") + SPECIAL_TAIL
     assert tokenizer_parity(out, tiny_llama_dir, text).equal
 
@@ -171,7 +217,7 @@ def test_llama_rebuilt_vocab_tokenizes_like_sentencepiece(
     The file does not record whether BOS is added; llama.cpp's default for a sentencepiece
     vocabulary (as in 2023) adds it, while this tiny tokenizer's config does not.
     """
-    src = llama_legacy("ggjt", 3, "f16")
+    src, _ = llama_legacy("ggjt", 3, "f16")
     lonely = tmp_path / "alone"
     lonely.mkdir()
     moved = Path(shutil.copy(src, lonely / src.name))
