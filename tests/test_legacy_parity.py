@@ -78,7 +78,7 @@ def test_bloomz_q4_0_parity(bloomz: dict[str, Any], tiny_bloom_dir: Path, tmp_pa
     model.save_pretrained(str(tmp_path / "q4-values"))
     ids = bloom_ids(tiny_bloom_dir)
     report = logit_parity(out, tmp_path / "q4-values", ids)
-    assert report.rel_diff <= 0.05, report.summary()
+    assert report.rel_diff <= 0.03, report.summary()  # measured 0.4%
     original = logit_parity(out, tiny_bloom_dir, ids)
     assert original.rel_diff > report.rel_diff  # the reference above carries the q4 rounding
     reader = gguf.GGUFReader(out)
@@ -182,8 +182,8 @@ def llama_ids(model_dir: Path) -> list[int]:
         ("ggml", 0, "f16", F16_TOL),
         # quantized: against the checkpoint holding the file's own values (what is left is
         # llama.cpp rounding activations to 8 bits for quantized products)
-        ("ggjt", 3, "q8_0", 0.02),
-        ("ggjt", 3, "q4_0", 0.02),
+        ("ggjt", 3, "q8_0", 0.03),  # measured 1.7%
+        ("ggjt", 3, "q4_0", 0.03),  # measured 1.8%
         ("ggjt", 1, "q4_0", F16_TOL),  # dequantized to f16
     ],
 )
