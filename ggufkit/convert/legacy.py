@@ -23,7 +23,13 @@ from ggufkit.convert.legacy_tensors import TensorJob, describe_actions, gguf_nam
 from ggufkit.convert.legacy_vocab import resolve_tokenizer, set_legacy_vocab
 from ggufkit.convert.writer import serialize_header
 from ggufkit.errors import ConversionError, LegacyFormatError, UsageError
-from ggufkit.formats.legacy_ggml import FTYPE_NAMES, LegacyFile, read_legacy, sniff
+from ggufkit.formats.legacy_ggml import (
+    FTYPE_NAMES,
+    LegacyFile,
+    LegacyTensor,
+    read_legacy,
+    sniff,
+)
 from ggufkit.fsutil import atomic_output, check_free_disk, check_output_path, sha256_file
 from ggufkit.log import get_logger, progress
 
@@ -150,7 +156,7 @@ def _plan(legacy: LegacyFile) -> list[TensorJob]:
             name == "output.weight"
             and legacy.family == "bloom"
             and embedding is not None
-            and np.array_equal(legacy.raw(tensor), legacy.raw(embedding))
+            and _same_bytes(legacy, tensor, embedding)
         ):
             log.info("output.weight repeats the tied embedding; llama.cpp reuses token_embd")
             continue
@@ -164,6 +170,14 @@ def _plan(legacy: LegacyFile) -> list[TensorJob]:
             path=legacy.path,
         )
     return jobs
+
+
+def _same_bytes(legacy: LegacyFile, a: LegacyTensor, b: LegacyTensor) -> bool:
+    if (a.type_id, a.dims) != (b.type_id, b.dims):
+        return False
+    step = 16 << 20
+    pairs = zip(legacy.chunks(a, step), legacy.chunks(b, step), strict=True)
+    return all(np.array_equal(x, y) for x, y in pairs)
 
 
 def _read_config(tokenizer_dir: Path | None) -> dict[str, Any]:

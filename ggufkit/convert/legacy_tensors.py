@@ -28,6 +28,7 @@ from ggufkit.formats.legacy_ggml import (
     LegacyTensor,
     block_size,
     decode_blocks,
+    decode_scales,
     dequantize,
 )
 
@@ -68,7 +69,8 @@ BLOOM_NAMES = {
 NAME_TABLES = {"llama": LLAMA_NAMES, "bloom": BLOOM_NAMES}
 
 _LAYER = re.compile(r"^layers\.(\d+)\.")
-CHUNK_BLOCKS = 1 << 16  # blocks decoded at a time: bounded memory for any tensor
+CHUNK_BLOCKS = 1 << 18  # blocks decoded at a time: bounded memory for any tensor
+COPY_BYTES = 16 << 20
 
 
 def gguf_name(family: str, name: str) -> str | None:
@@ -96,16 +98,20 @@ class TensorJob:
 
 
 def plan_tensor(legacy: LegacyFile, tensor: LegacyTensor, name: str) -> TensorJob:
-    raw = legacy.raw(tensor)
     kind = tensor.type_id
     if kind in (F32, F16) or legacy.layout == "v3" or kind not in (Q4_0, Q4_1, Q8_0):
         # today's layout already (GGJT v3, and v2's q5 blocks): the GGML type ids are unchanged
-        return TensorJob(name, tensor, QT(kind), "copied", lambda: iter([raw]))
+        return TensorJob(
+            name, tensor, QT(kind), "copied", lambda: legacy.chunks(tensor, COPY_BYTES)
+        )
     _, size = block_size(kind, legacy.layout)
-    exact = all(_f16_exact(b) for b in _scan(raw, size, kind, legacy.layout))
+    exact = all(
+        _f16_exact(decode_scales(raw, kind, legacy.layout))
+        for raw in legacy.chunks(tensor, CHUNK_BLOCKS * size)
+    )
 
     def chunks() -> Iterator[np.ndarray]:
-        for blocks in _scan(raw, size, kind, legacy.layout):
+        for blocks in _scan(legacy, tensor):
             yield repack(blocks, kind) if exact else dequantize(blocks, kind).astype("<f2")
 
     if exact:
@@ -113,14 +119,13 @@ def plan_tensor(legacy: LegacyFile, tensor: LegacyTensor, name: str) -> TensorJo
     return TensorJob(name, tensor, QT.F16, "dequantized", chunks)
 
 
-def _scan(raw: np.ndarray, size: int, kind: int, layout: str) -> Iterator[Blocks]:
-    step = CHUNK_BLOCKS * size
-    for start in range(0, len(raw), step):
-        yield decode_blocks(raw[start : start + step], kind, layout)
+def _scan(legacy: LegacyFile, tensor: LegacyTensor) -> Iterator[Blocks]:
+    _, size = block_size(tensor.type_id, legacy.layout)
+    for raw in legacy.chunks(tensor, CHUNK_BLOCKS * size):
+        yield decode_blocks(raw, tensor.type_id, legacy.layout)
 
 
-def _f16_exact(blocks: Blocks) -> bool:
-    scales = [blocks.d] if blocks.m is None else [blocks.d, blocks.m]
+def _f16_exact(scales: list[np.ndarray]) -> bool:
     for s in scales:
         with np.errstate(over="ignore"):
             back = s.astype(np.float16).astype(np.float32)

@@ -3,7 +3,7 @@
 All are little-endian int32 fields: a magic (and, from GGMF on, a version), seven hparams, the
 vocabulary as (length, bytes[, float32 score]), then tensors as n_dims, name length, type, the
 dims in ggml order (fastest first), the name and the data; GGJT pads the data to 32 bytes of the
-file offset. Only the directory is read here: tensor data stays in a memory map until asked for.
+file offset. Only the directory is read here: tensor data is read later, a chunk at a time.
 
 Quantized blocks changed twice. Up to GGJT v1 (and in bloomz.cpp) a q4_0/q4_1 block holds float32
 scales and packs elements 2j and 2j+1 into the low and high nibble of byte j (``quantize_row_q4_0``
@@ -13,9 +13,12 @@ GGJT v3 made the q4_0/q4_1/q8_0 scales float16, which is today's layout.
 
 from __future__ import annotations
 
+import os
 import struct
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -123,7 +126,7 @@ class LegacyFile:
     hparams: dict[str, int]
     vocab: list[tuple[bytes, float | None]]
     tensors: list[LegacyTensor]
-    data: np.ndarray = field(repr=False)  # the whole file, memory-mapped, uint8
+    size: int
     family: str = ""  # "llama" or "bloom" (bloomz.cpp), from the tensor names
 
     @property
@@ -147,8 +150,18 @@ class LegacyFile:
     def tensor(self, name: str) -> LegacyTensor | None:
         return next((t for t in self.tensors if t.name == name), None)
 
-    def raw(self, tensor: LegacyTensor) -> np.ndarray:
-        return self.data[tensor.offset : tensor.offset + tensor.n_bytes]
+    def chunks(self, tensor: LegacyTensor, chunk_bytes: int) -> Iterator[np.ndarray]:
+        """The tensor's raw bytes, ``chunk_bytes`` at a time (plain reads: no mapping that
+        would count the whole file in the process's memory)."""
+        with open(self.path, "rb") as fh:
+            fh.seek(tensor.offset)
+            left = tensor.n_bytes
+            while left:
+                data = fh.read(min(left, chunk_bytes))
+                if not data:
+                    raise LegacyFormatError(f"{self.path} shrank while it was read", path=self.path)
+                left -= len(data)
+                yield np.frombuffer(data, dtype=np.uint8)
 
 
 def sniff(path: str | Path) -> str | None:
@@ -191,19 +204,20 @@ def _unsupported(type_id: int, when: str) -> LegacyFormatError:
 class _Cursor:
     HEAD = 64 << 20  # header and vocabulary are parsed from a bytes copy (slicing is cheap)
 
-    def __init__(self, data: np.ndarray, path: Path) -> None:
-        self.data, self.path, self.pos = data, path, 0
-        self.head = data[: self.HEAD].tobytes()
+    def __init__(self, fh: BinaryIO, size: int, path: Path) -> None:
+        self.fh, self.size, self.path, self.pos = fh, size, path, 0
+        self.head = fh.read(self.HEAD)
 
     def take(self, n: int, what: str) -> bytes:
         start = self.skip(n, what)
         if start + n <= len(self.head):
             return self.head[start : start + n]
-        return self.data[start : start + n].tobytes()
+        self.fh.seek(start)
+        return self.fh.read(n)
 
     def skip(self, n: int, what: str) -> int:
         """Advance past ``n`` bytes (checked to be there); returns where they start."""
-        if n < 0 or self.pos + n > len(self.data):
+        if n < 0 or self.pos + n > self.size:
             raise LegacyFormatError(
                 f"{self.path} is truncated: it ends inside {what} (offset {self.pos})",
                 hint="the file is incomplete: download or copy it again",
@@ -220,11 +234,14 @@ def read_legacy(path: str | Path) -> LegacyFile:
     """Parse the header, vocabulary and tensor directory; raises LegacyFormatError when corrupt."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        data = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        with open(path, "rb") as fh:
+            return _parse(_Cursor(fh, os.fstat(fh.fileno()).st_size, path))
     except OSError as exc:
         raise LegacyFormatError(f"cannot read {path}: {exc.strerror}", path=path) from exc
-    cur = _Cursor(data, path)
+
+
+def _parse(cur: _Cursor) -> LegacyFile:
+    path = cur.path
     (magic,) = struct.unpack("<I", cur.take(4, "the magic"))
     if magic == GGUF_MAGIC:
         raise LegacyFormatError(f"{path} is already a GGUF file", hint="use it as it is", path=path)
@@ -267,8 +284,8 @@ def read_legacy(path: str | Path) -> LegacyFile:
         text = cur.take(length, f"vocabulary entry {i}")
         score = struct.unpack("<f", cur.take(4, f"score {i}"))[0] if with_scores else None
         vocab.append((text, score))
-    legacy = LegacyFile(path, container, version, hparams, vocab, [], data)
-    while cur.pos < len(data):
+    legacy = LegacyFile(path, container, version, hparams, vocab, [], cur.size)
+    while cur.pos < cur.size:
         legacy.tensors.append(_read_tensor(cur, legacy))
     if not legacy.tensors:
         raise LegacyFormatError(
@@ -351,6 +368,14 @@ def _nibbles(packed: np.ndarray, interleaved: bool) -> np.ndarray:
     if interleaved:  # byte j holds elements 2j (low) and 2j+1 (high)
         return np.stack([low, high], axis=-1).reshape(len(packed), 32)
     return np.concatenate([low, high], axis=-1)  # elements j (low) and j+16 (high)
+
+
+def decode_scales(raw: np.ndarray, type_id: int, layout: str) -> list[np.ndarray]:
+    """The float32 scales (d, and m for q4_1) of old q4_0/q4_1/q8_0 blocks, without the quants."""
+    _, size = block_size(type_id, layout)
+    blocks = np.asarray(raw, dtype=np.uint8).reshape(-1, size)
+    heads = 2 if type_id == Q4_1 else 1
+    return [blocks[:, 4 * i : 4 * i + 4].copy().view("<f4").reshape(-1) for i in range(heads)]
 
 
 def decode_blocks(raw: np.ndarray, type_id: int, layout: str) -> Blocks:
