@@ -369,3 +369,28 @@ def test_tokenizer_from_a_hub_repo_id(
         fetched = (len(hub.gets("tokenizer.json")), len(hub.gets("model.safetensors")))
     assert field(result.output, "tokenizer.ggml.pre") == "bloom"
     assert fetched == (1, 0)  # the tokenizer files, not the weights
+
+
+@pytest.mark.needs_torch
+@pytest.mark.parametrize(("change", "message"), [("drop", "lacks"), ("twice", "repeats")])
+def test_incomplete_model_is_refused(
+    legacy_llama: Any, tmp_path: Path, change: str, message: str
+) -> None:
+    path, _ = legacy_llama("ggjt", 3, "f16")
+    legacy = read_legacy(path)
+    tensors = [
+        (t.name, t.type_id, t.shape, b"".join(c.tobytes() for c in legacy.chunks(t, 1 << 20)))
+        for t in legacy.tensors
+    ]
+    victim = next(i for i, t in enumerate(tensors) if t[0] == "layers.1.feed_forward.w3.weight")
+    if change == "drop":
+        del tensors[victim]
+    else:
+        tensors.append(tensors[victim])
+    bad = lw.write_file(
+        tmp_path / "bad.bin", container="ggjt", version=3, hparams=list(legacy.hparams.values()),
+        vocab=[(text, score or 0.0) for text, score in legacy.vocab], tensors=tensors,
+    )  # fmt: skip
+    with pytest.raises(LegacyFormatError, match=message):
+        convert(bad, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()

@@ -19,7 +19,13 @@ import numpy as np
 
 from ggufkit import __version__
 from ggufkit.convert.base import TensorPlan
-from ggufkit.convert.legacy_tensors import TensorJob, describe_actions, gguf_name, plan_tensor
+from ggufkit.convert.legacy_tensors import (
+    NAME_TABLES,
+    TensorJob,
+    describe_actions,
+    gguf_name,
+    plan_tensor,
+)
 from ggufkit.convert.legacy_vocab import resolve_tokenizer, set_legacy_vocab
 from ggufkit.convert.writer import serialize_header
 from ggufkit.errors import ConversionError, LegacyFormatError, UsageError
@@ -161,15 +167,37 @@ def _plan(legacy: LegacyFile) -> list[TensorJob]:
             log.info("output.weight repeats the tied embedding; llama.cpp reuses token_embd")
             continue
         jobs.append(plan_tensor(legacy, tensor, name))
-    seen = {j.name for j in jobs}
-    n_layer = legacy.hparams["n_layer"]
-    if f"blk.{n_layer - 1}.attn_norm.weight" not in seen or "token_embd.weight" not in seen:
+    _check_complete(legacy, jobs)
+    return jobs
+
+
+def _check_complete(legacy: LegacyFile, jobs: list[TensorJob]) -> None:
+    """Every tensor the family needs is there once, with the shape the hparams imply."""
+    hp = legacy.hparams
+    e, n_layer = hp["n_embd"], hp["n_layer"]
+    names = [j.name for j in jobs]
+    dupes = {n for n in names if names.count(n) > 1}
+    per_layer = {n.replace("{i}", "0") for n in NAME_TABLES[legacy.family].values() if "{i}" in n}
+    wanted = {"token_embd.weight"} | {
+        n.replace("blk.0.", f"blk.{i}.") for n in per_layer for i in range(n_layer)
+    }
+    missing = sorted(wanted - set(names))
+    shapes = {j.name: j.shape for j in jobs}
+    qkv = "blk.0.attn_qkv.weight" if legacy.family == "bloom" else "blk.0.attn_q.weight"
+    want_qkv = (3 * e, e) if legacy.family == "bloom" else (e, e)
+    if dupes or missing or shapes.get(qkv, want_qkv) != want_qkv:
+        what = (
+            f"repeats {sorted(dupes)[0]}"
+            if dupes
+            else f"lacks {', '.join(missing[:3])}"
+            if missing
+            else f"has {qkv} of shape {list(shapes[qkv])}, not {list(want_qkv)}"
+        )
         raise LegacyFormatError(
-            f"{legacy.path} lacks tensors for its {n_layer} layers",
-            hint="the file is incomplete",
+            f"{legacy.path} {what} (n_layer {n_layer}, n_embd {e})",
+            hint="the file is incomplete or corrupt",
             path=legacy.path,
         )
-    return jobs
 
 
 def _same_bytes(legacy: LegacyFile, a: LegacyTensor, b: LegacyTensor) -> bool:
