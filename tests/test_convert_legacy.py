@@ -280,6 +280,7 @@ def test_cli_inspect_and_convert(legacy_llama: Any, tiny_llama_dir: Path, tmp_pa
     shown = runner.invoke(cli, ["inspect", str(path)])
     assert shown.exit_code == 0, shown.output
     assert "GGJT v1" in shown.output and "q4_0" in shown.output and "n_embd=128" in shown.output
+    assert "(optional: its sentencepiece vocabulary with scores is exact)" in shown.output
     as_json = json.loads(runner.invoke(cli, ["inspect", str(path), "--json"]).output)
     assert as_json["tensor_types"] == {"f32": 5, "q4_0": 16}
 
@@ -341,6 +342,7 @@ def test_bloomz_quantized_values(
     result = convert(path, tmp_path / "b.gguf", tokenizer=tiny_bloom_dir)
     # 9 2-D weights: the tied output (a copy of the embedding in the file) is dropped
     assert any(f"{kind}: 9 tensors {action}" in note for note in result.notes), result.notes
+    assert any("copy of the tied embedding" in note for note in result.notes)
     for name, tensor in gguf_tensors(result.output).items():
         parts = name.split(".")
         if parts[0] == "blk":

@@ -26,7 +26,12 @@ from ggufkit.convert.legacy_tensors import (
     gguf_name,
     plan_tensor,
 )
-from ggufkit.convert.legacy_vocab import resolve_tokenizer, set_legacy_vocab
+from ggufkit.convert.legacy_vocab import (
+    require_tokenizer,
+    resolve_tokenizer,
+    set_legacy_vocab,
+    tokenizer_required,
+)
 from ggufkit.convert.writer import serialize_header
 from ggufkit.errors import ConversionError, LegacyFormatError, UsageError
 from ggufkit.formats.legacy_ggml import (
@@ -87,10 +92,11 @@ def convert_legacy(
     if out.exists() and not force:
         raise UsageError(f"{out} already exists", hint="pass --force to overwrite it, or choose -o")
     tokenizer_dir = resolve_tokenizer(tokenizer) if tokenizer is not None else None
+    require_tokenizer(legacy, tokenizer_dir)  # before the tensors are scanned
     config = _read_config(tokenizer_dir)
     notes: list[str] = [f"source: {legacy.label} file, {legacy.ftype_name}"]
 
-    jobs = _plan(legacy)
+    jobs = _plan(legacy, notes)
     arch = gguf.MODEL_ARCH.LLAMA if legacy.family == "llama" else gguf.MODEL_ARCH.BLOOM
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch])
     writer.add_name(path.stem)
@@ -147,7 +153,7 @@ def convert_legacy(
     )
 
 
-def _plan(legacy: LegacyFile) -> list[TensorJob]:
+def _plan(legacy: LegacyFile, notes: list[str]) -> list[TensorJob]:
     jobs = []
     embedding = legacy.tensor("tok_embeddings.weight")
     for tensor in legacy.tensors:
@@ -164,7 +170,9 @@ def _plan(legacy: LegacyFile) -> list[TensorJob]:
             and embedding is not None
             and _same_bytes(legacy, tensor, embedding)
         ):
-            log.info("output.weight repeats the tied embedding; llama.cpp reuses token_embd")
+            notes.append(
+                "output.weight is a copy of the tied embedding: left out (llama.cpp uses token_embd)"
+            )
             continue
         jobs.append(plan_tensor(legacy, tensor, name))
     _check_complete(legacy, jobs)
@@ -311,6 +319,7 @@ def describe_legacy(path: str | Path) -> dict[str, Any]:
         "hparams": dict(legacy.hparams),
         "vocab_size": len(legacy.vocab),
         "vocab_has_scores": legacy.container != "ggml",
+        "needs_tokenizer": tokenizer_required(legacy),
         "n_tensors": len(legacy.tensors),
         "tensor_types": counts,
         "tensors": [
@@ -332,7 +341,12 @@ def describe_legacy_text(info: dict[str, Any], *, tensors: bool = False) -> str:
         f"  tensors: {info['n_tensors']} ("
         + ", ".join(f"{n} {k}" for k, n in sorted(info["tensor_types"].items()))
         + ")",
-        "  convert it with: ggufkit convert FILE --tokenizer ORIGINAL_CHECKPOINT",
+        "  convert it with: ggufkit convert FILE --tokenizer ORIGINAL_CHECKPOINT"
+        + (
+            f" (needed: {info['needs_tokenizer']})"
+            if info["needs_tokenizer"]
+            else " (optional: its sentencepiece vocabulary with scores is exact)"
+        ),
     ]
     if tensors:
         lines.extend(

@@ -63,6 +63,25 @@ def _need_tokenizer(legacy: LegacyFile, why: str) -> TokenizerError:
     )
 
 
+def tokenizer_required(legacy: LegacyFile) -> str | None:
+    """Why the file's own vocabulary cannot make an exact tokenizer, or None when it can."""
+    if legacy.family == "bloom":
+        return "bloomz.cpp stored a lossy vocabulary (decoded text, no BPE merges)"
+    if legacy.container == "ggml":
+        return "an unversioned GGML file has no token scores"
+    items = legacy.vocab
+    if len(items) < 259 or any(items[3 + b][0] != bytes([b]) for b in range(256)):
+        return "its vocabulary does not hold LLaMA's byte tokens at ids 3..258"
+    return None
+
+
+def require_tokenizer(legacy: LegacyFile, tokenizer_dir: Path | None) -> None:
+    """Stop, naming --tokenizer, when none is given and the file's vocabulary is not exact."""
+    why = tokenizer_required(legacy)
+    if tokenizer_dir is None and why is not None:
+        raise _need_tokenizer(legacy, why)
+
+
 def set_legacy_vocab(
     writer: gguf.GGUFWriter,
     legacy: LegacyFile,
@@ -71,11 +90,8 @@ def set_legacy_vocab(
 ) -> list[str]:
     """Write the tokenizer keys; returns notes for the conversion result."""
     n_vocab = legacy.hparams["n_vocab"]
-    if legacy.family == "bloom":
-        if tokenizer_dir is None:
-            raise _need_tokenizer(
-                legacy, "bloomz.cpp stored a lossy vocabulary (decoded text, no BPE merges)"
-            )
+    require_tokenizer(legacy, tokenizer_dir)
+    if legacy.family == "bloom" and tokenizer_dir is not None:
         vocab = build_bpe_vocab(tokenizer_dir, vocab_size=n_vocab, pre_tokenizer=pre_tokenizer)
         _check_bloom(legacy, tokenizer_dir)
         write_bpe_vocab(writer, tokenizer_dir, vocab)
@@ -86,13 +102,6 @@ def set_legacy_vocab(
         _check_llama(legacy, tokenizer_dir)
         notes = set_llama_vocab(writer, tokenizer_dir, n_vocab)
         return [*notes, f"tokenizer from {tokenizer_dir}"]
-    if legacy.container == "ggml":
-        raise _need_tokenizer(legacy, "an unversioned GGML file has no token scores")
-    items = legacy.vocab
-    if len(items) < 259 or any(items[3 + b][0] != bytes([b]) for b in range(256)):
-        raise _need_tokenizer(
-            legacy, "its vocabulary does not hold LLaMA's byte tokens at ids 3..258"
-        )
     _rebuild_llama(writer, legacy)
     return [
         f"vocab: {n_vocab} sentencepiece tokens with scores rebuilt from the "
