@@ -62,6 +62,10 @@ class GGUFFormatError(InputError):
     """A file is not a GGUF file, or its header is truncated or inconsistent."""
 
 
+class LegacyFormatError(InputError):
+    """A pre-GGUF GGML/GGMF/GGJT file is truncated, corrupt, or of a kind not supported."""
+
+
 class SafetensorsFormatError(InputError):
     """A safetensors file's header is corrupt, truncated or lies about its offsets."""
 

@@ -213,3 +213,70 @@ def test_gguf_lying_counts_and_lengths(tmp_path: Path, position: int, value: int
     # Overwrite an 8-byte field anywhere in the header with a huge count/length/offset.
     data = VALID_GGUF[:position] + struct.pack("<Q", value) + VALID_GGUF[position + 8 :]
     _check_gguf(tmp_path / "x.gguf", data)
+
+
+# --- legacy GGML/GGMF/GGJT files ---------------------------------------------------------------
+
+
+def valid_legacy(container: str, version: int) -> bytes:
+    import legacy_writer as lw
+
+    rng = np.random.default_rng(1)
+    vocab = [(b"<unk>", 0.0), (b"a", -1.0), (b"bc", -2.0)]
+    tensors = []
+    for name, shape, kind in [
+        ("tok_embeddings.weight", (3, 32), "q4_0"),
+        ("layers.0.attention_norm.weight", (32,), "f32"),
+        ("layers.0.attention.wq.weight", (32, 32), "q8_0"),
+        ("output.weight", (3, 32), "f16"),
+    ]:
+        layout = "v3" if version == 3 else "v2" if version == 2 else "v1"
+        type_id, raw, _ = lw.encode(rng.standard_normal(shape), kind, layout)
+        tensors.append((name, type_id, shape, raw))
+    hparams = [3, 32, 256, 4, 1, 8, 2]
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"fuzz-{os.getpid()}-{container}{version}"
+    lw.write_file(path, container=container, version=version, hparams=hparams, vocab=vocab, tensors=tensors)  # fmt: skip
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink()
+
+
+LEGACY = {v: valid_legacy("ggjt", v) for v in (1, 3)}
+
+
+def _convert_legacy_bytes(path: Path, data: bytes) -> None:
+    from ggufkit.convert.legacy_tensors import gguf_name, plan_tensor
+    from ggufkit.formats.legacy_ggml import read_legacy
+
+    path.write_bytes(data)
+    with contextlib.suppress(GGUFKitError):
+        legacy = read_legacy(path)
+        for tensor in legacy.tensors:
+            job = plan_tensor(legacy, tensor, gguf_name(legacy.family, tensor.name) or "x")
+            for chunk in job.chunks():
+                np.asarray(chunk).sum()
+
+
+@FUZZ
+@given(
+    version=st.sampled_from([1, 3]),
+    position=st.integers(min_value=0, max_value=len(LEGACY[1]) - 1),
+    replacement=st.binary(min_size=1, max_size=8),
+    truncate=st.one_of(st.none(), st.integers(min_value=0, max_value=len(LEGACY[1]))),
+)
+def test_mutated_legacy_file(
+    tmp_path: Path, version: int, position: int, replacement: bytes, truncate: int | None
+) -> None:
+    data = LEGACY[version]
+    data = data[:position] + replacement + data[position + len(replacement) :]
+    _convert_legacy_bytes(tmp_path / "m.bin", data[:truncate])
+
+
+def test_the_valid_legacy_files_read(tmp_path: Path) -> None:
+    from ggufkit.formats.legacy_ggml import read_legacy
+
+    for version, data in LEGACY.items():
+        (tmp_path / "v.bin").write_bytes(data)
+        legacy = read_legacy(tmp_path / "v.bin")
+        assert (legacy.version, len(legacy.tensors), legacy.family) == (version, 4, "llama")

@@ -58,6 +58,19 @@ from ggufkit.fsutil import human_bytes
     "one_shot, zero_shot, phoenix, llama-2), a Jinja file, or auto: the checkpoint's own, else "
     "one recognised from the model's name (vicuna, phoenix, chimera, llama-2), else none.",
 )
+@click.option(
+    "--tokenizer",
+    default=None,
+    metavar="DIR|REPO_ID",
+    help="Legacy .bin input: the original checkpoint's tokenizer (needed for bloomz.cpp and "
+    "unversioned GGML files).",
+)
+@click.option(
+    "--context-length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Legacy .bin input: the model's training context (the files record none).",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @threads_option
 @json_option
@@ -69,13 +82,17 @@ def command(
     delta_base: Path | None,
     pre_tokenizer: str | None,
     chat_template: str,
+    tokenizer: str | None,
+    context_length: int | None,
     force: bool,
     threads: int | None,
     as_json: bool,
 ) -> None:
     """Convert a checkpoint to GGUF, streaming one tensor at a time.
 
-    MODEL is a local directory (config.json, weights, tokenizer) or a Hub id (owner/name).
+    MODEL is a local directory (config.json, weights, tokenizer) or a Hub id (owner/name), or a
+    pre-GGUF .bin file: llama.cpp GGML/GGMF/GGJT (LLaMA) or bloomz.cpp GGML (BLOOM), whose
+    tensors keep their types (old quantized blocks are repacked, or dequantized to f16).
     The file is written as OUT.partial and renamed when complete. Without MODEL, in a
     workspace (`ggufkit init`), the model and output come from ggufkit.toml and the step is
     skipped when its inputs have not changed (--force redoes it).
@@ -96,6 +113,7 @@ def command(
         ggufkit convert ./vicuna-delta --delta-base ./llama-7b -o vicuna-7b-f16.gguf
         ggufkit convert ./chimera-inst-chat-7b --chat-template phoenix
         ggufkit init ./tiny-llama && ggufkit convert
+        ggufkit convert ggml-model-f16.bin --tokenizer ./phoenix -o phoenix-f16.gguf
     """
     if model is None:  # a workspace: model, output and type come from ggufkit.toml
         from ggufkit.workspace import Workspace
@@ -106,6 +124,8 @@ def command(
             or delta_base is not None
             or pre_tokenizer is not None
             or chat_template != "auto"
+            or tokenizer is not None
+            or context_length is not None
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
@@ -120,7 +140,17 @@ def command(
             click.echo(step.describe())
         return
     from ggufkit.convert import convert
+    from ggufkit.convert.legacy import is_legacy_file
 
+    if (
+        is_legacy_file(model)
+        and click.get_current_context().get_parameter_source("outtype")
+        == ParameterSource.COMMANDLINE
+    ):
+        raise UsageError(
+            f"{model} is a legacy .bin file: its tensors keep their types, --outtype does not apply",
+            hint="convert without --outtype, then `ggufkit quantize` the result",
+        )
     result = convert(
         model,
         output,
@@ -131,6 +161,8 @@ def command(
         force=force,
         pre_tokenizer=pre_tokenizer,
         chat_template=chat_template,
+        tokenizer=tokenizer,
+        context_length=context_length,
     )
     if as_json:
         echo_json(result.to_json())

@@ -21,6 +21,9 @@ ARRAY_ITEMS = 8
 def command(file: Path, tensors: bool, as_json: bool) -> None:
     """Show a GGUF file's header, metadata, tensor types, bits per weight and size.
 
+    A pre-GGUF .bin (GGML/GGMF/GGJT, bloomz.cpp) is described without converting it: format,
+    version, hparams, vocabulary and tensor types.
+
     Long metadata arrays (the vocabulary, merges) are summarised by type, length and first items.
 
     \b
@@ -28,7 +31,19 @@ def command(file: Path, tensors: bool, as_json: bool) -> None:
         ggufkit inspect model-Q4_0.gguf
         ggufkit inspect model-Q4_0.gguf --tensors
         ggufkit inspect model-Q4_0.gguf --json | jq .bits_per_weight
+        ggufkit inspect ggml-model-q4_0.bin
     """
+    from ggufkit.convert.legacy import describe_legacy, describe_legacy_text, is_legacy_file
+
+    if is_legacy_file(file):
+        legacy = describe_legacy(file)
+        if as_json:
+            if not tensors:
+                legacy.pop("tensors")
+            echo_json(legacy)
+        else:
+            click.echo(describe_legacy_text(legacy, tensors=tensors))
+        return
     info = read_gguf(file, max_array_items=ARRAY_ITEMS)
     if as_json:
         echo_json(inspect_json(info, tensors=tensors))

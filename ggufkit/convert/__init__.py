@@ -124,6 +124,8 @@ def convert(
     force: bool = False,
     pre_tokenizer: str | None = None,
     chat_template: str = AUTO,
+    tokenizer: str | Path | None = None,
+    context_length: int | None = None,
 ) -> ConvertResult:
     """Convert a checkpoint directory or Hub id to a GGUF file; returns what was written.
 
@@ -131,9 +133,24 @@ def convert(
     fly. ``force`` overwrites an existing output. ``pre_tokenizer`` names llama.cpp's BPE
     pre-tokenizer (``tokenizer.ggml.pre``) instead of detecting it. ``chat_template`` is a
     FastChat template name, a Jinja file, or ``auto`` (the checkpoint's own, else one recognised
-    from the model's name, else none; see ``ggufkit.convert.chat_templates``).
+    from the model's name, else none; see ``ggufkit.convert.chat_templates``). A legacy
+    GGML/GGMF/GGJT or bloomz.cpp ``.bin`` file is converted by ``ggufkit.convert.legacy``, taking
+    ``tokenizer`` (the original checkpoint's directory or Hub id) and ``context_length``;
+    ``outtype`` does not apply.
     """
     started = time.perf_counter()
+    from ggufkit.convert.legacy import is_legacy_file
+
+    if is_legacy_file(model):
+        return _convert_legacy_file(
+            model, output, started, engine=engine, delta_base=delta_base, force=force,
+            pre_tokenizer=pre_tokenizer, tokenizer=tokenizer, context_length=context_length,
+        )  # fmt: skip
+    if tokenizer is not None or context_length is not None:
+        raise UsageError(
+            "--tokenizer and --context-length apply to legacy .bin files only",
+            hint="a checkpoint directory brings its own tokenizer and config.json",
+        )
     parse_outtype(outtype)  # a clear UsageError before anything else
     outtype = outtype.lower()
     if engine not in ENGINES:
@@ -196,6 +213,31 @@ def convert(
         seconds=seconds,
         engine=engine_used,
         notes=notes,
+    )
+
+
+def _convert_legacy_file(
+    model: str | Path, output: str | Path | None, started: float, *, engine: str, **kwargs: Any
+) -> ConvertResult:
+    from ggufkit.convert.legacy import convert_legacy
+
+    if engine == "upstream" or kwargs.pop("delta_base") is not None:
+        raise UsageError(
+            f"{model} is a legacy GGML file: --engine upstream and --delta-base do not apply",
+            hint="leave those options out",
+        )
+    done = convert_legacy(model, output, **kwargs)
+    return ConvertResult(
+        output=done.output,
+        arch=done.source_format,
+        gguf_arch=done.gguf_arch,
+        outtype=done.outtype,
+        n_tensors=done.n_tensors,
+        n_bytes=done.n_bytes,
+        source_bytes=done.source_bytes,
+        seconds=time.perf_counter() - started,
+        engine="legacy",
+        notes=done.notes,
     )
 
 
