@@ -132,8 +132,8 @@ def main() -> None:
     parser.add_argument("--type", default="q4_0")
     args = parser.parse_args()
 
-    from ggufkit import paths
-    from ggufkit.ggufinfo import read_gguf
+    from ggufkit.core import paths
+    from ggufkit.formats.gguf_reader import read_gguf
     from ggufkit.llamacpp.build import find_tool
 
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 from ggufkit.bnb.results import BnbReport, ModeResult
 from ggufkit.cli import cli
-from ggufkit.compare import BNB, GGUF, PLOT_SIZE_INCHES, compare, comparison_table
-from ggufkit.errors import InputError
+from ggufkit.core.errors import InputError
+from ggufkit.evaluate.compare import BNB, GGUF, PLOT_SIZE_INCHES, compare, comparison_table
+from ggufkit.evaluate.report import PLOT_DPI
 from ggufkit.evaluate.results import EvalReport, ModelResult
-from ggufkit.report import PLOT_DPI
 
 SHA = "ab" * 32
 BENCH = ["--bench-prompt", "16", "--bench-gen", "8", "--bench-reps", "1"]

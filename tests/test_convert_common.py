@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from ggufkit.cli import cli
 from ggufkit.convert import convert
-from ggufkit.errors import UnsupportedArchitectureError
+from ggufkit.core.errors import UnsupportedArchitectureError
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
+from ggufkit.core.errors import DeltaError, DiskSpaceError, UsageError
+from ggufkit.core.fsutil import sha256_file
 from ggufkit.delta import make_delta, merge_delta, open_merged
-from ggufkit.errors import DeltaError, DiskSpaceError, UsageError
-from ggufkit.fsutil import sha256_file
-from ggufkit.shards import TensorSpec, write_sharded
-from ggufkit.tensors import Checkpoint, bf16_to_float32, float32_to_bf16
+from ggufkit.formats.safetensors import Checkpoint, bf16_to_float32, float32_to_bf16
+from ggufkit.formats.shards import TensorSpec, write_sharded
 
 SIDE_FILES = ("config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 EMBED = "model.embed_tokens.weight"

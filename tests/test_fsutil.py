@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ggufkit.errors import DiskSpaceError, UsageError, WorkspaceError
-from ggufkit.fsutil import (
+from ggufkit.core.errors import DiskSpaceError, UsageError, WorkspaceError
+from ggufkit.core.fsutil import (
     atomic_dir,
     atomic_output,
     check_free_disk,
@@ -88,8 +88,8 @@ def _try_lock(path: str) -> str:
 
 
 def test_memory_preflight_can_be_faked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ggufkit.errors import MemoryShortageError
-    from ggufkit.fsutil import check_free_memory
+    from ggufkit.core.errors import MemoryShortageError
+    from ggufkit.core.fsutil import check_free_memory
 
     monkeypatch.setenv("GGUFKIT_FAKE_AVAILABLE_MEMORY", str(100 * 1024 * 1024))
     with pytest.raises(MemoryShortageError, match="about 1.00 GiB needed"):

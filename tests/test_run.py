@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
-from ggufkit.generate import unescape
-from ggufkit.ggufinfo import read_gguf
+from ggufkit.evaluate.generate import unescape
+from ggufkit.formats.gguf_reader import read_gguf
 
 # Starts with the BOS token, as real templates do: a chat prompt gets no automatic BOS.
 CHAT_TEMPLATE = (

@@ -212,7 +212,7 @@ def write_random_llama(
 
     import numpy as np
 
-    from ggufkit.tensors import float32_to_bf16
+    from ggufkit.formats.safetensors import float32_to_bf16
 
     out_dir.mkdir(parents=True, exist_ok=True)
     kv_rows = kv_heads * (hidden // heads)

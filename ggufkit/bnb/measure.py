@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from ggufkit.bnb.guards import constants_bytes, dequantized_weight, quantized_modules
-from ggufkit.fsutil import check_free_disk
-from ggufkit.log import get_logger
+from ggufkit.core.fsutil import check_free_disk
+from ggufkit.core.log import get_logger
 
 log = get_logger("bnb.measure")
 
@@ -308,7 +308,7 @@ def weight_error(model: Any, model_dir: Path) -> tuple[float | None, int]:
     (over all of them together), and how many layers it covers."""
     import torch
 
-    from ggufkit.tensors import Checkpoint
+    from ggufkit.formats.safetensors import Checkpoint
 
     diff = total = 0.0
     layers = 0

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ggufkit.fsutil import human_bytes
+from ggufkit.core.fsutil import human_bytes
 
 SCHEMA = "ggufkit.bnb/1"
 BASELINE = "baseline"
@@ -153,7 +153,7 @@ def memory_of(result: ModeResult, device: str) -> int | None:
 
 def markdown(report: BnbReport) -> str:
     """The guides' before/after table, then skipped modes and notes."""
-    from ggufkit.report import markdown_table
+    from ggufkit.evaluate.report import markdown_table
 
     base = report.baseline
     base_memory = memory_of(base, report.device) if base else None

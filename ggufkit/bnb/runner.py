@@ -38,11 +38,11 @@ from ggufkit.bnb.modes import (
     torch_dtype,
 )
 from ggufkit.bnb.results import BASELINE, BnbReport, ModeResult
-from ggufkit.errors import EvaluationError, UsageError
-from ggufkit.fsutil import human_bytes, sha256_file
-from ggufkit.hfconfig import load_config
+from ggufkit.core.errors import EvaluationError, UsageError
+from ggufkit.core.fsutil import human_bytes, sha256_file
+from ggufkit.core.log import get_logger
+from ggufkit.formats.hfconfig import load_config
 from ggufkit.hub import ResolvedModel, resolve_model
-from ggufkit.log import get_logger
 
 log = get_logger("bnb")
 

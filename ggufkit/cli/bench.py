@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import echo_json, json_option
+from ggufkit.evaluate.report import bench_table
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, DEFAULT_REPETITIONS, benchmark
-from ggufkit.report import bench_table
 
 
 @click.command("bench")

@@ -9,11 +9,11 @@ import click
 
 from ggufkit.bnb import DEFAULT_PROMPTS, BnbOptions, markdown, parse_modes, run_bnb
 from ggufkit.bnb.modes import COMPUTE_DTYPES, MODES, QUANT_STORAGE
-from ggufkit.bnb.workspace import record_in_workspace, workspace_model
 from ggufkit.cli.options import echo_json, json_option, threads_option
-from ggufkit.errors import EvaluationError, InputError, UsageError
+from ggufkit.core.errors import EvaluationError, InputError, UsageError
+from ggufkit.core.log import get_logger
 from ggufkit.hub import resolve_model
-from ggufkit.log import get_logger
+from ggufkit.workspace.bnb import record_in_workspace, workspace_model
 
 log = get_logger("cli.bnb")
 

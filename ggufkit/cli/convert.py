@@ -8,8 +8,8 @@ import click
 from click.core import ParameterSource
 
 from ggufkit.cli.options import echo_json, json_option, threads_option
-from ggufkit.errors import UsageError
-from ggufkit.fsutil import human_bytes
+from ggufkit.core.errors import UsageError
+from ggufkit.core.fsutil import human_bytes
 
 
 @click.command("convert")

@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import echo_json, json_option, threads_option
+from ggufkit.core.log import get_logger
 from ggufkit.evaluate import evaluate
-from ggufkit.evaluate.pipeline import DEFAULT_BENCH_REPETITIONS, record_results, resolve_models
+from ggufkit.evaluate.pipeline import DEFAULT_BENCH_REPETITIONS
+from ggufkit.evaluate.report import eval_table, plot_eval
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT
-from ggufkit.log import get_logger
-from ggufkit.report import eval_table, plot_eval
+from ggufkit.workspace.evals import record_results, resolve_models
 
 log = get_logger("cli.eval")
 

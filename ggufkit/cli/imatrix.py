@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import echo_json, json_option, threads_option
-from ggufkit.imatrix import DEFAULT_CTX, compute_imatrix
+from ggufkit.quantize.imatrix import DEFAULT_CTX, compute_imatrix
 
 
 @click.command("imatrix")

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import echo_json, json_option, threads_option
-from ggufkit.generate import generate, unescape
-from ggufkit.log import get_logger
+from ggufkit.core.log import get_logger
+from ggufkit.evaluate.generate import generate, unescape
 
 log = get_logger("cli.run")
 

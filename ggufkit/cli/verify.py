@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import echo_json, json_option
-from ggufkit.errors import EvaluationError
+from ggufkit.core.errors import EvaluationError
 from ggufkit.evaluate.verify import DEFAULT_POSITIONS, verify
 
 

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint -> GGUF: ``ggufkit.convert(model, output, outtype=..., engine=...)``.
+"""Hugging Face checkpoint -> GGUF: ``convert(model, output, outtype=..., engine=...)``.
 
 The native engine streams tensors through a registered per-architecture converter
 (``ggufkit/convert/<arch>.py``); the upstream engine runs the pinned ``convert_hf_to_gguf.py`` for
@@ -9,9 +9,7 @@ when complete.
 from __future__ import annotations
 
 import os
-import sys
 import time
-import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +35,11 @@ from ggufkit.convert.provenance import (
 )
 from ggufkit.convert.upstream import run_upstream, upstream_supports
 from ggufkit.convert.writer import write_gguf
-from ggufkit.errors import InputError, UsageError
-from ggufkit.fsutil import atomic_output, check_free_disk, check_output_path
-from ggufkit.hfconfig import architecture, load_config
-from ggufkit.log import get_logger, progress
-from ggufkit.tensors import Checkpoint, TensorSource
+from ggufkit.core.errors import InputError, UsageError
+from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path
+from ggufkit.core.log import get_logger, progress
+from ggufkit.formats.hfconfig import architecture, load_config
+from ggufkit.formats.safetensors import Checkpoint, TensorSource
 
 __all__ = [
     "ENGINES",
@@ -263,18 +261,3 @@ def _convert_upstream(model_dir: Path, out: Path, outtype: str) -> tuple[int, in
         except (KeyError, ValueError, IndexError) as exc:
             raise InputError(f"the upstream converter wrote an unreadable file: {exc}") from exc
     return n_tensors, out.stat().st_size, source_bytes, gguf_arch
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``ggufkit.convert(...)`` be called as the function while staying the package."""
-
-    def __call__(
-        self,
-        model: str | Path,
-        output: str | Path | None = None,
-        **kwargs: Any,
-    ) -> ConvertResult:
-        return convert(model, output, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -17,9 +17,9 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from ggufkit.errors import ConversionError, UnsupportedArchitectureError, UsageError
-from ggufkit.hfconfig import require
-from ggufkit.tensors import TensorSource, bf16_to_float32
+from ggufkit.core.errors import ConversionError, UnsupportedArchitectureError, UsageError
+from ggufkit.formats.hfconfig import require
+from ggufkit.formats.safetensors import TensorSource, bf16_to_float32
 
 # --outtype -> the GGML type of 2-D weights (1-D tensors and norms stay F32, like llama.cpp)
 OUTTYPES: dict[str, QT] = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0}

@@ -18,9 +18,9 @@ import numpy as np
 
 from ggufkit.convert.base import ModelConverter, register
 from ggufkit.convert.vocab_bpe import build_bpe_vocab, write_bpe_vocab
-from ggufkit.errors import ConfigError, ConversionError
-from ggufkit.log import get_logger
-from ggufkit.tensors import TensorSource
+from ggufkit.core.errors import ConfigError, ConversionError
+from ggufkit.core.log import get_logger
+from ggufkit.formats.safetensors import TensorSource
 
 log = get_logger(__name__)
 

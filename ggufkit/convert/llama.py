@@ -16,8 +16,8 @@ import numpy as np
 
 from ggufkit.convert.base import ModelConverter, TensorPlan, register
 from ggufkit.convert.vocab_spm import set_llama_vocab
-from ggufkit.errors import ConfigError, ConversionError
-from ggufkit.tensors import TensorSource
+from ggufkit.core.errors import ConfigError, ConversionError
+from ggufkit.formats.safetensors import TensorSource
 
 T = gguf.MODEL_TENSOR
 

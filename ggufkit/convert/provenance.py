@@ -18,9 +18,10 @@ from typing import Any
 
 import gguf
 
-from ggufkit import __version__, paths
-from ggufkit.fsutil import locked, sha256_file, write_json_atomic
-from ggufkit.log import get_logger
+from ggufkit import __version__
+from ggufkit.core import paths
+from ggufkit.core.fsutil import locked, sha256_file, write_json_atomic
+from ggufkit.core.log import get_logger
 
 log = get_logger("convert.provenance")
 
@@ -271,7 +272,7 @@ class SourceHashes:
 
 
 def source_files(model_dir: Path, delta_base: Path | None) -> list[Path]:
-    from ggufkit.tensors import find_weight_files
+    from ggufkit.formats.safetensors import find_weight_files
 
     files = list(find_weight_files(model_dir))
     if delta_base is not None:

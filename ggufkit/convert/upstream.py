@@ -12,10 +12,10 @@ import sys
 import threading
 from pathlib import Path
 
-from ggufkit.errors import ToolFailedError, ToolMissingError
+from ggufkit.core.errors import ToolFailedError, ToolMissingError
+from ggufkit.core.log import get_logger, progress
 from ggufkit.llamacpp.runner import run_tool
 from ggufkit.llamacpp.source import ensure_source
-from ggufkit.log import get_logger, progress
 
 log = get_logger("convert.upstream")
 

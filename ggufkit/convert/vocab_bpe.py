@@ -19,8 +19,8 @@ from typing import Any
 import gguf
 from tokenizers import Tokenizer
 
-from ggufkit.errors import TokenizerError, UsageError
-from ggufkit.log import get_logger
+from ggufkit.core.errors import TokenizerError, UsageError
+from ggufkit.core.log import get_logger
 
 log = get_logger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 import gguf
 from gguf import TokenType
 
-from ggufkit.errors import TokenizerError
-from ggufkit.log import get_logger
+from ggufkit.core.errors import TokenizerError
+from ggufkit.core.log import get_logger
 
 log = get_logger("convert.vocab_spm")
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ggufkit import paths
-from ggufkit.errors import ToolFailedError
-from ggufkit.log import get_logger
+from ggufkit.core import paths
+from ggufkit.core.errors import ToolFailedError
+from ggufkit.core.log import get_logger
 
 log = get_logger("llamacpp.runner")
 

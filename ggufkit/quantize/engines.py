@@ -1,8 +1,8 @@
-"""How a quantization runs: the built ``llama-quantize`` binary, or the same library in-process.
+"""How a quantization runs: the built ``llama-quantize`` binary behind the :class:`Engine` interface.
 
-Both engines take the same :class:`QuantizeOptions`, offer a dry run (llama.cpp's ``--dry-run``:
-reads only the header, reports the output size and whether an importance matrix is required) and
-report progress from llama.cpp's own ``[ i/ n]`` tensor lines.
+The engine takes :class:`QuantizeOptions`, offers a dry run (llama.cpp's ``--dry-run``: reads only
+the header, reports the output size and whether an importance matrix is required) and reports
+progress from llama.cpp's own ``[ i/ n]`` tensor lines. Tests put a stand-in behind the interface.
 """
 
 from __future__ import annotations
@@ -13,19 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ggufkit.errors import (
+from ggufkit.core.errors import (
     InputError,
     QuantizeError,
     ToolFailedError,
-    ToolMissingError,
     UsageError,
 )
-from ggufkit.log import get_logger
-from ggufkit.quantize_types import COPY, QuantType, TypeTable, table_from_binary
+from ggufkit.quantize.types import COPY, QuantType, TypeTable, table_from_binary
 
-log = get_logger("quantize")
-
-ENGINES = ("auto", "binary", "inprocess")
 KV_KINDS = ("int", "float", "bool", "str")
 MAX_KV_KEY = 127  # llama_model_kv_override.key and .val_str are char[128]
 
@@ -294,30 +289,11 @@ class BinaryEngine(Engine):
         return RunReport(result.log_path, watcher.bits_per_weight, result.seconds)
 
 
-def select_engine(engine: str = "auto") -> Engine:
-    """``binary``: the built llama-quantize; ``inprocess``: the bindings; ``auto``: the binary,
-    else the bindings when they import."""
-    if engine not in ENGINES:
-        raise UsageError(f"unknown engine {engine!r}", hint="use auto, binary or inprocess")
+def binary_engine() -> BinaryEngine:
+    """The built ``llama-quantize``; ToolMissingError (suggesting ``ggufkit build``) without it."""
     from ggufkit.llamacpp.build import find_tool
 
-    if engine in ("auto", "binary"):
-        try:
-            return BinaryEngine(find_tool("llama-quantize"))
-        except ToolMissingError as missing:
-            if engine == "binary":
-                raise
-            try:
-                from ggufkit.quantize_inprocess import InProcessEngine
-
-                found = InProcessEngine()
-            except ToolMissingError:
-                raise missing from None
-            log.info("llama-quantize is not built; quantizing in-process through llama_cpp")
-            return found
-    from ggufkit.quantize_inprocess import InProcessEngine
-
-    return InProcessEngine()
+    return BinaryEngine(find_tool("llama-quantize"))
 
 
 def is_copy(quant_type: QuantType) -> bool:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import ConfigError
+from ggufkit.core.errors import ConfigError
 
 
 def load_config(model_dir: str | Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import (
+from ggufkit.core.errors import (
     DiskSpaceError,
     InputError,
     MemoryShortageError,

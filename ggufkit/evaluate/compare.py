@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import InputError, UsageError
-from ggufkit.fsutil import human_bytes
+from ggufkit.core.errors import InputError, UsageError
+from ggufkit.core.fsutil import human_bytes
 
 GGUF = "GGUF"
 BNB = "bnb"
@@ -177,7 +177,7 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def comparison_table(comparison: Comparison) -> str:
     """The Markdown table, then the notes."""
-    from ggufkit.report import markdown_table
+    from ggufkit.evaluate.report import markdown_table
 
     header = [
         "Family",
@@ -227,7 +227,7 @@ def _label_offsets(
 
 def plot_comparison(comparison: Comparison, out: str | Path) -> Path:
     """A PNG with three panels against size: perplexity, KL-divergence and tokens/s."""
-    from ggufkit.report import new_figure, save_figure
+    from ggufkit.evaluate.report import new_figure, save_figure
 
     out, figure = new_figure(out, "compare.png", PLOT_SIZE_INCHES)
     sized = [r for r in comparison.rows if r.size_bytes]

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ggufkit import __version__
-from ggufkit.errors import InputError, WorkspaceError
-from ggufkit.fsutil import locked, write_json_atomic
-from ggufkit.log import get_logger
+from ggufkit.core.errors import InputError, WorkspaceError
+from ggufkit.core.fsutil import locked, write_json_atomic
+from ggufkit.core.log import get_logger
 
 if TYPE_CHECKING:
     from ggufkit.hub import ResolvedModel

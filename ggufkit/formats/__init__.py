@@ -1,0 +1,1 @@
+"""File formats, read and written without llama.cpp: safetensors checkpoints, GGUF, HF config."""
