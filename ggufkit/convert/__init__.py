@@ -27,18 +27,14 @@ from ggufkit.convert.base import (
     registered_architectures,
     unsupported,
 )
-from ggufkit.convert.provenance import (
-    SourceInfo,
-    SourceOrigin,
-    add_general_metadata,
-    add_provenance,
-)
+from ggufkit.convert.provenance import add_general_metadata, add_provenance
 from ggufkit.convert.upstream import run_upstream, upstream_supports
 from ggufkit.convert.writer import write_gguf
 from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path
 from ggufkit.core.log import get_logger, progress
 from ggufkit.formats.hfconfig import architecture, load_config
+from ggufkit.formats.origin import SourceInfo, SourceOrigin
 from ggufkit.formats.safetensors import Checkpoint, TensorSource
 
 __all__ = [

@@ -45,7 +45,7 @@ def now_iso() -> str:
 def sha256_files(files: Sequence[Path]) -> list[str]:
     """sha256 of each file, hashed once: later calls read the cache the converter keeps
     (keyed by path, size, mtime and inode; Hub blobs are named by their sha256)."""
-    from ggufkit.convert.provenance import SourceHashes
+    from ggufkit.formats.origin import SourceHashes
 
     return SourceHashes(list(files)).result() if files else []
 
