@@ -323,10 +323,10 @@ def _fastchat(module: str, base: Path, target: Path, delta: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.needs_torch
+@pytest.mark.needs_fastchat
 def test_merge_equals_fastchat_apply_delta(
     tmp_path: Path, tiny_llama_dir: Path, same_delta: Path, pad_delta: Path
 ) -> None:
-    pytest.importorskip("fastchat.model.apply_delta")
     # Same shapes: FastChat's apply_delta as it is.
     _fastchat("fastchat.model.apply_delta", tiny_llama_dir, tmp_path / "fc", same_delta)
     ours = merge_delta(tiny_llama_dir, same_delta, tmp_path / "ours")
@@ -351,10 +351,10 @@ def test_merge_equals_fastchat_apply_delta(
 
 @pytest.mark.slow
 @pytest.mark.needs_torch
+@pytest.mark.needs_fastchat
 def test_make_delta_equals_fastchat_make_delta(
     tmp_path: Path, tiny_llama_dir: Path, same_delta: Path
 ) -> None:
-    pytest.importorskip("fastchat.model.make_delta")
     target = merge_delta(tiny_llama_dir, same_delta, tmp_path / "target").output
     _fastchat("fastchat.model.make_delta", tiny_llama_dir, target, tmp_path / "fc")
     make_delta(tiny_llama_dir, target, tmp_path / "ours")
