@@ -232,3 +232,24 @@ def test_upstream_failure_is_reported_and_leaves_nothing(
     assert exit_code == 1, output
     assert "upstream converter" in output and "full log:" in output
     assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+def test_converter_hooks_are_abstract() -> None:
+    """A converter that forgets a hook fails when it is made, not halfway through a file."""
+    import inspect
+
+    from ggufkit.convert.base import ModelConverter
+
+    assert ModelConverter.__abstractmethods__ == {
+        "read_config",
+        "set_gguf_parameters",
+        "set_vocab",
+        "expected_shapes",
+    }
+
+    class Incomplete(ModelConverter):
+        def read_config(self) -> None: ...
+
+    assert inspect.isabstract(Incomplete)
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete(Path("."), {}, None, outtype="f16")  # type: ignore[abstract, arg-type]

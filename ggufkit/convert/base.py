@@ -8,6 +8,7 @@ so a bad checkpoint fails before the output file exists.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,10 +123,11 @@ def unsupported(hf_arch: str, *, upstream_too: bool) -> UnsupportedArchitectureE
     )
 
 
-class ModelConverter:
+class ModelConverter(ABC):
     """Base of the per-architecture converters (one module per architecture, ``@register``-ed).
 
-    Subclasses set ``gguf_arch`` and implement ``set_gguf_parameters``, ``set_vocab`` and
+    Subclasses set ``gguf_arch``, read and check their hyperparameters in ``read_config`` (called
+    at the end of ``__init__``) and implement ``set_gguf_parameters``, ``set_vocab`` and
     ``expected_shapes``; most need nothing else, since ``plan_tensors`` maps every source tensor
     through ``gguf.TensorNameMap`` and asks ``row_order`` for per-tensor reordering.
     """
@@ -159,6 +161,7 @@ class ModelConverter:
         self.notes: list[str] = []  # vocab / pre-tokenizer remarks for ConvertResult
         self.block_count = self.hparam("num_hidden_layers", "n_layer", "n_layers")
         self.tensor_map = gguf.get_tensor_name_map(self.gguf_arch, self.block_count)
+        self.read_config()
 
     # --- config access ----------------------------------------------------------------------
 
@@ -178,15 +181,21 @@ class ModelConverter:
 
     # --- hooks for subclasses ---------------------------------------------------------------
 
+    @abstractmethod
+    def read_config(self) -> None:
+        """Read and check the architecture's hyperparameters; a bad config raises ConfigError."""
+
+    @abstractmethod
     def set_gguf_parameters(self, writer: gguf.GGUFWriter) -> None:
-        raise NotImplementedError
+        """The architecture's ``<arch>.*`` keys."""
 
+    @abstractmethod
     def set_vocab(self, writer: gguf.GGUFWriter) -> None:
-        raise NotImplementedError
+        """The ``tokenizer.*`` keys."""
 
+    @abstractmethod
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """GGUF tensor name -> numpy shape the config implies, for every required tensor."""
-        raise NotImplementedError
 
     def optional_tensors(self) -> set[str]:
         """GGUF names that may be absent (e.g. ``output.weight`` with tied embeddings)."""
