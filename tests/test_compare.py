@@ -110,7 +110,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         compare(tmp_path / "none.json", good_bnb)
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(InputError, match="not a JSON"):
+    with pytest.raises(InputError, match="not valid JSON"):
         compare(good_eval, tmp_path / "bad.json")
     with pytest.raises(InputError, match="ggufkit bnb --json"):
         compare(good_eval, write(tmp_path, "x.json", {"models": []}))

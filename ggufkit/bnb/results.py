@@ -36,8 +36,25 @@ BASELINE = "baseline"
 MISSING = "—"
 
 
+@dataclass(kw_only=True)
+class Quality:
+    """Perplexity on the corpus and, for a mode, how far its logits are from the baseline's."""
+
+    ppl: float | None = None
+    ppl_err: float | None = None
+    kld_mean: float | None = None
+    kld_err: float | None = None
+    kld_median: float | None = None
+    kld_p99: float | None = None
+    kld_max: float | None = None
+    top1_agreement: float | None = None
+    top1_err: float | None = None
+    mean_abs_dlogit: float | None = None
+    max_abs_dlogit: float | None = None
+
+
 @dataclass
-class ModeResult:
+class ModeResult(Quality):
     """One row: the baseline or one bitsandbytes mode. ``None`` means "not measured"."""
 
     name: str
@@ -57,17 +74,6 @@ class ModeResult:
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     peak_rss_bytes: int | None = None
-    ppl: float | None = None
-    ppl_err: float | None = None
-    kld_mean: float | None = None
-    kld_err: float | None = None
-    kld_median: float | None = None
-    kld_p99: float | None = None
-    kld_max: float | None = None
-    top1_agreement: float | None = None
-    top1_err: float | None = None
-    mean_abs_dlogit: float | None = None
-    max_abs_dlogit: float | None = None
     weight_rel_error: float | None = None  # relative Frobenius error of the quantized layers
     quantized_layers: int | None = None
     kept_layers: list[str] = field(default_factory=list)  # Linear layers left unquantized

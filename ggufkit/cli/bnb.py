@@ -9,7 +9,16 @@ import click
 
 from ggufkit.bnb import DEFAULT_PROMPTS, BnbOptions, markdown, parse_modes, run_bnb
 from ggufkit.bnb.modes import COMPUTE_DTYPES, MODES, QUANT_STORAGE
-from ggufkit.cli.options import echo_json, json_option, threads_option
+from ggufkit.cli.options import (
+    chunks_option,
+    corpus_option,
+    count_option,
+    ctx_option,
+    echo_json,
+    json_option,
+    path_option,
+    threads_option,
+)
 from ggufkit.core.errors import EvaluationError, InputError, UsageError
 from ggufkit.core.log import get_logger
 from ggufkit.hub import resolve_model
@@ -81,29 +90,12 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     help="CUDA: place what does not fit on the GPU on the CPU in fp32 (device_map auto).",
 )
 @click.option("--prompt", multiple=True, help="A prompt to generate from. Repeatable.")
-@click.option(
-    "--prompts",
-    "prompts_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="A file with one prompt per line.",
-)
-@click.option(
-    "--runs",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Timed generations of every prompt.",
-)
-@click.option(
-    "--max-new-tokens",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Tokens generated per prompt (greedy).",
-)
-@click.option(
+@path_option("--prompts", "prompts_file", kind="file", help="A file with one prompt per line.")
+@count_option("--runs", default=3, help="Timed generations of every prompt.")
+@count_option("--max-new-tokens", default=32, help="Tokens generated per prompt (greedy).")
+@path_option(
     "--save",
-    type=click.Path(file_okay=False, path_type=Path),
+    kind="dir",
     help="Save each quantized model (safetensors and tokenizer) to DIR/<mode>.",
 )
 @click.option(
@@ -112,20 +104,9 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
 @click.option(
     "--device", default="auto", show_default=True, callback=_device, help="auto, cpu or cuda[:N]."
 )
-@click.option(
-    "--corpus",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Plain text for perplexity (default: the held-out text shipped with ggufkit).",
-)
-@click.option(
-    "--ctx",
-    type=click.IntRange(min=16),
-    default=None,
-    help="Tokens per chunk, as ggufkit eval (default 512, lowered to fit a short corpus).",
-)
-@click.option(
-    "--chunks", type=click.IntRange(min=1), default=None, help="Chunks to score (default: all)."
-)
+@corpus_option()
+@ctx_option()
+@chunks_option
 @click.option(
     "--quality/--no-quality",
     default=True,

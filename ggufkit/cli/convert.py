@@ -7,20 +7,21 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ggufkit.cli.options import echo_json, json_option, threads_option
+from ggufkit.cli.options import (
+    echo_json,
+    force_option,
+    json_option,
+    output_option,
+    path_option,
+    threads_option,
+)
 from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import human_bytes
 
 
 @click.command("convert")
 @click.argument("model", required=False)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Output file (default: ./<model>-<OUTTYPE>.gguf).",
-)
+@output_option("Output file (default: ./<model>-<OUTTYPE>.gguf).")
 @click.option(
     "--outtype",
     type=click.Choice(["f16", "bf16", "f32", "q8_0"], case_sensitive=False),
@@ -36,11 +37,8 @@ from ggufkit.core.fsutil import human_bytes
     help="native: ggufkit's streaming converter; upstream: the pinned convert_hf_to_gguf.py; "
     "auto: native where registered, else upstream.",
 )
-@click.option(
-    "--delta-base",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="MODEL is a delta: add it to this base model while converting.",
+@path_option(
+    "--delta-base", kind="dir", help="MODEL is a delta: add it to this base model while converting."
 )
 @click.option(
     "--pre-tokenizer",
@@ -49,7 +47,7 @@ from ggufkit.core.fsutil import human_bytes
     help="llama.cpp pre-tokenizer (tokenizer.ggml.pre) for a byte-level BPE vocab, e.g. bloom or "
     "gpt-2; by default detected from tokenizer.json.",
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@force_option("Overwrite an existing output file.")
 @threads_option
 @json_option
 def command(

@@ -6,22 +6,16 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option
+from ggufkit.cli.options import echo_json, json_option, model_ref_option, output_option
 
 DTYPE_CHOICES = ("f16", "bf16", "f32")
 
 
 @click.command("make-delta")
-@click.option("--base", required=True, metavar="BASE", help="Base model: directory or Hub id.")
-@click.option(
-    "--target", required=True, metavar="TARGET", help="Fine-tuned model: directory or Hub id."
-)
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Directory for the delta (written under a temporary name, renamed when done).",
+@model_ref_option("base", "Base model: directory or Hub id.")
+@model_ref_option("target", "Fine-tuned model: directory or Hub id.")
+@output_option(
+    "Directory for the delta (written under a temporary name, renamed when done).", required=True
 )
 @click.option(
     "--dtype",

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option, threads_option
+from ggufkit.cli.options import (
+    count_option,
+    ctx_option,
+    echo_json,
+    json_option,
+    path_argument,
+    threads_option,
+)
 from ggufkit.core.log import get_logger
 from ggufkit.evaluate.generate import generate, unescape
 
@@ -14,16 +21,9 @@ log = get_logger("cli.run")
 
 
 @click.command("run")
-@click.argument("model", type=click.Path(path_type=Path))
+@path_argument("model")
 @click.option("-p", "--prompt", required=True, help="The prompt (with --chat: the user message).")
-@click.option(
-    "-n",
-    "--max-tokens",
-    type=click.IntRange(min=1),
-    default=128,
-    show_default=True,
-    help="Tokens to generate at most.",
-)
+@count_option("-n", "--max-tokens", default=128, help="Tokens to generate at most.")
 @click.option(
     "--temp",
     type=click.FloatRange(min=0.0),
@@ -32,9 +32,7 @@ log = get_logger("cli.run")
     help="Sampling temperature (0: greedy).",
 )
 @click.option("--top-p", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True)
-@click.option(
-    "--seed", type=click.IntRange(min=0), default=None, help="Random seed (fixed: reproducible)."
-)
+@count_option("--seed", minimum=0, help="Random seed (fixed: reproducible).")
 @click.option(
     "--stop",
     multiple=True,
@@ -43,12 +41,7 @@ log = get_logger("cli.run")
 @click.option("--chat", is_flag=True, help="Format the prompt with the GGUF's chat template.")
 @click.option("--system", default=None, help="System message (with --chat).")
 @click.option("--echo", is_flag=True, help="Print the prompt before the generated text.")
-@click.option(
-    "--ctx",
-    type=click.IntRange(min=16),
-    default=None,
-    help="Context size (default: the model's, at most 4096).",
-)
+@ctx_option("Context size (default: the model's, at most 4096).")
 @threads_option
 @json_option
 def command(

@@ -19,7 +19,9 @@ from typing import Any
 import gguf
 from tokenizers import Tokenizer
 
+from ggufkit.convert.vocab_spm import looks_special
 from ggufkit.core.errors import TokenizerError, UsageError
+from ggufkit.core.fsutil import read_json
 from ggufkit.core.log import get_logger
 
 log = get_logger(__name__)
@@ -151,10 +153,7 @@ def load_tokenizer_json(model_dir: Path) -> dict[str, Any]:
             hint="copy tokenizer.json from the original checkpoint",
             path=path,
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"{path} is not valid JSON: {exc}", path=path) from exc
+    data = read_json(path, TokenizerError)
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE":
         found = model.get("type") if isinstance(model, dict) else None
@@ -251,16 +250,6 @@ def detect_pre_tokenizer(
             )
     shown = " then ".join(repr(regex) for regex in chain) or "no split at all"
     raise _shape_error(path, f"the split {shown}")
-
-
-def looks_special(text: str) -> bool:
-    """Added tokens that some checkpoints forget to flag special but that are control tokens."""
-    return (
-        text in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
-        or (text.startswith("<|") and text.endswith("|>"))
-        or (text.startswith("<｜") and text.endswith("｜>"))
-        or (text.startswith("<unused") and text.endswith(">"))
-    )
 
 
 def _id_to_token(tokenizer_json: dict[str, Any], path: Path) -> dict[int, str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ggufkit.core.errors import (
     DiskSpaceError,
+    GGUFKitError,
     InputError,
     MemoryShortageError,
     UsageError,
@@ -102,6 +103,29 @@ def write_text_atomic(final: str | Path, text: str) -> Path:
 
 def write_json_atomic(final: str | Path, data: Any) -> Path:
     return write_text_atomic(final, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+_RAISE: Any = object()
+
+
+def read_json(
+    path: str | Path,
+    error: type[GGUFKitError],
+    *,
+    hint: str | None = None,
+    missing: Any = _RAISE,
+) -> Any:
+    """The JSON in ``path``. A file that cannot be read or parsed raises ``error`` naming it, with
+    ``hint``; a missing file does too, unless ``missing`` gives the value to use instead."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        if missing is not _RAISE:
+            return missing
+        raise error(f"{path} does not exist", hint=hint, path=path) from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{path} is not valid JSON: {exc}", hint=hint, path=path) from exc
 
 
 def free_bytes(path: str | Path) -> int:

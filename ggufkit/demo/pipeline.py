@@ -133,7 +133,7 @@ class _Demo:
         self, workspace: Workspace, name: str, files: dict[str, Path], corpus: Path, out: Path
     ) -> EvalReport:
         from ggufkit.evaluate import EvalReport, evaluate
-        from ggufkit.evaluate.compare import read_json
+        from ggufkit.evaluate.compare import read_report
         from ggufkit.workspace.evals import record_results
         from ggufkit.workspace.manifest import Manifest
 
@@ -168,7 +168,7 @@ class _Demo:
         if made:
             record_results(made[0], workspace)
             return made[0]
-        report = EvalReport.from_json(read_json(out, "eval"))
+        report = EvalReport.from_json(read_report(out, "eval"))
         # A file rebuilt with the same bytes has a fresh record: give it its results again.
         manifest = Manifest.load(workspace.manifest_path)
         if any("eval" not in (manifest.get(p) or {}) for p in files.values()):

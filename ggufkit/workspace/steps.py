@@ -318,9 +318,7 @@ class Workspace:
                 def action(qtype: str = qtype, output: Path = output) -> object:
                     from ggufkit.quantize import quantize
 
-                    done = quantize(
-                        self.f16_path, [qtype], output=output, options=options
-                    )
+                    done = quantize(self.f16_path, [qtype], output=output, options=options)
                     return done[0]
 
                 step = self.run_step(
