@@ -107,7 +107,7 @@ def test_plain_lists_are_accepted(tmp_path: Path) -> None:
 
 def test_bad_inputs(tmp_path: Path) -> None:
     good_eval, good_bnb = files(tmp_path)
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="is missing"):
         compare(tmp_path / "none.json", good_bnb)
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(InputError, match="not valid JSON"):
@@ -137,7 +137,7 @@ def test_cli_table_json_and_plot(tmp_path: Path) -> None:
     missing = runner.invoke(
         cli, ["compare", "--eval", str(tmp_path / "no.json"), "--bnb", str(bnb_file)]
     )
-    assert missing.exit_code == 1 and "does not exist" in missing.output
+    assert missing.exit_code == 1 and "is missing" in missing.output
 
 
 @pytest.mark.needs_llamacpp

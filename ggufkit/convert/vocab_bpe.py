@@ -147,13 +147,11 @@ class BpeVocab:
 
 def load_tokenizer_json(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / "tokenizer.json"
-    if not path.is_file():
-        raise TokenizerError(
-            f"{path} is missing; a byte-level BPE model needs it",
-            hint="copy tokenizer.json from the original checkpoint",
-            path=path,
-        )
-    data = read_json(path, TokenizerError)
+    data = read_json(
+        path,
+        TokenizerError,
+        missing_hint="a byte-level BPE model needs it: copy it from the original checkpoint",
+    )
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE":
         found = model.get("type") if isinstance(model, dict) else None

@@ -113,17 +113,19 @@ def read_json(
     error: type[GGUFKitError],
     *,
     hint: str | None = None,
+    missing_hint: str | None = None,
     missing: Any = _RAISE,
 ) -> Any:
     """The JSON in ``path``. A file that cannot be read or parsed raises ``error`` naming it, with
-    ``hint``; a missing file does too, unless ``missing`` gives the value to use instead."""
+    ``hint``; a missing file does too (with ``missing_hint`` if given), unless ``missing`` is the
+    value to use instead."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         if missing is not _RAISE:
             return missing
-        raise error(f"{path} does not exist", hint=hint, path=path) from exc
+        raise error(f"{path} is missing", hint=missing_hint or hint, path=path) from exc
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise error(f"{path} is not valid JSON: {exc}", hint=hint, path=path) from exc
 

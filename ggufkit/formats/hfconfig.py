@@ -11,13 +11,12 @@ from ggufkit.core.fsutil import read_json
 
 def load_config(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(
-            f"{path} is missing",
-            hint="pass the directory of a Hugging Face checkpoint (it holds config.json and the weights)",
-            path=path,
-        )
-    data = read_json(path, ConfigError, hint="restore the original file")
+    data = read_json(
+        path,
+        ConfigError,
+        hint="restore the original file",
+        missing_hint="pass the directory of a Hugging Face checkpoint (it holds config.json and the weights)",
+    )
     if not isinstance(data, dict):
         raise ConfigError(f"{path} does not hold a JSON object", path=path)
     return data

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ggufkit.core.errors import (
     InputError,
@@ -20,6 +21,9 @@ from ggufkit.core.errors import (
     UsageError,
 )
 from ggufkit.quantize.types import COPY, QuantType, TypeTable, table_from_binary
+
+if TYPE_CHECKING:
+    from ggufkit.llamacpp.runner import ToolResult
 
 KV_KINDS = ("int", "float", "bool", "str")
 MAX_KV_KEY = 127  # llama_model_kv_override.key and .val_str are char[128]
@@ -252,17 +256,8 @@ class BinaryEngine(Engine):
         return args
 
     def dry_run(self, source: Path, quant_type: QuantType, options: QuantizeOptions) -> DryRun:
-        from ggufkit.llamacpp.runner import new_log_path, run_tool
-
-        try:
-            result = run_tool(
-                self.command(source, None, quant_type, options),
-                what=f"llama-quantize --dry-run {quant_type.name}",
-                merge_stderr=True,
-                log_path=new_log_path(f"quantize-dry-run-{quant_type.name}"),
-            )
-        except ToolFailedError as exc:
-            raise explain_failure(exc, options) from exc
+        args = self.command(source, None, quant_type, options)
+        result = self._run(args, f"--dry-run {quant_type.name}", options, merge_stderr=True)
         return parse_dry_run(result.stdout)
 
     def run(
@@ -273,20 +268,28 @@ class BinaryEngine(Engine):
         options: QuantizeOptions,
         on_progress: ProgressCallback | None = None,
     ) -> RunReport:
+        watcher = LogWatcher(on_progress)
+        result = self._run(
+            self.command(source, output, quant_type, options),
+            quant_type.name,
+            options,
+            on_line=watcher,
+            hint="the lines above are llama-quantize's own; the full log has the rest",
+        )
+        return RunReport(result.log_path, watcher.bits_per_weight, result.seconds)
+
+    @staticmethod
+    def _run(args: list[str], what: str, options: QuantizeOptions, **kwargs: Any) -> ToolResult:
+        """llama-quantize with its own log; its messages about bad options become ours."""
         from ggufkit.llamacpp.runner import new_log_path, run_tool
 
-        watcher = LogWatcher(on_progress)
+        log_name = "quantize-" + what.removeprefix("--").replace(" ", "-")
         try:
-            result = run_tool(
-                self.command(source, output, quant_type, options),
-                what=f"llama-quantize {quant_type.name}",
-                on_line=watcher,
-                log_path=new_log_path(f"quantize-{quant_type.name}"),
-                hint="the lines above are llama-quantize's own; the full log has the rest",
+            return run_tool(
+                args, what=f"llama-quantize {what}", log_path=new_log_path(log_name), **kwargs
             )
         except ToolFailedError as exc:
             raise explain_failure(exc, options) from exc
-        return RunReport(result.log_path, watcher.bits_per_weight, result.seconds)
 
 
 def binary_engine() -> BinaryEngine:
