@@ -10,11 +10,12 @@ import click
 from ggufkit.bnb import DEFAULT_PROMPTS, BnbOptions, markdown, parse_modes, run_bnb
 from ggufkit.bnb.modes import COMPUTE_DTYPES, MODES, QUANT_STORAGE
 from ggufkit.cli.options import (
+    choice_option,
     chunks_option,
     corpus_option,
     count_option,
     ctx_option,
-    echo_json,
+    echo_result,
     json_option,
     path_option,
     threads_option,
@@ -59,17 +60,15 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     show_default=True,
     help="Comma-separated bitsandbytes modes to measure (or all).",
 )
-@click.option(
+@choice_option(
     "--compute-dtype",
-    type=click.Choice(list(COMPUTE_DTYPES)),
-    default=None,
+    choices=COMPUTE_DTYPES,
     help="Baseline dtype and 4-bit compute dtype (default: bf16/f16 on CUDA, f32 on CPU).",
 )
-@click.option(
+@choice_option(
     "--quant-storage",
-    type=click.Choice(QUANT_STORAGE),
+    choices=QUANT_STORAGE,
     default="uint8",
-    show_default=True,
     help="Storage dtype of packed 4-bit weights.",
 )
 @click.option(
@@ -210,10 +209,7 @@ def command(
             seconds=time.perf_counter() - started,
         )
         log.info("results written to %s and recorded in %s", recorded, workspace.manifest_path)
-    if as_json:
-        echo_json(report.to_json())
-    else:
-        click.echo(markdown(report))
+    echo_result(report, as_json, markdown)
     if report.failed:
         raise EvaluationError(
             f"{len(report.failed)} mode(s) failed: "

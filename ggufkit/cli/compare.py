@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option, path_option, plot_option
+from ggufkit.cli.options import echo_result, json_option, path_option, plot_option
 from ggufkit.core.log import get_logger
 from ggufkit.evaluate.compare import compare, comparison_table, plot_comparison
 
@@ -36,7 +36,4 @@ def command(eval_file: Path, bnb_file: Path, plot: Path | None, as_json: bool) -
     if plot is not None:
         plot_comparison(comparison, plot)
         log.info("plot written to %s", plot)
-    if as_json:
-        echo_json(comparison.to_json())
-    else:
-        click.echo(comparison_table(comparison))
+    echo_result(comparison, as_json, comparison_table)

@@ -8,7 +8,9 @@ import click
 from click.core import ParameterSource
 
 from ggufkit.cli.options import (
+    choice_option,
     echo_json,
+    echo_result,
     force_option,
     json_option,
     output_option,
@@ -22,18 +24,17 @@ from ggufkit.core.fsutil import human_bytes
 @click.command("convert")
 @click.argument("model", required=False)
 @output_option("Output file (default: ./<model>-<OUTTYPE>.gguf).")
-@click.option(
+@choice_option(
     "--outtype",
-    type=click.Choice(["f16", "bf16", "f32", "q8_0"], case_sensitive=False),
+    choices=["f16", "bf16", "f32", "q8_0"],
     default="f16",
-    show_default=True,
+    case_sensitive=False,
     help="Type of the 2-D weights; 1-D tensors and norms stay f32.",
 )
-@click.option(
+@choice_option(
     "--engine",
-    type=click.Choice(["auto", "native", "upstream"]),
+    choices=["auto", "native", "upstream"],
     default="auto",
-    show_default=True,
     help="native: ggufkit's streaming converter; upstream: the pinned convert_hf_to_gguf.py; "
     "auto: native where registered, else upstream.",
 )
@@ -92,10 +93,7 @@ def command(
                 hint="edit ggufkit.toml, or give MODEL",
             )
         step = Workspace.require().convert(force=force, engine=engine, threads=threads)
-        if as_json:
-            echo_json(step.to_json())
-        else:
-            click.echo(step.describe())
+        echo_result(step, as_json, lambda s: s.describe())
         return
     from ggufkit.convert import convert
 

@@ -11,7 +11,7 @@ from ggufkit.cli.options import (
     corpus_option,
     count_option,
     ctx_option,
-    echo_json,
+    echo_result,
     json_option,
     path_argument,
     path_option,
@@ -95,7 +95,4 @@ def command(
     if plot is not None:
         plot_eval(report, plot)
         log.info("plot written to %s", plot)
-    if as_json:
-        echo_json(report.to_json())
-    else:
-        click.echo(eval_table(report))
+    echo_result(report, as_json, eval_table)

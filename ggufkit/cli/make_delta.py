@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option, model_ref_option, output_option
+from ggufkit.cli.options import (
+    choice_option,
+    echo_json,
+    json_option,
+    model_ref_option,
+    output_option,
+)
 
 DTYPE_CHOICES = ("f16", "bf16", "f32")
 
@@ -17,10 +23,9 @@ DTYPE_CHOICES = ("f16", "bf16", "f32")
 @output_option(
     "Directory for the delta (written under a temporary name, renamed when done).", required=True
 )
-@click.option(
+@choice_option(
     "--dtype",
-    type=click.Choice(DTYPE_CHOICES),
-    default=None,
+    choices=DTYPE_CHOICES,
     help="Round both inputs to this dtype, subtract, and write the delta in it (default: f16).",
 )
 @json_option

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option, model_ref_option, output_option
+from ggufkit.cli.options import (
+    choice_option,
+    echo_json,
+    json_option,
+    model_ref_option,
+    output_option,
+)
 
 STYLE_CHOICES = ("auto", "llmzoo", "fastchat")
 DTYPE_CHOICES = ("f16", "bf16", "f32")
@@ -19,17 +25,15 @@ DTYPE_CHOICES = ("f16", "bf16", "f32")
     "Directory for the merged model (written under a temporary name, renamed when done).",
     required=True,
 )
-@click.option(
+@choice_option(
     "--style",
-    type=click.Choice(STYLE_CHOICES),
+    choices=STYLE_CHOICES,
     default="auto",
-    show_default=True,
     help="How the delta was made (see Styles above).",
 )
-@click.option(
+@choice_option(
     "--dtype",
-    type=click.Choice(DTYPE_CHOICES),
-    default=None,
+    choices=DTYPE_CHOICES,
     help="Round both inputs to this dtype, add, and write the sum in it (default: f16).",
 )
 @json_option

@@ -35,6 +35,11 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def echo_result(result: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    """A result on stdout: its ``to_json()`` with --json, else ``text(result)``."""
+    click.echo(json.dumps(result.to_json(), indent=2, default=str) if as_json else text(result))
+
+
 # --- builders: one line per option in the commands ----------------------------------------------
 
 
@@ -42,6 +47,14 @@ def count_option(*decls: str, default: int | None = None, minimum: int = 1, **kw
     """An integer option of at least ``minimum``; a default is shown in --help."""
     kw.setdefault("show_default", default is not None)
     return click.option(*decls, type=click.IntRange(min=minimum), default=default, **kw)
+
+
+def choice_option(*decls: str, choices: Any, default: str | None = None, **kw: Any) -> Decorator:
+    """One of ``choices``; a default is shown in --help."""
+    kw.setdefault("show_default", default is not None)
+    kw.setdefault("case_sensitive", True)
+    choice = click.Choice(list(choices), case_sensitive=kw.pop("case_sensitive"))
+    return click.option(*decls, type=choice, default=default, **kw)
 
 
 def path_option(*decls: str, kind: str = "any", **kw: Any) -> Decorator:
