@@ -146,3 +146,43 @@ def test_graph_sees_function_level_imports() -> None:
 def test_module_is_small(name: str) -> None:
     lines = len(all_modules()[name].read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines; split it (DEVELOPING.md: ~400)"
+
+
+def test_every_third_party_import_is_declared() -> None:
+    """What ggufkit imports comes from a distribution pyproject.toml names (core or an extra)."""
+    import importlib.metadata
+    import re
+    import sys
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    requirements = list(project["project"]["dependencies"])
+    for extra in project["project"]["optional-dependencies"].values():
+        requirements += extra
+    declared = {
+        re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements
+    }
+    # Installed by `ggufkit build`, so not always installed yet when this runs.
+    distributions = {
+        "llama_cpp": ["llama-cpp-python"],
+        **importlib.metadata.packages_distributions(),
+    }
+    # An optional probe, guarded by ImportError (find_cmake falls back to it when no cmake is
+    # on PATH); in llamacpp/, which another change owns right now.
+    optional = {"cmake"}
+    undeclared = set()
+    for path in all_modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {name.split(".")[0] for name in names}:
+                if top == "ggufkit" or top in sys.stdlib_module_names or top in optional:
+                    continue
+                dists = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
+                if not dists & declared:
+                    undeclared.add(f"{top} ({path.relative_to(PACKAGE.parent)})")
+    assert sorted(undeclared) == []
