@@ -253,3 +253,27 @@ def test_converter_hooks_are_abstract() -> None:
     assert inspect.isabstract(Incomplete)
     with pytest.raises(TypeError, match="abstract"):
         Incomplete(Path("."), {}, None, outtype="f16")  # type: ignore[abstract, arg-type]
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused(
+    spm_model: Path, tiny_llama_json_tok_dir: Path
+) -> None:
+    """Pieces past the model's vocab_size would have no embedding row: refused, not dropped
+    (the byte-level BPE path already refused them)."""
+    from sentencepiece import SentencePieceProcessor
+
+    from ggufkit.convert.vocab_spm import sentencepiece_vocab, tokenizer_json_vocab
+    from ggufkit.core.errors import TokenizerError
+
+    n = SentencePieceProcessor(model_file=str(spm_model)).vocab_size()
+    assert len(sentencepiece_vocab(spm_model, n)) == n
+    assert len(sentencepiece_vocab(spm_model, n + 2)) == n + 2  # padded, as before
+    with pytest.raises(
+        TokenizerError, match=f"up to {n - 1}, but the model's vocab_size is {n - 1}"
+    ):
+        sentencepiece_vocab(spm_model, n - 1)
+    tokenizer_json = tiny_llama_json_tok_dir / "tokenizer.json"
+    m = max(json.loads(tokenizer_json.read_text())["model"]["vocab"].values()) + 1
+    assert len(tokenizer_json_vocab(tokenizer_json, m)) == m
+    with pytest.raises(TokenizerError, match=f"vocab_size is {m - 1}"):
+        tokenizer_json_vocab(tokenizer_json, m - 1)

@@ -19,7 +19,7 @@ from typing import Any
 import gguf
 from tokenizers import Tokenizer
 
-from ggufkit.convert.vocab_spm import looks_special
+from ggufkit.convert.vocab_spm import check_fits, looks_special
 from ggufkit.core.errors import TokenizerError, UsageError
 from ggufkit.core.fsutil import read_json
 from ggufkit.core.log import get_logger
@@ -273,14 +273,7 @@ def build_bpe_vocab(
     path = model_dir / "tokenizer.json"
     data = load_tokenizer_json(model_dir)
     id_to_token = _id_to_token(data, path)
-    n_tokens = max(id_to_token) + 1 if id_to_token else 0
-    size = vocab_size if vocab_size is not None else n_tokens
-    if n_tokens > size:
-        raise TokenizerError(
-            f"{path} has token ids up to {n_tokens - 1}, but the model's vocab_size is {size}",
-            hint="the tokenizer does not belong to this checkpoint: use the checkpoint's own",
-            path=path,
-        )
+    size = check_fits(path, max(id_to_token) + 1 if id_to_token else 0, vocab_size)
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust side raises plain Exceptions

@@ -59,6 +59,18 @@ class Vocab:
         return True
 
 
+def check_fits(path: Path, n_tokens: int, size: int | None) -> int:
+    """The vocabulary size: ``size`` (the model's), or ``n_tokens`` without one. A tokenizer with
+    more tokens than the model has rows is not this model's: refuse it rather than drop tokens."""
+    if size is not None and n_tokens > size:
+        raise TokenizerError(
+            f"{path} has token ids up to {n_tokens - 1}, but the model's vocab_size is {size}",
+            hint="the tokenizer does not belong to this checkpoint: use the checkpoint's own",
+            path=path,
+        )
+    return n_tokens if size is None else size
+
+
 def sentencepiece_vocab(model_file: Path, size: int | None) -> Vocab:
     from sentencepiece import SentencePieceProcessor
 
@@ -72,8 +84,8 @@ def sentencepiece_vocab(model_file: Path, size: int | None) -> Vocab:
             path=model_file,
         ) from exc
     n_pieces = processor.vocab_size()
-    vocab = Vocab(size or n_pieces)
-    for token_id in range(min(n_pieces, len(vocab))):
+    vocab = Vocab(check_fits(model_file, n_pieces, size))
+    for token_id in range(n_pieces):
         if processor.IsUnknown(token_id):
             kind = TokenType.UNKNOWN
         elif processor.IsControl(token_id):
@@ -103,7 +115,7 @@ def tokenizer_json_vocab(tokenizer_file: Path, size: int | None) -> Vocab:
             path=tokenizer_file,
         )
     pieces: dict[str, int] = model["vocab"]
-    vocab = Vocab(size or max(pieces.values(), default=-1) + 1)
+    vocab = Vocab(check_fits(tokenizer_file, max(pieces.values(), default=-1) + 1, size))
     rank_of: dict[str, int] = {}
     for rank, merge in enumerate(model.get("merges") or []):
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
