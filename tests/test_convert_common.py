@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from ggufkit.cli import cli
 from ggufkit.convert import convert
 from ggufkit.core.errors import UnsupportedArchitectureError
+from ggufkit.core.fsutil import partials
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def _assert_fails(model: Path, tmp_path: Path, *needles: str, code: int = 1) -> 
     assert output.startswith("Error: "), output
     for needle in needles:
         assert needle in output, output
-    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    assert not out.exists() and not partials(out)
     return output
 
 
@@ -161,7 +162,6 @@ def big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start_and_signal(big_model: Path, out: Path, sig: signal.Signals) -> tuple[int, str, bool]:
-    partial = out.with_name(out.name + ".partial")
     env = {**os.environ, "GGUFKIT_NO_PROGRESS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "ggufkit", "convert", str(big_model), "-o", str(out), "-t", "1"],
@@ -171,9 +171,9 @@ def _start_and_signal(big_model: Path, out: Path, sig: signal.Signals) -> tuple[
         env=env,
     )
     deadline = time.monotonic() + 120
-    while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not partials(out) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    seen = partial.exists()
+    seen = bool(partials(out))
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
     return process.returncode, stderr, seen
@@ -186,7 +186,7 @@ def test_sigint_removes_the_partial_file(big_model: Path, tmp_path: Path) -> Non
     assert seen, "the conversion finished before it could be interrupted"
     assert code == 130, stderr
     assert "Interrupted" in stderr
-    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    assert not out.exists() and not partials(out)
 
 
 @pytest.mark.slow
@@ -194,7 +194,7 @@ def test_sigkill_leaves_only_the_partial_file(big_model: Path, tmp_path: Path) -
     out = tmp_path / "big.gguf"
     code, _, seen = _start_and_signal(big_model, out, signal.SIGKILL)
     assert seen and code == -signal.SIGKILL
-    assert not out.exists() and out.with_name(out.name + ".partial").exists()
+    assert not out.exists() and len(partials(out)) == 1
 
 
 # --- the upstream engine --------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_upstream_failure_is_reported_and_leaves_nothing(
     exit_code, output = _run(tiny_bloom_dir, out, "--engine", "upstream")
     assert exit_code == 1, output
     assert "upstream converter" in output and "full log:" in output
-    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    assert not out.exists() and not partials(out)
 
 
 def test_converter_hooks_are_abstract() -> None:

@@ -65,9 +65,9 @@ def command(
     """Convert a checkpoint to GGUF, streaming one tensor at a time.
 
     MODEL is a local directory (config.json, weights, tokenizer) or a Hub id (owner/name).
-    The file is written as OUT.partial and renamed when complete. Without MODEL, in a
-    workspace (`ggufkit init`), the model and output come from ggufkit.toml and the step is
-    skipped when its inputs have not changed (--force redoes it).
+    The file is written under a temporary name beside OUT and renamed when complete. Without
+    MODEL, in a workspace (`ggufkit init`), the model and output come from ggufkit.toml and the
+    step is skipped when its inputs have not changed (--force redoes it).
 
     \b
     Examples:

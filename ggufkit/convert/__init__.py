@@ -2,8 +2,8 @@
 
 The native engine streams tensors through a registered per-architecture converter
 (``ggufkit/convert/<arch>.py``); the upstream engine runs the pinned ``convert_hf_to_gguf.py`` for
-architectures ggufkit does not register. Outputs are written to ``OUT.partial`` and renamed only
-when complete.
+architectures ggufkit does not register. Outputs are written under a temporary name beside
+``OUT`` (``atomic_output``) and renamed only when complete.
 """
 
 from __future__ import annotations

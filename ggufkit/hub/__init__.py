@@ -3,8 +3,8 @@
 Downloads go through ``huggingface_hub.snapshot_download``, so the standard cache (``HF_HOME``,
 ``HF_HUB_CACHE``), tokens (``--token``, ``HF_TOKEN``, the stored login), ``HF_HUB_OFFLINE``
 and progress bars all behave as in every other Hugging Face tool. Weight files are fetched into
-the cache first by :func:`ggufkit.hub.fetch.fetch_blob_resumably`, so that a run cut off mid-file (Ctrl-C, a lost
-connection, a killed process) is resumed by the next run instead of starting over.
+the cache first by :func:`ggufkit.hub.fetch.fetch_blob_resumably`, so that a run cut off mid-file
+(Ctrl-C, a lost connection, a killed process) is resumed by the next run instead of starting over.
 The access token is never logged, stored or echoed in a message.
 """
 
