@@ -161,7 +161,7 @@ def main() -> None:
     outputs = {"raw binary": out_raw, "ggufkit": out_kit}
     sides = {
         "raw binary": [binary, str(model), str(out_raw), args.type.upper()],
-        "ggufkit": [*kit_command, "--engine", "binary", "--json"],
+        "ggufkit": [*kit_command, "--json"],
     }
     with open(model, "rb") as handle:  # page cache
         while handle.read(64 << 20):
