@@ -541,9 +541,9 @@ def test_imatrix_errors(tiny_llama_f16_gguf: Path, tmp_path: Path) -> None:
 @pytest.mark.needs_llamacpp
 @pytest.mark.needs_torch
 def test_progress_follows_the_tensor_lines(tiny_llama_f16_gguf: Path, tmp_path: Path) -> None:
-    from ggufkit.quantize.engines import select_engine
+    from ggufkit.quantize.engines import binary_engine
 
-    engine = select_engine("binary")
+    engine = binary_engine()
     seen: list[tuple[int, int]] = []
     quant_type = engine.table().resolve(["q8_0"])[0]
     engine.run(
