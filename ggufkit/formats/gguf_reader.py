@@ -1,5 +1,5 @@
-"""Reading a GGUF file: :func:`read_gguf` and :func:`check_gguf` (see :mod:`ggufkit.formats.ggufinfo`
-for what the checks are and what the result holds)."""
+"""Reading a GGUF file: :func:`read_gguf` and :func:`check_gguf`, bounds-checked (see
+:mod:`ggufkit.formats.ggufinfo` for what the checks are and what the result holds)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
-"""What a GGUF file holds, as :mod:`ggufkit.formats.gguf_reader` reads it: header, metadata and
-tensor table (:class:`GGUFInfo`), and the format's constants.
+"""What a GGUF file holds (:class:`GGUFInfo`: header, metadata, tensor table) and the format's
+constants; :mod:`ggufkit.formats.gguf_reader` fills it in.
 
-:func:`~ggufkit.formats.gguf_reader.read_gguf` parses a GGUF file with :mod:`struct` over a read-only memory map and checks every
+``read_gguf`` parses a GGUF file with :mod:`struct` over a read-only memory map and checks every
 count, length and offset against the file size before trusting it, so a malformed, truncated or
 hostile file raises :class:`GGUFFormatError` naming the file — never IndexError, ValueError or
 MemoryError, and never a large allocation. The checks follow the pinned llama.cpp's ``gguf.cpp``
 (duplicate keys or tensor names, alignment a power of two, at most 4 dimensions, rows a multiple of
-the block size, tensors contiguous in order), so a file that passes here is one llama.cpp can open.
-:func:`check_gguf` is the cheap variant for validation: it walks long arrays without decoding them.
+the block size, tensors contiguous in order), so a file that passes is one llama.cpp can open.
+``check_gguf`` is the cheap variant for validation: it walks long arrays without decoding them.
 """
 
 from __future__ import annotations
