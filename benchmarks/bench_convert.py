@@ -65,8 +65,8 @@ def main() -> None:
 
     from tiny import write_random_llama
 
-    from ggufkit import paths
-    from ggufkit.convert.provenance import known_sha256
+    from ggufkit.core import paths
+    from ggufkit.formats.origin import known_sha256
     from ggufkit.llamacpp.source import ensure_source
 
     bench = paths.home() / "bench"

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ggufkit import paths
-from ggufkit.fsutil import atomic_dir
-from ggufkit.shards import TensorSpec, write_sharded
-from ggufkit.tensors import float32_to_bf16
+from ggufkit.core import paths
+from ggufkit.core.fsutil import atomic_dir
+from ggufkit.formats.safetensors import float32_to_bf16
+from ggufkit.formats.shards import TensorSpec, write_sharded
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

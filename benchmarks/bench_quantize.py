@@ -132,8 +132,8 @@ def main() -> None:
     parser.add_argument("--type", default="q4_0")
     args = parser.parse_args()
 
-    from ggufkit import paths
-    from ggufkit.ggufinfo import read_gguf
+    from ggufkit.core import paths
+    from ggufkit.formats.gguf_reader import read_gguf
     from ggufkit.llamacpp.build import find_tool
 
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):
@@ -161,7 +161,7 @@ def main() -> None:
     outputs = {"raw binary": out_raw, "ggufkit": out_kit}
     sides = {
         "raw binary": [binary, str(model), str(out_raw), args.type.upper()],
-        "ggufkit": [*kit_command, "--engine", "binary", "--json"],
+        "ggufkit": [*kit_command, "--json"],
     }
     with open(model, "rb") as handle:  # page cache
         while handle.read(64 << 20):

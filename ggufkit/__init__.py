@@ -6,15 +6,14 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# Library entry points, imported lazily so that `import ggufkit` stays light.
+# Library entry points whose names are no subpackage, imported lazily so that `import ggufkit`
+# stays light. `convert` and `quantize` are packages: `from ggufkit.convert import convert`,
+# `from ggufkit.quantize import quantize`.
 _EXPORTS = {
-    "quantize": "ggufkit.quantize:quantize",
     "merge_delta": "ggufkit.delta:merge_delta",
     "make_delta": "ggufkit.delta:make_delta",
     "build": "ggufkit.llamacpp.build:build",
     "download": "ggufkit.hub:download",
-    # After the first call `ggufkit.convert` is the package, which is callable as well.
-    "convert": "ggufkit.convert:convert",
 }
 
 

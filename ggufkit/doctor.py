@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 
 import psutil
 
-from ggufkit import paths
-from ggufkit.errors import GGUFKitError
-from ggufkit.fsutil import free_bytes, human_bytes
+from ggufkit.core import paths
+from ggufkit.core.errors import GGUFKitError
+from ggufkit.core.fsutil import free_bytes, human_bytes
 from ggufkit.llamacpp import build as llama_build
 from ggufkit.llamacpp.cpu import detect_cpu
 from ggufkit.llamacpp.source import default_source_dir, read_pin, source_is_current

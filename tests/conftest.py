@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,31 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GGUFKIT_DEBUG", raising=False)
 
 
+# Extras a full `make test` has (`make install`, `make build`). A test that needs one that is
+# missing is skipped only when GGUFKIT_ALLOW_MISSING names it (e.g. "torch,bnb,llamacpp,fastchat");
+# any other skip is a failure, so that no test vanishes quietly.
+EXTRAS = {
+    "torch": ("torch", "transformers"),
+    "bnb": ("bitsandbytes",),
+    "fastchat": ("fastchat",),
+    "llamacpp": ("llama_cpp",),
+}
+MARKERS = {"needs_torch": "torch", "needs_bnb": "bnb", "needs_fastchat": "fastchat"}
+ALLOW_VARIABLE = "GGUFKIT_ALLOW_MISSING"
+
+
+def allowed_missing() -> set[str]:
+    return {x.strip() for x in os.environ.get(ALLOW_VARIABLE, "").split(",") if x.strip()}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    unknown = allowed_missing() - set(EXTRAS)
+    if unknown:
+        raise pytest.UsageError(
+            f"{ALLOW_VARIABLE} names unknown extras {sorted(unknown)}; known: {sorted(EXTRAS)}"
+        )
+
+
 def _llamacpp_available() -> str | None:
     try:
         from ggufkit.llamacpp.build import current_build
@@ -35,14 +62,60 @@ def _llamacpp_available() -> str | None:
     return None
 
 
+def _missing_module(extra: str) -> str | None:
+    for module in EXTRAS[extra]:
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker, extra in MARKERS.items():
+        if item.get_closest_marker(marker) and (module := _missing_module(extra)):
+            pytest.skip(f"missing extra {extra}: {module} is not installed")
     if item.get_closest_marker("needs_llamacpp"):
         problem = _llamacpp_available()
         if problem:
-            # In CI the build is part of `make test`: a missing build is a failure, not a skip.
-            if os.environ.get("CI"):
-                pytest.fail(f"llama.cpp build missing in CI: {problem}")
-            pytest.skip(f"llama.cpp not built ({problem}); run `ggufkit build`")
+            pytest.skip(f"missing extra llamacpp: not built ({problem}); run `ggufkit build`")
+
+
+def _extra_of(reason: str) -> str | None:
+    """Which extra a skip reason blames: ours ("missing extra X: ..."), or importorskip's
+    ("could not import 'torch.x': ...")."""
+    if reason.startswith("missing extra "):
+        return reason.removeprefix("missing extra ").split(":", 1)[0]
+    if reason.startswith("could not import '"):
+        top = reason.split("'")[1].split(".")[0]
+        return next((extra for extra, mods in EXTRAS.items() if top in mods), None)
+    return None
+
+
+def _judge_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    if not isinstance(report.longrepr, tuple):
+        return
+    path, line, reason = report.longrepr
+    reason = reason.removeprefix("Skipped: ")
+    extra = _extra_of(reason)
+    if extra is not None and extra in allowed_missing():
+        report.longrepr = (path, line, f"{reason} (allowed by {ALLOW_VARIABLE})")
+        return
+    report.outcome = "failed"
+    allow = f"{ALLOW_VARIABLE}={extra}" if extra else "nothing: fix the cause"
+    report.longrepr = f"{path}:{line}: a skip is a failure here: {reason}\n(allowed by {allow})"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    _judge_skip(outcome.get_result())  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _judge_skip(outcome.get_result())  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from ggufkit.bnb import MODES, BnbOptions, guards, loading, markdown, measure, parse_modes, run_bnb
 from ggufkit.bnb.modes import QuantSettings, default_compute_dtype, quantization_kwargs
 from ggufkit.cli import cli
-from ggufkit.errors import EvaluationError, UsageError
+from ggufkit.core.errors import EvaluationError, UsageError
 
 torch = pytest.importorskip("torch")
 bnb = pytest.importorskip("bitsandbytes")
@@ -460,8 +460,8 @@ def test_workspace_run_is_recorded(
 ) -> None:
     import shutil
 
-    from ggufkit.manifest import Manifest
     from ggufkit.workspace import init_workspace
+    from ggufkit.workspace.manifest import Manifest
 
     shutil.copytree(tiny_llama_dir, tmp_path / "tiny")
     init_workspace(tmp_path, "tiny", name="tiny")

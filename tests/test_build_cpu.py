@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
-from ggufkit.errors import BuildError, GGUFKitError, InputError, ToolCrashedError, format_error
+from ggufkit.core.errors import BuildError, GGUFKitError, InputError, ToolCrashedError, format_error
 from ggufkit.llamacpp import build as build_module
 from ggufkit.llamacpp import cpu, crash, layout, patches
 from ggufkit.llamacpp.isolate import run_isolated

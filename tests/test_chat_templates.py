@@ -257,8 +257,8 @@ def test_llama_cpp_python_renders_fastchats_prompt_and_tokens(
     """LLaMA (legacy tokenizer, adds BOS: Vicuna, Chimera) and BLOOM (no BOS: Phoenix)."""
     from transformers import AutoTokenizer
 
+    from ggufkit.evaluate.parity import open_gguf
     from ggufkit.llamacpp.bindings import load_llama_cpp
-    from ggufkit.parity import open_gguf
 
     gguf_path, hf_dir = chat_gguf(kind, name)
     load_llama_cpp()

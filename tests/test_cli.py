@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from ggufkit import __version__
 from ggufkit.cli import COMMANDS, cli
-from ggufkit.errors import (
+from ggufkit.core.errors import (
     BuildError,
     GGUFKitError,
     InputError,

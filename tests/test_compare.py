@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 from ggufkit.bnb.results import BnbReport, ModeResult
 from ggufkit.cli import cli
-from ggufkit.compare import BNB, GGUF, PLOT_SIZE_INCHES, compare, comparison_table
-from ggufkit.errors import InputError
+from ggufkit.core.errors import InputError
+from ggufkit.evaluate.compare import BNB, GGUF, PLOT_SIZE_INCHES, compare, comparison_table
+from ggufkit.evaluate.report import PLOT_DPI
 from ggufkit.evaluate.results import EvalReport, ModelResult
-from ggufkit.report import PLOT_DPI
 
 SHA = "ab" * 32
 BENCH = ["--bench-prompt", "16", "--bench-gen", "8", "--bench-reps", "1"]
@@ -107,10 +107,10 @@ def test_plain_lists_are_accepted(tmp_path: Path) -> None:
 
 def test_bad_inputs(tmp_path: Path) -> None:
     good_eval, good_bnb = files(tmp_path)
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="is missing"):
         compare(tmp_path / "none.json", good_bnb)
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(InputError, match="not a JSON"):
+    with pytest.raises(InputError, match="not valid JSON"):
         compare(good_eval, tmp_path / "bad.json")
     with pytest.raises(InputError, match="ggufkit bnb --json"):
         compare(good_eval, write(tmp_path, "x.json", {"models": []}))
@@ -137,7 +137,7 @@ def test_cli_table_json_and_plot(tmp_path: Path) -> None:
     missing = runner.invoke(
         cli, ["compare", "--eval", str(tmp_path / "no.json"), "--bnb", str(bnb_file)]
     )
-    assert missing.exit_code == 1 and "does not exist" in missing.output
+    assert missing.exit_code == 1 and "is missing" in missing.output
 
 
 @pytest.mark.needs_llamacpp

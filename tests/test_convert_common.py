@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from ggufkit.cli import cli
 from ggufkit.convert import convert
-from ggufkit.errors import UnsupportedArchitectureError
+from ggufkit.core.errors import UnsupportedArchitectureError
+from ggufkit.core.fsutil import partials
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def _assert_fails(model: Path, tmp_path: Path, *needles: str, code: int = 1) -> 
     assert output.startswith("Error: "), output
     for needle in needles:
         assert needle in output, output
-    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    assert not out.exists() and not partials(out)
     return output
 
 
@@ -161,7 +162,6 @@ def big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start_and_signal(big_model: Path, out: Path, sig: signal.Signals) -> tuple[int, str, bool]:
-    partial = out.with_name(out.name + ".partial")
     env = {**os.environ, "GGUFKIT_NO_PROGRESS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "ggufkit", "convert", str(big_model), "-o", str(out), "-t", "1"],
@@ -171,9 +171,9 @@ def _start_and_signal(big_model: Path, out: Path, sig: signal.Signals) -> tuple[
         env=env,
     )
     deadline = time.monotonic() + 120
-    while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not partials(out) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    seen = partial.exists()
+    seen = bool(partials(out))
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
     return process.returncode, stderr, seen
@@ -186,7 +186,7 @@ def test_sigint_removes_the_partial_file(big_model: Path, tmp_path: Path) -> Non
     assert seen, "the conversion finished before it could be interrupted"
     assert code == 130, stderr
     assert "Interrupted" in stderr
-    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    assert not out.exists() and not partials(out)
 
 
 @pytest.mark.slow
@@ -194,7 +194,7 @@ def test_sigkill_leaves_only_the_partial_file(big_model: Path, tmp_path: Path) -
     out = tmp_path / "big.gguf"
     code, _, seen = _start_and_signal(big_model, out, signal.SIGKILL)
     assert seen and code == -signal.SIGKILL
-    assert not out.exists() and out.with_name(out.name + ".partial").exists()
+    assert not out.exists() and len(partials(out)) == 1
 
 
 # --- the upstream engine --------------------------------------------------------------------
@@ -233,7 +233,7 @@ def test_upstream_failure_is_reported_and_leaves_nothing(
     exit_code, output = _run(model, out, "--engine", "upstream")
     assert exit_code == 1, output
     assert "upstream converter" in output and "full log:" in output
-    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    assert not out.exists() and not partials(out)
 
 
 @pytest.mark.slow
@@ -244,9 +244,54 @@ def test_upstream_gets_the_pre_tokenizer_of_an_unknown_tokenizer(
 ) -> None:
     # Upstream alone refuses this locally trained tokenizer (test_convert_bloom); through
     # ggufkit it gets the pre-tokenizer derived from tokenizer.json, and tokenizes like HF.
-    from ggufkit.parity import tokenizer_parity
+    from ggufkit.evaluate.parity import tokenizer_parity
 
     result = convert(tiny_bloom_dir, tmp_path / "up.gguf", engine="upstream")
     assert "pre-tokenizer 'bloom', derived from tokenizer.json" in result.notes
     report = tokenizer_parity(result.output, tiny_bloom_dir, corpus_path.read_text())
     assert report.equal, report.summary()
+
+
+def test_converter_hooks_are_abstract() -> None:
+    """A converter that forgets a hook fails when it is made, not halfway through a file."""
+    import inspect
+
+    from ggufkit.convert.base import ModelConverter
+
+    assert ModelConverter.__abstractmethods__ == {
+        "read_config",
+        "set_gguf_parameters",
+        "set_vocab",
+        "expected_shapes",
+    }
+
+    class Incomplete(ModelConverter):
+        def read_config(self) -> None: ...
+
+    assert inspect.isabstract(Incomplete)
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete(Path("."), {}, None, outtype="f16")  # type: ignore[abstract, arg-type]
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused(
+    spm_model: Path, tiny_llama_json_tok_dir: Path
+) -> None:
+    """Pieces past the model's vocab_size would have no embedding row: refused, not dropped
+    (the byte-level BPE path already refused them)."""
+    from sentencepiece import SentencePieceProcessor
+
+    from ggufkit.convert.vocab_spm import sentencepiece_vocab, tokenizer_json_vocab
+    from ggufkit.core.errors import TokenizerError
+
+    n = SentencePieceProcessor(model_file=str(spm_model)).vocab_size()
+    assert len(sentencepiece_vocab(spm_model, n)) == n
+    assert len(sentencepiece_vocab(spm_model, n + 2)) == n + 2  # padded, as before
+    with pytest.raises(
+        TokenizerError, match=f"up to {n - 1}, but the model's vocab_size is {n - 1}"
+    ):
+        sentencepiece_vocab(spm_model, n - 1)
+    tokenizer_json = tiny_llama_json_tok_dir / "tokenizer.json"
+    m = max(json.loads(tokenizer_json.read_text())["model"]["vocab"].values()) + 1
+    assert len(tokenizer_json_vocab(tokenizer_json, m)) == m
+    with pytest.raises(TokenizerError, match=f"vocab_size is {m - 1}"):
+        tokenizer_json_vocab(tokenizer_json, m - 1)

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from ggufkit.cli import cli
 from ggufkit.convert import convert
-from ggufkit.errors import LegacyFormatError, TokenizerError, UsageError
+from ggufkit.core.errors import LegacyFormatError, TokenizerError, UsageError
 from ggufkit.formats.legacy_ggml import read_legacy
 
 CASES = [("ggml", 0), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)]
@@ -301,7 +301,8 @@ def test_cli_inspect_and_convert(legacy_llama: Any, tiny_llama_dir: Path, tmp_pa
 def test_repack_matches_gguf_quants(kind: str) -> None:
     """Today's layouts as gguf.quants reads them: the repacked blocks hold the decoded values."""
     from ggufkit.convert.legacy_tensors import repack
-    from ggufkit.formats.legacy_ggml import TYPE_NAMES, Blocks, dequantize
+    from ggufkit.formats.legacy_blocks import Blocks, dequantize
+    from ggufkit.formats.legacy_ggml import TYPE_NAMES
 
     type_id = next(i for i, name in TYPE_NAMES.items() if name == kind)
     rng = np.random.default_rng(3)

@@ -19,8 +19,8 @@ from ggufkit.cli import cli
 from ggufkit.convert import convert, default_output_name, registered_architectures
 from ggufkit.convert.llama import rotary_row_order
 from ggufkit.convert.writer import bf16_bits_to_f16_bits
-from ggufkit.fsutil import sha256_file
-from ggufkit.tensors import Checkpoint
+from ggufkit.core.fsutil import sha256_file
+from ggufkit.formats.safetensors import Checkpoint
 
 VARIANTS = ["mha", "gqa", "tied", "pad", "json"]
 F16_TOL, F32_TOL = 0.005, 0.0005  # max |Δlogit| as a fraction of the largest |logit|
@@ -203,19 +203,22 @@ def test_threads_do_not_change_the_bytes(tiny_llama_dir: Path, tmp_path: Path) -
     assert one.read_bytes() == four.read_bytes()
 
 
-def test_module_is_callable_and_default_name(
+def test_default_name(
     tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    result = ggufkit.convert(tiny_llama_dir, outtype="bf16")
+    result = convert(tiny_llama_dir, outtype="bf16")
     assert result.output == tmp_path / default_output_name(tiny_llama_dir.name, "bf16")
     assert result.output.name.endswith("-BF16.gguf") and result.output.is_file()
     assert result.engine == "native" and result.gguf_arch == "llama"
 
 
-def test_convert_is_callable_from_a_fresh_import(tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_convert_from_a_fresh_import(tiny_llama_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "fresh.gguf"
-    code = f"import ggufkit; print(ggufkit.convert({str(tiny_llama_dir)!r}, {str(out)!r}).engine)"
+    code = (
+        "from ggufkit.convert import convert; "
+        f"print(convert({str(tiny_llama_dir)!r}, {str(out)!r}).engine)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "native" and out.is_file()
@@ -252,7 +255,7 @@ def test_bf16_checkpoint_rounds_like_float32_to_float16(tmp_path: Path, spm_mode
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("outtype,tol", [("f16", F16_TOL), ("f32", F32_TOL)])
 def test_logit_parity(converted, llama_dirs, variant: str, outtype: str, tol: float) -> None:
-    from ggufkit.parity import logit_parity
+    from ggufkit.evaluate.parity import logit_parity
 
     report = logit_parity(
         converted(variant, outtype), llama_dirs[variant], _ids(llama_dirs[variant])
@@ -266,7 +269,7 @@ def test_logit_parity(converted, llama_dirs, variant: str, outtype: str, tol: fl
 @pytest.mark.needs_torch
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_tokenizer_parity(converted, llama_dirs, variant: str, corpus_path: Path) -> None:
-    from ggufkit.parity import tokenizer_parity
+    from ggufkit.evaluate.parity import tokenizer_parity
 
     text = corpus_path.read_text(encoding="utf-8")
     assert len(text.encode()) >= 10_000
@@ -279,7 +282,7 @@ def test_tokenizer_parity(converted, llama_dirs, variant: str, corpus_path: Path
 @pytest.mark.needs_llamacpp
 @pytest.mark.needs_torch
 def test_q8_0_parity(converted, llama_dirs) -> None:
-    from ggufkit.parity import logit_parity
+    from ggufkit.evaluate.parity import logit_parity
 
     report = logit_parity(converted("gqa", "q8_0"), llama_dirs["gqa"], _ids(llama_dirs["gqa"]))
     assert report.rel_diff <= 0.1, report.summary()  # 8-bit weights: upstream's files get ~0.05

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
+from ggufkit.core.errors import DeltaError, DiskSpaceError, UsageError
+from ggufkit.core.fsutil import sha256_file
 from ggufkit.delta import make_delta, merge_delta, open_merged
-from ggufkit.errors import DeltaError, DiskSpaceError, UsageError
-from ggufkit.fsutil import sha256_file
-from ggufkit.shards import TensorSpec, write_sharded
-from ggufkit.tensors import Checkpoint, bf16_to_float32, float32_to_bf16
+from ggufkit.formats.safetensors import Checkpoint, bf16_to_float32, float32_to_bf16
+from ggufkit.formats.shards import TensorSpec, write_sharded
 
 SIDE_FILES = ("config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 EMBED = "model.embed_tokens.weight"
@@ -323,10 +323,10 @@ def _fastchat(module: str, base: Path, target: Path, delta: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.needs_torch
+@pytest.mark.needs_fastchat
 def test_merge_equals_fastchat_apply_delta(
     tmp_path: Path, tiny_llama_dir: Path, same_delta: Path, pad_delta: Path
 ) -> None:
-    pytest.importorskip("fastchat.model.apply_delta")
     # Same shapes: FastChat's apply_delta as it is.
     _fastchat("fastchat.model.apply_delta", tiny_llama_dir, tmp_path / "fc", same_delta)
     ours = merge_delta(tiny_llama_dir, same_delta, tmp_path / "ours")
@@ -351,10 +351,10 @@ def test_merge_equals_fastchat_apply_delta(
 
 @pytest.mark.slow
 @pytest.mark.needs_torch
+@pytest.mark.needs_fastchat
 def test_make_delta_equals_fastchat_make_delta(
     tmp_path: Path, tiny_llama_dir: Path, same_delta: Path
 ) -> None:
-    pytest.importorskip("fastchat.model.make_delta")
     target = merge_delta(tiny_llama_dir, same_delta, tmp_path / "target").output
     _fastchat("fastchat.model.make_delta", tiny_llama_dir, target, tmp_path / "fc")
     make_delta(tiny_llama_dir, target, tmp_path / "ours")

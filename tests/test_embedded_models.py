@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from safetensors import safe_open
 
+from ggufkit.core.errors import UsageError
 from ggufkit.data import (
     DELTA_BASES,
     EMBEDDED_MODELS,
@@ -20,7 +21,6 @@ from ggufkit.data import (
     milton_corpus,
     training_record,
 )
-from ggufkit.errors import UsageError
 
 LLAMA = "tiny-llama"
 DELTA = "tiny-llama-milton-delta"

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
-from ggufkit.errors import EvaluationError, UsageError
+from ggufkit.core.errors import EvaluationError, UsageError
 from ggufkit.evaluate import EvalReport, ModelResult, ppl
+from ggufkit.evaluate.report import PLOT_SIZE_PX, eval_table, plot_eval
 from ggufkit.evaluate.speed import parse_bench_json
 from ggufkit.llamacpp.runner import ToolResult
-from ggufkit.report import PLOT_SIZE_PX, eval_table, plot_eval
 
 PPL_HEAD = (
     "0.00.377.159 I perplexity: calculating perplexity over 3 chunks, n_ctx=128, "
@@ -426,8 +426,8 @@ def test_workspace_models_and_manifest(
 ) -> None:
     import shutil
 
-    from ggufkit.manifest import Manifest
     from ggufkit.workspace import init_workspace
+    from ggufkit.workspace.manifest import Manifest
 
     init_workspace(tmp_path, str(tiny_llama_gqa_dir), name="tiny", types=["q8_0", "q4_0", "q5_0"])
     (tmp_path / "out").mkdir()

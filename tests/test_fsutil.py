@@ -1,17 +1,23 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ggufkit.errors import DiskSpaceError, UsageError, WorkspaceError
-from ggufkit.fsutil import (
+from ggufkit.core.errors import DiskSpaceError, UsageError, WorkspaceError
+from ggufkit.core.fsutil import (
     atomic_dir,
     atomic_output,
     check_free_disk,
     check_output_path,
     locked,
+    output_lock,
     partial_path,
+    partials,
     write_json_atomic,
 )
 
@@ -19,11 +25,13 @@ from ggufkit.fsutil import (
 def test_atomic_output_renames_on_success(tmp_path: Path) -> None:
     final = tmp_path / "sub" / "out.bin"
     with atomic_output(final) as tmp:
-        assert tmp == partial_path(final)
+        assert tmp.parent == final.parent
+        assert tmp.name.startswith(f"out.bin.{os.getpid()}.") and tmp.name.endswith(".partial")
+        assert partials(final) == {} and tmp != partial_path(final)  # each writer its own name
         tmp.write_bytes(b"data")
-        assert not final.exists()
+        assert not final.exists() and partials(final) == {tmp: os.getpid()}
     assert final.read_bytes() == b"data"
-    assert not partial_path(final).exists()
+    assert partials(final) == {}
 
 
 def test_atomic_output_removes_partial_on_error(tmp_path: Path) -> None:
@@ -33,7 +41,52 @@ def test_atomic_output_removes_partial_on_error(tmp_path: Path) -> None:
         tmp.write_bytes(b"half")
         raise KeyboardInterrupt
     assert final.read_bytes() == b"old"
-    assert not partial_path(final).exists()
+    assert partials(final) == {}
+
+
+def test_two_writers_of_one_output_keep_their_own_files(tmp_path: Path) -> None:
+    final = tmp_path / "out.bin"
+    with atomic_output(final) as first:
+        first.write_bytes(b"first")
+        with atomic_output(final) as second:  # a second live writer: it must not touch `first`
+            assert second != first and first.read_bytes() == b"first"
+            second.write_bytes(b"second")
+        assert final.read_bytes() == b"second" and first.read_bytes() == b"first"
+    assert final.read_bytes() == b"first" and partials(final) == {}
+
+
+def test_leftovers_of_dead_writers_are_removed_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ggufkit.core.fsutil as fsutil
+
+    held = []
+    real_locked = fsutil.locked
+
+    def recording_locked(path: Path, **kwargs: Any) -> Any:
+        held.append(Path(path))
+        return real_locked(path, **kwargs)
+
+    monkeypatch.setattr(fsutil, "locked", recording_locked)
+    final = tmp_path / "out.bin"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    dead_pid = int(dead.stdout)
+    killed = final.with_name(f"out.bin.{dead_pid}.0123abcd.partial")
+    killed.write_bytes(b"half of a killed run")
+    legacy = final.with_name("out.bin.partial")  # the name earlier versions used
+    legacy.mkdir()
+    live = final.with_name(f"out.bin.{os.getppid()}.89abcdef.partial")  # a writer still running
+    live.write_bytes(b"still being written")
+    other = tmp_path / "out.bin.x.1.0123abcd.partial"  # another output's, not ours
+    other.write_bytes(b"")
+    assert set(partials(final)) == {killed, legacy, live}
+    with atomic_output(final) as tmp:
+        assert not killed.exists() and not legacy.exists()
+        assert live.exists() and other.exists()
+        tmp.write_bytes(b"done")
+    assert final.read_bytes() == b"done" and set(partials(final)) == {live}
+    assert held == [output_lock(final)]  # the sweep ran under the output's lock, once
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path: Path) -> None:
@@ -88,8 +141,8 @@ def _try_lock(path: str) -> str:
 
 
 def test_memory_preflight_can_be_faked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ggufkit.errors import MemoryShortageError
-    from ggufkit.fsutil import check_free_memory
+    from ggufkit.core.errors import MemoryShortageError
+    from ggufkit.core.fsutil import check_free_memory
 
     monkeypatch.setenv("GGUFKIT_FAKE_AVAILABLE_MEMORY", str(100 * 1024 * 1024))
     with pytest.raises(MemoryShortageError, match="about 1.00 GiB needed"):

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ggufkit.errors import GGUFKitError
-from ggufkit.tensors import Checkpoint, read_safetensors_header
+from ggufkit.core.errors import GGUFKitError
+from ggufkit.formats.safetensors import Checkpoint, read_safetensors_header
 
 EXAMPLES = int(os.environ.get("GGUFKIT_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -162,8 +162,8 @@ VALID_GGUF = valid_gguf()
 
 
 def _check_gguf(path: Path, data: bytes) -> None:
-    from ggufkit.ggufinfo import check_gguf, read_gguf
-    from ggufkit.report import inspect_json
+    from ggufkit.evaluate.report import inspect_json
+    from ggufkit.formats.gguf_reader import check_gguf, read_gguf
 
     path.write_bytes(data)
     try:
@@ -175,7 +175,7 @@ def _check_gguf(path: Path, data: bytes) -> None:
 
 
 def test_the_valid_gguf_reads(tmp_path: Path) -> None:
-    from ggufkit.ggufinfo import read_gguf
+    from ggufkit.formats.gguf_reader import read_gguf
 
     path = tmp_path / "ok.gguf"
     path.write_bytes(VALID_GGUF)

@@ -1,4 +1,4 @@
-"""ggufkit.ggufinfo: the one GGUF reader — agrees with gguf-py, and every malformed input is a
+"""ggufkit.formats.ggufinfo: the one GGUF reader — agrees with gguf-py, and every malformed input is a
 GGUFFormatError naming the file (never IndexError/ValueError/MemoryError)."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ggufkit.errors import GGUFFormatError
-from ggufkit.ggufinfo import ArraySummary, check_gguf, file_type_name, ggml_types, read_gguf
+from ggufkit.core.errors import GGUFFormatError
+from ggufkit.formats.gguf_reader import check_gguf, read_gguf
+from ggufkit.formats.ggufinfo import ArraySummary, file_type_name, ggml_types
 
 VOCAB = [f"tok{i}" for i in range(200)]
 

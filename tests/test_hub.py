@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from hubserver import FakeHub, serving
 
 from ggufkit.cli import cli
-from ggufkit.errors import HubError, InputError, UsageError
+from ggufkit.core.errors import HubError, InputError, UsageError
 from ggufkit.hub import (
     cached_model,
     download,

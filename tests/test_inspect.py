@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
-from ggufkit.ggufinfo import read_gguf
+from ggufkit.formats.gguf_reader import read_gguf
 
 VOCAB = [f"tok{i}" for i in range(300)]
 

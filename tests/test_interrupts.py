@@ -1,7 +1,8 @@
 """Killed, interrupted and concurrent runs: nothing half-written under a final name, and the next run works.
 
 Each long command runs in a subprocess on a model large enough (~200 MB) that it is caught
-mid-write: SIGKILL leaves at most the `.partial`, SIGINT exits 130 with a message and removes it.
+mid-write: SIGKILL leaves at most the `.partial` (which the next run removes), SIGINT exits 130
+with a message and removes it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import tiny
+
+from ggufkit.core.fsutil import partials
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_torch]
 
@@ -75,45 +78,47 @@ def _wait_for(
         time.sleep(0.005)
 
 
-def _partial(final: Path) -> Path:
-    return final.with_name(final.name + ".partial")
+def _has_bytes(final: Path) -> Callable[[], bool]:
+    """Whether a temporary output of ``final`` (NAME.<pid>.<random>.partial) holds data yet."""
 
-
-def _has_bytes(path: Path) -> Callable[[], bool]:
     def check() -> bool:
         try:
-            if path.is_dir():
-                return any(p.stat().st_size > 0 for p in path.iterdir())
-            return path.stat().st_size > 0
+            for path in partials(final):
+                if path.is_dir() and any(p.stat().st_size > 0 for p in path.iterdir()):
+                    return True
+                if path.is_file() and path.stat().st_size > 0:
+                    return True
         except OSError:
-            return False
+            pass
+        return False
 
     return check
 
 
 def _kill_then_rerun(args: list[str], final: Path) -> None:
     process = _start(args)
-    _wait_for(_has_bytes(_partial(final)), process)
+    _wait_for(_has_bytes(final), process)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     assert not final.exists(), "a killed run left a file under the final name"
+    assert partials(final), "the killed run's temporary output should still be there"
     rerun = _start(args)
     _out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     assert final.exists()
-    assert not _partial(final).exists()
+    assert not partials(final), "the next run starts clean: the killed run's leftovers are gone"
 
 
 def _interrupt(args: list[str], final: Path) -> None:
     process = _start(args)
-    _wait_for(_has_bytes(_partial(final)), process)
+    _wait_for(_has_bytes(final), process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Interrupted" in err
     assert "Traceback" not in err
     assert not final.exists()
-    assert not _partial(final).exists()
+    assert not partials(final)
 
 
 def test_convert_killed_and_interrupted(tmp_path: Path, medium_llama: Path) -> None:
@@ -186,7 +191,7 @@ def test_two_processes_on_one_workspace(tmp_path: Path, medium_llama: Path) -> N
     assert init.wait(timeout=120) == 0
     first = ggufkit("convert")
     final = workspace / "out" / "m-f32.gguf"
-    _wait_for(_has_bytes(_partial(final)), first)
+    _wait_for(_has_bytes(final), first)
     second = ggufkit("convert")
     _, err = second.communicate(timeout=120)
     assert second.returncode == 1

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
-from ggufkit.errors import ChecksumError, InputError, ToolMissingError
+from ggufkit.core.errors import ChecksumError, InputError, ToolMissingError
 from ggufkit.llamacpp import build as build_module
 from ggufkit.llamacpp import layout
 from ggufkit.llamacpp.cpu import CpuInfo

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ggufkit.cli import cli
-from ggufkit.errors import (
+from ggufkit.core.errors import (
     DiskSpaceError,
     GGUFFormatError,
     QuantizeError,
@@ -24,7 +24,7 @@ from ggufkit.errors import (
     format_error,
 )
 from ggufkit.quantize import QuantizeOptions, plan_outputs, quantize
-from ggufkit.quantize_engines import (
+from ggufkit.quantize.engines import (
     BinaryEngine,
     DryRun,
     Engine,
@@ -33,7 +33,7 @@ from ggufkit.quantize_engines import (
     parse_dry_run,
     parse_kv_override,
 )
-from ggufkit.quantize_types import QuantType, TypeTable, output_name, parse_help
+from ggufkit.quantize.types import QuantType, TypeTable, output_name, parse_help
 
 HELP_SAMPLE = """usage: llama-quantize [--help] ...
 -----------------------------------------------------------------------------
@@ -298,18 +298,13 @@ def test_missing_binary_suggests_build(
     f16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ggufkit.llamacpp.build as build
-    import ggufkit.quantize_inprocess as inprocess
 
     def missing(name: str) -> Path:
         raise ToolMissingError(f"{name} is not built", hint="run `ggufkit build`")
 
-    def no_bindings() -> None:
-        raise ToolMissingError("llama_cpp is not importable", hint="run `ggufkit build`")
-
     monkeypatch.setattr(build, "find_tool", missing)
-    monkeypatch.setattr(inprocess, "load_llama_cpp", no_bindings)
-    for engine in ("auto", "binary"):
-        result = run_cli(str(f16), "q4_0", "--engine", engine)
+    for args in ([str(f16), "q4_0"], ["--list"]):
+        result = run_cli(*args)
         assert result.exit_code == 1, result.output
         assert "llama-quantize is not built" in result.output and "ggufkit build" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-f16.gguf"]
@@ -407,7 +402,7 @@ def test_types_are_byte_identical_to_the_raw_binary(
     assert result.exit_code == 0, result.output
     import json
 
-    from ggufkit.ggufinfo import read_gguf
+    from ggufkit.formats.gguf_reader import read_gguf
 
     rows = json.loads(result.stdout)
     assert [r["type"] for r in rows] == [t.upper() for t in BYTE_IDENTICAL_TYPES]
@@ -427,46 +422,15 @@ def test_types_are_byte_identical_to_the_raw_binary(
 
 @pytest.mark.needs_llamacpp
 @pytest.mark.needs_torch
-def test_in_process_engine_is_byte_identical(tiny_llama_f16_gguf: Path, tmp_path: Path) -> None:
+def test_override_kv_reaches_the_file(tiny_llama_f16_gguf: Path, tmp_path: Path) -> None:
     options = QuantizeOptions(
         threads=2, override_kv=(parse_kv_override("general.name=str:renamed"),)
     )
-    binary = quantize(
-        tiny_llama_f16_gguf, ["q4_0", "q4_k_m"], outdir=tmp_path / "b", options=options
-    )
-    inproc = quantize(
-        tiny_llama_f16_gguf,
-        ["q4_0", "q4_k_m"],
-        outdir=tmp_path / "i",
-        options=options,
-        engine="inprocess",
-    )
-    assert [r.engine for r in binary + inproc] == ["binary"] * 2 + ["inprocess"] * 2
-    for a, b in zip(binary, inproc, strict=True):
-        assert a.output.read_bytes() == b.output.read_bytes(), a.type
-    from ggufkit.ggufinfo import read_gguf
+    done = quantize(tiny_llama_f16_gguf, ["q4_0"], outdir=tmp_path, options=options)
+    assert [r.engine for r in done] == ["binary"]
+    from ggufkit.formats.gguf_reader import read_gguf
 
-    assert read_gguf(binary[0].output).metadata["general.name"] == "renamed"
-
-
-@pytest.mark.needs_llamacpp
-@pytest.mark.needs_torch
-def test_auto_falls_back_to_in_process(
-    tiny_llama_f16_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import ggufkit.llamacpp.build as build
-
-    def missing(name: str) -> Path:
-        raise ToolMissingError(f"{name} is not built")
-
-    monkeypatch.setattr(build, "find_tool", missing)
-    result = run_cli(str(tiny_llama_f16_gguf), "q8_0", "--outdir", str(tmp_path), "--json")
-    assert result.exit_code == 0, result.output
-    assert '"engine": "inprocess"' in result.stdout
-    monkeypatch.undo()
-    reference = tmp_path / "by-hand.gguf"
-    raw_quantize(tiny_llama_f16_gguf, reference, "Q8_0")
-    assert (tmp_path / "tiny-llama-Q8_0.gguf").read_bytes() == reference.read_bytes()
+    assert read_gguf(done[0].output).metadata["general.name"] == "renamed"
 
 
 @pytest.mark.needs_llamacpp
@@ -487,9 +451,6 @@ def test_list_comes_from_the_binary() -> None:
 
     rows = json.loads(run_cli("--list", "--json").stdout)
     assert [r["name"] for r in rows] == listed and rows[0]["ftype"] is not None
-    # Without the binary the in-process engine offers the library's own list.
-    in_process = run_cli("--list", "--engine", "inprocess")
-    assert in_process.exit_code == 0 and "Q4_K_M" in in_process.output
 
 
 @pytest.mark.needs_llamacpp
@@ -547,41 +508,12 @@ def test_imatrix_end_to_end(tiny_llama_f16_gguf: Path, corpus_path: Path, tmp_pa
     result = run_cli(str(model), "iq2_xxs", "--imatrix", str(imatrix))
     assert result.exit_code == 0, result.output
     quantized = tmp_path / "tiny-IQ2_XXS.gguf"
-    from ggufkit.ggufinfo import read_gguf
+    from ggufkit.formats.gguf_reader import read_gguf
 
     info = read_gguf(quantized)
     assert "IQ2_XXS" in info.tensor_types
     assert info.metadata["quantize.imatrix.file"] == str(imatrix)
     assert_generates(quantized)
-    # The in-process engine loads and normalises the matrix exactly as llama-quantize does.
-    options = QuantizeOptions(imatrix=imatrix)
-    by_binary = quantize(model, ["q2_k_s"], outdir=tmp_path / "b", options=options)[0]
-    in_process = quantize(
-        model, ["q2_k_s"], outdir=tmp_path / "i", options=options, engine="inprocess"
-    )[0]
-    assert by_binary.output.read_bytes() == in_process.output.read_bytes()
-
-
-@pytest.mark.needs_llamacpp
-@pytest.mark.needs_torch
-def test_in_process_reads_legacy_imatrix_like_the_binary(
-    tiny_llama_f16_gguf: Path, corpus_path: Path, tmp_path: Path
-) -> None:
-    from ggufkit.llamacpp.build import find_tool
-
-    legacy = tmp_path / "m.imatrix.dat"
-    done = subprocess.run(
-        [str(find_tool("llama-imatrix")), "-m", str(tiny_llama_f16_gguf), "-f", str(corpus_path),
-         "-o", str(legacy), "--output-format", "dat", "-c", "128", "--chunks", "2"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0 and legacy.is_file(), done.stderr[-2000:]
-    options = QuantizeOptions(imatrix=legacy)
-    by_binary = quantize(tiny_llama_f16_gguf, ["q2_k_s"], outdir=tmp_path / "b", options=options)[0]
-    in_process = quantize(
-        tiny_llama_f16_gguf, ["q2_k_s"], outdir=tmp_path / "i", options=options, engine="inprocess"
-    )[0]
-    assert by_binary.output.read_bytes() == in_process.output.read_bytes()
 
 
 @pytest.mark.needs_llamacpp
@@ -609,9 +541,9 @@ def test_imatrix_errors(tiny_llama_f16_gguf: Path, tmp_path: Path) -> None:
 @pytest.mark.needs_llamacpp
 @pytest.mark.needs_torch
 def test_progress_follows_the_tensor_lines(tiny_llama_f16_gguf: Path, tmp_path: Path) -> None:
-    from ggufkit.quantize_engines import select_engine
+    from ggufkit.quantize.engines import binary_engine
 
-    engine = select_engine("binary")
+    engine = binary_engine()
     seen: list[tuple[int, int]] = []
     quant_type = engine.table().resolve(["q8_0"])[0]
     engine.run(
@@ -621,7 +553,7 @@ def test_progress_follows_the_tensor_lines(tiny_llama_f16_gguf: Path, tmp_path: 
         QuantizeOptions(),
         lambda d, n: seen.append((d, n)),
     )
-    from ggufkit.ggufinfo import read_gguf
+    from ggufkit.formats.gguf_reader import read_gguf
 
     n = len(read_gguf(tiny_llama_f16_gguf).tensors)
     assert seen == [(i, n) for i in range(1, n + 1)]

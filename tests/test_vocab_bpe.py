@@ -23,8 +23,8 @@ from ggufkit.convert.vocab_bpe import (
     detect_pre_tokenizer,
     load_tokenizer_json,
 )
+from ggufkit.core.errors import TokenizerError, UsageError
 from ggufkit.data.tokenizer_training import BLOOM_SPLIT_REGEX, train_byte_bpe
-from ggufkit.errors import TokenizerError, UsageError
 
 PATH = Path("tokenizer.json")
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"

@@ -18,10 +18,10 @@ from hubserver import serving
 
 from ggufkit import __version__
 from ggufkit.cli import cli
-from ggufkit.errors import InputError, UsageError, WorkspaceError
-from ggufkit.fsutil import atomic_output
-from ggufkit.manifest import Manifest, record_eval
+from ggufkit.core.errors import InputError, UsageError, WorkspaceError
+from ggufkit.core.fsutil import atomic_output
 from ggufkit.workspace import Workspace, WorkspaceConfig, init_workspace, parse_types
+from ggufkit.workspace.manifest import Manifest, record_eval
 
 
 def sha256(path: Path) -> str:

@@ -224,12 +224,13 @@ def write_random_llama(
     seed: int = 0,
 ) -> Path:
     """A big random bf16 LlamaForCausalLM written with numpy only (no torch): for benchmarks and
-    interrupt tests. The defaults give ~953M parameters (1.9 GB), like the FINDINGS measurements."""
+    interrupt tests. The defaults give ~953M parameters (1.9 GB in 2 shards); measured on 2 cores,
+    its bf16 -> f16 conversion took 14.8-17.6 s at a max RSS of 741-773 MB."""
     import struct
 
     import numpy as np
 
-    from ggufkit.tensors import float32_to_bf16
+    from ggufkit.formats.safetensors import float32_to_bf16
 
     out_dir.mkdir(parents=True, exist_ok=True)
     kv_rows = kv_heads * (hidden // heads)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from math import prod
 from typing import TYPE_CHECKING, Any
 
-from ggufkit.errors import ToolMissingError
-from ggufkit.log import get_logger
+from ggufkit.core.errors import ToolMissingError
+from ggufkit.core.log import get_logger
 
 if TYPE_CHECKING:
     import torch

@@ -7,8 +7,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import UsageError
-from ggufkit.log import progress_disabled
+from ggufkit.core.errors import UsageError
+from ggufkit.core.log import progress_disabled
 
 
 def resolve_device(device: str) -> str:

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from ggufkit.bnb.guards import constants_bytes, dequantized_weight, quantized_modules
-from ggufkit.fsutil import check_free_disk
-from ggufkit.log import get_logger
+from ggufkit.bnb.results import Quality
+from ggufkit.core.fsutil import check_free_disk
+from ggufkit.core.log import get_logger
 
 log = get_logger("bnb.measure")
 
@@ -208,22 +209,6 @@ def make_windows(ids: list[int], *, ctx: int, chunks: int, bos: int | None) -> W
     return Windows(ids=rows, n_tokens=len(ids))
 
 
-@dataclass
-class Quality:
-    scored_tokens: int
-    ppl: float
-    ppl_err: float
-    kld_mean: float | None = None
-    kld_err: float | None = None
-    kld_median: float | None = None
-    kld_p99: float | None = None
-    kld_max: float | None = None
-    top1_agreement: float | None = None
-    top1_err: float | None = None
-    mean_abs_dlogit: float | None = None
-    max_abs_dlogit: float | None = None
-
-
 class BaselineLogits:
     """The baseline's scored logits, kept in a float32 memory-mapped file (not in RAM)."""
 
@@ -290,7 +275,7 @@ def score(
     nlls = np.concatenate(nll)
     mean_nll, nll_err = _mean_err(nlls)
     ppl = math.exp(mean_nll)
-    quality = Quality(scored_tokens=len(nlls), ppl=ppl, ppl_err=ppl * nll_err)
+    quality = Quality(ppl=ppl, ppl_err=ppl * nll_err)
     if not record:
         klds, agree = np.concatenate(kld), np.concatenate(top1)
         quality.kld_mean, quality.kld_err = _mean_err(klds)
@@ -308,7 +293,7 @@ def weight_error(model: Any, model_dir: Path) -> tuple[float | None, int]:
     (over all of them together), and how many layers it covers."""
     import torch
 
-    from ggufkit.tensors import Checkpoint
+    from ggufkit.formats.safetensors import Checkpoint
 
     diff = total = 0.0
     layers = 0

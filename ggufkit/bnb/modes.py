@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ggufkit.errors import UsageError
+from ggufkit.core.errors import UsageError
 
 if TYPE_CHECKING:
     import torch

@@ -29,15 +29,32 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ggufkit.fsutil import human_bytes
+from ggufkit.core.fsutil import human_bytes
 
 SCHEMA = "ggufkit.bnb/1"
 BASELINE = "baseline"
 MISSING = "—"
 
 
+@dataclass(kw_only=True)
+class Quality:
+    """Perplexity on the corpus and, for a mode, how far its logits are from the baseline's."""
+
+    ppl: float | None = None
+    ppl_err: float | None = None
+    kld_mean: float | None = None
+    kld_err: float | None = None
+    kld_median: float | None = None
+    kld_p99: float | None = None
+    kld_max: float | None = None
+    top1_agreement: float | None = None
+    top1_err: float | None = None
+    mean_abs_dlogit: float | None = None
+    max_abs_dlogit: float | None = None
+
+
 @dataclass
-class ModeResult:
+class ModeResult(Quality):
     """One row: the baseline or one bitsandbytes mode. ``None`` means "not measured"."""
 
     name: str
@@ -57,17 +74,6 @@ class ModeResult:
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     peak_rss_bytes: int | None = None
-    ppl: float | None = None
-    ppl_err: float | None = None
-    kld_mean: float | None = None
-    kld_err: float | None = None
-    kld_median: float | None = None
-    kld_p99: float | None = None
-    kld_max: float | None = None
-    top1_agreement: float | None = None
-    top1_err: float | None = None
-    mean_abs_dlogit: float | None = None
-    max_abs_dlogit: float | None = None
     weight_rel_error: float | None = None  # relative Frobenius error of the quantized layers
     quantized_layers: int | None = None
     kept_layers: list[str] = field(default_factory=list)  # Linear layers left unquantized
@@ -153,7 +159,7 @@ def memory_of(result: ModeResult, device: str) -> int | None:
 
 def markdown(report: BnbReport) -> str:
     """The guides' before/after table, then skipped modes and notes."""
-    from ggufkit.report import markdown_table
+    from ggufkit.evaluate.report import markdown_table
 
     base = report.baseline
     base_memory = memory_of(base, report.device) if base else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,12 @@ from ggufkit.bnb.modes import (
     quantization_config,
     torch_dtype,
 )
-from ggufkit.bnb.results import BASELINE, BnbReport, ModeResult
-from ggufkit.errors import EvaluationError, UsageError
-from ggufkit.fsutil import human_bytes, sha256_file
-from ggufkit.hfconfig import load_config
+from ggufkit.bnb.results import BASELINE, BnbReport, ModeResult, Quality
+from ggufkit.core.errors import EvaluationError, UsageError
+from ggufkit.core.fsutil import human_bytes, sha256_file
+from ggufkit.core.log import get_logger
+from ggufkit.formats.hfconfig import load_config
 from ggufkit.hub import ResolvedModel, resolve_model
-from ggufkit.log import get_logger
 
 log = get_logger("bnb")
 
@@ -245,9 +245,8 @@ class _Session:
         quality = score(
             model, self.windows, device=self.device, baseline=self.baseline, record=record
         )
-        for key, value in vars(quality).items():
-            if key != "scored_tokens":
-                setattr(result, key, value)
+        for item in fields(Quality):
+            setattr(result, item.name, getattr(quality, item.name))
 
     def _memory(self, result: ModeResult, stats: list[MemoryStats]) -> None:
         def peak(values: list[int | None]) -> int | None:

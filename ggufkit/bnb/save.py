@@ -18,8 +18,8 @@ from ggufkit.bnb.guards import (
     shorten,
     weight_fingerprint,
 )
-from ggufkit.errors import EvaluationError
-from ggufkit.fsutil import atomic_dir
+from ggufkit.core.errors import EvaluationError
+from ggufkit.core.fsutil import atomic_dir
 
 # Tokenizer files transformers 5 may not write back (sentencepiece models): copied as they are.
 TOKENIZER_EXTRAS = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")

@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from ggufkit import __version__
-from ggufkit.errors import GGUFKitError, exit_code_for, format_error
-from ggufkit.log import setup_logging
+from ggufkit.core.errors import GGUFKitError, exit_code_for, format_error
+from ggufkit.core.log import setup_logging
 
 # command name -> module under ggufkit.cli
 COMMANDS: dict[str, str] = {

@@ -6,42 +6,34 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option
+from ggufkit.cli.options import count_option, echo_json, json_option, path_argument
+from ggufkit.evaluate.report import bench_table
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, DEFAULT_REPETITIONS, benchmark
-from ggufkit.report import bench_table
 
 
 @click.command("bench")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option(
+@path_argument("model")
+@count_option(
     "-p",
     "--prompt-tokens",
-    type=click.IntRange(min=0),
     default=DEFAULT_PROMPT,
-    show_default=True,
+    minimum=0,
     help="Prompt length to process (0: skip).",
 )
-@click.option(
-    "-n",
-    "--gen-tokens",
-    type=click.IntRange(min=0),
-    default=DEFAULT_GEN,
-    show_default=True,
-    help="Tokens to generate (0: skip).",
+@count_option(
+    "-n", "--gen-tokens", default=DEFAULT_GEN, minimum=0, help="Tokens to generate (0: skip)."
 )
-@click.option(
+@count_option(
     "-r",
     "--repetitions",
-    type=click.IntRange(min=1),
     default=DEFAULT_REPETITIONS,
-    show_default=True,
     help="Runs per test (mean ± standard deviation).",
 )
-@click.option(
+@count_option(
     "-t",
     "--threads",
-    type=click.IntRange(min=1),
     multiple=True,
+    show_default=False,
     help="CPU threads; repeat to compare (-t 4 -t 8). Default: llama-bench's choice.",
 )
 @json_option

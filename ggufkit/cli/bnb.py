@@ -9,11 +9,21 @@ import click
 
 from ggufkit.bnb import DEFAULT_PROMPTS, BnbOptions, markdown, parse_modes, run_bnb
 from ggufkit.bnb.modes import COMPUTE_DTYPES, MODES, QUANT_STORAGE
-from ggufkit.bnb.workspace import record_in_workspace, workspace_model
-from ggufkit.cli.options import echo_json, json_option, threads_option
-from ggufkit.errors import EvaluationError, InputError, UsageError
+from ggufkit.cli.options import (
+    choice_option,
+    chunks_option,
+    corpus_option,
+    count_option,
+    ctx_option,
+    echo_result,
+    json_option,
+    path_option,
+    threads_option,
+)
+from ggufkit.core.errors import EvaluationError, InputError, UsageError
+from ggufkit.core.log import get_logger
 from ggufkit.hub import resolve_model
-from ggufkit.log import get_logger
+from ggufkit.workspace.bnb import record_in_workspace, workspace_model
 
 log = get_logger("cli.bnb")
 
@@ -50,17 +60,15 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     show_default=True,
     help="Comma-separated bitsandbytes modes to measure (or all).",
 )
-@click.option(
+@choice_option(
     "--compute-dtype",
-    type=click.Choice(list(COMPUTE_DTYPES)),
-    default=None,
+    choices=COMPUTE_DTYPES,
     help="Baseline dtype and 4-bit compute dtype (default: bf16/f16 on CUDA, f32 on CPU).",
 )
-@click.option(
+@choice_option(
     "--quant-storage",
-    type=click.Choice(QUANT_STORAGE),
+    choices=QUANT_STORAGE,
     default="uint8",
-    show_default=True,
     help="Storage dtype of packed 4-bit weights.",
 )
 @click.option(
@@ -81,29 +89,12 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     help="CUDA: place what does not fit on the GPU on the CPU in fp32 (device_map auto).",
 )
 @click.option("--prompt", multiple=True, help="A prompt to generate from. Repeatable.")
-@click.option(
-    "--prompts",
-    "prompts_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="A file with one prompt per line.",
-)
-@click.option(
-    "--runs",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Timed generations of every prompt.",
-)
-@click.option(
-    "--max-new-tokens",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Tokens generated per prompt (greedy).",
-)
-@click.option(
+@path_option("--prompts", "prompts_file", kind="file", help="A file with one prompt per line.")
+@count_option("--runs", default=3, help="Timed generations of every prompt.")
+@count_option("--max-new-tokens", default=32, help="Tokens generated per prompt (greedy).")
+@path_option(
     "--save",
-    type=click.Path(file_okay=False, path_type=Path),
+    kind="dir",
     help="Save each quantized model (safetensors and tokenizer) to DIR/<mode>.",
 )
 @click.option(
@@ -112,20 +103,9 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
 @click.option(
     "--device", default="auto", show_default=True, callback=_device, help="auto, cpu or cuda[:N]."
 )
-@click.option(
-    "--corpus",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Plain text for perplexity (default: the held-out text shipped with ggufkit).",
-)
-@click.option(
-    "--ctx",
-    type=click.IntRange(min=16),
-    default=None,
-    help="Tokens per chunk, as ggufkit eval (default 512, lowered to fit a short corpus).",
-)
-@click.option(
-    "--chunks", type=click.IntRange(min=1), default=None, help="Chunks to score (default: all)."
-)
+@corpus_option()
+@ctx_option()
+@chunks_option
 @click.option(
     "--quality/--no-quality",
     default=True,
@@ -229,10 +209,7 @@ def command(
             seconds=time.perf_counter() - started,
         )
         log.info("results written to %s and recorded in %s", recorded, workspace.manifest_path)
-    if as_json:
-        echo_json(report.to_json())
-    else:
-        click.echo(markdown(report))
+    echo_result(report, as_json, markdown)
     if report.failed:
         raise EvaluationError(
             f"{len(report.failed)} mode(s) failed: "

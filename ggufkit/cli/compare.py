@@ -6,34 +6,21 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option
-from ggufkit.compare import compare, comparison_table, plot_comparison
-from ggufkit.log import get_logger
+from ggufkit.cli.options import echo_result, json_option, path_option, plot_option
+from ggufkit.core.log import get_logger
+from ggufkit.evaluate.compare import compare, comparison_table, plot_comparison
 
 log = get_logger("cli.compare")
 
 
 @click.command("compare")
-@click.option(
-    "--eval",
-    "eval_file",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Output of `ggufkit eval --json`.",
+@path_option(
+    "--eval", "eval_file", kind="file", required=True, help="Output of `ggufkit eval --json`."
 )
-@click.option(
-    "--bnb",
-    "bnb_file",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Output of `ggufkit bnb --json`.",
+@path_option(
+    "--bnb", "bnb_file", kind="file", required=True, help="Output of `ggufkit bnb --json`."
 )
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write a PNG: perplexity, KL-divergence and tokens/s against size.",
-)
+@plot_option("Also write a PNG: perplexity, KL-divergence and tokens/s against size.")
 @json_option
 def command(eval_file: Path, bnb_file: Path, plot: Path | None, as_json: bool) -> None:
     """Put the GGUF quantization types and the bitsandbytes modes of one model in one table:
@@ -49,7 +36,4 @@ def command(eval_file: Path, bnb_file: Path, plot: Path | None, as_json: bool) -
     if plot is not None:
         plot_comparison(comparison, plot)
         log.info("plot written to %s", plot)
-    if as_json:
-        echo_json(comparison.to_json())
-    else:
-        click.echo(comparison_table(comparison))
+    echo_result(comparison, as_json, comparison_table)

@@ -7,40 +7,39 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ggufkit.cli.options import echo_json, json_option, threads_option
-from ggufkit.errors import UsageError
-from ggufkit.fsutil import human_bytes
+from ggufkit.cli.options import (
+    choice_option,
+    echo_json,
+    echo_result,
+    force_option,
+    json_option,
+    output_option,
+    path_option,
+    threads_option,
+)
+from ggufkit.core.errors import UsageError
+from ggufkit.core.fsutil import human_bytes
 
 
 @click.command("convert")
 @click.argument("model", required=False)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Output file (default: ./<model>-<OUTTYPE>.gguf).",
-)
-@click.option(
+@output_option("Output file (default: ./<model>-<OUTTYPE>.gguf).")
+@choice_option(
     "--outtype",
-    type=click.Choice(["f16", "bf16", "f32", "q8_0"], case_sensitive=False),
+    choices=["f16", "bf16", "f32", "q8_0"],
     default="f16",
-    show_default=True,
+    case_sensitive=False,
     help="Type of the 2-D weights; 1-D tensors and norms stay f32.",
 )
-@click.option(
+@choice_option(
     "--engine",
-    type=click.Choice(["auto", "native", "upstream"]),
+    choices=["auto", "native", "upstream"],
     default="auto",
-    show_default=True,
     help="native: ggufkit's streaming converter; upstream: the pinned convert_hf_to_gguf.py; "
     "auto: native where registered, else upstream.",
 )
-@click.option(
-    "--delta-base",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="MODEL is a delta: add it to this base model while converting.",
+@path_option(
+    "--delta-base", kind="dir", help="MODEL is a delta: add it to this base model while converting."
 )
 @click.option(
     "--pre-tokenizer",
@@ -71,7 +70,7 @@ from ggufkit.fsutil import human_bytes
     default=None,
     help="Legacy .bin input: the model's training context (the files record none).",
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@force_option("Overwrite an existing output file.")
 @threads_option
 @json_option
 def command(
@@ -93,9 +92,9 @@ def command(
     MODEL is a local directory (config.json, weights, tokenizer) or a Hub id (owner/name), or a
     pre-GGUF .bin file: llama.cpp GGML/GGMF/GGJT (LLaMA) or bloomz.cpp GGML (BLOOM), whose
     tensors keep their types (old quantized blocks are repacked, or dequantized to f16).
-    The file is written as OUT.partial and renamed when complete. Without MODEL, in a
-    workspace (`ggufkit init`), the model and output come from ggufkit.toml and the step is
-    skipped when its inputs have not changed (--force redoes it).
+    The file is written under a temporary name beside OUT and renamed when complete. Without
+    MODEL, in a workspace (`ggufkit init`), the model and output come from ggufkit.toml and the
+    step is skipped when its inputs have not changed (--force redoes it).
 
     \b
     Architectures (what the tests prove, on tiny models built locally):
@@ -134,10 +133,7 @@ def command(
                 hint="edit ggufkit.toml, or give MODEL",
             )
         step = Workspace.require().convert(force=force, engine=engine, threads=threads)
-        if as_json:
-            echo_json(step.to_json())
-        else:
-            click.echo(step.describe())
+        echo_result(step, as_json, lambda s: s.describe())
         return
     from ggufkit.convert import convert
     from ggufkit.convert.legacy import is_legacy_file

@@ -6,15 +6,22 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option, threads_option
+from ggufkit.cli.options import (
+    echo_json,
+    force_option,
+    json_option,
+    path_option,
+    speed_option,
+    threads_option,
+)
 from ggufkit.demo import DEFAULT_OUTDIR
 
 
 @click.command("demo")
-@click.option(
+@path_option(
     "--outdir",
     "-o",
-    type=click.Path(file_okay=False, path_type=Path),
+    kind="dir",
     default=DEFAULT_OUTDIR,
     show_default=True,
     help="Where the GGUF files, the manifest, the tables and the plots go.",
@@ -24,8 +31,8 @@ from ggufkit.demo import DEFAULT_OUTDIR
     default=True,
     help="Measure bitsandbytes on tiny-llama beside the GGUF files (default: on).",
 )
-@click.option("--speed/--no-speed", default=True, help="Run llama-bench too (default: on).")
-@click.option("--force", is_flag=True, help="Redo every step, even those that are up to date.")
+@speed_option
+@force_option("Redo every step, even those that are up to date.")
 @threads_option
 @json_option
 def command(

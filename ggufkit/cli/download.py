@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option
+from ggufkit.cli.options import echo_json, json_option, path_option
 
 
 @click.command("download")
@@ -21,12 +21,7 @@ from ggufkit.cli.options import echo_json, json_option
 @click.option(
     "--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB. Repeatable."
 )
-@click.option(
-    "--local-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Put the files in DIR instead of the Hub cache.",
-)
+@path_option("--local-dir", kind="dir", help="Put the files in DIR instead of the Hub cache.")
 @click.option(
     "--token",
     default=None,

@@ -6,66 +6,49 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option, threads_option
+from ggufkit.cli.options import (
+    chunks_option,
+    corpus_option,
+    count_option,
+    ctx_option,
+    echo_result,
+    json_option,
+    path_argument,
+    path_option,
+    plot_option,
+    speed_option,
+    threads_option,
+)
+from ggufkit.core.log import get_logger
 from ggufkit.evaluate import evaluate
-from ggufkit.evaluate.pipeline import DEFAULT_BENCH_REPETITIONS, record_results, resolve_models
+from ggufkit.evaluate.pipeline import DEFAULT_BENCH_REPETITIONS
+from ggufkit.evaluate.report import eval_table, plot_eval
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT
-from ggufkit.log import get_logger
-from ggufkit.report import eval_table, plot_eval
+from ggufkit.workspace.evals import record_results, resolve_models
 
 log = get_logger("cli.eval")
 
 
 @click.command("eval")
-@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--baseline",
-    type=click.Path(path_type=Path),
-    help="Reference for KL-divergence (default: the first F16/BF16/F32 model given).",
+@path_argument("models", nargs=-1)
+@path_option(
+    "--baseline", help="Reference for KL-divergence (default: the first F16/BF16/F32 model given)."
 )
-@click.option(
-    "--corpus",
-    type=click.Path(path_type=Path),
-    help="Plain-text file for perplexity (default: the held-out text shipped with ggufkit).",
-)
-@click.option(
-    "--ctx",
-    type=click.IntRange(min=16),
-    default=None,
-    help="Context per chunk (default 512, lowered to fit a short corpus).",
-)
-@click.option(
-    "--chunks", type=click.IntRange(min=1), default=None, help="Chunks to score (default: all)."
-)
+@corpus_option()
+@ctx_option()
+@chunks_option
 @threads_option
-@click.option("--speed/--no-speed", default=True, help="Run llama-bench too (default: on).")
-@click.option(
-    "--bench-prompt",
-    type=click.IntRange(min=0),
-    default=DEFAULT_PROMPT,
-    show_default=True,
-    help="Prompt tokens for the speed test.",
+@speed_option
+@count_option(
+    "--bench-prompt", default=DEFAULT_PROMPT, minimum=0, help="Prompt tokens for the speed test."
 )
-@click.option(
-    "--bench-gen",
-    type=click.IntRange(min=0),
-    default=DEFAULT_GEN,
-    show_default=True,
-    help="Generated tokens for the speed test.",
+@count_option(
+    "--bench-gen", default=DEFAULT_GEN, minimum=0, help="Generated tokens for the speed test."
 )
-@click.option(
-    "--bench-reps",
-    type=click.IntRange(min=1),
-    default=DEFAULT_BENCH_REPETITIONS,
-    show_default=True,
-    help="Repetitions of each speed test.",
+@count_option(
+    "--bench-reps", default=DEFAULT_BENCH_REPETITIONS, help="Repetitions of each speed test."
 )
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write a PNG: perplexity and KL-divergence against file size.",
-)
+@plot_option("Also write a PNG: perplexity and KL-divergence against file size.")
 @json_option
 def command(
     models: tuple[Path, ...],
@@ -112,7 +95,4 @@ def command(
     if plot is not None:
         plot_eval(report, plot)
         log.info("plot written to %s", plot)
-    if as_json:
-        echo_json(report.to_json())
-    else:
-        click.echo(eval_table(report))
+    echo_result(report, as_json, eval_table)

@@ -6,46 +6,34 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option, threads_option
-from ggufkit.imatrix import DEFAULT_CTX, compute_imatrix
+from ggufkit.cli.options import (
+    chunks_option,
+    corpus_option,
+    ctx_option,
+    echo_json,
+    json_option,
+    output_option,
+    path_argument,
+    threads_option,
+)
+from ggufkit.quantize.imatrix import DEFAULT_CTX, compute_imatrix
 
 
 @click.command("imatrix")
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--corpus",
-    "-f",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Calibration text (plain text, like what the model will see).",
+@path_argument("model", kind="file")
+@corpus_option("Calibration text (plain text, like what the model will see).", required=True)
+@output_option("Output file (default: <stem>-imatrix.gguf beside MODEL).", kind="file")
+@ctx_option(
+    "Tokens per chunk; the text must hold at least two chunks.", default=DEFAULT_CTX, minimum=8
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Output file (default: <stem>-imatrix.gguf beside MODEL).",
-)
-@click.option(
-    "--ctx-size",
-    "-c",
-    type=click.IntRange(min=8),
-    default=DEFAULT_CTX,
-    show_default=True,
-    help="Tokens per chunk; the text must hold at least two chunks.",
-)
-@click.option(
-    "--chunks",
-    type=click.IntRange(min=1),
-    default=None,
-    help="At most this many chunks (default: all).",
-)
+@chunks_option
 @threads_option
 @json_option
 def command(
     model: Path,
     corpus: Path,
     output: Path | None,
-    ctx_size: int,
+    ctx: int,
     chunks: int | None,
     threads: int | None,
     as_json: bool,
@@ -61,7 +49,7 @@ def command(
         ggufkit quantize my-model-f16.gguf iq2_xxs q4_k_m --imatrix my-model-imatrix.gguf
     """
     result = compute_imatrix(
-        model, corpus, output=output, ctx_size=ctx_size, chunks=chunks, threads=threads
+        model, corpus, output=output, ctx_size=ctx, chunks=chunks, threads=threads
     )
     if as_json:
         echo_json(result.to_json())

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import echo_json, json_option
-from ggufkit.ggufinfo import read_gguf
-from ggufkit.report import inspect_json, inspect_text
+from ggufkit.evaluate.report import inspect_json, inspect_text
+from ggufkit.formats.gguf_reader import read_gguf
 
 # Metadata arrays longer than this are summarised (type, length, first items).
 ARRAY_ITEMS = 8

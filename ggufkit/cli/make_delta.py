@@ -6,27 +6,26 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option
+from ggufkit.cli.options import (
+    choice_option,
+    echo_json,
+    json_option,
+    model_ref_option,
+    output_option,
+)
 
 DTYPE_CHOICES = ("f16", "bf16", "f32")
 
 
 @click.command("make-delta")
-@click.option("--base", required=True, metavar="BASE", help="Base model: directory or Hub id.")
-@click.option(
-    "--target", required=True, metavar="TARGET", help="Fine-tuned model: directory or Hub id."
+@model_ref_option("base", "Base model: directory or Hub id.")
+@model_ref_option("target", "Fine-tuned model: directory or Hub id.")
+@output_option(
+    "Directory for the delta (written under a temporary name, renamed when done).", required=True
 )
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Directory for the delta (written under a temporary name, renamed when done).",
-)
-@click.option(
+@choice_option(
     "--dtype",
-    type=click.Choice(DTYPE_CHOICES),
-    default=None,
+    choices=DTYPE_CHOICES,
     help="Round both inputs to this dtype, subtract, and write the delta in it (default: f16).",
 )
 @json_option

@@ -6,33 +6,34 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option
+from ggufkit.cli.options import (
+    choice_option,
+    echo_json,
+    json_option,
+    model_ref_option,
+    output_option,
+)
 
 STYLE_CHOICES = ("auto", "llmzoo", "fastchat")
 DTYPE_CHOICES = ("f16", "bf16", "f32")
 
 
 @click.command("merge-delta")
-@click.option("--base", required=True, metavar="BASE", help="Base model: directory or Hub id.")
-@click.option("--delta", required=True, metavar="DELTA", help="Delta weights: directory or Hub id.")
-@click.option(
-    "-o",
-    "--output",
+@model_ref_option("base", "Base model: directory or Hub id.")
+@model_ref_option("delta", "Delta weights: directory or Hub id.")
+@output_option(
+    "Directory for the merged model (written under a temporary name, renamed when done).",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Directory for the merged model (written under a temporary name, renamed when done).",
 )
-@click.option(
+@choice_option(
     "--style",
-    type=click.Choice(STYLE_CHOICES),
+    choices=STYLE_CHOICES,
     default="auto",
-    show_default=True,
     help="How the delta was made (see Styles above).",
 )
-@click.option(
+@choice_option(
     "--dtype",
-    type=click.Choice(DTYPE_CHOICES),
-    default=None,
+    choices=DTYPE_CHOICES,
     help="Round both inputs to this dtype, add, and write the sum in it (default: f16).",
 )
 @json_option

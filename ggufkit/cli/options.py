@@ -1,14 +1,18 @@
-"""Options shared by several commands."""
+"""Options shared by several commands, and compact builders for the common kinds of option."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+Decorator = Callable[[F], F]
+
+SHIPPED_TEXT = "the held-out text shipped with ggufkit"
 
 
 def json_option(func: F) -> F:
@@ -29,3 +33,80 @@ def threads_option(func: F) -> F:
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def echo_result(result: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    """A result on stdout: its ``to_json()`` with --json, else ``text(result)``."""
+    click.echo(json.dumps(result.to_json(), indent=2, default=str) if as_json else text(result))
+
+
+# --- builders: one line per option in the commands ----------------------------------------------
+
+
+def count_option(*decls: str, default: int | None = None, minimum: int = 1, **kw: Any) -> Decorator:
+    """An integer option of at least ``minimum``; a default is shown in --help."""
+    kw.setdefault("show_default", default is not None)
+    return click.option(*decls, type=click.IntRange(min=minimum), default=default, **kw)
+
+
+def choice_option(*decls: str, choices: Any, default: str | None = None, **kw: Any) -> Decorator:
+    """One of ``choices``; a default is shown in --help."""
+    kw.setdefault("show_default", default is not None)
+    kw.setdefault("case_sensitive", True)
+    choice = click.Choice(list(choices), case_sensitive=kw.pop("case_sensitive"))
+    return click.option(*decls, type=choice, default=default, **kw)
+
+
+def path_option(*decls: str, kind: str = "any", **kw: Any) -> Decorator:
+    """A path option; ``kind`` is ``file``, ``dir`` or ``any``."""
+    return click.option(*decls, type=_path(kind), **kw)
+
+
+def path_argument(name: str, kind: str = "any", **kw: Any) -> Decorator:
+    return click.argument(name, type=_path(kind), **kw)
+
+
+def _path(kind: str) -> click.Path:
+    return click.Path(path_type=Path, file_okay=kind != "dir", dir_okay=kind != "file")
+
+
+def force_option(help: str) -> Decorator:
+    return click.option("--force", is_flag=True, help=help)
+
+
+def output_option(help: str, *, kind: str = "any", required: bool = False) -> Decorator:
+    return path_option("-o", "--output", kind=kind, required=required, default=None, help=help)
+
+
+def plot_option(help: str) -> Decorator:
+    return path_option("--plot", kind="file", default=None, help=help)
+
+
+def model_ref_option(name: str, help: str) -> Decorator:
+    """``--base``/``--delta``/``--target``: a model directory or a Hub id, required."""
+    return click.option(f"--{name}", required=True, metavar=name.upper(), help=help)
+
+
+# --- perplexity over a text: the same three options in eval, bnb and imatrix --------------------
+
+
+def corpus_option(help: str | None = None, *, required: bool = False) -> Decorator:
+    help = help or f"Plain text for perplexity (default: {SHIPPED_TEXT})."
+    return path_option("--corpus", "-f", kind="file", required=required, help=help)
+
+
+def ctx_option(
+    help: str | None = None, *, default: int | None = None, minimum: int = 16
+) -> Decorator:
+    help = help or "Tokens per chunk (default 512, lowered to fit a short corpus)."
+    return count_option("--ctx", "-c", default=default, minimum=minimum, help=help)
+
+
+def chunks_option(func: F) -> F:
+    return count_option("--chunks", help="Chunks to score at most (default: all).")(func)
+
+
+def speed_option(func: F) -> F:
+    return click.option(
+        "--speed/--no-speed", default=True, help="Run llama-bench too (default: on)."
+    )(func)

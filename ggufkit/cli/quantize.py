@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import echo_json, json_option, threads_option
-from ggufkit.errors import UsageError
-from ggufkit.fsutil import human_bytes
-from ggufkit.quantize import ENGINES, QuantizeOptions, list_types, parse_kv_override
-from ggufkit.quantize_types import format_table
+from ggufkit.core.errors import UsageError
+from ggufkit.core.fsutil import human_bytes
+from ggufkit.quantize import QuantizeOptions, list_types, parse_kv_override
+from ggufkit.quantize.types import format_table
 
 
 def split_input(args: tuple[str, ...]) -> tuple[Path, list[str]]:
@@ -66,14 +66,6 @@ def split_input(args: tuple[str, ...]) -> tuple[Path, list[str]]:
     metavar="KEY=TYPE:VALUE",
     help="Set a metadata key (TYPE int|float|bool|str). Repeatable.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINES),
-    default="auto",
-    show_default=True,
-    help="binary: the built llama-quantize; inprocess: llama_cpp.llama_model_quantize; "
-    "auto: the binary, else in-process.",
-)
 @click.option("--list", "list_only", is_flag=True, help="List the types with bits per weight.")
 @click.option("--force", is_flag=True, help="In a workspace: redo steps even when up to date.")
 @json_option
@@ -89,7 +81,6 @@ def command(
     output_tensor_type: str | None,
     token_embedding_type: str | None,
     override_kv: tuple[str, ...],
-    engine: str,
     list_only: bool,
     force: bool,
     as_json: bool,
@@ -115,7 +106,7 @@ def command(
     first, TYPEs default to ggufkit.toml's `types`, and up-to-date outputs are skipped.
     """
     if list_only:
-        table = list_types(engine)
+        table = list_types()
         if as_json:
             echo_json([t.to_json() for t in table.types])
         else:
@@ -140,7 +131,7 @@ def command(
         if output is not None or outdir is not None:
             raise UsageError("-o and --outdir come from ggufkit.toml when INPUT is left out")
         steps = workspace.quantize(
-            parse_types(",".join(args)) or None, force=force, options=options, engine=engine
+            parse_types(",".join(args)) or None, force=force, options=options
         )
         if as_json:
             echo_json([step.to_json() for step in steps])
@@ -151,7 +142,7 @@ def command(
     from ggufkit.quantize import quantize  # looked up per call, as convert's is
 
     source, types = split_input(args)
-    results = quantize(source, types, output=output, outdir=outdir, options=options, engine=engine)
+    results = quantize(source, types, output=output, outdir=outdir, options=options)
     if as_json:
         echo_json([r.to_json() for r in results])
         return

@@ -8,16 +8,23 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option, threads_option
-from ggufkit.errors import UsageError
-from ggufkit.generate import GenerationResult, converse, generate, unescape
-from ggufkit.log import get_logger
+from ggufkit.cli.options import (
+    count_option,
+    ctx_option,
+    echo_json,
+    json_option,
+    path_argument,
+    threads_option,
+)
+from ggufkit.core.errors import UsageError
+from ggufkit.core.log import get_logger
+from ggufkit.evaluate.generate import GenerationResult, converse, generate, unescape
 
 log = get_logger("cli.run")
 
 
 @click.command("run")
-@click.argument("model", type=click.Path(path_type=Path))
+@path_argument("model")
 @click.option(
     "-p",
     "--prompt",
@@ -26,14 +33,7 @@ log = get_logger("cli.run")
     help="The prompt. With --chat: a user message; repeat it for a conversation of several "
     "turns; without it, --chat reads one user message per line from stdin.",
 )
-@click.option(
-    "-n",
-    "--max-tokens",
-    type=click.IntRange(min=1),
-    default=128,
-    show_default=True,
-    help="Tokens to generate at most.",
-)
+@count_option("-n", "--max-tokens", default=128, help="Tokens to generate at most.")
 @click.option(
     "--temp",
     type=click.FloatRange(min=0.0),
@@ -42,9 +42,7 @@ log = get_logger("cli.run")
     help="Sampling temperature (0: greedy).",
 )
 @click.option("--top-p", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True)
-@click.option(
-    "--seed", type=click.IntRange(min=0), default=None, help="Random seed (fixed: reproducible)."
-)
+@count_option("--seed", minimum=0, help="Random seed (fixed: reproducible).")
 @click.option(
     "--stop",
     multiple=True,
@@ -60,12 +58,7 @@ log = get_logger("cli.run")
 @click.option(
     "--echo", is_flag=True, help="Print the prompt (with --chat: each user turn) before the reply."
 )
-@click.option(
-    "--ctx",
-    type=click.IntRange(min=16),
-    default=None,
-    help="Context size (default: the model's, at most 4096).",
-)
+@ctx_option("Context size (default: the model's, at most 4096).")
 @threads_option
 @json_option
 def command(

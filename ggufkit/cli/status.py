@@ -19,9 +19,9 @@ def command(as_json: bool) -> None:
         ggufkit status
         ggufkit status --json | jq '.artefacts[] | {path, sha256}'
     """
-    from ggufkit.fsutil import human_bytes
-    from ggufkit.manifest import Manifest
+    from ggufkit.core.fsutil import human_bytes
     from ggufkit.workspace import Workspace
+    from ggufkit.workspace.manifest import Manifest
 
     workspace = Workspace.require()
     if as_json:

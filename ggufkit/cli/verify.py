@@ -6,32 +6,37 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option
-from ggufkit.errors import EvaluationError
+from ggufkit.cli.options import (
+    SHIPPED_TEXT,
+    count_option,
+    echo_json,
+    json_option,
+    path_argument,
+    path_option,
+)
+from ggufkit.core.errors import EvaluationError
 from ggufkit.evaluate.verify import DEFAULT_POSITIONS, verify
 
 
 @click.command("verify")
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option(
+@path_argument("file")
+@path_option(
     "--against",
     "hf_dir",
+    kind="dir",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
     help="The Hugging Face checkpoint directory the file was converted from.",
 )
-@click.option(
+@path_option(
     "--text",
     "text_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Text to tokenize and score (default: the held-out text shipped with ggufkit).",
+    kind="file",
+    help=f"Text to tokenize and score (default: {SHIPPED_TEXT}).",
 )
-@click.option(
+@count_option(
     "--positions",
-    type=click.IntRange(min=2),
     default=DEFAULT_POSITIONS,
-    show_default=True,
+    minimum=2,
     help="Token positions whose logits are compared.",
 )
 @click.option(

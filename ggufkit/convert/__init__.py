@@ -1,17 +1,15 @@
-"""Hugging Face checkpoint -> GGUF: ``ggufkit.convert(model, output, outtype=..., engine=...)``.
+"""Hugging Face checkpoint -> GGUF: ``convert(model, output, outtype=..., engine=...)``.
 
 The native engine streams tensors through a registered per-architecture converter
 (``ggufkit/convert/<arch>.py``); the upstream engine runs the pinned ``convert_hf_to_gguf.py`` for
-architectures ggufkit does not register. Outputs are written to ``OUT.partial`` and renamed only
-when complete.
+architectures ggufkit does not register. Outputs are written under a temporary name beside
+``OUT`` (``atomic_output``) and renamed only when complete.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,19 +34,15 @@ from ggufkit.convert.chat_templates import (
     choose_chat_template,
     report,
 )
-from ggufkit.convert.provenance import (
-    SourceInfo,
-    SourceOrigin,
-    add_general_metadata,
-    add_provenance,
-)
+from ggufkit.convert.provenance import add_general_metadata, add_provenance
 from ggufkit.convert.upstream import run_upstream, upstream_supports
 from ggufkit.convert.writer import write_gguf
-from ggufkit.errors import InputError, UsageError
-from ggufkit.fsutil import atomic_output, check_free_disk, check_output_path
-from ggufkit.hfconfig import architecture, load_config
-from ggufkit.log import get_logger, progress
-from ggufkit.tensors import Checkpoint, TensorSource
+from ggufkit.core.errors import InputError, UsageError
+from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path
+from ggufkit.core.log import get_logger, progress
+from ggufkit.formats.hfconfig import architecture, load_config
+from ggufkit.formats.origin import SourceInfo, SourceOrigin
+from ggufkit.formats.safetensors import Checkpoint, TensorSource
 
 __all__ = [
     "ENGINES",
@@ -326,18 +320,3 @@ def _convert_upstream(
             raise InputError(f"the upstream converter wrote an unreadable file: {exc}") from exc
     notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")
     return n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``ggufkit.convert(...)`` be called as the function while staying the package."""
-
-    def __call__(
-        self,
-        model: str | Path,
-        output: str | Path | None = None,
-        **kwargs: Any,
-    ) -> ConvertResult:
-        return convert(model, output, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

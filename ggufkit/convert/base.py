@@ -8,6 +8,7 @@ so a bad checkpoint fails before the output file exists.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,9 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from ggufkit.errors import ConversionError, UnsupportedArchitectureError, UsageError
-from ggufkit.hfconfig import require
-from ggufkit.tensors import TensorSource, bf16_to_float32
+from ggufkit.core.errors import ConversionError, UnsupportedArchitectureError, UsageError
+from ggufkit.formats.hfconfig import require
+from ggufkit.formats.safetensors import TensorSource, bf16_to_float32
 
 # --outtype -> the GGML type of 2-D weights (1-D tensors and norms stay F32, like llama.cpp)
 OUTTYPES: dict[str, QT] = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0}
@@ -128,10 +129,11 @@ def unsupported(hf_arch: str, *, upstream_too: bool) -> UnsupportedArchitectureE
     )
 
 
-class ModelConverter:
+class ModelConverter(ABC):
     """Base of the per-architecture converters (one module per architecture, ``@register``-ed).
 
-    Subclasses set ``gguf_arch`` and implement ``set_gguf_parameters``, ``set_vocab`` and
+    Subclasses set ``gguf_arch``, read and check their hyperparameters in ``read_config`` (called
+    at the end of ``__init__``) and implement ``set_gguf_parameters``, ``set_vocab`` and
     ``expected_shapes``; most need nothing else, since ``plan_tensors`` maps every source tensor
     through ``gguf.TensorNameMap`` and asks ``row_order`` for per-tensor reordering.
     """
@@ -165,6 +167,7 @@ class ModelConverter:
         self.notes: list[str] = []  # vocab / pre-tokenizer remarks for ConvertResult
         self.block_count = self.hparam("num_hidden_layers", "n_layer", "n_layers")
         self.tensor_map = gguf.get_tensor_name_map(self.gguf_arch, self.block_count)
+        self.read_config()
 
     # --- config access ----------------------------------------------------------------------
 
@@ -184,15 +187,21 @@ class ModelConverter:
 
     # --- hooks for subclasses ---------------------------------------------------------------
 
+    @abstractmethod
+    def read_config(self) -> None:
+        """Read and check the architecture's hyperparameters; a bad config raises ConfigError."""
+
+    @abstractmethod
     def set_gguf_parameters(self, writer: gguf.GGUFWriter) -> None:
-        raise NotImplementedError
+        """The architecture's ``<arch>.*`` keys."""
 
+    @abstractmethod
     def set_vocab(self, writer: gguf.GGUFWriter) -> None:
-        raise NotImplementedError
+        """The ``tokenizer.*`` keys."""
 
+    @abstractmethod
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """GGUF tensor name -> numpy shape the config implies, for every required tensor."""
-        raise NotImplementedError
 
     def optional_tensors(self) -> set[str]:
         """GGUF names that may be absent (e.g. ``output.weight`` with tied embeddings)."""

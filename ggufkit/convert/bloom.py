@@ -10,17 +10,15 @@ the embedding's rows when the tokenizer is shorter (BLOOMZ/Phoenix: 250,680 toke
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import gguf
 import numpy as np
 
 from ggufkit.convert.base import ModelConverter, register
 from ggufkit.convert.vocab_bpe import build_bpe_vocab, write_bpe_vocab
-from ggufkit.errors import ConfigError, ConversionError
-from ggufkit.log import get_logger
-from ggufkit.tensors import TensorSource
+from ggufkit.core.errors import ConfigError, ConversionError
+from ggufkit.core.log import get_logger
 
 log = get_logger(__name__)
 
@@ -47,15 +45,7 @@ class BloomConverter(ModelConverter):
     # Some BLOOM checkpoints name tensors without the "transformer." prefix (BloomModel ones).
     prefix: ClassVar[str] = "transformer."
 
-    def __init__(
-        self,
-        model_dir: Path,
-        config: dict[str, Any],
-        source: TensorSource,
-        *,
-        outtype: str = "f16",
-    ) -> None:
-        super().__init__(model_dir, config, source, outtype=outtype)
+    def read_config(self) -> None:
         self.n_embd: int = self.hparam("hidden_size", "n_embed")
         self.n_head: int = self.hparam("n_head", "num_attention_heads")
         self.vocab_size: int = self.hparam("vocab_size")

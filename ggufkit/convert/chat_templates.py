@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.convert.chat_formats import FORMATS, NAME_RULES, ChatFormat
-from ggufkit.errors import UsageError
-from ggufkit.log import get_logger
+from ggufkit.core.errors import UsageError
+from ggufkit.core.log import get_logger
 
 log = get_logger("convert.chat")
 

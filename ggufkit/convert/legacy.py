@@ -33,7 +33,9 @@ from ggufkit.convert.legacy_vocab import (
     tokenizer_required,
 )
 from ggufkit.convert.writer import serialize_header
-from ggufkit.errors import ConversionError, LegacyFormatError, UsageError
+from ggufkit.core.errors import ConversionError, LegacyFormatError, UsageError
+from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path, sha256_file
+from ggufkit.core.log import get_logger, progress
 from ggufkit.formats.legacy_ggml import (
     FTYPE_NAMES,
     LegacyFile,
@@ -41,8 +43,6 @@ from ggufkit.formats.legacy_ggml import (
     read_legacy,
     sniff,
 )
-from ggufkit.fsutil import atomic_output, check_free_disk, check_output_path, sha256_file
-from ggufkit.log import get_logger, progress
 
 log = get_logger(__name__)
 

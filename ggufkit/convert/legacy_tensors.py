@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
+from ggufkit.formats.legacy_blocks import Blocks, decode_blocks, decode_scales, dequantize
 from ggufkit.formats.legacy_ggml import (
     F16,
     F32,
@@ -23,13 +24,9 @@ from ggufkit.formats.legacy_ggml import (
     Q4_1,
     Q8_0,
     TYPE_NAMES,
-    Blocks,
     LegacyFile,
     LegacyTensor,
     block_size,
-    decode_blocks,
-    decode_scales,
-    dequantize,
 )
 
 # legacy name -> GGUF name; "{i}" is the block index

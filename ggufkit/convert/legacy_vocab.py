@@ -16,9 +16,9 @@ import gguf
 
 from ggufkit.convert.vocab_bpe import build_bpe_vocab, write_bpe_vocab
 from ggufkit.convert.vocab_spm import set_llama_vocab
-from ggufkit.errors import TokenizerError, UsageError
+from ggufkit.core.errors import TokenizerError, UsageError
+from ggufkit.core.log import get_logger
 from ggufkit.formats.legacy_ggml import LegacyFile
-from ggufkit.log import get_logger
 
 log = get_logger(__name__)
 

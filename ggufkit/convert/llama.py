@@ -8,7 +8,6 @@ original LLaMA -> HF script undid). That is a pure row reordering, done while st
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import gguf
@@ -16,8 +15,7 @@ import numpy as np
 
 from ggufkit.convert.base import ModelConverter, TensorPlan, register
 from ggufkit.convert.vocab_spm import set_llama_vocab
-from ggufkit.errors import ConfigError, ConversionError
-from ggufkit.tensors import TensorSource
+from ggufkit.core.errors import ConfigError, ConversionError
 
 T = gguf.MODEL_TENSOR
 
@@ -32,15 +30,7 @@ def rotary_row_order(n_rows: int, n_head: int) -> np.ndarray:
 class LlamaConverter(ModelConverter):
     gguf_arch = gguf.MODEL_ARCH.LLAMA
 
-    def __init__(
-        self,
-        model_dir: Path,
-        config: dict[str, Any],
-        source: TensorSource,
-        *,
-        outtype: str = "f16",
-    ) -> None:
-        super().__init__(model_dir, config, source, outtype=outtype)
+    def read_config(self) -> None:
         self.n_embd = self.hparam("hidden_size")
         self.n_head = self.hparam("num_attention_heads")
         self.n_head_kv = self.hparam_or("num_key_value_heads", default=self.n_head)
@@ -55,7 +45,7 @@ class LlamaConverter(ModelConverter):
                 path=self.config_path,
             )
         if self.head_dim % 2 or (
-            "head_dim" not in config and self.n_embd != self.head_dim * self.n_head
+            "head_dim" not in self.config and self.n_embd != self.head_dim * self.n_head
         ):
             raise ConfigError(
                 f"{self.config_path}: hidden_size {self.n_embd} does not split into "

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.convert.chat_templates import ChatTemplateChoice, child_settings
-from ggufkit.errors import GGUFKitError, ToolFailedError, ToolMissingError
+from ggufkit.core.errors import GGUFKitError, ToolFailedError, ToolMissingError
+from ggufkit.core.log import get_logger, progress
 from ggufkit.llamacpp.runner import run_tool
 from ggufkit.llamacpp.source import ensure_source
-from ggufkit.log import get_logger, progress
 
 log = get_logger("convert.upstream")
 

@@ -19,8 +19,10 @@ from typing import Any
 import gguf
 from tokenizers import Tokenizer
 
-from ggufkit.errors import TokenizerError, UsageError
-from ggufkit.log import get_logger
+from ggufkit.convert.vocab_spm import check_fits, looks_special
+from ggufkit.core.errors import TokenizerError, UsageError
+from ggufkit.core.fsutil import read_json
+from ggufkit.core.log import get_logger
 
 log = get_logger(__name__)
 
@@ -145,16 +147,11 @@ class BpeVocab:
 
 def load_tokenizer_json(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / "tokenizer.json"
-    if not path.is_file():
-        raise TokenizerError(
-            f"{path} is missing; a byte-level BPE model needs it",
-            hint="copy tokenizer.json from the original checkpoint",
-            path=path,
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"{path} is not valid JSON: {exc}", path=path) from exc
+    data = read_json(
+        path,
+        TokenizerError,
+        missing_hint="a byte-level BPE model needs it: copy it from the original checkpoint",
+    )
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE":
         found = model.get("type") if isinstance(model, dict) else None
@@ -253,16 +250,6 @@ def detect_pre_tokenizer(
     raise _shape_error(path, f"the split {shown}")
 
 
-def looks_special(text: str) -> bool:
-    """Added tokens that some checkpoints forget to flag special but that are control tokens."""
-    return (
-        text in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
-        or (text.startswith("<|") and text.endswith("|>"))
-        or (text.startswith("<｜") and text.endswith("｜>"))
-        or (text.startswith("<unused") and text.endswith(">"))
-    )
-
-
 def _id_to_token(tokenizer_json: dict[str, Any], path: Path) -> dict[int, str]:
     vocab = tokenizer_json["model"].get("vocab")
     if not isinstance(vocab, dict):
@@ -286,14 +273,7 @@ def build_bpe_vocab(
     path = model_dir / "tokenizer.json"
     data = load_tokenizer_json(model_dir)
     id_to_token = _id_to_token(data, path)
-    n_tokens = max(id_to_token) + 1 if id_to_token else 0
-    size = vocab_size if vocab_size is not None else n_tokens
-    if n_tokens > size:
-        raise TokenizerError(
-            f"{path} has token ids up to {n_tokens - 1}, but the model's vocab_size is {size}",
-            hint="the tokenizer does not belong to this checkpoint: use the checkpoint's own",
-            path=path,
-        )
+    size = check_fits(path, max(id_to_token) + 1 if id_to_token else 0, vocab_size)
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust side raises plain Exceptions

@@ -10,16 +10,15 @@ add_bos/add_eos and the chat template follow, through ``gguf.SpecialVocab``.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 import gguf
 from gguf import TokenType
 
-from ggufkit.errors import TokenizerError
-from ggufkit.log import get_logger
+from ggufkit.core.errors import TokenizerError
+from ggufkit.core.fsutil import read_json
+from ggufkit.core.log import get_logger
 
 log = get_logger("convert.vocab_spm")
 
@@ -60,11 +59,16 @@ class Vocab:
         return True
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"{path} is not valid JSON: {exc}", path=path) from exc
+def check_fits(path: Path, n_tokens: int, size: int | None) -> int:
+    """The vocabulary size: ``size`` (the model's), or ``n_tokens`` without one. A tokenizer with
+    more tokens than the model has rows is not this model's: refuse it rather than drop tokens."""
+    if size is not None and n_tokens > size:
+        raise TokenizerError(
+            f"{path} has token ids up to {n_tokens - 1}, but the model's vocab_size is {size}",
+            hint="the tokenizer does not belong to this checkpoint: use the checkpoint's own",
+            path=path,
+        )
+    return n_tokens if size is None else size
 
 
 def sentencepiece_vocab(model_file: Path, size: int | None) -> Vocab:
@@ -80,8 +84,8 @@ def sentencepiece_vocab(model_file: Path, size: int | None) -> Vocab:
             path=model_file,
         ) from exc
     n_pieces = processor.vocab_size()
-    vocab = Vocab(size or n_pieces)
-    for token_id in range(min(n_pieces, len(vocab))):
+    vocab = Vocab(check_fits(model_file, n_pieces, size))
+    for token_id in range(n_pieces):
         if processor.IsUnknown(token_id):
             kind = TokenType.UNKNOWN
         elif processor.IsControl(token_id):
@@ -97,7 +101,7 @@ def sentencepiece_vocab(model_file: Path, size: int | None) -> Vocab:
 
 
 def tokenizer_json_vocab(tokenizer_file: Path, size: int | None) -> Vocab:
-    data = _read_json(tokenizer_file)
+    data = read_json(tokenizer_file, TokenizerError)
     model = data.get("model") if isinstance(data, dict) else None
     if not (
         isinstance(model, dict)
@@ -111,7 +115,7 @@ def tokenizer_json_vocab(tokenizer_file: Path, size: int | None) -> Vocab:
             path=tokenizer_file,
         )
     pieces: dict[str, int] = model["vocab"]
-    vocab = Vocab(size or max(pieces.values(), default=-1) + 1)
+    vocab = Vocab(check_fits(tokenizer_file, max(pieces.values(), default=-1) + 1, size))
     rank_of: dict[str, int] = {}
     for rank, merge in enumerate(model.get("merges") or []):
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
@@ -136,14 +140,18 @@ def apply_added_tokens(vocab: Vocab, model_dir: Path) -> list[str]:
     added: list[str] = []
     added_file = model_dir / "added_tokens.json"
     if added_file.is_file():
-        entries = _read_json(added_file)
+        entries = read_json(added_file, TokenizerError)
         if not isinstance(entries, dict):
             raise TokenizerError(f"{added_file} should map tokens to ids", path=added_file)
         for text, token_id in entries.items():
             if vocab.set(int(token_id), text, -1000.0, TokenType.USER_DEFINED):
                 added.append(text)
     config_file = model_dir / "tokenizer_config.json"
-    decoder = _read_json(config_file).get("added_tokens_decoder") if config_file.is_file() else None
+    decoder = (
+        read_json(config_file, TokenizerError).get("added_tokens_decoder")
+        if config_file.is_file()
+        else None
+    )
     for key, entry in (decoder or {}).items():
         token_id, text = int(key), str(entry["content"])
         if entry.get("special") or looks_special(text):
@@ -162,7 +170,7 @@ def apply_added_tokens(vocab: Vocab, model_dir: Path) -> list[str]:
 
 def _json_added_tokens(vocab: Vocab, tokenizer_file: Path) -> list[str]:
     """Added tokens from tokenizer.json itself (when tokenizer_config.json does not list them)."""
-    data = _read_json(tokenizer_file)
+    data = read_json(tokenizer_file, TokenizerError)
     added = []
     for entry in data.get("added_tokens") or []:
         token_id, text = int(entry["id"]), str(entry["content"])
@@ -187,7 +195,7 @@ def template_adds(tokenizer_file: Path) -> dict[str, bool]:
     """
     if not tokenizer_file.is_file():
         return {}
-    processor = (_read_json(tokenizer_file) or {}).get("post_processor") or {}
+    processor = (read_json(tokenizer_file, TokenizerError) or {}).get("post_processor") or {}
     found: dict[str, bool] = {}
     for step in processor.get("processors", [processor]):
         single = step.get("single") if step.get("type") == "TemplateProcessing" else None
@@ -215,7 +223,7 @@ def set_llama_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int | 
     added += [t for t in apply_added_tokens(vocab, model_dir) if t not in added]
     config_file = model_dir / "tokenizer_config.json"
     if config_file.is_file():
-        prefix_space = _read_json(config_file).get("add_prefix_space")
+        prefix_space = read_json(config_file, TokenizerError).get("add_prefix_space")
         if isinstance(prefix_space, bool):
             writer.add_add_space_prefix(prefix_space)
     writer.add_tokenizer_model("llama")

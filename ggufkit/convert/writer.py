@@ -29,9 +29,9 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 
 from ggufkit.convert.base import TensorPlan
-from ggufkit.errors import DiskSpaceError, GGUFKitError
-from ggufkit.log import get_logger
-from ggufkit.tensors import Checkpoint, TensorSource, bf16_to_float32
+from ggufkit.core.errors import DiskSpaceError, GGUFKitError
+from ggufkit.core.log import get_logger
+from ggufkit.formats.safetensors import Checkpoint, TensorSource, bf16_to_float32
 
 log = get_logger(__name__)
 

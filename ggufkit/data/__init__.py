@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import InputError, UsageError
+from ggufkit.core.errors import InputError, UsageError
 
 DATA_DIR = Path(__file__).resolve().parent
 MODELS_DIR = DATA_DIR / "models"

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ggufkit.tensors import bf16_to_float32, float32_to_bf16
+from ggufkit.formats.safetensors import bf16_to_float32, float32_to_bf16
 
 Dtype = Literal["f16", "bf16", "f32"]
 DTYPES: tuple[Dtype, ...] = ("f16", "bf16", "f32")

@@ -15,14 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufkit.convert.provenance import SourceInfo, SourceOrigin, write_merge_record
+from ggufkit.core.errors import UsageError
+from ggufkit.core.fsutil import atomic_dir, check_free_disk, human_bytes
+from ggufkit.core.log import get_logger, progress
 from ggufkit.delta.arith import DTYPES, TORCH_NAMES, Dtype
 from ggufkit.delta.source import STYLES, CombinedSource, Style
-from ggufkit.errors import UsageError
-from ggufkit.fsutil import atomic_dir, check_free_disk, human_bytes
-from ggufkit.hfconfig import load_config
-from ggufkit.log import get_logger, progress
-from ggufkit.shards import DEFAULT_MAX_SHARD_BYTES, ShardedCheckpoint, TensorSpec, write_sharded
+from ggufkit.formats.hfconfig import load_config
+from ggufkit.formats.origin import SourceInfo, SourceOrigin, write_merge_record
+from ggufkit.formats.shards import (
+    DEFAULT_MAX_SHARD_BYTES,
+    ShardedCheckpoint,
+    TensorSpec,
+    write_sharded,
+)
 
 log = get_logger(__name__)
 

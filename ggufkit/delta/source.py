@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ggufkit.core.errors import DeltaError
 from ggufkit.delta.arith import (
     DTYPE_CODES,
     FLOAT_CODES,
@@ -24,9 +25,8 @@ from ggufkit.delta.arith import (
     output_array,
     to_float32,
 )
-from ggufkit.errors import DeltaError
-from ggufkit.hfconfig import load_config
-from ggufkit.tensors import SAFETENSORS_DTYPES, Checkpoint, TensorInfo
+from ggufkit.formats.hfconfig import load_config
+from ggufkit.formats.safetensors import SAFETENSORS_DTYPES, Checkpoint, TensorInfo
 
 Style = Literal["auto", "llmzoo", "fastchat"]
 STYLES: tuple[Style, ...] = ("auto", "llmzoo", "fastchat")

@@ -8,6 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ggufkit.core.errors import UsageError
+from ggufkit.core.fsutil import locked, write_json_atomic, write_text_atomic
+from ggufkit.core.log import get_logger
 from ggufkit.data import embedded_text
 from ggufkit.demo.results import (
     BNB_MODEL,
@@ -24,11 +27,8 @@ from ggufkit.demo.results import (
     Sample,
     markdown,
 )
-from ggufkit.errors import UsageError
-from ggufkit.fsutil import locked, write_json_atomic, write_text_atomic
-from ggufkit.log import get_logger
-from ggufkit.manifest import file_input
 from ggufkit.workspace import StepResult, Workspace, WorkspaceConfig
+from ggufkit.workspace.manifest import file_input
 
 if TYPE_CHECKING:
     from ggufkit.evaluate import EvalReport
@@ -102,7 +102,7 @@ class _Demo:
         report = self.evaluate(workspace, model.name, files, corpus, eval_json)
         run = ModelRun(model.name, model.about, files, eval_json, report)
         if not _missing(PLOT_MODULES):
-            from ggufkit.report import plot_eval
+            from ggufkit.evaluate.report import plot_eval
 
             png = eval_json.with_suffix(".png")
             command = [*self.eval_command(workspace, files, corpus), "--plot", png.name]
@@ -132,10 +132,10 @@ class _Demo:
     def evaluate(
         self, workspace: Workspace, name: str, files: dict[str, Path], corpus: Path, out: Path
     ) -> EvalReport:
-        from ggufkit.compare import read_json
         from ggufkit.evaluate import EvalReport, evaluate
-        from ggufkit.evaluate.pipeline import record_results
-        from ggufkit.manifest import Manifest
+        from ggufkit.evaluate.compare import read_report
+        from ggufkit.workspace.evals import record_results
+        from ggufkit.workspace.manifest import Manifest
 
         s = self.settings
         made: list[EvalReport] = []
@@ -168,7 +168,7 @@ class _Demo:
         if made:
             record_results(made[0], workspace)
             return made[0]
-        report = EvalReport.from_json(read_json(out, "eval"))
+        report = EvalReport.from_json(read_report(out, "eval"))
         # A file rebuilt with the same bytes has a fresh record: give it its results again.
         manifest = Manifest.load(workspace.manifest_path)
         if any("eval" not in (manifest.get(p) or {}) for p in files.values()):
@@ -176,7 +176,7 @@ class _Demo:
         return report
 
     def generate(self, model: Path, prompt: str) -> Sample:
-        from ggufkit.generate import generate
+        from ggufkit.evaluate.generate import generate
 
         s = self.settings
         done = generate(
@@ -191,11 +191,11 @@ class _Demo:
 
     def bnb(self, gguf_eval: Path) -> None:
         from ggufkit.bnb import BnbOptions, BnbReport, parse_modes, run_bnb
-        from ggufkit.bnb.workspace import summary
-        from ggufkit.compare import compare, plot_comparison
         from ggufkit.data import embedded_model
+        from ggufkit.evaluate.compare import compare, plot_comparison
         from ggufkit.hub import resolve_model
-        from ggufkit.manifest import model_input, record_eval
+        from ggufkit.workspace.bnb import summary
+        from ggufkit.workspace.manifest import model_input, record_eval
 
         s = self.settings
         model = next(m for m in MODELS if m.name == BNB_MODEL)

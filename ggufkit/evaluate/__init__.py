@@ -1,7 +1,7 @@
 """Evaluate GGUF files: perplexity, KL-divergence against a baseline, size and speed.
 
 ``evaluate()`` runs ``llama-perplexity`` and ``llama-bench`` on each model and returns an
-:class:`EvalReport`; :mod:`ggufkit.report` turns it into the guide's Markdown table and a plot.
+:class:`EvalReport`; :mod:`ggufkit.evaluate.report` turns it into the guide's Markdown table and a plot.
 
 JSON shape of ``ggufkit eval --json`` (``EvalReport.to_json()``; read back with
 ``EvalReport.from_json``). Missing measurements are ``null``::

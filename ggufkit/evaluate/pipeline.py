@@ -9,18 +9,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ggufkit.errors import UsageError, WorkspaceError
+from ggufkit.core.errors import UsageError
+from ggufkit.core.fsutil import check_free_disk, sha256_file
+from ggufkit.core.log import get_logger, progress
 from ggufkit.evaluate import ppl as ppl_mod
 from ggufkit.evaluate.results import EvalReport, ModelResult
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, benchmark
-from ggufkit.fsutil import check_free_disk, sha256_file
-from ggufkit.ggufinfo import ArraySummary, GGUFInfo, read_gguf
+from ggufkit.formats.gguf_reader import read_gguf
+from ggufkit.formats.ggufinfo import ArraySummary, GGUFInfo
 from ggufkit.llamacpp.build import current_build
-from ggufkit.log import get_logger, progress
-from ggufkit.manifest import Manifest, now_iso, record_eval
 
 if TYPE_CHECKING:
-    from ggufkit.workspace import Workspace
+    pass
 
 log = get_logger("evaluate")
 
@@ -233,62 +233,3 @@ def evaluate(
         models=results,
         bench={"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions} if speed else {},
     )
-
-
-# --- the workspace: default models, and results into its manifest ------------------------------
-
-
-def resolve_models(models: Sequence[Path]) -> tuple[list[Path], Workspace | None]:
-    """The models to evaluate, and the workspace (if any) whose manifest gets the results.
-
-    Without models, the workspace's converted file and quantized files are evaluated.
-    """
-    from ggufkit.workspace import Workspace
-
-    if models:
-        try:
-            return list(models), Workspace.find()
-        except WorkspaceError as exc:  # a broken ggufkit.toml must not stop an explicit eval
-            log.warning("ignoring the workspace: %s", exc)
-            return list(models), None
-    workspace = Workspace.require()
-    candidates = [workspace.f16_path, *map(workspace.quantized_path, workspace.config.types)]
-    for key, record in Manifest.load(workspace.manifest_path).artefacts.items():
-        if record.get("step") == "quantize" and key.endswith(".gguf"):
-            candidates.append(workspace.manifest_path.parent / key)
-    candidates = list(dict.fromkeys(p.absolute() for p in candidates))
-    found = [p for p in candidates if p.is_file()]
-    missing = [workspace.relative(p) for p in candidates if not p.is_file()]
-    if not found:
-        raise WorkspaceError(
-            f"nothing to evaluate in {workspace.outdir}: {', '.join(missing)} not built yet",
-            hint="run `ggufkit convert && ggufkit quantize` first, or give the .gguf files",
-        )
-    if missing:
-        log.warning("not built yet, skipped: %s", ", ".join(missing))
-    return found, workspace
-
-
-def record_results(report: EvalReport, workspace: Workspace) -> list[Path]:
-    """Add each model's numbers to the workspace manifest; models outside the workspace are
-    left out. Returns the recorded paths."""
-    recorded = []
-    context = {
-        "corpus": report.corpus,
-        "corpus_sha256": report.corpus_sha256,
-        "ctx": report.ctx,
-        "chunks": report.chunks,
-        "baseline": workspace.relative(Path(report.baseline)) if report.baseline else None,
-        "llama_cpp_commit": report.llama_cpp_commit,
-        "measured": now_iso(),
-    }
-    for model in report.models:
-        path = Path(model.path).absolute()
-        if not path.is_relative_to(workspace.root.absolute()):
-            continue
-        values = {k: v for k, v in model.to_json().items() if k not in ("path", "name")}
-        # Keep earlier numbers a narrower run did not measure (e.g. speed after --no-speed).
-        results = {k: v for k, v in {**values, **context}.items() if v is not None}
-        record_eval(workspace.manifest_path, path, results)
-        recorded.append(path)
-    return recorded

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ggufkit.errors import EvaluationError, UsageError
+from ggufkit.core.errors import EvaluationError, UsageError
+from ggufkit.core.log import get_logger
 from ggufkit.llamacpp.build import find_tool
 from ggufkit.llamacpp.runner import ToolResult, run_tool
-from ggufkit.log import get_logger
 
 log = get_logger("evaluate.ppl")
 
@@ -88,7 +88,7 @@ class Plan:
 
 def count_tokens(model: Path, corpus: Path) -> int | None:
     """Tokens in ``corpus`` as llama-perplexity counts them (BOS added); None without bindings."""
-    from ggufkit.errors import ToolMissingError
+    from ggufkit.core.errors import ToolMissingError
     from ggufkit.llamacpp.bindings import load_llama_cpp
 
     try:

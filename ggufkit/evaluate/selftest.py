@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import BuildError, GGUFKitError, ToolCrashedError
+from ggufkit.core.errors import BuildError, GGUFKitError, ToolCrashedError
+from ggufkit.core.log import get_logger
 from ggufkit.llamacpp import build as llama_build
 from ggufkit.llamacpp.build import BuildInfo
 from ggufkit.llamacpp.layout import BuildOptions
-from ggufkit.log import get_logger
 
 log = get_logger("evaluate.selftest")
 
@@ -67,7 +67,7 @@ class SelfTestResult:
 
 def _probe_bindings(model: str, threads: int, n_tokens: int) -> list[int]:
     """In the child: load ``model`` with llama-cpp-python and evaluate a few tokens."""
-    from ggufkit.parity import open_gguf
+    from ggufkit.evaluate.parity import open_gguf
 
     with open_gguf(model, n_ctx=64, n_threads=threads) as llm:
         ids = llm.tokenize(b"Tomorrow, and tomorrow, and tomorrow, creeps in this petty pace")
@@ -104,7 +104,7 @@ def run_selftest(
             f16 = Path(tmp) / f"{MODEL}-F16.gguf"
             convert(embedded_model(MODEL), f16, outtype="f16", engine="native")
             step = "llama-quantize " + ", ".join(TYPES)
-            quantized = quantize(f16, list(TYPES), outdir=tmp, engine="binary")
+            quantized = quantize(f16, list(TYPES), outdir=tmp)
             for item in quantized:
                 step = f"llama-perplexity on {item.type}"
                 score = perplexity(

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import EvaluationError, UsageError
+from ggufkit.core.errors import EvaluationError, UsageError
+from ggufkit.core.log import get_logger
 from ggufkit.evaluate.results import SpeedResult
-from ggufkit.ggufinfo import read_gguf
+from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.llamacpp.build import find_tool
 from ggufkit.llamacpp.runner import run_tool
-from ggufkit.log import get_logger
 
 log = get_logger("evaluate.speed")
 

@@ -1,2 +1,3 @@
-"""File formats read without converting: the pre-GGUF GGML family (``legacy_ggml``) and the
-bloomz.cpp variant of it (``bloomz_cpp``). This layer imports nothing above the core."""
+"""File formats, read and written without llama.cpp: safetensors checkpoints, GGUF, HF config,
+and the pre-GGUF GGML family (``legacy_ggml``, bloomz.cpp files included). This layer imports
+nothing above the core."""

@@ -6,7 +6,7 @@ import os
 import sys
 from types import ModuleType
 
-from ggufkit.errors import ToolMissingError
+from ggufkit.core.errors import ToolMissingError
 from ggufkit.llamacpp.build import current_build
 
 

@@ -16,14 +16,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ggufkit import paths
-from ggufkit.errors import BuildError, ToolMissingError
-from ggufkit.fsutil import locked, write_json_atomic
+from ggufkit.core import paths
+from ggufkit.core.errors import BuildError, ToolMissingError
+from ggufkit.core.fsutil import locked, write_json_atomic
+from ggufkit.core.log import get_logger, progress
 from ggufkit.llamacpp import layout, patches
 from ggufkit.llamacpp.cpu import CpuInfo, detect_cpu
 from ggufkit.llamacpp.runner import new_log_path, run_tool
 from ggufkit.llamacpp.source import SourcePin, ensure_source, read_pin
-from ggufkit.log import get_logger, progress
 
 log = get_logger("llamacpp.build")
 

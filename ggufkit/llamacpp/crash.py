@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from ggufkit.errors import ToolCrashedError
+from ggufkit.core.errors import ToolCrashedError
 
 REBUILD_HINT = (
     "this llama.cpp build does not fit this CPU: rebuild it with `ggufkit build --force` "

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from ggufkit.errors import EvaluationError, GGUFKitError
+from ggufkit.core.errors import EvaluationError, GGUFKitError
 from ggufkit.llamacpp.crash import crash_error, signal_of
 
 T = TypeVar("T")

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ggufkit import paths
-from ggufkit.errors import InputError
+from ggufkit.core import paths
+from ggufkit.core.errors import InputError
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 # How far a hunk may have moved from the line its header names (the pinned source never changes,

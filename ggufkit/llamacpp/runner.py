@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ggufkit import paths
-from ggufkit.errors import ToolFailedError
+from ggufkit.core import paths
+from ggufkit.core.errors import ToolFailedError
+from ggufkit.core.log import get_logger
 from ggufkit.llamacpp.crash import crash_error, signal_of
-from ggufkit.log import get_logger
 
 log = get_logger("llamacpp.runner")
 

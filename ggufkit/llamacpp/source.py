@@ -11,11 +11,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ggufkit import paths
-from ggufkit.errors import ChecksumError, InputError, ToolFailedError
-from ggufkit.fsutil import atomic_dir, locked, sha256_file
+from ggufkit.core import paths
+from ggufkit.core.errors import ChecksumError, InputError, ToolFailedError
+from ggufkit.core.fsutil import atomic_dir, locked, sha256_file
+from ggufkit.core.log import get_logger
 from ggufkit.llamacpp import patches
-from ggufkit.log import get_logger
 
 log = get_logger("llamacpp.source")
 

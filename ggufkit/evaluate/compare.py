@@ -8,13 +8,12 @@ tokenizers that cut the same corpus into a different number of tokens.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import InputError, UsageError
-from ggufkit.fsutil import human_bytes
+from ggufkit.core.errors import InputError, UsageError
+from ggufkit.core.fsutil import human_bytes, read_json
 
 GGUF = "GGUF"
 BNB = "bnb"
@@ -50,20 +49,9 @@ class Comparison:
         return asdict(self)
 
 
-def read_json(path: str | Path, what: str) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"{path} does not exist", hint=f"write it with `ggufkit {what} ... --json > {path}`"
-        ) from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(
-            f"{path} is not a JSON file: {exc}",
-            hint=f"write it with `ggufkit {what} ... --json > {path}`",
-            path=path,
-        ) from exc
+def read_report(path: str | Path, what: str) -> Any:
+    """The JSON report ``ggufkit WHAT --json`` wrote to ``path``."""
+    return read_json(path, InputError, hint=f"write it with `ggufkit {what} ... --json > {path}`")
 
 
 def _records(data: Any, key: str, path: Path, what: str) -> tuple[dict[str, Any], list[Any]]:
@@ -144,8 +132,8 @@ def _comparability(gguf: dict[str, Any], bnb: dict[str, Any]) -> list[str]:
 def compare(eval_file: str | Path, bnb_file: str | Path) -> Comparison:
     """Read both result files and put their rows side by side, with comparability notes."""
     eval_file, bnb_file = Path(eval_file), Path(bnb_file)
-    gguf_head, gguf_records = _records(read_json(eval_file, "eval"), "models", eval_file, "eval")
-    bnb_head, bnb_records = _records(read_json(bnb_file, "bnb"), "results", bnb_file, "bnb")
+    gguf_head, gguf_records = _records(read_report(eval_file, "eval"), "models", eval_file, "eval")
+    bnb_head, bnb_records = _records(read_report(bnb_file, "bnb"), "results", bnb_file, "bnb")
     result = Comparison(
         eval_file=str(eval_file), bnb_file=str(bnb_file), device=str(bnb_head.get("device", ""))
     )
@@ -177,7 +165,7 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def comparison_table(comparison: Comparison) -> str:
     """The Markdown table, then the notes."""
-    from ggufkit.report import markdown_table
+    from ggufkit.evaluate.report import markdown_table
 
     header = [
         "Family",
@@ -227,7 +215,7 @@ def _label_offsets(
 
 def plot_comparison(comparison: Comparison, out: str | Path) -> Path:
     """A PNG with three panels against size: perplexity, KL-divergence and tokens/s."""
-    from ggufkit.report import new_figure, save_figure
+    from ggufkit.evaluate.report import new_figure, save_figure
 
     out, figure = new_figure(out, "compare.png", PLOT_SIZE_INCHES)
     sized = [r for r in comparison.rows if r.size_bytes]

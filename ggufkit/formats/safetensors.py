@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ggufkit.errors import InputError, SafetensorsFormatError, ToolMissingError
+from ggufkit.core.errors import InputError, SafetensorsFormatError, ToolMissingError
 
 # safetensors dtype code -> (numpy dtype used to view the bytes, item size)
 SAFETENSORS_DTYPES: dict[str, tuple[str, int]] = {

@@ -11,16 +11,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ggufkit.errors import WorkspaceError
-from ggufkit.fsutil import write_json_atomic
-from ggufkit.log import get_logger
+from ggufkit.core.errors import WorkspaceError
+from ggufkit.core.fsutil import write_json_atomic
+from ggufkit.core.log import get_logger
 
 if TYPE_CHECKING:
     from ggufkit.bnb.results import BnbReport
     from ggufkit.hub import ResolvedModel
     from ggufkit.workspace import Workspace
 
-log = get_logger("bnb.workspace")
+log = get_logger("workspace.bnb")
 
 SUMMARY_KEYS = (
     "status",
@@ -90,7 +90,7 @@ def record_in_workspace(
     seconds: float,
 ) -> Path:
     """Write the report into the workspace and record it (and saved models) in the manifest."""
-    from ggufkit.manifest import model_input, record_artefact, record_eval
+    from ggufkit.workspace.manifest import model_input, record_artefact, record_eval
 
     out = workspace.outdir / f"{workspace.config.name}-bnb.json"
     write_json_atomic(out, report.to_json())

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ggufkit.errors import GGUFKitError
-from ggufkit.tensors import SAFETENSORS_DTYPES, SAFETENSORS_INDEX
+from ggufkit.core.errors import GGUFKitError
+from ggufkit.formats.safetensors import SAFETENSORS_DTYPES, SAFETENSORS_INDEX
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # what transformers' save_pretrained uses ("5GB")
 SINGLE_FILE = "model.safetensors"

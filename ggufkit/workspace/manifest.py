@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ggufkit import __version__
-from ggufkit.errors import InputError, WorkspaceError
-from ggufkit.fsutil import locked, write_json_atomic
-from ggufkit.log import get_logger
+from ggufkit.core.errors import InputError, WorkspaceError
+from ggufkit.core.fsutil import locked, read_json, write_json_atomic
+from ggufkit.core.log import get_logger
 
 if TYPE_CHECKING:
     from ggufkit.hub import ResolvedModel
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = get_logger("manifest")
 
 MANIFEST_NAME = "manifest.json"
+MOVE_ASIDE = "move it aside; the next run of each step writes a new one"
 FORMAT = 1
 
 
@@ -45,7 +46,7 @@ def now_iso() -> str:
 def sha256_files(files: Sequence[Path]) -> list[str]:
     """sha256 of each file, hashed once: later calls read the cache the converter keeps
     (keyed by path, size, mtime and inode; Hub blobs are named by their sha256)."""
-    from ggufkit.convert.provenance import SourceHashes
+    from ggufkit.formats.origin import SourceHashes
 
     return SourceHashes(list(files)).result() if files else []
 
@@ -151,20 +152,11 @@ class Manifest:
     def load(cls, path: str | Path) -> Manifest:
         """The manifest at ``path``; an empty one when the file does not exist yet."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            data = {}
-        except (OSError, ValueError) as exc:
-            raise WorkspaceError(
-                f"the manifest {path} is unreadable: {exc}",
-                hint="move it aside; the next run of each step writes a new one",
-                path=path,
-            ) from exc
+        data = read_json(path, WorkspaceError, hint=MOVE_ASIDE, missing={})
         if not isinstance(data, dict) or not isinstance(data.get("artefacts", {}), dict):
             raise WorkspaceError(
                 f"the manifest {path} is not a ggufkit manifest",
-                hint="move it aside; the next run of each step writes a new one",
+                hint=MOVE_ASIDE,
                 path=path,
             )
         data.setdefault("format", FORMAT)

@@ -1,7 +1,7 @@
 """ggml tensor types and llama.cpp file types, as the installed ``gguf`` library defines them.
 
-Read from gguf/constants.py without importing the gguf package (whose ``__init__`` pulls numpy and
-yaml, ~0.4 s on every command), and cached as JSON per gguf install.
+Cached as JSON per gguf install: importing ``gguf`` pulls numpy and yaml (~0.4 s), which every
+``ggufkit quantize`` would pay for. On a cache miss the library is imported the ordinary way.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import importlib.util
 import json
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,23 +28,6 @@ class GGMLType:
         return self.type_size * 8 / self.block_size
 
 
-def _gguf_constants() -> Any:
-    # gguf's package __init__ imports numpy and yaml (~0.4 s), which every `ggufkit quantize` would
-    # pay for; the tables live in gguf/constants.py, which needs only the standard library.
-    if "gguf.constants" in sys.modules:
-        return sys.modules["gguf.constants"]
-    path = _constants_path()
-    if path is not None:
-        loader_spec = importlib.util.spec_from_file_location("ggufkit._gguf_constants", path)
-        if loader_spec is not None and loader_spec.loader is not None:
-            module = importlib.util.module_from_spec(loader_spec)
-            loader_spec.loader.exec_module(module)
-            return module
-    import gguf.constants  # the normal way, should the file layout ever change
-
-    return gguf.constants
-
-
 def _constants_path() -> Path | None:
     spec = importlib.util.find_spec("gguf")  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
@@ -58,7 +40,7 @@ def _constants_path() -> Path | None:
 def _tables() -> dict[str, Any]:
     """ggml type sizes and file type names from the installed gguf library, cached as JSON per
     gguf install (building its enums costs ~30 ms, paid on every command otherwise)."""
-    from ggufkit import paths
+    from ggufkit.core import paths
 
     path = _constants_path()
     cache: Path | None = None
@@ -71,7 +53,8 @@ def _tables() -> dict[str, Any]:
             return data
         except (OSError, ValueError):
             pass
-    constants = _gguf_constants()
+    import gguf.constants as constants  # only on a cache miss (see the module docstring)
+
     sizes = constants.GGML_QUANT_SIZES
     data = {
         "types": [
@@ -84,7 +67,7 @@ def _tables() -> dict[str, Any]:
         },
     }
     if cache is not None:
-        from ggufkit.fsutil import write_json_atomic
+        from ggufkit.core.fsutil import write_json_atomic
 
         with contextlib.suppress(OSError):
             write_json_atomic(cache, data)

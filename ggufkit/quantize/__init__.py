@@ -19,26 +19,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ggufkit.errors import DiskSpaceError, GGUFFormatError, QuantizeError, UsageError
-from ggufkit.fsutil import atomic_output, check_free_disk, check_output_path, human_bytes
-from ggufkit.ggufinfo import GGUFInfo, check_gguf
-from ggufkit.log import get_logger, progress
-from ggufkit.quantize_engines import (
-    ENGINES,
+from ggufkit.core.errors import DiskSpaceError, GGUFFormatError, QuantizeError, UsageError
+from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path, human_bytes
+from ggufkit.core.log import get_logger, progress
+from ggufkit.formats.gguf_reader import check_gguf
+from ggufkit.formats.ggufinfo import GGUFInfo
+from ggufkit.quantize.engines import (
     IMATRIX_HINT,
     DryRun,
     Engine,
     KVOverride,
     QuantizeOptions,
+    binary_engine,
     is_copy,
     may_need_imatrix,
     parse_kv_override,
-    select_engine,
 )
-from ggufkit.quantize_types import QuantType, TypeTable, output_name
+from ggufkit.quantize.types import QuantType, TypeTable, output_name
 
 __all__ = [
-    "ENGINES",
     "KVOverride",
     "QuantizeOptions",
     "QuantizeResult",
@@ -83,9 +82,9 @@ class QuantizeResult:
         }
 
 
-def list_types(engine: str = "auto") -> TypeTable:
+def list_types() -> TypeTable:
     """The types the pinned build accepts (``ggufkit quantize --list``)."""
-    return select_engine(engine).table()
+    return binary_engine().table()
 
 
 def check_input(source: Path) -> GGUFInfo:
@@ -203,10 +202,11 @@ def quantize(
     output: str | Path | None = None,
     outdir: str | Path | None = None,
     options: QuantizeOptions | None = None,
-    engine: str | Engine = "auto",
+    engine: Engine | None = None,
 ) -> list[QuantizeResult]:
     """Quantize ``source`` to each of ``types`` (names as ``llama-quantize`` takes them, any case).
 
+    ``engine``: the built ``llama-quantize`` unless given (tests pass a stand-in).
     Returns one :class:`QuantizeResult` per type, in order. Nothing is written when a check fails;
     a failing type leaves no file, and the types before it stay done.
     """
@@ -217,7 +217,7 @@ def quantize(
             "no quantization type given", hint="e.g. `ggufkit quantize model-f16.gguf q4_0`"
         )
     info = check_input(source)
-    runner = engine if isinstance(engine, Engine) else select_engine(engine)
+    runner = engine if engine is not None else binary_engine()
     table = runner.table()
     wanted = table.resolve(types)
     if not options.allow_requantize and not all(is_copy(t) for t in wanted):

@@ -1,21 +1,28 @@
 """Atomic outputs, free-space checks, hashing and locks: the file-system rules every command obeys.
 
 An output is written under a temporary name in its final directory and renamed only when complete,
-so a crash or Ctrl-C never leaves a half-written file under the final name.
+so a crash or Ctrl-C never leaves a half-written file under the final name. The temporary name is
+the writer's own (``NAME.<pid>.<random>.partial``), so two runs writing the same output never
+delete each other's file; what a killed writer left is removed by the next one.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import (
+from ggufkit.core.errors import (
     DiskSpaceError,
+    GGUFKitError,
     InputError,
     MemoryShortageError,
     UsageError,
@@ -23,11 +30,62 @@ from ggufkit.errors import (
 )
 
 PARTIAL_SUFFIX = ".partial"
+_WRITER = re.compile(r"(\d+)\.[0-9a-f]{8}")  # <pid>.<random> between NAME. and .partial
 
 
 def partial_path(final: Path) -> Path:
-    """The temporary name an output is written under before it is renamed to ``final``."""
-    return final.with_name(final.name + PARTIAL_SUFFIX)
+    """A temporary name beside ``final`` that is this writer's own: ``NAME.<pid>.<random>.partial``."""
+    return final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+
+
+def partials(final: Path) -> dict[Path, int | None]:
+    """Every temporary output of ``final`` there is, with its writer's pid (None: the plain
+    ``NAME.partial`` of earlier ggufkit versions)."""
+    found: dict[Path, int | None] = {}
+    legacy = final.with_name(final.name + PARTIAL_SUFFIX)
+    if legacy.exists() or legacy.is_symlink():
+        found[legacy] = None
+    start = len(final.name) + 1
+    for candidate in sorted(final.parent.glob(f"{glob.escape(final.name)}.*{PARTIAL_SUFFIX}")):
+        writer = _WRITER.fullmatch(candidate.name[start : -len(PARTIAL_SUFFIX)])
+        if writer:
+            found[candidate] = int(writer.group(1))
+    return found
+
+
+def stale_partials(final: Path) -> list[Path]:
+    """The temporary outputs of ``final`` whose writer is gone (killed runs); a live writer's
+    file is never among them."""
+    import psutil
+
+    return [
+        path for path, pid in partials(final).items() if pid is None or not psutil.pid_exists(pid)
+    ]
+
+
+def output_lock(final: Path) -> Path:
+    """The lock that guards clearing ``final``'s leftovers (kept under GGUFKIT_HOME, not beside
+    the output, so output folders hold only outputs)."""
+    from ggufkit.core import paths
+
+    key = hashlib.sha256(str(final.absolute()).encode()).hexdigest()[:24]
+    return paths.home() / "locks" / f"output-{key}.lock"
+
+
+def clear_stale_partials(final: Path) -> None:
+    """Remove what killed writers of ``final`` left, under the output's lock."""
+    if not stale_partials(final):  # the common case needs no lock at all
+        return
+    with locked(output_lock(final), what=f"the output {final}"):
+        for leftover in stale_partials(final):
+            _remove(leftover)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def check_output_path(final: Path, *, inputs: tuple[Path, ...] = ()) -> Path:
@@ -51,33 +109,24 @@ def atomic_output(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` on success, remove it on error."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale_partials(final)
     tmp = partial_path(final)
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    elif tmp.exists():
-        tmp.unlink()
     try:
         yield tmp
         os.replace(tmp, final)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
 
 
 @contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Like :func:`atomic_output` for a directory (``final.partial``); an existing ``final`` is
-    replaced only on success, and a ``.partial`` left by a killed run is removed first."""
+    """Like :func:`atomic_output` for a directory; an existing ``final`` is replaced only on
+    success, and what a killed run left is removed first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale_partials(final)
     tmp = partial_path(final)
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    elif tmp.exists():
-        tmp.unlink()
     tmp.mkdir()
     try:
         yield tmp
@@ -102,6 +151,31 @@ def write_text_atomic(final: str | Path, text: str) -> Path:
 
 def write_json_atomic(final: str | Path, data: Any) -> Path:
     return write_text_atomic(final, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+_RAISE: Any = object()
+
+
+def read_json(
+    path: str | Path,
+    error: type[GGUFKitError],
+    *,
+    hint: str | None = None,
+    missing_hint: str | None = None,
+    missing: Any = _RAISE,
+) -> Any:
+    """The JSON in ``path``. A file that cannot be read or parsed raises ``error`` naming it, with
+    ``hint``; a missing file does too (with ``missing_hint`` if given), unless ``missing`` is the
+    value to use instead."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        if missing is not _RAISE:
+            return missing
+        raise error(f"{path} is missing", hint=missing_hint or hint, path=path) from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{path} is not valid JSON: {exc}", hint=hint, path=path) from exc
 
 
 def free_bytes(path: str | Path) -> int:

@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ggufkit.errors import InputError, ToolFailedError, UsageError
-from ggufkit.fsutil import atomic_output, check_free_disk, check_output_path
-from ggufkit.ggufinfo import GGUFInfo, check_gguf, read_gguf
-from ggufkit.log import get_logger
-from ggufkit.quantize_types import output_stem
+from ggufkit.core.errors import InputError, ToolFailedError, UsageError
+from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path
+from ggufkit.core.log import get_logger
+from ggufkit.formats.gguf_reader import check_gguf, read_gguf
+from ggufkit.formats.ggufinfo import GGUFInfo
+from ggufkit.quantize.types import output_stem
 
 log = get_logger("imatrix")
 
@@ -78,7 +79,7 @@ def _check_corpus(corpus: Path) -> None:
 def _check_enough_tokens(model: Path, corpus: Path, ctx_size: int) -> None:
     """llama-imatrix needs two chunks of text, but when it exits for that reason its (asynchronous)
     log is often lost: count the tokens first, with the model's own tokenizer."""
-    from ggufkit.errors import ToolMissingError
+    from ggufkit.core.errors import ToolMissingError
     from ggufkit.llamacpp.bindings import load_llama_cpp
 
     try:

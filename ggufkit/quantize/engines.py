@@ -1,8 +1,8 @@
-"""How a quantization runs: the built ``llama-quantize`` binary, or the same library in-process.
+"""How a quantization runs: the built ``llama-quantize`` binary behind the :class:`Engine` interface.
 
-Both engines take the same :class:`QuantizeOptions`, offer a dry run (llama.cpp's ``--dry-run``:
-reads only the header, reports the output size and whether an importance matrix is required) and
-report progress from llama.cpp's own ``[ i/ n]`` tensor lines.
+The engine takes :class:`QuantizeOptions`, offers a dry run (llama.cpp's ``--dry-run``: reads only
+the header, reports the output size and whether an importance matrix is required) and reports
+progress from llama.cpp's own ``[ i/ n]`` tensor lines. Tests put a stand-in behind the interface.
 """
 
 from __future__ import annotations
@@ -12,20 +12,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ggufkit.errors import (
+from ggufkit.core.errors import (
     InputError,
     QuantizeError,
     ToolFailedError,
-    ToolMissingError,
     UsageError,
 )
-from ggufkit.log import get_logger
-from ggufkit.quantize_types import COPY, QuantType, TypeTable, table_from_binary
+from ggufkit.quantize.types import COPY, QuantType, TypeTable, table_from_binary
 
-log = get_logger("quantize")
+if TYPE_CHECKING:
+    from ggufkit.llamacpp.runner import ToolResult
 
-ENGINES = ("auto", "binary", "inprocess")
 KV_KINDS = ("int", "float", "bool", "str")
 MAX_KV_KEY = 127  # llama_model_kv_override.key and .val_str are char[128]
 
@@ -257,17 +256,8 @@ class BinaryEngine(Engine):
         return args
 
     def dry_run(self, source: Path, quant_type: QuantType, options: QuantizeOptions) -> DryRun:
-        from ggufkit.llamacpp.runner import new_log_path, run_tool
-
-        try:
-            result = run_tool(
-                self.command(source, None, quant_type, options),
-                what=f"llama-quantize --dry-run {quant_type.name}",
-                merge_stderr=True,
-                log_path=new_log_path(f"quantize-dry-run-{quant_type.name}"),
-            )
-        except ToolFailedError as exc:
-            raise explain_failure(exc, options) from exc
+        args = self.command(source, None, quant_type, options)
+        result = self._run(args, f"--dry-run {quant_type.name}", options, merge_stderr=True)
         return parse_dry_run(result.stdout)
 
     def run(
@@ -278,46 +268,35 @@ class BinaryEngine(Engine):
         options: QuantizeOptions,
         on_progress: ProgressCallback | None = None,
     ) -> RunReport:
+        watcher = LogWatcher(on_progress)
+        result = self._run(
+            self.command(source, output, quant_type, options),
+            quant_type.name,
+            options,
+            on_line=watcher,
+            hint="the lines above are llama-quantize's own; the full log has the rest",
+        )
+        return RunReport(result.log_path, watcher.bits_per_weight, result.seconds)
+
+    @staticmethod
+    def _run(args: list[str], what: str, options: QuantizeOptions, **kwargs: Any) -> ToolResult:
+        """llama-quantize with its own log; its messages about bad options become ours."""
         from ggufkit.llamacpp.runner import new_log_path, run_tool
 
-        watcher = LogWatcher(on_progress)
+        log_name = "quantize-" + what.removeprefix("--").replace(" ", "-")
         try:
-            result = run_tool(
-                self.command(source, output, quant_type, options),
-                what=f"llama-quantize {quant_type.name}",
-                on_line=watcher,
-                log_path=new_log_path(f"quantize-{quant_type.name}"),
-                hint="the lines above are llama-quantize's own; the full log has the rest",
+            return run_tool(
+                args, what=f"llama-quantize {what}", log_path=new_log_path(log_name), **kwargs
             )
         except ToolFailedError as exc:
             raise explain_failure(exc, options) from exc
-        return RunReport(result.log_path, watcher.bits_per_weight, result.seconds)
 
 
-def select_engine(engine: str = "auto") -> Engine:
-    """``binary``: the built llama-quantize; ``inprocess``: the bindings; ``auto``: the binary,
-    else the bindings when they import."""
-    if engine not in ENGINES:
-        raise UsageError(f"unknown engine {engine!r}", hint="use auto, binary or inprocess")
+def binary_engine() -> BinaryEngine:
+    """The built ``llama-quantize``; ToolMissingError (suggesting ``ggufkit build``) without it."""
     from ggufkit.llamacpp.build import find_tool
 
-    if engine in ("auto", "binary"):
-        try:
-            return BinaryEngine(find_tool("llama-quantize"))
-        except ToolMissingError as missing:
-            if engine == "binary":
-                raise
-            try:
-                from ggufkit.quantize_inprocess import InProcessEngine
-
-                found = InProcessEngine()
-            except ToolMissingError:
-                raise missing from None
-            log.info("llama-quantize is not built; quantizing in-process through llama_cpp")
-            return found
-    from ggufkit.quantize_inprocess import InProcessEngine
-
-    return InProcessEngine()
+    return BinaryEngine(find_tool("llama-quantize"))
 
 
 def is_copy(quant_type: QuantType) -> bool:

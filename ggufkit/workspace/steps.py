@@ -1,29 +1,23 @@
-"""The ``ggufkit.toml`` workspace: commands that need no arguments, and steps that run like make.
-
-``ggufkit init SOURCE`` writes the file; afterwards ``ggufkit convert`` and ``ggufkit quantize``
-read the model, names and types from it. A step whose inputs (by sha256) and options are those
-recorded in ``out/manifest.json`` for an output that is still intact is skipped; ``--force``
-redoes it. A file lock keeps two runs from building in the same workspace at once.
-"""
+"""Workspace steps that run like make: skipped while their inputs (sha256) and options are those
+recorded in the manifest for an output that is still intact."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ggufkit.errors import InputError, UsageError, WorkspaceError
-from ggufkit.fsutil import locked, write_text_atomic
+from ggufkit.core.errors import InputError, WorkspaceError
+from ggufkit.core.fsutil import locked
+from ggufkit.core.log import get_logger
 from ggufkit.hub import ResolvedModel, cached_model, looks_like_repo_id, resolve_model
-from ggufkit.log import get_logger
-from ggufkit.manifest import (
+from ggufkit.workspace.config import CONFIG_NAME, WorkspaceConfig
+from ggufkit.workspace.manifest import (
     MANIFEST_NAME,
     Manifest,
     file_input,
@@ -39,153 +33,13 @@ if TYPE_CHECKING:
 
 log = get_logger("workspace")
 
-CONFIG_NAME = "ggufkit.toml"
 LOCK_NAME = ".ggufkit.lock"
-_TYPE = re.compile(r"[a-z0-9_]+")
 _REASONS = {
     "missing": "not built yet",
     "out of date": "inputs or options changed",
     "modified": "the output changed since it was made",
     "not recorded": "not made in this workspace",
 }
-
-TEMPLATE = """\
-# ggufkit workspace: `ggufkit convert && ggufkit quantize` build what this file describes.
-# Steps whose inputs (sha256) and options have not changed are skipped; --force redoes them.
-# `ggufkit status` shows each artefact; <outdir>/manifest.json records how each was made.
-
-# The model: a directory (relative to this file) or a Hugging Face Hub id (owner/name).
-source = {source}
-# Hub branch, tag or commit sha (Hub sources only; default: main).
-{revision}
-# When `source` is a delta (weights minus a base model): the base it is added to.
-{delta_base}
-
-# Outputs: <outdir>/<name>-<outtype>.gguf, then <outdir>/<name>-<TYPE>.gguf per type.
-name = {name}
-outdir = {outdir}
-# The converted file's type: f16, bf16, f32 or q8_0.
-outtype = {outtype}
-# What `ggufkit quantize` makes when given no types.
-types = [{types}]
-"""
-
-
-def _toml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
-@dataclass
-class WorkspaceConfig:
-    source: str
-    name: str
-    revision: str | None = None
-    delta_base: str | None = None
-    outdir: str = "out"
-    outtype: str = "f16"
-    types: list[str] = field(default_factory=lambda: ["q4_0"])
-
-    @classmethod
-    def from_toml(cls, path: Path) -> WorkspaceConfig:
-        def invalid(message: str, hint: str) -> WorkspaceError:
-            return WorkspaceError(f"{path}: {message}", hint=hint, path=path)
-
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise invalid(
-                f"not valid TOML ({exc})", "fix it, or rewrite it: `ggufkit init SOURCE --force`"
-            ) from exc
-        known = list(cls.__dataclass_fields__)
-        for key in data:
-            if key not in known:
-                raise invalid(f"unknown setting {key!r}", f"known settings: {', '.join(known)}")
-        # Every setting but `types` is a string; `source` and `name` are required.
-        for key in known[:-1]:
-            value = data.get(key, "" if key in ("source", "name") else None)
-            if value is not None and not (isinstance(value, str) and value.strip()):
-                raise invalid(f"`{key}` must be a non-empty string", f'e.g. {key} = "..."')
-        types = data.get("types", ["q4_0"])
-        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-            raise invalid("`types` must be a list of strings", 'e.g. types = ["q4_0", "q8_0"]')
-        data["types"] = parse_types(",".join(types))
-        return cls(**data)
-
-    def to_toml(self) -> str:
-        """The commented, human-editable file ``ggufkit init`` writes."""
-
-        def optional(key: str, value: str | None, example: str) -> str:
-            return f"{key} = {_toml_str(value)}" if value else f"# {key} = {_toml_str(example)}"
-
-        return TEMPLATE.format(
-            source=_toml_str(self.source),
-            revision=optional("revision", self.revision, "main"),
-            delta_base=optional("delta_base", self.delta_base, "owner/base-model"),
-            name=_toml_str(self.name),
-            outdir=_toml_str(self.outdir),
-            outtype=_toml_str(self.outtype),
-            types=", ".join(_toml_str(t) for t in self.types),
-        )
-
-
-def parse_types(text: str) -> list[str]:
-    """``"q4_0, Q8_0"`` -> ``["q4_0", "q8_0"]``, without duplicates."""
-    types: list[str] = []
-    for raw in text.split(","):
-        item = raw.strip().lower()
-        if item and not _TYPE.fullmatch(item):
-            raise UsageError(f"{raw.strip()!r} is not a quantization type", hint="e.g. q4_0,q8_0")
-        if item and item not in types:
-            types.append(item)
-    return types
-
-
-def default_name(source: str) -> str:
-    base = source.rstrip("/").split("/")[-1]
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "model"
-
-
-def init_workspace(
-    directory: Path,
-    source: str,
-    *,
-    delta_base: str | None = None,
-    name: str | None = None,
-    types: Sequence[str] = ("q4_0",),
-    outdir: str = "out",
-    outtype: str = "f16",
-    revision: str | None = None,
-    force: bool = False,
-) -> Path:
-    """Write ``directory/ggufkit.toml``. SOURCE and BASE must be directories or Hub ids; nothing
-    is downloaded yet."""
-    target = directory / CONFIG_NAME
-    if target.exists() and not force:
-        raise UsageError(f"{target} already exists", hint="edit it, or pass --force to replace it")
-    for label, ref in (("SOURCE", source), ("--delta-base", delta_base)):
-        if ref is not None and not (directory / ref).is_dir() and not looks_like_repo_id(ref):
-            raise InputError(
-                f"{label} {ref}: no such directory, and not a Hub id (owner/name)",
-                hint="give a model directory (relative to here) or a Hub id such as owner/name",
-            )
-    if revision and (directory / source).is_dir():
-        raise UsageError("--revision applies to Hub sources only", hint="drop --revision")
-    name = name or default_name(source)
-    if default_name(name) != name:
-        raise UsageError(
-            f"--name {name!r} is not a plain file name", hint="use letters, digits, . _ -"
-        )
-    config = WorkspaceConfig(
-        source=source,
-        name=name,
-        revision=revision,
-        delta_base=delta_base,
-        outdir=outdir,
-        outtype=outtype.lower(),
-        types=list(types) or ["q4_0"],
-    )
-    write_text_atomic(target, config.to_toml())
-    return target
 
 
 @dataclass
@@ -442,7 +296,6 @@ class Workspace:
         *,
         force: bool = False,
         options: QuantizeOptions | None = None,
-        engine: str = "auto",
     ) -> list[StepResult]:
         """Bring the converted file up to date, then make one quantized file per type."""
         from ggufkit.quantize import QuantizeOptions
@@ -465,9 +318,7 @@ class Workspace:
                 def action(qtype: str = qtype, output: Path = output) -> object:
                     from ggufkit.quantize import quantize
 
-                    done = quantize(
-                        self.f16_path, [qtype], output=output, options=options, engine=engine
-                    )
+                    done = quantize(self.f16_path, [qtype], output=output, options=options)
                     return done[0]
 
                 step = self.run_step(

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ggufkit.errors import EvaluationError, ToolMissingError
+from ggufkit.core.errors import EvaluationError, ToolMissingError
 
 
 @dataclass

@@ -1,8 +1,7 @@
 """The quantization types the pinned llama.cpp offers, read from the build itself.
 
 The table comes from ``llama-quantize --help`` (name, llama_ftype number and upstream's one-line
-note), cached per binary, so it never drifts from the build. Without a binary, the in-process
-engine reads the ``LLAMA_FTYPE_*`` constants of the llama-cpp-python bindings instead (no notes).
+note), cached per binary, so it never drifts from the build.
 Bits per weight: the figure the note states ("2.06 bpw"), else that of the type's main tensor
 format from ggml's block sizes (``Q4_K_M`` -> ``Q4_K``, 4.5); mixes keep some tensors wider.
 """
@@ -16,13 +15,12 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 
-from ggufkit import paths
-from ggufkit.errors import ToolFailedError, UsageError
-from ggufkit.fsutil import write_json_atomic
-from ggufkit.ggufinfo import ggml_type_by_name
-from ggufkit.log import get_logger
+from ggufkit.core import paths
+from ggufkit.core.errors import ToolFailedError, UsageError
+from ggufkit.core.fsutil import write_json_atomic
+from ggufkit.core.log import get_logger
+from ggufkit.formats.ggufinfo import ggml_type_by_name
 
 log = get_logger("quantize")
 
@@ -51,7 +49,7 @@ class QuantType:
 @dataclass(frozen=True)
 class TypeTable:
     types: tuple[QuantType, ...]
-    source: str  # "llama-quantize --help" or "llama-cpp-python bindings"
+    source: str  # "llama-quantize --help"
 
     @property
     def names(self) -> list[str]:
@@ -163,20 +161,6 @@ def table_from_binary(binary: Path) -> TypeTable:
     table = TypeTable(tuple(types), f"{binary.name} --help")
     write_json_atomic(cache, {"source": table.source, "types": [t.to_json() for t in types]})
     return table
-
-
-def table_from_bindings(llama_cpp: ModuleType) -> TypeTable:
-    """The ``LLAMA_FTYPE_*`` constants of the bindings (same library, no notes), plus COPY."""
-    types = []
-    for attribute in sorted(dir(llama_cpp)):
-        if not attribute.startswith("LLAMA_FTYPE_") or attribute.endswith("GUESSED"):
-            continue
-        name = attribute.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
-        ftype = int(getattr(llama_cpp, attribute))
-        types.append(QuantType(name, ftype, "", nominal_bpw(name)))
-    types.sort(key=lambda t: (t.bits_per_weight or 99, t.name))
-    types.append(QuantType(COPY, None, "only copy tensors, no quantizing", None))
-    return TypeTable(tuple(types), "llama-cpp-python bindings")
 
 
 def format_table(table: TypeTable) -> str:

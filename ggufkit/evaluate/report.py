@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import ToolMissingError, UsageError
+from ggufkit.core.errors import ToolMissingError, UsageError
+from ggufkit.core.fsutil import atomic_output, human_bytes
 from ggufkit.evaluate.results import EvalReport, ModelResult, SpeedResult
-from ggufkit.fsutil import atomic_output, human_bytes
-from ggufkit.ggufinfo import ArraySummary, GGUFInfo
+from ggufkit.formats.ggufinfo import ArraySummary, GGUFInfo
 
 PLOT_SIZE_INCHES = (10.0, 4.5)
 PLOT_DPI = 100

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import ConfigError
+from ggufkit.core.errors import ConfigError
+from ggufkit.core.fsutil import read_json
 
 
 def load_config(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(
-            f"{path} is missing",
-            hint="pass the directory of a Hugging Face checkpoint (it holds config.json and the weights)",
-            path=path,
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(
-            f"{path} is not valid JSON: {exc}", hint="restore the original file", path=path
-        ) from exc
+    data = read_json(
+        path,
+        ConfigError,
+        hint="restore the original file",
+        missing_hint="pass the directory of a Hugging Face checkpoint (it holds config.json and the weights)",
+    )
     if not isinstance(data, dict):
         raise ConfigError(f"{path} does not hold a JSON object", path=path)
     return data

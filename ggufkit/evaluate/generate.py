@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ggufkit.errors import EvaluationError, UsageError
+from ggufkit.core.errors import EvaluationError, UsageError
+from ggufkit.core.log import get_logger
 from ggufkit.evaluate.ppl import quiet_llama_logs
-from ggufkit.ggufinfo import read_gguf
+from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.llamacpp.bindings import load_llama_cpp
 from ggufkit.llamacpp.isolate import run_isolated
-from ggufkit.log import get_logger
 
 log = get_logger("generate")
 

@@ -1,0 +1,1 @@
+"""Foundations every other package uses: errors, logging, paths, atomic files and locks."""
