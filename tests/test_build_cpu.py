@@ -184,6 +184,14 @@ def test_a_shared_home_never_hands_over_another_cpus_build(
         build_module.current_build()
 
 
+def test_the_checkout_is_found_with_its_patches() -> None:
+    from ggufkit.core import paths
+
+    root = paths.project_root()
+    assert root is not None and (root / "pyproject.toml").is_file()
+    assert patches.patches_dir() == root / "vendor" / "patches"
+
+
 # --- patches -----------------------------------------------------------------------------------
 
 PATCH = """A description line, ignored.

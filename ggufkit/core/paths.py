@@ -29,7 +29,7 @@ def builds_dir() -> Path:
 
 def project_root() -> Path | None:
     """The source checkout ggufkit runs from (editable install), or None when installed as a wheel."""
-    candidate = Path(__file__).resolve().parent.parent
+    candidate = Path(__file__).resolve().parents[2]  # ggufkit/core/paths.py -> the checkout
     if (candidate / "pyproject.toml").is_file() and (candidate / "ggufkit").is_dir():
         return candidate
     return None
