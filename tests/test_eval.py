@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
-from ggufkit.core.errors import EvaluationError, UsageError
+from ggufkit.core.errors import EvaluationError, InputError, UsageError
 from ggufkit.evaluate import EvalReport, ModelResult, ppl
 from ggufkit.evaluate.report import PLOT_SIZE_PX, eval_table, plot_eval
 from ggufkit.evaluate.speed import parse_bench_json
@@ -133,7 +133,7 @@ def test_short_corpus_reported_by_the_tool(monkeypatch: pytest.MonkeyPatch) -> N
         "perplexity: the data file you provided tokenizes to only 300 tokens\n"
     )
     _fake_runs(monkeypatch, [short])
-    with pytest.raises(UsageError, match="has 300 tokens"):
+    with pytest.raises(InputError, match="too short: it has 300 tokens"):
         ppl.perplexity(Path("m.gguf"), Path("c.txt"), ctx=512)
 
 

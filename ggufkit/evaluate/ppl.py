@@ -21,7 +21,7 @@ from typing import TypeVar
 from ggufkit.core.errors import EvaluationError, UsageError
 from ggufkit.core.log import get_logger
 from ggufkit.llamacpp.build import find_tool
-from ggufkit.llamacpp.runner import ToolResult, run_tool
+from ggufkit.llamacpp.runner import ToolResult, run_tool, short_corpus_error
 
 log = get_logger("evaluate.ppl")
 
@@ -35,7 +35,6 @@ _NUM = r"([-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|-?inf))"
 _PM = r"\s*(?:±|\+/-|\ufffd+|\?+)\s*"  # "±", or what is left of it after a lossy decode
 _FINAL = re.compile(r"Final estimate: PPL = " + _NUM + r" \+/- " + _NUM)
 _CHUNKS = re.compile(r"(?:calculating perplexity|computing) over (\d+) chunks, n_ctx=(\d+)")
-_NEED = re.compile(r"you need at least (\d+) tokens.*?tokenizes to only (\d+) tokens", re.S)
 _STATS = {
     "ppl": re.compile(r"Mean PPL\(Q\)\s*:\s*" + _NUM + _PM + _NUM),
     "kld": re.compile(r"Mean\s+KLD:\s*" + _NUM + _PM + _NUM),
@@ -234,13 +233,14 @@ def _tail(result: ToolResult, lines: int = 12) -> str:
 
 
 def _check_known_failures(result: ToolResult, corpus: Path | None) -> None:
-    need = _NEED.search(result.stdout)
-    if need:
-        raise UsageError(
-            f"the corpus {corpus} has {need.group(2)} tokens; llama-perplexity needs "
-            f"{need.group(1)} for this context",
-            hint="lower --ctx or give a longer --corpus",
-        )
+    short = short_corpus_error(
+        result.stdout,
+        corpus,
+        tool="llama-perplexity",
+        hint="lower --ctx or give a longer --corpus",
+    )
+    if short is not None:
+        raise short
     if "inconsistent vocabulary" in result.stdout:
         raise UsageError(
             "the model and the baseline have different vocabularies",

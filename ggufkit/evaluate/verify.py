@@ -1,6 +1,6 @@
 """``ggufkit verify``: does a GGUF file tokenize and predict like the checkpoint it came from?
 
-A thin layer over :mod:`ggufkit.parity` (which does the comparing): choose the text, run both
+A thin layer over :mod:`ggufkit.evaluate.parity` (which does the comparing): choose the text, run both
 checks, and judge them. Tokenization must be identical. For an unquantized file the logits must
 agree within ``max_rel_diff`` of the largest reference logit and no confident top token may flip;
 a quantized file is only judged when a limit is given, since rounding the weights moves logits by

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import re
 import subprocess
 import threading
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from ggufkit.core import paths
-from ggufkit.core.errors import ToolFailedError
+from ggufkit.core.errors import InputError, ToolFailedError
 from ggufkit.core.log import get_logger
 from ggufkit.llamacpp.crash import crash_error, signal_of
 
@@ -124,3 +125,22 @@ def run_tool(
             tail="\n".join(tail),
         )
     return ToolResult(argv, returncode, stdout, log_path, seconds)
+
+
+_TOO_SHORT = re.compile(r"you need at least (\d+) tokens.*?tokenizes to only (\d+) tokens", re.S)
+
+
+def short_corpus_error(
+    output: str, corpus: Path | None, *, tool: str, hint: str
+) -> InputError | None:
+    """The error for a text too short for the context, when ``output`` of a llama.cpp tool that
+    reads a corpus (llama-perplexity, llama-imatrix) says so; else None."""
+    short = _TOO_SHORT.search(output)
+    if short is None:
+        return None
+    return InputError(
+        f"the text {corpus} is too short: it has {short.group(2)} tokens; {tool} needs at least "
+        f"{short.group(1)} for this context (2 x the context size)",
+        hint=hint,
+        path=corpus,
+    )

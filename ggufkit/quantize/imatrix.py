@@ -22,7 +22,6 @@ from ggufkit.quantize.types import output_stem
 log = get_logger("imatrix")
 
 DEFAULT_CTX = 512  # llama-imatrix's own default
-_TOO_SHORT = re.compile(r"you need at least (\d+) tokens.*?tokenizes to only (\d+) tokens", re.S)
 _PPL = re.compile(r"Final estimate: PPL = ([\d.]+)")
 _CHUNKS = re.compile(r"computing over (\d+) chunks")
 _ETA = re.compile(r"([\d.]+) seconds per pass - ETA")
@@ -116,7 +115,7 @@ def compute_imatrix(
 ) -> ImatrixResult:
     """Run ``llama-imatrix`` on ``corpus``; the matrix is written atomically to ``output``."""
     from ggufkit.llamacpp.build import find_tool
-    from ggufkit.llamacpp.runner import new_log_path, run_tool
+    from ggufkit.llamacpp.runner import new_log_path, run_tool, short_corpus_error
 
     model, corpus = Path(model), Path(corpus)
     if ctx_size < 8:
@@ -158,14 +157,11 @@ def compute_imatrix(
                 args, what="llama-imatrix", on_line=on_line, log_path=new_log_path("imatrix")
             )
         except ToolFailedError as exc:
-            short = _TOO_SHORT.search(exc.tail)
-            if short:
-                raise InputError(
-                    f"calibration text {corpus} is too short: {short.group(2)} tokens, "
-                    f"llama-imatrix needs at least {short.group(1)} (2 x --ctx-size {ctx_size})",
-                    hint="give a longer text or a smaller --ctx-size",
-                    path=corpus,
-                ) from exc
+            short = short_corpus_error(
+                exc.tail, corpus, tool="llama-imatrix", hint="give a longer text or a smaller --ctx"
+            )
+            if short is not None:
+                raise short from exc
             raise
         written = read_gguf(tmp, max_array_items=4)
     seconds = time.perf_counter() - started
