@@ -11,7 +11,9 @@ from ggufkit.cli.options import echo_json, json_option
 
 @click.command("batch")
 @click.argument("plan", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--dry-run", is_flag=True, help="Print the step graph and its estimates; run nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the step graph and its estimates; run nothing."
+)
 @click.option(
     "--ray",
     "ray_address",

@@ -346,7 +346,9 @@ class Workspace:
         def action() -> object:
             from ggufkit.quantize import quantize
 
-            return quantize(self.f16_path, [qtype], output=output, options=options, engine=engine)[0]
+            return quantize(self.f16_path, [qtype], output=output, options=options, engine=engine)[
+                0
+            ]
 
         with self.lock():
             return self.run_step(

@@ -96,7 +96,9 @@ class BatchSummary:
             built, fresh = steps.pop("built", 0), steps.pop("up to date", 0)
             other = ", ".join(f"{n} {k}" for k, n in steps.items()) or "-"
             error = (m["error"] or "").replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {m['model']} | {m['status']} | {built} | {fresh} | {other} | {error} |")
+            lines.append(
+                f"| {m['model']} | {m['status']} | {built} | {fresh} | {other} | {error} |"
+            )
         lines += ["", "| step | status | seconds | node |", "| --- | --- | ---: | --- |"]
         for o in self.outcomes:
             lines.append(f"| {o.step} | {o.status} | {o.seconds:.1f} | {o.node} |")

@@ -21,7 +21,8 @@ from typing import Any
 from ggufkit.core.errors import GGUFKitError
 from ggufkit.core.fsutil import write_json_atomic
 from ggufkit.core.log import get_logger
-from ggufkit.quantize.engines import BinaryEngine, ProgressCallback, RunReport
+from ggufkit.quantize.engines import BinaryEngine, ProgressCallback, QuantizeOptions, RunReport
+from ggufkit.quantize.types import QuantType
 from ggufkit.workspace.batch.graph import Step
 from ggufkit.workspace.batch.plan import BatchPlan, ModelSpec
 from ggufkit.workspace.config import WorkspaceConfig
@@ -147,7 +148,6 @@ def _imatrix(plan: BatchPlan, ws: Workspace) -> StepResult:
 
 
 def _quantize(plan: BatchPlan, ws: Workspace, step: Step) -> StepResult:
-    from ggufkit.quantize import QuantizeOptions
     from ggufkit.quantize.engines import binary_engine
 
     options = QuantizeOptions(imatrix=imatrix_path(ws) if plan.imatrix.enabled else None)
@@ -170,7 +170,14 @@ class _HoldingEngine(BinaryEngine):
         super().__init__(binary)
         self.marker = marker
 
-    def run(self, source, output, quant_type, options, on_progress=None) -> RunReport:  # type: ignore[no-untyped-def]
+    def run(
+        self,
+        source: Path,
+        output: Path,
+        quant_type: QuantType,
+        options: QuantizeOptions,
+        on_progress: ProgressCallback | None = None,
+    ) -> RunReport:
         def hold(done: int, total: int) -> None:
             if not self.marker.exists():
                 record = {"pid": os.getpid(), "pgid": os.getpgid(0), "output": str(output)}
@@ -197,7 +204,9 @@ def _eval(plan: BatchPlan, ws: Workspace) -> StepResult:
     options = {"ctx": settings.ctx, "chunks": settings.chunks}
 
     def action() -> object:
-        report = evaluate(files, corpus=corpus, ctx=settings.ctx, chunks=settings.chunks, speed=False)
+        report = evaluate(
+            files, corpus=corpus, ctx=settings.ctx, chunks=settings.chunks, speed=False
+        )
         write_json_atomic(output, report.to_json())
         record_results(report, ws)
         return None
@@ -206,7 +215,9 @@ def _eval(plan: BatchPlan, ws: Workspace) -> StepResult:
     command += ["--ctx", str(settings.ctx), "--no-speed", "--json"]
     command += ["--chunks", str(settings.chunks)] if settings.chunks else []
     inputs = [file_input(f) for f in files] + [file_input(corpus, role="corpus")]
-    return ws.run_step("eval", output, inputs=inputs, options=options, command=command, action=action)
+    return ws.run_step(
+        "eval", output, inputs=inputs, options=options, command=command, action=action
+    )
 
 
 def _publish() -> str:

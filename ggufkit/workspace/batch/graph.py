@@ -81,7 +81,9 @@ def model_steps(plan: BatchPlan, model: ModelSpec) -> list[Step]:
     gb = f16 / GB
     steps: list[Step] = []
     first: tuple[str, ...] = ()
-    if model.from_hub or (model.delta_base is not None and not Path(model.delta_base).is_absolute()):
+    if model.from_hub or (
+        model.delta_base is not None and not Path(model.delta_base).is_absolute()
+    ):
         steps.append(Step(f"{name}:download", name, "download", (), 256 * MIB, f16, 0.0))
         first = (steps[-1].id,)
     convert_id = f"{name}:convert"
