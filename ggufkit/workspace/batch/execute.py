@@ -133,7 +133,7 @@ def _imatrix(plan: BatchPlan, ws: Workspace) -> StepResult:
     output, settings = imatrix_path(ws), plan.imatrix
     options = {"ctx": settings.ctx, "chunks": settings.chunks}
     command = ["ggufkit", "imatrix", ws.relative(ws.f16_path), "--corpus", str(corpus)]
-    command += ["--ctx-size", str(settings.ctx), "-o", ws.relative(output)]
+    command += ["--ctx", str(settings.ctx), "-o", ws.relative(output)]
     command += ["--chunks", str(settings.chunks)] if settings.chunks else []
     return ws.run_step(
         "imatrix",
