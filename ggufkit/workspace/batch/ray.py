@@ -60,11 +60,17 @@ def prepare_node(portable: bool = False) -> None:
 
 def ray_step(plan: BatchPlan, step: Step, portable: bool, *deps: StepOutcome) -> StepOutcome:
     """The Ray task: Ray resolves ``deps`` (the dependencies' outcomes) before it starts."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[:12]
     try:
         prepare_node(portable)
     except GGUFKitError as exc:
-        return StepOutcome(step.id, step.model, step.kind, "failed", error=f"this node: {exc}")
-    return execute(plan, step, deps)
+        error = f"node {node}: {exc}"
+        return StepOutcome(step.id, step.model, step.kind, "failed", error=error, node=node)
+    outcome = execute(plan, step, deps)
+    outcome.node = node
+    return outcome
 
 
 def run_ray(
