@@ -49,15 +49,30 @@ def anchor(work: Path) -> dict[str, float]:
         convert = [*GGUFKIT, "convert", embedded_model(source), "-o", f16]
         by_hand += timed(convert + (["--delta-base", embedded_model(base)] if base else []))
         by_hand += timed(
-            [*GGUFKIT, "imatrix", f16, "-f", calibration_corpus(), "-o", imatrix]
-            + ["--ctx", "128", "--chunks", "2"]
+            [
+                *GGUFKIT,
+                "imatrix",
+                f16,
+                "-f",
+                calibration_corpus(),
+                "-o",
+                imatrix,
+                "--ctx",
+                "128",
+                "--chunks",
+                "2",
+            ]
         )
         for qtype in TYPES:
             target = out / name / f"{name}-{qtype.upper()}.gguf"
             by_hand += timed([*GGUFKIT, "quantize", f16, qtype, "-o", target, "--imatrix", imatrix])
     shutil.rmtree(out)
     batch = timed([*GGUFKIT, "batch", plan])
-    return {"by_hand_s": round(by_hand, 2), "batch_s": round(batch, 2), "ratio": round(batch / by_hand, 3)}
+    return {
+        "by_hand_s": round(by_hand, 2),
+        "batch_s": round(batch, 2),
+        "ratio": round(batch / by_hand, 3),
+    }
 
 
 def step_costs(work: Path) -> dict[str, float]:
@@ -75,8 +90,19 @@ def step_costs(work: Path) -> dict[str, float]:
         costs[f"quantize_{qtype}_s_per_gb"] = round(seconds / gb, 2)
     chunks = 4
     eval_s = timed(
-        [*GGUFKIT, "eval", f16, work / "m-q4_0.gguf", "--ctx", "512", "--chunks", chunks]
-        + ["--no-speed", "--corpus", ROOT / "ggufkit" / "data" / "corpus" / "heldout.txt"]
+        [
+            *GGUFKIT,
+            "eval",
+            f16,
+            work / "m-q4_0.gguf",
+            "--ctx",
+            "512",
+            "--chunks",
+            chunks,
+            "--no-speed",
+            "--corpus",
+            ROOT / "ggufkit" / "data" / "corpus" / "heldout.txt",
+        ]
     )
     costs["eval_s_per_chunk_per_file"] = round(eval_s / (2 * chunks), 2)
     costs["eval_s_per_chunk_per_gb"] = round(eval_s / (2 * chunks) / gb, 2)
