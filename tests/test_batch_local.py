@@ -70,3 +70,28 @@ def test_a_broken_model_is_named_and_the_others_finish(tmp_path: Path) -> None:
     assert rows["broken"]["error"].startswith("convert: ")
     assert "NoSuchForCausalLM" in rows["broken"]["error"]
     assert rows["broken"]["steps"] == {"failed": 1, "skipped": 4}
+
+
+def test_a_hub_model_is_downloaded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hubserver import serving
+
+    from ggufkit.data import embedded_model
+
+    folder = embedded_model("tiny-bloom")
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    plan = tmp_path / "batch.toml"
+    plan.write_text('types = ["q8_0"]\n[[models]]\nsource = "acme/tiny-bloom"\n', encoding="utf-8")
+    with serving(monkeypatch, tmp_path / "hf-home") as hub:
+        hub.add_repo("acme/tiny-bloom", {"main": files})
+        first = CliRunner().invoke(cli, ["batch", str(plan), "--json"])
+        assert first.exit_code == 0, first.output
+        steps = {s["step"]: s["status"] for s in json.loads(first.stdout)["steps"]}
+        assert steps == {
+            "tiny-bloom:download": "built",
+            "tiny-bloom:convert": "built",
+            "tiny-bloom:quantize:q8_0": "built",
+        }
+        assert len(hub.gets("model.safetensors")) == 1
+        again = CliRunner().invoke(cli, ["batch", str(plan), "--json"])
+        assert {s["status"] for s in json.loads(again.stdout)["steps"]} == {"up to date"}
+        assert len(hub.gets("model.safetensors")) == 1  # not fetched again

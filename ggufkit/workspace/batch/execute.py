@@ -108,6 +108,10 @@ def _run(plan: BatchPlan, model: ModelSpec, step: Step) -> StepResult | str:
     ws = workspace(plan, model)
     ws.outdir.mkdir(parents=True, exist_ok=True)
     if step.kind == "download":
+        config = ws.config
+        cached = ws.cached(config.source, config.revision) is not None
+        if cached and (config.delta_base is None or ws.cached(config.delta_base) is not None):
+            return "up to date"
         ws.source()
         ws.delta_base()
         return "built"
