@@ -178,3 +178,28 @@ def test_execute_skips_after_a_failed_dependency_and_records_publish(tmp_path: P
     assert skipped.status == "skipped" and skipped.error == "after milton:convert failed"
     published = execute(plan, steps["milton:publish"], [])
     assert published.status == "not available yet"  # until the publish issue lands
+
+
+def test_local_scheduler_runs_one_step_at_a_time_when_the_disk_is_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = load_plan(write_plan(tmp_path, ""))
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def fake(plan_: object, step: Step, deps: list[StepOutcome]) -> StepOutcome:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return StepOutcome(step.id, step.model, step.kind, "built")
+
+    monkeypatch.setattr(local_mod, "execute", fake)
+    monkeypatch.setenv("GGUFKIT_FAKE_FREE_BYTES", str(4 << 20))  # one quantized file's room
+    summary = run_batch(plan, max_parallel=4, memory_budget=1 << 40)
+    assert summary.ok and len(summary.outcomes) == 8
+    assert peak[0] == 1  # alone a step always starts (its own check decides); never two
+    monkeypatch.setenv("GGUFKIT_FAKE_FREE_BYTES", str(1 << 40))
+    run_batch(plan, max_parallel=4, memory_budget=1 << 40)
+    assert peak[0] > 1  # with room, the same graph runs steps side by side
