@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[torch,bnb,dev]"
+	$(PIP) install -q -e ".[torch,bnb,ray,dev]"
 	# FastChat's apply_delta/make_delta, the anchor of the delta tests and benchmark; without
 	# --no-deps it would pull a web server's dependencies.
 	$(PIP) install -q --no-deps "fschat==0.2.36"

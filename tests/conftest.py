@@ -28,15 +28,21 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # Extras a full `make test` has (`make install`, `make build`). A test that needs one that is
-# missing is skipped only when GGUFKIT_ALLOW_MISSING names it (e.g. "torch,bnb,llamacpp,fastchat");
+# missing is skipped only when GGUFKIT_ALLOW_MISSING names it (e.g. "torch,bnb,llamacpp,fastchat,ray");
 # any other skip is a failure, so that no test vanishes quietly.
 EXTRAS = {
     "torch": ("torch", "transformers"),
     "bnb": ("bitsandbytes",),
     "fastchat": ("fastchat",),
     "llamacpp": ("llama_cpp",),
+    "ray": ("ray",),
 }
-MARKERS = {"needs_torch": "torch", "needs_bnb": "bnb", "needs_fastchat": "fastchat"}
+MARKERS = {
+    "needs_torch": "torch",
+    "needs_bnb": "bnb",
+    "needs_fastchat": "fastchat",
+    "needs_ray": "ray",
+}
 ALLOW_VARIABLE = "GGUFKIT_ALLOW_MISSING"
 
 

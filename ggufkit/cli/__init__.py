@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "bnb": "bnb",
     "compare": "compare",
     "demo": "demo",
+    "batch": "batch",
 }
 
 

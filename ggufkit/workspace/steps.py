@@ -30,6 +30,7 @@ from ggufkit.workspace.manifest import (
 
 if TYPE_CHECKING:
     from ggufkit.quantize import QuantizeOptions
+    from ggufkit.quantize.engines import Engine
 
 log = get_logger("workspace")
 
@@ -82,6 +83,9 @@ def _jsonable(value: object) -> Any:
 class Workspace:
     root: Path
     config: WorkspaceConfig
+    # False: no workspace lock; the caller (``ggufkit batch``) locks each output instead, so that
+    # steps of one model run at once in several processes or on several nodes.
+    exclusive: bool = True
     _lock_depth: int = field(default=0, init=False, repr=False)
 
     @classmethod
@@ -129,6 +133,9 @@ class Workspace:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """The workspace lock: re-entrant within this object, refused at once to another run."""
+        if not self.exclusive:
+            yield
+            return
         if self._lock_depth == 0:
             with locked(self.root / LOCK_NAME, what=f"the workspace {self.root}", timeout=0):
                 self._lock_depth = 1
@@ -253,7 +260,12 @@ class Workspace:
         return [model_input(base, role="base"), model_input(model, role="delta")]
 
     def convert(
-        self, *, force: bool = False, engine: str = "auto", threads: int | None = None
+        self,
+        *,
+        force: bool = False,
+        engine: str = "auto",
+        threads: int | None = None,
+        chat_template: str | None = None,
     ) -> StepResult:
         """Download (if needed) and convert the source to ``f16_path``; a delta is merged on the fly."""
         with self.lock():
@@ -261,10 +273,13 @@ class Workspace:
             options: dict[str, Any] = {"outtype": self.config.outtype}
             if engine != "auto":  # engines may differ in bytes; threads do not
                 options["engine"] = engine
+            if chat_template is not None:
+                options["chat_template"] = chat_template
             command = ["ggufkit", "convert", model.describe(), "-o", self.relative(self.f16_path)]
             command += ["--outtype", self.config.outtype]
             command += ["--delta-base", base.describe()] if base is not None else []
             command += ["--engine", engine] if engine != "auto" else []
+            command += ["--chat-template", chat_template] if chat_template is not None else []
 
             def action() -> object:
                 from ggufkit.convert import convert
@@ -277,6 +292,7 @@ class Workspace:
                     engine=engine,
                     threads=threads,
                     force=True,
+                    chat_template=chat_template or "auto",
                 )
 
             inputs = self._convert_inputs(model, base)
@@ -298,40 +314,52 @@ class Workspace:
         options: QuantizeOptions | None = None,
     ) -> list[StepResult]:
         """Bring the converted file up to date, then make one quantized file per type."""
+        with self.lock():
+            self.convert()
+            return [
+                self.quantize_type(qtype, force=force, options=options)
+                for qtype in types or self.config.types
+            ]
+
+    def quantize_type(
+        self,
+        qtype: str,
+        *,
+        force: bool = False,
+        options: QuantizeOptions | None = None,
+        engine: Engine | None = None,
+    ) -> StepResult:
+        """One quantized file from the converted file as it is (not brought up to date first)."""
         from ggufkit.quantize import QuantizeOptions
 
         options = options or QuantizeOptions()
         # The flags that change the bytes; the imatrix is an input (by sha256), not a path.
         flags = dataclasses.replace(options, imatrix=None, threads=None).binary_flags()
+        output = self.quantized_path(qtype)
+        inputs = [file_input(self.f16_path)]
+        if options.imatrix is not None:
+            inputs.append(file_input(Path(options.imatrix), role="imatrix"))
+        settings = {"type": qtype, **({"flags": flags} if flags else {})}
+        command = ["ggufkit", "quantize", self.relative(self.f16_path), qtype]
+        command += ["-o", self.relative(output), *options.binary_flags()]
+
+        def action() -> object:
+            from ggufkit.quantize import quantize
+
+            return quantize(self.f16_path, [qtype], output=output, options=options, engine=engine)[
+                0
+            ]
+
         with self.lock():
-            self.convert()
-            results = []
-            for qtype in types or self.config.types:
-                output = self.quantized_path(qtype)
-                inputs = [file_input(self.f16_path)]
-                if options.imatrix is not None:
-                    inputs.append(file_input(Path(options.imatrix), role="imatrix"))
-                settings = {"type": qtype, **({"flags": flags} if flags else {})}
-                command = ["ggufkit", "quantize", self.relative(self.f16_path), qtype]
-                command += ["-o", self.relative(output), *options.binary_flags()]
-
-                def action(qtype: str = qtype, output: Path = output) -> object:
-                    from ggufkit.quantize import quantize
-
-                    done = quantize(self.f16_path, [qtype], output=output, options=options)
-                    return done[0]
-
-                step = self.run_step(
-                    "quantize",
-                    output,
-                    inputs=inputs,
-                    options=settings,
-                    command=command,
-                    action=action,
-                    force=force,
-                )
-                results.append(step)
-            return results
+            return self.run_step(
+                "quantize",
+                output,
+                inputs=inputs,
+                options=settings,
+                command=command,
+                action=action,
+                force=force,
+            )
 
     def status(self) -> list[StepState]:
         """Each step's output and whether it is up to date; downloads and builds nothing."""

@@ -1,0 +1,237 @@
+"""One step of the graph, run the same way by the local scheduler and by a Ray task.
+
+Every step goes through the model's workspace (``<outdir>/<name>/``, its ``manifest.json``): an
+output whose inputs (sha256) and options are those recorded is skipped, so a re-run does only what
+is missing, and every output is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ggufkit.core.errors import GGUFKitError
+from ggufkit.core.fsutil import write_json_atomic
+from ggufkit.core.log import get_logger
+from ggufkit.quantize.engines import BinaryEngine, ProgressCallback, QuantizeOptions, RunReport
+from ggufkit.quantize.types import QuantType
+from ggufkit.workspace.batch.graph import Step
+from ggufkit.workspace.batch.plan import BatchPlan, ModelSpec
+from ggufkit.workspace.config import WorkspaceConfig
+from ggufkit.workspace.manifest import file_input
+from ggufkit.workspace.steps import StepResult, Workspace
+
+log = get_logger("batch")
+
+# Test hook: "<step id>=<marker file>" holds that step's llama-quantize (its first progress line)
+# until the process is killed, after writing the marker; a retry finds the marker and runs on.
+HOLD_ENV = "GGUFKIT_BATCH_HOLD"
+HOLD_SECONDS = 600.0
+NOT_AVAILABLE = "not available yet"
+
+
+@dataclass
+class StepOutcome:
+    step: str
+    model: str
+    kind: str
+    status: str  # built, up to date, failed, skipped, not available yet
+    seconds: float = 0.0
+    output: str | None = None
+    error: str | None = None
+    node: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("failed", "skipped")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def workspace(plan: BatchPlan, model: ModelSpec) -> Workspace:
+    config = WorkspaceConfig(
+        source=model.source,
+        name=model.name,
+        revision=model.revision,
+        delta_base=model.delta_base,
+        outdir=".",
+        outtype=plan.outtype,
+        types=list(plan.types),
+    )
+    return Workspace(plan.model_dir(model), config, exclusive=False)
+
+
+def imatrix_path(ws: Workspace) -> Path:
+    return ws.outdir / f"{ws.config.name}-imatrix.gguf"
+
+
+def eval_path(ws: Workspace) -> Path:
+    return ws.outdir / f"{ws.config.name}-eval.json"
+
+
+def execute(plan: BatchPlan, step: Step, deps: Sequence[StepOutcome] = ()) -> StepOutcome:
+    """Run ``step`` (its dependencies' outcomes given); failures become a failed outcome."""
+    outcome = StepOutcome(step.id, step.model, step.kind, "failed", node=socket.gethostname())
+    broken = [d.step for d in deps if d.failed]
+    if broken:
+        outcome.status, outcome.error = "skipped", f"after {', '.join(broken)} failed"
+        return outcome
+    model = next(m for m in plan.models if m.name == step.model)
+    started = time.perf_counter()
+    try:
+        result = _run(plan, model, step)
+    except GGUFKitError as exc:
+        outcome.error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a bug in one model's step must not stop the others
+        log.debug("%s", traceback.format_exc())
+        outcome.error = f"{type(exc).__name__}: {exc}"
+    else:
+        if isinstance(result, StepResult):
+            outcome.status = "up to date" if result.skipped else "built"
+            outcome.output = str(result.output)
+        else:
+            outcome.status = result
+    outcome.seconds = round(time.perf_counter() - started, 3)
+    return outcome
+
+
+def _run(plan: BatchPlan, model: ModelSpec, step: Step) -> StepResult | str:
+    ws = workspace(plan, model)
+    ws.outdir.mkdir(parents=True, exist_ok=True)
+    if step.kind == "download":
+        config = ws.config
+        cached = ws.cached(config.source, config.revision) is not None
+        if cached and (config.delta_base is None or ws.cached(config.delta_base) is not None):
+            return "up to date"
+        ws.source()
+        ws.delta_base()
+        return "built"
+    if step.kind == "convert":
+        return ws.convert(chat_template=model.chat_template)
+    if step.kind == "imatrix":
+        return _imatrix(plan, ws)
+    if step.kind == "quantize":
+        assert step.qtype is not None
+        return _quantize(plan, ws, step)
+    if step.kind == "eval":
+        return _eval(plan, ws)
+    if step.kind == "publish":
+        return _publish()
+    raise ValueError(f"unknown step kind {step.kind}")
+
+
+def _imatrix(plan: BatchPlan, ws: Workspace) -> StepResult:
+    from ggufkit.data import calibration_corpus
+    from ggufkit.quantize.imatrix import compute_imatrix
+
+    corpus = plan.imatrix.corpus or calibration_corpus()
+    output, settings = imatrix_path(ws), plan.imatrix
+    options = {"ctx": settings.ctx, "chunks": settings.chunks}
+    command = ["ggufkit", "imatrix", ws.relative(ws.f16_path), "--corpus", str(corpus)]
+    command += ["--ctx", str(settings.ctx), "-o", ws.relative(output)]
+    command += ["--chunks", str(settings.chunks)] if settings.chunks else []
+    return ws.run_step(
+        "imatrix",
+        output,
+        inputs=[file_input(ws.f16_path), file_input(corpus, role="corpus")],
+        options=options,
+        command=command,
+        action=lambda: compute_imatrix(
+            ws.f16_path, corpus, output=output, ctx_size=settings.ctx, chunks=settings.chunks
+        ),
+    )
+
+
+def _quantize(plan: BatchPlan, ws: Workspace, step: Step) -> StepResult:
+    from ggufkit.quantize.engines import binary_engine
+
+    options = QuantizeOptions(imatrix=imatrix_path(ws) if plan.imatrix.enabled else None)
+    engine: BinaryEngine | None = None
+    hold = os.environ.get(HOLD_ENV, "")
+    held_step, _, marker = hold.partition("=")
+    if held_step == step.id and marker and not Path(marker).exists():
+        # Its own process group, so that the test's kill takes this worker and llama-quantize only.
+        if os.getpgid(0) != os.getpid():
+            os.setpgid(0, 0)
+        engine = _HoldingEngine(binary_engine().binary, Path(marker))
+    assert step.qtype is not None
+    return ws.quantize_type(step.qtype, options=options, engine=engine)
+
+
+class _HoldingEngine(BinaryEngine):
+    """llama-quantize that stops at its first progress line (the test hook, see HOLD_ENV)."""
+
+    def __init__(self, binary: Path, marker: Path) -> None:
+        super().__init__(binary)
+        self.marker = marker
+
+    def run(
+        self,
+        source: Path,
+        output: Path,
+        quant_type: QuantType,
+        options: QuantizeOptions,
+        on_progress: ProgressCallback | None = None,
+    ) -> RunReport:
+        def hold(done: int, total: int) -> None:
+            if not self.marker.exists():
+                record = {"pid": os.getpid(), "pgid": os.getpgid(0), "output": str(output)}
+                write_json_atomic(self.marker, record)
+                log.warning("test hook: holding %s until this process is killed", output.name)
+                deadline = time.monotonic() + HOLD_SECONDS
+                while time.monotonic() < deadline:
+                    time.sleep(0.2)
+            if on_progress is not None:
+                on_progress(done, total)
+
+        return super().run(source, output, quant_type, options, hold)
+
+
+def _eval(plan: BatchPlan, ws: Workspace) -> StepResult:
+    from ggufkit.data import default_corpus
+    from ggufkit.evaluate import evaluate
+    from ggufkit.workspace.evals import record_results
+
+    corpus = plan.eval.corpus or default_corpus()
+    files = [ws.f16_path, *(ws.quantized_path(t) for t in plan.types)]
+    output = eval_path(ws)
+    settings = plan.eval
+    options = {"ctx": settings.ctx, "chunks": settings.chunks}
+
+    def action() -> object:
+        report = evaluate(
+            files, corpus=corpus, ctx=settings.ctx, chunks=settings.chunks, speed=False
+        )
+        write_json_atomic(output, report.to_json())
+        record_results(report, ws)
+        return None
+
+    command = ["ggufkit", "eval", *(ws.relative(f) for f in files), "--corpus", str(corpus)]
+    command += ["--ctx", str(settings.ctx), "--no-speed", "--json"]
+    command += ["--chunks", str(settings.chunks)] if settings.chunks else []
+    inputs = [file_input(f) for f in files] + [file_input(corpus, role="corpus")]
+    return ws.run_step(
+        "eval", output, inputs=inputs, options=options, command=command, action=action
+    )
+
+
+def _publish() -> str:
+    """The hook for the publish issue: recorded, not done, until ``ggufkit.hub.upload`` exists."""
+    if importlib.util.find_spec("ggufkit.hub.upload") is None:
+        return NOT_AVAILABLE
+    raise NotImplementedError(
+        "ggufkit.hub.upload exists: connect it here (ggufkit/workspace/batch/execute.py)"
+    )
+
+
+def outcomes_json(outcomes: Sequence[StepOutcome]) -> str:
+    return json.dumps([o.to_json() for o in outcomes], indent=2)
