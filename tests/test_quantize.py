@@ -323,7 +323,7 @@ exit 3
 """
 
 
-@pytest.mark.skipif(sys.platform.startswith("win"), reason="a POSIX shell script stands in")
+@pytest.mark.posix_only  # a POSIX shell script stands in
 def test_binary_failure_shows_its_own_lines_and_the_log(f16: Path, tmp_path: Path) -> None:
     fake = tmp_path / "bin" / "llama-quantize"
     fake.parent.mkdir()

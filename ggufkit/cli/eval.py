@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import (
+    device_option,
     chunks_option,
     corpus_option,
     count_option,
@@ -38,6 +39,7 @@ log = get_logger("cli.eval")
 @ctx_option()
 @chunks_option
 @threads_option
+@device_option
 @speed_option
 @count_option(
     "--bench-prompt", default=DEFAULT_PROMPT, minimum=0, help="Prompt tokens for the speed test."

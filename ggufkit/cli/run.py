@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import (
+    device_option,
     count_option,
     ctx_option,
     echo_json,
@@ -60,6 +61,7 @@ log = get_logger("cli.run")
 )
 @ctx_option("Context size (default: the model's, at most 4096).")
 @threads_option
+@device_option
 @json_option
 def command(
     model: Path,

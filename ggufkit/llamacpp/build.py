@@ -24,7 +24,7 @@ from ggufkit.llamacpp import layout, patches
 from ggufkit.llamacpp.cpu import CpuInfo, detect_cpu
 from ggufkit.llamacpp.runner import new_log_path, run_tool
 from ggufkit.llamacpp.toolchain import find_cmake, find_compiler, pick_generator
-from ggufkit.llamacpp.source import SourcePin, ensure_source, read_pin
+from ggufkit.llamacpp.source import SourcePin, default_source_dir, ensure_source, read_pin
 
 log = get_logger("llamacpp.build")
 
@@ -171,6 +171,22 @@ def build(
     if bindings:
         install_bindings(info, pin)
     return info
+
+
+def configure_command(options: layout.BuildOptions | None = None) -> list[str]:
+    """The CMake configure command ``build`` would run for ``options`` (``build --dry-run``);
+    nothing is fetched or built, and a missing cmake shows as plain ``cmake``."""
+    options = options or layout.BuildOptions()
+    pin, cpu = read_pin(), detect_cpu()
+    tree = paths.builds_dir() / build_key(pin, options, cpu=cpu) / "cmake"
+    try:
+        cmake = find_cmake()
+    except ToolMissingError:
+        cmake = "cmake"
+    args = layout.configure_args(
+        default_source_dir(pin), tree, options, cpu=cpu, generator=pick_generator()
+    )
+    return [cmake, *args]
 
 
 def _build_into(

@@ -89,7 +89,7 @@ def list_types() -> TypeTable:
 
 
 def _fold(path: Path) -> str:
-    return os.path.normcase(str(path.absolute())).casefold()
+    return os.path.normcase(os.path.abspath(path)).casefold()
 
 
 def same_file(a: Path, b: Path) -> bool:
