@@ -46,9 +46,8 @@ def _offload_seen(f16: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     bindings get it for generation and for logit parity."""
     from ggufkit.data import default_corpus
     from ggufkit.evaluate import generate, ppl, speed
-    from ggufkit.llamacpp import bindings
+    from ggufkit.llamacpp import bindings, runner
     from ggufkit.llamacpp import build as build_module
-    from ggufkit.llamacpp import runner
     from ggufkit.quantize import imatrix
 
     seen: dict[str, int] = {}
@@ -174,7 +173,9 @@ def test_gpu_configure_arguments(
         assert not [a for a in args if any(word in a for word in absent)]
 
 
-@pytest.mark.parametrize(("flag", "expected"), [("--cuda", "-DGGML_CUDA=ON"), ("--metal", "-DGGML_METAL=ON")])
+@pytest.mark.parametrize(
+    ("flag", "expected"), [("--cuda", "-DGGML_CUDA=ON"), ("--metal", "-DGGML_METAL=ON")]
+)
 def test_build_dry_run_shows_the_gpu_flags(
     flag: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

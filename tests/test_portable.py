@@ -14,9 +14,7 @@ import sys
 from pathlib import Path, PureWindowsPath
 
 import pytest
-from click.testing import CliRunner
 
-from ggufkit.cli import COMMANDS, cli
 from ggufkit.core import fsutil
 from ggufkit.core.errors import GGUFKitError, ToolMissingError, UsageError
 from ggufkit.data import embedded_model
@@ -245,9 +243,11 @@ def test_replace_retries_a_held_file_then_names_the_cause(
     assert final.read_bytes() == b"data" and failures == [0]
 
     failures[0] = 10**6
-    with pytest.raises(GGUFKitError, match="cannot replace") as caught:
-        with fsutil.atomic_output(final) as tmp:
-            tmp.write_bytes(b"new")
+    with (
+        pytest.raises(GGUFKitError, match="cannot replace") as caught,
+        fsutil.atomic_output(final) as tmp,
+    ):
+        tmp.write_bytes(b"new")
     assert "close the program" in (caught.value.hint or "")
     assert final.read_bytes() == b"data" and not list(tmp_path.glob("*.partial"))
 
@@ -297,4 +297,3 @@ def test_tool_output_is_decoded_as_utf8(monkeypatch: pytest.MonkeyPatch) -> None
     result = runner.run_tool([sys.executable, "-c", code], what="a tool")
     assert seen["encoding"] == "utf-8"
     assert result.stdout == "ppl 6.1 ± 0.2 in modèle"
-

@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import (
-    device_option,
     chunks_option,
     corpus_option,
     count_option,
     ctx_option,
+    device_option,
     echo_result,
     json_option,
     path_argument,

@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import (
-    device_option,
     count_option,
     ctx_option,
+    device_option,
     echo_json,
     json_option,
     path_argument,

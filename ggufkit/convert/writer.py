@@ -41,6 +41,7 @@ def output_flags() -> int:
     would otherwise turn every 0x0A byte written through os.write into 0x0D 0x0A."""
     return os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
 
+
 BLOCK_BYTES = 4 * 1024 * 1024  # source bytes per row block: big writes, still cache-friendly
 
 

@@ -23,8 +23,8 @@ from ggufkit.core.log import get_logger, progress
 from ggufkit.llamacpp import layout, patches
 from ggufkit.llamacpp.cpu import CpuInfo, detect_cpu
 from ggufkit.llamacpp.runner import new_log_path, run_tool
-from ggufkit.llamacpp.toolchain import find_cmake, find_compiler, pick_generator
 from ggufkit.llamacpp.source import SourcePin, default_source_dir, ensure_source, read_pin
+from ggufkit.llamacpp.toolchain import find_cmake, find_compiler, pick_generator
 
 log = get_logger("llamacpp.build")
 

@@ -46,9 +46,7 @@ def vswhere(environ: Mapping[str, str] | None = None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def find_compiler(
-    platform: str = sys.platform, environ: Mapping[str, str] | None = None
-) -> str:
+def find_compiler(platform: str = sys.platform, environ: Mapping[str, str] | None = None) -> str:
     """A C++ compiler on PATH, or on Windows a Visual Studio install that CMake will find."""
     environ = os.environ if environ is None else environ
     for name in (environ.get("CXX", ""), *COMPILERS):
