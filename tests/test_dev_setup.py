@@ -57,3 +57,14 @@ def test_the_entry_point_runs_on_a_bare_python_and_names_its_commands() -> None:
     )
     assert done.returncode == 2
     assert "python -m ggufkit.dev test" in done.stderr and "lint" in done.stderr
+
+
+def test_the_gpu_check_script_parses_and_explains_itself() -> None:
+    script = ROOT / "scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    done = subprocess.run(
+        ["bash", str(script), "--help"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0
+    for words in ("--prepare DIR", "tree.sha256", "CMAKE_CUDA_ARCHITECTURES", "nf4-dq"):
+        assert words in done.stdout
