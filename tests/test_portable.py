@@ -297,3 +297,11 @@ def test_tool_output_is_decoded_as_utf8(monkeypatch: pytest.MonkeyPatch) -> None
     result = runner.run_tool([sys.executable, "-c", code], what="a tool")
     assert seen["encoding"] == "utf-8"
     assert result.stdout == "ppl 6.1 ± 0.2 in modèle"
+
+
+def test_doctor_names_the_generator_used_without_ninja(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ggufkit import doctor
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    check = doctor.check_ninja()
+    assert not check.ok and "make" not in check.detail and "CMake's default" in check.detail
