@@ -70,7 +70,7 @@ def check_ninja() -> Check:
     return Check(
         "ninja",
         bool(found),
-        found or "not found (make is used instead)",
+        found or "not found (CMake's default generator is used instead)",
         "" if found else "pip install ninja (optional, faster builds)",
         required=False,
     )

@@ -36,6 +36,9 @@ EXTRAS = {
     "fastchat": ("fastchat",),
     "llamacpp": ("llama_cpp",),
     "ray": ("ray",),
+    # Not a package: POSIX signals (SIGKILL, SIGINT to a child) and services such as a Ray
+    # cluster. Tests marked posix_only skip by name on Windows, where CI allows "posix".
+    "posix": (),
 }
 MARKERS = {
     "needs_torch": "torch",
@@ -79,6 +82,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker, extra in MARKERS.items():
         if item.get_closest_marker(marker) and (module := _missing_module(extra)):
             pytest.skip(f"missing extra {extra}: {module} is not installed")
+    if item.get_closest_marker("posix_only") and sys.platform == "win32":
+        pytest.skip("missing extra posix: this test needs POSIX signals or services")
     if item.get_closest_marker("needs_llamacpp"):
         problem = _llamacpp_available()
         if problem:

@@ -31,6 +31,7 @@ from ggufkit.workspace.batch.execute import HOLD_ENV
 
 pytestmark = [
     pytest.mark.needs_ray,
+    pytest.mark.posix_only,  # process groups, killpg
     pytest.mark.needs_llamacpp,
     pytest.mark.slow,
     pytest.mark.timeout(300),

@@ -54,7 +54,7 @@ EPYC = cpu.CpuInfo(
     "AMD",
 )
 GRAVITON = cpu.CpuInfo("arm64", frozenset({"asimd", "asimddp", "i8mm", "sve"}), "Neoverse")
-POSIX_ONLY = pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX signals")
+POSIX_ONLY = pytest.mark.posix_only  # skipped by name on Windows (conftest)
 
 
 # --- the CPU ----------------------------------------------------------------------------------

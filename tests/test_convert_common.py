@@ -180,6 +180,7 @@ def _start_and_signal(big_model: Path, out: Path, sig: signal.Signals) -> tuple[
 
 
 @pytest.mark.slow
+@pytest.mark.posix_only
 def test_sigint_removes_the_partial_file(big_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "big.gguf"
     code, stderr, seen = _start_and_signal(big_model, out, signal.SIGINT)
@@ -190,6 +191,7 @@ def test_sigint_removes_the_partial_file(big_model: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.posix_only
 def test_sigkill_leaves_only_the_partial_file(big_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "big.gguf"
     code, _, seen = _start_and_signal(big_model, out, signal.SIGKILL)

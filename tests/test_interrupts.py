@@ -20,7 +20,7 @@ import tiny
 
 from ggufkit.core.fsutil import partials
 
-pytestmark = [pytest.mark.slow, pytest.mark.needs_torch]
+pytestmark = [pytest.mark.slow, pytest.mark.needs_torch, pytest.mark.posix_only]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -209,11 +208,14 @@ def test_type_without_input_is_a_usage_error() -> None:
 
 def test_plan_outputs(f16: Path, tmp_path: Path) -> None:
     table = FakeEngine().table()
-    q4, q8 = table.resolve(["q4_0", "f16"])
+    q4, q8 = table.resolve(["q4_0", "q4_k_m"])
     assert plan_outputs(f16, [q4, q8], table) == [
         tmp_path / "model-Q4_0.gguf",
-        tmp_path / "model-F16.gguf",
+        tmp_path / "model-Q4_K_M.gguf",
     ]
+    # model-F16.gguf is model-f16.gguf itself on a case-insensitive disk (macOS, Windows).
+    with pytest.raises(UsageError, match="differ only in case"):
+        plan_outputs(f16, table.resolve(["f16"]), table)
     assert plan_outputs(f16, [q4], table, outdir=tmp_path / "out") == [
         tmp_path / "out" / "model-Q4_0.gguf"
     ]
@@ -323,7 +325,7 @@ exit 3
 """
 
 
-@pytest.mark.skipif(sys.platform.startswith("win"), reason="a POSIX shell script stands in")
+@pytest.mark.posix_only  # a POSIX shell script stands in
 def test_binary_failure_shows_its_own_lines_and_the_log(f16: Path, tmp_path: Path) -> None:
     fake = tmp_path / "bin" / "llama-quantize"
     fake.parent.mkdir()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import math
 import re
-import resource
 import sys
 import tempfile
 import time
@@ -55,6 +54,10 @@ def peak_rss() -> int | None:
         match = None
     if match:
         return int(match.group(1)) * 1024
+    if sys.platform == "win32":
+        return None  # no getrusage; the footprint is reported instead
+    import resource  # POSIX-only: imported here so that `ggufkit --help` works on Windows
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 

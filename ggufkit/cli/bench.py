@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import count_option, echo_json, json_option, path_argument
+from ggufkit.cli.options import (
+    count_option,
+    device_option,
+    echo_json,
+    json_option,
+    path_argument,
+)
 from ggufkit.evaluate.report import bench_table
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, DEFAULT_REPETITIONS, benchmark
 
@@ -36,6 +42,7 @@ from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, DEFAULT_REPETITI
     show_default=False,
     help="CPU threads; repeat to compare (-t 4 -t 8). Default: llama-bench's choice.",
 )
+@device_option
 @json_option
 def command(
     model: Path,

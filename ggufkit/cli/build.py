@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+
 import click
 
 from ggufkit.cli.options import echo_json, json_option
 from ggufkit.evaluate.selftest import build_and_test
+from ggufkit.llamacpp.build import configure_command
 from ggufkit.llamacpp.layout import BuildOptions
 
 
@@ -52,6 +56,11 @@ from ggufkit.llamacpp.layout import BuildOptions
     default=True,
     help="Install llama-cpp-python against this build (default: on).",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the CMake configure command for these options and stop (nothing is built).",
+)
 @json_option
 def command(
     jobs: int | None,
@@ -63,6 +72,7 @@ def command(
     self_test: bool,
     cmake_args: tuple[str, ...],
     bindings: bool,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Build the pinned llama.cpp with CMake, once.
@@ -85,10 +95,15 @@ def command(
         ggufkit build --cuda -j 8
         ggufkit build --cmake-arg -DGGML_VULKAN=ON
         ggufkit build --portable
+        ggufkit build --cuda --dry-run
     """
     options = BuildOptions(
         cuda=cuda, metal=metal, native=not portable, extra_cmake_args=cmake_args, amx=amx
     )
+    if dry_run:
+        argv = configure_command(options)
+        click.echo(json.dumps(argv) if as_json else shlex.join(argv))
+        return
     info, selftest = build_and_test(
         options, jobs=jobs, force=force, bindings=bindings, selftest=self_test
     )

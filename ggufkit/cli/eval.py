@@ -11,6 +11,7 @@ from ggufkit.cli.options import (
     corpus_option,
     count_option,
     ctx_option,
+    device_option,
     echo_result,
     json_option,
     path_argument,
@@ -38,6 +39,7 @@ log = get_logger("cli.eval")
 @ctx_option()
 @chunks_option
 @threads_option
+@device_option
 @speed_option
 @count_option(
     "--bench-prompt", default=DEFAULT_PROMPT, minimum=0, help="Prompt tokens for the speed test."

@@ -110,3 +110,43 @@ def speed_option(func: F) -> F:
     return click.option(
         "--speed/--no-speed", default=True, help="Run llama-bench too (default: on)."
     )(func)
+
+
+def device_option(func: F) -> F:
+    """--device cpu|gpu: the backend of every llama.cpp tool and of the bindings in this command
+    (-ngl 0 or all layers), so that perplexity, speed and parity measure the same one."""
+
+    def apply(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        from ggufkit.llamacpp.device import use_device
+
+        if value == "gpu":
+            _check_gpu_build()
+        ctx.with_resource(use_device("gpu" if value == "gpu" else "cpu" if value else None))
+
+    return click.option(
+        "--device",
+        type=click.Choice(["cpu", "gpu"]),
+        default=None,
+        envvar="GGUFKIT_DEVICE",
+        expose_value=False,
+        callback=apply,
+        help="Compute on the CPU (default) or offload every layer to the GPU; the same for "
+        "every llama.cpp tool and llama-cpp-python. Env: GGUFKIT_DEVICE.",
+    )(func)
+
+
+def _check_gpu_build() -> None:
+    from ggufkit.core.errors import GGUFKitError
+    from ggufkit.llamacpp.build import current_build
+    from ggufkit.llamacpp.device import has_gpu_backend
+
+    try:
+        info = current_build()
+    except GGUFKitError:
+        return  # not built: the command itself says so
+    if not has_gpu_backend(info.options, info.platform):
+        raise click.BadParameter(
+            "the current llama.cpp build has no GPU backend; build one with "
+            "`ggufkit build --cuda` (NVIDIA) or `--metal` (Apple), or use --device cpu",
+            param_hint="--device",
+        )

@@ -11,6 +11,7 @@ import click
 from ggufkit.cli.options import (
     count_option,
     ctx_option,
+    device_option,
     echo_json,
     json_option,
     path_argument,
@@ -60,6 +61,7 @@ log = get_logger("cli.run")
 )
 @ctx_option("Context size (default: the model's, at most 4096).")
 @threads_option
+@device_option
 @json_option
 def command(
     model: Path,

@@ -35,6 +35,13 @@ from ggufkit.formats.safetensors import Checkpoint, TensorSource, bf16_to_float3
 
 log = get_logger(__name__)
 
+
+def output_flags() -> int:
+    """Flags for the output file. O_BINARY where the C runtime has a text mode (Windows), which
+    would otherwise turn every 0x0A byte written through os.write into 0x0D 0x0A."""
+    return os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+
+
 BLOCK_BYTES = 4 * 1024 * 1024  # source bytes per row block: big writes, still cache-friendly
 
 
@@ -340,7 +347,7 @@ def write_gguf(
     align = gguf.GGUF_DEFAULT_ALIGNMENT
     total = offsets[-1] + -(-plans[-1].n_bytes // align) * align if plans else len(header)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, output_flags(), 0o644)
     except OSError as exc:
         raise _write_error(path, exc) from exc
     try:

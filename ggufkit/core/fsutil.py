@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,27 @@ def check_output_path(final: Path, *, inputs: tuple[Path, ...] = ()) -> Path:
     return final
 
 
+REPLACE_TRIES = 10  # Windows: a virus scanner or indexer holds a new file for a moment
+
+
+def replace_file(tmp: Path, final: Path, *, tries: int = REPLACE_TRIES) -> None:
+    """``os.replace`` that survives a brief lock on Windows (a scanner or indexer opening the new
+    file) and names the cause when ``final`` stays open (another program, a memory map)."""
+    for attempt in range(tries):
+        try:
+            os.replace(tmp, final)
+            return
+        except PermissionError as exc:
+            if attempt + 1 < tries:
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            raise GGUFKitError(
+                f"cannot replace {final}: {exc.strerror or exc}",
+                hint=f"close the program that has {final.name} open (on Windows an open or "
+                "memory-mapped file cannot be replaced), then run again",
+            ) from exc
+
+
 @contextmanager
 def atomic_output(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` on success, remove it on error."""
@@ -113,7 +135,7 @@ def atomic_output(final: str | Path) -> Iterator[Path]:
     tmp = partial_path(final)
     try:
         yield tmp
-        os.replace(tmp, final)
+        replace_file(tmp, final)
     except BaseException:
         _remove(tmp)
         raise
@@ -132,11 +154,11 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
+            replace_file(final, old)
+            replace_file(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, final)
+            replace_file(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

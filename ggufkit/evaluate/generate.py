@@ -15,6 +15,7 @@ from ggufkit.core.log import get_logger
 from ggufkit.evaluate.ppl import quiet_llama_logs
 from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.llamacpp.bindings import load_llama_cpp
+from ggufkit.llamacpp.device import gpu_layers
 from ggufkit.llamacpp.isolate import run_isolated
 
 log = get_logger("generate")
@@ -269,7 +270,12 @@ def _open(
     )
     llama_cpp = load_llama_cpp()
     quiet_llama_logs()
-    kwargs: dict[str, Any] = {"n_ctx": n_ctx, "seed": seed, "verbose": False}
+    kwargs: dict[str, Any] = {
+        "n_ctx": n_ctx,
+        "seed": seed,
+        "verbose": False,
+        "n_gpu_layers": gpu_layers(),  # the same backend as the tools (-ngl)
+    }
     if threads:
         kwargs["n_threads"] = kwargs["n_threads_batch"] = threads
     if chat:

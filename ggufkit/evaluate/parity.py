@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ggufkit.core.errors import EvaluationError, ToolMissingError
+from ggufkit.llamacpp.device import gpu_layers
 
 
 @dataclass
@@ -117,6 +118,7 @@ def open_gguf(
             seed=0,
             n_threads=n_threads or os.cpu_count() or 1,
             n_threads_batch=n_threads or os.cpu_count() or 1,
+            n_gpu_layers=gpu_layers(),  # the same backend as the tools (-ngl)
             verbose=False,
         )
     except (ValueError, RuntimeError) as exc:

@@ -12,6 +12,7 @@ from ggufkit.core.log import get_logger
 from ggufkit.evaluate.results import SpeedResult
 from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.llamacpp.build import find_tool
+from ggufkit.llamacpp.device import ngl_args
 from ggufkit.llamacpp.runner import run_tool
 
 log = get_logger("evaluate.speed")
@@ -89,6 +90,7 @@ def benchmark(
         str(repetitions),
         "-o",
         "json",
+        *ngl_args(),
     ]
     if threads:
         args += ["-t", ",".join(str(t) for t in threads)]

@@ -8,7 +8,7 @@ plain pickle.
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import itertools
 import json
 import mmap
@@ -21,6 +21,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from ggufkit.core.errors import InputError, SafetensorsFormatError, ToolMissingError
+from ggufkit.core.log import get_logger
+
+log = get_logger("formats.safetensors")
 
 # safetensors dtype code -> (numpy dtype used to view the bytes, item size)
 SAFETENSORS_DTYPES: dict[str, tuple[str, int]] = {
@@ -234,10 +237,19 @@ class Checkpoint:
         self.close()
 
     def close(self) -> None:
-        for mapped in self._maps.values():
-            # A numpy view may still be alive (e.g. unwinding from Ctrl-C): the map closes with it.
-            with contextlib.suppress(BufferError):
-                mapped.close()
+        for _ in range(2):
+            busy = []
+            for mapped in self._maps.values():
+                try:
+                    mapped.close()
+                except BufferError:  # a numpy view is alive, e.g. in a traceback's frames
+                    busy.append(mapped)
+            if not busy:
+                break
+            # Free views held only by cycles: on Windows an open map keeps the file locked.
+            gc.collect()
+        else:
+            log.debug("%d memory maps stay open until their last views are freed", len(busy))
         self._maps.clear()
         self._torch_state.clear()
 

@@ -23,7 +23,8 @@ from ggufkit.core.log import get_logger, progress
 from ggufkit.llamacpp import layout, patches
 from ggufkit.llamacpp.cpu import CpuInfo, detect_cpu
 from ggufkit.llamacpp.runner import new_log_path, run_tool
-from ggufkit.llamacpp.source import SourcePin, ensure_source, read_pin
+from ggufkit.llamacpp.source import SourcePin, default_source_dir, ensure_source, read_pin
+from ggufkit.llamacpp.toolchain import find_cmake, find_compiler, pick_generator
 
 log = get_logger("llamacpp.build")
 
@@ -113,39 +114,6 @@ def build_key(
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def find_cmake() -> str:
-    found = shutil.which("cmake")
-    if found:
-        return found
-    try:
-        import cmake  # the `cmake` package on PyPI
-
-        candidate = Path(cmake.CMAKE_BIN_DIR) / layout.exe_name("cmake")
-        if candidate.is_file():
-            return str(candidate)
-    except ImportError:
-        pass
-    raise ToolMissingError(
-        "cmake was not found",
-        hint="install it: `pip install cmake` (or apt-get install cmake / brew install cmake)",
-    )
-
-
-def find_compiler() -> str:
-    for name in (os.environ.get("CXX", ""), "c++", "g++", "clang++", "cl"):
-        if name and shutil.which(name):
-            return str(shutil.which(name))
-    raise ToolMissingError(
-        "no C++ compiler was found (looked for $CXX, c++, g++, clang++, cl)",
-        hint="install one: apt-get install build-essential, xcode-select --install, "
-        "or Visual Studio Build Tools on Windows",
-    )
-
-
-def pick_generator() -> str | None:
-    return "Ninja" if shutil.which("ninja") else None
-
-
 def _read_stamp(root: Path) -> BuildInfo | None:
     stamp = root / STAMP_NAME
     if not stamp.is_file():
@@ -203,6 +171,22 @@ def build(
     if bindings:
         install_bindings(info, pin)
     return info
+
+
+def configure_command(options: layout.BuildOptions | None = None) -> list[str]:
+    """The CMake configure command ``build`` would run for ``options`` (``build --dry-run``);
+    nothing is fetched or built, and a missing cmake shows as plain ``cmake``."""
+    options = options or layout.BuildOptions()
+    pin, cpu = read_pin(), detect_cpu()
+    tree = paths.builds_dir() / build_key(pin, options, cpu=cpu) / "cmake"
+    try:
+        cmake = find_cmake()
+    except ToolMissingError:
+        cmake = "cmake"
+    args = layout.configure_args(
+        default_source_dir(pin), tree, options, cpu=cpu, generator=pick_generator()
+    )
+    return [cmake, *args]
 
 
 def _build_into(
@@ -388,7 +372,12 @@ def install_bindings(info: BuildInfo, pin: SourcePin | None = None) -> None:
     ]
     started = time.perf_counter()
     result = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, **env}, check=False
+        command,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        env={**os.environ, **env},
+        check=False,
     )
     if result.returncode != 0:
         raise BuildError(

@@ -79,7 +79,9 @@ def run_tool(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
             stdin=subprocess.DEVNULL,
-            text=True,
+            # llama.cpp writes UTF-8 on every OS; the locale's code page (Windows) would mangle
+            # "±" and non-ASCII paths.
+            encoding="utf-8",
             errors="replace",
             env={**os.environ, **(env or {})},
             cwd=cwd,

@@ -80,7 +80,9 @@ def fetch_sdist(pin: SourcePin, dest_dir: Path | None = None) -> Path:
             str(staging),
             f"{pin.package}=={pin.version}",
         ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", check=False
+        )
         fetched = staging / pin.sdist_name
         if result.returncode != 0 or not fetched.is_file():
             raise ToolFailedError(

@@ -115,6 +115,7 @@ def compute_imatrix(
 ) -> ImatrixResult:
     """Run ``llama-imatrix`` on ``corpus``; the matrix is written atomically to ``output``."""
     from ggufkit.llamacpp.build import find_tool
+    from ggufkit.llamacpp.device import ngl_args
     from ggufkit.llamacpp.runner import new_log_path, run_tool, short_corpus_error
 
     model, corpus = Path(model), Path(corpus)
@@ -146,7 +147,7 @@ def compute_imatrix(
     with atomic_output(target) as tmp:
         args: list[str | Path] = [
             tool, "-m", model, "-f", corpus, "-o", tmp, "--output-format", "gguf",
-            "-c", str(ctx_size),
+            "-c", str(ctx_size), *ngl_args(),
         ]  # fmt: skip
         if chunks is not None:
             args += ["--chunks", str(chunks)]

@@ -141,7 +141,7 @@ def table_from_binary(binary: Path) -> TypeTable:
         done = subprocess.run(
             [str(binary), "--help"],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
             errors="replace",
             timeout=60,
             stdin=subprocess.DEVNULL,

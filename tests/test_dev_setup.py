@@ -1,0 +1,70 @@
+"""The set-up entry point (`python -m ggufkit.dev`): the same on every OS, make only a shortcut."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from ggufkit import dev
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_install_pins_torch_first_and_fastchat_without_dependencies() -> None:
+    steps = dev.install_steps(Path("py"))
+    packages = [step[-1] for step in steps]
+    assert packages == ["pip", "torch==2.13.0", ".[torch,bnb,dev]", "fschat==0.2.36"]
+    assert steps[2][-2] == "-e" and steps[3][-2] == "--no-deps"
+
+
+def test_virtual_environment_layout_per_os() -> None:
+    assert dev.scripts_dir(Path("v"), "win32") == Path("v") / "Scripts"
+    assert dev.scripts_dir(Path("v"), "linux") == Path("v") / "bin"
+    assert dev.tool("python", "win32").name == "python.exe"
+    assert dev.tool("python", "darwin").name == "python"
+
+
+def _readme_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Set-up", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    return [line.split("#")[0].strip() for line in block.strip().splitlines()]
+
+
+def test_the_readme_commands_are_the_entry_point_and_ci_runs_the_test_one() -> None:
+    commands = _readme_commands()
+    assert commands == ["python -m ggufkit.dev test", "python -m ggufkit.dev demo"]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(r'"\$PYTHON" -m ggufkit\.dev test\b', ci)
+    workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text(encoding="utf-8")
+    for command in commands:
+        assert command in workflow
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    for target in ("install", "build", "test", "test-fast", "lint", "demo"):
+        recipe = makefile.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+        assert f"$(DEV) {target}" in recipe, target
+
+
+def test_the_entry_point_runs_on_a_bare_python_and_names_its_commands() -> None:
+    # -S: no site-packages; the module needs nothing beyond the standard library.
+    done = subprocess.run(
+        [sys.executable, "-S", "-m", "ggufkit.dev", "nonsense"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "python -m ggufkit.dev test" in done.stderr and "lint" in done.stderr
+
+
+def test_the_gpu_check_script_parses_and_explains_itself() -> None:
+    script = ROOT / "scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    done = subprocess.run(
+        ["bash", str(script), "--help"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0
+    for words in ("--prepare DIR", "tree.sha256", "CMAKE_CUDA_ARCHITECTURES", "nf4-dq"):
+        assert words in done.stdout
