@@ -38,6 +38,8 @@ COMMANDS: dict[str, str] = {
     "bnb": "bnb",
     "compare": "compare",
     "demo": "demo",
+    "upload": "upload",
+    "publish": "publish",
 }
 
 

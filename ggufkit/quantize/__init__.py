@@ -13,6 +13,8 @@ without ``.gguf`` and without a trailing precision such as ``-f16``/``-bf16``/``
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ from ggufkit.core.errors import DiskSpaceError, GGUFFormatError, QuantizeError, 
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path, human_bytes
 from ggufkit.core.log import get_logger, progress
 from ggufkit.formats.gguf_reader import check_gguf
+from ggufkit.formats.gguf_split import SplitLimits, split_set
 from ggufkit.formats.ggufinfo import GGUFInfo
 from ggufkit.quantize.engines import (
     IMATRIX_HINT,
@@ -203,9 +206,12 @@ def quantize(
     outdir: str | Path | None = None,
     options: QuantizeOptions | None = None,
     engine: Engine | None = None,
+    split: SplitLimits | None = None,
 ) -> list[QuantizeResult]:
     """Quantize ``source`` to each of ``types`` (names as ``llama-quantize`` takes them, any case).
 
+    ``source`` may be the first shard of a split set. ``split``: cut each output into a split
+    set with the built ``llama-gguf-split`` (its result names the first shard).
     ``engine``: the built ``llama-quantize`` unless given (tests pass a stand-in).
     Returns one :class:`QuantizeResult` per type, in order. Nothing is written when a check fails;
     a failing type leaves no file, and the types before it stay done.
@@ -233,8 +239,29 @@ def quantize(
     _preflight(runner, source, info, jobs, options)
     results = []
     for quant_type, target in jobs:
-        results.append(_quantize_one(runner, source, quant_type, target, options))
+        result = _quantize_one(runner, source, quant_type, target, options)
+        if split is not None and split.active:
+            result = split_output(result, split)
+        results.append(result)
     return results
+
+
+def split_output(result: QuantizeResult, split: SplitLimits) -> QuantizeResult:
+    """Cut a finished output into a split set beside it; the unsplit file is removed."""
+    from ggufkit.llamacpp.gguf_split import split_file
+
+    target = result.output
+    prefix = target.with_name(target.name.removesuffix(".gguf"))
+    for stale in target.parent.glob(f"{glob.escape(prefix.name)}-*-of-*.gguf"):
+        stale.unlink()  # shards of an earlier split of the same name
+    split_file(target, prefix, split.tool_args())
+    firsts = sorted(target.parent.glob(f"{glob.escape(prefix.name)}-00001-of-*.gguf"))
+    if len(firsts) != 1:
+        raise QuantizeError(f"llama-gguf-split wrote no split set for {target}")
+    target.unlink()
+    shards = split_set(firsts[0])
+    log.info("%s: split into %d files", target.name, len(shards))
+    return dataclasses.replace(result, output=firsts[0], size=sum(f.stat().st_size for f in shards))
 
 
 def _quantize_one(

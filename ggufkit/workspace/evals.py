@@ -56,6 +56,7 @@ def record_results(report: EvalReport, workspace: Workspace) -> list[Path]:
         "baseline": workspace.relative(Path(report.baseline)) if report.baseline else None,
         "llama_cpp_commit": report.llama_cpp_commit,
         "measured": now_iso(),
+        "machine": machine(),
     }
     for model in report.models:
         path = Path(model.path).absolute()
@@ -67,3 +68,13 @@ def record_results(report: EvalReport, workspace: Workspace) -> list[Path]:
         record_eval(workspace.manifest_path, path, results)
         recorded.append(path)
     return recorded
+
+
+def machine() -> str:
+    """The machine the numbers were measured on, as a model card names it."""
+    import os
+    import platform
+
+    from ggufkit.llamacpp.cpu import detect_cpu
+
+    return f"{detect_cpu().describe()}, {os.cpu_count()} cores, {platform.system()}"

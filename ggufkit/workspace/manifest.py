@@ -197,7 +197,7 @@ def editing(manifest_path: str | Path) -> Iterator[Manifest]:
 
 
 def describe_output(path: Path) -> dict[str, Any]:
-    """Size and sha256 of an output file, or of each file of an output directory."""
+    """Size and sha256 of an output file, or of each file of an output directory or split set."""
     if not path.exists():
         raise InputError(f"{path} does not exist, so it cannot be recorded", path=path)
     if path.is_dir():
@@ -210,6 +210,17 @@ def describe_output(path: Path) -> dict[str, Any]:
             "size": sum(f.stat().st_size for f in files),
             "sha256": _tree_digest(hashes),
             "files": hashes,
+        }
+    from ggufkit.formats.gguf_split import split_set
+
+    shards = split_set(path) if path.name.endswith(".gguf") else [path]
+    if len(shards) > 1:  # the first shard stands for its split set: record every shard
+        shard_hashes = dict(zip([f.name for f in shards], sha256_files(shards), strict=True))
+        return {
+            "kind": "split",
+            "size": sum(f.stat().st_size for f in shards),
+            "sha256": _tree_digest(shard_hashes),
+            "files": shard_hashes,
         }
     return {"kind": "file", "size": path.stat().st_size, "sha256": sha256_of(path)}
 
