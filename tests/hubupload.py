@@ -64,12 +64,13 @@ class UploadEndpoints:
     def _write_request(self) -> None:
         body = self._body()
         split = urlsplit(self.path)
+        parts = [unquote(p) for p in split.path.split("/")[1:]]
         token = self._token()  # type: ignore[attr-defined]
         self.fake.record(self.command, split.path, token)
-        if token is None or token not in self.fake.tokens:
+        signed = parts[:1] == ["lfs-store"]  # like a storage URL: the href itself is the permit
+        if not signed and (token is None or token not in self.fake.tokens):
             self._error(401, None, "Invalid credentials in Authorization header")  # type: ignore[attr-defined]
             return
-        parts = [unquote(p) for p in split.path.split("/")[1:]]
         if parts == ["api", "repos", "create"]:
             self._create_repo(json.loads(body))
         elif parts == ["api", "validate-yaml"]:
@@ -99,8 +100,13 @@ class UploadEndpoints:
 
     def _create_repo(self, payload: dict[str, Any]) -> None:
         repo_id = f"{payload.get('organization')}/{payload['name']}"
-        if repo_id in self.fake.repos:
-            self._error(409, None, "You already created this model repo")  # type: ignore[attr-defined]
+        if repo_id in self.fake.repos:  # the Hub's 409 names the repo's url too
+            body = {
+                "error": "You already created this model repo",
+                "url": f"{self.fake.url}/{repo_id}",
+            }
+            headers = {"Content-Type": "application/json", "X-Error-Message": body["error"]}
+            self._send(409, json.dumps(body).encode(), headers)  # type: ignore[attr-defined]
             return
         repo = self.fake.add_repo(repo_id, {"main": {}})
         repo.private = payload.get("visibility") == "private" or bool(payload.get("private"))

@@ -119,14 +119,18 @@ def test_convert_split_equals_the_tools_split_and_merges_back(
 
 
 @pytest.mark.needs_llamacpp
-def test_quantize_reads_a_split_set_and_writes_one(tmp_path: Path, tiny_llama_f16_gguf: Path) -> None:
+def test_quantize_reads_a_split_set_and_writes_one(
+    tmp_path: Path, tiny_llama_f16_gguf: Path
+) -> None:
     from ggufkit.formats.gguf_split import split_set
     from ggufkit.llamacpp.gguf_split import split_file
 
     runner = CliRunner()
     split_file(tiny_llama_f16_gguf, tmp_path / "in", ["--split-max-tensors", "4"])
     first = sorted(tmp_path.glob("in-00001-of-*.gguf"))[0]
-    from_split = runner.invoke(cli, ["quantize", str(first), "q8_0", "-o", str(tmp_path / "a.gguf")])
+    from_split = runner.invoke(
+        cli, ["quantize", str(first), "q8_0", "-o", str(tmp_path / "a.gguf")]
+    )
     assert from_split.exit_code == 0, from_split.output
     direct = runner.invoke(
         cli, ["quantize", str(tiny_llama_f16_gguf), "q8_0", "-o", str(tmp_path / "b.gguf")]

@@ -170,6 +170,10 @@ def _translate(exc: Exception, repo_id: str, revision: str) -> GGUFKitError:
     settings = hub_settings()
     where = f" at {settings.endpoint}" if settings.endpoint else ""
     again = "run the same command again: blobs already sent are not sent twice"
+    if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, Exception):
+        # huggingface_hub wraps a failed transfer to the file store in a RuntimeError: the
+        # store's answer (an expired link, a dropped connection) says nothing about the token.
+        return HubError(f"{exc} ({_short(exc.__cause__)})", hint=again)
     if isinstance(exc, hf.HfHubHTTPError) and exc.response is not None:
         status = exc.response.status_code
         if status == 401:
@@ -185,8 +189,14 @@ def _translate(exc: Exception, repo_id: str, revision: str) -> GGUFKitError:
         return HubError(
             f"the Hub{where} answered HTTP {status} for {repo_id}@{revision}", hint=again
         )
-    cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ else exc
     return HubError(
-        f"the upload to {repo_id}@{revision}{where} failed: {type(cause).__name__}: {cause}",
+        f"the upload to {repo_id}@{revision}{where} failed: {_short(exc)}",
         hint=again,
     )
+
+
+def _short(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if response is not None:
+        return f"HTTP {response.status_code}"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
