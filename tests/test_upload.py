@@ -65,7 +65,7 @@ def test_a_branch_is_made_and_a_dry_run_sends_nothing(hub: FakeHub, tmp_path: Pa
     code, out, err = upload("me/x", str(shards[0]), "--dry-run", "--token", TOKEN)
     assert code == 0, err
     assert "would upload to me/x@main (public)" in out and shards[1].name in out
-    assert f"total: " in out and f"({sum(p.stat().st_size for p in shards):,} bytes)" in out
+    assert "total: " in out and f"({sum(p.stat().st_size for p in shards):,} bytes)" in out
     assert hub.requests == [] and "me/x" not in hub.repos
     code, out, err = upload("me/x", str(shards[0]), "--revision", "test", "--token", TOKEN)
     assert code == 0, err
@@ -83,7 +83,7 @@ def test_an_interrupted_upload_is_finished_by_the_next_run(hub: FakeHub, tmp_pat
     assert hashlib.sha256(shards[1].read_bytes()).hexdigest() not in first_run
     assert len(first_run) == 2  # the other shards reached the store
 
-    code, out, err = upload("me/tiny-GGUF", str(shards[0]), "--token", TOKEN)
+    code, _out, err = upload("me/tiny-GGUF", str(shards[0]), "--token", TOKEN)
     assert code == 0, err
     assert hub.stored[len(first_run) :] == [hashlib.sha256(shards[1].read_bytes()).hexdigest()]
     assert hub.files("me/tiny-GGUF") == {p.name: p.read_bytes() for p in shards}
