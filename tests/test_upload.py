@@ -76,7 +76,7 @@ def test_a_branch_is_made_and_a_dry_run_sends_nothing(hub: FakeHub, tmp_path: Pa
 def test_an_interrupted_upload_is_finished_by_the_next_run(hub: FakeHub, tmp_path: Path) -> None:
     shards = make_split_set(tmp_path / "out")
     hub.fail_upload(shards[1].read_bytes(), 403)
-    code, out, err = upload("me/tiny-GGUF", str(shards[0]), "--token", TOKEN)
+    code, _out, err = upload("me/tiny-GGUF", str(shards[0]), "--token", TOKEN)
     assert code == 1 and "run the same command again" in err
     assert hub.files("me/tiny-GGUF") == {} and hub.commits == []
     first_run = list(hub.stored)
