@@ -168,3 +168,34 @@ def test_the_manifest_records_every_shard(tmp_path: Path) -> None:
         "m-00002-of-00002.gguf": hashlib.sha256(b"shard 1").hexdigest(),
     }
     assert record["size"] == 14
+
+
+@pytest.mark.needs_llamacpp
+def test_eval_bench_and_run_take_the_first_shard(tmp_path: Path, tiny_llama_f16_gguf: Path) -> None:
+    import json
+
+    from ggufkit.llamacpp.gguf_split import split_file
+
+    split_file(tiny_llama_f16_gguf, tmp_path / "in", ["--split-max-tensors", "6"])
+    first = sorted(tmp_path.glob("in-00001-of-*.gguf"))[0]
+    runner = CliRunner()
+
+    def json_of(*args: str) -> Any:
+        done = runner.invoke(cli, [*args, "--json"])
+        assert done.exit_code == 0, done.output
+        return json.loads(done.stdout)
+
+    evals = [
+        json_of("eval", str(m), "--chunks", "1", "--ctx", "64", "--no-speed")["models"][0]
+        for m in (first, tiny_llama_f16_gguf)
+    ]
+    assert evals[0]["ppl"] == evals[1]["ppl"] and evals[0]["n_params"] == evals[1]["n_params"]
+    whole = tiny_llama_f16_gguf.stat().st_size
+    assert evals[0]["size_bytes"] > whole  # the set: every shard's header on top of the data
+    bench = json_of("bench", str(first), "-p", "0", "-n", "4", "-r", "1")
+    assert bench["size_bytes"] == evals[0]["size_bytes"]
+    texts = [
+        json_of("run", str(m), "-p", "Once upon", "-n", "6", "--temp", "0")["text"]
+        for m in (first, tiny_llama_f16_gguf)
+    ]
+    assert texts[0] == texts[1]

@@ -127,3 +127,8 @@ def plan_shards(sizes: Sequence[int], limits: SplitLimits) -> list[range]:
         current += size
     ends = [*starts[1:], len(sizes)]
     return [range(a, b) for a, b in zip(starts, ends, strict=True)]
+
+
+def set_size(path: Path) -> int:
+    """The bytes of the model ``path`` stands for (every shard of a split set)."""
+    return sum(f.stat().st_size for f in split_set(path))
