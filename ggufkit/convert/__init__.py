@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,39 +291,20 @@ def _convert_native(
             return kv
 
         source_bytes = sum(plan.source_bytes for plan in plans)
-        if split is not None:
-            _remove_shards(out)
-            with progress(source_bytes, f"converting {info.model_dir.name}") as bar:
-                stats, _ = write_split(
-                    out,
-                    kv,
-                    plans,
-                    source,
-                    split,
-                    threads=threads or os.cpu_count() or 1,
-                    on_bytes=bar.update,
-                    final_kv=final_kv,
-                )
-            return (
-                stats.n_tensors,
-                stats.n_bytes,
-                stats.source_bytes,
-                converter.arch_name,
-                converter.notes,
-            )
-        with (
-            atomic_output(out) as partial,
-            progress(source_bytes, f"converting {info.model_dir.name}") as bar,
-        ):
-            stats = write_gguf(
-                partial,
-                kv,
-                plans,
-                source,
-                threads=threads or os.cpu_count() or 1,
-                on_bytes=bar.update,
-                final_kv=final_kv,
-            )
+        workers = threads or os.cpu_count() or 1
+        with progress(source_bytes, f"converting {info.model_dir.name}") as bar:
+            if split is not None:
+                stats, files = write_split(
+                    out, kv, plans, source, split,
+                    threads=workers, on_bytes=bar.update, final_kv=final_kv,
+                )  # fmt: skip
+                _remove_shards(out, keep=files)
+            else:
+                with atomic_output(out) as partial:
+                    stats = write_gguf(
+                        partial, kv, plans, source,
+                        threads=workers, on_bytes=bar.update, final_kv=final_kv,
+                    )  # fmt: skip
         return (
             stats.n_tensors,
             stats.n_bytes,
@@ -336,17 +318,18 @@ def _convert_native(
         source.close()
 
 
-def _remove_shards(out: Path) -> None:
+def _remove_shards(out: Path, keep: Sequence[Path] = ()) -> None:
     """Shards an earlier split of the same name left (their count may differ this time)."""
     for stale in _shards_of(out):
-        stale.unlink()
+        if stale not in keep:
+            stale.unlink()
 
 
 def _split_upstream_output(out: Path, split: SplitLimits) -> Path:
     """Cut the upstream converter's single file with the built ``llama-gguf-split``."""
     from ggufkit.llamacpp.gguf_split import split_file
 
-    _remove_shards(out)
+    _remove_shards(out)  # the tool writes in place
     split_file(out, out.with_name(out.stem), split.tool_args())
     out.unlink()
     return _first_shard(out)

@@ -19,6 +19,7 @@ from ggufkit.core.errors import GGUFKitError, HubError, InputError, UsageError
 from ggufkit.core.fsutil import human_bytes
 from ggufkit.core.log import get_logger, progress_disabled
 from ggufkit.formats.gguf_split import split_set
+from ggufkit.hub.errors import at
 from ggufkit.hub.selection import check_repo_id
 from ggufkit.hub.settings import hub_settings
 
@@ -167,8 +168,7 @@ def _translate(exc: Exception, repo_id: str, revision: str) -> GGUFKitError:
     """An upload failure as a HubError that says what to do (the token is never quoted)."""
     from huggingface_hub import errors as hf
 
-    settings = hub_settings()
-    where = f" at {settings.endpoint}" if settings.endpoint else ""
+    where = at(hub_settings())
     again = "run the same command again: blobs already sent are not sent twice"
     if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, Exception):
         # huggingface_hub wraps a failed transfer to the file store in a RuntimeError: the
