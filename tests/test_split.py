@@ -199,3 +199,51 @@ def test_eval_bench_and_run_take_the_first_shard(tmp_path: Path, tiny_llama_f16_
         for m in (first, tiny_llama_f16_gguf)
     ]
     assert texts[0] == texts[1]
+
+
+@pytest.mark.needs_llamacpp
+def test_a_workspace_splits_records_every_shard_and_unsplits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import shutil
+
+    from ggufkit.data import embedded_model
+
+    shutil.copytree(embedded_model("tiny-llama"), tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def ok(*args: str) -> str:
+        done = runner.invoke(cli, list(args))
+        assert done.exit_code == 0, (args, done.output)
+        return done.stdout
+
+    ok("init", "./tiny", "--types", "q8_0")
+    toml = tmp_path / "ggufkit.toml"
+    assert '# split_max_size = "50G"' in toml.read_text()
+    toml.write_text(toml.read_text().replace('# split_max_size = "50G"', 'split_max_size = "2M"'))
+    assert "built in" in ok("quantize")
+    out = tmp_path / "out"
+    f16 = sorted(out.glob("tiny-f16-*-of-*.gguf"))
+    q8 = sorted(out.glob("tiny-Q8_0-*-of-*.gguf"))
+    assert len(f16) > 1 and len(q8) > 1
+    assert not (out / "tiny-f16.gguf").exists() and not (out / "tiny-Q8_0.gguf").exists()
+    manifest = json.loads((out / "manifest.json").read_text())["artefacts"]
+    assert sorted(manifest) == sorted([f16[0].name, q8[0].name])
+    for shards in (f16, q8):
+        record = manifest[shards[0].name]
+        assert record["kind"] == "split" and sorted(record["files"]) == [p.name for p in shards]
+        assert record["files"][shards[-1].name] == _sha(shards[-1])
+        assert record["options"]["split"] == ["--split-max-size", "2M"]
+    assert manifest[q8[0].name]["inputs"][0]["size"] == sum(p.stat().st_size for p in f16)
+    assert "up to date (skipped)" in ok("quantize")
+    assert "not built" not in ok("status") and "out of date" not in ok("status")
+    listing = ok("publish", "me/t", "--dry-run")
+    assert all(p.name in listing for p in [*f16, *q8])
+
+    toml.write_text(toml.read_text().replace('split_max_size = "2M"', ""))
+    assert "built in" in ok("quantize")
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-Q8_0.gguf", "tiny-f16.gguf"]
+    manifest = json.loads((out / "manifest.json").read_text())["artefacts"]
+    assert sorted(manifest) == ["tiny-Q8_0.gguf", "tiny-f16.gguf"]

@@ -140,7 +140,7 @@ def command(
         if split.active:
             raise UsageError("the split options need INPUT", hint="give the .gguf file to quantize")
         steps = workspace.quantize(
-            parse_types(",".join(args)) or None, force=force, options=options
+            parse_types(",".join(args)) or None, force=force, options=options, split=split
         )
         if as_json:
             echo_json([step.to_json() for step in steps])

@@ -8,7 +8,6 @@ architectures ggufkit does not register. Outputs are written under a temporary n
 
 from __future__ import annotations
 
-import glob
 import os
 import time
 from collections.abc import Sequence
@@ -43,7 +42,7 @@ from ggufkit.convert.writer import write_gguf
 from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path
 from ggufkit.core.log import get_logger, progress
-from ggufkit.formats.gguf_split import SplitLimits
+from ggufkit.formats.gguf_split import SplitLimits, shards_named_like
 from ggufkit.formats.hfconfig import architecture, load_config
 from ggufkit.formats.origin import SourceInfo, SourceOrigin
 from ggufkit.formats.safetensors import Checkpoint, TensorSource
@@ -189,7 +188,7 @@ def convert(
     name = repo_id.split("/")[-1] if repo_id else model_dir.name
     out = Path(output) if output is not None else Path.cwd() / default_output_name(name, outtype)
     check_output_path(out, inputs=(model_dir,))
-    existing = out if out.exists() else next(iter(_shards_of(out) if split else []), None)
+    existing = out if out.exists() else next(iter(shards_named_like(out) if split else []), None)
     if existing is not None and not force:
         raise UsageError(
             f"{existing} already exists", hint="pass --force to overwrite it, or choose -o"
@@ -320,7 +319,7 @@ def _convert_native(
 
 def _remove_shards(out: Path, keep: Sequence[Path] = ()) -> None:
     """Shards an earlier split of the same name left (their count may differ this time)."""
-    for stale in _shards_of(out):
+    for stale in shards_named_like(out):
         if stale not in keep:
             stale.unlink()
 
@@ -335,12 +334,8 @@ def _split_upstream_output(out: Path, split: SplitLimits) -> Path:
     return _first_shard(out)
 
 
-def _shards_of(out: Path, which: str = "*") -> list[Path]:
-    return sorted(out.parent.glob(f"{glob.escape(out.stem)}-{which}-of-*.gguf"))
-
-
 def _first_shard(out: Path) -> Path:
-    return _shards_of(out, "00001")[0]
+    return shards_named_like(out, "00001")[0]
 
 
 def _convert_upstream(

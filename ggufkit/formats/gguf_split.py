@@ -9,6 +9,7 @@ model's metadata. The first shard stands for the model: llama.cpp opens the rest
 
 from __future__ import annotations
 
+import glob
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,3 +133,19 @@ def plan_shards(sizes: Sequence[int], limits: SplitLimits) -> list[range]:
 def set_size(path: Path) -> int:
     """The bytes of the model ``path`` stands for (every shard of a split set)."""
     return sum(f.stat().st_size for f in split_set(path))
+
+
+def shards_named_like(path: Path, which: str = "*") -> list[Path]:
+    """The shard files beside ``path`` whose names split ``path``'s name (any count), sorted;
+    ``which="00001"`` finds first shards only."""
+    stem = glob.escape(path.name.removesuffix(".gguf"))
+    return sorted(path.parent.glob(f"{stem}-{which}-of-*.gguf"))
+
+
+def built_form(path: Path) -> Path:
+    """``path`` when it exists, else the first shard of a split set made in its place, else
+    ``path`` (not built)."""
+    if path.exists():
+        return path
+    firsts = shards_named_like(path, "00001")
+    return firsts[0] if len(firsts) == 1 else path

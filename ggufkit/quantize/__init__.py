@@ -14,7 +14,6 @@ without ``.gguf`` and without a trailing precision such as ``-f16``/``-bf16``/``
 from __future__ import annotations
 
 import dataclasses
-import glob
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from ggufkit.core.errors import DiskSpaceError, GGUFFormatError, QuantizeError, 
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path, human_bytes
 from ggufkit.core.log import get_logger, progress
 from ggufkit.formats.gguf_reader import check_gguf
-from ggufkit.formats.gguf_split import SplitLimits, split_set
+from ggufkit.formats.gguf_split import SplitLimits, shards_named_like, split_set
 from ggufkit.formats.ggufinfo import GGUFInfo
 from ggufkit.quantize.engines import (
     IMATRIX_HINT,
@@ -252,10 +251,10 @@ def split_output(result: QuantizeResult, split: SplitLimits) -> QuantizeResult:
 
     target = result.output
     prefix = target.with_name(target.name.removesuffix(".gguf"))
-    for stale in target.parent.glob(f"{glob.escape(prefix.name)}-*-of-*.gguf"):
+    for stale in shards_named_like(target):
         stale.unlink()  # shards of an earlier split of the same name
     split_file(target, prefix, split.tool_args())
-    firsts = sorted(target.parent.glob(f"{glob.escape(prefix.name)}-00001-of-*.gguf"))
+    firsts = shards_named_like(target, "00001")
     if len(firsts) != 1:
         raise QuantizeError(f"llama-gguf-split wrote no split set for {target}")
     target.unlink()

@@ -27,7 +27,8 @@ def resolve_models(models: Sequence[Path]) -> tuple[list[Path], Workspace | None
             log.warning("ignoring the workspace: %s", exc)
             return list(models), None
     workspace = Workspace.require()
-    candidates = [workspace.f16_path, *map(workspace.quantized_path, workspace.config.types)]
+    planned = [workspace.f16_path, *map(workspace.quantized_path, workspace.config.types)]
+    candidates = [workspace.built(p) for p in planned]
     for key, record in Manifest.load(workspace.manifest_path).artefacts.items():
         if record.get("step") == "quantize" and key.endswith(".gguf"):
             candidates.append(workspace.manifest_path.parent / key)

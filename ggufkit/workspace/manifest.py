@@ -81,12 +81,13 @@ def model_input(model: ResolvedModel, *, role: str = "model") -> dict[str, Any]:
 
 def file_input(path: Path, *, role: str = "input") -> dict[str, Any]:
     """A file (e.g. the f16 GGUF a quantization reads) as a step input."""
+    described = describe_output(path)  # a split set's first shard: the whole set
     return {
         "role": role,
         "kind": "file",
         "path": str(path),
-        "sha256": sha256_of(path),
-        "size": path.stat().st_size,
+        "sha256": described["sha256"],
+        "size": described["size"],
     }
 
 
@@ -281,3 +282,19 @@ def record_eval(
         evals.update(json.loads(json.dumps(dict(results), default=str)))
         record["eval_updated"] = now_iso()
     return record
+
+
+def remove_other_forms(manifest_path: Path, planned: Path, output: Path) -> None:
+    """A step wrote ``output`` for ``planned`` (itself, or a split set's first shard): remove the
+    other form an earlier run left (the single file, or another split), and its record, so that
+    nothing stale is published."""
+    from ggufkit.formats.gguf_split import shards_named_like, split_set
+
+    keep = {p.absolute() for p in (split_set(output) if output.exists() else [output])}
+    stale = [p for p in (planned, *shards_named_like(planned)) if p.exists()]
+    stale = [p for p in stale if p.absolute() not in keep]
+    if stale:
+        with editing(manifest_path) as manifest:
+            for path in stale:
+                manifest.artefacts.pop(manifest.key(path), None)
+                path.unlink()

@@ -20,15 +20,17 @@ from ggufkit.workspace.config import CONFIG_NAME, WorkspaceConfig
 from ggufkit.workspace.manifest import (
     MANIFEST_NAME,
     Manifest,
+    describe_output,
     file_input,
     fingerprint,
     model_input,
     now_iso,
     record_artefact,
-    sha256_of,
+    remove_other_forms,
 )
 
 if TYPE_CHECKING:
+    from ggufkit.formats.gguf_split import SplitLimits
     from ggufkit.quantize import QuantizeOptions
 
 log = get_logger("workspace")
@@ -121,6 +123,19 @@ class Workspace:
     def quantized_path(self, qtype: str) -> Path:
         return self.outdir / f"{self.config.name}-{qtype.upper()}.gguf"
 
+    def built(self, path: Path) -> Path:
+        """``path``, or the first shard of the split set a step made in its place."""
+        from ggufkit.formats.gguf_split import built_form
+
+        return built_form(path)
+
+    def split(self, given: SplitLimits | None) -> SplitLimits | None:
+        """The split limits: those given on the command line, else ggufkit.toml's."""
+        from ggufkit.formats.gguf_split import split_limits
+
+        active = given is not None and given.active
+        return given if active else split_limits(self.config.split_max_size, None)
+
     def relative(self, path: Path) -> str:
         return (
             path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
@@ -192,6 +207,8 @@ class Workspace:
     ) -> StepResult:
         """Run ``action`` (it writes ``output``) unless the manifest shows ``output`` up to date,
         then record it; what ``action`` returns is kept as the record's ``result``."""
+        planned = output
+        output = self.built(planned)
         with self.lock():
             state = self._state(step, output, inputs, options, Manifest.load(self.manifest_path))
             if state.state == "up to date" and not force:
@@ -204,6 +221,9 @@ class Workspace:
             started, clock = now_iso(), time.perf_counter()
             result = action()
             seconds = time.perf_counter() - clock
+            produced = getattr(result, "output", None)  # a split set's first shard
+            output = Path(produced) if isinstance(produced, (str, Path)) else planned
+            remove_other_forms(self.manifest_path, planned, output)
             if not output.exists():
                 raise WorkspaceError(
                     f"{step} finished without writing {output}", hint="report this bug"
@@ -234,7 +254,7 @@ class Workspace:
             state = "missing"
         elif record is None:
             state = "not recorded"
-        elif output.is_file() and sha256_of(output) != record.get("sha256"):
+        elif output.is_file() and describe_output(output)["sha256"] != record.get("sha256"):
             state = "modified"
         elif inputs is None:
             state = "unknown"  # e.g. a Hub source that is not downloaded
@@ -253,18 +273,29 @@ class Workspace:
         return [model_input(base, role="base"), model_input(model, role="delta")]
 
     def convert(
-        self, *, force: bool = False, engine: str = "auto", threads: int | None = None
+        self,
+        *,
+        force: bool = False,
+        engine: str = "auto",
+        threads: int | None = None,
+        split: SplitLimits | None = None,
     ) -> StepResult:
-        """Download (if needed) and convert the source to ``f16_path``; a delta is merged on the fly."""
+        """Download (if needed) and convert the source to ``f16_path`` (a split set with
+        ``split``); a delta is merged on the fly."""
         with self.lock():
             model, base = self.source(), self.delta_base()
             options: dict[str, Any] = {"outtype": self.config.outtype}
             if engine != "auto":  # engines may differ in bytes; threads do not
                 options["engine"] = engine
+            split = self.split(split)
+            split_args = split.tool_args() if split is not None and split.active else []
+            if split_args:
+                options["split"] = split_args
             command = ["ggufkit", "convert", model.describe(), "-o", self.relative(self.f16_path)]
             command += ["--outtype", self.config.outtype]
             command += ["--delta-base", base.describe()] if base is not None else []
             command += ["--engine", engine] if engine != "auto" else []
+            command += split_args
 
             def action() -> object:
                 from ggufkit.convert import convert
@@ -277,6 +308,7 @@ class Workspace:
                     engine=engine,
                     threads=threads,
                     force=True,
+                    split=split,
                 )
 
             inputs = self._convert_inputs(model, base)
@@ -296,8 +328,10 @@ class Workspace:
         *,
         force: bool = False,
         options: QuantizeOptions | None = None,
+        split: SplitLimits | None = None,
     ) -> list[StepResult]:
-        """Bring the converted file up to date, then make one quantized file per type."""
+        """Bring the converted file up to date, then make one quantized file per type (each a
+        split set with ``split``)."""
         from ggufkit.quantize import QuantizeOptions
 
         options = options or QuantizeOptions()
@@ -305,20 +339,24 @@ class Workspace:
         flags = dataclasses.replace(options, imatrix=None, threads=None).binary_flags()
         with self.lock():
             self.convert()
+            source = self.built(self.f16_path)
+            split = self.split(split)
+            split_args = split.tool_args() if split is not None and split.active else []
             results = []
             for qtype in types or self.config.types:
                 output = self.quantized_path(qtype)
-                inputs = [file_input(self.f16_path)]
+                inputs = [file_input(source)]
                 if options.imatrix is not None:
                     inputs.append(file_input(Path(options.imatrix), role="imatrix"))
                 settings = {"type": qtype, **({"flags": flags} if flags else {})}
-                command = ["ggufkit", "quantize", self.relative(self.f16_path), qtype]
-                command += ["-o", self.relative(output), *options.binary_flags()]
+                settings.update({"split": split_args} if split_args else {})
+                command = ["ggufkit", "quantize", self.relative(source), qtype]
+                command += ["-o", self.relative(output), *options.binary_flags(), *split_args]
 
                 def action(qtype: str = qtype, output: Path = output) -> object:
                     from ggufkit.quantize import quantize
 
-                    done = quantize(self.f16_path, [qtype], output=output, options=options)
+                    done = quantize(source, [qtype], output=output, options=options, split=split)
                     return done[0]
 
                 step = self.run_step(
@@ -340,18 +378,21 @@ class Workspace:
         base = self.cached(self.config.delta_base)
         known = model is not None and (base is not None or self.config.delta_base is None)
         inputs = self._convert_inputs(model, base) if known and model is not None else None
-        options = {"outtype": self.config.outtype}
-        convert = self._state("convert", self.f16_path, inputs, options, manifest)
+        cut = self.split(None)  # ggufkit.toml's split_max_size
+        split: dict[str, Any] = {"split": cut.tool_args()} if cut and cut.active else {}
+        f16 = self.built(self.f16_path)
+        convert = self._state(
+            "convert", f16, inputs, {"outtype": self.config.outtype, **split}, manifest
+        )
         convert.label = "convert"
         states = [convert]
         f16_stale = convert.state in ("missing", "out of date", "modified")
-        f16_input = [file_input(self.f16_path)] if self.f16_path.is_file() else None
+        f16_input = [file_input(f16)] if f16.is_file() else None
         recorded = [r.get("options", {}).get("type") for r in manifest.artefacts.values()]
         extra = [t for t in recorded if isinstance(t, str) and t not in self.config.types]
         for qtype in dict.fromkeys([*self.config.types, *extra]):
-            state = self._state(
-                "quantize", self.quantized_path(qtype), f16_input, {"type": qtype}, manifest
-            )
+            output = self.built(self.quantized_path(qtype))
+            state = self._state("quantize", output, f16_input, {"type": qtype, **split}, manifest)
             state.label = f"quantize {qtype}"
             if state.state == "up to date" and f16_stale:
                 state.state = "out of date"  # the f16 it was made from is rebuilt first
