@@ -280,6 +280,7 @@ class _Handler(UploadEndpoints, BaseHTTPRequestHandler):
                         "private": False,
                         "gated": "auto" if repo.gated else False,
                         "siblings": [{"rfilename": name} for name in sorted(revision.files)],
+                        "cardData": _card_data(revision.files.get("README.md")),
                     }
                 )
         elif rest[0] == "tree" and len(rest) >= 2:
@@ -349,6 +350,17 @@ class _Handler(UploadEndpoints, BaseHTTPRequestHandler):
         self.wfile.write(data[:cut])
         self.wfile.flush()
         self.close_connection = True
+
+
+def _card_data(readme: bytes | None) -> dict[str, Any] | None:
+    """The YAML front matter of a README.md, as the Hub serves it in ``cardData``."""
+    import yaml
+
+    text = (readme or b"").decode("utf-8")
+    if not text.startswith("---\n") or "\n---" not in text[4:]:
+        return None
+    loaded = yaml.safe_load(text[4 : text.index("\n---", 4)])
+    return loaded if isinstance(loaded, dict) else None
 
 
 def _tree(files: dict[str, bytes], prefix: str, recursive: bool) -> list[dict[str, Any]]:

@@ -80,3 +80,29 @@ def test_publish_a_workspace(
         assert files[name] == (tmp_path / "out" / name).read_bytes()
     assert files["README.md"].decode() == card_text.rstrip("\n") + "\n"
     assert TOKEN not in files["README.md"].decode()
+
+
+@pytest.mark.needs_llamacpp
+def test_a_hub_source_gives_base_model_license_and_revision(
+    hub: FakeHub,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from huggingface_hub import ModelCard
+
+    from ggufkit.data import embedded_model
+
+    model = embedded_model("tiny-llama")
+    files = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    repo = hub.add_repo("org/tiny", {"main": {**files, "README.md": SOURCE_CARD.encode()}})
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for args in (["init", "org/tiny"], ["quantize", "q8_0"]):
+        done = runner.invoke(cli, args)
+        assert done.exit_code == 0, (args, done.output)
+    dry = runner.invoke(cli, ["publish", "me/tiny-GGUF", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    card = ModelCard(dry.stdout.split("\n--- README.md ---\n")[1])
+    assert card.data.base_model == ["org/tiny"] and card.data.license == "apache-2.0"
+    assert f"`org/tiny` at revision `{repo.revisions['main'].sha}`" in card.text
+    assert "Not measured yet" in card.text  # no eval run: the card says so, no made-up numbers

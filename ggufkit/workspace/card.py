@@ -13,7 +13,7 @@ from ggufkit.core.errors import WorkspaceError
 from ggufkit.core.fsutil import human_bytes
 from ggufkit.core.log import get_logger
 from ggufkit.formats.gguf_reader import read_gguf
-from ggufkit.hub import looks_like_repo_id
+from ggufkit.hub import hub_settings, looks_like_repo_id
 from ggufkit.workspace.manifest import Manifest
 from ggufkit.workspace.steps import Workspace
 
@@ -64,8 +64,10 @@ def build_card(
     artefacts: list[Artefact],
     *,
     base_model: str | None = None,
+    token: str | None = None,
 ) -> str:
-    """The card's text; ``base_model`` names the source repo when the source is a local folder."""
+    """The card's text; ``base_model`` names the source repo when the source is a local folder;
+    ``token`` reads a private Hub source's card data."""
     from huggingface_hub import ModelCard, ModelCardData
 
     config = workspace.config
@@ -76,7 +78,7 @@ def build_card(
         base_model=bases or None,
         base_model_relation="quantized" if bases else None,
         tags=["gguf", "llama-cpp", family],
-        license=_source_license(workspace),
+        license=_source_license(workspace, token),
         model_name=config.name,
     )
     sections = [
@@ -99,18 +101,26 @@ def _source_text(workspace: Workspace, bases: list[str]) -> str:
     return f"`{bases[0]}`" if bases else f"the local checkpoint `{workspace.config.source}`"
 
 
-def _source_license(workspace: Workspace) -> str | None:
-    """The source card's ``license``, when its README.md (local or downloaded) states one."""
-    from huggingface_hub import ModelCard
+def _source_license(workspace: Workspace, token: str | None) -> str | None:
+    """The source card's ``license``: from its README.md when on disk (a local folder), else
+    from the Hub's card data for a Hub source (downloads fetch no README)."""
+    from huggingface_hub import HfApi, ModelCard
 
     model = workspace.cached(workspace.config.source, workspace.config.revision)
     readme = model.path / "README.md" if model is not None else None
-    if readme is None or not readme.is_file():
-        return None
     try:
-        value = ModelCard.load(readme).data.license
-    except Exception as exc:  # a malformed source card must not stop the publish
-        log.warning("cannot read the license of %s: %s", readme, exc)
+        if readme is not None and readme.is_file():
+            value = ModelCard.load(readme).data.license
+        elif model is not None and model.repo_id is not None:
+            api = HfApi(endpoint=hub_settings().endpoint, token=token)
+            info = api.model_info(model.repo_id, revision=model.commit or model.revision)
+            value = info.card_data.license if info.card_data is not None else None
+        else:
+            return None
+    except Exception as exc:  # a missing or malformed source card must not stop the publish
+        log.warning(
+            "the source's license is unknown (%s); the card states none", type(exc).__name__
+        )
         return None
     return value if isinstance(value, str) else None
 

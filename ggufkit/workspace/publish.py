@@ -29,7 +29,7 @@ def publish(
     carries the measured table; a re-run sends only what changed."""
     with workspace.lock():
         artefacts = published_artefacts(workspace)
-        card = build_card(workspace, repo_id, artefacts, base_model=base_model)
+        card = build_card(workspace, repo_id, artefacts, base_model=base_model, token=token)
         plan = plan_upload(
             repo_id, [a.path for a in artefacts], card=card, revision=revision, private=private
         )
