@@ -220,6 +220,9 @@ def test_a_workspace_splits_records_every_shard_and_unsplits(
         return done.stdout
 
     ok("init", "./tiny", "--types", "q8_0")
+    for command in ("convert", "quantize"):  # in a workspace the size is ggufkit.toml's
+        refused = runner.invoke(cli, [command, "--split-max-size", "2M"])
+        assert refused.exit_code == 2 and "ggufkit.toml" in refused.output
     toml = tmp_path / "ggufkit.toml"
     assert '# split_max_size = "50G"' in toml.read_text()
     toml.write_text(toml.read_text().replace('# split_max_size = "50G"', 'split_max_size = "2M"'))

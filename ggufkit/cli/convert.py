@@ -133,14 +133,15 @@ def command(
             or chat_template != "auto"
             or tokenizer is not None
             or context_length is not None
+            or split.active
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
-                "-o, --outtype, --delta-base and --pre-tokenizer come from ggufkit.toml when "
-                "MODEL is left out, and --chat-template needs MODEL",
+                "-o, --outtype, --delta-base, --pre-tokenizer and the split size (split_max_size) "
+                "come from ggufkit.toml when MODEL is left out, and --chat-template needs MODEL",
                 hint="edit ggufkit.toml, or give MODEL",
             )
-        step = Workspace.require().convert(force=force, engine=engine, threads=threads, split=split)
+        step = Workspace.require().convert(force=force, engine=engine, threads=threads)
         echo_result(step, as_json, lambda s: s.describe())
         return
     from ggufkit.convert import convert

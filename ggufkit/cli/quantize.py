@@ -138,9 +138,14 @@ def command(
         if output is not None or outdir is not None:
             raise UsageError("-o and --outdir come from ggufkit.toml when INPUT is left out")
         if split.active:
+            raise UsageError(
+                "in a workspace the split size comes from ggufkit.toml",
+                hint='set split_max_size = "50G" there (convert and quantize both use it)',
+            )
+        if split.active:
             raise UsageError("the split options need INPUT", hint="give the .gguf file to quantize")
         steps = workspace.quantize(
-            parse_types(",".join(args)) or None, force=force, options=options, split=split
+            parse_types(",".join(args)) or None, force=force, options=options
         )
         if as_json:
             echo_json([step.to_json() for step in steps])

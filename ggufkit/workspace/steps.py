@@ -129,12 +129,12 @@ class Workspace:
 
         return built_form(path)
 
-    def split(self, given: SplitLimits | None) -> SplitLimits | None:
-        """The split limits: those given on the command line, else ggufkit.toml's."""
+    def split(self) -> tuple[SplitLimits, list[str]]:
+        """ggufkit.toml's ``split_max_size``, and the options that record it (none: unsplit)."""
         from ggufkit.formats.gguf_split import split_limits
 
-        active = given is not None and given.active
-        return given if active else split_limits(self.config.split_max_size, None)
+        limits = split_limits(self.config.split_max_size, None)
+        return limits, limits.tool_args() if limits.active else []
 
     def relative(self, path: Path) -> str:
         return (
@@ -278,19 +278,16 @@ class Workspace:
         force: bool = False,
         engine: str = "auto",
         threads: int | None = None,
-        split: SplitLimits | None = None,
     ) -> StepResult:
-        """Download (if needed) and convert the source to ``f16_path`` (a split set with
-        ``split``); a delta is merged on the fly."""
+        """Download (if needed) and convert the source to ``f16_path`` (a split set when
+        ggufkit.toml sets ``split_max_size``); a delta is merged on the fly."""
         with self.lock():
             model, base = self.source(), self.delta_base()
             options: dict[str, Any] = {"outtype": self.config.outtype}
             if engine != "auto":  # engines may differ in bytes; threads do not
                 options["engine"] = engine
-            split = self.split(split)
-            split_args = split.tool_args() if split is not None and split.active else []
-            if split_args:
-                options["split"] = split_args
+            split, split_args = self.split()
+            options.update({"split": split_args} if split_args else {})
             command = ["ggufkit", "convert", model.describe(), "-o", self.relative(self.f16_path)]
             command += ["--outtype", self.config.outtype]
             command += ["--delta-base", base.describe()] if base is not None else []
@@ -328,10 +325,9 @@ class Workspace:
         *,
         force: bool = False,
         options: QuantizeOptions | None = None,
-        split: SplitLimits | None = None,
     ) -> list[StepResult]:
         """Bring the converted file up to date, then make one quantized file per type (each a
-        split set with ``split``)."""
+        split set when ggufkit.toml sets ``split_max_size``)."""
         from ggufkit.quantize import QuantizeOptions
 
         options = options or QuantizeOptions()
@@ -340,8 +336,7 @@ class Workspace:
         with self.lock():
             self.convert()
             source = self.built(self.f16_path)
-            split = self.split(split)
-            split_args = split.tool_args() if split is not None and split.active else []
+            split, split_args = self.split()
             results = []
             for qtype in types or self.config.types:
                 output = self.quantized_path(qtype)
@@ -378,8 +373,8 @@ class Workspace:
         base = self.cached(self.config.delta_base)
         known = model is not None and (base is not None or self.config.delta_base is None)
         inputs = self._convert_inputs(model, base) if known and model is not None else None
-        cut = self.split(None)  # ggufkit.toml's split_max_size
-        split: dict[str, Any] = {"split": cut.tool_args()} if cut and cut.active else {}
+        split_args = self.split()[1]
+        split: dict[str, Any] = {"split": split_args} if split_args else {}
         f16 = self.built(self.f16_path)
         convert = self._state(
             "convert", f16, inputs, {"outtype": self.config.outtype, **split}, manifest
