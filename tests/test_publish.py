@@ -81,6 +81,11 @@ def test_publish_a_workspace(
     assert files["README.md"].decode() == card_text.rstrip("\n") + "\n"
     assert TOKEN not in files["README.md"].decode()
 
+    with (tmp_path / "out" / "tiny-Q4_0.gguf").open("ab") as handle:
+        handle.write(b"\0" * 32)  # its numbers no longer describe it: refused, not published
+    changed = runner.invoke(cli, ["publish", "me/tiny-GGUF", "--dry-run"])
+    assert changed.exit_code == 1 and "tiny-Q4_0.gguf changed since it was made" in changed.output
+
 
 @pytest.mark.needs_llamacpp
 def test_a_hub_source_gives_base_model_license_and_revision(

@@ -14,7 +14,7 @@ from ggufkit.core.fsutil import human_bytes
 from ggufkit.core.log import get_logger
 from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.hub import hub_settings, looks_like_repo_id
-from ggufkit.workspace.manifest import Manifest
+from ggufkit.workspace.manifest import Manifest, describe_output
 from ggufkit.workspace.steps import Workspace
 
 log = get_logger("workspace.card")
@@ -47,8 +47,14 @@ def published_artefacts(workspace: Workspace) -> list[Artefact]:
         if not path.is_file():
             log.warning("%s is recorded but missing; left out", key)
             continue
-        kind = (record.get("options") or {}).get("type") or record.get("options", {}).get("outtype")
-        found.append(Artefact(path, str(kind or "?").upper(), record))
+        if describe_output(path)["sha256"] != record.get("sha256"):
+            raise WorkspaceError(
+                f"{key} changed since it was made: its record (and numbers) describe other bytes",
+                hint="rebuild it (`ggufkit convert --force` / `ggufkit quantize --force`)",
+            )
+        options = record.get("options") or {}
+        kind = options.get("type") or options.get("outtype") or "?"
+        found.append(Artefact(path, str(kind).upper(), record))
     if not found:
         raise WorkspaceError(
             f"nothing to publish in {workspace.outdir}",
