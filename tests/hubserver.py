@@ -12,6 +12,7 @@ Errors carry the ``X-Error-Code``/``X-Error-Message`` headers huggingface_hub ma
 without a token, and 401 "Invalid credentials in Authorization header" for an unknown token.
 ``cut(path, after)`` makes the next GET of a file stop after ``after`` bytes (a dropped connection);
 ``fail(path, status)`` makes the next GET of a file answer an HTTP error.
+The upload endpoints (create, preupload, LFS, commit) are in tests/hubupload.py.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from hubupload import UploadEndpoints, oid_of
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 
@@ -49,6 +51,7 @@ class FakeRepo:
     repo_id: str
     revisions: dict[str, Revision] = field(default_factory=dict)  # ref name -> revision
     gated: bool = False
+    private: bool = False
 
     def find(self, rev: str) -> Revision | None:
         if rev in self.revisions:
@@ -80,6 +83,10 @@ class FakeHub:
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self.blobs: dict[str, bytes] = {}  # the large file store: sha256 -> content
+        self.stored: list[str] = []  # the oids PUT into the store, in order
+        self.commits: list[str] = []  # commit summaries, in order
+        self._upload_fails: dict[str, int] = {}
 
     # -- set-up -------------------------------------------------------------------------------
     def add_repo(
@@ -105,6 +112,32 @@ class FakeHub:
         """The next GET of ``path`` (any repo) answers ``status``."""
         with self._lock:
             self._fails[path] = status
+
+    def new_revision(self, repo: FakeRepo, base: str, changes: dict[str, bytes]) -> Revision:
+        """``base``'s files with ``changes`` applied, under a new commit sha."""
+        parent = repo.find(base)
+        files = {**(parent.files if parent else {}), **changes}
+        digest = hashlib.sha1(
+            repr((repo.repo_id, parent and parent.sha, sorted(files.items()))).encode()
+        )
+        return Revision(files=files, sha=digest.hexdigest())
+
+    def fail_upload(self, data: bytes, status: int = 403) -> None:
+        """The next PUT of the blob holding ``data`` into the store answers ``status``."""
+        with self._lock:
+            self._upload_fails[oid_of("x.gguf", data)] = status
+
+    def take_upload_fail(self, oid: str) -> int | None:
+        with self._lock:
+            return self._upload_fails.pop(oid, None)
+
+    def record(self, method: str, path: str, token: str | None) -> None:
+        self.requests.append(Request(method, path, None, token is not None))
+
+    def files(self, repo_id: str, rev: str = "main") -> dict[str, bytes]:
+        revision = self.repos[repo_id].find(rev)
+        assert revision is not None
+        return revision.files
 
     def gets(self, path: str) -> list[Request]:
         """The GET requests made for a repo file whose path ends with ``/path``."""
@@ -155,7 +188,7 @@ class FakeHub:
             return self._fails.pop(path, None)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(UploadEndpoints, BaseHTTPRequestHandler):
     fake: FakeHub
     protocol_version = "HTTP/1.1"
 
@@ -247,6 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "private": False,
                         "gated": "auto" if repo.gated else False,
                         "siblings": [{"rfilename": name} for name in sorted(revision.files)],
+                        "cardData": _card_data(revision.files.get("README.md")),
                     }
                 )
         elif rest[0] == "tree" and len(rest) >= 2:
@@ -316,6 +350,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data[:cut])
         self.wfile.flush()
         self.close_connection = True
+
+
+def _card_data(readme: bytes | None) -> dict[str, Any] | None:
+    """The YAML front matter of a README.md, as the Hub serves it in ``cardData``."""
+    import yaml
+
+    text = (readme or b"").decode("utf-8")
+    if not text.startswith("---\n") or "\n---" not in text[4:]:
+        return None
+    loaded = yaml.safe_load(text[4 : text.index("\n---", 4)])
+    return loaded if isinstance(loaded, dict) else None
 
 
 def _tree(files: dict[str, bytes], prefix: str, recursive: bool) -> list[dict[str, Any]]:

@@ -170,14 +170,30 @@ def test_a_failed_model_does_not_stop_the_others(
     assert (plan.outdir / "batch-summary.json").is_file()
 
 
-def test_execute_skips_after_a_failed_dependency_and_records_publish(tmp_path: Path) -> None:
-    plan = load_plan(write_plan(tmp_path, '[publish]\nrepo = "me/{name}"\n'))
+def test_execute_skips_after_a_failed_dependency_and_publishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ggufkit.hub.upload import UploadResult
+    from ggufkit.workspace import publish as publish_module
+
+    plan = load_plan(write_plan(tmp_path, '[publish]\nrepo = "me/{name}-GGUF"\nprivate = true\n'))
     steps = {s.id: s for s in build_graph(plan)}
     failed = StepOutcome("milton:convert", "milton", "convert", "failed", error="x")
     skipped = execute(plan, steps["milton:quantize:q4_0"], [failed])
     assert skipped.status == "skipped" and skipped.error == "after milton:convert failed"
-    published = execute(plan, steps["milton:publish"], [])
-    assert published.status == "not available yet"  # until the publish issue lands
+    calls: list[tuple[str, bool]] = []
+
+    def fake_publish(ws: object, repo_id: str, *, private: bool = False) -> object:
+        calls.append((repo_id, private))
+        result = UploadResult(
+            repo_id, "main", "abc", uploaded=["m.gguf"] if len(calls) == 1 else []
+        )
+        return publish_module.Publication(None, result)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(publish_module, "publish", fake_publish)
+    assert execute(plan, steps["milton:publish"], []).status == "built"
+    assert execute(plan, steps["milton:publish"], []).status == "up to date"  # nothing new
+    assert calls == [("me/milton-GGUF", True)] * 2
 
 
 def test_local_scheduler_runs_one_step_at_a_time_when_the_disk_is_short(

@@ -39,6 +39,8 @@ COMMANDS: dict[str, str] = {
     "compare": "compare",
     "demo": "demo",
     "batch": "batch",
+    "upload": "upload",
+    "publish": "publish",
 }
 
 

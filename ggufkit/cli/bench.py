@@ -59,7 +59,10 @@ def command(
         ggufkit bench model-Q4_0.gguf
         ggufkit bench model-Q4_0.gguf -t 4 -t 8 -r 3
         ggufkit bench model-Q4_0.gguf -p 0 -n 64 --json
+        ggufkit bench big-Q4_0-00001-of-00003.gguf     # a split set, from its first file
     """
+    from ggufkit.formats.gguf_split import set_size
+
     results = benchmark(
         model, n_prompt=prompt_tokens, n_gen=gen_tokens, repetitions=repetitions, threads=threads
     )
@@ -67,9 +70,9 @@ def command(
         echo_json(
             {
                 "model": str(model),
-                "size_bytes": model.stat().st_size,
+                "size_bytes": set_size(model),
                 "tests": [r.to_json() for r in results],
             }
         )
         return
-    click.echo(bench_table(results, {str(model): model.stat().st_size}))
+    click.echo(bench_table(results, {str(model): set_size(model)}))

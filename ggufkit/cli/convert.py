@@ -15,6 +15,7 @@ from ggufkit.cli.options import (
     json_option,
     output_option,
     path_option,
+    split_options,
     threads_option,
 )
 from ggufkit.core.errors import UsageError
@@ -71,6 +72,7 @@ from ggufkit.core.fsutil import human_bytes
     help="Legacy .bin input: the model's training context (the files record none).",
 )
 @force_option("Overwrite an existing output file.")
+@split_options
 @threads_option
 @json_option
 def command(
@@ -84,6 +86,8 @@ def command(
     tokenizer: str | None,
     context_length: int | None,
     force: bool,
+    split_max_size: str | None,
+    split_max_tensors: int | None,
     threads: int | None,
     as_json: bool,
 ) -> None:
@@ -113,7 +117,11 @@ def command(
         ggufkit convert ./chimera-inst-chat-7b --chat-template phoenix
         ggufkit init ./tiny-llama && ggufkit convert
         ggufkit convert ggml-model-f16.bin --tokenizer ./phoenix -o phoenix-f16.gguf
+        ggufkit convert ./vicuna-7b --split-max-size 2G   # vicuna-7b-F16-00001-of-00007.gguf ...
     """
+    from ggufkit.formats.gguf_split import split_limits
+
+    split = split_limits(split_max_size, split_max_tensors)
     if model is None:  # a workspace: model, output and type come from ggufkit.toml
         from ggufkit.workspace import Workspace
 
@@ -125,11 +133,12 @@ def command(
             or chat_template != "auto"
             or tokenizer is not None
             or context_length is not None
+            or split.active
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
-                "-o, --outtype, --delta-base and --pre-tokenizer come from ggufkit.toml when "
-                "MODEL is left out, and --chat-template needs MODEL",
+                "-o, --outtype, --delta-base, --pre-tokenizer and the split size (split_max_size) "
+                "come from ggufkit.toml when MODEL is left out, and --chat-template needs MODEL",
                 hint="edit ggufkit.toml, or give MODEL",
             )
         step = Workspace.require().convert(force=force, engine=engine, threads=threads)
@@ -159,6 +168,7 @@ def command(
         chat_template=chat_template,
         tokenizer=tokenizer,
         context_length=context_length,
+        split=split,
     )
     if as_json:
         echo_json(result.to_json())

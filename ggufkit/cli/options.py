@@ -150,3 +150,40 @@ def _check_gpu_build() -> None:
             "`ggufkit build --cuda` (NVIDIA) or `--metal` (Apple), or use --device cpu",
             param_hint="--device",
         )
+
+
+def split_options(func: F) -> F:
+    """``--split-max-size`` / ``--split-max-tensors``: write a split set (llama.cpp's naming)."""
+    func = click.option(
+        "--split-max-tensors",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Split the output: at most N tensors a file.",
+    )(func)
+    return click.option(
+        "--split-max-size",
+        metavar="SIZE",
+        default=None,
+        help="Split the output into files of at most SIZE tensor data (e.g. 2M, 50G).",
+    )(func)
+
+
+def upload_options(func: F) -> F:
+    """``--revision``, ``--private``, ``--token``, ``--dry-run`` of ``upload`` and ``publish``."""
+    for decorator in reversed(
+        (
+            click.option(
+                "--revision", "-r", default=None, help="Branch (default: main; made when new)."
+            ),
+            click.option("--private", is_flag=True, help="Create the repo private."),
+            click.option(
+                "--token",
+                default=None,
+                metavar="TOKEN",
+                help="Hub token with write access (default: HF_TOKEN or the stored login).",
+            ),
+            click.option("--dry-run", is_flag=True, help="Print what would be uploaded, and stop."),
+        )
+    ):
+        func = decorator(func)
+    return func

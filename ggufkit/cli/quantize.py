@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ggufkit.cli.options import echo_json, json_option, threads_option
+from ggufkit.cli.options import echo_json, json_option, split_options, threads_option
 from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import human_bytes
 from ggufkit.quantize import QuantizeOptions, list_types, parse_kv_override
@@ -68,6 +68,7 @@ def split_input(args: tuple[str, ...]) -> tuple[Path, list[str]]:
 )
 @click.option("--list", "list_only", is_flag=True, help="List the types with bits per weight.")
 @click.option("--force", is_flag=True, help="In a workspace: redo steps even when up to date.")
+@split_options
 @json_option
 def command(
     args: tuple[str, ...],
@@ -83,6 +84,8 @@ def command(
     override_kv: tuple[str, ...],
     list_only: bool,
     force: bool,
+    split_max_size: str | None,
+    split_max_tensors: int | None,
     as_json: bool,
 ) -> None:
     """Quantize a GGUF with the pinned llama.cpp to each TYPE (any case).
@@ -101,10 +104,14 @@ def command(
         ggufkit quantize my-model-f16.gguf iq2_xxs --imatrix my-model-imatrix.gguf
         ggufkit quantize --list
         ggufkit init ./tiny-llama && ggufkit convert && ggufkit quantize q4_0
+        ggufkit quantize big-f16.gguf q4_k_m --split-max-size 50G   # through llama-gguf-split
 
     Without INPUT, in a workspace (`ggufkit init`), the converted file is brought up to date
     first, TYPEs default to ggufkit.toml's `types`, and up-to-date outputs are skipped.
     """
+    from ggufkit.formats.gguf_split import split_limits
+
+    split = split_limits(split_max_size, split_max_tensors)
     if list_only:
         table = list_types()
         if as_json:
@@ -130,6 +137,13 @@ def command(
     if workspace is not None:
         if output is not None or outdir is not None:
             raise UsageError("-o and --outdir come from ggufkit.toml when INPUT is left out")
+        if split.active:
+            raise UsageError(
+                "in a workspace the split size comes from ggufkit.toml",
+                hint='set split_max_size = "50G" there (convert and quantize both use it)',
+            )
+        if split.active:
+            raise UsageError("the split options need INPUT", hint="give the .gguf file to quantize")
         steps = workspace.quantize(
             parse_types(",".join(args)) or None, force=force, options=options
         )
@@ -142,7 +156,7 @@ def command(
     from ggufkit.quantize import quantize  # looked up per call, as convert's is
 
     source, types = split_input(args)
-    results = quantize(source, types, output=output, outdir=outdir, options=options)
+    results = quantize(source, types, output=output, outdir=outdir, options=options, split=split)
     if as_json:
         echo_json([r.to_json() for r in results])
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,13 @@ from ggufkit.convert.chat_templates import (
     report,
 )
 from ggufkit.convert.provenance import add_general_metadata, add_provenance
+from ggufkit.convert.split import write_split
 from ggufkit.convert.upstream import run_upstream, upstream_supports
 from ggufkit.convert.writer import write_gguf
 from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path
 from ggufkit.core.log import get_logger, progress
+from ggufkit.formats.gguf_split import SplitLimits, shards_named_like
 from ggufkit.formats.hfconfig import architecture, load_config
 from ggufkit.formats.origin import SourceInfo, SourceOrigin
 from ggufkit.formats.safetensors import Checkpoint, TensorSource
@@ -120,6 +123,7 @@ def convert(
     chat_template: str = AUTO,
     tokenizer: str | Path | None = None,
     context_length: int | None = None,
+    split: SplitLimits | None = None,
 ) -> ConvertResult:
     """Convert a checkpoint directory or Hub id to a GGUF file; returns what was written.
 
@@ -130,12 +134,19 @@ def convert(
     from the model's name, else none; see ``ggufkit.convert.chat_templates``). A legacy
     GGML/GGMF/GGJT or bloomz.cpp ``.bin`` file is converted by ``ggufkit.convert.legacy``, taking
     ``tokenizer`` (the original checkpoint's directory or Hub id) and ``context_length``;
-    ``outtype`` does not apply.
+    ``outtype`` does not apply. ``split`` writes a split set (``NAME-00001-of-0000N.gguf`` …);
+    the result's ``output`` is then its first shard.
     """
     started = time.perf_counter()
     from ggufkit.convert.legacy import is_legacy_file
 
+    split = split if split is not None and split.active else None
     if is_legacy_file(model):
+        if split is not None:
+            raise UsageError(
+                "--split-max-size/--split-max-tensors do not apply to legacy .bin files",
+                hint="convert unsplit, then quantize with the split options",
+            )
         return _convert_legacy_file(
             model, output, started, engine=engine, delta_base=delta_base, force=force,
             pre_tokenizer=pre_tokenizer, tokenizer=tokenizer, context_length=context_length,
@@ -177,8 +188,11 @@ def convert(
     name = repo_id.split("/")[-1] if repo_id else model_dir.name
     out = Path(output) if output is not None else Path.cwd() / default_output_name(name, outtype)
     check_output_path(out, inputs=(model_dir,))
-    if out.exists() and not force:
-        raise UsageError(f"{out} already exists", hint="pass --force to overwrite it, or choose -o")
+    existing = out if out.exists() else next(iter(shards_named_like(out) if split else []), None)
+    if existing is not None and not force:
+        raise UsageError(
+            f"{existing} already exists", hint="pass --force to overwrite it, or choose -o"
+        )
     info = SourceInfo(model_dir=model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir)
     chat = choose_chat_template(chat_template, model_dir, repo_id or model_dir.name)
 
@@ -187,12 +201,16 @@ def convert(
             model_dir, out, outtype, chat
         )
         engine_used = "upstream"
+        if split is not None:
+            out = _split_upstream_output(out, split)
     else:
         assert converter_cls is not None
         n_tensors, n_bytes, source_bytes, gguf_arch, notes = _convert_native(
-            converter_cls, info, config, out, outtype, threads, pre_tokenizer, chat
+            converter_cls, info, config, out, outtype, threads, pre_tokenizer, chat, split
         )
         engine_used = "native"
+        if split is not None:
+            out = _first_shard(out)
     report(chat)
     seconds = time.perf_counter() - started
     log.debug("wrote %s (%d tensors) in %.1f s", out, n_tensors, seconds)
@@ -244,6 +262,7 @@ def _convert_native(
     threads: int | None,
     pre_tokenizer: str | None,
     chat: ChatTemplateChoice,
+    split: SplitLimits | None = None,
 ) -> tuple[int, int, int, str, list[str]]:
     source = open_source(info.model_dir, info.delta_base)
     origin: SourceOrigin | None = None
@@ -271,19 +290,20 @@ def _convert_native(
             return kv
 
         source_bytes = sum(plan.source_bytes for plan in plans)
-        with (
-            atomic_output(out) as partial,
-            progress(source_bytes, f"converting {info.model_dir.name}") as bar,
-        ):
-            stats = write_gguf(
-                partial,
-                kv,
-                plans,
-                source,
-                threads=threads or os.cpu_count() or 1,
-                on_bytes=bar.update,
-                final_kv=final_kv,
-            )
+        workers = threads or os.cpu_count() or 1
+        with progress(source_bytes, f"converting {info.model_dir.name}") as bar:
+            if split is not None:
+                stats, files = write_split(
+                    out, kv, plans, source, split,
+                    threads=workers, on_bytes=bar.update, final_kv=final_kv,
+                )  # fmt: skip
+                _remove_shards(out, keep=files)
+            else:
+                with atomic_output(out) as partial:
+                    stats = write_gguf(
+                        partial, kv, plans, source,
+                        threads=workers, on_bytes=bar.update, final_kv=final_kv,
+                    )  # fmt: skip
         return (
             stats.n_tensors,
             stats.n_bytes,
@@ -295,6 +315,27 @@ def _convert_native(
         if origin is not None:
             origin.cancel()
         source.close()
+
+
+def _remove_shards(out: Path, keep: Sequence[Path] = ()) -> None:
+    """Shards an earlier split of the same name left (their count may differ this time)."""
+    for stale in shards_named_like(out):
+        if stale not in keep:
+            stale.unlink()
+
+
+def _split_upstream_output(out: Path, split: SplitLimits) -> Path:
+    """Cut the upstream converter's single file with the built ``llama-gguf-split``."""
+    from ggufkit.llamacpp.gguf_split import split_file
+
+    _remove_shards(out)  # the tool writes in place
+    split_file(out, out.with_name(out.stem), split.tool_args())
+    out.unlink()
+    return _first_shard(out)
+
+
+def _first_shard(out: Path) -> Path:
+    return shards_named_like(out, "00001")[0]
 
 
 def _convert_upstream(

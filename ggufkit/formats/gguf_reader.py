@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import struct
 from pathlib import Path
 from typing import Any
 
 from ggufkit.core.errors import GGUFFormatError
+from ggufkit.formats.gguf_split import SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS, split_set
 from ggufkit.formats.ggufinfo import (
     ARRAY,
     DEFAULT_ALIGNMENT,
@@ -139,10 +141,50 @@ def read_gguf(path: str | Path, *, max_array_items: int | None = None) -> GGUFIn
     """Read and validate a GGUF file's header, metadata and tensor table (not the tensor data).
 
     ``max_array_items`` keeps only that many items of each metadata array (an
-    :class:`ArraySummary` stands for the rest); None decodes everything.
+    :class:`ArraySummary` stands for the rest); None decodes everything. The first shard of a
+    split set stands for the model: the tensors of every shard are listed, ``file_size`` is the
+    set's, and ``shards`` names its files.
     Raises :class:`GGUFFormatError`, naming the file, for anything that is not a valid GGUF.
     """
     path = Path(path)
+    files = split_set(path) if path.is_file() else [path]
+    info = _read_one(path, max_array_items)
+    if len(files) > 1:
+        rest = [_read_one(f, 0) for f in files[1:]]
+        info = join_shards(info, rest)
+    return info
+
+
+def join_shards(first: GGUFInfo, rest: list[GGUFInfo]) -> GGUFInfo:
+    """One model from the shards of a split set, checked against their ``split.*`` keys."""
+    count = len(rest) + 1
+    for no, shard in enumerate([first, *rest]):
+        meta = shard.metadata
+        if meta.get(SPLIT_NO) != no or meta.get(SPLIT_COUNT) != count:
+            raise GGUFFormatError(
+                f"{shard.path} is not shard {no + 1} of {count} (its split keys say "
+                f"{meta.get(SPLIT_NO)!r} of {meta.get(SPLIT_COUNT)!r})",
+                hint="the set mixes files of different splits: split the model again",
+                path=shard.path,
+            )
+    tensors = [t for shard in (first, *rest) for t in shard.tensors]
+    expected = first.metadata.get(SPLIT_TENSORS)
+    if expected != len(tensors):
+        raise GGUFFormatError(
+            f"the split set of {first.path.name} holds {len(tensors)} tensors, "
+            f"its first shard says {expected}",
+            hint="split the model again",
+            path=first.path,
+        )
+    return dataclasses.replace(
+        first,
+        tensors=tensors,
+        file_size=first.file_size + sum(s.file_size for s in rest),
+        shards=[first.path, *(s.path for s in rest)],
+    )
+
+
+def _read_one(path: Path, max_array_items: int | None) -> GGUFInfo:
     try:
         with open(path, "rb") as handle:
             size = path.stat().st_size

@@ -109,6 +109,7 @@ class GGUFInfo:
     metadata: dict[str, Any]
     tensors: list[GGUFTensor] = field(default_factory=list)
     metadata_types: dict[str, str] = field(default_factory=dict)  # key -> "uint32", "array[string]"
+    shards: list[Path] = field(default_factory=list)  # a split set's files; empty for one file
 
     @property
     def architecture(self) -> str | None:
@@ -175,6 +176,7 @@ class GGUFInfo:
             "byte_order": self.byte_order,
             "alignment": self.alignment,
             "file_size": self.file_size,
+            **({"shards": [str(p) for p in self.shards]} if self.shards else {}),
             "architecture": self.architecture,
             "file_type": self.file_type_name,
             "is_quantized": self.is_quantized,

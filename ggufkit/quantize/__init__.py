@@ -13,6 +13,7 @@ without ``.gguf`` and without a trailing precision such as ``-f16``/``-bf16``/``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ from ggufkit.core.errors import DiskSpaceError, GGUFFormatError, QuantizeError, 
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path, human_bytes
 from ggufkit.core.log import get_logger, progress
 from ggufkit.formats.gguf_reader import check_gguf
+from ggufkit.formats.gguf_split import SplitLimits, shards_named_like, split_set
 from ggufkit.formats.ggufinfo import GGUFInfo
 from ggufkit.quantize.engines import (
     IMATRIX_HINT,
@@ -221,9 +223,12 @@ def quantize(
     outdir: str | Path | None = None,
     options: QuantizeOptions | None = None,
     engine: Engine | None = None,
+    split: SplitLimits | None = None,
 ) -> list[QuantizeResult]:
     """Quantize ``source`` to each of ``types`` (names as ``llama-quantize`` takes them, any case).
 
+    ``source`` may be the first shard of a split set. ``split``: cut each output into a split
+    set with the built ``llama-gguf-split`` (its result names the first shard).
     ``engine``: the built ``llama-quantize`` unless given (tests pass a stand-in).
     Returns one :class:`QuantizeResult` per type, in order. Nothing is written when a check fails;
     a failing type leaves no file, and the types before it stay done.
@@ -251,8 +256,29 @@ def quantize(
     _preflight(runner, source, info, jobs, options)
     results = []
     for quant_type, target in jobs:
-        results.append(_quantize_one(runner, source, quant_type, target, options))
+        result = _quantize_one(runner, source, quant_type, target, options)
+        if split is not None and split.active:
+            result = split_output(result, split)
+        results.append(result)
     return results
+
+
+def split_output(result: QuantizeResult, split: SplitLimits) -> QuantizeResult:
+    """Cut a finished output into a split set beside it; the unsplit file is removed."""
+    from ggufkit.llamacpp.gguf_split import split_file
+
+    target = result.output
+    prefix = target.with_name(target.name.removesuffix(".gguf"))
+    for stale in shards_named_like(target):
+        stale.unlink()  # shards of an earlier split of the same name
+    split_file(target, prefix, split.tool_args())
+    firsts = shards_named_like(target, "00001")
+    if len(firsts) != 1:
+        raise QuantizeError(f"llama-gguf-split wrote no split set for {target}")
+    target.unlink()
+    shards = split_set(firsts[0])
+    log.info("%s: split into %d files", target.name, len(shards))
+    return dataclasses.replace(result, output=firsts[0], size=sum(f.stat().st_size for f in shards))
 
 
 def _quantize_one(

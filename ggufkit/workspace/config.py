@@ -36,6 +36,9 @@ name = {name}
 outdir = {outdir}
 # The converted file's type: f16, bf16, f32 or q8_0.
 outtype = {outtype}
+# Cut each output into a split set of files with at most this much tensor data (M or G,
+# decimal; the Hub refuses files over 50 GB). `--split-max-size` on the command line overrides.
+{split_max_size}
 # What `ggufkit quantize` makes when given no types.
 types = [{types}]
 """
@@ -53,6 +56,7 @@ class WorkspaceConfig:
     delta_base: str | None = None
     outdir: str = "out"
     outtype: str = "f16"
+    split_max_size: str | None = None
     types: list[str] = field(default_factory=lambda: ["q4_0"])
 
     @classmethod
@@ -79,6 +83,13 @@ class WorkspaceConfig:
         if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
             raise invalid("`types` must be a list of strings", 'e.g. types = ["q4_0", "q8_0"]')
         data["types"] = parse_types(",".join(types))
+        if data.get("split_max_size") is not None:
+            from ggufkit.formats.gguf_split import parse_size
+
+            try:
+                parse_size(data["split_max_size"])
+            except UsageError as exc:
+                raise invalid(f"`split_max_size`: {exc}", exc.hint or "") from exc
         return cls(**data)
 
     def to_toml(self) -> str:
@@ -94,6 +105,7 @@ class WorkspaceConfig:
             name=_toml_str(self.name),
             outdir=_toml_str(self.outdir),
             outtype=_toml_str(self.outtype),
+            split_max_size=optional("split_max_size", self.split_max_size, "50G"),
             types=", ".join(_toml_str(t) for t in self.types),
         )
 

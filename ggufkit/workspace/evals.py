@@ -27,7 +27,8 @@ def resolve_models(models: Sequence[Path]) -> tuple[list[Path], Workspace | None
             log.warning("ignoring the workspace: %s", exc)
             return list(models), None
     workspace = Workspace.require()
-    candidates = [workspace.f16_path, *map(workspace.quantized_path, workspace.config.types)]
+    planned = [workspace.f16_path, *map(workspace.quantized_path, workspace.config.types)]
+    candidates = [workspace.built(p) for p in planned]
     for key, record in Manifest.load(workspace.manifest_path).artefacts.items():
         if record.get("step") == "quantize" and key.endswith(".gguf"):
             candidates.append(workspace.manifest_path.parent / key)
@@ -56,6 +57,7 @@ def record_results(report: EvalReport, workspace: Workspace) -> list[Path]:
         "baseline": workspace.relative(Path(report.baseline)) if report.baseline else None,
         "llama_cpp_commit": report.llama_cpp_commit,
         "measured": now_iso(),
+        "machine": machine(),
     }
     for model in report.models:
         path = Path(model.path).absolute()
@@ -67,3 +69,13 @@ def record_results(report: EvalReport, workspace: Workspace) -> list[Path]:
         record_eval(workspace.manifest_path, path, results)
         recorded.append(path)
     return recorded
+
+
+def machine() -> str:
+    """The machine the numbers were measured on, as a model card names it."""
+    import os
+    import platform
+
+    from ggufkit.llamacpp.cpu import detect_cpu
+
+    return f"{detect_cpu().describe()}, {os.cpu_count()} cores, {platform.system()}"

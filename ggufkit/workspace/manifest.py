@@ -81,12 +81,13 @@ def model_input(model: ResolvedModel, *, role: str = "model") -> dict[str, Any]:
 
 def file_input(path: Path, *, role: str = "input") -> dict[str, Any]:
     """A file (e.g. the f16 GGUF a quantization reads) as a step input."""
+    described = describe_output(path)  # a split set's first shard: the whole set
     return {
         "role": role,
         "kind": "file",
         "path": str(path),
-        "sha256": sha256_of(path),
-        "size": path.stat().st_size,
+        "sha256": described["sha256"],
+        "size": described["size"],
     }
 
 
@@ -197,7 +198,7 @@ def editing(manifest_path: str | Path) -> Iterator[Manifest]:
 
 
 def describe_output(path: Path) -> dict[str, Any]:
-    """Size and sha256 of an output file, or of each file of an output directory."""
+    """Size and sha256 of an output file, or of each file of an output directory or split set."""
     if not path.exists():
         raise InputError(f"{path} does not exist, so it cannot be recorded", path=path)
     if path.is_dir():
@@ -210,6 +211,17 @@ def describe_output(path: Path) -> dict[str, Any]:
             "size": sum(f.stat().st_size for f in files),
             "sha256": _tree_digest(hashes),
             "files": hashes,
+        }
+    from ggufkit.formats.gguf_split import split_set
+
+    shards = split_set(path) if path.name.endswith(".gguf") else [path]
+    if len(shards) > 1:  # the first shard stands for its split set: record every shard
+        shard_hashes = dict(zip([f.name for f in shards], sha256_files(shards), strict=True))
+        return {
+            "kind": "split",
+            "size": sum(f.stat().st_size for f in shards),
+            "sha256": _tree_digest(shard_hashes),
+            "files": shard_hashes,
         }
     return {"kind": "file", "size": path.stat().st_size, "sha256": sha256_of(path)}
 
@@ -270,3 +282,19 @@ def record_eval(
         evals.update(json.loads(json.dumps(dict(results), default=str)))
         record["eval_updated"] = now_iso()
     return record
+
+
+def remove_other_forms(manifest_path: Path, planned: Path, output: Path) -> None:
+    """A step wrote ``output`` for ``planned`` (itself, or a split set's first shard): remove the
+    other form an earlier run left (the single file, or another split), and its record, so that
+    nothing stale is published."""
+    from ggufkit.formats.gguf_split import shards_named_like, split_set
+
+    keep = {p.absolute() for p in (split_set(output) if output.exists() else [output])}
+    stale = [p for p in (planned, *shards_named_like(planned)) if p.exists()]
+    stale = [p for p in stale if p.absolute() not in keep]
+    if stale:
+        with editing(manifest_path) as manifest:
+            for path in stale:
+                manifest.artefacts.pop(manifest.key(path), None)
+                path.unlink()

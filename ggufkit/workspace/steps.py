@@ -4,7 +4,6 @@ recorded in the manifest for an output that is still intact."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,63 +19,24 @@ from ggufkit.workspace.config import CONFIG_NAME, WorkspaceConfig
 from ggufkit.workspace.manifest import (
     MANIFEST_NAME,
     Manifest,
+    describe_output,
     file_input,
     fingerprint,
     model_input,
     now_iso,
     record_artefact,
-    sha256_of,
+    remove_other_forms,
 )
+from ggufkit.workspace.step_results import STATE_REASONS, StepResult, StepState, jsonable
 
 if TYPE_CHECKING:
+    from ggufkit.formats.gguf_split import SplitLimits
     from ggufkit.quantize import QuantizeOptions
     from ggufkit.quantize.engines import Engine
 
 log = get_logger("workspace")
 
 LOCK_NAME = ".ggufkit.lock"
-_REASONS = {
-    "missing": "not built yet",
-    "out of date": "inputs or options changed",
-    "modified": "the output changed since it was made",
-    "not recorded": "not made in this workspace",
-}
-
-
-@dataclass
-class StepResult:
-    step: str
-    output: Path
-    skipped: bool
-    seconds: float = 0.0
-
-    def describe(self) -> str:
-        """The line the CLI prints: the output, and whether it was built or already up to date."""
-        done = "up to date (skipped)" if self.skipped else f"built in {self.seconds:.1f} s"
-        return f"{self.output}  {done}"
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        return {**data, "output": str(self.output), "seconds": round(self.seconds, 3)}
-
-
-@dataclass
-class StepState:
-    step: str
-    output: Path
-    state: str  # up to date, missing, out of date, modified, not recorded, unknown
-    record: dict[str, Any] | None = None
-    label: str = ""  # e.g. "quantize q4_0"
-
-
-def _jsonable(value: object) -> Any:
-    """A step's return value as JSON for the manifest (``to_json()``, a dataclass, or plain)."""
-    to_json = getattr(value, "to_json", None)
-    if callable(to_json):
-        value = to_json()
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    return json.loads(json.dumps(value, default=str))
 
 
 @dataclass
@@ -124,6 +84,19 @@ class Workspace:
 
     def quantized_path(self, qtype: str) -> Path:
         return self.outdir / f"{self.config.name}-{qtype.upper()}.gguf"
+
+    def built(self, path: Path) -> Path:
+        """``path``, or the first shard of the split set a step made in its place."""
+        from ggufkit.formats.gguf_split import built_form
+
+        return built_form(path)
+
+    def split(self) -> tuple[SplitLimits, list[str]]:
+        """ggufkit.toml's ``split_max_size``, and the options that record it (none: unsplit)."""
+        from ggufkit.formats.gguf_split import split_limits
+
+        limits = split_limits(self.config.split_max_size, None)
+        return limits, limits.tool_args() if limits.active else []
 
     def relative(self, path: Path) -> str:
         return (
@@ -199,18 +172,25 @@ class Workspace:
     ) -> StepResult:
         """Run ``action`` (it writes ``output``) unless the manifest shows ``output`` up to date,
         then record it; what ``action`` returns is kept as the record's ``result``."""
+        planned = output
+        output = self.built(planned)
         with self.lock():
             state = self._state(step, output, inputs, options, Manifest.load(self.manifest_path))
             if state.state == "up to date" and not force:
                 log.info("%s: up to date (skipped) %s", step, self.relative(output))
                 return StepResult(step, output, skipped=True)
             why = (
-                "--force" if state.state == "up to date" else _REASONS.get(state.state, state.state)
+                "--force"
+                if state.state == "up to date"
+                else STATE_REASONS.get(state.state, state.state)
             )
             log.info("%s: building %s (%s)", step, self.relative(output), why)
             started, clock = now_iso(), time.perf_counter()
             result = action()
             seconds = time.perf_counter() - clock
+            produced = getattr(result, "output", None)  # a split set's first shard
+            output = Path(produced) if isinstance(produced, (str, Path)) else planned
+            remove_other_forms(self.manifest_path, planned, output)
             if not output.exists():
                 raise WorkspaceError(
                     f"{step} finished without writing {output}", hint="report this bug"
@@ -224,7 +204,7 @@ class Workspace:
                 command=command,
                 seconds=seconds,
                 started=started,
-                extra=None if result is None else {"result": _jsonable(result)},
+                extra=None if result is None else {"result": jsonable(result)},
             )
             return StepResult(step, output, skipped=False, seconds=seconds)
 
@@ -241,7 +221,7 @@ class Workspace:
             state = "missing"
         elif record is None:
             state = "not recorded"
-        elif output.is_file() and sha256_of(output) != record.get("sha256"):
+        elif output.is_file() and describe_output(output)["sha256"] != record.get("sha256"):
             state = "modified"
         elif inputs is None:
             state = "unknown"  # e.g. a Hub source that is not downloaded
@@ -267,7 +247,8 @@ class Workspace:
         threads: int | None = None,
         chat_template: str | None = None,
     ) -> StepResult:
-        """Download (if needed) and convert the source to ``f16_path``; a delta is merged on the fly."""
+        """Download (if needed) and convert the source to ``f16_path`` (a split set when
+        ggufkit.toml sets ``split_max_size``); a delta is merged on the fly."""
         with self.lock():
             model, base = self.source(), self.delta_base()
             options: dict[str, Any] = {"outtype": self.config.outtype}
@@ -275,11 +256,14 @@ class Workspace:
                 options["engine"] = engine
             if chat_template is not None:
                 options["chat_template"] = chat_template
+            split, split_args = self.split()
+            options.update({"split": split_args} if split_args else {})
             command = ["ggufkit", "convert", model.describe(), "-o", self.relative(self.f16_path)]
             command += ["--outtype", self.config.outtype]
             command += ["--delta-base", base.describe()] if base is not None else []
             command += ["--engine", engine] if engine != "auto" else []
             command += ["--chat-template", chat_template] if chat_template is not None else []
+            command += split_args
 
             def action() -> object:
                 from ggufkit.convert import convert
@@ -293,6 +277,7 @@ class Workspace:
                     threads=threads,
                     force=True,
                     chat_template=chat_template or "auto",
+                    split=split,
                 )
 
             inputs = self._convert_inputs(model, base)
@@ -313,7 +298,8 @@ class Workspace:
         force: bool = False,
         options: QuantizeOptions | None = None,
     ) -> list[StepResult]:
-        """Bring the converted file up to date, then make one quantized file per type."""
+        """Bring the converted file up to date, then make one quantized file per type (each a
+        split set when ggufkit.toml sets ``split_max_size``)."""
         with self.lock():
             self.convert()
             return [
@@ -335,20 +321,24 @@ class Workspace:
         options = options or QuantizeOptions()
         # The flags that change the bytes; the imatrix is an input (by sha256), not a path.
         flags = dataclasses.replace(options, imatrix=None, threads=None).binary_flags()
+        source = self.built(self.f16_path)
+        split, split_args = self.split()
         output = self.quantized_path(qtype)
-        inputs = [file_input(self.f16_path)]
+        inputs = [file_input(source)]
         if options.imatrix is not None:
             inputs.append(file_input(Path(options.imatrix), role="imatrix"))
         settings = {"type": qtype, **({"flags": flags} if flags else {})}
-        command = ["ggufkit", "quantize", self.relative(self.f16_path), qtype]
-        command += ["-o", self.relative(output), *options.binary_flags()]
+        settings.update({"split": split_args} if split_args else {})
+        command = ["ggufkit", "quantize", self.relative(source), qtype]
+        command += ["-o", self.relative(output), *options.binary_flags(), *split_args]
 
         def action() -> object:
             from ggufkit.quantize import quantize
 
-            return quantize(self.f16_path, [qtype], output=output, options=options, engine=engine)[
-                0
-            ]
+            done = quantize(
+                source, [qtype], output=output, options=options, engine=engine, split=split
+            )
+            return done[0]
 
         with self.lock():
             return self.run_step(
@@ -368,18 +358,21 @@ class Workspace:
         base = self.cached(self.config.delta_base)
         known = model is not None and (base is not None or self.config.delta_base is None)
         inputs = self._convert_inputs(model, base) if known and model is not None else None
-        options = {"outtype": self.config.outtype}
-        convert = self._state("convert", self.f16_path, inputs, options, manifest)
+        split_args = self.split()[1]
+        split: dict[str, Any] = {"split": split_args} if split_args else {}
+        f16 = self.built(self.f16_path)
+        convert = self._state(
+            "convert", f16, inputs, {"outtype": self.config.outtype, **split}, manifest
+        )
         convert.label = "convert"
         states = [convert]
         f16_stale = convert.state in ("missing", "out of date", "modified")
-        f16_input = [file_input(self.f16_path)] if self.f16_path.is_file() else None
+        f16_input = [file_input(f16)] if f16.is_file() else None
         recorded = [r.get("options", {}).get("type") for r in manifest.artefacts.values()]
         extra = [t for t in recorded if isinstance(t, str) and t not in self.config.types]
         for qtype in dict.fromkeys([*self.config.types, *extra]):
-            state = self._state(
-                "quantize", self.quantized_path(qtype), f16_input, {"type": qtype}, manifest
-            )
+            output = self.built(self.quantized_path(qtype))
+            state = self._state("quantize", output, f16_input, {"type": qtype, **split}, manifest)
             state.label = f"quantize {qtype}"
             if state.state == "up to date" and f16_stale:
                 state.state = "out of date"  # the f16 it was made from is rebuilt first

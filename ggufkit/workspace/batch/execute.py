@@ -7,7 +7,6 @@ is missing, and every output is written under a temporary name and renamed when 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -35,7 +34,6 @@ log = get_logger("batch")
 # until the process is killed, after writing the marker; a retry finds the marker and runs on.
 HOLD_ENV = "GGUFKIT_BATCH_HOLD"
 HOLD_SECONDS = 600.0
-NOT_AVAILABLE = "not available yet"
 
 
 @dataclass
@@ -43,7 +41,7 @@ class StepOutcome:
     step: str
     model: str
     kind: str
-    status: str  # built, up to date, failed, skipped, not available yet
+    status: str  # built, up to date, failed, skipped
     seconds: float = 0.0
     output: str | None = None
     error: str | None = None
@@ -125,7 +123,7 @@ def _run(plan: BatchPlan, model: ModelSpec, step: Step) -> StepResult | str:
     if step.kind == "eval":
         return _eval(plan, ws)
     if step.kind == "publish":
-        return _publish()
+        return _publish(plan, ws, model)
     raise ValueError(f"unknown step kind {step.kind}")
 
 
@@ -224,13 +222,13 @@ def _eval(plan: BatchPlan, ws: Workspace) -> StepResult:
     )
 
 
-def _publish() -> str:
-    """The hook for the publish issue: recorded, not done, until ``ggufkit.hub.upload`` exists."""
-    if importlib.util.find_spec("ggufkit.hub.upload") is None:
-        return NOT_AVAILABLE
-    raise NotImplementedError(
-        "ggufkit.hub.upload exists: connect it here (ggufkit/workspace/batch/execute.py)"
-    )
+def _publish(plan: BatchPlan, ws: Workspace, model: ModelSpec) -> str:
+    """Upload the model's files and card (``ggufkit publish``); a re-run sends only what changed."""
+    from ggufkit.workspace.publish import publish
+
+    assert plan.publish is not None
+    publication = publish(ws, plan.publish.repo_for(model.name), private=plan.publish.private)
+    return "built" if publication.result.uploaded else "up to date"
 
 
 def outcomes_json(outcomes: Sequence[StepOutcome]) -> str:

@@ -1,0 +1,246 @@
+"""The model card (the repo's ``README.md``) for a workspace's files, from what its manifest
+recorded: metadata through ``huggingface_hub.ModelCardData``, the measured table, the provenance,
+and ready-to-paste usage with the real file names. Nothing here reads a token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ggufkit import __version__
+from ggufkit.core.errors import WorkspaceError
+from ggufkit.core.fsutil import human_bytes
+from ggufkit.core.log import get_logger
+from ggufkit.formats.gguf_reader import read_gguf
+from ggufkit.hub import hub_settings, looks_like_repo_id
+from ggufkit.workspace.manifest import Manifest, describe_output
+from ggufkit.workspace.steps import Workspace
+
+log = get_logger("workspace.card")
+
+CHAT_NAME_KEY = "ggufkit.chat_template.name"
+
+
+@dataclass
+class Artefact:
+    """One published model file (the first shard stands for a split set)."""
+
+    path: Path
+    type: str
+    record: dict[str, Any]
+
+    @property
+    def eval(self) -> dict[str, Any]:
+        value = self.record.get("eval") or {}
+        return value if isinstance(value, dict) else {}
+
+
+def published_artefacts(workspace: Workspace) -> list[Artefact]:
+    """Every model file the workspace made (convert, then quantize), as its manifest has them."""
+    manifest = Manifest.load(workspace.manifest_path)
+    found = []
+    for key, record in manifest.artefacts.items():
+        if record.get("step") not in ("convert", "quantize") or not key.endswith(".gguf"):
+            continue
+        path = workspace.manifest_path.parent / key
+        if not path.is_file():
+            log.warning("%s is recorded but missing; left out", key)
+            continue
+        if describe_output(path)["sha256"] != record.get("sha256"):
+            raise WorkspaceError(
+                f"{key} changed since it was made: its record (and numbers) describe other bytes",
+                hint="rebuild it (`ggufkit convert --force` / `ggufkit quantize --force`)",
+            )
+        options = record.get("options") or {}
+        kind = options.get("type") or options.get("outtype") or "?"
+        found.append(Artefact(path, str(kind).upper(), record))
+    if not found:
+        raise WorkspaceError(
+            f"nothing to publish in {workspace.outdir}",
+            hint="run `ggufkit convert && ggufkit quantize && ggufkit eval` first",
+        )
+    found.sort(key=lambda a: (a.record.get("step") != "convert", -int(a.record.get("size") or 0)))
+    return found
+
+
+def build_card(
+    workspace: Workspace,
+    repo_id: str,
+    artefacts: list[Artefact],
+    *,
+    base_model: str | None = None,
+    token: str | None = None,
+) -> str:
+    """The card's text; ``base_model`` names the source repo when the source is a local folder;
+    ``token`` reads a private Hub source's card data."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = workspace.config
+    info = read_gguf(artefacts[0].path, max_array_items=0)
+    family = info.architecture or "unknown"
+    bases = [b for b in (base_model or _hub_id(config.source), _hub_id(config.delta_base)) if b]
+    data = ModelCardData(
+        base_model=bases or None,
+        base_model_relation="quantized" if bases else None,
+        tags=["gguf", "llama-cpp", family],
+        license=_source_license(workspace, token),
+        model_name=config.name,
+    )
+    sections = [
+        f"# {config.name} GGUF",
+        f"GGUF files of {_source_text(workspace, bases)} for llama.cpp, made and measured "
+        f"with ggufkit {__version__}.",
+        measured_table(artefacts),
+        provenance(workspace, artefacts),
+        usage(repo_id, artefacts, info.metadata),
+    ]
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+    return str(card)
+
+
+def _hub_id(ref: str | None) -> str | None:
+    return ref if ref and looks_like_repo_id(ref) and not Path(ref).exists() else None
+
+
+def _source_text(workspace: Workspace, bases: list[str]) -> str:
+    return f"`{bases[0]}`" if bases else f"the local checkpoint `{workspace.config.source}`"
+
+
+def _source_license(workspace: Workspace, token: str | None) -> str | None:
+    """The source card's ``license``: from its README.md when on disk (a local folder), else
+    from the Hub's card data for a Hub source (downloads fetch no README)."""
+    from huggingface_hub import HfApi, ModelCard
+
+    model = workspace.cached(workspace.config.source, workspace.config.revision)
+    readme = model.path / "README.md" if model is not None else None
+    try:
+        if readme is not None and readme.is_file():
+            value = ModelCard.load(readme).data.license
+        elif model is not None and model.repo_id is not None:
+            api = HfApi(endpoint=hub_settings().endpoint, token=token)
+            info = api.model_info(model.repo_id, revision=model.commit or model.revision)
+            value = info.card_data.license if info.card_data is not None else None
+        else:
+            return None
+    except Exception as exc:  # a missing or malformed source card must not stop the publish
+        log.warning(
+            "the source's license is unknown (%s); the card states none", type(exc).__name__
+        )
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _num(value: Any, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else "–"
+
+
+def measured_table(artefacts: list[Artefact]) -> str:
+    """One row per file: size, bits per weight, perplexity ± error, KLD against f16, tokens/s."""
+    rows = [
+        "## Measured",
+        "| file | type | size | bits/weight | perplexity | KLD vs f16 | prompt tok/s | gen tok/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    contexts = []
+    for a in artefacts:
+        e = a.eval
+        ppl = (
+            f"{_num(e.get('ppl'), '.4f')} ± {_num(e.get('ppl_err'), '.4f')}" if "ppl" in e else "–"
+        )
+        kld = "baseline" if e.get("is_baseline") else _num(e.get("kld_mean"), ".5f")
+        bpw = e.get("bpw") or (a.record.get("result") or {}).get("bits_per_weight")
+        rows.append(
+            f"| `{a.path.name}` | {a.type} | {human_bytes(int(a.record.get('size') or 0))} | "
+            f"{_num(bpw, '.2f')} | {ppl} | {kld} | {_num(e.get('pp_tps'), '.1f')} | "
+            f"{_num(e.get('tg_tps'), '.1f')} |"
+        )
+        if e:
+            contexts.append(e)
+    if contexts:
+        c = contexts[0]
+        rows.append(
+            f"\nPerplexity over `{Path(str(c.get('corpus', '?'))).name}` (sha256 "
+            f"`{c.get('corpus_sha256', '?')}`), context {c.get('ctx', '?')}, "
+            f"{c.get('chunks', '?')} chunks; KLD is the mean per token against "
+            f"`{c.get('baseline') or 'the f16 file'}`. Measured on {c.get('machine', 'an unnamed machine')}"
+            f"{', ' + str(c['threads']) + ' threads' if c.get('threads') else ''} with llama.cpp "
+            f"`{c.get('llama_cpp_commit', '?')}`, {c.get('measured', '')}."
+        )
+    else:
+        rows.append("\nNot measured yet: run `ggufkit eval` in the workspace before publishing.")
+    return "\n".join(rows)
+
+
+def provenance(workspace: Workspace, artefacts: list[Artefact]) -> str:
+    convert = next((a.record for a in artefacts if a.record.get("step") == "convert"), {})
+    env = convert.get("environment") or artefacts[0].record.get("environment") or {}
+    lines = ["## Provenance"]
+    for item in convert.get("inputs") or []:
+        role = item.get("role", "model")
+        if item.get("kind") == "hub":
+            lines.append(f"- {role}: `{item.get('repo_id')}` at revision `{item.get('commit')}`")
+        else:
+            lines.append(f"- {role}: local checkpoint `{Path(str(item.get('path'))).name}`")
+        for name, sha in sorted((item.get("files") or {}).items()):
+            lines.append(f"  - `{name}` sha256 `{sha}`")
+    lines.append(f"- llama.cpp commit: `{env.get('llama_cpp_commit') or '?'}`")
+    lines.append(f"- ggufkit version: `{env.get('ggufkit') or __version__}`")
+    imatrix = [
+        i.get("sha256")
+        for a in artefacts
+        for i in a.record.get("inputs") or []
+        if i.get("role") == "imatrix"
+    ]
+    corpus = (artefacts[0].record.get("result") or {}).get("corpus_sha256")
+    if imatrix:
+        lines.append(f"- importance matrix sha256: `{imatrix[0]}`")
+        lines.append(f"- imatrix corpus sha256: `{corpus or 'not recorded'}`")
+    else:
+        lines.append("- imatrix corpus sha256: none (no importance matrix was used)")
+    return "\n".join(lines)
+
+
+def usage(repo_id: str, artefacts: list[Artefact], metadata: dict[str, Any]) -> str:
+    """``llama-cli``, llama-cpp-python and Ollama, with the first quantized file's real name."""
+    pick = next((a for a in artefacts if a.record.get("step") == "quantize"), artefacts[0])
+    name = pick.path.name
+    text = [
+        "## Usage",
+        "With llama.cpp (a split set is opened from its first file):",
+        f"```sh\nhf download {repo_id} --include '{_glob(name)}' --local-dir .\n"
+        f'llama-cli -m {name} -p "Hello"\n```',
+        "With llama-cpp-python:",
+        "```python\nfrom llama_cpp import Llama\n\n"
+        f'llm = Llama.from_pretrained(repo_id="{repo_id}", filename="{name}")\n'
+        'print(llm("Hello", max_tokens=32)["choices"][0]["text"])\n```',
+        "With Ollama, a `Modelfile`:",
+        "```\n" + modelfile(name, metadata) + "```",
+    ]
+    return "\n\n".join(text)
+
+
+def _glob(name: str) -> str:
+    """A first shard's name as a glob for its whole set."""
+    if "-00001-of-" in name:
+        return name.split("-00001-of-")[0] + "-*-of-*.gguf"
+    return name
+
+
+def modelfile(name: str, metadata: dict[str, Any]) -> str:
+    """An Ollama Modelfile; with the FastChat format the file was converted with, its prompt."""
+    from ggufkit.convert.chat_formats import FORMATS
+
+    lines = [f"FROM ./{name}"]
+    chosen = FORMATS.get(str(metadata.get(CHAT_NAME_KEY)))
+    if chosen is not None and chosen.style in ("add_colon_single", "add_colon_two"):
+        user, assistant = chosen.roles
+        system = chosen.system_template.replace("{system_message}", chosen.system_message)
+        template = f"{{{{ if .System }}}}{{{{ .System }}}}{{{{ else }}}}{system}{{{{ end }}}}"
+        template += f"{chosen.sep}{user}: {{{{ .Prompt }}}}{chosen.sep}{assistant}:"
+        lines.append(f'TEMPLATE """{template}"""')
+        for stop in (*chosen.stop, f"{user}:"):
+            lines.append(f'PARAMETER stop "{stop}"')
+    elif metadata.get("tokenizer.chat_template"):
+        lines.append("# the file's tokenizer.chat_template is read by Ollama itself")
+    return "\n".join(lines) + "\n"
