@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_install_pins_torch_first_and_fastchat_without_dependencies() -> None:
     steps = dev.install_steps(Path("py"))
     packages = [step[-1] for step in steps]
-    assert packages == ["pip", "torch==2.13.0", ".[torch,bnb,dev]", "fschat==0.2.36"]
+    assert packages == ["pip", "torch==2.13.0", ".[torch,bnb,ray,dev]", "fschat==0.2.36"]
     assert steps[2][-2] == "-e" and steps[3][-2] == "--no-deps"
 
 
