@@ -1,0 +1,223 @@
+"""`eval --target-error`: interval maths, the per-chunk cache, and the in-process chunk scorer
+checked against llama-perplexity's own final numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ggufkit.cli import cli
+from ggufkit.evaluate.chunkcache import ChunkCache, chunk_key
+from ggufkit.evaluate.intervals import (
+    binomial_cdf,
+    chunk_order,
+    delta_ppl_interval,
+    mean_interval,
+    paired_stats,
+    stopping_point,
+    t_quantile,
+)
+
+# --- the statistics ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dof", "exact"),
+    # Student's t 0.975 quantiles from published tables
+    [(5, 2.570582), (7, 2.364624), (10, 2.228139), (15, 2.131450), (30, 2.042272), (200, 1.971896)],
+)
+def test_t_quantile_matches_the_tables(dof: int, exact: float) -> None:
+    assert t_quantile(0.975, dof) == pytest.approx(exact, abs=2e-3)
+
+
+def test_binomial_cdf_equals_the_direct_sum() -> None:
+    n, p = 60, 0.95
+    for k in (45, 55, 60):
+        direct = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+        assert binomial_cdf(k, n, p) == pytest.approx(direct, rel=1e-9)
+    assert binomial_cdf(380, 400, 0.95) > 0.4  # 95.0 % observed: far from rejected
+    assert binomial_cdf(360, 400, 0.95) < 1e-4  # 90 %: rejected
+
+
+def test_mean_interval_is_the_textbook_t_interval() -> None:
+    x = np.array([1.0, 2.0, 4.0, 7.0])
+    got = mean_interval(x)
+    assert got.value == 3.5
+    assert got.half == pytest.approx(3.182446 * np.std(x, ddof=1) / 2, rel=1e-3)
+
+
+def test_paired_delta_is_much_narrower_than_either_perplexity() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.normal(3.0, 0.3, 200)  # chunk losses vary a lot between chunks...
+    quant = base + rng.normal(0.01, 0.002, 200)  # ...but two types move together
+    delta = delta_ppl_interval(quant, base)
+    assert delta.value == pytest.approx(math.exp(quant.mean()) - math.exp(base.mean()))
+    ppl = mean_interval(np.exp(base))
+    assert delta.half < ppl.half / 20
+
+
+def test_fixed_n_intervals_cover_the_population_value() -> None:
+    """Without early stopping, a t interval from 30 of 2000 chunks (no finite-population
+    correction, so it can only be wide) holds the population value about 95 % of the time."""
+    rng = np.random.default_rng(7)
+    base = rng.gamma(20, 0.15, 2000)
+    nll = base + rng.normal(0.02, 0.01, 2000)
+    kld = rng.gamma(2, 0.01, 2000)
+    top1 = rng.beta(40, 4, 2000)
+    hits = {"delta_ppl": 0, "kld": 0, "top1": 0}
+    full = paired_stats(nll, base, kld, top1)
+    for seed in range(400):
+        pick = chunk_order(2000, seed)[:30]
+        stats = paired_stats(nll[pick], base[pick], kld[pick], top1[pick])
+        for name in hits:
+            hits[name] += getattr(stats, name).covers(getattr(full, name).value)
+    for name, count in hits.items():
+        assert binomial_cdf(count, 400, 0.95) > 0.05, (name, count)
+        assert count < 400, name  # an interval so wide it always covers would be wrong too
+
+
+def test_stopping_waits_for_min_chunks_and_for_the_target() -> None:
+    rng = np.random.default_rng(3)
+    base = rng.normal(3.0, 0.3, 500)
+    nll = base + rng.normal(0.05, 0.05, 500)
+    kld, top1 = np.full(500, 0.01), np.full(500, 0.9)
+    loose = stopping_point(nll, base, kld, top1, target=0.5, min_chunks=12)
+    assert loose.chunks == 12
+    tight = stopping_point(nll, base, kld, top1, target=0.005, min_chunks=12)
+    assert 12 < tight.chunks < 500 and tight.widest() <= 0.005
+    exhausted = stopping_point(nll, base, kld, top1, target=1e-9, min_chunks=12)
+    assert exhausted.chunks == 500
+
+
+def test_chunk_order_is_seeded_and_a_permutation() -> None:
+    assert list(chunk_order(50, 4)) == list(chunk_order(50, 4))
+    assert list(chunk_order(50, 4)) != list(chunk_order(50, 5))
+    assert sorted(chunk_order(50, 4)) == list(range(50))
+
+
+# --- the cache ------------------------------------------------------------------------------
+
+
+def test_chunk_keys_depend_on_content_not_position() -> None:
+    a = chunk_key("base", "sha", "128", tokens=[1, 2, 3])
+    assert a == chunk_key("base", "sha", "128", tokens=[1, 2, 3])
+    assert a != chunk_key("base", "sha", "128", tokens=[1, 2, 4])
+    assert a != chunk_key("base", "sha", "64", tokens=[1, 2, 3])
+
+
+def test_cache_round_trip_and_least_recently_used_eviction(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path)
+    blob = np.zeros(1000, dtype=np.float16)
+    for i, key in enumerate(["aa1", "bb2", "cc3"]):
+        cache.put(key, {"lp": blob, "nll": np.float64(i)})
+        old = time.time() - 100 + i
+        os.utime(cache._path(key), (old, old))
+    assert cache.get("zz9") is None
+    assert float(cache.get("aa1")["nll"]) == 0.0  # noqa: PLR2004  (read: now the newest)
+    size = cache.size()
+    freed = cache.trim(cap=size - 1)
+    assert freed > 0
+    assert cache.get("bb2") is None  # the least recently used went first
+    assert cache.get("aa1") is not None and cache.get("cc3") is not None
+    assert list(tmp_path.glob("*/*.partial*")) == []
+
+
+def test_target_error_takes_a_percentage() -> None:
+    result = CliRunner().invoke(cli, ["eval", "x.gguf", "--target-error", "150%"])
+    assert result.exit_code == 2 and "between 0 and 100%" in result.stderr
+    result = CliRunner().invoke(cli, ["eval", "x.gguf", "--target-error", "abc"])
+    assert result.exit_code == 2 and "percentage" in result.stderr
+
+
+# --- real runs --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedded_quants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The embedded tiny-llama (3.4M parameters) as f16, q8_0 and q4_0."""
+    from ggufkit.convert import convert
+    from ggufkit.data import embedded_model
+    from ggufkit.quantize import quantize
+
+    out = tmp_path_factory.mktemp("embedded")
+    f16 = out / "tiny-llama-f16.gguf"
+    convert(embedded_model("tiny-llama"), f16, outtype="f16")
+    results = quantize(f16, ["q8_0", "q4_0"], outdir=out)
+    return {"f16": f16, **{r.type.lower(): r.output for r in results}}
+
+
+CTX = 128
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.slow
+def test_per_chunk_values_agree_with_llama_perplexity_on_the_full_corpus(
+    embedded_quants: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every chunk of the embedded corpus scored in-process; pooled, they give llama-perplexity's
+    final PPL, PPL(Q), mean KLD and same-top-token numbers."""
+    from ggufkit.evaluate import kl_divergence, perplexity
+    from ggufkit.evaluate.pipeline import default_corpus
+    from ggufkit.evaluate.sequential import run_sequential
+
+    corpus = default_corpus()
+    base, quant = embedded_quants["f16"], embedded_quants["q4_0"]
+    run = run_sequential(
+        base, [quant], corpus, ctx=CTX, target=1e-9, cache=ChunkCache(tmp_path / "cache")
+    )
+    rows = run.runs[quant]
+    assert len(rows.rows) == run.corpus_chunks == run.base_chunks
+    nll, base_nll = rows.column("nll"), rows.column("base_nll")
+
+    base_file = tmp_path / "base.kld"
+    upstream = perplexity(base, corpus, ctx=CTX, save_base=base_file)
+    assert upstream.chunks == run.corpus_chunks
+    assert math.exp(base_nll.mean()) == pytest.approx(upstream.ppl, abs=2e-4, rel=2e-5)
+    kld = kl_divergence(quant, base_file, ctx=CTX)
+    assert math.exp(nll.mean()) == pytest.approx(kld.ppl, abs=2e-4, rel=2e-5)
+    # llama-perplexity keeps the baseline's log-probabilities in 16 bits, as this cache does
+    assert rows.column("kld").mean() == pytest.approx(kld.kld_mean, rel=2e-2, abs=2e-5)
+    assert rows.column("top1").mean() == pytest.approx(kld.top1_agreement, abs=2e-3)
+
+
+@pytest.mark.needs_llamacpp
+@pytest.mark.slow
+def test_eval_target_error_table_and_cache_reuse(
+    embedded_quants: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GGUFKIT_EVAL_CACHE_DIR", str(tmp_path / "cache"))  # a cache of its own
+    from ggufkit.evaluate.pipeline import default_corpus
+
+    args = ["eval", *(str(embedded_quants[t]) for t in ("f16", "q8_0", "q4_0"))]
+    args += ["--target-error", "2%", "--ctx", str(CTX), "--no-speed", "--min-chunks", "8"]
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    seq = report["sequential"]
+    assert seq["target"] == 0.02 and seq["cache_hits"] == 0
+    models = {m["type"]: m for m in report["models"]}
+    for name in ("Q8_0", "Q4_0"):
+        m = models[name]
+        assert 8 <= m["chunks"] <= seq["corpus_chunks"]
+        stopped = m["chunks"] < seq["corpus_chunks"]
+        if stopped:
+            assert m["delta_ppl_ci"] <= 0.02 * models["F16"]["ppl"]
+            assert m["kld_ci"] <= 0.02 and m["top1_ci"] <= 0.02
+        assert m["eval_seconds"] > 0
+    assert models["F16"]["chunks"] == max(models[t]["chunks"] for t in ("Q8_0", "Q4_0"))
+    assert models["Q4_0"]["kld_mean"] > models["Q8_0"]["kld_mean"]
+    assert seq["tokens_scored"] < seq["tokens_full"] or not stopped
+    assert default_corpus().name in report["corpus"]
+
+    again = CliRunner().invoke(cli, args)  # the same chunks again: all from the cache
+    assert again.exit_code == 0, again.stderr
+    assert "± " in again.stdout and "chunks scored" in again.stdout
+    hits = int(again.stdout.split(" chunk results from the cache")[0].rsplit(" ", 1)[-1])
+    assert hits == models["Q8_0"]["chunks"] + models["Q4_0"]["chunks"]
