@@ -1,9 +1,10 @@
-"""`eval --target-error`: interval maths, the per-chunk cache, and the in-process chunk scorer
-checked against llama-perplexity's own final numbers."""
+"""`eval --target-error`: the interval maths and the per-chunk cache (no llama.cpp needed).
+
+The real runs, the check against llama-perplexity and the coverage proof are in
+test_eval_sequential.py."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -120,7 +121,7 @@ def test_cache_round_trip_and_least_recently_used_eviction(tmp_path: Path) -> No
         old = time.time() - 100 + i
         os.utime(cache._path(key), (old, old))
     assert cache.get("zz9") is None
-    assert float(cache.get("aa1")["nll"]) == 0.0  # noqa: PLR2004  (read: now the newest)
+    assert float(cache.get("aa1")["nll"]) == 0.0
     size = cache.size()
     freed = cache.trim(cap=size - 1)
     assert freed > 0
@@ -134,90 +135,3 @@ def test_target_error_takes_a_percentage() -> None:
     assert result.exit_code == 2 and "between 0 and 100%" in result.stderr
     result = CliRunner().invoke(cli, ["eval", "x.gguf", "--target-error", "abc"])
     assert result.exit_code == 2 and "percentage" in result.stderr
-
-
-# --- real runs --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def embedded_quants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The embedded tiny-llama (3.4M parameters) as f16, q8_0 and q4_0."""
-    from ggufkit.convert import convert
-    from ggufkit.data import embedded_model
-    from ggufkit.quantize import quantize
-
-    out = tmp_path_factory.mktemp("embedded")
-    f16 = out / "tiny-llama-f16.gguf"
-    convert(embedded_model("tiny-llama"), f16, outtype="f16")
-    results = quantize(f16, ["q8_0", "q4_0"], outdir=out)
-    return {"f16": f16, **{r.type.lower(): r.output for r in results}}
-
-
-CTX = 128
-
-
-@pytest.mark.needs_llamacpp
-@pytest.mark.slow
-def test_per_chunk_values_agree_with_llama_perplexity_on_the_full_corpus(
-    embedded_quants: dict[str, Path], tmp_path: Path
-) -> None:
-    """Every chunk of the embedded corpus scored in-process; pooled, they give llama-perplexity's
-    final PPL, PPL(Q), mean KLD and same-top-token numbers."""
-    from ggufkit.evaluate import kl_divergence, perplexity
-    from ggufkit.evaluate.pipeline import default_corpus
-    from ggufkit.evaluate.sequential import run_sequential
-
-    corpus = default_corpus()
-    base, quant = embedded_quants["f16"], embedded_quants["q4_0"]
-    run = run_sequential(
-        base, [quant], corpus, ctx=CTX, target=1e-9, cache=ChunkCache(tmp_path / "cache")
-    )
-    rows = run.runs[quant]
-    assert len(rows.rows) == run.corpus_chunks == run.base_chunks
-    nll, base_nll = rows.column("nll"), rows.column("base_nll")
-
-    base_file = tmp_path / "base.kld"
-    upstream = perplexity(base, corpus, ctx=CTX, save_base=base_file)
-    assert upstream.chunks == run.corpus_chunks
-    assert math.exp(base_nll.mean()) == pytest.approx(upstream.ppl, abs=2e-4, rel=2e-5)
-    kld = kl_divergence(quant, base_file, ctx=CTX)
-    assert math.exp(nll.mean()) == pytest.approx(kld.ppl, abs=2e-4, rel=2e-5)
-    # llama-perplexity keeps the baseline's log-probabilities in 16 bits, as this cache does
-    assert rows.column("kld").mean() == pytest.approx(kld.kld_mean, rel=2e-2, abs=2e-5)
-    assert rows.column("top1").mean() == pytest.approx(kld.top1_agreement, abs=2e-3)
-
-
-@pytest.mark.needs_llamacpp
-@pytest.mark.slow
-def test_eval_target_error_table_and_cache_reuse(
-    embedded_quants: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("GGUFKIT_EVAL_CACHE_DIR", str(tmp_path / "cache"))  # a cache of its own
-    from ggufkit.evaluate.pipeline import default_corpus
-
-    args = ["eval", *(str(embedded_quants[t]) for t in ("f16", "q8_0", "q4_0"))]
-    args += ["--target-error", "2%", "--ctx", str(CTX), "--no-speed", "--min-chunks", "8"]
-    result = CliRunner().invoke(cli, [*args, "--json"])
-    assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
-    seq = report["sequential"]
-    assert seq["target"] == 0.02 and seq["cache_hits"] == 0
-    models = {m["type"]: m for m in report["models"]}
-    for name in ("Q8_0", "Q4_0"):
-        m = models[name]
-        assert 8 <= m["chunks"] <= seq["corpus_chunks"]
-        stopped = m["chunks"] < seq["corpus_chunks"]
-        if stopped:
-            assert m["delta_ppl_ci"] <= 0.02 * models["F16"]["ppl"]
-            assert m["kld_ci"] <= 0.02 and m["top1_ci"] <= 0.02
-        assert m["eval_seconds"] > 0
-    assert models["F16"]["chunks"] == max(models[t]["chunks"] for t in ("Q8_0", "Q4_0"))
-    assert models["Q4_0"]["kld_mean"] > models["Q8_0"]["kld_mean"]
-    assert seq["tokens_scored"] < seq["tokens_full"] or not stopped
-    assert default_corpus().name in report["corpus"]
-
-    again = CliRunner().invoke(cli, args)  # the same chunks again: all from the cache
-    assert again.exit_code == 0, again.stderr
-    assert "± " in again.stdout and "chunks scored" in again.stdout
-    hits = int(again.stdout.split(" chunk results from the cache")[0].rsplit(" ", 1)[-1])
-    assert hits == models["Q8_0"]["chunks"] + models["Q4_0"]["chunks"]

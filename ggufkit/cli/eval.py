@@ -63,9 +63,7 @@ log = get_logger("cli.eval")
     minimum=2,
     help="With --target-error: chunks scored before stopping is considered.",
 )
-@count_option(
-    "--seed", default=0, minimum=0, help="With --target-error: seed of the chunk order."
-)
+@count_option("--seed", default=0, minimum=0, help="With --target-error: seed of the chunk order.")
 @plot_option("Also write a PNG: perplexity and KL-divergence against file size.")
 @json_option
 def command(

@@ -9,6 +9,7 @@ the least recently used entries go first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import zipfile
@@ -66,10 +67,8 @@ class ChunkCache:
         except (OSError, ValueError, zipfile.BadZipFile, EOFError):
             self.misses += 1
             return None
-        try:
+        with contextlib.suppress(OSError):
             os.utime(path)  # recently used: evicted last
-        except OSError:
-            pass
         self.hits += 1
         return values
 

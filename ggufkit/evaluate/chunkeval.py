@@ -50,9 +50,7 @@ def scored(ctx: int) -> int:
 
 def tokenize(model: Path, corpus: Path) -> Tokens:
     """The corpus as llama-perplexity tokenizes it, in a child process."""
-    return run_isolated(
-        _tokenize_here, str(model), str(corpus), what=f"tokenizing {corpus.name}"
-    )
+    return run_isolated(_tokenize_here, str(model), str(corpus), what=f"tokenizing {corpus.name}")
 
 
 def cut(tokens: Tokens, ctx: int) -> list[list[int]]:

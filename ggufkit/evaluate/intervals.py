@@ -196,9 +196,7 @@ def coverage(
     used = 0
     for run in range(runs):
         order = chunk_order(len(arrays[0]), seed + run)
-        stats = stopping_point(
-            *(v[order] for v in arrays), target=target, min_chunks=min_chunks
-        )
+        stats = stopping_point(*(v[order] for v in arrays), target=target, min_chunks=min_chunks)
         used += stats.chunks
         for name, value in truth.items():
             covered[name] += getattr(stats, name).covers(value)

@@ -260,5 +260,7 @@ def evaluate(
         llama_cpp_commit=current_build().llama_cpp_commit,
         models=results,
         bench={"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions} if speed else {},
-        sequential=None if sequential is None else sequential_summary(sequential, seed, min_chunks, target_error),
+        sequential=None
+        if sequential is None
+        else sequential_summary(sequential, seed, min_chunks, target_error),
     )
