@@ -22,6 +22,7 @@ from ggufkit.evaluate.intervals import (
     delta_ppl_interval,
     mean_interval,
     paired_stats,
+    proportion_interval,
     stopping_point,
     t_quantile,
 )
@@ -73,10 +74,10 @@ def test_fixed_n_intervals_cover_the_population_value() -> None:
     kld = rng.gamma(2, 0.01, 2000)
     top1 = rng.beta(40, 4, 2000)
     hits = {"delta_ppl": 0, "kld": 0, "top1": 0}
-    full = paired_stats(nll, base, kld, top1)
+    full = paired_stats(nll, base, kld, top1, 63)
     for seed in range(400):
         pick = chunk_order(2000, seed)[:30]
-        stats = paired_stats(nll[pick], base[pick], kld[pick], top1[pick])
+        stats = paired_stats(nll[pick], base[pick], kld[pick], top1[pick], 63)
         for name in hits:
             hits[name] += getattr(stats, name).covers(getattr(full, name).value)
     for name, count in hits.items():
@@ -84,16 +85,28 @@ def test_fixed_n_intervals_cover_the_population_value() -> None:
         assert count < 400, name  # an interval so wide it always covers would be wrong too
 
 
+def test_top1_interval_never_collapses_when_no_chunk_disagrees() -> None:
+    """16 chunks of 63 tokens, all in full agreement: the chunks' spread is 0, the interval is
+    the binomial one at the Agresti-Coull rate (z²/2 disagreements in 1008 + z² tokens)."""
+    got = proportion_interval(np.ones(16), 63)
+    z2 = 1.959964**2
+    rate = (z2 / 2) / (1008 + z2)
+    assert got.value == 1.0
+    assert got.half == pytest.approx(t_quantile(0.975, 15) * math.sqrt(rate * (1 - rate) / 1008))
+    spread = np.array([1.0, 0.5] * 8)  # a large spread between chunks wins over the floor
+    assert proportion_interval(spread, 63).half == pytest.approx(mean_interval(spread).half)
+
+
 def test_stopping_waits_for_min_chunks_and_for_the_target() -> None:
     rng = np.random.default_rng(3)
     base = rng.normal(3.0, 0.3, 500)
     nll = base + rng.normal(0.05, 0.05, 500)
     kld, top1 = np.full(500, 0.01), np.full(500, 0.9)
-    loose = stopping_point(nll, base, kld, top1, target=0.5, min_chunks=12)
+    loose = stopping_point(nll, base, kld, top1, tokens=63, target=0.5, min_chunks=12)
     assert loose.chunks == 12
-    tight = stopping_point(nll, base, kld, top1, target=0.005, min_chunks=12)
+    tight = stopping_point(nll, base, kld, top1, tokens=63, target=0.005, min_chunks=12)
     assert 12 < tight.chunks < 500 and tight.widest() <= 0.005
-    exhausted = stopping_point(nll, base, kld, top1, target=1e-9, min_chunks=12)
+    exhausted = stopping_point(nll, base, kld, top1, tokens=63, target=1e-9, min_chunks=12)
     assert exhausted.chunks == 500
 
 

@@ -39,6 +39,7 @@ log = get_logger("evaluate.sequential")
 class TypeRun:
     """The chunks one type was scored on, in order, and the time spent on them."""
 
+    tokens: int  # scored a chunk
     rows: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     computed: int = 0  # chunks scored now (the rest came from the cache)
@@ -49,7 +50,8 @@ class TypeRun:
         return np.asarray([row[name] for row in self.rows], dtype=np.float64)
 
     def stats(self) -> PairedStats:
-        return paired_stats(*(self.column(n) for n in ("nll", "base_nll", "kld", "top1")))
+        columns = [self.column(n) for n in ("nll", "base_nll", "kld", "top1")]
+        return paired_stats(*columns, self.tokens)
 
 
 @dataclass
@@ -102,7 +104,7 @@ def run_sequential(
     runs: dict[Path, TypeRun] = {}
     for model in models:
         model_sha = sha256_file(model)
-        run = runs[model] = TypeRun()
+        run = runs[model] = TypeRun(chunkeval.scored(ctx))
         keys = [chunk_key("type", model_sha, base_sha, str(ctx), tokens=c) for c in chunks]
         _score_type(model, base, run, chunks, order, keys, base_keys, ctx, cache, threads,
                     target=target, min_chunks=min_chunks)  # fmt: skip
