@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from ggufkit.cli import cli
 from ggufkit.evaluate.chunkcache import ChunkCache, chunk_key
 from ggufkit.evaluate.intervals import (
+    ChunkValues,
     binomial_cdf,
     chunk_order,
     delta_ppl_interval,
@@ -102,11 +103,11 @@ def test_stopping_waits_for_min_chunks_and_for_the_target() -> None:
     base = rng.normal(3.0, 0.3, 500)
     nll = base + rng.normal(0.05, 0.05, 500)
     kld, top1 = np.full(500, 0.01), np.full(500, 0.9)
-    loose = stopping_point(nll, base, kld, top1, tokens=63, target=0.5, min_chunks=12)
+    loose = stopping_point(ChunkValues(nll, base, kld, top1, 63), target=0.5, min_chunks=12)
     assert loose.chunks == 12
-    tight = stopping_point(nll, base, kld, top1, tokens=63, target=0.005, min_chunks=12)
+    tight = stopping_point(ChunkValues(nll, base, kld, top1, 63), target=0.005, min_chunks=12)
     assert 12 < tight.chunks < 500 and tight.widest() <= 0.005
-    exhausted = stopping_point(nll, base, kld, top1, tokens=63, target=1e-9, min_chunks=12)
+    exhausted = stopping_point(ChunkValues(nll, base, kld, top1, 63), target=1e-9, min_chunks=12)
     assert exhausted.chunks == 500
 
 

@@ -88,9 +88,7 @@ def test_per_chunk_values_agree_with_llama_perplexity_on_the_full_corpus(
 
 
 def check_coverage(run: SequentialRun, model: Path, label: str) -> None:
-    rows = run.runs[model]
-    columns = [rows.column(n) for n in ("nll", "base_nll", "kld", "top1")]
-    got = coverage(*columns, tokens=rows.tokens, target=TARGET, runs=RUNS, seed=1000)
+    got = coverage(run.runs[model].values(), target=TARGET, runs=RUNS, seed=1000)
     summary = ", ".join(f"{n} {100 * got.rate(n):.1f}%" for n in got.covered)
     print(
         f"{label}: {got.runs} runs, {got.mean_chunks:.1f} of {got.total_chunks} chunks on "

@@ -144,20 +144,33 @@ def should_stop(stats: PairedStats, target: float, min_chunks: int) -> bool:
     return stats.chunks >= min_chunks and stats.widest() <= target
 
 
+@dataclass(frozen=True)
+class ChunkValues:
+    """One type's per-chunk values against the baseline, in scoring order: mean NLL of the
+    type and of the baseline, mean KLD, top-1 agreement; ``tokens`` scored a chunk."""
+
+    nll: np.ndarray
+    base_nll: np.ndarray
+    kld: np.ndarray
+    top1: np.ndarray
+    tokens: int
+
+    def take(self, index: np.ndarray | slice) -> ChunkValues:
+        return ChunkValues(
+            self.nll[index], self.base_nll[index], self.kld[index], self.top1[index], self.tokens
+        )
+
+    def stats(self) -> PairedStats:
+        return paired_stats(self.nll, self.base_nll, self.kld, self.top1, self.tokens)
+
+
 def stopping_point(
-    nll: np.ndarray,
-    base_nll: np.ndarray,
-    kld: np.ndarray,
-    top1: np.ndarray,
-    *,
-    tokens: int,
-    target: float,
-    min_chunks: int = DEFAULT_MIN_CHUNKS,
+    values: ChunkValues, *, target: float, min_chunks: int = DEFAULT_MIN_CHUNKS
 ) -> PairedStats:
     """The statistics where the sequential rule stops on chunks in the given order."""
-    n = len(nll)
+    n = len(values.nll)
     for k in range(min(min_chunks, n), n + 1):
-        stats = paired_stats(nll[:k], base_nll[:k], kld[:k], top1[:k], tokens)
+        stats = values.take(slice(0, k)).stats()
         if should_stop(stats, target, min_chunks) or k == n:
             return stats
     raise ValueError("no chunks")
@@ -193,12 +206,8 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
 
 
 def coverage(
-    nll: np.ndarray,
-    base_nll: np.ndarray,
-    kld: np.ndarray,
-    top1: np.ndarray,
+    values: ChunkValues,
     *,
-    tokens: int,
     target: float,
     min_chunks: int = DEFAULT_MIN_CHUNKS,
     runs: int = 400,
@@ -206,25 +215,19 @@ def coverage(
 ) -> Coverage:
     """Repeat the early-stopped evaluation over ``runs`` chunk orders (seeds ``seed``..) on cached
     per-chunk values; count how often each interval holds the full-corpus value."""
-    arrays = [np.asarray(v, dtype=np.float64) for v in (nll, base_nll, kld, top1)]
-    full = paired_stats(*arrays, tokens)
-    truth = {
-        "delta_ppl": full.delta_ppl.value,
-        "ppl": full.ppl.value,
-        "kld": full.kld.value,
-        "top1": full.top1.value,
-    }
+    full = values.stats()
+    truth = {name: getattr(full, name).value for name in ("delta_ppl", "ppl", "kld", "top1")}
     covered = dict.fromkeys(truth, 0)
     used = 0
+    n = len(values.nll)
     for run in range(runs):
-        order = chunk_order(len(arrays[0]), seed + run)
         stats = stopping_point(
-            *(v[order] for v in arrays), tokens=tokens, target=target, min_chunks=min_chunks
+            values.take(chunk_order(n, seed + run)), target=target, min_chunks=min_chunks
         )
         used += stats.chunks
         for name, value in truth.items():
             covered[name] += getattr(stats, name).covers(value)
-    return Coverage(runs, covered, used / runs, len(arrays[0]))
+    return Coverage(runs, covered, used / runs, n)
 
 
 def chunk_order(n_chunks: int, seed: int) -> np.ndarray:

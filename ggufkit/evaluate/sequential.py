@@ -24,9 +24,9 @@ from ggufkit.evaluate import chunkeval
 from ggufkit.evaluate.chunkcache import ChunkCache, chunk_key
 from ggufkit.evaluate.intervals import (
     DEFAULT_MIN_CHUNKS,
+    ChunkValues,
     PairedStats,
     chunk_order,
-    paired_stats,
     ppl_interval,
     should_stop,
 )
@@ -49,9 +49,17 @@ class TypeRun:
     def column(self, name: str) -> np.ndarray:
         return np.asarray([row[name] for row in self.rows], dtype=np.float64)
 
+    def values(self) -> ChunkValues:
+        return ChunkValues(
+            nll=self.column("nll"),
+            base_nll=self.column("base_nll"),
+            kld=self.column("kld"),
+            top1=self.column("top1"),
+            tokens=self.tokens,
+        )
+
     def stats(self) -> PairedStats:
-        columns = [self.column(n) for n in ("nll", "base_nll", "kld", "top1")]
-        return paired_stats(*columns, self.tokens)
+        return self.values().stats()
 
 
 @dataclass
