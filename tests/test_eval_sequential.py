@@ -87,8 +87,8 @@ def test_per_chunk_values_agree_with_llama_perplexity_on_the_full_corpus(
         assert rows.column("top1").mean() == pytest.approx(kld.top1_agreement, abs=5e-3)
 
 
-def check_coverage(run: SequentialRun, model: Path, label: str) -> None:
-    got = coverage(run.runs[model].values(), target=TARGET, runs=RUNS, seed=1000)
+def check_coverage(run: SequentialRun, model: Path, label: str, target: float = TARGET) -> None:
+    got = coverage(run.runs[model].values(), target=target, runs=RUNS, seed=1000)
     summary = ", ".join(f"{n} {100 * got.rate(n):.1f}%" for n in got.covered)
     print(
         f"{label}: {got.runs} runs, {got.mean_chunks:.1f} of {got.total_chunks} chunks on "
@@ -112,7 +112,9 @@ def test_intervals_cover_the_full_corpus_value_larger_model(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """A random-weight LLaMA of about 20M parameters made here, f16 against q4_0, on the first
-    96 chunks of the corpus (the "full corpus" of this test)."""
+    96 chunks of the corpus (the "full corpus" of this test), at a 3 % target: random weights
+    make q4_0 far from f16 (KLD ~0.29, same top token ~21 %, PPL ~1580), and its ΔPPL interval
+    is still ±2 % of PPL after all 96 chunks, so at 1 % no run would stop early."""
     from tiny import make_llama
 
     from ggufkit.convert import convert
@@ -126,7 +128,7 @@ def test_intervals_cover_the_full_corpus_value_larger_model(
     convert(checkpoint, f16, outtype="f16")
     (q4,) = quantize(f16, ["q4_0"], outdir=out)
     run = score_everything(f16, [q4.output], out / "cache", max_chunks=96)
-    check_coverage(run, q4.output, "random LLaMA 20M q4_0")
+    check_coverage(run, q4.output, "random LLaMA 20M q4_0", target=0.03)
 
 
 def test_eval_target_error_table_and_cache_reuse(

@@ -119,7 +119,7 @@ def _interval_measures(
     def pm(value: float | None, half: float | None, spec: str, scale: float = 1.0) -> str:
         if value is None or half is None:
             return MISSING_CELL
-        return f"{scale * value:{spec}} ± {scale * half:{spec}}"
+        return f"{scale * value:{spec}} ± {scale * half:{spec.lstrip('+')}}"
 
     def seconds(value: float | None) -> str:
         return _fmt(value, ".1f", " s")
@@ -147,7 +147,8 @@ def _sequential_note(report: EvalReport) -> str:
         f"(seed {run['seed']}) of {run['corpus_chunks']}: {run['tokens_scored']} tokens scored "
         f"of {run['tokens_full']} for the full corpus, {run['seconds']:.1f} s"
         + (f", about {saved:.0f} s saved" if saved is not None else "")
-        + f"; {run['cache_hits']} chunk results from the cache."
+        + f"; {run['cache_hits']} chunk results from the cache. Each perplexity is over the "
+        "chunks its type scored: compare types by ΔPPL, which is paired."
     )
 
 
