@@ -14,6 +14,7 @@ from ggufkit.cli.options import (
     device_option,
     echo_result,
     json_option,
+    parse_fraction,
     path_argument,
     path_option,
     plot_option,
@@ -22,6 +23,7 @@ from ggufkit.cli.options import (
 )
 from ggufkit.core.log import get_logger
 from ggufkit.evaluate import evaluate
+from ggufkit.evaluate.intervals import DEFAULT_MIN_CHUNKS
 from ggufkit.evaluate.pipeline import DEFAULT_BENCH_REPETITIONS
 from ggufkit.evaluate.report import eval_table, plot_eval
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT
@@ -50,6 +52,20 @@ log = get_logger("cli.eval")
 @count_option(
     "--bench-reps", default=DEFAULT_BENCH_REPETITIONS, help="Repetitions of each speed test."
 )
+@click.option(
+    "--target-error",
+    callback=parse_fraction,
+    metavar="E%",
+    help="Stop each type once its paired 95 % intervals against the baseline are within E "
+    "(ΔPPL relative to the baseline's perplexity), e.g. 1%. Default: the whole corpus.",
+)
+@count_option(
+    "--min-chunks",
+    default=DEFAULT_MIN_CHUNKS,
+    minimum=2,
+    help="With --target-error: chunks scored before stopping is considered.",
+)
+@count_option("--seed", default=0, minimum=0, help="With --target-error: seed of the chunk order.")
 @plot_option("Also write a PNG: perplexity and KL-divergence against file size.")
 @json_option
 def command(
@@ -63,6 +79,9 @@ def command(
     bench_prompt: int,
     bench_gen: int,
     bench_reps: int,
+    target_error: float | None,
+    min_chunks: int,
+    seed: int,
     plot: Path | None,
     as_json: bool,
 ) -> None:
@@ -77,6 +96,7 @@ def command(
         ggufkit eval model-f16.gguf model-Q4_0.gguf model-Q8_0.gguf
         ggufkit eval model-Q4_0.gguf --baseline model-f16.gguf --corpus wiki.test.raw --chunks 20
         ggufkit eval model-*.gguf --json > eval.json --plot eval.png
+        ggufkit eval model-f16.gguf model-Q*.gguf --target-error 1%   # stop early, 95 % intervals
         ggufkit eval                      # in a workspace: all of its GGUF files
     """
     paths, workspace = resolve_models(models)
@@ -91,6 +111,9 @@ def command(
         n_prompt=bench_prompt,
         n_gen=bench_gen,
         repetitions=bench_reps,
+        target_error=target_error,
+        min_chunks=min_chunks,
+        seed=seed,
     )
     if workspace is not None and record_results(report, workspace):
         log.info("results recorded in %s", workspace.manifest_path)

@@ -187,3 +187,17 @@ def upload_options(func: F) -> F:
     ):
         func = decorator(func)
     return func
+
+
+def parse_fraction(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``1%`` or ``0.01`` -> 0.01; a percentage or fraction strictly between 0 and 1."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or a percentage (e.g. 1%)") from None
+    if not 0 < number < 1:
+        raise click.BadParameter(f"{value!r} must be between 0 and 100%")
+    return number

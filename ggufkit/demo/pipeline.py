@@ -117,6 +117,7 @@ class _Demo:
         """The ``ggufkit eval`` options of the demo's settings."""
         s = self.settings
         flags = ["--ctx", str(s.ctx), "--chunks", str(s.chunks)]
+        flags += ["--target-error", f"{100 * s.target_error:g}%", "--min-chunks", str(s.chunks)]
         if not self.speed:
             return [*flags, "--no-speed"]
         flags += ["--bench-prompt", str(s.bench_prompt), "--bench-gen", str(s.bench_gen)]
@@ -152,6 +153,8 @@ class _Demo:
                 n_gen=s.bench_gen,
                 repetitions=s.bench_reps,
                 tmp_dir=self.outdir,
+                target_error=s.target_error,
+                min_chunks=s.chunks,
             )
             for measured in report.models:
                 measured.model = name  # the merged model, not the delta it was converted from

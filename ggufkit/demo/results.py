@@ -51,6 +51,9 @@ class DemoSettings:
 
     ctx: int = 256  # perplexity context (tokens per chunk), for llama.cpp and bitsandbytes alike
     chunks: int = 16  # 16 x 127 scored tokens per file: two llama-perplexity passes
+    # eval --target-error: paired 95 % intervals; every type scores all 16 chunks (min_chunks
+    # = chunks), so the GGUF rows stay on the same chunks as the bitsandbytes ones
+    target_error: float = 0.01
     bench_prompt: int = 64  # llama-bench
     bench_gen: int = 16
     bench_reps: int = 2

@@ -25,9 +25,15 @@ JSON shape of ``ggufkit eval --json`` (``EvalReport.to_json()``; read back with
           "top1_agreement": 0.93, "top1_err": 0.001,   # fraction of tokens with the same top token
           "threads": 8,
           "pp_tps": 180.2, "pp_tps_std": 1.1, "tg_tps": 18.3, "tg_tps_std": 0.2,  # tokens/s
-          "ms_per_token": 54.6, "pp_ms_per_token": 5.5                 # 1000 / tokens per second
+          "ms_per_token": 54.6, "pp_ms_per_token": 5.5,                # 1000 / tokens per second
+          # with --target-error (else null): 95 % half-widths, chunks scored, seconds
+          "ppl_ci": 0.05, "delta_ppl": 0.21, "delta_ppl_ci": 0.03, "kld_ci": 0.001,
+          "top1_ci": 0.004, "chunks": 16, "eval_seconds": 12.5, "eval_seconds_saved": 240.0
         }
-      ]
+      ],
+      "sequential": null   # with --target-error: {"target": 0.01, "seed": 0, "min_chunks": 16,
+                           #   "corpus_chunks": 332, "base_chunks": 28, "tokens_scored": ...,
+                           #   "tokens_full": ..., "seconds": ..., "seconds_saved": ..., "cache_hits": 0}
     }
 """
 

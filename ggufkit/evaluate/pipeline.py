@@ -7,20 +7,19 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import check_free_disk, sha256_file
 from ggufkit.core.log import get_logger, progress
 from ggufkit.evaluate import ppl as ppl_mod
+from ggufkit.evaluate.intervals import DEFAULT_MIN_CHUNKS
 from ggufkit.evaluate.results import EvalReport, ModelResult
+from ggufkit.evaluate.sequential import fill_results, run_sequential, sequential_summary
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, benchmark
 from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.formats.ggufinfo import ArraySummary, GGUFInfo
 from ggufkit.llamacpp.build import current_build
-
-if TYPE_CHECKING:
-    pass
 
 log = get_logger("evaluate")
 
@@ -109,6 +108,9 @@ def evaluate(
     n_gen: int = DEFAULT_GEN,
     repetitions: int = DEFAULT_BENCH_REPETITIONS,
     tmp_dir: str | Path | None = None,
+    target_error: float | None = None,
+    min_chunks: int = DEFAULT_MIN_CHUNKS,
+    seed: int = 0,
 ) -> EvalReport:
     """Measure each model: file size, bits per weight, perplexity on ``corpus``, speed, and, when
     there is a baseline, KL-divergence and top-token agreement against it.
@@ -117,6 +119,10 @@ def evaluate(
     KL-divergence is skipped. ``ctx`` defaults to 512 (or the model's training context), lowered
     to fit a short corpus. The KL-divergence base file lives in a temporary directory under
     ``tmp_dir`` and is deleted afterwards.
+
+    With ``target_error`` (a fraction: 0.01 for 1 %), the types are scored in-process against
+    the baseline, chunk by chunk in a random order (``seed``), each until its paired 95 %
+    intervals are within the target (:mod:`ggufkit.evaluate.sequential`).
     """
     if not models and baseline is None:
         raise UsageError("no models to evaluate", hint="give one or more .gguf files")
@@ -160,16 +166,37 @@ def evaluate(
         plan.ctx,
         plan.chunks or "all",
     )
-    steps = len(paths) * (2 if speed else 1)
+    sequential = None
+    if target_error is not None:
+        if base_path is None:
+            raise UsageError(
+                "--target-error needs a baseline",
+                hint="give an F16/BF16/F32 model or --baseline",
+            )
+        sequential = run_sequential(
+            base_path,
+            [p for p in paths if p != base_path],
+            corpus_path,
+            ctx=plan.ctx,
+            target=target_error,
+            min_chunks=min_chunks,
+            seed=seed,
+            max_chunks=chunks,
+            threads=threads,
+        )
+        fill_results(results, sequential)
+    steps = len(paths) * (2 if speed else 1) if sequential is None else len(paths) * speed
     with (
         tempfile.TemporaryDirectory(prefix="ggufkit-eval-", dir=tmp_dir) as work,
         progress(steps, "evaluating", unit="step") as bar,
     ):
         base_file = Path(work) / "baseline.kld"
-        used_chunks = plan.chunks
+        used_chunks = plan.chunks if sequential is None else sequential.base_chunks
         for result in results:
             model = Path(result.path)
-            if result.is_baseline and len(paths) > 1:
+            if sequential is not None:
+                pass  # measured above
+            elif result.is_baseline and len(paths) > 1:
                 if vocab and plan.chunks:
                     check_free_disk(
                         base_file, plan.base_file_bytes(vocab), what="the KL-divergence base file"
@@ -206,7 +233,8 @@ def evaluate(
                     measured.ppl_err,
                     measured.chunks,
                 )
-            bar.update(1)
+            if sequential is None:
+                bar.update(1)
             if speed:
                 tests = benchmark(
                     model,
@@ -232,4 +260,7 @@ def evaluate(
         llama_cpp_commit=current_build().llama_cpp_commit,
         models=results,
         bench={"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions} if speed else {},
+        sequential=None
+        if sequential is None
+        else sequential_summary(sequential, seed, min_chunks, target_error),
     )

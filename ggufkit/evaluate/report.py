@@ -62,7 +62,9 @@ def _measures(report: EvalReport) -> list[tuple[str, Callable[[ModelResult], str
         return lambda m: BASELINE_CELL if m.is_baseline else value(m)
 
     measures: list[tuple[str, Callable[[ModelResult], str]]] = [("perplexity", ppl)]
-    if report.baseline is not None:
+    if report.sequential is not None:
+        measures = _interval_measures(relative)
+    elif report.baseline is not None:
         measures += [
             ("KL-divergence", relative(lambda m: _fmt(m.kld_mean, ".6f"))),
             (
@@ -106,7 +108,48 @@ def eval_table(report: EvalReport) -> str:
     note = f"Corpus {Path(report.corpus).name} ({chunks})"
     if report.baseline is not None:
         note += f"; KL-divergence and top token against {Path(report.baseline).name}"
-    return f"{table}\n\n{note}."
+    return f"{table}\n\n{note}." + _sequential_note(report)
+
+
+def _interval_measures(
+    relative: Callable[[Callable[[ModelResult], str]], Callable[[ModelResult], str]],
+) -> list[tuple[str, Callable[[ModelResult], str]]]:
+    """--target-error rows: each estimate with the half-width of its 95 % interval."""
+
+    def pm(value: float | None, half: float | None, spec: str, scale: float = 1.0) -> str:
+        if value is None or half is None:
+            return MISSING_CELL
+        return f"{scale * value:{spec}} ± {scale * half:{spec.lstrip('+')}}"
+
+    def seconds(value: float | None) -> str:
+        return _fmt(value, ".1f", " s")
+
+    return [
+        ("perplexity", lambda m: pm(m.ppl, m.ppl_ci, ".4f")),
+        ("ΔPPL vs baseline", relative(lambda m: pm(m.delta_ppl, m.delta_ppl_ci, "+.4f"))),
+        ("KL-divergence", relative(lambda m: pm(m.kld_mean, m.kld_ci, ".6f"))),
+        ("same top token %", relative(lambda m: pm(m.top1_agreement, m.top1_ci, ".2f", 100))),
+        ("chunks scored", lambda m: _fmt(m.chunks, "d")),
+        ("scoring time", lambda m: seconds(m.eval_seconds)),
+        ("time saved", lambda m: seconds(m.eval_seconds_saved)),
+    ]
+
+
+def _sequential_note(report: EvalReport) -> str:
+    run = report.sequential
+    if run is None:
+        return ""
+    saved = run.get("seconds_saved")
+    return (
+        f"\n± is the half-width of a 95 % interval (docs/eval-intervals.md). Stopped at "
+        f"{100 * run['target']:.3g}% (ΔPPL relative to the baseline's perplexity, KLD in nats, "
+        f"top token as a fraction), at least {run['min_chunks']} chunks, in a random order "
+        f"(seed {run['seed']}) of {run['corpus_chunks']}: {run['tokens_scored']} tokens scored "
+        f"of {run['tokens_full']} for the full corpus, {run['seconds']:.1f} s"
+        + (f", about {saved:.0f} s saved" if saved is not None else "")
+        + f"; {run['cache_hits']} chunk results from the cache. Each perplexity is over the "
+        "chunks its type scored: compare types by ΔPPL, which is paired."
+    )
 
 
 def bench_table(results: Sequence[SpeedResult], sizes: dict[str, int] | None = None) -> str:

@@ -67,6 +67,15 @@ class ModelResult:
     pp_tps_std: float | None = None
     tg_tps: float | None = None  # generation, tokens per second
     tg_tps_std: float | None = None
+    # --target-error only: 95 % half-widths, chunks used, seconds spent and saved on scoring
+    ppl_ci: float | None = None
+    delta_ppl: float | None = None  # PPL(type) - PPL(baseline) on the same chunks
+    delta_ppl_ci: float | None = None
+    kld_ci: float | None = None
+    top1_ci: float | None = None
+    chunks: int | None = None
+    eval_seconds: float | None = None
+    eval_seconds_saved: float | None = None
 
     @property
     def ms_per_token(self) -> float | None:
@@ -101,6 +110,9 @@ class EvalReport:
     models: list[ModelResult] = field(default_factory=list)
     bench: dict[str, int] = field(default_factory=dict)  # n_prompt, n_gen, repetitions
     schema: str = SCHEMA
+    # --target-error only: the sequential run (target, seed, corpus_chunks, tokens_scored,
+    # tokens_full, seconds, seconds_saved, cache_hits)
+    sequential: dict[str, Any] | None = None
 
     @property
     def baseline_result(self) -> ModelResult | None:
