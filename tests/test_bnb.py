@@ -8,8 +8,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import bitsandbytes as bnb
 import pytest
 import tiny
+import torch
 from click.testing import CliRunner
 
 from ggufkit.bnb import MODES, BnbOptions, guards, loading, markdown, measure, parse_modes, run_bnb
@@ -17,8 +19,6 @@ from ggufkit.bnb.modes import QuantSettings, default_compute_dtype, quantization
 from ggufkit.cli import cli
 from ggufkit.core.errors import EvaluationError, UsageError
 
-torch = pytest.importorskip("torch")
-bnb = pytest.importorskip("bitsandbytes")
 pytestmark = [pytest.mark.needs_torch, pytest.mark.needs_bnb]
 
 FOUR_BIT = [m for m in MODES.values() if m.bits == 4]

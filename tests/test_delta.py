@@ -155,10 +155,12 @@ def test_f32_delta_of_f32_models_warns_about_inexact_values(
     assert warned[0].startswith(f"{differ} values")
 
 
+@pytest.mark.needs_torch
 def test_merge_rounds_like_torch_in_bf16_and_f16(
     tmp_path: Path, tiny_llama_dir: Path, same_delta: Path
 ) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     base, delta = tensors(tiny_llama_dir), tensors(same_delta)
     for dtype, torch_dtype in (("bf16", torch.bfloat16), ("f16", torch.float16)):
         merge_delta(tiny_llama_dir, same_delta, tmp_path / dtype, dtype=dtype)

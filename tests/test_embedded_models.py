@@ -171,7 +171,6 @@ def test_bloom_tokenizer_loads_with_tokenizers_and_round_trips() -> None:
 @pytest.mark.needs_torch
 @pytest.mark.parametrize("name", [LLAMA, DELTA])
 def test_transformers_llama_tokenizer_matches_sentencepiece(name: str) -> None:
-    pytest.importorskip("transformers")
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
@@ -186,7 +185,6 @@ def test_transformers_llama_tokenizer_matches_sentencepiece(name: str) -> None:
 
 @pytest.mark.needs_torch
 def test_transformers_bloom_tokenizer_matches_tokenizers() -> None:
-    pytest.importorskip("transformers")
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
@@ -230,7 +228,6 @@ def load_fp32(path: Path) -> Any:
 @pytest.mark.needs_torch
 @pytest.mark.parametrize(("name", "bos"), [(LLAMA, 1), (BLOOM, None)])
 def test_heldout_perplexity_is_far_below_vocab_size(name: str, bos: int | None) -> None:
-    pytest.importorskip("transformers")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model(name)))
@@ -242,7 +239,7 @@ def test_heldout_perplexity_is_far_below_vocab_size(name: str, bos: int | None) 
 
 @pytest.mark.needs_torch
 def test_milton_delta_applied_to_the_base_knows_milton_better() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
