@@ -34,8 +34,10 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# BENCH_ARGS=--with-7b adds the LLaMA-7B-shaped convert benchmark (~30 GB of disk).
+BENCH_ARGS ?=
 bench: build
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 # Opt-in: two cold llama.cpp builds (native and --portable), 25 minutes or more on 2 cores.
 bench-portable: build

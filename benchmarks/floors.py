@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,44 @@ def measure_floor(
     copy = min(copy_seconds(inputs, output_bytes, scratch) for _ in range(repeat))
     size = total_bytes(inputs)
     return Floor(copy, kernel_seconds(kind, size), size, output_bytes)
+
+
+def paired_runs(
+    inputs: Sequence[Path],
+    output_bytes: int,
+    scratch: Path,
+    kind: str,
+    runs: int,
+    step: Callable[[], dict[str, float]],
+) -> tuple[list[Floor], list[dict[str, float]]]:
+    """``runs`` pairs of (copy floor, ``step()``) back to back, so that both halves of a pair meet
+    the same machine (page cache, writeback, other load); the kernel part is measured once."""
+    warm_page_cache(inputs)
+    size = total_bytes(inputs)
+    kernel = kernel_seconds(kind, size)
+    floors, results = [], []
+    for _ in range(runs):
+        floors.append(
+            Floor(copy_seconds(inputs, output_bytes, scratch), kernel, size, output_bytes)
+        )
+        results.append(step())
+    return floors, results
+
+
+def paired_verdict(
+    label: str, walls: Sequence[float], floors: Sequence[Floor], target: float
+) -> bool:
+    """The median of the per-pair ratios against ``target``; True when met."""
+    ratios = [wall / floor.seconds for wall, floor in zip(walls, floors, strict=True)]
+    ratio = statistics.median(ratios)
+    met = ratio <= target
+    print(
+        f"{label}: median {statistics.median(walls):.2f} s against a median floor of "
+        f"{statistics.median(f.seconds for f in floors):.2f} s; ratio per pair "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}: median {ratio:.2f}x; "
+        f"target <= {target:.2f}x: {'met' if met else 'MISSED'}"
+    )
+    return met
 
 
 def verdict(label: str, seconds: float, floor: Floor, target: float) -> bool:

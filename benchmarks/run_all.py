@@ -1,5 +1,11 @@
-"""`make bench`: run every benchmarks/bench_*.py in turn; each compares against its anchor and
-prints the ratios. Exit status: non-zero if any benchmark failed to run."""
+"""`make bench`: run every benchmarks/bench_*.py in turn; each compares against its floor or its
+anchor in the same run, prints the ratios and holds its targets as its exit code.
+
+    .venv/bin/python benchmarks/run_all.py [--with-7b] [bench_x.py ...]
+
+``--with-7b`` adds the LLaMA-7B-shaped convert benchmark (``bench_convert.py --shape 7b``): about
+30 GB of disk and several minutes. Exit status: non-zero if any benchmark failed or missed.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +17,25 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     here = Path(__file__).parent
-    selected = argv or sorted(p.name for p in here.glob("bench_*.py"))
+    with_7b = "--with-7b" in argv
+    selected = [a for a in argv if a != "--with-7b"]
+    runs = [[name] for name in selected or sorted(p.name for p in here.glob("bench_*.py"))]
+    if with_7b:
+        runs.append(["bench_convert.py", "--shape", "7b"])
     failures = []
-    for name in selected:
-        script = here / name
-        print(f"\n=== {name} ===", flush=True)
+    for name, *args in runs:
+        label = " ".join([name, *args])
+        print(f"\n=== {label} ===", flush=True)
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, str(script)], check=False)
+        result = subprocess.run([sys.executable, str(here / name), *args], check=False)
         print(
-            f"=== {name}: exit {result.returncode} in {time.perf_counter() - started:.0f} s ===",
+            f"=== {label}: exit {result.returncode} in {time.perf_counter() - started:.0f} s ===",
             flush=True,
         )
         if result.returncode != 0:
-            failures.append(name)
+            failures.append(label)
     if failures:
-        print("failed: " + ", ".join(failures), file=sys.stderr)
+        print("failed or missed a target: " + ", ".join(failures), file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -18,7 +18,6 @@ import ggufkit
 from ggufkit.cli import cli
 from ggufkit.convert import convert, default_output_name, registered_architectures
 from ggufkit.convert.llama import rotary_row_order
-from ggufkit.convert.writer import bf16_bits_to_f16_bits
 from ggufkit.core.fsutil import sha256_file
 from ggufkit.formats.safetensors import Checkpoint
 
@@ -99,13 +98,6 @@ def _tensors(path: Path) -> dict[str, tuple[int, bytes]]:
 
 def test_llama_is_registered() -> None:
     assert "LlamaForCausalLM" in registered_architectures()
-
-
-def test_bf16_to_f16_matches_numpy_for_every_bit_pattern() -> None:
-    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
-    with np.errstate(over="ignore"):
-        want = (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float16).view(np.uint16)
-    assert np.array_equal(bf16_bits_to_f16_bits(bits), want)
 
 
 def test_rotary_row_order_is_upstreams_permutation() -> None:

@@ -222,16 +222,20 @@ def write_random_llama(
     vocab: int = 32000,
     shards: int = 2,
     seed: int = 0,
+    dtype: str = "bf16",
 ) -> Path:
-    """A big random bf16 LlamaForCausalLM written with numpy only (no torch): for benchmarks and
-    interrupt tests. The defaults give ~953M parameters (1.9 GB in 2 shards); measured on 2 cores,
-    its bf16 -> f16 conversion took 14.8-17.6 s at a max RSS of 741-773 MB."""
+    """A big random LlamaForCausalLM (``dtype`` bf16, f16 or f32) written with numpy only (no
+    torch): for benchmarks and interrupt tests. The defaults give ~953M parameters (1.9 GB of
+    bf16 in 2 shards)."""
     import struct
 
     import numpy as np
 
     from ggufkit.formats.safetensors import float32_to_bf16
 
+    encoders = {"bf16": float32_to_bf16, "f16": lambda v: v.astype(np.float16), "f32": np.asarray}
+    encode = encoders[dtype]
+    itemsize = 4 if dtype == "f32" else 2
     out_dir.mkdir(parents=True, exist_ok=True)
     kv_rows = kv_heads * (hidden // heads)
     shapes: dict[str, list[int]] = {"model.embed_tokens.weight": [vocab, hidden]}
@@ -257,9 +261,9 @@ def write_random_llama(
         chunk = names[s * per_shard : (s + 1) * per_shard]
         header, offset = {}, 0
         for name in chunk:
-            nbytes = 2 * int(np.prod(shapes[name]))
+            nbytes = itemsize * int(np.prod(shapes[name]))
             header[name] = {
-                "dtype": "BF16",
+                "dtype": dtype.upper(),
                 "shape": shapes[name],
                 "data_offsets": [offset, offset + nbytes],
             }
@@ -271,7 +275,7 @@ def write_random_llama(
             for name in chunk:
                 scale, shift = (0.1, 1.0) if len(shapes[name]) == 1 else (0.02, 0.0)
                 values = shift + scale * rng.standard_normal(shapes[name], dtype=np.float32)
-                handle.write(float32_to_bf16(values).tobytes())
+                handle.write(encode(values).tobytes())
                 weight_map[name] = file_name
     index = {"metadata": {}, "weight_map": weight_map}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
@@ -290,7 +294,7 @@ def write_random_llama(
         "tie_word_embeddings": False,
         "bos_token_id": 1,
         "eos_token_id": 2,
-        "torch_dtype": "bfloat16",
+        "torch_dtype": {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[dtype],
     }
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     spm = train_sentencepiece(out_dir / "_spm")

@@ -108,6 +108,9 @@ def cli(verbose: int, quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    # ggufkit does no linear algebra in numpy; OpenBLAS's worker threads would only spin at
+    # start-up (0.1 s of CPU measured) on the cores a conversion needs. A user's setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         cli.main(args=argv, prog_name="ggufkit", standalone_mode=True)
     except KeyboardInterrupt:  # pragma: no cover - click normally handles this

@@ -37,7 +37,6 @@ from ggufkit.convert.chat_templates import (
 )
 from ggufkit.convert.provenance import add_general_metadata, add_provenance
 from ggufkit.convert.split import write_split
-from ggufkit.convert.upstream import run_upstream, upstream_supports
 from ggufkit.convert.writer import write_gguf
 from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path
@@ -76,6 +75,9 @@ class ConvertResult:
     seconds: float
     engine: str  # "native" or "upstream"
     notes: list[str] = field(default_factory=list)  # vocab / pre-tokenizer remarks
+    # Where ``seconds`` went (native engine): "prepare" (config, tensor plans, vocabulary,
+    # header), "data" (tensor data converted and written), "finish" (hashes, final header)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def mb_per_s(self) -> float:
@@ -138,10 +140,8 @@ def convert(
     the result's ``output`` is then its first shard.
     """
     started = time.perf_counter()
-    from ggufkit.convert.legacy import is_legacy_file
-
     split = split if split is not None and split.active else None
-    if is_legacy_file(model):
+    if Path(model).is_file() and _is_legacy_file(model):
         if split is not None:
             raise UsageError(
                 "--split-max-size/--split-max-tensors do not apply to legacy .bin files",
@@ -168,7 +168,7 @@ def convert(
     hf_arch = architecture(config, model_dir / "config.json")
 
     converter_cls = converter_for(hf_arch) if engine != "upstream" else None
-    use_upstream = converter_cls is None and engine != "native" and upstream_supports(hf_arch)
+    use_upstream = converter_cls is None and engine != "native" and _upstream_supports(hf_arch)
     if converter_cls is None and not use_upstream:
         raise unsupported(hf_arch, upstream_too=engine != "native")
     if pre_tokenizer is not None and (
@@ -196,6 +196,7 @@ def convert(
     info = SourceInfo(model_dir=model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir)
     chat = choose_chat_template(chat_template, model_dir, repo_id or model_dir.name)
 
+    phases: dict[str, float] = {}
     if use_upstream:
         n_tensors, n_bytes, source_bytes, gguf_arch, notes = _convert_upstream(
             model_dir, out, outtype, chat
@@ -206,7 +207,7 @@ def convert(
     else:
         assert converter_cls is not None
         n_tensors, n_bytes, source_bytes, gguf_arch, notes = _convert_native(
-            converter_cls, info, config, out, outtype, threads, pre_tokenizer, chat, split
+            converter_cls, info, config, out, outtype, threads, pre_tokenizer, chat, split, phases
         )
         engine_used = "native"
         if split is not None:
@@ -225,7 +226,21 @@ def convert(
         seconds=seconds,
         engine=engine_used,
         notes=notes,
+        phases={"prepare": seconds - sum(phases.values()), **phases} if phases else {},
     )
+
+
+# The legacy and upstream engines load only when a conversion needs them: a start-up saved.
+def _is_legacy_file(model: str | Path) -> bool:
+    from ggufkit.convert.legacy import is_legacy_file
+
+    return is_legacy_file(model)
+
+
+def _upstream_supports(hf_arch: str) -> bool:
+    from ggufkit.convert.upstream import upstream_supports
+
+    return upstream_supports(hf_arch)
 
 
 def _convert_legacy_file(
@@ -263,7 +278,10 @@ def _convert_native(
     pre_tokenizer: str | None,
     chat: ChatTemplateChoice,
     split: SplitLimits | None = None,
+    phases: dict[str, float] | None = None,
 ) -> tuple[int, int, int, str, list[str]]:
+    """Convert with a registered converter; ``phases`` receives the seconds of "data" (tensor
+    data converted and written) and "finish" (waiting for the hashes, the final header)."""
     source = open_source(info.model_dir, info.delta_base)
     origin: SourceOrigin | None = None
     try:
@@ -283,10 +301,17 @@ def _convert_native(
         add_provenance(writer, info, origin, engine="native")
         kv = writer.kv_data[0]
 
+        data_started = time.perf_counter()
+
         def final_kv() -> dict[str, Any]:
             assert origin is not None
+            finish_started = time.perf_counter()
+            if phases is not None:
+                phases["data"] = finish_started - data_started
             if origin.labels:
                 kv["ggufkit.source.sha256"].value = origin.result()
+            if phases is not None:
+                phases["finish"] = time.perf_counter() - finish_started
             return kv
 
         source_bytes = sum(plan.source_bytes for plan in plans)
@@ -348,6 +373,8 @@ def _convert_upstream(
         source_bytes = sum(i.n_bytes for i in infos)
         expected = sum(i.n_elements * type_size // block for i in infos)
     check_free_disk(out, expected)
+    from ggufkit.convert.upstream import run_upstream
+
     with atomic_output(out) as partial:
         notes = run_upstream(
             model_dir, partial, outtype=outtype, expected_bytes=expected, chat=chat

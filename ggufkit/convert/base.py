@@ -95,8 +95,11 @@ def register(*hf_architectures: str) -> Callable[[C], C]:
 
 # Modules of the package that hold no per-architecture converter.
 NOT_CONVERTERS = frozenset(
-    {"base", "writer", "upstream", "provenance", "chat_formats", "chat_templates", "families"}
-)
+    {
+        "base", "writer", "upstream", "provenance", "chat_formats", "chat_templates", "families",
+        "legacy", "legacy_tensors", "legacy_vocab", "split", "vocab_bpe", "vocab_spm",
+    }
+)  # fmt: skip
 
 
 def _load_builtin_converters() -> None:

@@ -14,15 +14,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
-from tokenizers import Tokenizer
 
 from ggufkit.convert.vocab_spm import check_fits, looks_special
 from ggufkit.core.errors import TokenizerError, UsageError
 from ggufkit.core.fsutil import read_json
 from ggufkit.core.log import get_logger
+
+if TYPE_CHECKING:  # tokenizers loads on first use: a LLaMA conversion never needs it
+    from tokenizers import Tokenizer
 
 log = get_logger(__name__)
 
@@ -275,6 +277,8 @@ def build_bpe_vocab(
     id_to_token = _id_to_token(data, path)
     size = check_fits(path, max(id_to_token) + 1 if id_to_token else 0, vocab_size)
     try:
+        from tokenizers import Tokenizer
+
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust side raises plain Exceptions
         raise TokenizerError(

@@ -2,10 +2,9 @@
 
 Every tensor's offset is known from the plans before any data is read, so worker threads convert
 row blocks and ``pwrite`` them straight to their place in the file, in any order: no tensor is
-held whole, no output is buffered, and numpy's conversions (which release the GIL) run in
-parallel. bf16 -> f16 uses integer bit operations (exact: every bf16 in f16's normal range has an
-exact f16), with a lookup table for the rest, so the bytes equal numpy's float32 -> float16 cast
-that the upstream converter uses. f16 -> f16 is a raw copy from the memory map.
+held whole, no output is buffered, and the kernels of ``ggufkit.formats.kernels`` (numpy passes
+that release the GIL, bit for bit what the upstream converter writes) run in parallel, each
+thread converting into a buffer of its own. f16 -> f16 is a raw copy from the memory map.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from gguf import GGUFValueType as VT
 from ggufkit.convert.base import TensorPlan
 from ggufkit.core.errors import DiskSpaceError, GGUFKitError
 from ggufkit.core.log import get_logger
+from ggufkit.formats import kernels
 from ggufkit.formats.safetensors import Checkpoint, TensorSource, bf16_to_float32
 
 log = get_logger(__name__)
@@ -125,66 +125,48 @@ def serialize_header(
 
 # --- block conversion -----------------------------------------------------------------------
 
-_BF16_TO_F16: np.ndarray | None = None
-_F16_NORMAL_BIAS = np.uint16((112 << 10) & 0xFFFF)  # exponent rebias 127 -> 15, modulo 2^16
+_buffers = threading.local()
 
 
-def _bf16_lut() -> np.ndarray:
-    global _BF16_TO_F16
-    if _BF16_TO_F16 is None:
-        with np.errstate(over="ignore"):
-            every = (np.arange(65536, dtype=np.uint32) << 16).view(np.float32)
-            _BF16_TO_F16 = every.astype(np.float16).view(np.uint16)
-    return _BF16_TO_F16
+def _output_buffer(n_bytes: int) -> np.ndarray:
+    """This thread's output block buffer, grown when needed: no allocation per block."""
+    buffer: np.ndarray | None = getattr(_buffers, "out", None)
+    if buffer is None or buffer.size < n_bytes:
+        buffer = np.empty(max(n_bytes, 2 * BLOCK_BYTES), np.uint8)
+        _buffers.out = buffer
+    return buffer[:n_bytes]
 
 
-_PIECE = 1 << 16  # elements per pass: the temporaries stay in the L2 cache
-
-
-def bf16_bits_to_f16_bits(bits: np.ndarray) -> np.ndarray:
-    """bf16 bit patterns to f16 bit patterns, rounding exactly like float32 -> float16 in numpy.
-
-    bf16 exponents 113..142 are f16 normals and convert exactly by rebiasing the exponent and
-    widening the mantissa; the rest (subnormals, overflow, inf, nan) go through a 64 Ki table.
-    """
-    lut = _bf16_lut()
-    flat = np.ascontiguousarray(bits).reshape(-1)
-    out = np.empty_like(flat)
-    size = min(_PIECE, flat.size)
-    magnitude, sign = np.empty(size, np.uint16), np.empty(size, np.uint16)
-    outside = np.empty(size, np.bool_)
-    for start in range(0, flat.size, _PIECE):
-        src, dst = flat[start : start + _PIECE], out[start : start + _PIECE]
-        n = src.size
-        mag, sgn, odd = magnitude[:n], sign[:n], outside[:n]
-        np.bitwise_and(src, np.uint16(0x7FFF), out=mag)
-        np.left_shift(mag, np.uint16(3), out=dst)
-        np.subtract(dst, _F16_NORMAL_BIAS, out=dst)  # wraps modulo 2^16, right for normals
-        np.bitwise_and(src, np.uint16(0x8000), out=sgn)
-        np.bitwise_or(dst, sgn, out=dst)
-        np.subtract(mag, np.uint16(113 << 7), out=mag)  # small exponents wrap round to huge
-        np.greater_equal(mag, np.uint16(30 << 7), out=odd)
-        idx = np.flatnonzero(odd)
-        if idx.size:
-            dst[idx] = lut[src[idx]]
-    return out.reshape(bits.shape)
-
-
-def convert_block(block: np.ndarray, src_dtype: str, target: QT) -> np.ndarray:
-    """A block of source rows (BF16 as uint16 bits) as ``target`` bytes, row for row."""
+def convert_block(block: np.ndarray, src_dtype: str, target: QT) -> tuple[np.ndarray, bool]:
+    """A block of source rows (BF16 as uint16 bits) as ``target`` bytes, row for row, and whether
+    the block held NaN or Inf. The result may be this thread's reused buffer: write it out
+    before converting the next block."""
     if src_dtype == "BF16":
         if target == QT.BF16:
-            return block
+            return block, kernels.bf16_nonfinite(block)
         if target == QT.F16:
-            return bf16_bits_to_f16_bits(block)
+            out = _output_buffer(block.nbytes).view(np.uint16).reshape(block.shape)
+            return out, kernels.bf16_to_f16(np.ascontiguousarray(block), out)
         block = bf16_to_float32(block)
-    elif (src_dtype, target) in (("F16", QT.F16), ("F32", QT.F32)):
-        return block
-    if target == QT.F16:
-        return block.astype(np.float16)
+    elif src_dtype == "F16" and target == QT.F16:
+        return block, kernels.f16_nonfinite(block)
+    nonfinite = _nonfinite(block)
     if target == QT.F32:
-        return block.astype(np.float32)
-    return gguf.quants.quantize(block.astype(np.float32, copy=False), target)
+        return block.astype(np.float32, copy=False), nonfinite
+    if target == QT.F16:
+        return block.astype(np.float16), nonfinite
+    values = block.astype(np.float32, copy=False)
+    if target == QT.Q8_0 and values.ndim and values.shape[-1] % kernels.Q8_0_BLOCK == 0:
+        out = _output_buffer(values.size // kernels.Q8_0_BLOCK * kernels.Q8_0_BYTES)
+        kernels.quantize_q8_0(np.ascontiguousarray(values), out)
+        return out, nonfinite
+    return gguf.quants.quantize(values, target), nonfinite
+
+
+def _nonfinite(block: np.ndarray) -> bool:
+    if block.dtype == np.float32:
+        return kernels.f32_nonfinite(block)
+    return block.dtype.kind == "f" and not bool(np.isfinite(block).all())
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -205,23 +187,25 @@ def _write_error(path: Path, exc: OSError) -> GGUFKitError:
 
 
 class _Sink:
-    """Positioned writes to one file from several threads."""
+    """Positioned writes to one file from several threads, one at a time: the kernel takes the
+    file's lock for each buffered write anyway, and a waiting thread spins there (measured: a
+    tenth of the CPU time of a 2-thread convert), where here it sleeps."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._lock = threading.Lock() if not hasattr(os, "pwrite") else None
+        self._lock = threading.Lock()
 
     def write_at(self, data: Any, offset: int) -> None:
         view = memoryview(data).cast("B")
-        while view:
-            if self._lock is None:
-                written = os.pwrite(self.fd, view, offset)
-            else:  # platforms without pwrite
-                with self._lock:
+        with self._lock:
+            while view:
+                if hasattr(os, "pwrite"):
+                    written = os.pwrite(self.fd, view, offset)
+                else:  # platforms without pwrite
                     os.lseek(self.fd, offset, os.SEEK_SET)
                     written = os.write(self.fd, view)
-            view = view[written:]
-            offset += written
+                view = view[written:]
+                offset += written
 
 
 def _blocks(plan: TensorPlan, src_row_bytes: int) -> Iterable[tuple[int, int]]:
@@ -229,15 +213,6 @@ def _blocks(plan: TensorPlan, src_row_bytes: int) -> Iterable[tuple[int, int]]:
     step = max(1, BLOCK_BYTES // max(1, src_row_bytes))
     for start in range(0, rows, step):
         yield start, min(rows, start + step)
-
-
-def has_nonfinite(block: np.ndarray, src_dtype: str) -> bool:
-    """NaN or Inf in a block of source values (BF16 given as uint16 bits: exponent all ones)."""
-    if src_dtype == "BF16":
-        return bool(((block & 0x7F80) == 0x7F80).any())
-    if block.dtype.kind != "f":
-        return False
-    return not bool(np.isfinite(block).all())
 
 
 def _tensor_tasks(
@@ -268,10 +243,10 @@ def _tensor_tasks(
 
     def run_block(start: int, stop: int) -> int:
         block = array[order[start:stop]] if order is not None else array[start:stop]
-        if not nonfinite.get(plan.name) and has_nonfinite(block, src_dtype):
-            nonfinite[plan.name] = plan.source_name or plan.name
-        data = np.ascontiguousarray(convert_block(block, src_dtype, plan.ggml_type))
-        sink.write_at(data, offset + start * row_out)
+        data, has_nonfinite = convert_block(block, src_dtype, plan.ggml_type)
+        if has_nonfinite:
+            nonfinite.setdefault(plan.name, plan.source_name or plan.name)
+        sink.write_at(np.ascontiguousarray(data), offset + start * row_out)
         return (stop - start) * row_src
 
     return [functools.partial(run_block, start, stop) for start, stop in _blocks(plan, row_src)]
