@@ -129,9 +129,11 @@ def bench_case(
     note = "hashing the sources for provenance" if hashing else "warm-up"
     print(f"  first run ({note}): {first['wall']:.2f} s, left out")
     output_bytes = int(first["output_bytes"])
+    out.unlink()  # not on disk beside the floor's copy
 
     def one_run() -> dict[str, float]:
         data = run_ggufkit(model, out, case.outtype)
+        out.unlink()  # its dirty pages are not the next floor copy's to write
         print(
             f"  ggufkit {data['wall']:6.2f} s  {data['rss_mb']:6.0f} MiB  "
             f"(user {data['user']:.2f} s, system {data['system']:.2f} s)",

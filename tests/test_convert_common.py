@@ -145,6 +145,30 @@ def test_pytorch_bin_checkpoint_converts_like_safetensors(model: Path, tmp_path:
     assert tensors[0] == tensors[1]
 
 
+def test_json_reports_where_the_time_went(model: Path, tmp_path: Path) -> None:
+    exit_code, output = _run(model, tmp_path / "m.gguf", "--json")
+    assert exit_code == 0, output
+    result = json.loads(output[output.index("{") :])
+    phases = result["phases"]
+    assert set(phases) == {"prepare", "data", "finish"}
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) == pytest.approx(result["seconds"], abs=1e-3)
+
+
+def test_a_llama_conversion_loads_no_engine_it_does_not_use(model: Path, tmp_path: Path) -> None:
+    # Start-up is part of every conversion's time: the legacy and upstream engines and the
+    # tokenizers library (BPE vocabularies only) stay unloaded for a LLaMA checkpoint.
+    script = (
+        "import sys; from ggufkit.convert import convert; "
+        f"convert({str(model)!r}, {str(tmp_path / 'm.gguf')!r}); "
+        "print(sorted(m for m in sys.modules if m.startswith(('tokenizers', "
+        "'ggufkit.convert.legacy', 'ggufkit.convert.upstream', 'ggufkit.llamacpp'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 # --- interrupted runs -----------------------------------------------------------------------
 
 
