@@ -288,8 +288,14 @@ def write_tensor_data(
                 plan.name,
             )
 
+    # The next tensor is read from disk while this one converts (a fault reads ahead little).
+    upcoming = [p.source_name for p in plans[1:]] + [None]
+    if plans and plans[0].source_name and isinstance(source, Checkpoint):
+        source.prefetch(plans[0].source_name)
     try:
-        for plan, offset in zip(plans, offsets, strict=True):
+        for plan, offset, following in zip(plans, offsets, upcoming, strict=True):
+            if following is not None and isinstance(source, Checkpoint):
+                source.prefetch(following)
             tasks = _tensor_tasks(plan, source, offset, sink, nonfinite)
             pending.append((plan, [pool.submit(task) for task in tasks]))
             while len(pending) >= window:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ggufkit.core.errors import InputError, SafetensorsFormatError, ToolMissingError
+from ggufkit.core.errors import InputError, SafetensorsFormatError
 from ggufkit.core.log import get_logger
 
 log = get_logger("formats.safetensors")
@@ -279,11 +279,7 @@ class Checkpoint:
         info = self.info(name)
         if info.file.suffix != ".safetensors":
             return self._read_bin(info, float32)
-        mapped = self._maps.get(info.file)
-        if mapped is None:
-            with open(info.file, "rb") as handle:
-                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            self._maps[info.file] = mapped
+        mapped = self._map(info.file)
         np_dtype, itemsize = SAFETENSORS_DTYPES[info.dtype]
         array = np.frombuffer(
             mapped, dtype=np_dtype, count=info.n_bytes // itemsize, offset=info.offset
@@ -297,24 +293,41 @@ class Checkpoint:
             )
         return array
 
+    def _map(self, file: Path) -> mmap.mmap:
+        mapped = self._maps.get(file)
+        if mapped is None:
+            with open(file, "rb") as handle:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[file] = mapped
+        return mapped
+
     def release(self, name: str, start_byte: int = 0, stop_byte: int | None = None) -> None:
         """Give the tensor's pages back to the OS (they stay in the page cache).
 
         ``start_byte``/``stop_byte`` (within the tensor) release part of it, for readers that
         go through a large tensor in chunks.
         """
+        self._advise(name, getattr(mmap, "MADV_DONTNEED", 4), start_byte, stop_byte)
+
+    def prefetch(self, name: str) -> None:
+        """Have the OS read the tensor from disk ahead of its use (readahead on page faults is
+        small; a tensor is read whole). Costs little when it is in the page cache already."""
+        info = self._infos.get(name)
+        if info is not None and info.file.suffix == ".safetensors":
+            self._map(info.file)
+            self._advise(name, getattr(mmap, "MADV_WILLNEED", 3))
+
+    def _advise(self, name: str, advice: int, start_byte: int = 0, stop: int | None = None) -> None:
         info = self._infos.get(name)
         mapped = self._maps.get(info.file) if info else None
         if info is None or mapped is None or not hasattr(mapped, "madvise"):
             return
-        page = mmap.PAGESIZE
         first = info.offset + start_byte
-        start = first - first % page
-        end = info.offset + (info.n_bytes if stop_byte is None else min(stop_byte, info.n_bytes))
-        length = end - start
-        length = min(length, len(mapped) - start)
+        start = first - first % mmap.PAGESIZE
+        end = info.offset + (info.n_bytes if stop is None else min(stop, info.n_bytes))
+        length = min(end - start, len(mapped) - start)
         if length > 0:
-            mapped.madvise(getattr(mmap, "MADV_DONTNEED", 4), start, length)
+            mapped.madvise(advice, start, length)
 
     def iter_tensors(self, *, float32: bool = False) -> Iterator[tuple[TensorInfo, np.ndarray]]:
         """Each tensor in file order; its pages are released after the consumer moves on."""
@@ -325,76 +338,27 @@ class Checkpoint:
     # --- pytorch_model*.bin -------------------------------------------------------------------
 
     def _load_bin(self, file: Path) -> dict[str, Any]:
-        state = self._torch_state.get(file)
-        if state is not None:
-            return state
-        try:
-            import torch
-        except ImportError as exc:
-            raise ToolMissingError(
-                f"{file.name} is a PyTorch checkpoint and torch is not installed",
-                hint="pip install 'ggufkit[torch]' (or convert the checkpoint to safetensors)",
-            ) from exc
-        try:
-            try:
-                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):
-                    raise
-                # Legacy (non-zip) .bin files cannot be memory-mapped; still weights-only.
-                state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputError(
-                f"cannot load {file} safely: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                hint="ggufkit loads .bin files with weights_only=True only; convert untrusted pickles "
-                "to safetensors in a sandbox first",
-                path=file,
-            ) from exc
-        if not isinstance(state, dict):
-            raise InputError(f"{file} does not hold a state dict", path=file)
-        self._torch_state[file] = state
-        return state
+        from ggufkit.formats.torchbin import load_bin
+
+        if file not in self._torch_state:
+            self._torch_state[file] = load_bin(file)
+        return self._torch_state[file]
 
     def _bin_infos(self, file: Path) -> dict[str, TensorInfo]:
-        names = {
-            "float32": "F32",
-            "float16": "F16",
-            "bfloat16": "BF16",
-            "float64": "F64",
-            "int64": "I64",
-            "int32": "I32",
-            "int16": "I16",
-            "int8": "I8",
-            "uint8": "U8",
-            "bool": "BOOL",
-        }
+        from ggufkit.formats.torchbin import tensor_types
+
         infos = {}
-        for name, tensor in self._load_bin(file).items():
-            if not hasattr(tensor, "dtype"):
-                continue
-            dtype = names.get(str(tensor.dtype).removeprefix("torch."))
-            if dtype is None:
-                raise InputError(
-                    f"tensor {name!r} in {file.name} has unsupported dtype {tensor.dtype}",
-                    path=file,
-                )
-            shape = tuple(int(d) for d in tensor.shape)
-            infos[name] = TensorInfo(
-                name,
-                dtype,
-                shape,
-                file,
-                -1,
-                SAFETENSORS_DTYPES[dtype][1] * int(np.prod(shape, dtype=object)),
-            )
+        for name, (dtype, shape) in tensor_types(file, self._load_bin(file)).items():
+            n_bytes = SAFETENSORS_DTYPES[dtype][1] * int(np.prod(shape, dtype=object))
+            infos[name] = TensorInfo(name, dtype, shape, file, -1, n_bytes)
         return infos
 
     def _read_bin(self, info: TensorInfo, float32: bool) -> np.ndarray:
-        import torch
+        from ggufkit.formats.torchbin import tensor_array
 
-        tensor = self._load_bin(info.file)[info.name]
-        if tensor.dtype == torch.bfloat16:
-            bits = tensor.contiguous().view(torch.int16).numpy().view(np.uint16)
-            return bf16_to_float32(bits) if float32 else bits
-        array = tensor.contiguous().numpy()
-        return array.astype(np.float32, copy=False) if float32 else array
+        array = tensor_array(self._load_bin(info.file)[info.name])
+        if not float32:
+            return array
+        return (
+            bf16_to_float32(array) if info.dtype == "BF16" else array.astype(np.float32, copy=False)
+        )
