@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +149,8 @@ def unpack_subdir(
 ) -> None:
     """Extract ``<top>/<subdir>/**`` of the sdist into ``dest`` atomically, refusing unsafe members,
     then apply ``patch_list`` there: a half-patched tree never appears under ``dest``."""
+    import tarfile  # only to unpack: a quantize reads the pin, never the archive
+
     with tarfile.open(sdist, "r:gz") as archive, atomic_dir(dest) as staging:
         prefix: str | None = None
         count = 0
