@@ -237,6 +237,9 @@ def free_bytes(path: str | Path) -> int:
     probe = Path(path).absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if hasattr(os, "statvfs"):  # shutil.disk_usage's own POSIX answer, without loading shutil
+        stat = os.statvfs(probe)
+        return stat.f_bavail * stat.f_frsize
     import shutil
 
     return shutil.disk_usage(probe).free

@@ -8,7 +8,6 @@ import json
 import os
 import platform as platform_module
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -204,6 +203,8 @@ def _build_into(
         not in cache_file.read_text(errors="replace")
     ):
         # Same flags from another checkout: CMake refuses a cache made for a different source dir.
+        import shutil  # here: shutil loads bz2 and lzma, which finding a tool does not need
+
         shutil.rmtree(tree)
     (root / STAMP_NAME).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)

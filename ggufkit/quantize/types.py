@@ -127,10 +127,11 @@ def table_from_binary(binary: Path) -> TypeTable:
     key = f"{CACHE_VERSION}:{binary.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     cache = paths.cache_file("quantize-types", key)
     data = read_keyed_json(cache, key)
-    try:
-        return TypeTable(tuple(QuantType(**row) for row in data["types"]), data["source"])
-    except (KeyError, TypeError):  # not cached (None) or not this version's shape
-        pass
+    if isinstance(data, dict):
+        try:
+            return TypeTable(tuple(QuantType(**row) for row in data["types"]), data["source"])
+        except (KeyError, TypeError):  # another version's shape: ask the binary again
+            pass
     try:
         done = subprocess.run(
             [str(binary), "--help"],
