@@ -77,7 +77,8 @@ def command_bytecode(python: str, command: str, modules: Sequence[str]) -> Bytec
     """The bytecode state of what ``ggufkit COMMAND`` imports (``modules``: those it imports
     lazily when it runs)."""
     done = subprocess.run(
-        [python, "-c", _LIST_MODULES, command, *modules],
+        # -P: the modules the console script would import, not those of the current directory
+        [python, "-P", "-c", _LIST_MODULES, command, *modules],
         capture_output=True,
         text=True,
         check=True,
