@@ -56,7 +56,7 @@ print(json.dumps(sorted(sys.modules)))
 # Runs the CLI as its console script does; records every process it starts and, at exit, every
 # module it imported.
 _RUN = """
-import atexit, json, subprocess, sys
+import atexit, gc, json, subprocess, sys
 record = {"spawned": []}
 class Popen(subprocess.Popen):
     def __init__(self, args, *rest, **kwargs):
@@ -65,6 +65,7 @@ class Popen(subprocess.Popen):
 subprocess.Popen = Popen
 def dump():
     record["modules"] = sorted(sys.modules)
+    record["frozen"] = gc.get_freeze_count()
     with open(sys.argv[1], "w") as handle:
         json.dump(record, handle)
 atexit.register(dump)
@@ -141,7 +142,10 @@ def test_the_checks_need_neither_gguf_nor_numpy(tmp_path: Path) -> None:
     )
     assert done.returncode == 1, done.stderr  # already quantized, or no llama.cpp built here
     assert "already quantized" in done.stderr or "not built" in done.stderr, done.stderr
-    assert heavy(json.loads(record.read_text())["modules"]) == [], done.stderr
+    data = json.loads(record.read_text())
+    assert heavy(data["modules"]) == [], done.stderr
+    # What start-up imported is kept out of the collector's passes (and its last one at exit).
+    assert data["frozen"] > 0
 
 
 @pytest.mark.needs_llamacpp
@@ -191,3 +195,18 @@ def test_keyed_cache_answers_only_for_its_key(
     assert read_keyed_json(path, "another key that shares the file name") is None
     path.write_text("{not json")
     assert read_keyed_json(path, key) is None
+
+
+def test_a_caller_running_the_cli_keeps_its_collector() -> None:
+    """Only ggufkit's own process freezes what it imported: in a caller's (here CliRunner in
+    pytest) a freeze would pin the caller's uncollected garbage for good."""
+    import gc
+
+    from click.testing import CliRunner
+
+    from ggufkit.cli import cli
+
+    before = gc.get_freeze_count()
+    result = CliRunner().invoke(cli, ["quantize", "--help"])
+    assert result.exit_code == 0, result.output
+    assert gc.get_freeze_count() == before
