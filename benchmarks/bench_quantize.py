@@ -146,7 +146,9 @@ def check_bytecode(as_is: bool) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7, help="the median of 7 holds on a busy 2-core VM")
+    parser.add_argument(
+        "--runs", type=int, default=7, help="the median of 7 holds on a busy 2-core VM"
+    )
     parser.add_argument("--layers", type=int, default=20, help="20 layers: ~1.0B parameters")
     parser.add_argument("--type", default="q4_0")
     parser.add_argument("--as-is", action="store_true", help="do not compile missing .pyc files")
