@@ -59,16 +59,25 @@ def install_steps(python: Path) -> list[list[str]]:
 
 
 def install() -> None:
-    """Create .venv and install everything; again only when pyproject.toml has changed."""
+    """Create .venv and install everything (again only when pyproject.toml has changed), and
+    bring the package's bytecode up to date (only stale files are compiled)."""
     stamp = venv_dir() / ".installed"
     if stamp.is_file() and stamp.stat().st_mtime >= (ROOT / "pyproject.toml").stat().st_mtime:
+        _run(precompile_step(tool("python")))
         return
     python = tool("python")
     if not python.is_file():
         venv.EnvBuilder(with_pip=True).create(venv_dir())
     for step in install_steps(python):
         _run(step)
+    _run(precompile_step(python))
     stamp.touch()
+
+
+def precompile_step(python: Path) -> list[str]:
+    """Write the package's bytecode: an editable install leaves none, and where
+    PYTHONDONTWRITEBYTECODE is set every start would compile ggufkit again (~40 ms of a quantize)."""
+    return [str(python), "-m", "compileall", "-q", str(ROOT / "ggufkit")]
 
 
 def build() -> None:

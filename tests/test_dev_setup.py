@@ -69,3 +69,15 @@ def test_the_gpu_check_script_parses_and_explains_itself() -> None:
     assert done.returncode == 0
     for words in ("--prepare DIR", "tree.sha256", "CMAKE_CUDA_ARCHITECTURES", "nf4-dq"):
         assert words in done.stdout
+
+
+def test_install_leaves_the_package_precompiled() -> None:
+    """The editable install's modules get their bytecode (`ggufkit quantize` would otherwise
+    compile them on every start where PYTHONDONTWRITEBYTECODE is set)."""
+    import importlib.util
+
+    subprocess.run(dev.precompile_step(Path(sys.executable)), check=True)
+    sources = sorted((ROOT / "ggufkit").rglob("*.py"))
+    assert sources
+    missing = [s for s in sources if not Path(importlib.util.cache_from_source(str(s))).is_file()]
+    assert missing == []

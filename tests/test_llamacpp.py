@@ -209,7 +209,7 @@ def test_corrupted_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_no_cmake_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(build_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     monkeypatch.setitem(__import__("sys").modules, "cmake", None)
     with pytest.raises(ToolMissingError, match="cmake") as caught:
         build_module.find_cmake()

@@ -4,17 +4,18 @@ An output is written under a temporary name in its final directory and renamed o
 so a crash or Ctrl-C never leaves a half-written file under the final name. The temporary name is
 the writer's own (``NAME.<pid>.<random>.partial``), so two runs writing the same output never
 delete each other's file; what a killed writer left is removed by the next one.
+
+hashlib, shutil and psutil are imported where they are used: ``ggufkit quantize`` goes through
+this module on its way to llama-quantize, and its start-up is part of its overhead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
-import hashlib
 import json
 import os
 import re
-import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ _WRITER = re.compile(r"(\d+)\.[0-9a-f]{8}")  # <pid>.<random> between NAME. and 
 
 def partial_path(final: Path) -> Path:
     """A temporary name beside ``final`` that is this writer's own: ``NAME.<pid>.<random>.partial``."""
-    return final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    return final.with_name(f"{final.name}.{os.getpid()}.{os.urandom(4).hex()}{PARTIAL_SUFFIX}")
 
 
 def partials(final: Path) -> dict[Path, int | None]:
@@ -57,16 +58,19 @@ def partials(final: Path) -> dict[Path, int | None]:
 def stale_partials(final: Path) -> list[Path]:
     """The temporary outputs of ``final`` whose writer is gone (killed runs); a live writer's
     file is never among them."""
+    found = partials(final)
+    if not found:  # the common case
+        return []
     import psutil
 
-    return [
-        path for path, pid in partials(final).items() if pid is None or not psutil.pid_exists(pid)
-    ]
+    return [path for path, pid in found.items() if pid is None or not psutil.pid_exists(pid)]
 
 
 def output_lock(final: Path) -> Path:
     """The lock that guards clearing ``final``'s leftovers (kept under GGUFKIT_HOME, not beside
     the output, so output folders hold only outputs)."""
+    import hashlib
+
     from ggufkit.core import paths
 
     key = hashlib.sha256(str(final.absolute()).encode()).hexdigest()[:24]
@@ -84,6 +88,8 @@ def clear_stale_partials(final: Path) -> None:
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
+        import shutil
+
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
@@ -145,6 +151,8 @@ def atomic_output(final: str | Path) -> Iterator[Path]:
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Like :func:`atomic_output` for a directory; an existing ``final`` is replaced only on
     success, and what a killed run left is removed first."""
+    import shutil
+
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     clear_stale_partials(final)
@@ -200,6 +208,24 @@ def read_json(
         raise error(f"{path} is not valid JSON: {exc}", hint=hint, path=path) from exc
 
 
+def read_keyed_json(path: Path, key: str) -> Any | None:
+    """What :func:`write_keyed_json` stored at ``path`` for ``key``; None when missing,
+    unreadable or stored for another key."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != key:
+        return None
+    return data.get("data")
+
+
+def write_keyed_json(path: Path, key: str, data: Any) -> None:
+    """Cache ``data`` for ``key`` (best effort: a read-only cache only costs the next run)."""
+    with contextlib.suppress(OSError):
+        write_json_atomic(path, {"key": key, "data": data})
+
+
 def free_bytes(path: str | Path) -> int:
     """Free bytes on the file system holding ``path`` (or its nearest existing parent).
 
@@ -211,6 +237,11 @@ def free_bytes(path: str | Path) -> int:
     probe = Path(path).absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if hasattr(os, "statvfs"):  # shutil.disk_usage's own POSIX answer, without loading shutil
+        stat = os.statvfs(probe)
+        return stat.f_bavail * stat.f_frsize
+    import shutil
+
     return shutil.disk_usage(probe).free
 
 

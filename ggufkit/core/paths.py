@@ -5,14 +5,26 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from platformdirs import user_cache_dir
-
 
 def home() -> Path:
     override = os.environ.get("GGUFKIT_HOME")
-    path = Path(override).expanduser() if override else Path(user_cache_dir("ggufkit"))
+    if override:
+        path = Path(override).expanduser()
+    else:
+        from platformdirs import user_cache_dir  # not imported when GGUFKIT_HOME says where
+
+        path = Path(user_cache_dir("ggufkit"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_file(kind: str, key: str) -> Path:
+    """Where a small derived fact keyed by ``key`` is cached: ``cache/<kind>/<crc32>.json``.
+    The key is stored inside too (:func:`ggufkit.core.fsutil.read_keyed_json` checks it), so a
+    32-bit name needs no hashlib (whose OpenSSL load costs every quick command a few ms)."""
+    import zlib
+
+    return home() / "cache" / kind / f"{zlib.crc32(key.encode()):08x}.json"
 
 
 def downloads_dir() -> Path:

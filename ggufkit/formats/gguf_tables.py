@@ -6,10 +6,7 @@ Cached as JSON per gguf install: importing ``gguf`` pulls numpy and yaml (~0.4 s
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,18 +38,17 @@ def _tables() -> dict[str, Any]:
     """ggml type sizes and file type names from the installed gguf library, cached as JSON per
     gguf install (building its enums costs ~30 ms, paid on every command otherwise)."""
     from ggufkit.core import paths
+    from ggufkit.core.fsutil import read_keyed_json, write_keyed_json
 
     path = _constants_path()
     cache: Path | None = None
     if path is not None:
         stat = path.stat()
-        key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-        cache = paths.home() / "cache" / f"gguf-tables-{key[:16]}.json"
-        try:
-            data: dict[str, Any] = json.loads(cache.read_text(encoding="utf-8"))
-            return data
-        except (OSError, ValueError):
-            pass
+        key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+        cache = paths.cache_file("gguf-tables", key)
+        cached = read_keyed_json(cache, key)
+        if isinstance(cached, dict):
+            return cached
     import gguf.constants as constants  # only on a cache miss (see the module docstring)
 
     sizes = constants.GGML_QUANT_SIZES
@@ -67,10 +63,7 @@ def _tables() -> dict[str, Any]:
         },
     }
     if cache is not None:
-        from ggufkit.core.fsutil import write_json_atomic
-
-        with contextlib.suppress(OSError):
-            write_json_atomic(cache, data)
+        write_keyed_json(cache, key, data)
     return data
 
 

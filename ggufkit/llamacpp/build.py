@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform as platform_module
 import re
-import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -204,6 +203,8 @@ def _build_into(
         not in cache_file.read_text(errors="replace")
     ):
         # Same flags from another checkout: CMake refuses a cache made for a different source dir.
+        import shutil  # here: shutil loads bz2 and lzma, which finding a tool does not need
+
         shutil.rmtree(tree)
     (root / STAMP_NAME).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -296,6 +297,16 @@ def _made_for_this_machine(info: BuildInfo) -> bool:
     return expected == info.key
 
 
+def _candidate_keys(builds: Path) -> Iterator[str]:
+    """The last build's key, then the default options' (computed only when asked for: a key
+    hashes the patches and reads the CPU)."""
+    pointer = builds / CURRENT_POINTER
+    if pointer.is_file():
+        with contextlib.suppress(ValueError, KeyError):
+            yield str(json.loads(pointer.read_text())["key"])
+    yield build_key(read_pin(), layout.BuildOptions())
+
+
 def current_build(*, allow_failed_selftest: bool = False) -> BuildInfo:
     """The last successful build (or the default-options one); ToolMissingError when none,
     BuildError when it failed its self-test (it would crash), unless ``allow_failed_selftest``."""
@@ -316,13 +327,7 @@ def current_build(*, allow_failed_selftest: bool = False) -> BuildInfo:
             True,
         )
     builds = paths.builds_dir()
-    keys = []
-    pointer = builds / CURRENT_POINTER
-    if pointer.is_file():
-        with contextlib.suppress(ValueError, KeyError):
-            keys.append(str(json.loads(pointer.read_text())["key"]))
-    keys.append(build_key(read_pin(), layout.BuildOptions()))
-    for key in keys:
+    for key in _candidate_keys(builds):
         info = _read_stamp(builds / key)
         if info is not None and _made_for_this_machine(info):
             return info if allow_failed_selftest else _usable(info)
@@ -344,6 +349,8 @@ def find_tool(name: str) -> Path:
 
 
 def bindings_version() -> str | None:
+    import importlib.metadata  # here: ~15 ms that `find_tool` (every quantize) does not need
+
     try:
         return importlib.metadata.version("llama-cpp-python")
     except importlib.metadata.PackageNotFoundError:

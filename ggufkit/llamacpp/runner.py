@@ -30,7 +30,7 @@ class ToolResult:
     returncode: int
     stdout: str  # with merge_stderr=True: stdout and stderr interleaved
     log_path: Path
-    seconds: float
+    seconds: float  # the child's lifetime: from just before spawning it to reaping it
 
 
 def logs_dir() -> Path:
@@ -68,12 +68,12 @@ def run_tool(
     argv = [str(a) for a in args]
     log_path = log_path or new_log_path(Path(argv[0]).name)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    started = time.perf_counter()
     log.debug("running %s", " ".join(argv))
     stdout_parts: list[str] = []
     with open(log_path, "w", encoding="utf-8", errors="replace") as log_file:
         log_file.write("$ " + " ".join(argv) + "\n")
         log_file.flush()
+        spawned = time.perf_counter()
         process = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
@@ -106,6 +106,7 @@ def run_tool(
                 if on_line is not None:
                     on_line(line)
             returncode = process.wait()
+            seconds = time.perf_counter() - spawned  # reaped: the rest is ours, not the tool's
             if reader is not None:
                 reader.join()
         except BaseException:
@@ -115,7 +116,6 @@ def run_tool(
         stdout = "".join(stdout_parts)
         if stdout and not merge_stderr:
             log_file.write("--- stdout ---\n" + stdout)
-    seconds = time.perf_counter() - started
     crashed = signal_of(returncode)
     if crashed:
         raise crash_error(what, crashed, hint=hint, log_path=log_path, tail="\n".join(tail))

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +91,8 @@ def fetch_sdist(pin: SourcePin, dest_dir: Path | None = None) -> Path:
         verify_sha256(fetched, pin.sha256)
         os.replace(fetched, target)
     finally:
+        import shutil  # here: shutil loads bz2 and lzma, which reading the pin does not need
+
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
@@ -150,6 +150,9 @@ def unpack_subdir(
 ) -> None:
     """Extract ``<top>/<subdir>/**`` of the sdist into ``dest`` atomically, refusing unsafe members,
     then apply ``patch_list`` there: a half-patched tree never appears under ``dest``."""
+    import shutil
+    import tarfile  # only to unpack: a quantize reads the pin, never the archive
+
     with tarfile.open(sdist, "r:gz") as archive, atomic_dir(dest) as staging:
         prefix: str | None = None
         count = 0

@@ -7,7 +7,6 @@ CMake's Visual Studio generator finds MSVC by itself through vswhere.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,8 +17,14 @@ from ggufkit.llamacpp import layout
 COMPILERS = ("c++", "g++", "clang++", "cl")
 
 
+def _which(name: str) -> str | None:
+    import shutil  # here: shutil loads bz2 and lzma, and every quantize imports this module
+
+    return shutil.which(name)
+
+
 def find_cmake() -> str:
-    found = shutil.which("cmake")
+    found = _which("cmake")
     if found:
         return found
     try:
@@ -50,7 +55,7 @@ def find_compiler(platform: str = sys.platform, environ: Mapping[str, str] | Non
     """A C++ compiler on PATH, or on Windows a Visual Studio install that CMake will find."""
     environ = os.environ if environ is None else environ
     for name in (environ.get("CXX", ""), *COMPILERS):
-        if name and (found := shutil.which(name)):
+        if name and (found := _which(name)):
             return found
     if platform.startswith("win") and (locator := vswhere(environ)) is not None:
         return f"Visual Studio (found by CMake through {locator})"
@@ -65,4 +70,4 @@ def find_compiler(platform: str = sys.platform, environ: Mapping[str, str] | Non
 def pick_generator() -> str | None:
     """Ninja when present; otherwise CMake's default (Makefiles on POSIX, Visual Studio on
     Windows, which is why no `cl` on PATH is needed there)."""
-    return "Ninja" if shutil.which("ninja") else None
+    return "Ninja" if _which("ninja") else None

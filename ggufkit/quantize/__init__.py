@@ -66,7 +66,7 @@ class QuantizeResult:
     engine: str
     imatrix: Path | None = None
     log_path: Path | None = None
-    tool_seconds: float | None = None  # of ``seconds``, the time spent in llama.cpp itself
+    tool_seconds: float | None = None  # of ``seconds``, llama-quantize's lifetime (spawn to reap)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -300,7 +300,7 @@ def _quantize_one(
             bits_per_weight = report.bits_per_weight
             if bits_per_weight is None:  # llama.cpp did not say: read the output's tensor table
                 bits_per_weight = check_gguf(tmp).bits_per_weight
-            else:  # (parsing a big vocabulary again would cost a good part of the 3 % budget)
+            else:  # (parsing a big vocabulary again would cost a good part of the 1 % budget)
                 with open(tmp, "rb") as handle:
                     if handle.read(4) != b"GGUF":
                         raise QuantizeError(f"{engine.name} wrote no GGUF file to {tmp}")

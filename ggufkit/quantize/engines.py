@@ -146,7 +146,7 @@ def parse_dry_run(text: str) -> DryRun:
 class RunReport:
     log_path: Path | None
     bits_per_weight: float | None  # as llama.cpp reports it ("quant size = ... (4.64 BPW)")
-    tool_seconds: float | None = None  # llama.cpp's own time; the rest is ggufkit's
+    tool_seconds: float | None = None  # the tool's lifetime, spawn to reap; the rest is ours
 
 
 class LogWatcher:

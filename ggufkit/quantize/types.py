@@ -8,8 +8,6 @@ format from ggml's block sizes (``Q4_K_M`` -> ``Q4_K``, 4.5); mixes keep some te
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -18,14 +16,14 @@ from pathlib import Path
 
 from ggufkit.core import paths
 from ggufkit.core.errors import ToolFailedError, UsageError
-from ggufkit.core.fsutil import write_json_atomic
+from ggufkit.core.fsutil import read_keyed_json, write_keyed_json
 from ggufkit.core.log import get_logger
 from ggufkit.formats.ggufinfo import ggml_type_by_name
 
 log = get_logger("quantize")
 
 COPY = "COPY"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # "  15  or  Q4_K_M  :  4.58G, +0.1754 ppl @ Llama-3-8B" and "          COPY    : only copy ..."
 _ROW = re.compile(r"^\s*(?:(?P<ftype>\d+)\s+or\s+)?(?P<name>[A-Z][A-Z0-9_]*)\s*:\s?(?P<desc>.*)$")
 _BPW = re.compile(r"(\d+(?:\.\d+)?)\s*bpw")
@@ -122,21 +120,18 @@ def parse_help(text: str) -> list[QuantType]:
     return types
 
 
-def _cache_path(binary: Path) -> Path:
+def table_from_binary(binary: Path) -> TypeTable:
+    """Run ``llama-quantize --help`` (it exits 1 after printing) and parse it; cached per binary
+    (its path, size and mtime), so a quantize runs no other process than the quantization."""
     stat = binary.stat()
     key = f"{CACHE_VERSION}:{binary.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return paths.home() / "cache" / "quantize-types" / f"{digest}.json"
-
-
-def table_from_binary(binary: Path) -> TypeTable:
-    """Run ``llama-quantize --help`` (it exits 1 after printing) and parse it; cached per binary."""
-    cache = _cache_path(binary)
-    try:
-        data = json.loads(cache.read_text(encoding="utf-8"))
-        return TypeTable(tuple(QuantType(**row) for row in data["types"]), data["source"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    cache = paths.cache_file("quantize-types", key)
+    data = read_keyed_json(cache, key)
+    if isinstance(data, dict):
+        try:
+            return TypeTable(tuple(QuantType(**row) for row in data["types"]), data["source"])
+        except (KeyError, TypeError):  # another version's shape: ask the binary again
+            pass
     try:
         done = subprocess.run(
             [str(binary), "--help"],
@@ -159,7 +154,7 @@ def table_from_binary(binary: Path) -> TypeTable:
             tail="\n".join((done.stdout + done.stderr).strip().splitlines()[-10:]),
         )
     table = TypeTable(tuple(types), f"{binary.name} --help")
-    write_json_atomic(cache, {"source": table.source, "types": [t.to_json() for t in types]})
+    write_keyed_json(cache, key, {"source": table.source, "types": [t.to_json() for t in types]})
     return table
 
 
