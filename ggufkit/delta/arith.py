@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ggufkit.delta.kernel import add_bf16_f16
 from ggufkit.formats.safetensors import bf16_to_float32, float32_to_bf16
 
 Dtype = Literal["f16", "bf16", "f32"]
@@ -144,11 +145,18 @@ def combine_into(
     """
     flat_out = out.reshape(-1).view(np.uint16 if dtype == "bf16" else out.dtype)
     flat_other, flat_base = other.reshape(-1), base.reshape(-1)
-    chunk = _chunk_torch if torch_backend() is not None else _chunk_numpy
+    # FastChat's default (bf16 models added in f16) has a numpy kernel of its own: no torch.
+    fast = dtype == "f16" and other_code == base_code == "BF16" and not subtract
+    chunk: Callable[..., None] | None = None
     for start in range(0, flat_other.size, CHUNK_ELEMENTS):
         stop = min(start + CHUNK_ELEMENTS, flat_other.size)
         o_raw, b_raw = flat_other[start:stop], flat_base[start:stop]
-        chunk(flat_out[start:stop], o_raw, other_code, b_raw, base_code, dtype, subtract)
+        target = flat_out[start:stop]
+        if not (
+            fast and b_raw.size == o_raw.size and add_bf16_f16(target.view(np.uint16), o_raw, b_raw)
+        ):
+            chunk = chunk or (_chunk_torch if torch_backend() is not None else _chunk_numpy)
+            chunk(target, o_raw, other_code, b_raw, base_code, dtype, subtract)
         if round_trip is not None and subtract:
             delta = flat_out[start:stop]
             inexact = _check_round_trip(round_trip, o_raw, other_code, b_raw, base_code, delta)

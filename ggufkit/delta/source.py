@@ -243,6 +243,44 @@ class CombinedSource:
         self._release(name)
         return to_float32(out, self.dtype) if float32 else out
 
+    def read_rows(self, name: str, rows: slice | np.ndarray) -> np.ndarray:
+        """Rows of ``read(name)`` (a slice of the leading dimension, or row indices), computed
+        alone: writers go through a tensor in row blocks on several threads, without holding it
+        whole. The input pages of a slice's rows are given back once it is computed."""
+        info = self.info(name)
+        other = self.other.read(name)
+        if other.ndim == 0:
+            other = other.reshape(1)
+        picked = other[rows]
+        if name in self._passthrough:
+            return np.array(picked)
+        base = self.base.read(name)
+        if base.ndim == 0:
+            base = base.reshape(1)
+        n_base = base.shape[0]
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(other.shape[0])
+            base_rows = base[start : max(start, min(stop, n_base))]
+        elif rows.size and int(rows.max()) >= n_base:  # indices reaching appended vocabulary rows
+            base_rows = np.zeros_like(base, shape=picked.shape)
+            inside = rows < n_base
+            base_rows[inside] = base[rows[inside]]
+        else:
+            base_rows = base[rows]
+        out = output_array(picked.shape, self.dtype)
+        other_code, base_code = self.other.info(name).dtype, self.base.info(name).dtype
+        combine_into(
+            out, picked, other_code, base_rows, base_code, self.dtype, subtract=self.subtract
+        )
+        if isinstance(rows, slice) and info.shape:
+            row_elements = picked[:1].size
+            for side, count in ((self.other, other.shape[0]), (self.base, n_base)):
+                item = SAFETENSORS_DTYPES[side.info(name).dtype][1] * row_elements
+                first, last = min(start, count), min(stop, count)
+                if last > first:
+                    side.release(name, first * item, last * item)
+        return out
+
     def release(self, name: str) -> None:
         """Give the inputs' pages back (read() already does, as soon as the tensor is computed)."""
         self._release(name)

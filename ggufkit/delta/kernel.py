@@ -1,0 +1,101 @@
+"""bf16 + bf16 -> f16, FastChat's default merge, in numpy integer and float32 operations.
+
+FastChat computes ``base.to(float16) + delta.to(float16)``: each input rounded to f16, then an
+f16 add. numpy's float16 casts are scalar code, several times slower than torch's, and torch
+costs a second and a half to import, so this common case has its own kernel, exact bit for bit:
+
+- a bf16 value is a float32 with 16 zero low bits, so it widens by a shift;
+- rounding it to f16 only moves values below f16's normal range (to a multiple of 2**-24), and
+  ``(x + 0.75) - 0.75`` does exactly that in float32 for every bf16 below 65536 (the sum sits
+  where float32's spacing is 2**-24 or the inputs' own, so it is exact or rounds like f16 does);
+  it loses the sign of a zero, which only matters when both inputs are negative: then the true
+  sum is negative or -0, so the sign bit is set from ``a & b``;
+- the f32 sum of two f16 values rounded once to f16 equals the f16 add (double rounding is
+  harmless with 24 >= 2 * 11 + 2 bits), and that rounding is integer work on the float32 bits:
+  round-to-nearest-even on the 13 dropped bits and an exponent rebias for normal results, the
+  exact multiple of 2**-24 for the (rare) subnormal ones, infinity past 65520.
+
+Inputs of 65536 and beyond, infinities and NaNs are left to the caller (``add_piece`` returns
+False): the rounding trick does not hold there. The work goes in pieces of ``PIECE`` elements
+whose temporaries stay in the L2 cache; each thread has its own.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+PIECE = 1 << 15
+_U16, _U32 = np.uint16, np.uint32
+_LIMIT = _U16(0x4780)  # bf16 bits of 65536: below it the rounding trick is exact
+_ROUND = np.float32(0.75)
+_F16_REBIAS = _U32(0xC8000FFF)  # exponent 127 -> 15 (mod 2**32) plus the rounding bias 0xFFF
+_SMALLEST_NORMAL = np.float32(2.0**-14)
+_OVERFLOW = np.float32(65520.0)  # f16 rounds this and beyond to infinity
+_HALF_BITS = _U32(0x3F000000)  # float32 bits of 0.5: |s| + 0.5 holds |s| * 2**24 in its mantissa
+
+
+class _Scratch(threading.local):
+    def __init__(self) -> None:
+        self.a = np.empty(PIECE, np.float32)
+        self.b = np.empty(PIECE, np.float32)
+        self.u = np.empty(PIECE, _U32)
+        self.w = np.empty(PIECE, _U16)
+        self.m = np.empty(PIECE, np.bool_)
+
+
+_scratch = _Scratch()
+
+
+def add_bf16_f16(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """``out = f16(f16(a) + f16(b))`` for flat uint16 arrays (bf16 bits in, f16 bits out).
+
+    False, with ``out`` unspecified, where a piece holds an input the kernel leaves to the caller.
+    """
+    for start in range(0, a.size, PIECE):
+        stop = min(start + PIECE, a.size)
+        if not _piece(out[start:stop], a[start:stop], b[start:stop]):
+            return False
+    return True
+
+
+def _piece(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    n = a.size
+    s = _scratch
+    fa, fb, u, w, m = s.a[:n], s.b[:n], s.u[:n], s.w[:n], s.m[:n]
+    for x in (a, b):
+        np.bitwise_and(x, _U16(0x7FFF), out=w)
+        if w.max() >= _LIMIT:
+            return False
+    for x, f in ((a, fa), (b, fb)):
+        bits = f.view(_U32)
+        np.copyto(bits, x)
+        bits <<= _U32(16)
+        f += _ROUND
+        f -= _ROUND
+    np.add(fa, fb, out=fa)
+    bits = fa.view(_U32)
+    # Normal results: the low 16 bits of the shifted sum do not depend on the sign bit.
+    np.right_shift(bits, _U32(13), out=u)
+    u &= _U32(1)
+    u += bits
+    u += _F16_REBIAS
+    u >>= _U32(13)
+    np.copyto(out, u, casting="unsafe")
+    np.abs(fa, out=fb)
+    if fb.max() >= _OVERFLOW:
+        out[np.flatnonzero(fb >= _OVERFLOW)] = 0x7C00
+    np.less(fb, _SMALLEST_NORMAL, out=m)
+    small = np.flatnonzero(m)
+    if small.size:
+        exact = (fb[small] + np.float32(0.5)).view(_U32) - _HALF_BITS
+        out[small] = exact.astype(_U16)
+    bits >>= _U32(16)
+    np.copyto(w, bits, casting="unsafe")
+    w &= _U16(0x8000)
+    out |= w
+    np.bitwise_and(a, b, out=w)
+    w &= _U16(0x8000)
+    out |= w
+    return True
