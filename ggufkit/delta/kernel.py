@@ -26,7 +26,7 @@ import threading
 
 import numpy as np
 
-PIECE = 1 << 15
+PIECE = 1 << 16
 _U16, _U32 = np.uint16, np.uint32
 _LIMIT = _U16(0x4780)  # bf16 bits of 65536: below it the rounding trick is exact
 _ROUND = np.float32(0.75)
@@ -72,9 +72,9 @@ def _piece(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
         bits = f.view(_U32)
         np.copyto(bits, x)
         bits <<= _U32(16)
-        f += _ROUND
-        f -= _ROUND
-    np.add(fa, fb, out=fa)
+    fa += _ROUND  # 0.75 + f16(a), exactly
+    fb -= _ROUND  # f16(b) - 0.75, exactly
+    np.add(fa, fb, out=fa)  # float32(f16(a) + f16(b))
     bits = fa.view(_U32)
     # Normal results: the low 16 bits of the shifted sum do not depend on the sign bit.
     np.right_shift(bits, _U32(13), out=u)
