@@ -235,6 +235,8 @@ def has_nonfinite(block: np.ndarray, src_dtype: str) -> bool:
     """NaN or Inf in a block of source values (BF16 given as uint16 bits: exponent all ones)."""
     if src_dtype == "BF16":
         return bool(((block & 0x7F80) == 0x7F80).any())
+    if block.dtype == np.float16:  # numpy's float16 isfinite is scalar code: test the bits
+        return int(np.bitwise_and(block.view(np.uint16), 0x7FFF).max(initial=0)) >= 0x7C00
     if block.dtype.kind != "f":
         return False
     return not bool(np.isfinite(block).all())
