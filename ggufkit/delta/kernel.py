@@ -26,7 +26,7 @@ import threading
 
 import numpy as np
 
-PIECE = 1 << 16
+PIECE = 1 << 18
 _U16, _U32 = np.uint16, np.uint32
 _LIMIT = _U16(0x4780)  # bf16 bits of 65536: below it the rounding trick is exact
 _ROUND = np.float32(0.75)
@@ -60,14 +60,25 @@ def add_bf16_f16(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
     return True
 
 
-def _piece(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
-    n = a.size
-    s = _scratch
-    fa, fb, u, w, m = s.a[:n], s.b[:n], s.u[:n], s.w[:n], s.m[:n]
+def _in_range(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> bool:
+    """Both inputs below 65536 in magnitude (no infinity, no NaN)."""
+    np.bitwise_or(a, b, out=w)  # at least either magnitude: one pass settles the usual case
+    w &= _U16(0x7FFF)
+    if w.max() < _LIMIT:
+        return True
     for x in (a, b):
         np.bitwise_and(x, _U16(0x7FFF), out=w)
         if w.max() >= _LIMIT:
             return False
+    return True
+
+
+def _piece(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    n = a.size
+    s = _scratch
+    fa, fb, u, w, m = s.a[:n], s.b[:n], s.u[:n], s.w[:n], s.m[:n]
+    if not _in_range(a, b, w):
+        return False
     for x, f in ((a, fa), (b, fb)):
         bits = f.view(_U32)
         np.copyto(bits, x)
@@ -76,7 +87,7 @@ def _piece(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
     fb -= _ROUND  # f16(b) - 0.75, exactly
     np.add(fa, fb, out=fa)  # float32(f16(a) + f16(b))
     bits = fa.view(_U32)
-    # Normal results: the low 16 bits of the shifted sum do not depend on the sign bit.
+    # Normal results: the low 15 bits of the shifted sum do not depend on the sign bit.
     np.right_shift(bits, _U32(13), out=u)
     u &= _U32(1)
     u += bits
@@ -84,18 +95,16 @@ def _piece(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
     u >>= _U32(13)
     np.copyto(out, u, casting="unsafe")
     np.abs(fa, out=fb)
-    if fb.max() >= _OVERFLOW:
-        out[np.flatnonzero(fb >= _OVERFLOW)] = 0x7C00
-    np.less(fb, _SMALLEST_NORMAL, out=m)
-    small = np.flatnonzero(m)
-    if small.size:
-        exact = (fb[small] + np.float32(0.5)).view(_U32) - _HALF_BITS
-        out[small] = exact.astype(_U16)
     bits >>= _U32(16)
     np.copyto(w, bits, casting="unsafe")
     w &= _U16(0x8000)
-    out |= w
-    np.bitwise_and(a, b, out=w)
-    w &= _U16(0x8000)
-    out |= w
+    out |= w  # the sign; a zero sum's is fixed below
+    np.less(fb, _SMALLEST_NORMAL, out=m)
+    small = np.flatnonzero(m)
+    if small.size:  # subnormal or zero: an exact multiple of 2**-24, and -0 if both were negative
+        exact = ((fb[small] + np.float32(0.5)).view(_U32) - _HALF_BITS).astype(_U16)
+        out[small] = exact | w[small] | (a[small] & b[small] & _U16(0x8000))
+    if fb.max() >= _OVERFLOW:
+        big = np.flatnonzero(fb >= _OVERFLOW)
+        out[big] = w[big] | _U16(0x7C00)
     return True

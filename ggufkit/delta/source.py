@@ -25,6 +25,7 @@ from ggufkit.delta.arith import (
     output_array,
     to_float32,
 )
+from ggufkit.delta.rows import RowReader
 from ggufkit.formats.hfconfig import load_config
 from ggufkit.formats.safetensors import SAFETENSORS_DTYPES, Checkpoint, TensorInfo
 
@@ -168,6 +169,7 @@ class CombinedSource:
                     path=self.other_dir,
                 )
             opened.pop_all()
+        self._rows_other, self._rows_base = RowReader(self.other), RowReader(self.base)
         self._passthrough: set[str] = set()
         self._infos = {name: self._merged_info(name) for name in self.pairing.names}
 
@@ -245,40 +247,29 @@ class CombinedSource:
 
     def read_rows(self, name: str, rows: slice | np.ndarray) -> np.ndarray:
         """Rows of ``read(name)`` (a slice of the leading dimension, or row indices), computed
-        alone: writers go through a tensor in row blocks on several threads, without holding it
-        whole. The input pages of a slice's rows are given back once it is computed."""
-        info = self.info(name)
-        other = self.other.read(name)
-        if other.ndim == 0:
-            other = other.reshape(1)
-        picked = other[rows]
-        if name in self._passthrough:
-            return np.array(picked)
-        base = self.base.read(name)
-        if base.ndim == 0:
-            base = base.reshape(1)
-        n_base = base.shape[0]
+        alone: writers go through a tensor in row blocks on several threads, reading only those
+        rows (``RowReader``) and never holding the tensor whole."""
+        n_rows = self._rows_other.shape(name)[0]
+        n_base = self._rows_base.shape(name)[0]
         if isinstance(rows, slice):
-            start, stop, _ = rows.indices(other.shape[0])
-            base_rows = base[start : max(start, min(stop, n_base))]
-        elif rows.size and int(rows.max()) >= n_base:  # indices reaching appended vocabulary rows
-            base_rows = np.zeros_like(base, shape=picked.shape)
-            inside = rows < n_base
-            base_rows[inside] = base[rows[inside]]
+            start, stop, _ = rows.indices(n_rows)
+            picked = self._rows_other.rows(name, start, stop)
+            if name in self._passthrough:
+                return np.array(picked)
+            base = self._rows_base.rows(name, start, max(start, min(stop, n_base)))
         else:
-            base_rows = base[rows]
+            picked = self._rows_other.gather(name, rows)
+            if name in self._passthrough:
+                return picked
+            inside = rows < n_base
+            if inside.all():
+                base = self._rows_base.gather(name, rows)
+            else:  # rows appended to the vocabulary: a zero base there
+                base = np.zeros(picked.shape, self._rows_base.rows(name, 0, 0).dtype)
+                base[inside] = self._rows_base.gather(name, rows[inside])
         out = output_array(picked.shape, self.dtype)
         other_code, base_code = self.other.info(name).dtype, self.base.info(name).dtype
-        combine_into(
-            out, picked, other_code, base_rows, base_code, self.dtype, subtract=self.subtract
-        )
-        if isinstance(rows, slice) and info.shape:
-            row_elements = picked[:1].size
-            for side, count in ((self.other, other.shape[0]), (self.base, n_base)):
-                item = SAFETENSORS_DTYPES[side.info(name).dtype][1] * row_elements
-                first, last = min(start, count), min(stop, count)
-                if last > first:
-                    side.release(name, first * item, last * item)
+        combine_into(out, picked, other_code, base, base_code, self.dtype, subtract=self.subtract)
         return out
 
     def release(self, name: str) -> None:
@@ -290,6 +281,8 @@ class CombinedSource:
         self.other.release(name)
 
     def close(self) -> None:
+        self._rows_other.close()
+        self._rows_base.close()
         for checkpoint in (self.base, self.other):
             # A traceback in flight may still hold a view of a map: it closes when collected,
             # and the error being raised is the one worth seeing.
