@@ -270,6 +270,9 @@ class CombinedSource:
         out = output_array(picked.shape, self.dtype)
         other_code, base_code = self.other.info(name).dtype, self.base.info(name).dtype
         combine_into(out, picked, other_code, base, base_code, self.dtype, subtract=self.subtract)
+        if isinstance(rows, slice):
+            self._rows_other.release_rows(name, start, stop)
+            self._rows_base.release_rows(name, start, min(stop, n_base))
         return out
 
     def release(self, name: str) -> None:
@@ -281,8 +284,6 @@ class CombinedSource:
         self.other.release(name)
 
     def close(self) -> None:
-        self._rows_other.close()
-        self._rows_base.close()
         for checkpoint in (self.base, self.other):
             # A traceback in flight may still hold a view of a map: it closes when collected,
             # and the error being raised is the one worth seeing.
