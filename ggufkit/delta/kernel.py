@@ -6,18 +6,18 @@ costs a second and a half to import, so this common case has its own kernel, exa
 
 - a bf16 value is a float32 with 16 zero low bits, so it widens by a shift;
 - rounding it to f16 only moves values below f16's normal range (to a multiple of 2**-24), and
-  ``(x + 0.75) - 0.75`` does exactly that in float32 for every bf16 below 65536 (the sum sits
-  where float32's spacing is 2**-24 or the inputs' own, so it is exact or rounds like f16 does);
-  it loses the sign of a zero, which only matters when both inputs are negative: then the true
-  sum is negative or -0, so the sign bit is set from ``a & b``;
+  ``x + 0.75`` (or ``x - 0.75``) does exactly that in float32 for every bf16 below 65536: the
+  sum sits where float32's spacing is 2**-24, or is exact; adding the two shifted inputs gives
+  float32(f16(a) + f16(b)), the 0.75s cancelling exactly. A zero sum comes out +0: the true sum
+  is -0 only when both inputs are negative, so the sign bit is also set from ``a & b``;
 - the f32 sum of two f16 values rounded once to f16 equals the f16 add (double rounding is
-  harmless with 24 >= 2 * 11 + 2 bits), and that rounding is integer work on the float32 bits:
-  round-to-nearest-even on the 13 dropped bits and an exponent rebias for normal results, the
-  exact multiple of 2**-24 for the (rare) subnormal ones, infinity past 65520.
+  harmless with 24 >= 2 * 11 + 2 bits). Scaled by 2**-112 (exact, f16 subnormals included, as
+  the sum is a multiple of 2**-24), its float32 bits hold f16's exponent field and mantissa
+  with 13 more bits, which round to nearest even by integer work.
 
-Inputs of 65536 and beyond, infinities and NaNs are left to the caller (``add_piece`` returns
-False): the rounding trick does not hold there. The work goes in pieces of ``PIECE`` elements
-whose temporaries stay in the L2 cache; each thread has its own.
+Inputs of 16384 and beyond (so that no sum reaches f16's infinity), infinities and NaNs are left
+to the caller (``add_bf16_f16`` returns False). The work goes in pieces of ``PIECE`` elements
+whose temporaries stay in the L2 and L3 caches; each thread has its own.
 """
 
 from __future__ import annotations
@@ -28,12 +28,9 @@ import numpy as np
 
 PIECE = 1 << 18
 _U16, _U32 = np.uint16, np.uint32
-_LIMIT = _U16(0x4780)  # bf16 bits of 65536: below it the rounding trick is exact
+_LIMIT = _U16(0x4680)  # bf16 bits of 16384: below it the trick is exact and no sum overflows
 _ROUND = np.float32(0.75)
-_F16_REBIAS = _U32(0xC8000FFF)  # exponent 127 -> 15 (mod 2**32) plus the rounding bias 0xFFF
-_SMALLEST_NORMAL = np.float32(2.0**-14)
-_OVERFLOW = np.float32(65520.0)  # f16 rounds this and beyond to infinity
-_HALF_BITS = _U32(0x3F000000)  # float32 bits of 0.5: |s| + 0.5 holds |s| * 2**24 in its mantissa
+_TO_F16_BIAS = np.float32(2.0**-112)  # float32 exponent bias 127 -> f16's 15
 
 
 class _Scratch(threading.local):
@@ -42,7 +39,7 @@ class _Scratch(threading.local):
         self.b = np.empty(PIECE, np.float32)
         self.u = np.empty(PIECE, _U32)
         self.w = np.empty(PIECE, _U16)
-        self.m = np.empty(PIECE, np.bool_)
+        self.w2 = np.empty(PIECE, _U16)
 
 
 _scratch = _Scratch()
@@ -61,7 +58,7 @@ def add_bf16_f16(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _in_range(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> bool:
-    """Both inputs below 65536 in magnitude (no infinity, no NaN)."""
+    """Both inputs below 16384 in magnitude (no infinity, no NaN)."""
     np.bitwise_or(a, b, out=w)  # at least either magnitude: one pass settles the usual case
     w &= _U16(0x7FFF)
     if w.max() < _LIMIT:
@@ -76,7 +73,7 @@ def _in_range(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> bool:
 def _piece(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
     n = a.size
     s = _scratch
-    fa, fb, u, w, m = s.a[:n], s.b[:n], s.u[:n], s.w[:n], s.m[:n]
+    fa, fb, u, w, w2 = s.a[:n], s.b[:n], s.u[:n], s.w[:n], s.w2[:n]
     if not _in_range(a, b, w):
         return False
     for x, f in ((a, fa), (b, fb)):
@@ -85,26 +82,19 @@ def _piece(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
         bits <<= _U32(16)
     fa += _ROUND  # 0.75 + f16(a), exactly
     fb -= _ROUND  # f16(b) - 0.75, exactly
-    np.add(fa, fb, out=fa)  # float32(f16(a) + f16(b))
+    np.add(fa, fb, out=fa)  # float32(f16(a) + f16(b)), below 32768 in magnitude
+    fa *= _TO_F16_BIAS  # exact: f16's exponent field in float32's, subnormals included
     bits = fa.view(_U32)
-    # Normal results: the low 15 bits of the shifted sum do not depend on the sign bit.
-    np.right_shift(bits, _U32(13), out=u)
+    np.right_shift(bits, _U32(13), out=u)  # round to nearest even on the 13 dropped bits
     u &= _U32(1)
     u += bits
-    u += _F16_REBIAS
+    u += _U32(0xFFF)
     u >>= _U32(13)
-    np.copyto(out, u, casting="unsafe")
-    np.abs(fa, out=fb)
-    bits >>= _U32(16)
-    np.copyto(w, bits, casting="unsafe")
+    np.copyto(out, u, casting="unsafe")  # the magnitude; the sign is now bit 18
+    u >>= _U32(3)
+    np.copyto(w, u, casting="unsafe")
+    np.bitwise_and(a, b, out=w2)  # both negative: the sum is negative or -0
+    w |= w2
     w &= _U16(0x8000)
-    out |= w  # the sign; a zero sum's is fixed below
-    np.less(fb, _SMALLEST_NORMAL, out=m)
-    small = np.flatnonzero(m)
-    if small.size:  # subnormal or zero: an exact multiple of 2**-24, and -0 if both were negative
-        exact = ((fb[small] + np.float32(0.5)).view(_U32) - _HALF_BITS).astype(_U16)
-        out[small] = exact | w[small] | (a[small] & b[small] & _U16(0x8000))
-    if fb.max() >= _OVERFLOW:
-        big = np.flatnonzero(fb >= _OVERFLOW)
-        out[big] = w[big] | _U16(0x7C00)
+    out |= w
     return True
