@@ -1,7 +1,9 @@
 """The arithmetic of a delta, chunk by chunk, with the rounding of the tools it stands in for.
 
 FastChat and LLMZoo load both models as fp16 (``tensor.to(torch.float16)``) and add in fp16.
-With torch installed the same torch operations run here on each chunk. Without it, numpy rounds
+Their commonest case, bf16 models merged in f16, has a numpy kernel of its own (``kernel``):
+the same bits without importing torch. Otherwise, with torch installed, the same torch
+operations run here on each chunk. Without it, numpy rounds
 each input to the working dtype, adds in float32 and rounds the sum once more: float32 carries at
 least 2p+2 bits for p = 11 (fp16) and p = 8 (bf16), so this double rounding gives the same bits
 as the half-precision add. The work goes in chunks of ``CHUNK_ELEMENTS`` so that temporaries stay
