@@ -34,14 +34,16 @@ log = open(sys.argv[1], "w") if sys.argv[1] else subprocess.DEVNULL
 started = time.perf_counter()
 rc = subprocess.run(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT).returncode
 wall = time.perf_counter() - started
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(json.dumps({"rc": rc, "wall": wall, "rss_mb": rss}))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": rc, "wall": wall, "rss_mb": usage.ru_maxrss / 1024,
+                  "user": usage.ru_utime, "sys": usage.ru_stime}))
 """
 
 
 def measure(command: Sequence[str], log: Path | None = None) -> dict[str, float]:
     """Run ``command`` in a fresh process (itself started by a fresh wrapper, so the peak RSS is
-    this run's alone); wall seconds, peak RSS in MiB and the exit code."""
+    this run's alone); wall seconds, peak RSS in MiB, CPU seconds (user, sys) and the exit
+    code."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GGUFKIT_NO_PROGRESS": "1"}
     done = subprocess.run(
         [sys.executable, "-c", _WRAPPER, str(log or ""), *command],

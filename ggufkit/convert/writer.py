@@ -215,6 +215,15 @@ def _blocks(plan: TensorPlan, src_row_bytes: int) -> Iterable[tuple[int, int]]:
         yield start, min(rows, start + step)
 
 
+def _row_reader(source: TensorSource, plan: TensorPlan) -> Callable[[Any], np.ndarray] | None:
+    """A computed source's row-block reader (``CombinedSource.read_rows``: base + delta), else
+    None: a memory map is sliced as is, and other sources give whole tensors."""
+    read_rows = getattr(source, "read_rows", None)
+    if plan.source_name is None or read_rows is None:
+        return None
+    return functools.partial(read_rows, plan.source_name)
+
+
 def _tensor_tasks(
     plan: TensorPlan,
     source: TensorSource,
@@ -223,26 +232,35 @@ def _tensor_tasks(
     nonfinite: dict[str, str],
 ) -> list[Callable[[], int]]:
     """Callables that each convert and write one row block; they return source bytes done."""
-    if plan.source_name is not None:
-        src_dtype = source.info(plan.source_name).dtype
-        array = source.read(plan.source_name)
-        order = plan.row_order
+    take = _row_reader(source, plan)
+    if take is not None:  # computed per row block by the workers: nothing held whole
+        info = source.info(plan.source_name or "")
+        src_dtype, order = info.dtype, plan.row_order
+        shape, n_bytes = tuple(info.shape) or (1,), info.n_bytes
     else:
-        array = np.asarray(plan.produce())
-        src_dtype = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}.get(array.dtype, "")
-        if not src_dtype:
-            array, src_dtype = array.astype(np.float32), "F32"
-        order = None
-    if array.ndim == 0:
-        array = array.reshape(1)
-    if tuple(array.shape) != tuple(plan.shape):
-        raise GGUFKitError(f"internal error: {plan.name} is {array.shape}, planned {plan.shape}")
-    rows = array.shape[0]
-    row_src = array.nbytes // max(1, rows)
+        if plan.source_name is not None:
+            src_dtype = source.info(plan.source_name).dtype
+            array = source.read(plan.source_name)
+            order = plan.row_order
+        else:
+            array = np.asarray(plan.produce())
+            src_dtype = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}.get(
+                array.dtype, ""
+            )
+            if not src_dtype:
+                array, src_dtype = array.astype(np.float32), "F32"
+            order = None
+        if array.ndim == 0:
+            array = array.reshape(1)
+        shape, n_bytes, take = tuple(array.shape), array.nbytes, array.__getitem__
+    if shape != tuple(plan.shape):
+        raise GGUFKitError(f"internal error: {plan.name} is {shape}, planned {plan.shape}")
+    rows = shape[0]
+    row_src = n_bytes // max(1, rows)
     row_out = plan.n_bytes // max(1, rows)
 
     def run_block(start: int, stop: int) -> int:
-        block = array[order[start:stop]] if order is not None else array[start:stop]
+        block = take(order[start:stop] if order is not None else slice(start, stop))
         data, has_nonfinite = convert_block(block, src_dtype, plan.ggml_type)
         if has_nonfinite:
             nonfinite.setdefault(plan.name, plan.source_name or plan.name)
@@ -268,7 +286,7 @@ def write_tensor_data(
     # A memory-mapped source costs nothing to keep open, so the next tensor's blocks are queued
     # before the previous one finishes (no idle threads at tensor boundaries); arrays produced in
     # memory are taken one at a time to bound memory by the largest tensor.
-    window = 2 if isinstance(source, Checkpoint) else 1
+    window = 2 if isinstance(source, Checkpoint) or hasattr(source, "read_rows") else 1
     pending: collections.deque[tuple[TensorPlan, list[Future[int]]]] = collections.deque()
     pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="ggufkit-write")
 

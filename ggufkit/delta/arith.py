@@ -1,7 +1,9 @@
 """The arithmetic of a delta, chunk by chunk, with the rounding of the tools it stands in for.
 
 FastChat and LLMZoo load both models as fp16 (``tensor.to(torch.float16)``) and add in fp16.
-With torch installed the same torch operations run here on each chunk. Without it, numpy rounds
+Their commonest case, bf16 models merged in f16, has a numpy kernel of its own (``kernel``):
+the same bits without importing torch. Otherwise, with torch installed, the same torch
+operations run here on each chunk. Without it, numpy rounds
 each input to the working dtype, adds in float32 and rounds the sum once more: float32 carries at
 least 2p+2 bits for p = 11 (fp16) and p = 8 (bf16), so this double rounding gives the same bits
 as the half-precision add. The work goes in chunks of ``CHUNK_ELEMENTS`` so that temporaries stay
@@ -19,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ggufkit.delta.kernel import add_bf16_f16
 from ggufkit.formats.safetensors import bf16_to_float32, float32_to_bf16
 
 Dtype = Literal["f16", "bf16", "f32"]
@@ -144,11 +147,18 @@ def combine_into(
     """
     flat_out = out.reshape(-1).view(np.uint16 if dtype == "bf16" else out.dtype)
     flat_other, flat_base = other.reshape(-1), base.reshape(-1)
-    chunk = _chunk_torch if torch_backend() is not None else _chunk_numpy
+    # FastChat's default (bf16 models added in f16) has a numpy kernel of its own: no torch.
+    fast = dtype == "f16" and other_code == base_code == "BF16" and not subtract
+    chunk: Callable[..., None] | None = None
     for start in range(0, flat_other.size, CHUNK_ELEMENTS):
         stop = min(start + CHUNK_ELEMENTS, flat_other.size)
         o_raw, b_raw = flat_other[start:stop], flat_base[start:stop]
-        chunk(flat_out[start:stop], o_raw, other_code, b_raw, base_code, dtype, subtract)
+        target = flat_out[start:stop]
+        if not (
+            fast and b_raw.size == o_raw.size and add_bf16_f16(target.view(np.uint16), o_raw, b_raw)
+        ):
+            chunk = chunk or (_chunk_torch if torch_backend() is not None else _chunk_numpy)
+            chunk(target, o_raw, other_code, b_raw, base_code, dtype, subtract)
         if round_trip is not None and subtract:
             delta = flat_out[start:stop]
             inexact = _check_round_trip(round_trip, o_raw, other_code, b_raw, base_code, delta)

@@ -9,6 +9,7 @@ built under a temporary name that is renamed only once it is complete.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from ggufkit.formats.hfconfig import load_config
 from ggufkit.formats.origin import SourceInfo, SourceOrigin, write_merge_record
 from ggufkit.formats.shards import (
     DEFAULT_MAX_SHARD_BYTES,
+    RowProducer,
     ShardedCheckpoint,
     TensorSpec,
     write_sharded,
@@ -259,12 +261,16 @@ def _write_model(
             source.release(spec.name)
             bar.update(spec.n_bytes)
 
+        # Row blocks on every core; make-delta's round-trip count needs tensors in order.
+        parallel = source.round_trip is None
         written = write_sharded(
             tmp,
             specs,
             lambda spec: source.read(spec.name),
             after_tensor=done,
             max_shard_bytes=max_shard_bytes,
+            produce_rows=_rows_of(source) if parallel else None,
+            threads=os.cpu_count() or 1,
         )
         config = load_config(files_from)
         _set_dtype(config, TORCH_NAMES[source.dtype])
@@ -273,6 +279,10 @@ def _write_model(
         if origin is not None:
             write_merge_record(tmp, origin, written.files)
     return written
+
+
+def _rows_of(source: CombinedSource) -> RowProducer:
+    return lambda spec, start, stop: source.read_rows(spec.name, slice(start, stop))
 
 
 def _set_dtype(config: dict[str, Any], name: str) -> None:

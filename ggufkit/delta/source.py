@@ -25,6 +25,7 @@ from ggufkit.delta.arith import (
     output_array,
     to_float32,
 )
+from ggufkit.delta.rows import RowReader
 from ggufkit.formats.hfconfig import load_config
 from ggufkit.formats.safetensors import SAFETENSORS_DTYPES, Checkpoint, TensorInfo
 
@@ -168,6 +169,7 @@ class CombinedSource:
                     path=self.other_dir,
                 )
             opened.pop_all()
+        self._rows_other, self._rows_base = RowReader(self.other), RowReader(self.base)
         self._passthrough: set[str] = set()
         self._infos = {name: self._merged_info(name) for name in self.pairing.names}
 
@@ -242,6 +244,36 @@ class CombinedSource:
         del other
         self._release(name)
         return to_float32(out, self.dtype) if float32 else out
+
+    def read_rows(self, name: str, rows: slice | np.ndarray) -> np.ndarray:
+        """Rows of ``read(name)`` (a slice of the leading dimension, or row indices), computed
+        alone: writers go through a tensor in row blocks on several threads, reading only those
+        rows (``RowReader``) and never holding the tensor whole."""
+        n_rows = self._rows_other.shape(name)[0]
+        n_base = self._rows_base.shape(name)[0]
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(n_rows)
+            picked = self._rows_other.rows(name, start, stop)
+            if name in self._passthrough:
+                return np.array(picked)
+            base = self._rows_base.rows(name, start, max(start, min(stop, n_base)))
+        else:
+            picked = self._rows_other.gather(name, rows)
+            if name in self._passthrough:
+                return picked
+            inside = rows < n_base
+            if inside.all():
+                base = self._rows_base.gather(name, rows)
+            else:  # rows appended to the vocabulary: a zero base there
+                base = np.zeros(picked.shape, self._rows_base.rows(name, 0, 0).dtype)
+                base[inside] = self._rows_base.gather(name, rows[inside])
+        out = output_array(picked.shape, self.dtype)
+        other_code, base_code = self.other.info(name).dtype, self.base.info(name).dtype
+        combine_into(out, picked, other_code, base, base_code, self.dtype, subtract=self.subtract)
+        if isinstance(rows, slice):
+            self._rows_other.release_rows(name, start, stop)
+            self._rows_base.release_rows(name, start, min(stop, n_base))
+        return out
 
     def release(self, name: str) -> None:
         """Give the inputs' pages back (read() already does, as soon as the tensor is computed)."""

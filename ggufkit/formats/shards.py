@@ -4,13 +4,21 @@ Every tensor's dtype and shape are known before the first byte is written, so ea
 is computed up front, written, and followed by the tensors' bytes as they are produced: one tensor
 in memory at a time, never a state dict. Shards hold at most ``max_shard_bytes`` of data (the
 Hugging Face default of 5 GB); a tensor larger than that gets a shard of its own.
+
+Given ``produce_rows`` and several threads, tensors go in row blocks instead: worker threads
+compute blocks and write each at its offset (known from the header), so computing, reading and
+writing overlap on every core and no tensor is held whole.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import os
 import struct
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +28,7 @@ from ggufkit.core.errors import GGUFKitError
 from ggufkit.formats.safetensors import SAFETENSORS_DTYPES, SAFETENSORS_INDEX
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # what transformers' save_pretrained uses ("5GB")
+BLOCK_BYTES = 4 * 1024 * 1024  # output bytes per row block: big writes, small buffers
 SINGLE_FILE = "model.safetensors"
 
 
@@ -82,19 +91,89 @@ def shard_names(n_shards: int) -> list[str]:
     return [f"model-{i:05d}-of-{n_shards:05d}.safetensors" for i in range(1, n_shards + 1)]
 
 
-def _check_array(spec: TensorSpec, array: np.ndarray) -> None:
-    """Refuse bytes that do not match the header already on disk (a bug in the producer)."""
+def _check_array(spec: TensorSpec, array: np.ndarray, shape: tuple[int, ...] | None = None) -> None:
+    """Refuse bytes that do not match the header already on disk (a bug in the producer);
+    ``shape``: that of a block of rows, when not the whole tensor."""
+    shape = spec.shape if shape is None else shape
     np_dtype = np.dtype(SAFETENSORS_DTYPES[spec.dtype][0])
     if array.dtype.itemsize != np_dtype.itemsize or array.dtype.kind != np_dtype.kind:
         raise GGUFKitError(
             f"internal error: tensor {spec.name!r} was planned as {spec.dtype} "
             f"but produced as {array.dtype}"
         )
-    if tuple(array.shape) != spec.shape:
+    if tuple(array.shape) != shape:
         raise GGUFKitError(
-            f"internal error: tensor {spec.name!r} was planned with shape {spec.shape} "
+            f"internal error: tensor {spec.name!r} was planned with shape {shape} "
             f"but produced with shape {tuple(array.shape)}"
         )
+
+
+RowProducer = Callable[[TensorSpec, int, int], np.ndarray]
+
+
+def _write_at(fd: int, data: np.ndarray, offset: int, lock: threading.Lock) -> None:
+    little = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
+    view = little.reshape(-1).view(np.uint8).data
+    while view:
+        if hasattr(os, "pwrite"):
+            written = os.pwrite(fd, view, offset)
+        else:  # no positioned writes (Windows): seek and write under a lock
+            with lock:
+                os.lseek(fd, offset, os.SEEK_SET)
+                written = os.write(fd, view)
+        view = view[written:]
+        offset += written
+
+
+def _write_blocks(
+    fd: int,
+    data_start: int,
+    shard: list[TensorSpec],
+    produce_rows: RowProducer,
+    threads: int,
+    after_tensor: Callable[[TensorSpec], None] | None,
+) -> None:
+    """Every tensor of a shard in row blocks, each written at its place by a worker thread."""
+    lock = threading.Lock()
+
+    def block(spec: TensorSpec, start: int, stop: int, offset: int) -> None:
+        array = produce_rows(spec, start, stop)
+        _check_array(spec, array, (stop - start, *spec.shape[1:]) if spec.shape else (1,))
+        _write_at(fd, array, offset, lock)
+
+    pending: collections.deque[tuple[TensorSpec, list[Future[None]]]] = collections.deque()
+
+    def settle() -> None:
+        spec, futures = pending.popleft()
+        for future in futures:
+            future.result()
+        if after_tensor is not None:
+            after_tensor(spec)
+
+    offset = data_start
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="ggufkit-shards") as pool:
+        try:
+            for spec in shard:
+                rows = spec.shape[0] if spec.shape else 1
+                row_bytes = spec.n_bytes // max(1, rows)
+                step = max(1, BLOCK_BYTES // max(1, row_bytes))
+                futures = [
+                    pool.submit(
+                        block, spec, start, min(rows, start + step), offset + start * row_bytes
+                    )
+                    for start in range(0, rows, step)
+                ]
+                pending.append((spec, futures))
+                offset += spec.n_bytes
+                # The next tensor's blocks are queued before this one is done: no idle worker.
+                while len(pending) > 2:
+                    settle()
+            while pending:
+                settle()
+        finally:
+            for _, futures in pending:
+                for future in futures:
+                    future.cancel()
 
 
 def write_sharded(
@@ -105,12 +184,16 @@ def write_sharded(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     after_tensor: Callable[[TensorSpec], None] | None = None,
     metadata: dict[str, str] | None = None,
+    produce_rows: RowProducer | None = None,
+    threads: int = 1,
 ) -> ShardedCheckpoint:
     """Write ``specs`` as safetensors shards in ``out_dir``, asking ``produce`` for each tensor.
 
     ``produce`` returns the tensor's array (BF16 as uint16 bits); ``after_tensor`` runs once its
     bytes are written, so the caller can release the inputs before the next tensor is made. With
     more than one shard an index (``model.safetensors.index.json``) maps names to files.
+    ``produce_rows(spec, start, stop)``, when given, returns rows ``start:stop`` of a tensor
+    (its leading dimension); ``threads`` workers then compute and write row blocks in parallel.
     """
     out_dir = Path(out_dir)
     names = [spec.name for spec in specs]
@@ -123,6 +206,14 @@ def write_sharded(
     for file, shard in zip(files, shards, strict=True):
         with open(file, "wb") as handle:
             handle.write(shard_header(shard, metadata))
+            if produce_rows is not None:
+                handle.flush()
+                _write_blocks(
+                    handle.fileno(), handle.tell(), shard, produce_rows, threads, after_tensor
+                )
+                weight_map.update((spec.name, file.name) for spec in shard)
+                total += sum(spec.n_bytes for spec in shard)
+                continue
             for spec in shard:
                 array = produce(spec)
                 _check_array(spec, array)
