@@ -369,12 +369,20 @@ def test_make_delta_equals_fastchat_make_delta(
 # --- fused into convert ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("block_bytes", [None, 1000])
 def test_convert_with_delta_base_equals_merge_then_convert(
-    tmp_path: Path, tiny_llama_dir: Path, pad_delta: Path
+    tmp_path: Path,
+    tiny_llama_dir: Path,
+    pad_delta: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    block_bytes: int | None,
 ) -> None:
     import gguf
 
-    from ggufkit.convert import convert
+    from ggufkit.convert import convert, writer
+
+    if block_bytes is not None:  # many row blocks per tensor, through each thread's buffers
+        monkeypatch.setattr(writer, "BLOCK_BYTES", block_bytes)
 
     # The merged directory gets the delta's name, so general.name agrees on both sides.
     merged = merge_delta(tiny_llama_dir, pad_delta, tmp_path / "merged" / pad_delta.name).output

@@ -125,16 +125,9 @@ def serialize_header(
 
 # --- block conversion -----------------------------------------------------------------------
 
-_buffers = threading.local()
-
 
 def _output_buffer(n_bytes: int) -> np.ndarray:
-    """This thread's output block buffer, grown when needed: no allocation per block."""
-    buffer: np.ndarray | None = getattr(_buffers, "out", None)
-    if buffer is None or buffer.size < n_bytes:
-        buffer = np.empty(max(n_bytes, 2 * BLOCK_BYTES), np.uint8)
-        _buffers.out = buffer
-    return buffer[:n_bytes]
+    return kernels.scratch("convert", n_bytes)
 
 
 def convert_block(block: np.ndarray, src_dtype: str, target: QT) -> tuple[np.ndarray, bool]:
@@ -221,7 +214,13 @@ def _row_reader(source: TensorSource, plan: TensorPlan) -> Callable[[Any], np.nd
     read_rows = getattr(source, "read_rows", None)
     if plan.source_name is None or read_rows is None:
         return None
-    return functools.partial(read_rows, plan.source_name)
+    name, block_bytes = plan.source_name, 2 * BLOCK_BYTES
+
+    def take(rows: Any) -> np.ndarray:  # into this thread's buffer, written before the next
+        result: np.ndarray = read_rows(name, rows, buffer=kernels.scratch("rows", block_bytes))
+        return result
+
+    return take
 
 
 def _tensor_tasks(

@@ -44,9 +44,16 @@ def torch_backend() -> ModuleType | None:
     return torch
 
 
-def output_array(shape: tuple[int, ...], dtype: Dtype) -> np.ndarray:
-    """An uninitialised array for a result in ``dtype`` (bf16 as uint16 bits)."""
-    return np.empty(shape, dtype=_OUT_NUMPY[dtype])
+def output_array(
+    shape: tuple[int, ...], dtype: Dtype, buffer: np.ndarray | None = None
+) -> np.ndarray:
+    """An uninitialised array for a result in ``dtype`` (bf16 as uint16 bits), in ``buffer``
+    (uint8) when it is large enough."""
+    np_dtype = np.dtype(_OUT_NUMPY[dtype])
+    n_bytes = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    if buffer is not None and buffer.nbytes >= n_bytes:
+        return buffer[:n_bytes].view(np_dtype).reshape(shape)
+    return np.empty(shape, dtype=np_dtype)
 
 
 def values_as(raw: np.ndarray, code: str, dtype: Dtype) -> np.ndarray:

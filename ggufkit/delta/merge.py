@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import atomic_dir, check_free_disk, human_bytes
 from ggufkit.core.log import get_logger, progress
 from ggufkit.delta.arith import DTYPES, TORCH_NAMES, Dtype
 from ggufkit.delta.source import STYLES, CombinedSource, Style
 from ggufkit.formats.hfconfig import load_config
+from ggufkit.formats.kernels import scratch
 from ggufkit.formats.origin import SourceInfo, SourceOrigin, write_merge_record
 from ggufkit.formats.shards import (
     DEFAULT_MAX_SHARD_BYTES,
@@ -282,7 +285,14 @@ def _write_model(
 
 
 def _rows_of(source: CombinedSource) -> RowProducer:
-    return lambda spec, start, stop: source.read_rows(spec.name, slice(start, stop))
+    def rows(spec: TensorSpec, start: int, stop: int) -> np.ndarray:
+        # into this thread's buffer: the block is written before the thread makes the next
+        buffer = scratch(
+            "merge", (stop - start) * spec.n_bytes // max(1, spec.shape[0] if spec.shape else 1)
+        )
+        return source.read_rows(spec.name, slice(start, stop), buffer=buffer)
+
+    return rows
 
 
 def _set_dtype(config: dict[str, Any], name: str) -> None:

@@ -245,10 +245,13 @@ class CombinedSource:
         self._release(name)
         return to_float32(out, self.dtype) if float32 else out
 
-    def read_rows(self, name: str, rows: slice | np.ndarray) -> np.ndarray:
+    def read_rows(
+        self, name: str, rows: slice | np.ndarray, buffer: np.ndarray | None = None
+    ) -> np.ndarray:
         """Rows of ``read(name)`` (a slice of the leading dimension, or row indices), computed
         alone: writers go through a tensor in row blocks on several threads, reading only those
-        rows (``RowReader``) and never holding the tensor whole."""
+        rows (``RowReader``) and never holding the tensor whole. The result goes into
+        ``buffer`` (uint8, reused by the caller) when it is large enough."""
         n_rows = self._rows_other.shape(name)[0]
         n_base = self._rows_base.shape(name)[0]
         if isinstance(rows, slice):
@@ -267,7 +270,7 @@ class CombinedSource:
             else:  # rows appended to the vocabulary: a zero base there
                 base = np.zeros(picked.shape, self._rows_base.rows(name, 0, 0).dtype)
                 base[inside] = self._rows_base.gather(name, rows[inside])
-        out = output_array(picked.shape, self.dtype)
+        out = output_array(picked.shape, self.dtype, buffer)
         other_code, base_code = self.other.info(name).dtype, self.base.info(name).dtype
         combine_into(out, picked, other_code, base, base_code, self.dtype, subtract=self.subtract)
         if isinstance(rows, slice):

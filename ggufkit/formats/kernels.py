@@ -34,6 +34,17 @@ _LUT: np.ndarray | None = None
 _scratch = threading.local()
 
 
+def scratch(kind: str, n_bytes: int) -> np.ndarray:
+    """A uint8 buffer of this thread's, at least ``n_bytes`` long, kept for the next call of the
+    same ``kind``: a block pipeline then touches fresh memory once, not once per block (a fresh
+    page is a fault and a page of zeros, measured at ~7 % of a fused merge-convert)."""
+    buffers: dict[str, np.ndarray] = _scratch.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(kind)
+    if buffer is None or buffer.size < n_bytes:
+        buffer = buffers[kind] = np.empty(max(n_bytes, 8 << 20), np.uint8)
+    return buffer[:n_bytes]
+
+
 def bf16_f16_table() -> np.ndarray:
     """f16 bits for every bf16 bit pattern, by numpy's own float32 -> float16 cast."""
     global _LUT
