@@ -14,7 +14,6 @@ import errno
 import functools
 import os
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +31,7 @@ from ggufkit.core.errors import DiskSpaceError, GGUFKitError
 from ggufkit.core.log import get_logger
 from ggufkit.formats import kernels
 from ggufkit.formats.safetensors import Checkpoint, TensorSource, bf16_to_float32
+from ggufkit.formats.shards import PositionedWriter
 
 log = get_logger(__name__)
 
@@ -179,28 +179,6 @@ def _write_error(path: Path, exc: OSError) -> GGUFKitError:
     return GGUFKitError(f"cannot write {path}: {exc.strerror}", path=path)
 
 
-class _Sink:
-    """Positioned writes to one file from several threads, one at a time: the kernel takes the
-    file's lock for each buffered write anyway, and a waiting thread spins there (measured: a
-    tenth of the CPU time of a 2-thread convert), where here it sleeps."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._lock = threading.Lock()
-
-    def write_at(self, data: Any, offset: int) -> None:
-        view = memoryview(data).cast("B")
-        with self._lock:
-            while view:
-                if hasattr(os, "pwrite"):
-                    written = os.pwrite(self.fd, view, offset)
-                else:  # platforms without pwrite
-                    os.lseek(self.fd, offset, os.SEEK_SET)
-                    written = os.write(self.fd, view)
-                view = view[written:]
-                offset += written
-
-
 def _blocks(plan: TensorPlan, src_row_bytes: int) -> Iterable[tuple[int, int]]:
     rows = plan.shape[0] if plan.shape else 1
     step = max(1, BLOCK_BYTES // max(1, src_row_bytes))
@@ -227,7 +205,7 @@ def _tensor_tasks(
     plan: TensorPlan,
     source: TensorSource,
     offset: int,
-    sink: _Sink,
+    sink: PositionedWriter,
     nonfinite: dict[str, str],
 ) -> list[Callable[[], int]]:
     """Callables that each convert and write one row block; they return source bytes done."""
@@ -280,7 +258,7 @@ def write_tensor_data(
     on_bytes: Callable[[int], None] | None = None,
 ) -> None:
     """Convert and write every plan's data at its offset, ``threads`` blocks at a time."""
-    sink = _Sink(fd)
+    sink = PositionedWriter(fd)
     nonfinite: dict[str, str] = {}  # GGUF name -> source name, filled by the worker threads
     # A memory-mapped source costs nothing to keep open, so the next tensor's blocks are queued
     # before the previous one finishes (no idle threads at tensor boundaries); arrays produced in
@@ -351,7 +329,7 @@ def write_gguf(
     try:
         try:
             os.ftruncate(fd, total)  # padding between tensors stays zero
-            _Sink(fd).write_at(header, 0)
+            PositionedWriter(fd).write_at(header, 0)
         except OSError as exc:
             raise _write_error(path, exc) from exc
         write_tensor_data(path, fd, plans, offsets, source, threads=threads, on_bytes=on_bytes)
@@ -359,7 +337,7 @@ def write_gguf(
             final_header, _ = serialize_header(final_kv(), plans)
             if len(final_header) != len(header):
                 raise GGUFKitError("internal error: the final GGUF header changed length")
-            _Sink(fd).write_at(final_header, 0)
+            PositionedWriter(fd).write_at(final_header, 0)
     finally:
         os.close(fd)
     return WriteStats(
