@@ -91,13 +91,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def _extra_of(reason: str) -> str | None:
-    """Which extra a skip reason blames: ours ("missing extra X: ..."), or importorskip's
-    ("could not import 'torch.x': ...")."""
+    """Which extra a skip reason blames: only the markers' own ("missing extra X: ..."). Any
+    other skip, a failed import included, blames none and so always fails: a broken extra
+    must not pass as a missing one."""
     if reason.startswith("missing extra "):
         return reason.removeprefix("missing extra ").split(":", 1)[0]
-    if reason.startswith("could not import '"):
-        top = reason.split("'")[1].split(".")[0]
-        return next((extra for extra, mods in EXTRAS.items() if top in mods), None)
     return None
 
 

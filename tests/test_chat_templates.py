@@ -1,7 +1,7 @@
 """`convert --chat-template`: FastChat's formats as Jinja, proven against FastChat itself.
 
-The oracle is ``fastchat.conversation`` (installed by ``make install``): it is imported without
-``importorskip`` so that a missing FastChat fails these tests instead of skipping them.
+The oracle is ``fastchat.conversation`` (installed by ``make install``): it is a plain import, so
+a missing or broken FastChat fails these tests instead of skipping them.
 """
 
 from __future__ import annotations

@@ -21,7 +21,11 @@ def test_needs_bnb():
     pytest.skip("missing extra bnb: bitsandbytes is not installed")
 
 def test_needs_torch_module():
-    pytest.importorskip("torch.no_such_module_here")
+    pytest.skip("missing extra torch: torch.no_such_module_here is not installed")
+
+def test_import_failure_skip():
+    # how pytest's import-or-skip helper words it: it names no extra, so it never passes quietly
+    pytest.skip("could not import 'torch.no_such_module_here': No module named 'torch.no'")
 
 def test_skips_for_no_extra():
     pytest.skip("the author felt like it")
@@ -49,20 +53,21 @@ def closing_line(result: subprocess.CompletedProcess[str]) -> str:
 def test_every_skip_fails_without_an_allowance(tmp_path: Path, allow: str | None) -> None:
     result = run_sample(tmp_path, allow)
     assert result.returncode == 1, result.stdout
-    assert "3 failed, 1 passed" in closing_line(result), result.stdout
+    assert "4 failed, 1 passed" in closing_line(result), result.stdout
     assert "GGUFKIT_ALLOW_MISSING=bnb" in result.stdout
     assert "GGUFKIT_ALLOW_MISSING=torch" in result.stdout
 
 
 def test_allowed_extras_skip_and_say_why(tmp_path: Path) -> None:
     result = run_sample(tmp_path, "torch,bnb")
-    assert "1 failed, 1 passed, 2 skipped" in closing_line(result), result.stdout
+    assert "2 failed, 1 passed, 2 skipped" in closing_line(result), result.stdout
     skips = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
     assert len(skips) == 2 and all("allowed by GGUFKIT_ALLOW_MISSING" in s for s in skips)
     assert any("bitsandbytes is not installed" in s for s in skips)
     assert any("torch.no_such_module_here" in s for s in skips)
-    # A skip that blames no extra fails even then.
+    # A skip that blames no extra fails even then, an import failure included.
     assert "the author felt like it" in result.stdout and result.returncode == 1
+    assert "could not import 'torch.no_such_module_here'" in result.stdout
 
 
 def test_unknown_extra_is_a_usage_error(tmp_path: Path) -> None:
