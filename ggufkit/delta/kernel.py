@@ -17,32 +17,21 @@ costs a second and a half to import, so this common case has its own kernel, exa
 
 Inputs of 16384 and beyond (so that no sum reaches f16's infinity), infinities and NaNs are left
 to the caller (``add_bf16_f16`` returns False). The work goes in pieces of ``PIECE`` elements
-whose temporaries stay in the L2 and L3 caches; each thread has its own.
+whose temporaries (``formats.kernels.scratch``) stay in the L2 and L3 caches; each thread has
+its own.
 """
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
+
+from ggufkit.formats.kernels import scratch_array
 
 PIECE = 1 << 18
 _U16, _U32 = np.uint16, np.uint32
 _LIMIT = _U16(0x4680)  # bf16 bits of 16384: below it the trick is exact and no sum overflows
 _ROUND = np.float32(0.75)
 _TO_F16_BIAS = np.float32(2.0**-112)  # float32 exponent bias 127 -> f16's 15
-
-
-class _Scratch(threading.local):
-    def __init__(self) -> None:
-        self.a = np.empty(PIECE, np.float32)
-        self.b = np.empty(PIECE, np.float32)
-        self.u = np.empty(PIECE, _U32)
-        self.w = np.empty(PIECE, _U16)
-        self.w2 = np.empty(PIECE, _U16)
-
-
-_scratch = _Scratch()
 
 
 def add_bf16_f16(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
@@ -72,8 +61,9 @@ def _in_range(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> bool:
 
 def _piece(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
     n = a.size
-    s = _scratch
-    fa, fb, u, w, w2 = s.a[:n], s.b[:n], s.u[:n], s.w[:n], s.w2[:n]
+    fa, fb = scratch_array("delta.a", n, np.float32), scratch_array("delta.b", n, np.float32)
+    u = scratch_array("delta.u", n, _U32)
+    w, w2 = scratch_array("delta.w", n, _U16), scratch_array("delta.w2", n, _U16)
     if not _in_range(a, b, w):
         return False
     for x, f in ((a, fa), (b, fb)):

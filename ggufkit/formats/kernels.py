@@ -40,8 +40,9 @@ def scratch(kind: str, n_bytes: int) -> np.ndarray:
     page is a fault and a page of zeros, measured at ~7 % of a fused merge-convert)."""
     buffers: dict[str, np.ndarray] = _scratch.__dict__.setdefault("buffers", {})
     buffer = buffers.get(kind)
-    if buffer is None or buffer.size < n_bytes:
-        buffer = buffers[kind] = np.empty(max(n_bytes, 8 << 20), np.uint8)
+    if buffer is None or buffer.size < n_bytes:  # grown by doubling: few fresh allocations
+        grown = n_bytes if buffer is None else max(n_bytes, 2 * buffer.size)
+        buffer = buffers[kind] = np.empty(grown, np.uint8)
     return buffer[:n_bytes]
 
 
@@ -55,12 +56,17 @@ def bf16_f16_table() -> np.ndarray:
     return _LUT
 
 
+def scratch_array(kind: str, size: int, dtype: type) -> np.ndarray:
+    """``size`` elements of ``dtype`` from this thread's ``scratch(kind, ...)`` buffer."""
+    return scratch(kind, size * np.dtype(dtype).itemsize).view(dtype)
+
+
 def _temporaries() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    buffers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = getattr(_scratch, "u16", None)
-    if buffers is None:
-        buffers = (np.empty(PIECE, _U16), np.empty(PIECE, _U16), np.empty(PIECE, np.bool_))
-        _scratch.u16 = buffers
-    return buffers
+    return (
+        scratch_array("kernels.shifted", PIECE, _U16),
+        scratch_array("kernels.sign", PIECE, _U16),
+        scratch_array("kernels.outside", PIECE, np.bool_),
+    )
 
 
 def bf16_to_f16(src: np.ndarray, dst: np.ndarray) -> bool:
