@@ -9,14 +9,12 @@ thread converting into a buffer of its own. f16 -> f16 is a raw copy from the me
 
 from __future__ import annotations
 
-import collections
 import errno
 import functools
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +27,9 @@ from gguf import GGUFValueType as VT
 from ggufkit.convert.base import TensorPlan
 from ggufkit.core.errors import DiskSpaceError, GGUFKitError
 from ggufkit.core.log import get_logger
-from ggufkit.formats import kernels
+from ggufkit.formats import blocks, kernels
+from ggufkit.formats.blocks import BlockPipeline, PositionedWriter, row_blocks
 from ggufkit.formats.safetensors import Checkpoint, TensorSource, bf16_to_float32
-from ggufkit.formats.shards import PositionedWriter
 
 log = get_logger(__name__)
 
@@ -42,7 +40,7 @@ def output_flags() -> int:
     return os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
 
 
-BLOCK_BYTES = 4 * 1024 * 1024  # source bytes per row block: big writes, still cache-friendly
+BLOCK_BYTES = blocks.BLOCK_BYTES  # source bytes per row block (a test shrinks it)
 
 
 # --- header ---------------------------------------------------------------------------------
@@ -179,13 +177,6 @@ def _write_error(path: Path, exc: OSError) -> GGUFKitError:
     return GGUFKitError(f"cannot write {path}: {exc.strerror}", path=path)
 
 
-def _blocks(plan: TensorPlan, src_row_bytes: int) -> Iterable[tuple[int, int]]:
-    rows = plan.shape[0] if plan.shape else 1
-    step = max(1, BLOCK_BYTES // max(1, src_row_bytes))
-    for start in range(0, rows, step):
-        yield start, min(rows, start + step)
-
-
 def _row_reader(source: TensorSource, plan: TensorPlan) -> Callable[[Any], np.ndarray] | None:
     """A computed source's row-block reader (``CombinedSource.read_rows``: base + delta), else
     None: a memory map is sliced as is, and other sources give whole tensors."""
@@ -244,7 +235,10 @@ def _tensor_tasks(
         sink.write_at(np.ascontiguousarray(data), offset + start * row_out)
         return (stop - start) * row_src
 
-    return [functools.partial(run_block, start, stop) for start, stop in _blocks(plan, row_src)]
+    return [
+        functools.partial(run_block, start, stop)
+        for start, stop in row_blocks(rows, row_src, BLOCK_BYTES)
+    ]
 
 
 def write_tensor_data(
@@ -260,19 +254,11 @@ def write_tensor_data(
     """Convert and write every plan's data at its offset, ``threads`` blocks at a time."""
     sink = PositionedWriter(fd)
     nonfinite: dict[str, str] = {}  # GGUF name -> source name, filled by the worker threads
-    # A memory-mapped source costs nothing to keep open, so the next tensor's blocks are queued
-    # before the previous one finishes (no idle threads at tensor boundaries); arrays produced in
-    # memory are taken one at a time to bound memory by the largest tensor.
-    window = 2 if isinstance(source, Checkpoint) or hasattr(source, "read_rows") else 1
-    pending: collections.deque[tuple[TensorPlan, list[Future[int]]]] = collections.deque()
-    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="ggufkit-write")
 
-    def settle() -> None:
-        plan, futures = pending.popleft()
-        for future in futures:
-            done = future.result()
-            if on_bytes is not None:
-                on_bytes(done)
+    def done(plan: TensorPlan, source_bytes: list[int]) -> None:
+        if on_bytes is not None:
+            for block_bytes in source_bytes:
+                on_bytes(block_bytes)
         if plan.source_name is not None:
             source.release(plan.source_name)
         if plan.name in nonfinite:
@@ -283,24 +269,23 @@ def write_tensor_data(
                 plan.name,
             )
 
+    # A memory-mapped or row-computed source costs nothing to keep open, so the next tensor's
+    # blocks are queued before the previous one finishes; arrays produced in memory are taken
+    # one at a time to bound memory by the largest tensor.
+    window = 2 if isinstance(source, Checkpoint) or hasattr(source, "read_rows") else 1
     # The next tensor is read from disk while this one converts (a fault reads ahead little).
     upcoming = [p.source_name for p in plans[1:]] + [None]
     if plans and plans[0].source_name and isinstance(source, Checkpoint):
         source.prefetch(plans[0].source_name)
     try:
-        for plan, offset, following in zip(plans, offsets, upcoming, strict=True):
-            if following is not None and isinstance(source, Checkpoint):
-                source.prefetch(following)
-            tasks = _tensor_tasks(plan, source, offset, sink, nonfinite)
-            pending.append((plan, [pool.submit(task) for task in tasks]))
-            while len(pending) >= window:
-                settle()
-        while pending:
-            settle()
+        with BlockPipeline[TensorPlan, int](threads, window, done, "ggufkit-write") as pipeline:
+            for plan, offset, following in zip(plans, offsets, upcoming, strict=True):
+                if following is not None and isinstance(source, Checkpoint):
+                    source.prefetch(following)
+                pipeline.add(plan, _tensor_tasks(plan, source, offset, sink, nonfinite))
+            pipeline.finish()
     except OSError as exc:
         raise _write_error(path, exc) from exc
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_gguf(

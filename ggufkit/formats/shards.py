@@ -12,24 +12,22 @@ writing overlap on every core and no tensor is held whole.
 
 from __future__ import annotations
 
-import collections
+import functools
 import json
-import os
 import struct
-import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ggufkit.core.errors import GGUFKitError
+from ggufkit.formats import blocks
+from ggufkit.formats.blocks import BlockPipeline, PositionedWriter, row_blocks
 from ggufkit.formats.safetensors import SAFETENSORS_DTYPES, SAFETENSORS_INDEX
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # what transformers' save_pretrained uses ("5GB")
-BLOCK_BYTES = 4 * 1024 * 1024  # output bytes per row block: big writes, small buffers
+BLOCK_BYTES = blocks.BLOCK_BYTES  # output bytes per row block (a test shrinks it)
 SINGLE_FILE = "model.safetensors"
 
 
@@ -112,34 +110,6 @@ def _check_array(spec: TensorSpec, array: np.ndarray, shape: tuple[int, ...] | N
 RowProducer = Callable[[TensorSpec, int, int], np.ndarray]
 
 
-class PositionedWriter:
-    """Positioned writes to one file from several threads, one at a time: the kernel takes the
-    file's lock for each buffered write anyway, and a waiting thread spins there (measured: a
-    tenth of the CPU time of a 2-thread convert), where here it sleeps. Platforms without
-    ``pwrite`` (Windows) seek and write under the same lock."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._lock = threading.Lock()
-
-    def write_at(self, data: Any, offset: int) -> None:
-        view = memoryview(data).cast("B")
-        with self._lock:
-            while view:
-                if hasattr(os, "pwrite"):
-                    written = os.pwrite(self.fd, view, offset)
-                else:
-                    os.lseek(self.fd, offset, os.SEEK_SET)
-                    written = os.write(self.fd, view)
-                view = view[written:]
-                offset += written
-
-    def write_array(self, data: np.ndarray, offset: int) -> None:
-        """An array's bytes, little-endian (a copy only of a non-contiguous or big-endian one)."""
-        little = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
-        self.write_at(little.reshape(-1).view(np.uint8), offset)
-
-
 def _write_blocks(
     fd: int,
     data_start: int,
@@ -156,39 +126,23 @@ def _write_blocks(
         _check_array(spec, array, (stop - start, *spec.shape[1:]) if spec.shape else (1,))
         sink.write_array(array, offset)
 
-    pending: collections.deque[tuple[TensorSpec, list[Future[None]]]] = collections.deque()
-
-    def settle() -> None:
-        spec, futures = pending.popleft()
-        for future in futures:
-            future.result()
+    def done(spec: TensorSpec, _: list[None]) -> None:
         if after_tensor is not None:
             after_tensor(spec)
 
     offset = data_start
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="ggufkit-shards") as pool:
-        try:
-            for spec in shard:
-                rows = spec.shape[0] if spec.shape else 1
-                row_bytes = spec.n_bytes // max(1, rows)
-                step = max(1, BLOCK_BYTES // max(1, row_bytes))
-                futures = [
-                    pool.submit(
-                        block, spec, start, min(rows, start + step), offset + start * row_bytes
-                    )
-                    for start in range(0, rows, step)
-                ]
-                pending.append((spec, futures))
-                offset += spec.n_bytes
-                # The next tensor's blocks are queued before this one is done: no idle worker.
-                while len(pending) > 2:
-                    settle()
-            while pending:
-                settle()
-        finally:
-            for _, futures in pending:
-                for future in futures:
-                    future.cancel()
+    # Up to three tensors in flight: the next ones' blocks are queued, no worker waits.
+    with BlockPipeline[TensorSpec, None](threads, 3, done, "ggufkit-shards") as pipeline:
+        for spec in shard:
+            rows = spec.shape[0] if spec.shape else 1
+            row_bytes = spec.n_bytes // max(1, rows)
+            tasks = [
+                functools.partial(block, spec, start, stop, offset + start * row_bytes)
+                for start, stop in row_blocks(rows, row_bytes, BLOCK_BYTES)
+            ]
+            pipeline.add(spec, tasks)
+            offset += spec.n_bytes
+        pipeline.finish()
 
 
 def write_sharded(
