@@ -303,11 +303,16 @@ class ModelConverter(ABC):
                 continue
             gguf_name = self.map_name(hf_name)
             shape = tuple(self.source.info(hf_name).shape)
-            plans.append(
-                self.plan_from_source(
-                    hf_name, gguf_name, row_order=self.row_order(hf_name, gguf_name, shape)
-                )
-            )
+            try:
+                order = self.row_order(hf_name, gguf_name, shape)
+            except ValueError as exc:  # a head count the rows cannot be split into
+                raise ConversionError(
+                    f"tensor {hf_name} has shape {list(shape)}, which the head counts of "
+                    f"{self.config_path} cannot split ({exc})",
+                    hint="the weights do not belong to this config.json (or are corrupt)",
+                    path=self.model_dir,
+                ) from exc
+            plans.append(self.plan_from_source(hf_name, gguf_name, row_order=order))
         return plans
 
     def validate(self, plans: list[TensorPlan]) -> None:
