@@ -311,7 +311,9 @@ def _peak(func: Any, *args: Any) -> int:
     width=st.sampled_from([4, 8]),
     value=st.sampled_from(GROWN),
 )
-def test_gguf_fields_grown_toward_2_64(tmp_path: Path, position: int, width: int, value: int) -> None:
+def test_gguf_fields_grown_toward_2_64(
+    tmp_path: Path, position: int, width: int, value: int
+) -> None:
     packed = struct.pack("<Q", value % 2**64)[:width]
     data = VALID_GGUF[:position] + packed + VALID_GGUF[position + width :]
     assert _peak(_check_gguf, tmp_path / "x.gguf", data) < 16 * MiB

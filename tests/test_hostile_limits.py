@@ -127,6 +127,20 @@ def test_a_billion_layers_is_refused_before_any_per_layer_work(tmp_path: Path) -
     assert not (tmp_path / "out.gguf").exists()
 
 
+def _convert_upstream(model: Path) -> None:
+    from ggufkit.convert import convert
+
+    convert(model, model.parent / "out.gguf", engine="upstream")
+
+
+@pytest.mark.posix_only
+def test_the_upstream_engine_is_spared_a_billion_layers(tmp_path: Path) -> None:
+    model = tiny_llama(tmp_path)
+    set_config(model, num_hidden_layers=1_000_000_000)
+    result = in_bounded_child(_convert_upstream, model, extra=768 * MiB, timeout=60)
+    assert_clear(result, "1000000000", "tensors")
+
+
 def test_layers_claimed_beyond_the_tensors_cost_little(tmp_path: Path) -> None:
     model = tiny_llama(tmp_path)
     set_config(model, num_hidden_layers=3000)  # gguf's full name map: ~45 KB a block

@@ -139,6 +139,21 @@ def check_block_count(
     )
 
 
+def check_layers_for_upstream(model_dir: Path, tensor_names: list[str]) -> None:
+    """Before the upstream converter builds its per-layer maps: the config may not claim more
+    layers than the checkpoint has tensors (lenient, for architectures this module does not know)."""
+    config, path = load_config(model_dir), Path(model_dir) / "config.json"
+    count = next((config[k] for k in (*BLOCK_KEYS, "num_layers") if type(config.get(k)) is int), 0)
+    if count > len(tensor_names):
+        raise ConversionError(
+            f"{path} says the model has {count} layers, but {model_dir} holds only "
+            f"{len(tensor_names)} tensors",
+            hint="the checkpoint is incomplete (download every weight shard), or config.json is "
+            "not this checkpoint's",
+            path=model_dir,
+        )
+
+
 def architecture(config: dict[str, Any], path: str | Path) -> str:
     archs = config.get("architectures")
     if isinstance(archs, list) and archs and isinstance(archs[0], str):
