@@ -324,6 +324,17 @@ def test_zero_size_tensor_with_a_huge_dim_stops_merge_delta(tmp_path: Path) -> N
     assert not (tmp_path / "merged").exists()
 
 
+def test_a_tensor_without_data_is_one_row_block() -> None:
+    # [2**60, 0] passes the header (no bytes) but was 2**36 empty row blocks to every writer.
+    import itertools
+
+    from ggufkit.formats.blocks import row_blocks
+
+    assert list(itertools.islice(row_blocks(2**60, 0), 3)) == [(0, 2**60)]
+    assert list(row_blocks(0, 0)) == []
+    assert list(row_blocks(5, 8, 16)) == [(0, 2), (2, 4), (4, 5)]
+
+
 # --- the disk filling up ------------------------------------------------------------------------
 
 
