@@ -324,6 +324,19 @@ def test_zero_size_tensor_with_a_huge_dim_stops_merge_delta(tmp_path: Path) -> N
     assert not (tmp_path / "merged").exists()
 
 
+@pytest.mark.needs_torch
+def test_a_bin_tensor_claiming_more_than_its_file(tmp_path: Path) -> None:
+    # A zero-stride view saved by torch: 1.6 KB on disk, 4 TiB once made contiguous before.
+    import torch
+
+    from ggufkit.formats.safetensors import Checkpoint
+
+    torch.save({"w": torch.zeros(1).expand(2**20, 2**20)}, tmp_path / "pytorch_model.bin")
+    error, peak = peak_of(lambda: Checkpoint.open(tmp_path).read("w"))
+    assert isinstance(error, GGUFKitError) and "pytorch_model.bin" in str(error), error
+    assert peak < 16 * MiB
+
+
 def test_a_tensor_without_data_is_one_row_block() -> None:
     # [2**60, 0] passes the header (no bytes) but was 2**36 empty row blocks to every writer.
     import itertools
