@@ -222,6 +222,25 @@ def test_oversized_settings_file_is_refused_before_reading(tmp_path: Path) -> No
     assert peak < MiB
 
 
+def _merge_record_of(model: Path) -> None:
+    from ggufkit.formats.origin import read_merge_record
+
+    assert read_merge_record(model) is None
+
+
+@pytest.mark.posix_only
+@pytest.mark.parametrize("kind", ["fifo", "deep"])
+def test_a_hostile_merge_record_is_ignored(tmp_path: Path, kind: str) -> None:
+    from ggufkit.formats.origin import MERGE_RECORD
+
+    model = tiny_llama(tmp_path)
+    if kind == "fifo":
+        os.mkfifo(model / MERGE_RECORD)
+    else:
+        (model / MERGE_RECORD).write_text("[" * DEEP + "]" * DEEP)
+    assert in_bounded_child(_merge_record_of, model, timeout=30)[0] == "ok"
+
+
 # --- JSON and TOML that the parsers cannot take -------------------------------------------------
 
 
