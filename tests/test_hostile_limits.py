@@ -447,6 +447,23 @@ def test_legacy_vocabulary_costs_about_its_bytes(tmp_path: Path) -> None:
     assert peak < 3 * size, (peak, size)  # 14x the file with a list of tuples
 
 
+def test_legacy_context_lengths_are_checked(tmp_path: Path) -> None:
+    # struct.error in the GGUF writer before, from --context-length or the tokenizer's config.
+    from ggufkit.convert.legacy import convert_legacy
+    from ggufkit.formats.legacy_ggml import F32
+
+    weight = np.zeros((4, 32), dtype=np.float32).tobytes()
+    vocab = [(b"<unk>", 0.0), (b"a", -1.0), (b"b", -2.0)]
+    path = _legacy(tmp_path / "m.bin", vocab=vocab, tensors=[("layers.0.attention.wq.weight", F32, (4, 32), weight)])  # fmt: skip
+    with pytest.raises(UsageError, match="--context-length"):
+        convert_legacy(path, tmp_path / "o.gguf", context_length=2**40)
+    tokenizer = tiny_llama(tmp_path)
+    set_config(tokenizer, max_position_embeddings=10**30)
+    with pytest.raises(ConfigError, match="max_position_embeddings"):
+        convert_legacy(path, tmp_path / "o.gguf", tokenizer=tokenizer)
+    assert not (tmp_path / "o.gguf").exists()
+
+
 # --- split names and run's context --------------------------------------------------------------
 
 
