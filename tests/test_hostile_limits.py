@@ -433,7 +433,7 @@ def test_legacy_dims_whose_int64_product_wraps(tmp_path: Path) -> None:
 def test_legacy_vocabulary_costs_about_its_bytes(tmp_path: Path) -> None:
     from ggufkit.formats.legacy_ggml import F32, read_legacy
 
-    n = 200_000
+    n = 50_000
     vocab = [(bytes([i % 256]), -float(i)) for i in range(n)]
     weight = np.zeros((4, 32), dtype=np.float32).tobytes()
     path = _legacy(tmp_path / "m.bin", vocab=vocab, tensors=[("layers.0.attention.wq.weight", F32, (4, 32), weight)])  # fmt: skip
