@@ -198,6 +198,30 @@ CASES = [
         expect=("vocab",),
     ),
     Case(
+        "convert-billion-layers",
+        convert_args,
+        lambda m: _set_config(m, num_hidden_layers=10**9),
+        expect=("1000000000", "layers"),
+    ),
+    Case(
+        "convert-nan-epsilon",
+        convert_args,
+        lambda m: _set_config(m, rms_norm_eps="nan"),
+        expect=("config.json", "rms_norm_eps"),
+    ),
+    Case(
+        "convert-huge-context",
+        convert_args,
+        lambda m: _set_config(m, max_position_embeddings=1e30),
+        expect=("config.json", "max_position_embeddings"),
+    ),
+    Case(
+        "convert-tokenizer-json-is-a-list",
+        convert_args,
+        lambda m: (m / "tokenizer.json").write_text("[1, 2]"),
+        expect=("tokenizer.json", "object"),
+    ),
+    Case(
         "convert-missing-tokenizer",
         convert_args,
         lambda m: [p.unlink() for p in m.glob("tokenizer*")],

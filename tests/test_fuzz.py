@@ -10,6 +10,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -280,3 +281,91 @@ def test_the_valid_legacy_files_read(tmp_path: Path) -> None:
         (tmp_path / "v.bin").write_bytes(data)
         legacy = read_legacy(tmp_path / "v.bin")
         assert (legacy.version, len(legacy.tensors), legacy.family) == (version, 4, "llama")
+
+
+# --- counts and sizes grown toward 2**64: a clear error in bounded memory ------------------------
+# Every count, size and dimension a reader takes from a file is checked against what the file can
+# hold before anything is allocated for it. tracemalloc sees Python's and numpy's allocations.
+
+MiB = 1024 * 1024
+GROWN = sorted({2**k + d for k in (15, 16, 24, 31, 32, 53, 62, 63, 64) for d in (-1, 0, 1)})
+BOUNDED = settings(FUZZ, max_examples=max(EXAMPLES // 5, 1))  # 60 by default
+
+
+def _peak(func: Any, *args: Any) -> int:
+    """The peak of ``func(*args)``'s allocations; it may raise only a GGUFKitError."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(GGUFKitError):
+            func(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@BOUNDED
+@given(
+    position=st.integers(min_value=4, max_value=len(VALID_GGUF) - 8),
+    width=st.sampled_from([4, 8]),
+    value=st.sampled_from(GROWN),
+)
+def test_gguf_fields_grown_toward_2_64(
+    tmp_path: Path, position: int, width: int, value: int
+) -> None:
+    packed = struct.pack("<Q", value % 2**64)[:width]
+    data = VALID_GGUF[:position] + packed + VALID_GGUF[position + width :]
+    assert _peak(_check_gguf, tmp_path / "x.gguf", data) < 16 * MiB
+
+
+@BOUNDED
+@given(
+    shape=st.lists(st.sampled_from([0, 1, 2, 4, *GROWN]), max_size=5),
+    offsets=st.lists(st.sampled_from([0, 2, 8, 64, *GROWN]), min_size=2, max_size=2),
+    header_len=st.one_of(st.none(), st.sampled_from(GROWN)),
+)
+def test_safetensors_fields_grown_toward_2_64(
+    tmp_path: Path, shape: list[int], offsets: list[int], header_len: int | None
+) -> None:
+    raw = json.dumps({"w": {"dtype": "F16", "shape": shape, "data_offsets": offsets}}).encode()
+    prefix = struct.pack("<Q", (len(raw) if header_len is None else header_len) % 2**64)
+    path = tmp_path / "x.safetensors"
+    assert _peak(_check, path, prefix + raw + bytes(64)) < 16 * MiB
+
+
+@BOUNDED
+@given(
+    position=st.integers(min_value=1, max_value=200).map(lambda i: 4 * i),
+    value=st.sampled_from([v for v in GROWN if v < 2**32]),
+)
+def test_legacy_fields_grown_toward_2_32(tmp_path: Path, position: int, value: int) -> None:
+    data = LEGACY[3]
+    data = data[:position] + struct.pack("<I", value) + data[position + 4 :]
+    assert _peak(_convert_legacy_bytes, tmp_path / "m.bin", data) < 16 * MiB + 4 * len(data)
+
+
+CONFIG_NUMBERS = [
+    "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+    "num_hidden_layers", "vocab_size", "head_dim", "max_position_embeddings", "rms_norm_eps",
+]  # fmt: skip
+
+
+@BOUNDED
+@given(
+    key=st.sampled_from(CONFIG_NUMBERS),
+    value=st.sampled_from([*GROWN, 2**70, 1e30, float("inf"), float("nan"), -1, 0, "nan"]),
+)
+def test_config_numbers_grown_toward_2_64(tmp_path_factory: Any, key: str, value: object) -> None:
+    import shutil
+
+    from ggufkit.convert import convert
+    from ggufkit.data import embedded_model
+
+    tmp = tmp_path_factory.mktemp("config")
+    model = tmp / "model"
+    shutil.copytree(embedded_model("tiny-llama"), model)
+    config = json.loads((model / "config.json").read_text())
+    config[key] = value
+    (model / "config.json").write_text(json.dumps(config))
+    assert _peak(lambda: convert(model, tmp / "o.gguf", engine="native")) < 64 * MiB

@@ -42,7 +42,7 @@ from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path
 from ggufkit.core.log import get_logger, progress
 from ggufkit.formats.gguf_split import SplitLimits, shards_named_like
-from ggufkit.formats.hfconfig import architecture, load_config
+from ggufkit.formats.hfconfig import architecture, check_layers_for_upstream, load_config
 from ggufkit.formats.origin import SourceInfo, SourceOrigin
 from ggufkit.formats.safetensors import Checkpoint, TensorSource
 
@@ -369,6 +369,7 @@ def _convert_upstream(
     qtype = OUTTYPES[outtype]
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     with Checkpoint.open(model_dir) as checkpoint:
+        check_layers_for_upstream(model_dir, checkpoint.names())
         infos = checkpoint.infos()
         source_bytes = sum(i.n_bytes for i in infos)
         expected = sum(i.n_elements * type_size // block for i in infos)

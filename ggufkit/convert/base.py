@@ -19,7 +19,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from ggufkit.core.errors import ConversionError, UnsupportedArchitectureError, UsageError
-from ggufkit.formats.hfconfig import require
+from ggufkit.formats.hfconfig import LAYER_INDEX, check_block_count, require
 from ggufkit.formats.safetensors import TensorSource, bf16_to_float32
 
 # --outtype -> the GGML type of 2-D weights (1-D tensors and norms stay F32, like llama.cpp)
@@ -47,6 +47,23 @@ def tensor_nbytes(shape: tuple[int, ...], ggml_type: QT) -> int:
     block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     return n // block * type_size
+
+
+def block_zero_name(tensor_map: gguf.TensorNameMap, block_count: int, hf_name: str) -> str | None:
+    """The GGUF name of ``hf_name`` from a map built for block 0 only: a block's tensor is looked
+    up as block 0's and renumbered, so the map costs the same for 4 or a billion blocks."""
+    suffixes = (".weight", ".bias")
+    match = LAYER_INDEX.search(hf_name)
+    if match is None:
+        return tensor_map.get_name(hf_name, try_suffixes=suffixes)
+    digits, (start, stop) = match.group(1), match.span(1)
+    index = int(digits) if len(digits) < 10 else block_count
+    if index >= block_count:
+        return None
+    mapped = tensor_map.get_name(hf_name[:start] + "0" + hf_name[stop:], try_suffixes=suffixes)
+    if mapped is not None and mapped.startswith("blk.0."):
+        return f"blk.{index}." + mapped[len("blk.0.") :]
+    return mapped  # a model-wide tensor kept under a block's name (rope_freqs), or None
 
 
 @dataclass
@@ -169,7 +186,12 @@ class ModelConverter(ABC):
         self.outtype = parse_outtype(outtype)
         self.notes: list[str] = []  # vocab / pre-tokenizer remarks for ConvertResult
         self.block_count = self.hparam("num_hidden_layers", "n_layer", "n_layers")
-        self.tensor_map = gguf.get_tensor_name_map(self.gguf_arch, self.block_count)
+        # Before anything is built per layer: the config's layers must be in the tensor names.
+        check_block_count(
+            self.block_count, source.names(), config_path=self.config_path, model_dir=model_dir
+        )
+        # Block 0's names stand for every block (see map_name): the map costs ~45 KB a block.
+        self.tensor_map = gguf.get_tensor_name_map(self.gguf_arch, 1)
         self.read_config()
 
     # --- config access ----------------------------------------------------------------------
@@ -217,7 +239,7 @@ class ModelConverter(ABC):
     # --- shared machinery -------------------------------------------------------------------
 
     def map_name(self, hf_name: str) -> str:
-        mapped = self.tensor_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        mapped = block_zero_name(self.tensor_map, self.block_count, hf_name)
         if mapped is None:
             raise ConversionError(
                 f"tensor {hf_name!r} of {self.model_dir} has no {self.arch_name} counterpart",
@@ -281,11 +303,16 @@ class ModelConverter(ABC):
                 continue
             gguf_name = self.map_name(hf_name)
             shape = tuple(self.source.info(hf_name).shape)
-            plans.append(
-                self.plan_from_source(
-                    hf_name, gguf_name, row_order=self.row_order(hf_name, gguf_name, shape)
-                )
-            )
+            try:
+                order = self.row_order(hf_name, gguf_name, shape)
+            except ValueError as exc:  # a head count the rows cannot be split into
+                raise ConversionError(
+                    f"tensor {hf_name} has shape {list(shape)}, which the head counts of "
+                    f"{self.config_path} cannot split ({exc})",
+                    hint="the weights do not belong to this config.json (or are corrupt)",
+                    path=self.model_dir,
+                ) from exc
+            plans.append(self.plan_from_source(hf_name, gguf_name, row_order=order))
         return plans
 
     def validate(self, plans: list[TensorPlan]) -> None:

@@ -8,7 +8,6 @@ header is written and the tensors stream after it one chunk at a time.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from ggufkit.convert.writer import serialize_header
 from ggufkit.core.errors import ConversionError, LegacyFormatError, UsageError
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path, sha256_file
 from ggufkit.core.log import get_logger, progress
+from ggufkit.formats.hfconfig import MAX_COUNT, load_config
 from ggufkit.formats.legacy_ggml import (
     FTYPE_NAMES,
     LegacyFile,
@@ -84,8 +84,11 @@ def convert_legacy(
     """Convert a legacy GGML/GGMF/GGJT (or bloomz.cpp) file to GGUF; see the module doc."""
     started = time.perf_counter()
     path = Path(path)
-    if context_length is not None and context_length < 1:
-        raise UsageError(f"--context-length must be positive, got {context_length}")
+    if context_length is not None and not 0 < context_length <= MAX_COUNT:
+        raise UsageError(
+            f"--context-length must be between 1 and {MAX_COUNT}, got {context_length}",
+            hint="give the model's trained context length",
+        )
     legacy = read_legacy(path)
     out = Path(output) if output is not None else path.with_suffix(".gguf")
     check_output_path(out, inputs=(path,))
@@ -217,13 +220,9 @@ def _same_bytes(legacy: LegacyFile, a: LegacyTensor, b: LegacyTensor) -> bool:
 
 
 def _read_config(tokenizer_dir: Path | None) -> dict[str, Any]:
-    if tokenizer_dir is None or not (tokenizer_dir / "config.json").is_file():
+    if tokenizer_dir is None or not (tokenizer_dir / "config.json").exists():
         return {}
-    try:
-        data = json.loads((tokenizer_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return load_config(tokenizer_dir)  # its numbers checked, like a checkpoint's
 
 
 def _context(

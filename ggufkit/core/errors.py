@@ -156,6 +156,19 @@ class OperationInterrupted(GGUFKitError):
     exit_code = EXIT_INTERRUPTED
 
 
+def disk_full(exc: OSError, what: str, path: str | Path | None = None) -> DiskSpaceError | None:
+    """The DiskSpaceError for an OSError that says the disk is full (ENOSPC, EDQUOT), else None."""
+    import errno
+
+    if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return None
+    return DiskSpaceError(
+        f"the disk filled up while writing {what}",
+        hint="free some space or write the output elsewhere, then run again",
+        path=path,
+    )
+
+
 def exit_code_for(error: BaseException) -> int:
     if isinstance(error, GGUFKitError):
         return error.exit_code

@@ -186,6 +186,49 @@ def write_json_atomic(final: str | Path, data: Any) -> Path:
 _RAISE: Any = object()
 
 
+# Hugging Face's own files, a JSON object each: anything else is refused as it is read.
+OBJECT_FILES = frozenset(
+    {"config.json", "tokenizer.json", "tokenizer_config.json", "added_tokens.json",
+     "generation_config.json", "special_tokens_map.json", "model.safetensors.index.json"}
+)  # fmt: skip
+MAX_SETTINGS_BYTES = 512 * 1024 * 1024  # config/tokenizer JSON and TOML: far above any real one
+
+
+def read_settings_text(
+    path: str | Path,
+    error: type[GGUFKitError],
+    *,
+    hint: str | None = None,
+    limit: int = MAX_SETTINGS_BYTES,
+) -> str:
+    """The UTF-8 text of a small settings file (JSON, TOML), refused before it is read when it is
+    not a regular file (a fifo would block forever, a device never ends) or larger than
+    ``limit``. A missing file raises FileNotFoundError for the caller to word."""
+    import stat
+
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise error(
+                f"{path} is not a regular file (a directory, fifo or device)",
+                hint=hint or "replace it with the real file",
+                path=path,
+            )
+        if info.st_size > limit:
+            raise error(
+                f"{path} is {human_bytes(info.st_size)}, more than the {human_bytes(limit)} "
+                "such a file may be",
+                hint=hint or "replace it with the real file",
+                path=path,
+            )
+        data = handle.read(info.st_size + 1)  # read(limit) would allocate the whole limit
+    if len(data) > info.st_size:
+        raise error(f"{path} grew while it was read", hint="run again", path=path)
+    return data.decode("utf-8")  # a UnicodeDecodeError is a ValueError to the callers
+
+
 def read_json(
     path: str | Path,
     error: type[GGUFKitError],
@@ -196,16 +239,43 @@ def read_json(
 ) -> Any:
     """The JSON in ``path``. A file that cannot be read or parsed raises ``error`` naming it, with
     ``hint``; a missing file does too (with ``missing_hint`` if given), unless ``missing`` is the
-    value to use instead."""
-    path = Path(path)
+    value to use instead. Non-regular files, absurd sizes, nesting too deep for the parser and
+    integers too long to convert are refused the same way."""
+    path, hint = Path(path), hint or "restore the original file"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_settings_text(path, error, hint=hint))
     except FileNotFoundError as exc:
         if missing is not _RAISE:
             return missing
         raise error(f"{path} is missing", hint=missing_hint or hint, path=path) from exc
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise error(f"{path} is not valid JSON: {exc}", hint=hint, path=path) from exc
+    except RecursionError as exc:
+        raise error(f"{path} is nested too deeply to be read", hint=hint, path=path) from exc
+    except (OSError, ValueError) as exc:
+        raise error(f"{path} is not valid JSON: {_short(exc)}", hint=hint, path=path) from exc
+    if path.name in OBJECT_FILES and not isinstance(data, dict):
+        raise error(f"{path} does not hold a JSON object", hint=hint, path=path)
+    return data
+
+
+def read_toml(path: str | Path, error: type[GGUFKitError], *, hint: str | None = None) -> Any:
+    """The TOML in ``path``, with :func:`read_json`'s refusals; a missing file raises
+    FileNotFoundError for the caller to word."""
+    import tomllib
+
+    path, hint = Path(path), hint or "fix the file, or write it again"
+    try:
+        return tomllib.loads(read_settings_text(path, error, hint=hint))
+    except FileNotFoundError:
+        raise
+    except RecursionError as exc:
+        raise error(f"{path} is nested too deeply to be read", hint=hint, path=path) from exc
+    except (OSError, ValueError) as exc:  # TOMLDecodeError, an over-long integer
+        raise error(f"{path}: not valid TOML ({_short(exc)})", hint=hint, path=path) from exc
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def read_keyed_json(path: Path, key: str) -> Any | None:
@@ -248,13 +318,16 @@ def free_bytes(path: str | Path) -> int:
 def check_free_disk(path: str | Path, need_bytes: int, *, what: str = "the output") -> None:
     """Raise :class:`DiskSpaceError` before a long step if ``need_bytes`` will not fit."""
     free = free_bytes(path)
-    margin = 16 * 1024 * 1024
-    if free < need_bytes + margin:
+    if free < need_bytes + DISK_MARGIN:
         raise DiskSpaceError(
-            f"not enough free disk for {what}: need {human_bytes(need_bytes)}, "
-            f"{human_bytes(free)} free at {Path(path).absolute().parent}",
+            f"not enough free disk for {what}: need {human_bytes(need_bytes)} plus a "
+            f"{human_bytes(DISK_MARGIN)} margin, {human_bytes(free)} free at "
+            f"{Path(path).absolute().parent}",
             hint="free some space or write the output elsewhere (-o / --outdir)",
         )
+
+
+DISK_MARGIN = 16 * 1024 * 1024  # kept free beyond an output's own size
 
 
 def available_memory() -> int:

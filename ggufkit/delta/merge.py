@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ggufkit.core.errors import UsageError
+from ggufkit.core.errors import UsageError, disk_full
 from ggufkit.core.fsutil import atomic_dir, check_free_disk, human_bytes
 from ggufkit.core.log import get_logger, progress
 from ggufkit.delta.arith import DTYPES, TORCH_NAMES, Dtype
@@ -258,6 +258,24 @@ def _write_model(
 ) -> ShardedCheckpoint:
     specs = [TensorSpec(i.name, i.dtype, i.shape) for i in source.infos()]
     check_free_disk(output, source.total_bytes + 1024 * 1024, what=f"the {what} {output}")
+    try:
+        return _write_files(source, output, specs, files_from, fallback, what, max_shard_bytes, origin)  # fmt: skip
+    except OSError as exc:
+        if (full := disk_full(exc, f"the {what} {output}", output)) is not None:
+            raise full from exc
+        raise
+
+
+def _write_files(
+    source: CombinedSource,
+    output: Path,
+    specs: list[TensorSpec],
+    files_from: Path,
+    fallback: Path,
+    what: str,
+    max_shard_bytes: int,
+    origin: SourceOrigin | None,
+) -> ShardedCheckpoint:
     with atomic_dir(output) as tmp, progress(source.total_bytes, f"writing the {what}") as bar:
 
         def done(spec: TensorSpec) -> None:

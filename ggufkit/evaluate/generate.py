@@ -21,6 +21,7 @@ from ggufkit.llamacpp.isolate import run_isolated
 log = get_logger("generate")
 
 DEFAULT_MAX_CTX = 4096
+MAX_CTX = 1 << 20  # tokens: an explicit --ctx above a model's trained context is refused too
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 STOP_KEY = "ggufkit.chat_template.stop"  # written by convert with a FastChat template
 
@@ -264,10 +265,7 @@ def _open(
     if max_tokens < 1:
         raise UsageError("-n must be at least 1")
     seed = seed if seed is not None else random.randrange(2**31)
-    train_ctx = info.metadata.get(f"{info.architecture}.context_length")
-    n_ctx = ctx or min(
-        train_ctx if isinstance(train_ctx, int) and train_ctx > 0 else 2048, DEFAULT_MAX_CTX
-    )
+    n_ctx = context_size(model, info.metadata.get(f"{info.architecture}.context_length"), ctx)
     llama_cpp = load_llama_cpp()
     quiet_llama_logs()
     kwargs: dict[str, Any] = {
@@ -287,6 +285,23 @@ def _open(
             f"llama.cpp could not load {model}: {exc}",
             hint="check it with `ggufkit inspect`; try a smaller --ctx",
         ) from exc
+
+
+def context_size(model: Path, trained: Any, ctx: int | None) -> int:
+    """The context to open ``model`` with: ``ctx``, at most the trained context (and MAX_CTX:
+    the KV cache grows with it, 8 GB for 2**31 tokens of even a tiny model); by default the
+    trained one up to DEFAULT_MAX_CTX."""
+    trained = trained if isinstance(trained, int) and trained > 0 else None
+    if ctx is None:
+        return min(trained or 2048, DEFAULT_MAX_CTX)
+    limit = min(trained or MAX_CTX, MAX_CTX)
+    if not 0 < ctx <= limit:
+        what = f"{model.name}'s trained context" if trained and trained <= MAX_CTX else "the limit"
+        raise UsageError(
+            f"--ctx {ctx} is not between 1 and {limit} ({what})",
+            hint=f"pass --ctx {limit} or less, or leave it out",
+        )
+    return ctx
 
 
 def _complete(

@@ -28,7 +28,10 @@ def row_blocks(
     rows: int, row_bytes: int, block_bytes: int | None = None
 ) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` row ranges of about ``block_bytes`` (default ``BLOCK_BYTES``) each."""
-    step = max(1, (block_bytes or BLOCK_BYTES) // max(1, row_bytes))
+    if row_bytes <= 0:  # no data (a zero dim): one block, however many rows a header claims
+        yield from [(0, rows)] if rows > 0 else []
+        return
+    step = max(1, (block_bytes or BLOCK_BYTES) // row_bytes)
     for start in range(0, rows, step):
         yield start, min(rows, start + step)
 

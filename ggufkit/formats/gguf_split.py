@@ -98,8 +98,11 @@ def split_set(path: Path) -> list[Path]:
     ]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
         raise GGUFFormatError(
-            f"the split set of {path.name} lacks {', '.join(missing)}",
+            f"the split set of {path.name} lacks {shown}",
             hint="copy the missing shards beside the first one",
             path=path,
         )

@@ -13,9 +13,11 @@ GGJT v3 made the q4_0/q4_1/q8_0 scales float16, which is today's layout.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -111,11 +113,30 @@ class LegacyTensor:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.dims, dtype=np.int64))
+        return math.prod(self.dims)
 
     @property
     def type_name(self) -> str:
         return TYPE_NAMES.get(self.type_id, f"type {self.type_id}")
+
+
+class LegacyVocab(Sequence[tuple[bytes, "float | None"]]):
+    """The vocabulary as (text, score or None) pairs, held as one blob with offset and score
+    arrays: about the file's own bytes, where a list of tuples took fourteen times as much."""
+
+    def __init__(self, blob: bytes, ends: array[int], scores: array[float] | None) -> None:
+        self.blob, self.ends, self.scores = blob, ends, scores
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, index: int) -> tuple[bytes, float | None]:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        start = self.ends[index - 1] if index else 0
+        score = self.scores[index] if self.scores is not None else None
+        return self.blob[start : self.ends[index]], score
 
 
 @dataclass
@@ -124,7 +145,7 @@ class LegacyFile:
     container: str  # "ggml", "ggmf" or "ggjt"
     version: int  # 0 for the unversioned "ggml" magic
     hparams: dict[str, int]
-    vocab: list[tuple[bytes, float | None]]
+    vocab: Sequence[tuple[bytes, float | None]]
     tensors: list[LegacyTensor]
     size: int
     family: str = ""  # "llama" or "bloom" (bloomz.cpp), from the tensor names
@@ -206,7 +227,7 @@ class _Cursor:
 
     def __init__(self, fh: BinaryIO, size: int, path: Path) -> None:
         self.fh, self.size, self.path, self.pos = fh, size, path, 0
-        self.head = fh.read(self.HEAD)
+        self.head = fh.read(min(self.HEAD, size))  # read(n) allocates n bytes up front
 
     def take(self, n: int, what: str) -> bytes:
         start = self.skip(n, what)
@@ -271,19 +292,7 @@ def _parse(cur: _Cursor) -> LegacyFile:
             raise LegacyFormatError(
                 f"{path}: implausible {key} = {hparams[key]}", hint="the file is corrupt", path=path
             )
-    with_scores = container != "ggml"
-    vocab: list[tuple[bytes, float | None]] = []
-    for i in range(hparams["n_vocab"]):
-        (length,) = cur.ints(1, f"vocabulary entry {i}")
-        if not 0 <= length <= MAX_VOCAB_ITEM:
-            raise LegacyFormatError(
-                f"{path}: vocabulary entry {i} claims {length} bytes",
-                hint="the file is corrupt",
-                path=path,
-            )
-        text = cur.take(length, f"vocabulary entry {i}")
-        score = struct.unpack("<f", cur.take(4, f"score {i}"))[0] if with_scores else None
-        vocab.append((text, score))
+    vocab = _read_vocab(cur, hparams["n_vocab"], with_scores=container != "ggml")
     legacy = LegacyFile(path, container, version, hparams, vocab, [], cur.size)
     while cur.pos < cur.size:
         legacy.tensors.append(_read_tensor(cur, legacy))
@@ -293,6 +302,34 @@ def _parse(cur: _Cursor) -> LegacyFile:
         )
     legacy.family = _family(legacy)
     return legacy
+
+
+def _read_vocab(cur: _Cursor, n_vocab: int, *, with_scores: bool) -> LegacyVocab:
+    # Each entry holds at least its length (and score): a count the file cannot hold is refused
+    # before anything is read for it.
+    if n_vocab * (8 if with_scores else 4) > cur.size - cur.pos:
+        raise LegacyFormatError(
+            f"{cur.path}: {n_vocab} vocabulary entries cannot fit in the file's "
+            f"{cur.size - cur.pos} remaining bytes",
+            hint="the file is corrupt or truncated",
+            path=cur.path,
+        )
+    blob = bytearray()
+    ends = array("Q")
+    scores = array("f") if with_scores else None
+    for i in range(n_vocab):
+        (length,) = cur.ints(1, f"vocabulary entry {i}")
+        if not 0 <= length <= MAX_VOCAB_ITEM:
+            raise LegacyFormatError(
+                f"{cur.path}: vocabulary entry {i} claims {length} bytes",
+                hint="the file is corrupt",
+                path=cur.path,
+            )
+        blob += cur.take(length, f"vocabulary entry {i}")
+        ends.append(len(blob))
+        if scores is not None:
+            scores.append(struct.unpack("<f", cur.take(4, f"score {i}"))[0])
+    return LegacyVocab(bytes(blob), ends, scores)
 
 
 def _read_tensor(cur: _Cursor, legacy: LegacyFile) -> LegacyTensor:
@@ -316,7 +353,7 @@ def _read_tensor(cur: _Cursor, legacy: LegacyFile) -> LegacyTensor:
             f"{legacy.path}: tensor {name} has dims {list(dims)}", path=legacy.path
         )
     block, type_size = block_size(type_id, legacy.layout)
-    n_elements = int(np.prod(dims, dtype=np.int64))
+    n_elements = math.prod(dims)  # exact: an int64 product of four int32 dims can wrap to 0
     if n_elements % block or dims[0] % block:
         raise LegacyFormatError(
             f"{legacy.path}: tensor {name} ({TYPE_NAMES.get(type_id)}) has rows of {dims[0]}, "

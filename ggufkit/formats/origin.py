@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.core import paths
-from ggufkit.core.fsutil import locked, sha256_file, write_json_atomic
+from ggufkit.core.errors import InputError
+from ggufkit.core.fsutil import locked, read_json, sha256_file, write_json_atomic
 from ggufkit.core.log import get_logger
 from ggufkit.formats.safetensors import find_weight_files
 
@@ -92,13 +93,13 @@ def read_merge_record(model_dir: Path) -> SourceOrigin | None:
     """The origin merge-delta recorded, if it still describes the weights in ``model_dir``."""
     path = model_dir / MERGE_RECORD
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_json(path, InputError, missing=None)  # no fifo, no depth bomb
+        if record is None:
+            return None
         shards = {name: [int(n) for n in stat] for name, stat in record["shards"].items()}
         labels, hashes = list(record["files"]), list(record["sha256"])
         base = record["delta_base"]
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (InputError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("ignoring %s: %s", path, exc)
         return None
     weights = {f.name: _size_and_mtime(f) for f in source_files(model_dir, None)}

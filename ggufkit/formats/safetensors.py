@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ggufkit.core.errors import InputError, SafetensorsFormatError
+from ggufkit.core.fsutil import read_json
 from ggufkit.core.log import get_logger
 
 log = get_logger("formats.safetensors")
@@ -40,6 +41,7 @@ SAFETENSORS_DTYPES: dict[str, tuple[str, int]] = {
 }
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
+MAX_DIMS = 8  # GGUF holds 4; 8 leaves room for any real checkpoint
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
@@ -73,7 +75,24 @@ class TensorInfo:
         return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
 
 
+def _nonzero_product(shape: list[int]) -> int:
+    """The element count the shape would have without its zero dims: it must fit in 64 bits,
+    or numpy and the writers overflow on a tensor that holds nothing."""
+    product = 1
+    for d in shape:
+        product *= max(d, 1)
+        if product >= 2**63:
+            break
+    return product
+
+
+def _shown(value: object, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _bad(path: Path, problem: str) -> SafetensorsFormatError:
+    problem = problem if len(problem) <= 600 else problem[:600] + "..."
     return SafetensorsFormatError(
         f"{path} is not a valid safetensors file: {problem}",
         hint="the download is probably incomplete or corrupt: fetch the file again",
@@ -102,8 +121,10 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         ) from exc
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(path, f"header is not JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise _bad(path, "header is nested too deeply") from exc
+    except ValueError as exc:  # not UTF-8, not JSON, an integer too long to convert
+        raise _bad(path, f"header is not JSON ({str(exc)[:200]})") from exc
     if not isinstance(header, dict):
         raise _bad(path, "header is not a JSON object")
     data_start = 8 + header_len
@@ -118,8 +139,13 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype not in SAFETENSORS_DTYPES:
             raise _bad(path, f"tensor {name!r} has unsupported dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-            raise _bad(path, f"tensor {name!r} has an invalid shape {shape!r}")
+        if not (
+            isinstance(shape, list)
+            and len(shape) <= MAX_DIMS
+            and all(type(d) is int and 0 <= d < 2**63 for d in shape)
+            and _nonzero_product(shape) < 2**63
+        ):
+            raise _bad(path, f"tensor {name!r} has an invalid shape {_shown(shape)}")
         if not (
             isinstance(offsets, list)
             and len(offsets) == 2
@@ -128,7 +154,8 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         ):
             raise _bad(
                 path,
-                f"tensor {name!r} has data offsets {offsets!r} outside the {data_size}-byte data",
+                f"tensor {name!r} has data offsets {_shown(offsets)} outside the "
+                f"{data_size}-byte data",
             )
         expected = SAFETENSORS_DTYPES[dtype][1] * int(np.prod(shape, dtype=object))
         if offsets[1] - offsets[0] != expected:
@@ -162,10 +189,10 @@ def find_weight_files(model_dir: Path) -> list[Path]:
     ):
         index = model_dir / index_name
         if index.is_file():
+            weight_map = read_json(index, InputError, hint="download the index file again")
             try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-                files = sorted({str(f) for f in weight_map.values()})
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                files = sorted({str(f) for f in weight_map["weight_map"].values()})
+            except (KeyError, TypeError, AttributeError) as exc:
                 raise InputError(f"{index} is not a valid index file ({exc})", path=index) from exc
             resolved = []
             for name in files:

@@ -55,9 +55,19 @@ def load_bin(file: Path) -> dict[str, Any]:
 
 
 def tensor_types(file: Path, state: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Each tensor's safetensors dtype code and shape."""
+    """Each tensor's safetensors dtype code and shape. A tensor whose data would not fit in the
+    file (a view with zero strides: a few bytes that claim terabytes) is refused here, before
+    anything makes it contiguous."""
     types = {}
+    file_size = file.stat().st_size
     for name, tensor in state.items():
+        if hasattr(tensor, "numel") and tensor.numel() * tensor.element_size() > file_size:
+            raise InputError(
+                f"tensor {name!r} in {file.name} claims {tensor.numel() * tensor.element_size()} "
+                f"bytes of data, more than the file's {file_size}",
+                hint="the file is corrupt or crafted: fetch it again from its source",
+                path=file,
+            )
         if not hasattr(tensor, "dtype"):
             continue
         dtype = _DTYPES.get(str(tensor.dtype).removeprefix("torch."))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ggufkit.core.errors import InputError, UsageError, WorkspaceError
-from ggufkit.core.fsutil import write_text_atomic
+from ggufkit.core.fsutil import read_toml, write_text_atomic
 from ggufkit.core.log import get_logger
 from ggufkit.hub import looks_like_repo_id
 
@@ -65,7 +65,9 @@ class WorkspaceConfig:
             return WorkspaceError(f"{path}: {message}", hint=hint, path=path)
 
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = read_toml(
+                path, WorkspaceError
+            )  # refuses fifos, huge and too deeply nested files
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise invalid(
                 f"not valid TOML ({exc})", "fix it, or rewrite it: `ggufkit init SOURCE --force`"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ggufkit import __version__
-from ggufkit.core.errors import InputError, WorkspaceError
+from ggufkit.core.errors import InputError, WorkspaceError, disk_full
 from ggufkit.core.fsutil import locked, read_json, write_json_atomic
 from ggufkit.core.log import get_logger
 
@@ -183,7 +183,16 @@ class Manifest:
     def save(self) -> None:
         self.data["format"] = FORMAT
         self.data["updated"] = now_iso()
-        write_json_atomic(self.path, self.data)
+        try:
+            write_json_atomic(self.path, self.data)
+        except OSError as exc:
+            if (full := disk_full(exc, f"the manifest {self.path}", self.path)) is not None:
+                raise full from exc
+            raise WorkspaceError(
+                f"cannot write the manifest {self.path}: {exc.strerror or exc}",
+                hint="check the workspace folder's permissions, then run again",
+                path=self.path,
+            ) from exc
 
 
 @contextmanager

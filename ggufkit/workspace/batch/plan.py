@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.core.errors import WorkspaceError
+from ggufkit.core.fsutil import read_toml
 from ggufkit.hub import looks_like_repo_id
 from ggufkit.workspace.config import default_name, parse_types
 
@@ -90,7 +91,7 @@ def load_plan(path: str | Path) -> BatchPlan:
     """Read and check a plan file; relative paths are taken from the file's folder."""
     path = Path(path).absolute()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = read_toml(path, WorkspaceError)  # refuses fifos, huge and too deeply nested files
     except FileNotFoundError as exc:
         raise WorkspaceError(f"no plan file {path}", hint="give the path of a batch.toml") from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
