@@ -78,6 +78,20 @@ def _inside(path: Path, folder: Path) -> bool:
     return target.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def stays_inside(ref: str) -> bool:
+    """Whether ``ref``, a path written in a plan or workspace file, names something inside that
+    file's folder: relative, no ``..``, no drive or root (on any OS), not a home (``~``)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if not ref or ref.startswith("~"):
+        return False
+    for flavour in (PurePosixPath, PureWindowsPath):
+        path = flavour(ref)
+        if path.is_absolute() or path.drive or path.root or ".." in path.parts:
+            return False
+    return True
+
+
 def check_output_path(final: Path, *, inputs: tuple[Path, ...] = ()) -> Path:
     """Refuse an output that is a directory or would replace an input: the same file (through
     links, names that differ only in case), or a file inside an input directory."""
