@@ -183,6 +183,51 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+_OWNED_DIR = re.compile(r"(\d+)\.([0-9a-f]{8})-.*")  # <prefix><pid>.<host>-<random>
+
+
+@contextmanager
+def owned_temp_dir(prefix: str, parent: str | Path | None = None) -> Iterator[Path]:
+    """A temporary folder named for this process (``<prefix><pid>.<host>-<random>``), removed on
+    exit; those of the same ``prefix`` whose process is gone (a run killed with SIGKILL) are
+    removed first, on this machine only."""
+    import shutil
+    import tempfile
+
+    where = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    clear_dead_temp_dirs(prefix, where)
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.{host_tag()}-", dir=where))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def clear_dead_temp_dirs(prefix: str, parent: Path) -> list[Path]:
+    """Remove the :func:`owned_temp_dir` folders of ``prefix`` in ``parent`` whose process is gone
+    (or is another process under a reused pid: started after the folder last changed)."""
+    import shutil
+
+    import psutil
+
+    here, removed = host_tag(), []
+    for folder in parent.glob(f"{glob.escape(prefix)}*"):
+        owner = _OWNED_DIR.fullmatch(folder.name[len(prefix) :])
+        if owner is None or owner.group(2) != here or not folder.is_dir():
+            continue
+        try:
+            changed = folder.stat().st_mtime
+            alive = psutil.Process(int(owner.group(1))).create_time() <= changed + 1
+        except psutil.Error:
+            alive = False
+        except OSError:
+            continue
+        if not alive:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 @contextmanager
 def locked(lock_path: str | Path, *, what: str, timeout: float = -1) -> Iterator[None]:
     """Hold an inter-process file lock; ``timeout`` < 0 waits forever."""
