@@ -12,8 +12,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ggufkit.core.partials import host_tag, owned_temp_dir
-
 _PARENT = """
 import sys
 from ggufkit.llamacpp.runner import run_tool
@@ -58,6 +56,8 @@ def test_a_tool_dies_with_ggufkit_killed_by_sigkill(tmp_path: Path) -> None:
 
 
 def test_a_killed_evals_temporary_folder_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    from ggufkit.core.partials import host_tag, owned_temp_dir
+
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               check=True, capture_output=True, text=True)  # fmt: skip
     dead_pid = int(finished.stdout)
