@@ -25,6 +25,9 @@ def defer_chat_templates(llama_cpp: ModuleType) -> None:
     formats.UpstreamJinja2ChatFormatter = upstream
 
     class DeferredChatFormatter:
+        # llama-cpp-python's own formatter looks this up by its module-level class name.
+        IgnoreGenerationTags = getattr(upstream, "IgnoreGenerationTags", None)
+
         def __init__(
             self,
             template: str,
