@@ -119,7 +119,7 @@ def check_output_path(final: Path, *, inputs: tuple[Path, ...] = ()) -> Path:
                 else ""
             )
             raise UsageError(
-                f"output {final} is the input {source.name}: the same file{case}",
+                f"output {final} is the same file as the input {source.name}{case}",
                 hint="choose another -o or --outdir (inputs are never modified)",
             )
     return final
