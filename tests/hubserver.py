@@ -11,7 +11,8 @@ Errors carry the ``X-Error-Code``/``X-Error-Message`` headers huggingface_hub ma
 404 ``RepoNotFound``/``RevisionNotFound``/``EntryNotFound``, 401 ``GatedRepo`` for a gated repo
 without a token, and 401 "Invalid credentials in Authorization header" for an unknown token.
 ``cut(path, after)`` makes the next GET of a file stop after ``after`` bytes (a dropped connection);
-``fail(path, status)`` makes the next GET of a file answer an HTTP error.
+``fail(path, status)`` makes the next GET of a file answer an HTTP error; ``stall()`` makes the
+server accept every connection and never answer (a hung server or proxy), until it stops.
 The upload endpoints (create, preupload, LFS, commit) are in tests/hubupload.py.
 """
 
@@ -87,6 +88,8 @@ class FakeHub:
         self.stored: list[str] = []  # the oids PUT into the store, in order
         self.commits: list[str] = []  # commit summaries, in order
         self._upload_fails: dict[str, int] = {}
+        self.stalled = False
+        self._released = threading.Event()  # set when the server stops: stalled handlers end
 
     # -- set-up -------------------------------------------------------------------------------
     def add_repo(
@@ -112,6 +115,10 @@ class FakeHub:
         """The next GET of ``path`` (any repo) answers ``status``."""
         with self._lock:
             self._fails[path] = status
+
+    def stall(self) -> None:
+        """From now on, accept connections and never answer them."""
+        self.stalled = True
 
     def new_revision(self, repo: FakeRepo, base: str, changes: dict[str, bytes]) -> Revision:
         """``base``'s files with ``changes`` applied, under a new commit sha."""
@@ -162,6 +169,7 @@ class FakeHub:
 
     def stop(self) -> None:
         """Stop listening and hang up kept-alive connections, so the Hub is really gone."""
+        self._released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -194,6 +202,12 @@ class _Handler(UploadEndpoints, BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet test output
         pass
+
+    def handle(self) -> None:
+        if self.fake.stalled:  # read nothing, answer nothing, until the server stops
+            self.fake._released.wait()
+            return
+        super().handle()
 
     def setup(self) -> None:
         super().setup()

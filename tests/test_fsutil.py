@@ -58,7 +58,7 @@ def test_two_writers_of_one_output_keep_their_own_files(tmp_path: Path) -> None:
 def test_leftovers_of_dead_writers_are_removed_by_the_next_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ggufkit.core.fsutil as fsutil
+    import ggufkit.core.partials as fsutil
 
     held = []
     real_locked = fsutil.locked

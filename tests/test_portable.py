@@ -218,7 +218,7 @@ def test_quantize_refuses_an_output_that_is_its_input_on_another_disk(tmp_path: 
     table = TypeTable((QuantType("Q8_0", 7, "", 8.5), QuantType("Q4_0", 2, "", 4.5)), "t")
     with pytest.raises(UsageError, match="differ only in case"):
         plan_outputs(source, [table.types[0]], table)
-    with pytest.raises(UsageError, match="is the input"):
+    with pytest.raises(UsageError, match="same file as the input"):
         plan_outputs(source, [table.types[1]], table, output=tmp_path / "MODEL-Q8_0.gguf")
     assert plan_outputs(source, [table.types[1]], table) == [tmp_path / "model-Q4_0.gguf"]
 

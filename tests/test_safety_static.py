@@ -57,3 +57,21 @@ def test_source_file(path: Path) -> None:
 def test_the_scan_sees_the_package() -> None:
     assert len(SOURCES) > 30
     assert any(func.endswith("torch.load") for p in SOURCES for func, _ in _calls(p))
+
+
+POSIX_ONLY_MODULES = {"resource", "fcntl", "termios", "pwd", "grp", "posix", "tty", "pty"}
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=[str(p.relative_to(PACKAGE)) for p in SOURCES])
+def test_no_posix_only_import_at_module_level(path: Path) -> None:
+    """ggufkit imports on Windows: POSIX-only modules are imported inside the function that
+    needs them, behind a check (e.g. the chat-template child's RLIMIT_AS)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in tree.body:
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module.split(".")[0]]
+        for name in names:
+            assert name not in POSIX_ONLY_MODULES, f"{path.relative_to(PACKAGE)}:{node.lineno}"

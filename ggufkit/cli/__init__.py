@@ -18,6 +18,7 @@ import click
 from ggufkit import __version__
 from ggufkit.core.errors import GGUFKitError, exit_code_for, format_error
 from ggufkit.core.log import setup_logging
+from ggufkit.core.text import printable
 
 # command name -> module under ggufkit.cli
 COMMANDS: dict[str, str] = {
@@ -49,7 +50,7 @@ class CommandFailed(click.ClickException):
     """A GGUFKitError on its way out of click, keeping the error's exit code."""
 
     def __init__(self, error: BaseException) -> None:
-        super().__init__(format_error(error))
+        super().__init__(printable(format_error(error), keep_lines=True))
         self.exit_code = exit_code_for(error)  # type: ignore[misc]  # per error, not per class
 
 

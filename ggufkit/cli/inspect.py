@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import echo_json, json_option
+from ggufkit.core.text import printable
 from ggufkit.evaluate.report import inspect_json, inspect_text
 from ggufkit.formats.gguf_reader import read_gguf
 
@@ -42,7 +43,7 @@ def command(file: Path, tensors: bool, as_json: bool) -> None:
                 legacy.pop("tensors")
             echo_json(legacy)
         else:
-            click.echo(describe_legacy_text(legacy, tensors=tensors))
+            click.echo(printable(describe_legacy_text(legacy, tensors=tensors), keep_lines=True))
         return
     info = read_gguf(file, max_array_items=ARRAY_ITEMS)
     if as_json:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.convert.chat_formats import FORMATS, NAME_RULES, ChatFormat
-from ggufkit.core.errors import UsageError
+from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.log import get_logger
 
 log = get_logger("convert.chat")
@@ -92,9 +92,14 @@ def match_family(model_name: str) -> tuple[str, str] | None:
 
 
 def choose_chat_template(option: str, model_dir: Path, model_name: str) -> ChatTemplateChoice:
-    """Resolve ``--chat-template``: a FastChat NAME, a Jinja FILE, or ``auto``."""
+    """Resolve ``--chat-template``: a FastChat NAME, a Jinja FILE, or ``auto``.
+
+    A template from a file (FILE, or the checkpoint's own) is compiled and test-rendered in a
+    child process under limits (``template_sandbox``) before it is written into a GGUF."""
     if option == AUTO:
-        if checkpoint_template(model_dir) is not None:
+        own = checkpoint_template(model_dir)
+        if own is not None:
+            check_checkpoint_template(own, model_dir)
             return ChatTemplateChoice("checkpoint", "checkpoint", "auto: the checkpoint's own")
         found = match_family(model_name)
         if found is None:
@@ -140,16 +145,30 @@ def file_choice(path: Path) -> ChatTemplateChoice:
 
 
 def check_jinja(text: str, path: Path) -> None:
-    from jinja2 import TemplateSyntaxError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    """``--chat-template FILE``: a valid template that renders a chat within the limits."""
+    from ggufkit.convert.template_sandbox import TemplateLimitError, TemplateSandbox
 
-    try:
-        ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(text)
-    except TemplateSyntaxError as exc:
-        raise UsageError(
-            f"{path} is not a valid Jinja template: {exc}",
-            hint="fix the template, or name a FastChat format with --chat-template",
-        ) from exc
+    with TemplateSandbox(f"the chat template {path}") as sandbox:
+        try:
+            sandbox.test_render(text)
+        except TemplateLimitError:
+            raise
+        except InputError as exc:
+            raise UsageError(exc.message, hint=exc.hint) from exc
+
+
+def check_checkpoint_template(text: str, model_dir: Path) -> None:
+    """``auto``: the checkpoint's own template must render within the limits (a template that
+    Jinja cannot compile is kept, with a warning: llama.cpp has its own template engine)."""
+    from ggufkit.convert.template_sandbox import TemplateLimitError, TemplateSandbox
+
+    with TemplateSandbox(f"the chat template of the checkpoint {model_dir}") as sandbox:
+        try:
+            sandbox.test_render(text)
+        except TemplateLimitError:
+            raise
+        except InputError as exc:
+            log.warning("%s", exc.message)
 
 
 # --- writing ---------------------------------------------------------------------------------

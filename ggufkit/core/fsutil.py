@@ -2,8 +2,10 @@
 
 An output is written under a temporary name in its final directory and renamed only when complete,
 so a crash or Ctrl-C never leaves a half-written file under the final name. The temporary name is
-the writer's own (``NAME.<pid>.<random>.partial``), so two runs writing the same output never
-delete each other's file; what a killed writer left is removed by the next one.
+the writer's own (``NAME.<pid>.<host>.<random>.partial``), so two runs writing the same output
+never delete each other's file; what a killed writer left is removed by the next one, once it is
+proven stale: the writer renews a lease (the partial's mtime) while it writes, and a pid is only
+checked on the machine that wrote it (a shared folder: Ray nodes, containers).
 
 hashlib, shutil and psutil are imported where they are used: ``ggufkit quantize`` goes through
 this module on its way to llama-quantize, and its start-up is part of its overhead.
@@ -12,10 +14,8 @@ this module on its way to llama-quantize, and its start-up is part of its overhe
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,85 +28,99 @@ from ggufkit.core.errors import (
     InputError,
     MemoryShortageError,
     UsageError,
-    WorkspaceError,
+)
+from ggufkit.core.partials import (  # re-exported: one place for every file-system rule
+    PARTIAL_SUFFIX,
+    _heartbeat,
+    _remove,
+    clear_stale_partials,
+    locked,
+    output_lock,
+    partial_path,
+    partials,
+    stale_partials,
 )
 
-PARTIAL_SUFFIX = ".partial"
-_WRITER = re.compile(r"(\d+)\.[0-9a-f]{8}")  # <pid>.<random> between NAME. and .partial
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "clear_stale_partials",
+    "locked",
+    "output_lock",
+    "partial_path",
+    "partials",
+    "stale_partials",
+]
 
 
-def partial_path(final: Path) -> Path:
-    """A temporary name beside ``final`` that is this writer's own: ``NAME.<pid>.<random>.partial``."""
-    return final.with_name(f"{final.name}.{os.getpid()}.{os.urandom(4).hex()}{PARTIAL_SUFFIX}")
+def path_key(path: Path) -> str:
+    """A path as compared on any disk: absolute, normalised, case folded."""
+    return os.path.normcase(os.path.abspath(path)).casefold()
 
 
-def partials(final: Path) -> dict[Path, int | None]:
-    """Every temporary output of ``final`` there is, with its writer's pid (None: the plain
-    ``NAME.partial`` of earlier ggufkit versions)."""
-    found: dict[Path, int | None] = {}
-    legacy = final.with_name(final.name + PARTIAL_SUFFIX)
-    if legacy.exists() or legacy.is_symlink():
-        found[legacy] = None
-    start = len(final.name) + 1
-    for candidate in sorted(final.parent.glob(f"{glob.escape(final.name)}.*{PARTIAL_SUFFIX}")):
-        writer = _WRITER.fullmatch(candidate.name[start : -len(PARTIAL_SUFFIX)])
-        if writer:
-            found[candidate] = int(writer.group(1))
-    return found
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` are (or would be) one file: the same file where both exist
+    (through links), or names that differ only in case, which are one file on case-insensitive
+    disks (the macOS and Windows defaults), so the answer does not depend on where it runs."""
+    with contextlib.suppress(OSError):
+        if os.path.samefile(a, b):
+            return True
+    with contextlib.suppress(OSError, RuntimeError):
+        if path_key(Path(a).resolve()) == path_key(Path(b).resolve()):
+            return True
+    return path_key(a) == path_key(b)
 
 
-def stale_partials(final: Path) -> list[Path]:
-    """The temporary outputs of ``final`` whose writer is gone (killed runs); a live writer's
-    file is never among them."""
-    found = partials(final)
-    if not found:  # the common case
-        return []
-    import psutil
-
-    return [path for path, pid in found.items() if pid is None or not psutil.pid_exists(pid)]
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        target, root = path_key(path.resolve()), path_key(folder.resolve())
+    except (OSError, RuntimeError):
+        return False
+    return target.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def output_lock(final: Path) -> Path:
-    """The lock that guards clearing ``final``'s leftovers (kept under GGUFKIT_HOME, not beside
-    the output, so output folders hold only outputs)."""
-    import hashlib
+def stays_inside(ref: str) -> bool:
+    """Whether ``ref``, a path written in a plan or workspace file, names something inside that
+    file's folder: relative, no ``..``, no drive or root (on any OS), not a home (``~``)."""
+    from pathlib import PurePosixPath, PureWindowsPath
 
-    from ggufkit.core import paths
-
-    key = hashlib.sha256(str(final.absolute()).encode()).hexdigest()[:24]
-    return paths.home() / "locks" / f"output-{key}.lock"
-
-
-def clear_stale_partials(final: Path) -> None:
-    """Remove what killed writers of ``final`` left, under the output's lock."""
-    if not stale_partials(final):  # the common case needs no lock at all
-        return
-    with locked(output_lock(final), what=f"the output {final}"):
-        for leftover in stale_partials(final):
-            _remove(leftover)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    if not ref or ref.startswith("~"):
+        return False
+    for flavour in (PurePosixPath, PureWindowsPath):
+        path = flavour(ref)
+        if path.is_absolute() or path.drive or path.root or ".." in path.parts:
+            return False
+    return True
 
 
 def check_output_path(final: Path, *, inputs: tuple[Path, ...] = ()) -> Path:
-    """Refuse an output that is a directory or one of the inputs."""
+    """Refuse an output that is a directory or would replace an input: the same file (through
+    links, names that differ only in case), or a file inside an input directory."""
     final = Path(final)
     if final.is_dir():
         raise UsageError(
             f"output path {final} is a directory",
             hint="give a file name, e.g. -o " + str(final / "model.gguf"),
         )
-    for source in inputs:
-        if source.exists() and final.exists() and final.resolve() == Path(source).resolve():
+    for source in map(Path, inputs):
+        if source.is_dir():
+            if final.exists() and (
+                _inside(final, source)
+                or any(same_file(final, f) for f in source.iterdir() if f.is_file())
+            ):
+                raise UsageError(
+                    f"output {final} would replace a file of the input {source}",
+                    hint="choose an -o outside it, or a new name (inputs are never modified)",
+                )
+        elif same_file(final, source):
+            case = (
+                " (names that differ only in case are one file on macOS and Windows disks)"
+                if str(final.absolute()) != str(source.absolute())
+                and path_key(final) == path_key(source)
+                else ""
+            )
             raise UsageError(
-                f"output {final} is the same file as the input", hint="choose another -o"
+                f"output {final} is the same file as the input {source.name}{case}",
+                hint="choose another -o or --outdir (inputs are never modified)",
             )
     return final
 
@@ -139,12 +153,15 @@ def atomic_output(final: str | Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     clear_stale_partials(final)
     tmp = partial_path(final)
+    _heartbeat.add(tmp)
     try:
         yield tmp
         replace_file(tmp, final)
     except BaseException:
         _remove(tmp)
         raise
+    finally:
+        _heartbeat.discard(tmp)
 
 
 @contextmanager
@@ -158,6 +175,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     clear_stale_partials(final)
     tmp = partial_path(final)
     tmp.mkdir()
+    _heartbeat.add(tmp)
     try:
         yield tmp
         if final.exists():
@@ -170,6 +188,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _heartbeat.discard(tmp)
 
 
 def write_text_atomic(final: str | Path, text: str) -> Path:
@@ -370,24 +390,3 @@ def sha256_file(path: str | Path, chunk: int = 4 * 1024 * 1024) -> str:
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}", path=path) from exc
     return digest.hexdigest()
-
-
-@contextmanager
-def locked(lock_path: str | Path, *, what: str, timeout: float = -1) -> Iterator[None]:
-    """Hold an inter-process file lock; ``timeout`` < 0 waits forever."""
-    lock_path = Path(lock_path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock, Timeout  # here: its import costs a quantize run ~15 ms
-
-    lock = FileLock(str(lock_path))
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout as exc:
-        raise WorkspaceError(
-            f"{what} is in use by another ggufkit process (lock {lock_path})",
-            hint="wait for it to finish, or remove the lock file if no ggufkit is running",
-        ) from exc
-    try:
-        yield
-    finally:
-        lock.release()

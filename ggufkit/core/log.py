@@ -14,6 +14,15 @@ logger = logging.getLogger("ggufkit")
 _state = {"quiet": False}
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped: names from files reach the terminal as text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from ggufkit.core.text import printable
+
+        return printable(super().format(record), keep_lines=True)
+
+
 def setup_logging(verbosity: int = 0) -> None:
     """verbosity: -1 quiet (warnings only, no progress), 0 info, 1+ debug."""
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
@@ -24,7 +33,9 @@ def setup_logging(verbosity: int = 0) -> None:
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("%(message)s" if verbosity < 1 else "%(levelname)s %(name)s: %(message)s")
+        _PrintableFormatter(
+            "%(message)s" if verbosity < 1 else "%(levelname)s %(name)s: %(message)s"
+        )
     )
     root.addHandler(handler)
     root.propagate = False

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ggufkit.core.errors import UsageError, disk_full
-from ggufkit.core.fsutil import atomic_dir, check_free_disk, human_bytes
+from ggufkit.core.fsutil import atomic_dir, check_free_disk, human_bytes, path_key
 from ggufkit.core.log import get_logger, progress
 from ggufkit.delta.arith import DTYPES, TORCH_NAMES, Dtype
 from ggufkit.delta.source import STYLES, CombinedSource, Style
@@ -229,10 +229,14 @@ def make_delta(
 
 def _check_paths(output: Path, inputs: dict[str, Path]) -> None:
     """Refuse an output that is, holds or lies in an input, or that is someone else's directory."""
-    target = output.resolve()
+    target = path_key(output.resolve())  # case folded, as fsutil.check_output_path compares
     for option, path in inputs.items():
-        source = path.resolve()
-        if target == source or source in target.parents or target in source.parents:
+        source = path_key(path.resolve())
+        if (
+            target == source
+            or target.startswith(source + os.sep)
+            or source.startswith(target + os.sep)
+        ):
             raise UsageError(
                 f"the output {output} would overwrite {option} {path}",
                 hint="write the result to a new directory with -o",

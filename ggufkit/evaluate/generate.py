@@ -12,6 +12,7 @@ from typing import Any
 
 from ggufkit.core.errors import EvaluationError, UsageError
 from ggufkit.core.log import get_logger
+from ggufkit.evaluate.chat_render import limit_chat_templates
 from ggufkit.evaluate.ppl import quiet_llama_logs
 from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.llamacpp.bindings import load_llama_cpp
@@ -222,6 +223,8 @@ def _converse_here(
             results.append(result)
     finally:
         llm.close()
+        if llm._ggufkit_template_sandbox is not None:
+            llm._ggufkit_template_sandbox.close()
     return results
 
 
@@ -276,11 +279,18 @@ def _open(
     }
     if threads:
         kwargs["n_threads"] = kwargs["n_threads_batch"] = threads
+    sandbox = None
     if chat:
         kwargs["chat_format"] = "chat_template.default"  # the GGUF's template, never a guess
+        # Compiled and rendered in a child under limits, never in this process (chat_render).
+        sandbox = limit_chat_templates(model, info.metadata[CHAT_TEMPLATE_KEY])
     try:
-        return llama_cpp.Llama(model_path=str(model), **kwargs), seed
+        llm = llama_cpp.Llama(model_path=str(model), **kwargs)
+        llm._ggufkit_template_sandbox = sandbox  # closed with the model
+        return llm, seed
     except ValueError as exc:
+        if sandbox is not None:
+            sandbox.close()
         raise EvaluationError(
             f"llama.cpp could not load {model}: {exc}",
             hint="check it with `ggufkit inspect`; try a smaller --ctx",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import check_free_disk, sha256_file
 from ggufkit.core.log import get_logger, progress
+from ggufkit.core.partials import owned_temp_dir
 from ggufkit.evaluate import ppl as ppl_mod
 from ggufkit.evaluate.intervals import DEFAULT_MIN_CHUNKS
 from ggufkit.evaluate.results import EvalReport, ModelResult
@@ -187,7 +187,7 @@ def evaluate(
         fill_results(results, sequential)
     steps = len(paths) * (2 if speed else 1) if sequential is None else len(paths) * speed
     with (
-        tempfile.TemporaryDirectory(prefix="ggufkit-eval-", dir=tmp_dir) as work,
+        owned_temp_dir("ggufkit-eval-", tmp_dir) as work,  # a killed run's is cleared next time
         progress(steps, "evaluating", unit="step") as bar,
     ):
         base_file = Path(work) / "baseline.kld"

@@ -12,6 +12,7 @@ from typing import Any
 
 from ggufkit.core.errors import ToolMissingError, UsageError
 from ggufkit.core.fsutil import atomic_output, human_bytes
+from ggufkit.core.text import printable
 from ggufkit.evaluate.results import EvalReport, ModelResult, SpeedResult
 from ggufkit.formats.ggufinfo import ArraySummary, GGUFInfo
 
@@ -23,7 +24,10 @@ MISSING_CELL = "—"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
-    """A Markdown table; ``align`` has one of ``l``/``r`` per column."""
+    """A Markdown table; ``align`` has one of ``l``/``r`` per column; control characters in a
+    cell (a model's name from its file) are shown escaped."""
+    header = [printable(c) for c in header]
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
     widths = [max(w, 3) for w in widths]
 
@@ -281,8 +285,8 @@ def inspect_text(info: GGUFInfo, *, tensors: bool = False) -> str:
             ]
             for t in info.tensors
         ]
-        lines += ["", markdown_table(header, rows, "llrr")]
-    return "\n".join(lines)
+        return "\n".join([*map(printable, lines), "", markdown_table(header, rows, "llrr")])
+    return "\n".join(map(printable, lines))
 
 
 def inspect_json(info: GGUFInfo, *, tensors: bool = False) -> dict[str, Any]:

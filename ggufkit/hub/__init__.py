@@ -16,7 +16,7 @@ from pathlib import Path
 from ggufkit.core.errors import GGUFKitError, InputError, UsageError
 from ggufkit.core.log import get_logger, progress_disabled
 from ggufkit.hub.cache import from_cache
-from ggufkit.hub.errors import translate, unreachable
+from ggufkit.hub.errors import timed_out, translate, unreachable
 from ggufkit.hub.fetch import fetch, listing
 from ggufkit.hub.selection import (
     Selection,
@@ -122,7 +122,8 @@ def download(
             if not unreachable(exc):
                 raise
             log.warning("cannot reach the Hub (%s); looking in the local cache", type(exc).__name__)
-            return from_cache(repo_id, revision, wanted, local_dir, settings, reason="unreachable")
+            reason = "timeout" if timed_out(exc) else "unreachable"
+            return from_cache(repo_id, revision, wanted, local_dir, settings, reason=reason)
         files = wanted.choose(names, f"{repo_id}@{revision or 'main'}")
         return fetch(repo_id, revision, commit, files, local_dir, token, settings)
     except GGUFKitError:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from ggufkit.core.errors import GGUFKitError, HubError, UsageError
 from ggufkit.hub.settings import HubSettings
+from ggufkit.hub.timeouts import hint as timeout_hint
 
 
 def not_cached(
@@ -18,10 +19,30 @@ def not_cached(
             f"offline mode (HF_HUB_OFFLINE) is on and {where} {what} in the cache {settings.cache_dir}",
             hint=f"run `ggufkit download {where.split('@')[0]}` once with network access, or unset HF_HUB_OFFLINE",
         )
+    if reason == "timeout":
+        return HubError(
+            f"the Hub{at(settings)} did not answer and {where} {what} in the cache "
+            f"{settings.cache_dir}",
+            hint=timeout_hint(),
+        )
     return HubError(
         f"cannot reach the Hub{at(settings)} and {where} {what} in the cache {settings.cache_dir}",
         hint="check the network connection (and HF_ENDPOINT if set), then retry",
     )
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a connect, read, write or pool timeout."""
+    import httpx2
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, httpx2.TimeoutException):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def at(settings: HubSettings) -> str:
@@ -105,6 +126,11 @@ def translate(
     if isinstance(exc, hf.HFValidationError):
         return UsageError(
             f"{repo_id!r} or its revision is not valid for the Hub", hint="use owner/name"
+        )
+    if timed_out(exc):
+        return HubError(
+            f"the Hub{at(settings)} did not answer in time while downloading {where}",
+            hint=timeout_hint(),
         )
     if isinstance(exc, httpx2.TransportError):
         return HubError(

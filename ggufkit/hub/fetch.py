@@ -13,6 +13,7 @@ from ggufkit.core.fsutil import human_bytes, locked, sha256_file, write_text_ato
 from ggufkit.core.log import get_logger
 from ggufkit.hub.selection import weight_files
 from ggufkit.hub.settings import HubSettings, ResolvedModel
+from ggufkit.hub.timeouts import install as install_timeouts
 
 log = get_logger("hub")
 
@@ -26,6 +27,7 @@ def listing(
     """The commit sha ``revision`` points to, and the repo's file names at that commit."""
     from huggingface_hub import HfApi
 
+    install_timeouts()
     api = HfApi(endpoint=settings.endpoint, token=token, library_name="ggufkit")
     info = api.model_info(repo_id, revision=revision)
     if not info.sha:
@@ -47,6 +49,7 @@ def fetch(
     from huggingface_hub import ResolvedRevision, snapshot_download
     from huggingface_hub.file_download import repo_folder_name
 
+    install_timeouts()
     log.info("downloading %d files of %s at %s", len(files), repo_id, commit[:12])
     if local_dir is None:
         for name in weight_files(files):

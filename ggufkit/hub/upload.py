@@ -19,9 +19,11 @@ from ggufkit.core.errors import GGUFKitError, HubError, InputError, UsageError
 from ggufkit.core.fsutil import human_bytes
 from ggufkit.core.log import get_logger, progress_disabled
 from ggufkit.formats.gguf_split import split_set
-from ggufkit.hub.errors import at
+from ggufkit.hub.errors import at, timed_out
 from ggufkit.hub.selection import check_repo_id
 from ggufkit.hub.settings import hub_settings
+from ggufkit.hub.timeouts import hint as timeout_hint
+from ggufkit.hub.timeouts import install as install_timeouts
 
 log = get_logger("hub.upload")
 
@@ -138,6 +140,7 @@ def upload(
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
+    install_timeouts()
     api = HfApi(endpoint=hub_settings().endpoint, token=token)
     operations = [CommitOperationAdd(f.path_in_repo, str(f.local)) for f in plan.files]
     if plan.card is not None:
@@ -170,6 +173,11 @@ def _translate(exc: Exception, repo_id: str, revision: str) -> GGUFKitError:
 
     where = at(hub_settings())
     again = "run the same command again: blobs already sent are not sent twice"
+    if timed_out(exc):
+        return HubError(
+            f"the upload to {repo_id}@{revision}{where} timed out: {_short(exc)}",
+            hint=f"{timeout_hint()}; {again}",
+        )
     if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, Exception):
         # huggingface_hub wraps a failed transfer to the file store in a RuntimeError: the
         # store's answer (an expired link, a dropped connection) says nothing about the token.

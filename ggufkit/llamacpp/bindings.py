@@ -23,4 +23,7 @@ def load_llama_cpp() -> ModuleType:
             f"the llama-cpp-python bindings are not importable: {exc}",
             hint="run `ggufkit build` (it installs them against the build, without recompiling)",
         ) from exc
+    from ggufkit.llamacpp.chat_deferred import defer_chat_templates
+
+    defer_chat_templates(llama_cpp)  # no chat template is compiled when a model is opened
     return llama_cpp

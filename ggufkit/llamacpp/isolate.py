@@ -10,6 +10,7 @@ by signal into a :class:`ToolCrashedError` that names the signal.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
@@ -53,10 +54,14 @@ def _child_main(
             conn.send((_ERROR, exc))
         except Exception:  # an exception that does not pickle: send its text instead
             conn.send((_ERROR, EvaluationError(f"{type(exc).__name__}: {exc}")))
-        if not isinstance(exc, GGUFKitError | KeyboardInterrupt):
-            traceback.print_exc()
+        if not isinstance(exc, GGUFKitError | KeyboardInterrupt) and _debug():
+            traceback.print_exc()  # the parent reports the error; the trace only when asked
     finally:
         conn.close()
+
+
+def _debug() -> bool:
+    return os.environ.get("GGUFKIT_DEBUG", "") not in ("", "0")
 
 
 def run_isolated(

@@ -18,6 +18,8 @@ from ggufkit.core import paths
 from ggufkit.core.errors import InputError, ToolFailedError
 from ggufkit.core.log import get_logger
 from ggufkit.llamacpp.crash import crash_error, signal_of
+from ggufkit.llamacpp.lifeline import Lifeline
+from ggufkit.llamacpp.lifeline import popen_options as lifeline_options
 
 log = get_logger("llamacpp.runner")
 
@@ -58,12 +60,15 @@ def run_tool(
     log_path: Path | None = None,
     hint: str | None = None,
     merge_stderr: bool = False,
+    die_with_parent: bool = True,
 ) -> ToolResult:
     """Run ``args`` (never through a shell), streaming its diagnostics to a log and ``on_line``.
 
     Without ``merge_stderr`` stdout is kept apart (tools print results there) and stderr lines are
     streamed; with it both streams are one (e.g. ninja prints progress on stdout). A non-zero exit
-    raises :class:`ToolFailedError` with the last lines and the log path.
+    raises :class:`ToolFailedError` with the last lines and the log path. With
+    ``die_with_parent`` (the default) the tool is killed if this process dies, SIGKILL included
+    (:mod:`ggufkit.llamacpp.lifeline`: one small watcher process per tool on POSIX).
     """
     argv = [str(a) for a in args]
     log_path = log_path or new_log_path(Path(argv[0]).name)
@@ -85,7 +90,9 @@ def run_tool(
             errors="replace",
             env={**os.environ, **(env or {})},
             cwd=cwd,
+            **(lifeline_options() if die_with_parent else {}),
         )
+        lifeline = Lifeline(process) if die_with_parent else None
         reader = None
         if not merge_stderr:
             # stdout holds results; read it in a thread so a full pipe cannot deadlock the tool.
@@ -113,6 +120,9 @@ def run_tool(
             process.kill()
             process.wait()
             raise
+        finally:
+            if lifeline is not None:
+                lifeline.release()
         stdout = "".join(stdout_parts)
         if stdout and not merge_stderr:
             log_file.write("--- stdout ---\n" + stdout)

@@ -14,7 +14,6 @@ without ``.gguf`` and without a trailing precision such as ``-f16``/``-bf16``/``
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ggufkit.core.errors import DiskSpaceError, GGUFFormatError, QuantizeError, UsageError
-from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path, human_bytes
+from ggufkit.core.fsutil import (
+    atomic_output,
+    check_free_disk,
+    check_output_path,
+    human_bytes,
+    path_key,
+    same_file,  # noqa: F401 (tests and callers use quantize.same_file)
+)
 from ggufkit.core.log import get_logger, progress
 from ggufkit.formats.gguf_reader import check_gguf
 from ggufkit.formats.gguf_split import SplitLimits, shards_named_like, split_set
@@ -90,19 +96,6 @@ def list_types() -> TypeTable:
     return binary_engine().table()
 
 
-def _fold(path: Path) -> str:
-    return os.path.normcase(os.path.abspath(path)).casefold()
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """True when ``a`` and ``b`` are (or would be) one file: the same inode where both exist,
-    or names that differ only in case, which are one file on case-insensitive disks (the macOS
-    and Windows defaults), so the answer does not depend on where the files are."""
-    if a.exists() and b.exists() and os.path.samefile(a, b):
-        return True
-    return _fold(a) == _fold(b)
-
-
 def check_input(source: Path) -> GGUFInfo:
     """A GGUF that llama.cpp can read on this machine, with tensors to quantize."""
     info = check_gguf(source)
@@ -156,14 +149,8 @@ def plan_outputs(
             raise UsageError(f"--outdir {folder} is a file, not a directory")
         targets = [folder / output_name(source, t.name, table.names) for t in types]
     for target in targets:
-        check_output_path(target, inputs=(source,))
-        if same_file(target, source):
-            raise UsageError(
-                f"output {target} is the input file {source.name} (names that differ only in "
-                "case are one file on macOS and Windows disks)",
-                hint="choose another -o or --outdir",
-            )
-    if len({_fold(t) for t in targets}) != len(targets):
+        check_output_path(target, inputs=(source,))  # links and case folding included
+    if len({path_key(t) for t in targets}) != len(targets):
         raise UsageError("two types would be written to the same file", hint="use --outdir")
     return targets
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ggufkit.core.errors import InputError, UsageError, WorkspaceError
-from ggufkit.core.fsutil import read_toml, write_text_atomic
+from ggufkit.core.fsutil import read_toml, stays_inside, write_text_atomic
 from ggufkit.core.log import get_logger
 from ggufkit.hub import looks_like_repo_id
 
@@ -81,6 +81,16 @@ class WorkspaceConfig:
             value = data.get(key, "" if key in ("source", "name") else None)
             if value is not None and not (isinstance(value, str) and value.strip()):
                 raise invalid(f"`{key}` must be a non-empty string", f'e.g. {key} = "..."')
+        if default_name(data["name"]) != data["name"]:
+            raise invalid(
+                f"`name` {data['name']!r} is not a plain file name",
+                "use letters, digits, . _ - (outputs are named <name>-<TYPE>.gguf)",
+            )
+        if "outdir" in data and not stays_inside(data["outdir"]):
+            raise invalid(
+                f"`outdir` {data['outdir']!r} is not a folder inside the workspace",
+                'give a relative path without "..", e.g. outdir = "out"',
+            )
         types = data.get("types", ["q4_0"])
         if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
             raise invalid("`types` must be a list of strings", 'e.g. types = ["q4_0", "q8_0"]')
@@ -158,6 +168,11 @@ def init_workspace(
     if default_name(name) != name:
         raise UsageError(
             f"--name {name!r} is not a plain file name", hint="use letters, digits, . _ -"
+        )
+    if not stays_inside(outdir):
+        raise UsageError(
+            f"--outdir {outdir!r} is not a folder inside the workspace",
+            hint='give a relative path without "..", e.g. --outdir out',
         )
     config = WorkspaceConfig(
         source=source,

@@ -9,7 +9,12 @@ Example::
     source = "owner/model"        # a Hub id, or a directory relative to this file
     name = "model"                # optional: the file names (default: the source's last part)
     delta_base = "owner/base"     # optional: `source` is a delta added to this base
-    chat_template = "vicuna_v1.1" # optional: as `ggufkit convert --chat-template`
+    chat_template = "vicuna_v1.1" # optional: as `ggufkit convert --chat-template`, a file
+                                  # relative to this file
+
+Files the plan names (chat templates, corpora) and `outdir` stay inside the plan's folder:
+relative paths, taken from it, without "..". A plan cannot read the token in your home or
+write outside its folder. Model sources may be any directory or Hub id.
 
     [imatrix]                     # optional: an importance matrix used by every quantize
     corpus = "calibration.txt"    # default: the embedded calibration text
@@ -33,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.core.errors import WorkspaceError
-from ggufkit.core.fsutil import read_toml
+from ggufkit.core.fsutil import read_toml, stays_inside
 from ggufkit.hub import looks_like_repo_id
 from ggufkit.workspace.config import default_name, parse_types
 
@@ -126,7 +131,7 @@ def parse_plan(data: dict[str, Any], path: Path) -> BatchPlan:
         publish = PublishTarget(publish["repo"], bool(publish.get("private", False)))
     return BatchPlan(
         path=path,
-        outdir=here / str(data.get("outdir", "out")),
+        outdir=inside(str(data.get("outdir", "out")), here, "outdir", invalid),
         models=models,
         types=parse_types(",".join(types)),
         outtype=str(data.get("outtype", "f16")).lower(),
@@ -169,9 +174,41 @@ def _model(entry: dict[str, Any], here: Path, invalid: Any) -> ModelSpec:
         source=source,
         name=name,
         delta_base=where(base) if base else None,
-        chat_template=entry.get("chat_template"),
+        chat_template=_chat_template(entry.get("chat_template"), here, invalid),
         revision=entry.get("revision"),
     )
+
+
+def inside(ref: str, here: Path, what: str, invalid: Any) -> Path:
+    """``ref`` from the plan, taken from the plan's folder; a path out of it (absolute, ``..``,
+    a link that leads out) is refused: a plan names only files beside it."""
+    if not stays_inside(ref):
+        raise invalid(
+            f"{what} {ref!r} is not inside the plan's folder {here}",
+            'give a path relative to the plan, without "..": a plan names only files beside it '
+            "(pass other files on the command line)",
+        )
+    path = here / ref
+    try:
+        path.resolve().relative_to(here.resolve())
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise invalid(f"{what} {ref!r} leads out of the plan's folder {here}", "fix it") from exc
+    return path.absolute()
+
+
+def _chat_template(value: str | None, here: Path, invalid: Any) -> str | None:
+    """A FastChat name or ``auto`` as given; a Jinja file from the plan's folder."""
+    from ggufkit.convert.chat_formats import FORMATS
+
+    if value is None or value == "auto" or value in FORMATS:
+        return value
+    path = inside(value, here, "[[models]] chat_template", invalid)
+    if not path.is_file():
+        raise invalid(
+            f"[[models]] chat_template {value!r}: no such file beside the plan",
+            f"use auto, one of {', '.join(FORMATS)}, or a Jinja file relative to the plan",
+        )
+    return str(path)
 
 
 def _settings(data: dict[str, Any], key: str, here: Path, invalid: Any) -> StepSettings:
@@ -184,7 +221,7 @@ def _settings(data: dict[str, Any], key: str, here: Path, invalid: Any) -> StepS
         if name not in ("enabled", "corpus", "ctx", "chunks"):
             raise invalid(f"[{key}]: unknown key {name!r}", "known: enabled, corpus, ctx, chunks")
     corpus = table.get("corpus")
-    if corpus is not None and not (here / str(corpus)).is_file():
+    if corpus is not None and not inside(str(corpus), here, f"[{key}] corpus", invalid).is_file():
         raise invalid(f"[{key}] corpus {corpus} does not exist", "fix the path")
     for number in ("ctx", "chunks"):
         value = table.get(number)
@@ -192,7 +229,9 @@ def _settings(data: dict[str, Any], key: str, here: Path, invalid: Any) -> StepS
             raise invalid(f"[{key}] {number} must be a positive integer")
     return StepSettings(
         enabled=bool(table.get("enabled", True)),
-        corpus=(here / str(corpus)).absolute() if corpus is not None else None,
+        corpus=inside(str(corpus), here, f"[{key}] corpus", invalid)
+        if corpus is not None
+        else None,
         ctx=int(table.get("ctx", 512)),
         chunks=table.get("chunks"),
     )

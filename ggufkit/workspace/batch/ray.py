@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ggufkit.core.errors import GGUFKitError, UsageError
+from ggufkit.core.errors import GGUFKitError, UsageError, WorkspaceError
 from ggufkit.core.log import get_logger
 from ggufkit.workspace.batch.execute import StepOutcome, execute
 from ggufkit.workspace.batch.graph import Step
@@ -83,7 +83,14 @@ def run_ray(
 ) -> list[StepOutcome]:
     """Submit every step to the cluster at ``address`` and wait for all of them."""
     ray = _import_ray()
-    ray.init(address=address, log_to_driver=True, configure_logging=False)
+    try:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    except Exception as exc:  # unreachable, stalled, or not a Ray cluster
+        raise WorkspaceError(
+            f"cannot join the Ray cluster at {address}: {type(exc).__name__}: {exc}",
+            hint="check the address (`ray status` on the head node); a head that does not answer "
+            "fails after RAY_gcs_server_request_timeout_seconds (default 60) per try",
+        ) from exc
     try:
         largest = max(
             (n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")), default=1
