@@ -37,7 +37,8 @@ from ggufkit.core.fsutil import human_bytes
     choices=["auto", "native", "upstream"],
     default="auto",
     help="native: ggufkit's streaming converter; upstream: the pinned convert_hf_to_gguf.py; "
-    "auto: native where registered, else upstream.",
+    "auto: native where it can take the checkpoint, else upstream (saying why). In a "
+    "workspace it overrides ggufkit.toml's `engine` for this run.",
 )
 @path_option(
     "--delta-base", kind="dir", help="MODEL is a delta: add it to this base model while converting."
@@ -102,8 +103,9 @@ def command(
 
     \b
     Architectures (what the tests prove, on tiny models built locally):
-        native    LlamaForCausalLM (LLaMA-1/2, Vicuna, Chimera), BloomForCausalLM
-                  (BLOOM, BLOOMZ, Phoenix): logits, tokenizer, tensors = upstream's
+        native    LlamaForCausalLM (LLaMA-1/2, Vicuna, Chimera: sentencepiece; Llama 3,
+                  SmolLM: byte-level BPE), BloomForCausalLM (BLOOM, BLOOMZ,
+                  Phoenix): logits, tokenizer, tensors = upstream's
         upstream  FalconForCausalLM, Glm4ForCausalLM (GLM-4), MiniCPM3ForCausalLM:
                   logits and tokenizer, with tokenizers upstream has never seen;
                   any other class the pinned convert_hf_to_gguf.py knows: not proven
@@ -141,7 +143,12 @@ def command(
                 "come from ggufkit.toml when MODEL is left out, and --chat-template needs MODEL",
                 hint="edit ggufkit.toml, or give MODEL",
             )
-        step = Workspace.require().convert(force=force, engine=engine, threads=threads)
+        engine_given = click.get_current_context().get_parameter_source("engine")
+        step = Workspace.require().convert(
+            force=force,
+            engine=engine if engine_given == ParameterSource.COMMANDLINE else None,
+            threads=threads,
+        )
         echo_result(step, as_json, lambda s: s.describe())
         return
     from ggufkit.convert import convert

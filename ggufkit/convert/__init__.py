@@ -38,7 +38,7 @@ from ggufkit.convert.chat_templates import (
 from ggufkit.convert.provenance import add_general_metadata, add_provenance
 from ggufkit.convert.split import write_split
 from ggufkit.convert.writer import write_gguf
-from ggufkit.core.errors import InputError, UsageError
+from ggufkit.core.errors import NativeUnsupportedError, UsageError
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path
 from ggufkit.core.log import get_logger, progress
 from ggufkit.formats.gguf_split import SplitLimits, shards_named_like
@@ -168,20 +168,24 @@ def convert(
     hf_arch = architecture(config, model_dir / "config.json")
 
     converter_cls = converter_for(hf_arch) if engine != "upstream" else None
+    fallback = _native_refusal(converter_cls, model_dir, config, engine, hf_arch)
+    if fallback is not None:
+        converter_cls = None
     use_upstream = converter_cls is None and engine != "native" and _upstream_supports(hf_arch)
     if converter_cls is None and not use_upstream:
         raise unsupported(hf_arch, upstream_too=engine != "native")
+    why = f" ({fallback})" if fallback else ""
     if pre_tokenizer is not None and (
         use_upstream or converter_cls is None or not converter_cls.accepts_pre_tokenizer
     ):
         raise UsageError(
             f"--pre-tokenizer applies to natively converted byte-level BPE models; {hf_arch} "
-            "is not one",
+            f"is not one{why}",
             hint="leave --pre-tokenizer out",
         )
     if use_upstream and base_dir is not None:
         raise UsageError(
-            f"--delta-base needs a natively supported architecture; {hf_arch} is not one",
+            f"--delta-base needs a natively supported architecture; {hf_arch} is not one{why}",
             hint="merge first with `ggufkit merge-delta`, then convert the merged directory",
         )
 
@@ -198,10 +202,14 @@ def convert(
 
     phases: dict[str, float] = {}
     if use_upstream:
-        n_tensors, n_bytes, source_bytes, gguf_arch, notes = _convert_upstream(
+        from ggufkit.convert.upstream import convert_upstream  # loaded only when needed
+
+        n_tensors, n_bytes, source_bytes, gguf_arch, notes = convert_upstream(
             model_dir, out, outtype, chat
         )
         engine_used = "upstream"
+        if fallback is not None:
+            notes.insert(0, f"auto engine: {fallback}; converted through upstream")
         if split is not None:
             out = _split_upstream_output(out, split)
     else:
@@ -235,6 +243,31 @@ def _is_legacy_file(model: str | Path) -> bool:
     from ggufkit.convert.legacy import is_legacy_file
 
     return is_legacy_file(model)
+
+
+def _native_refusal(
+    converter_cls: type[ModelConverter] | None,
+    model_dir: Path,
+    config: dict[str, Any],
+    engine: str,
+    hf_arch: str,
+) -> str | None:
+    """Why the native converter cannot take the checkpoint, when ``auto`` falls back to upstream
+    for it (None: native takes it). With ``native``, or no upstream converter, it raises."""
+    if converter_cls is None:
+        return None
+    try:
+        converter_cls.check_native(model_dir, config)
+    except NativeUnsupportedError as exc:
+        if engine == "native" or not _upstream_supports(hf_arch):
+            exc.hint = exc.hint or (
+                'convert with --engine upstream (in a workspace: engine = "upstream" in '
+                "ggufkit.toml)"
+            )
+            raise
+        log.info("native engine: %s; converting through the pinned upstream converter", exc)
+        return f"the native engine cannot take it: {exc}"
+    return None
 
 
 def _upstream_supports(hf_arch: str) -> bool:
@@ -361,30 +394,3 @@ def _split_upstream_output(out: Path, split: SplitLimits) -> Path:
 
 def _first_shard(out: Path) -> Path:
     return shards_named_like(out, "00001")[0]
-
-
-def _convert_upstream(
-    model_dir: Path, out: Path, outtype: str, chat: ChatTemplateChoice
-) -> tuple[int, int, int, str, list[str]]:
-    qtype = OUTTYPES[outtype]
-    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    with Checkpoint.open(model_dir) as checkpoint:
-        infos = checkpoint.infos()
-        source_bytes = sum(i.n_bytes for i in infos)
-        expected = sum(i.n_elements * type_size // block for i in infos)
-    check_free_disk(out, expected)
-    from ggufkit.convert.upstream import run_upstream
-
-    with atomic_output(out) as partial:
-        notes = run_upstream(
-            model_dir, partial, outtype=outtype, expected_bytes=expected, chat=chat
-        )
-        try:
-            reader = gguf.GGUFReader(partial)
-            field = reader.fields["general.architecture"]
-            gguf_arch = bytes(field.parts[field.data[0]]).decode("utf-8")
-            n_tensors = len(reader.tensors)
-        except (KeyError, ValueError, IndexError) as exc:
-            raise InputError(f"the upstream converter wrote an unreadable file: {exc}") from exc
-    notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")
-    return n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes

@@ -1,6 +1,7 @@
 """The upstream engine: the pinned llama.cpp ``convert_hf_to_gguf.py`` with its own gguf-py.
 
-Used for architectures ggufkit has no converter for. The PyPI ``gguf`` does not work with that
+Used for architectures ggufkit has no converter for, and by ``auto`` for checkpoints the native
+converter cannot take. The PyPI ``gguf`` does not work with that
 script (it lacks ``LazyChunkedTensor``), so it runs in a child process (``_upstream_child.py``)
 that puts the pinned gguf-py first and gives upstream ggufkit's answers where upstream would stop
 or be wrong: the pre-tokenizer of a BPE tokenizer whose hash upstream does not list (derived
@@ -10,7 +11,9 @@ from tokenizer.json as for native BLOOM), Falcon's multi-query head count, the c
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+import os
 import re
 import sys
 import tempfile
@@ -18,15 +21,29 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import gguf
+
+from ggufkit.convert.base import OUTTYPES
 from ggufkit.convert.chat_templates import ChatTemplateChoice, child_settings
-from ggufkit.core.errors import GGUFKitError, ToolFailedError, ToolMissingError
+from ggufkit.core.errors import (
+    GGUFFormatError,
+    GGUFKitError,
+    InputError,
+    ToolFailedError,
+    ToolMissingError,
+)
+from ggufkit.core.fsutil import atomic_output, check_free_disk
 from ggufkit.core.log import get_logger, progress
+from ggufkit.formats.gguf_reader import check_gguf
+from ggufkit.formats.safetensors import Checkpoint
 from ggufkit.llamacpp.runner import run_tool
 from ggufkit.llamacpp.source import ensure_source
 
 log = get_logger("convert.upstream")
 
 SCRIPT = "convert_hf_to_gguf.py"
+# The child's request for the derived pre-tokenizer (it then waits for the answer file).
+NEED_PRE_TOKENIZER = "ggufkit-request: pre-tokenizer"
 
 
 def _source() -> Path:
@@ -65,13 +82,13 @@ def upstream_supports(hf_arch: str) -> bool:
 
 
 def _check_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
+    """torch is the child's import: here only whether it is installed (importing it costs
+    seconds)."""
+    if importlib.util.find_spec("torch") is None:
         raise ToolMissingError(
             "the upstream converter needs torch, which is not installed",
             hint="pip install 'ggufkit[torch]'",
-        ) from exc
+        )
 
 
 def derived_pre_tokenizer(model_dir: Path) -> str | None:
@@ -112,14 +129,14 @@ def run_upstream(
     """
     _check_torch()
     source = _source()
-    settings: dict[str, Any] = {
-        "source": str(source),
-        "pre_tokenizer": derived_pre_tokenizer(model_dir),
-    }
-    if chat is not None:
-        settings |= child_settings(chat)
     notes = [chat.note()] if chat is not None else []
     with tempfile.TemporaryDirectory(prefix="ggufkit-upstream-") as tmp:
+        # The derived pre-tokenizer is worked out only if the child asks (upstream does not
+        # know the tokenizer's hash): most conversions never need it.
+        answer_file = Path(tmp) / "pre_tokenizer.txt"
+        settings: dict[str, Any] = {"source": str(source), "pre_tokenizer_file": str(answer_file)}
+        if chat is not None:
+            settings |= child_settings(chat)
         settings_file = Path(tmp) / "settings.json"
         settings_file.write_text(json.dumps(settings), encoding="utf-8")
         args = [
@@ -132,19 +149,34 @@ def run_upstream(
             "--outtype",
             outtype,
         ]
-        _run(args, model_dir, out_file, expected_bytes, notes)
+        _run(args, model_dir, out_file, expected_bytes, notes, source, answer_file)
     return notes
 
 
+def answer_pre_tokenizer(model_dir: Path, answer_file: Path) -> None:
+    """Write the derived pre-tokenizer name ("" for none) where the waiting child reads it."""
+    partial = answer_file.with_suffix(".partial")
+    partial.write_text(derived_pre_tokenizer(model_dir) or "", encoding="utf-8")
+    os.replace(partial, answer_file)
+
+
 def _run(
-    args: list[str], model_dir: Path, out_file: Path, expected_bytes: int, notes: list[str]
+    args: list[str],
+    model_dir: Path,
+    out_file: Path,
+    expected_bytes: int,
+    notes: list[str],
+    source: Path,
+    answer_file: Path,
 ) -> None:
     # PYTHONPATH comes before site-packages, so the pinned gguf-py wins over the PyPI one.
-    env = {"PYTHONPATH": str(_source() / "gguf-py")}
+    env = {"PYTHONPATH": str(source / "gguf-py")}
     done = threading.Event()
 
     def on_line(line: str) -> None:
-        if line.startswith("ggufkit: "):  # the child's own remarks
+        if line.strip() == NEED_PRE_TOKENIZER:
+            answer_pre_tokenizer(model_dir, answer_file)
+        elif line.startswith("ggufkit: "):  # the child's own remarks
             notes.append(line.removeprefix("ggufkit: ").strip())
 
     with progress(expected_bytes or None, f"converting {model_dir.name} (upstream)") as bar:
@@ -175,3 +207,29 @@ def _run(
         finally:
             done.set()
             watcher.join()
+
+
+def convert_upstream(
+    model_dir: Path, out: Path, outtype: str, chat: ChatTemplateChoice
+) -> tuple[int, int, int, str, list[str]]:
+    """Convert with the pinned converter into ``out`` (atomically); returns the tensor count,
+    the file's size, the source's bytes, llama.cpp's architecture name and notes."""
+    qtype = OUTTYPES[outtype]
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    with Checkpoint.open(model_dir) as checkpoint:
+        infos = checkpoint.infos()
+        source_bytes = sum(i.n_bytes for i in infos)
+        expected = sum(i.n_elements * type_size // block for i in infos)
+    check_free_disk(out, expected)
+    with atomic_output(out) as partial:
+        notes = run_upstream(
+            model_dir, partial, outtype=outtype, expected_bytes=expected, chat=chat
+        )
+        # The header alone (metadata arrays walked, not decoded): no pass over the tensor data.
+        try:
+            info = check_gguf(partial)
+            gguf_arch, n_tensors = str(info.metadata["general.architecture"]), len(info.tensors)
+        except (GGUFFormatError, KeyError) as exc:
+            raise InputError(f"the upstream converter wrote an unreadable file: {exc}") from exc
+    notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")
+    return n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes

@@ -10,6 +10,7 @@ Example::
     name = "model"                # optional: the file names (default: the source's last part)
     delta_base = "owner/base"     # optional: `source` is a delta added to this base
     chat_template = "vicuna_v1.1" # optional: as `ggufkit convert --chat-template`
+    engine = "upstream"           # optional: auto (default), native or upstream
 
     [imatrix]                     # optional: an importance matrix used by every quantize
     corpus = "calibration.txt"    # default: the embedded calibration text
@@ -34,9 +35,9 @@ from typing import Any
 
 from ggufkit.core.errors import WorkspaceError
 from ggufkit.hub import looks_like_repo_id
-from ggufkit.workspace.config import default_name, parse_types
+from ggufkit.workspace.config import ENGINES, default_name, parse_types
 
-_MODEL_KEYS = ("source", "name", "delta_base", "chat_template", "revision")
+_MODEL_KEYS = ("source", "name", "delta_base", "chat_template", "revision", "engine")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ModelSpec:
     delta_base: str | None = None
     chat_template: str | None = None
     revision: str | None = None
+    engine: str | None = None  # None: auto
 
     @property
     def from_hub(self) -> bool:
@@ -164,12 +166,16 @@ def _model(entry: dict[str, Any], here: Path, invalid: Any) -> ModelSpec:
     if default_name(name) != name:
         raise invalid(f"model name {name!r} is not a plain file name", "use letters, digits, . _ -")
     base = entry.get("delta_base")
+    engine = entry.get("engine")
+    if engine is not None and engine not in ENGINES:
+        raise invalid(f"[[models]] engine {engine!r} is unknown", f"choose {', '.join(ENGINES)}")
     return ModelSpec(
         source=source,
         name=name,
         delta_base=where(base) if base else None,
         chat_template=entry.get("chat_template"),
         revision=entry.get("revision"),
+        engine=engine,
     )
 
 
