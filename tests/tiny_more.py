@@ -159,8 +159,16 @@ def _llama_bpe_tokenizer(out_dir: Path, style: str, vocab_size: int) -> Any:
     a Sequence[ByteLevel, TemplateProcessing] post-processor. ``smollm``: ByteLevel with the GPT-2
     regex, specials first, a ByteLevel post-processor (no BOS), ChatML. Both add ``<think>`` as a
     plain (not special) added token. Saved as transformers writes it; returns the fast tokenizer."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     llama3 = style == "llama3"

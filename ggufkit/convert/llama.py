@@ -35,6 +35,7 @@ def rotary_row_order(n_rows: int, n_head: int) -> np.ndarray:
 
 
 ROPE_TYPES = ("default", "linear", "yarn", "llama3", "dynamic")
+YARN_EXTRAS = ("extrapolation_factor", "attention_factor", "attn_factor", "beta_fast", "beta_slow")
 # Upstream writes add_bos_token = false for a LLaMA whose vocab has this size (Granite's small
 # models; SmolLM's vocab has it too), whatever the tokenizer says.
 NO_BOS_VOCAB_SIZE = 49152
@@ -82,11 +83,17 @@ class LlamaConverter(ModelConverter):
 
     @classmethod
     def check_native(cls, model_dir: Path, config: dict[str, Any]) -> None:
-        kind = rope_settings(config)["rope_type"]
+        rope = rope_settings(config)
+        kind = rope["rope_type"]
         if kind not in ROPE_TYPES:
             raise NativeUnsupportedError(
                 f"{model_dir / 'config.json'}: rope type {kind!r} is not implemented natively "
                 f"(native: {', '.join(ROPE_TYPES)})"
+            )
+        tuned = [key for key in YARN_EXTRAS if kind == "yarn" and rope.get(key) is not None]
+        if tuned:
+            raise NativeUnsupportedError(
+                f"{model_dir / 'config.json'}: YaRN's {', '.join(tuned)} are not written natively"
             )
         for key, what in (
             ("quantization_config", "a pre-quantized checkpoint"),
