@@ -245,9 +245,7 @@ class Workspace:
         ``quantize`` runs first does not redo it with another engine), else auto."""
         toml = self.config.engine
         if given is not None and toml is not None and given != toml:
-            log.info(
-                "--engine %s overrides %s's engine = %s for this run", given, CONFIG_NAME, toml
-            )
+            log.info("--engine %s overrides ggufkit.toml's engine = %s for this run", given, toml)
         if given is not None or toml is not None:
             return str(given or toml)
         record = (manifest or Manifest.load(self.manifest_path)).get(self.built(self.f16_path))
