@@ -246,7 +246,7 @@ def test_check_text_and_hashes_match_the_pinned_upstream(pinned_source: Path) ->
         re.findall(r'chkhsh == "([0-9a-f]{64})":\n(?:\s*#.*\n)*\s*res = "([^"]+)"', source)
     )
     # All of upstream's, less those llama.cpp's BPE vocabulary does not accept (BERT-style).
-    assert KNOWN_HASHES == {h: n for h, n in upstream.items() if n in LLAMA_CPP_PRE_NAMES}
+    assert {h: n for h, n in upstream.items() if n in LLAMA_CPP_PRE_NAMES} == KNOWN_HASHES
     assert {"llama-bpe", "smollm", "gpt-2", "bloom"} <= set(KNOWN_HASHES.values())
 
 
