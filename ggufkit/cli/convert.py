@@ -151,11 +151,11 @@ def command(
         )
         echo_result(step, as_json, lambda s: s.describe())
         return
-    from ggufkit.convert import convert
-    from ggufkit.convert.legacy import is_legacy_file
+    from ggufkit.convert import convert, is_legacy_file
 
     if (
-        is_legacy_file(model)
+        Path(model).is_file()  # a directory or Hub id loads nothing of the legacy converter
+        and is_legacy_file(model)
         and click.get_current_context().get_parameter_source("outtype")
         == ParameterSource.COMMANDLINE
     ):

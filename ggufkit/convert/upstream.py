@@ -15,15 +15,13 @@ import importlib.util
 import json
 import os
 import re
+import struct
 import sys
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-import gguf
-
-from ggufkit.convert.base import OUTTYPES
 from ggufkit.convert.chat_templates import ChatTemplateChoice, child_settings
 from ggufkit.core.errors import (
     GGUFFormatError,
@@ -34,8 +32,6 @@ from ggufkit.core.errors import (
 )
 from ggufkit.core.fsutil import atomic_output, check_free_disk
 from ggufkit.core.log import get_logger, progress
-from ggufkit.formats.gguf_reader import check_gguf
-from ggufkit.formats.safetensors import Checkpoint
 from ggufkit.llamacpp.runner import run_tool
 from ggufkit.llamacpp.source import ensure_source
 
@@ -122,10 +118,12 @@ def run_upstream(
     outtype: str,
     expected_bytes: int,
     chat: ChatTemplateChoice | None = None,
+    phases: dict[str, float] | None = None,
 ) -> list[str]:
     """Run the upstream converter writing ``out_file``; returns notes for the result.
 
-    A progress bar follows the file's size.
+    A progress bar follows the file's size. ``phases["upstream"]`` receives the child's lifetime
+    (the rest of a conversion's time is ggufkit's own).
     """
     _check_torch()
     source = _source()
@@ -149,7 +147,9 @@ def run_upstream(
             "--outtype",
             outtype,
         ]
-        _run(args, model_dir, out_file, expected_bytes, notes, source, answer_file)
+        seconds = _run(args, model_dir, out_file, expected_bytes, notes, source, answer_file)
+    if phases is not None:
+        phases["upstream"] = seconds
     return notes
 
 
@@ -168,7 +168,8 @@ def _run(
     notes: list[str],
     source: Path,
     answer_file: Path,
-) -> None:
+) -> float:
+    """Run the child; returns its lifetime (spawn to reap) in seconds."""
     # PYTHONPATH comes before site-packages, so the pinned gguf-py wins over the PyPI one.
     env = {"PYTHONPATH": str(source / "gguf-py")}
     done = threading.Event()
@@ -193,14 +194,14 @@ def _run(
         watcher = threading.Thread(target=follow, daemon=True)
         watcher.start()
         try:
-            run_tool(
+            return run_tool(
                 args,
                 what=f"the upstream converter ({SCRIPT})",
                 env=env,
                 merge_stderr=True,
                 on_line=on_line,
                 hint="see the log; this architecture may need a newer llama.cpp than the pinned one",
-            )
+            ).seconds
         except ToolFailedError:
             out_file.unlink(missing_ok=True)
             raise
@@ -210,12 +211,17 @@ def _run(
 
 
 def convert_upstream(
-    model_dir: Path, out: Path, outtype: str, chat: ChatTemplateChoice
+    model_dir: Path,
+    out: Path,
+    outtype: str,
+    chat: ChatTemplateChoice,
+    phases: dict[str, float] | None = None,
 ) -> tuple[int, int, int, str, list[str]]:
     """Convert with the pinned converter into ``out`` (atomically); returns the tensor count,
     the file's size, the source's bytes, llama.cpp's architecture name and notes."""
-    qtype = OUTTYPES[outtype]
-    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    from ggufkit.formats.safetensors import Checkpoint
+
+    block, type_size = _TYPE_SIZES[outtype]
     with Checkpoint.open(model_dir) as checkpoint:
         infos = checkpoint.infos()
         source_bytes = sum(i.n_bytes for i in infos)
@@ -223,13 +229,41 @@ def convert_upstream(
     check_free_disk(out, expected)
     with atomic_output(out) as partial:
         notes = run_upstream(
-            model_dir, partial, outtype=outtype, expected_bytes=expected, chat=chat
+            model_dir, partial, outtype=outtype, expected_bytes=expected, chat=chat, phases=phases
         )
-        # The header alone (metadata arrays walked, not decoded): no pass over the tensor data.
-        try:
-            info = check_gguf(partial)
-            gguf_arch, n_tensors = str(info.metadata["general.architecture"]), len(info.tensors)
-        except (GGUFFormatError, KeyError) as exc:
-            raise InputError(f"the upstream converter wrote an unreadable file: {exc}") from exc
+        gguf_arch, n_tensors = written_arch_and_count(partial)
     notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")
     return n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes
+
+
+# --outtype -> (block, bytes per block) of the 2-D weights: the output's size, roughly.
+_TYPE_SIZES = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34)}
+_GGUF_STRING = 8
+
+
+def written_arch_and_count(path: Path) -> tuple[str, int]:
+    """The architecture and tensor count of the file the child wrote, from its first bytes:
+    the tensor count is in the fixed header and upstream writes ``general.architecture`` first.
+    Any other first key: the header is read whole (metadata arrays walked, not decoded)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+        magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", head)
+        (key_len,) = struct.unpack_from("<Q", head, 24)
+        key = head[32 : 32 + key_len]
+        (kind,) = struct.unpack_from("<I", head, 32 + key_len)
+        first_is_arch = key == b"general.architecture" and kind == _GGUF_STRING
+        if magic == b"GGUF" and version in (2, 3) and n_kv and first_is_arch:
+            (size,) = struct.unpack_from("<Q", head, 36 + key_len)
+            value = head[44 + key_len : 44 + key_len + size]
+            if len(value) == size:
+                return value.decode("utf-8"), int(n_tensors)
+    except (OSError, struct.error, UnicodeDecodeError) as exc:
+        log.debug("reading the whole header of %s: %s", path, exc)
+    from ggufkit.formats.gguf_reader import check_gguf
+
+    try:
+        info = check_gguf(path)
+        return str(info.metadata["general.architecture"]), len(info.tensors)
+    except (GGUFFormatError, KeyError) as exc:
+        raise InputError(f"the upstream converter wrote an unreadable file: {exc}") from exc
