@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +238,41 @@ def test_batch_models_take_an_engine(
     )
     with pytest.raises(WorkspaceError, match="engine 'both' is unknown"):
         load_plan(plan_file)
+
+
+# --- the upstream engine's parent stays thin -------------------------------------------------
+
+
+def test_the_convert_entry_point_loads_no_native_machinery() -> None:
+    script = (
+        "import sys, ggufkit.cli.convert; from ggufkit.convert import convert, OUTTYPE_NAMES; "
+        "import ggufkit.convert.upstream; "
+        "print(sorted(m for m in ('gguf', 'numpy', 'torch', 'tokenizers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    from ggufkit.convert import OUTTYPE_NAMES, OUTTYPES
+
+    assert tuple(OUTTYPES) == OUTTYPE_NAMES
+
+
+def test_written_arch_and_count_from_the_first_bytes(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    from ggufkit.convert.upstream import written_arch_and_count
+
+    for first_key in ("general.architecture", "general.name"):
+        path = tmp_path / f"{first_key}.gguf"
+        writer = gguf.GGUFWriter(path, arch="llama")
+        if first_key == "general.name":  # not upstream's order: the whole header is read
+            writer.kv_data[0] = {"general.name": writer.kv_data[0].pop("general.architecture")}
+            writer.add_architecture()
+        for i in range(3):
+            writer.add_tensor(f"t{i}", np.zeros(4, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        assert written_arch_and_count(path) == ("llama", 3), first_key
