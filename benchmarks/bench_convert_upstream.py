@@ -62,12 +62,15 @@ def through_ggufkit(model: Path, out: Path) -> list[str]:
     return ["sh", "-c", 'exec "$@" > "$0"', str(out.with_suffix(".json")), *command]
 
 
-def run(command: list[str], out: Path) -> float:
+def run(command: list[str], out: Path, cpu: list[float] | None = None) -> float:
+    """Wall seconds of one fresh run; its CPU seconds (children included) go to ``cpu``."""
     out.unlink(missing_ok=True)
     os.sync()  # the previous output's dirty pages are not this run's to write
     data = measure(command)
     if data["rc"] != 0:
         raise SystemExit(f"failed (exit {data['rc']}): {' '.join(command)}")
+    if cpu is not None:
+        cpu.append(float(data["user"]) + float(data["sys"]))
     return float(data["wall"])
 
 
@@ -93,10 +96,14 @@ def main() -> int:
     started = time.perf_counter()
     run(through_ggufkit(model, out), out)  # warm-up: the upstream source's first unpack
     print(f"  warm-up run {time.perf_counter() - started:.2f} s, left out")
-    hand, ours, own = [], [], []
+    hand: list[float] = []
+    ours: list[float] = []
+    own: list[float] = []
+    hand_cpu: list[float] = []
+    ours_cpu: list[float] = []
     for _ in range(args.runs):
-        hand.append(run(by_hand(model, out), out))
-        ours.append(run(through_ggufkit(model, out), out))
+        hand.append(run(by_hand(model, out), out, hand_cpu))
+        ours.append(run(through_ggufkit(model, out), out, ours_cpu))
         own.append(ours[-1] - child_seconds(out))
         print(
             f"  by hand {hand[-1]:6.2f} s   ggufkit --engine upstream {ours[-1]:6.2f} s "
@@ -112,7 +119,10 @@ def main() -> int:
         f"upstream engine: ratio per pair {', '.join(f'{r:.3f}' for r in ratios)} (median "
         f"{statistics.median(ratios):.3f}x); ggufkit's own time outside the child (start-up, "
         f"checks, header read, rename) median {statistics.median(own):.2f} s = "
-        f"{statistics.median(own) / statistics.median(hand):.3f} of the by-hand run"
+        f"{statistics.median(own) / statistics.median(hand):.3f} of the by-hand run; CPU "
+        f"seconds (less disturbed by other processes) median {statistics.median(ours_cpu):.2f}"
+        f" against {statistics.median(hand_cpu):.2f}: "
+        f"{statistics.median(ours_cpu) / statistics.median(hand_cpu):.3f}x"
     )
     print(
         f"upstream engine: best {min(ours):.2f} s against {min(hand):.2f} s by hand: "
