@@ -47,8 +47,9 @@ from ggufkit.core.fsutil import human_bytes
     "--pre-tokenizer",
     default=None,
     metavar="NAME",
-    help="llama.cpp pre-tokenizer (tokenizer.ggml.pre) for a byte-level BPE vocab, e.g. bloom or "
-    "gpt-2; by default detected from tokenizer.json.",
+    help="llama.cpp pre-tokenizer (tokenizer.ggml.pre) for a byte-level BPE vocab (BLOOM, Llama "
+    "3, SmolLM ...), e.g. llama-bpe, gpt-2 or bloom; by default upstream's name for a known "
+    "tokenizer, else detected from tokenizer.json.",
 )
 @click.option(
     "--chat-template",
