@@ -284,13 +284,13 @@ runpy.run_path(source + "/convert_hf_to_gguf.py", run_name="__main__")
 """
 
 
-def upstream_told(model_dir: Path, out: Path, pre: str) -> Path:
+def upstream_told(model_dir: Path, out: Path, pre: str, *, outtype: str = "f16") -> Path:
     from ggufkit.llamacpp.source import ensure_source
 
     source = ensure_source()
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
     command = [sys.executable, "-c", _TOLD_UPSTREAM, str(source), pre, str(model_dir)]
-    command += ["--outfile", str(out), "--outtype", "f16"]
+    command += ["--outfile", str(out), "--outtype", outtype]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return out

@@ -37,7 +37,8 @@ from ggufkit.core.fsutil import human_bytes
     choices=["auto", "native", "upstream"],
     default="auto",
     help="native: ggufkit's streaming converter; upstream: the pinned convert_hf_to_gguf.py; "
-    "auto: native where registered, else upstream.",
+    "auto: native where it can take the checkpoint, else upstream (saying why). In a "
+    "workspace it overrides ggufkit.toml's `engine` for this run.",
 )
 @path_option(
     "--delta-base", kind="dir", help="MODEL is a delta: add it to this base model while converting."
@@ -46,8 +47,9 @@ from ggufkit.core.fsutil import human_bytes
     "--pre-tokenizer",
     default=None,
     metavar="NAME",
-    help="llama.cpp pre-tokenizer (tokenizer.ggml.pre) for a byte-level BPE vocab, e.g. bloom or "
-    "gpt-2; by default detected from tokenizer.json.",
+    help="llama.cpp pre-tokenizer (tokenizer.ggml.pre) for a byte-level BPE vocab (BLOOM, Llama "
+    "3, SmolLM ...), e.g. llama-bpe, gpt-2 or bloom; by default upstream's name for a known "
+    "tokenizer, else detected from tokenizer.json.",
 )
 @click.option(
     "--chat-template",
@@ -102,8 +104,9 @@ def command(
 
     \b
     Architectures (what the tests prove, on tiny models built locally):
-        native    LlamaForCausalLM (LLaMA-1/2, Vicuna, Chimera), BloomForCausalLM
-                  (BLOOM, BLOOMZ, Phoenix): logits, tokenizer, tensors = upstream's
+        native    LlamaForCausalLM (LLaMA-1/2, Vicuna, Chimera: sentencepiece; Llama 3,
+                  SmolLM: byte-level BPE), BloomForCausalLM (BLOOM, BLOOMZ,
+                  Phoenix): logits, tokenizer, tensors = upstream's
         upstream  FalconForCausalLM, Glm4ForCausalLM (GLM-4), MiniCPM3ForCausalLM:
                   logits and tokenizer, with tokenizers upstream has never seen;
                   any other class the pinned convert_hf_to_gguf.py knows: not proven
@@ -141,14 +144,19 @@ def command(
                 "come from ggufkit.toml when MODEL is left out, and --chat-template needs MODEL",
                 hint="edit ggufkit.toml, or give MODEL",
             )
-        step = Workspace.require().convert(force=force, engine=engine, threads=threads)
+        engine_given = click.get_current_context().get_parameter_source("engine")
+        step = Workspace.require().convert(
+            force=force,
+            engine=engine if engine_given == ParameterSource.COMMANDLINE else None,
+            threads=threads,
+        )
         echo_result(step, as_json, lambda s: s.describe())
         return
-    from ggufkit.convert import convert
-    from ggufkit.convert.legacy import is_legacy_file
+    from ggufkit.convert import convert, is_legacy_file
 
     if (
-        is_legacy_file(model)
+        Path(model).is_file()  # a directory or Hub id loads nothing of the legacy converter
+        and is_legacy_file(model)
         and click.get_current_context().get_parameter_source("outtype")
         == ParameterSource.COMMANDLINE
     ):

@@ -8,43 +8,41 @@ architectures ggufkit does not register. Outputs are written under a temporary n
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gguf
-
-from ggufkit.convert.base import (
-    FILE_TYPES,
-    OUTTYPES,
-    ModelConverter,
-    TensorPlan,
-    converter_for,
-    parse_outtype,
-    register,
-    registered_architectures,
-    unsupported,
-)
-from ggufkit.convert.chat_templates import (
-    AUTO,
-    ChatTemplateChoice,
-    apply_chat_template,
-    choose_chat_template,
-    report,
-)
-from ggufkit.convert.provenance import add_general_metadata, add_provenance
-from ggufkit.convert.split import write_split
-from ggufkit.convert.writer import write_gguf
-from ggufkit.core.errors import InputError, UsageError
-from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path
-from ggufkit.core.log import get_logger, progress
+from ggufkit.convert.chat_templates import AUTO, choose_chat_template, report
+from ggufkit.core.errors import NativeUnsupportedError, UsageError
+from ggufkit.core.fsutil import check_output_path
+from ggufkit.core.log import get_logger
 from ggufkit.formats.gguf_split import SplitLimits, shards_named_like
-from ggufkit.formats.hfconfig import architecture, check_layers_for_upstream, load_config
-from ggufkit.formats.origin import SourceInfo, SourceOrigin
-from ggufkit.formats.safetensors import Checkpoint, TensorSource
+from ggufkit.formats.hfconfig import architecture, load_config
+
+if TYPE_CHECKING:
+    from ggufkit.convert.base import ModelConverter
+
+# The native machinery (gguf, numpy, the converters) loads when a conversion uses it: the
+# upstream engine's parent stays a thin wrapper around its child. These names are served lazily.
+_LAZY = {
+    "OUTTYPES": "ggufkit.convert.base",
+    "ModelConverter": "ggufkit.convert.base",
+    "TensorPlan": "ggufkit.convert.base",
+    "register": "ggufkit.convert.base",
+    "registered_architectures": "ggufkit.convert.base",
+    "open_source": "ggufkit.convert.native",
+}
+OUTTYPE_NAMES = ("f32", "f16", "bf16", "q8_0")  # base.OUTTYPES' keys, without importing gguf
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ENGINES",
@@ -75,8 +73,9 @@ class ConvertResult:
     seconds: float
     engine: str  # "native" or "upstream"
     notes: list[str] = field(default_factory=list)  # vocab / pre-tokenizer remarks
-    # Where ``seconds`` went (native engine): "prepare" (config, tensor plans, vocabulary,
-    # header), "data" (tensor data converted and written), "finish" (hashes, final header)
+    # Where ``seconds`` went: "prepare" (config, tensor plans, vocabulary, header), "data"
+    # (tensor data converted and written), "finish" (hashes, final header); upstream engine:
+    # "upstream" (its child's lifetime) and "prepare" (the rest: ggufkit's own)
     phases: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -100,16 +99,6 @@ def _resolve(model: str | Path) -> tuple[Path, str | None, str | None]:
 
     resolved = resolve_model(model)
     return Path(resolved.path), resolved.repo_id, resolved.commit or resolved.revision
-
-
-def open_source(model_dir: Path, delta_base: Path | None) -> TensorSource:
-    """The tensors to convert: the checkpoint itself, or base + delta merged on the fly."""
-    if delta_base is None:
-        return Checkpoint.open(model_dir)
-    from ggufkit.delta import open_merged
-
-    source: TensorSource = open_merged(delta_base, model_dir)
-    return source
 
 
 def convert(
@@ -141,7 +130,7 @@ def convert(
     """
     started = time.perf_counter()
     split = split if split is not None and split.active else None
-    if Path(model).is_file() and _is_legacy_file(model):
+    if is_legacy_file(model):
         if split is not None:
             raise UsageError(
                 "--split-max-size/--split-max-tensors do not apply to legacy .bin files",
@@ -156,8 +145,12 @@ def convert(
             "--tokenizer and --context-length apply to legacy .bin files only",
             hint="a checkpoint directory brings its own tokenizer and config.json",
         )
-    parse_outtype(outtype)  # a clear UsageError before anything else
     outtype = outtype.lower()
+    if outtype not in OUTTYPE_NAMES:
+        raise UsageError(
+            f"unknown output type {outtype!r}",
+            hint=f"choose one of {', '.join(OUTTYPE_NAMES)}; use `ggufkit quantize` for k-quants",
+        )
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}", hint=f"choose one of {', '.join(ENGINES)}")
     if threads is not None and threads < 1:
@@ -167,21 +160,27 @@ def convert(
     config = load_config(model_dir)
     hf_arch = architecture(config, model_dir / "config.json")
 
-    converter_cls = converter_for(hf_arch) if engine != "upstream" else None
+    converter_cls = _converter_for(hf_arch) if engine != "upstream" else None
+    fallback = _native_refusal(converter_cls, model_dir, config, engine, hf_arch)
+    if fallback is not None:
+        converter_cls = None
     use_upstream = converter_cls is None and engine != "native" and _upstream_supports(hf_arch)
     if converter_cls is None and not use_upstream:
+        from ggufkit.convert.base import unsupported
+
         raise unsupported(hf_arch, upstream_too=engine != "native")
+    why = f" ({fallback})" if fallback else ""
     if pre_tokenizer is not None and (
         use_upstream or converter_cls is None or not converter_cls.accepts_pre_tokenizer
     ):
         raise UsageError(
             f"--pre-tokenizer applies to natively converted byte-level BPE models; {hf_arch} "
-            "is not one",
+            f"is not one{why}",
             hint="leave --pre-tokenizer out",
         )
     if use_upstream and base_dir is not None:
         raise UsageError(
-            f"--delta-base needs a natively supported architecture; {hf_arch} is not one",
+            f"--delta-base needs a natively supported architecture; {hf_arch} is not one{why}",
             hint="merge first with `ggufkit merge-delta`, then convert the merged directory",
         )
 
@@ -193,20 +192,27 @@ def convert(
         raise UsageError(
             f"{existing} already exists", hint="pass --force to overwrite it, or choose -o"
         )
-    info = SourceInfo(model_dir=model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir)
     chat = choose_chat_template(chat_template, model_dir, repo_id or model_dir.name)
 
     phases: dict[str, float] = {}
     if use_upstream:
-        n_tensors, n_bytes, source_bytes, gguf_arch, notes = _convert_upstream(
-            model_dir, out, outtype, chat
+        from ggufkit.convert.upstream import convert_upstream  # loaded only when needed
+
+        n_tensors, n_bytes, source_bytes, gguf_arch, notes = convert_upstream(
+            model_dir, out, outtype, chat, phases
         )
         engine_used = "upstream"
+        if fallback is not None:
+            notes.insert(0, f"auto engine: {fallback}; converted through upstream")
         if split is not None:
             out = _split_upstream_output(out, split)
     else:
+        from ggufkit.convert.native import convert_native
+        from ggufkit.formats.origin import SourceInfo
+
         assert converter_cls is not None
-        n_tensors, n_bytes, source_bytes, gguf_arch, notes = _convert_native(
+        info = SourceInfo(model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir)
+        n_tensors, n_bytes, source_bytes, gguf_arch, notes = convert_native(
             converter_cls, info, config, out, outtype, threads, pre_tokenizer, chat, split, phases
         )
         engine_used = "native"
@@ -231,10 +237,44 @@ def convert(
 
 
 # The legacy and upstream engines load only when a conversion needs them: a start-up saved.
-def _is_legacy_file(model: str | Path) -> bool:
-    from ggufkit.convert.legacy import is_legacy_file
+def is_legacy_file(model: str | Path) -> bool:
+    """Whether ``model`` is a pre-GGUF .bin file (``ggufkit.convert.legacy`` converts it)."""
+    if not Path(model).is_file():
+        return False
+    from ggufkit.convert.legacy import is_legacy_file as sniff
 
-    return is_legacy_file(model)
+    return sniff(model)
+
+
+def _native_refusal(
+    converter_cls: type[ModelConverter] | None,
+    model_dir: Path,
+    config: dict[str, Any],
+    engine: str,
+    hf_arch: str,
+) -> str | None:
+    """Why the native converter cannot take the checkpoint, when ``auto`` falls back to upstream
+    for it (None: native takes it). With ``native``, or no upstream converter, it raises."""
+    if converter_cls is None:
+        return None
+    try:
+        converter_cls.check_native(model_dir, config)
+    except NativeUnsupportedError as exc:
+        if engine == "native" or not _upstream_supports(hf_arch):
+            exc.hint = exc.hint or (
+                'convert with --engine upstream (in a workspace: engine = "upstream" in '
+                "ggufkit.toml)"
+            )
+            raise
+        log.info("native engine: %s; converting through the pinned upstream converter", exc)
+        return f"the native engine cannot take it: {exc}"
+    return None
+
+
+def _converter_for(hf_arch: str) -> type[ModelConverter] | None:
+    from ggufkit.convert.base import converter_for
+
+    return converter_for(hf_arch)
 
 
 def _upstream_supports(hf_arch: str) -> bool:
@@ -268,92 +308,12 @@ def _convert_legacy_file(
     )
 
 
-def _convert_native(
-    converter_cls: type[ModelConverter],
-    info: SourceInfo,
-    config: dict[str, Any],
-    out: Path,
-    outtype: str,
-    threads: int | None,
-    pre_tokenizer: str | None,
-    chat: ChatTemplateChoice,
-    split: SplitLimits | None = None,
-    phases: dict[str, float] | None = None,
-) -> tuple[int, int, int, str, list[str]]:
-    """Convert with a registered converter; ``phases`` receives the seconds of "data" (tensor
-    data converted and written) and "finish" (waiting for the hashes, the final header)."""
-    source = open_source(info.model_dir, info.delta_base)
-    origin: SourceOrigin | None = None
-    try:
-        converter = converter_cls(info.model_dir, config, source, outtype=outtype)
-        converter.pre_tokenizer = pre_tokenizer
-        # Everything that can fail on bad input fails here, before the output exists.
-        plans = converter.plan_tensors()
-        converter.validate(plans)
-        writer = gguf.GGUFWriter(path=None, arch=converter.arch_name)
-        add_general_metadata(writer, info, config, FILE_TYPES[converter.outtype])
-        converter.set_gguf_parameters(writer)
-        converter.set_vocab(writer)
-        converter.notes.extend(apply_chat_template(writer, chat))
-        data_bytes = sum(plan.n_bytes + gguf.GGUF_DEFAULT_ALIGNMENT for plan in plans)
-        check_free_disk(out, data_bytes + 4 * 1024 * 1024)
-        origin = SourceOrigin.of(info)
-        add_provenance(writer, info, origin, engine="native")
-        kv = writer.kv_data[0]
-
-        data_started = time.perf_counter()
-
-        def final_kv() -> dict[str, Any]:
-            assert origin is not None
-            finish_started = time.perf_counter()
-            if phases is not None:
-                phases["data"] = finish_started - data_started
-            if origin.labels:
-                kv["ggufkit.source.sha256"].value = origin.result()
-            if phases is not None:
-                phases["finish"] = time.perf_counter() - finish_started
-            return kv
-
-        source_bytes = sum(plan.source_bytes for plan in plans)
-        workers = threads or os.cpu_count() or 1
-        with progress(source_bytes, f"converting {info.model_dir.name}") as bar:
-            if split is not None:
-                stats, files = write_split(
-                    out, kv, plans, source, split,
-                    threads=workers, on_bytes=bar.update, final_kv=final_kv,
-                )  # fmt: skip
-                _remove_shards(out, keep=files)
-            else:
-                with atomic_output(out) as partial:
-                    stats = write_gguf(
-                        partial, kv, plans, source,
-                        threads=workers, on_bytes=bar.update, final_kv=final_kv,
-                    )  # fmt: skip
-        return (
-            stats.n_tensors,
-            stats.n_bytes,
-            stats.source_bytes,
-            converter.arch_name,
-            converter.notes,
-        )
-    finally:
-        if origin is not None:
-            origin.cancel()
-        source.close()
-
-
-def _remove_shards(out: Path, keep: Sequence[Path] = ()) -> None:
-    """Shards an earlier split of the same name left (their count may differ this time)."""
-    for stale in shards_named_like(out):
-        if stale not in keep:
-            stale.unlink()
-
-
 def _split_upstream_output(out: Path, split: SplitLimits) -> Path:
     """Cut the upstream converter's single file with the built ``llama-gguf-split``."""
+    from ggufkit.convert.native import remove_shards
     from ggufkit.llamacpp.gguf_split import split_file
 
-    _remove_shards(out)  # the tool writes in place
+    remove_shards(out)  # the tool writes in place
     split_file(out, out.with_name(out.stem), split.tool_args())
     out.unlink()
     return _first_shard(out)
@@ -361,31 +321,3 @@ def _split_upstream_output(out: Path, split: SplitLimits) -> Path:
 
 def _first_shard(out: Path) -> Path:
     return shards_named_like(out, "00001")[0]
-
-
-def _convert_upstream(
-    model_dir: Path, out: Path, outtype: str, chat: ChatTemplateChoice
-) -> tuple[int, int, int, str, list[str]]:
-    qtype = OUTTYPES[outtype]
-    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    with Checkpoint.open(model_dir) as checkpoint:
-        check_layers_for_upstream(model_dir, checkpoint.names())
-        infos = checkpoint.infos()
-        source_bytes = sum(i.n_bytes for i in infos)
-        expected = sum(i.n_elements * type_size // block for i in infos)
-    check_free_disk(out, expected)
-    from ggufkit.convert.upstream import run_upstream
-
-    with atomic_output(out) as partial:
-        notes = run_upstream(
-            model_dir, partial, outtype=outtype, expected_bytes=expected, chat=chat
-        )
-        try:
-            reader = gguf.GGUFReader(partial)
-            field = reader.fields["general.architecture"]
-            gguf_arch = bytes(field.parts[field.data[0]]).decode("utf-8")
-            n_tensors = len(reader.tensors)
-        except (KeyError, ValueError, IndexError) as exc:
-            raise InputError(f"the upstream converter wrote an unreadable file: {exc}") from exc
-    notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")
-    return n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes

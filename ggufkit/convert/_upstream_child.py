@@ -5,7 +5,8 @@ ggufkit: the pinned gguf-py must come first on the path, and ggufkit imports the
 Three answers are given to upstream, each only where upstream would otherwise be wrong or stop:
 
 - the BPE pre-tokenizer, when upstream does not know the tokenizer's hash (every locally trained
-  or extended tokenizer): the name ggufkit derived from tokenizer.json;
+  or extended tokenizer): the name ggufkit derives from tokenizer.json, asked of the parent only
+  then (a line on stderr; the answer comes in a file named in the settings);
 - Falcon's key/value head count: transformers 5 saves ``num_kv_heads`` equal to the head count
   for a multi-query model, which has one key/value head;
 - the chat template chosen by ``--chat-template`` and its provenance keys, written after
@@ -16,10 +17,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 FALCON = ("FalconForCausalLM", "RWForCausalLM")
+# ggufkit.convert.upstream.NEED_PRE_TOKENIZER (this file imports nothing from ggufkit).
+NEED_PRE_TOKENIZER = "ggufkit-request: pre-tokenizer"
 
 
 def main(argv: list[str]) -> None:
@@ -32,8 +36,8 @@ def main(argv: list[str]) -> None:
     from conversion import base
 
     _fix_falcon_kv_heads(base)
-    if settings.get("pre_tokenizer"):
-        _pre_tokenizer_fallback(base, settings["pre_tokenizer"])
+    if settings.get("pre_tokenizer_file"):
+        _pre_tokenizer_fallback(base, Path(settings["pre_tokenizer_file"]))
     if settings.get("chat"):
         _chat_template(gguf, settings["chat"], set(settings["bpe_pre_adding_bos"]))
     import convert_hf_to_gguf as upstream
@@ -59,17 +63,32 @@ def _fix_falcon_kv_heads(base: Any) -> None:
     base.ModelBase.load_hparams = staticmethod(load_hparams)
 
 
-def _pre_tokenizer_fallback(base: Any, name: str) -> None:
+def _pre_tokenizer_fallback(base: Any, answer_file: Path) -> None:
     original = base.TextModel.get_vocab_base_pre
 
     def get_vocab_base_pre(self: Any, tokenizer: Any) -> str:
         try:
             return str(original(self, tokenizer))
         except NotImplementedError:
+            name = _ask_parent(answer_file)
+            if not name:
+                raise
             print(f"ggufkit: pre-tokenizer {name!r}, derived from tokenizer.json", file=sys.stderr)
             return name
 
     base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+
+
+def _ask_parent(answer_file: Path, timeout: float = 600.0) -> str:
+    """The pre-tokenizer ggufkit derives from tokenizer.json ("" when it cannot tell): asked of
+    the parent on stderr, answered in ``answer_file``."""
+    print(NEED_PRE_TOKENIZER, file=sys.stderr, flush=True)
+    deadline = time.monotonic() + timeout
+    while not answer_file.is_file():
+        if time.monotonic() > deadline:
+            return ""
+        time.sleep(0.02)
+    return answer_file.read_text(encoding="utf-8").strip()
 
 
 def _chat_template(gguf: Any, chat: dict[str, Any], bpe_pre_adding_bos: set[str]) -> None:

@@ -114,7 +114,8 @@ def register(*hf_architectures: str) -> Callable[[C], C]:
 NOT_CONVERTERS = frozenset(
     {
         "base", "writer", "upstream", "provenance", "chat_formats", "chat_templates", "families",
-        "legacy", "legacy_tensors", "legacy_vocab", "split", "vocab_bpe", "vocab_spm",
+        "legacy", "legacy_tensors", "legacy_vocab", "pre_hashes", "split", "vocab_bpe",
+        "vocab_special", "vocab_spm",
     }
 )  # fmt: skip
 
@@ -211,6 +212,14 @@ class ModelConverter(ABC):
         return default
 
     # --- hooks for subclasses ---------------------------------------------------------------
+
+    @classmethod
+    def check_native(cls, model_dir: Path, config: dict[str, Any]) -> None:
+        """Raise NativeUnsupportedError for a checkpoint this converter does not handle (an
+        unknown tokenizer kind, a config setting it does not implement) but the upstream engine
+        may; ``convert(engine="auto")`` then falls back to upstream. Called before anything is
+        opened or written; reads only small files."""
+        return None  # the default converter takes what its config check accepts
 
     @abstractmethod
     def read_config(self) -> None:

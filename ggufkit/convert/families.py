@@ -20,9 +20,9 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family(
         "LlamaForCausalLM",
-        "LLaMA-1/2, Vicuna, Chimera",
+        "LLaMA-1/2, Vicuna, Chimera (sentencepiece); Llama 3, SmolLM (byte-level BPE)",
         "native",
-        "logits, tokenizer, tensors byte-identical to upstream's",
+        "logits, tokenizer, tensors byte-identical to upstream's; BPE: metadata too",
     ),
     Family(
         "BloomForCausalLM",

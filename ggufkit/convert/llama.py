@@ -1,4 +1,9 @@
-"""LLaMA family (LLaMA-1/2, Vicuna, Chimera, StableVicuna ...): ``LlamaForCausalLM`` -> ``llama``.
+"""LLaMA family: ``LlamaForCausalLM`` -> ``llama``.
+
+Two vocabularies: sentencepiece BPE with byte fallback (LLaMA-1/2, Vicuna, Chimera; from
+``tokenizer.model`` or ``tokenizer.json``) and GPT-2-style byte-level BPE (Llama 3, SmolLM and
+most LLaMA-architecture checkpoints since 2024; ``tokenizer.json`` without byte fallback), the
+latter written as upstream's ``gpt2`` vocabulary with the pre-tokenizer ``vocab_bpe`` chooses.
 
 Hugging Face stores q/k projections for the "rotate half" rotary layout; llama.cpp rotates
 adjacent pairs, so the rows of each head of q and k are interleaved back (the permutation the
@@ -8,14 +13,17 @@ original LLaMA -> HF script undid). That is a pure row reordering, done while st
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
 
 from ggufkit.convert.base import ModelConverter, TensorPlan, register
-from ggufkit.convert.vocab_spm import set_llama_vocab
-from ggufkit.core.errors import ConfigError, ConversionError
+from ggufkit.convert.vocab_bpe import build_bpe_vocab, write_bpe_vocab
+from ggufkit.convert.vocab_spm import add_space_prefix, set_llama_vocab
+from ggufkit.core.errors import ConfigError, NativeUnsupportedError, TokenizerError, UsageError
+from ggufkit.core.fsutil import read_json
 
 T = gguf.MODEL_TENSOR
 
@@ -26,11 +34,80 @@ def rotary_row_order(n_rows: int, n_head: int) -> np.ndarray:
     return np.arange(n_rows).reshape(n_head, 2, head_dim // 2).swapaxes(1, 2).reshape(-1)
 
 
+ROPE_TYPES = ("default", "linear", "yarn", "llama3", "dynamic")
+YARN_EXTRAS = ("extrapolation_factor", "attention_factor", "attn_factor", "beta_fast", "beta_slow")
+# Upstream writes add_bos_token = false for a LLaMA whose vocab has this size (Granite's small
+# models; SmolLM's vocab has it too), whatever the tokenizer says.
+NO_BOS_VOCAB_SIZE = 49152
+
+
+def rope_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Rope settings from transformers 5's ``rope_parameters`` or the older keys."""
+    params = config.get("rope_parameters") or {}
+    legacy = config.get("rope_scaling") or {}
+    merged = {**legacy, **params} if isinstance(params, dict) and isinstance(legacy, dict) else {}
+    merged.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    kind = merged.get("rope_type", merged.get("type")) or "default"
+    merged["rope_type"] = str(kind).lower()
+    return merged
+
+
+def vocab_kind(model_dir: Path) -> str:
+    """ "spm" (tokenizer.model, or neither file: set_llama_vocab says what is missing), "spm-json"
+    (a sentencepiece-style tokenizer.json: BPE with byte fallback) or "bpe" (byte-level BPE).
+
+    Raises NativeUnsupportedError for vocabularies only upstream reads (e.g. Mistral's
+    tekken.json, a Unigram or WordPiece tokenizer.json)."""
+    if (model_dir / "tokenizer.model").is_file():
+        return "spm"
+    json_file = model_dir / "tokenizer.json"
+    if not json_file.is_file():
+        if (model_dir / "tekken.json").is_file():
+            raise NativeUnsupportedError(f"{model_dir} has a Mistral tekken.json vocabulary")
+        return "spm"
+    data = read_json(json_file, TokenizerError)
+    model = data.get("model") if isinstance(data, dict) else None
+    found = model.get("type") if isinstance(model, dict) else None
+    if found != "BPE" or not isinstance(model, dict):
+        raise NativeUnsupportedError(
+            f"{json_file} holds a {found or 'unknown'} model; the native LLaMA converter reads "
+            "BPE vocabularies (sentencepiece-style or byte-level)"
+        )
+    return "spm-json" if model.get("byte_fallback") else "bpe"
+
+
 @register("LlamaForCausalLM", "LLaMAForCausalLM")
 class LlamaConverter(ModelConverter):
     gguf_arch = gguf.MODEL_ARCH.LLAMA
+    accepts_pre_tokenizer = True  # byte-level BPE vocabularies; set_vocab refuses it otherwise
+
+    @classmethod
+    def check_native(cls, model_dir: Path, config: dict[str, Any]) -> None:
+        rope = rope_settings(config)
+        kind = rope["rope_type"]
+        if kind not in ROPE_TYPES:
+            raise NativeUnsupportedError(
+                f"{model_dir / 'config.json'}: rope type {kind!r} is not implemented natively "
+                f"(native: {', '.join(ROPE_TYPES)})"
+            )
+        tuned = [key for key in YARN_EXTRAS if kind == "yarn" and rope.get(key) is not None]
+        if tuned:
+            raise NativeUnsupportedError(
+                f"{model_dir / 'config.json'}: YaRN's {', '.join(tuned)} are not written natively"
+            )
+        for key, what in (
+            ("quantization_config", "a pre-quantized checkpoint"),
+            ("draft_vocab_size", "an EAGLE-3 draft model"),
+            ("num_local_experts", "a mixture of experts"),
+        ):
+            if config.get(key) is not None:
+                raise NativeUnsupportedError(
+                    f"{model_dir / 'config.json'} sets {key}: {what} is not converted natively"
+                )
+        vocab_kind(model_dir)
 
     def read_config(self) -> None:
+        self.vocab_kind = vocab_kind(self.model_dir)
         self.n_embd = self.hparam("hidden_size")
         self.n_head = self.hparam("num_attention_heads")
         self.n_head_kv = self.hparam_or("num_key_value_heads", default=self.n_head)
@@ -56,14 +133,7 @@ class LlamaConverter(ModelConverter):
     # --- rotary configuration ----------------------------------------------------------------
 
     def rope(self) -> dict[str, Any]:
-        """Rope settings from transformers 5's ``rope_parameters`` or the older keys."""
-        params = dict(self.config.get("rope_parameters") or {})
-        legacy = self.config.get("rope_scaling") or {}
-        merged = {**legacy, **params}
-        merged.setdefault("rope_theta", self.config.get("rope_theta", 10000.0))
-        kind = merged.get("rope_type", merged.get("type")) or "default"
-        merged["rope_type"] = str(kind).lower()
-        return merged
+        return rope_settings(self.config)
 
     def set_gguf_parameters(self, writer: gguf.GGUFWriter) -> None:
         writer.add_vocab_size(self.vocab_size)
@@ -92,15 +162,34 @@ class LlamaConverter(ModelConverter):
             original = rope.get("original_max_position_embeddings")
             if original is not None:
                 writer.add_rope_scaling_orig_ctx_len(int(original))
-        elif kind not in ("default", "llama3", "dynamic"):
-            raise ConversionError(
-                f"{self.config_path}: rope type {kind!r} is not supported for LLaMA",
-                hint="try --engine upstream",
-                path=self.config_path,
-            )
+        elif kind not in ROPE_TYPES:
+            self.check_native(self.model_dir, self.config)  # raises NativeUnsupportedError
 
     def set_vocab(self, writer: gguf.GGUFWriter) -> None:
-        self.notes.extend(set_llama_vocab(writer, self.model_dir, self.vocab_size))
+        if self.vocab_kind != "bpe":
+            if self.pre_tokenizer is not None:
+                raise UsageError(
+                    f"--pre-tokenizer applies to byte-level BPE vocabularies; {self.model_dir} "
+                    "has a sentencepiece one",
+                    hint="leave --pre-tokenizer out",
+                )
+            self.notes.extend(set_llama_vocab(writer, self.model_dir, self.vocab_size))
+            return
+        # Upstream's order for a LLaMA: add_prefix_space, then its GPT-2 vocabulary.
+        add_space_prefix(writer, self.model_dir)
+        vocab = build_bpe_vocab(
+            self.model_dir, vocab_size=self.vocab_size, pre_tokenizer=self.pre_tokenizer
+        )
+        write_bpe_vocab(writer, self.model_dir, vocab)
+        if self.vocab_size == NO_BOS_VOCAB_SIZE:
+            kv = writer.kv_data[0]
+            key = gguf.Keys.Tokenizer.ADD_BOS
+            if key in kv:
+                kv[key].value = False  # in place, where upstream overwrites it
+            else:
+                writer.add_add_bos_token(False)
+        self.notes.append(f"vocab: {len(vocab.tokens)} tokens, byte-level BPE from tokenizer.json")
+        self.notes.extend(vocab.notes)
 
     # --- tensors -----------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The upstream engine: the pinned llama.cpp ``convert_hf_to_gguf.py`` with its own gguf-py.
 
-Used for architectures ggufkit has no converter for. The PyPI ``gguf`` does not work with that
+Used for architectures ggufkit has no converter for, and by ``auto`` for checkpoints the native
+converter cannot take. The PyPI ``gguf`` does not work with that
 script (it lacks ``LazyChunkedTensor``), so it runs in a child process (``_upstream_child.py``)
 that puts the pinned gguf-py first and gives upstream ggufkit's answers where upstream would stop
 or be wrong: the pre-tokenizer of a BPE tokenizer whose hash upstream does not list (derived
@@ -10,8 +11,11 @@ from tokenizer.json as for native BLOOM), Falcon's multi-query head count, the c
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+import os
 import re
+import struct
 import sys
 import tempfile
 import threading
@@ -19,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.convert.chat_templates import ChatTemplateChoice, child_settings
-from ggufkit.core.errors import GGUFKitError, ToolFailedError, ToolMissingError
+from ggufkit.core.errors import (
+    GGUFFormatError,
+    GGUFKitError,
+    InputError,
+    ToolFailedError,
+    ToolMissingError,
+)
+from ggufkit.core.fsutil import atomic_output, check_free_disk
 from ggufkit.core.log import get_logger, progress
 from ggufkit.llamacpp.runner import run_tool
 from ggufkit.llamacpp.source import ensure_source
@@ -27,6 +38,8 @@ from ggufkit.llamacpp.source import ensure_source
 log = get_logger("convert.upstream")
 
 SCRIPT = "convert_hf_to_gguf.py"
+# The child's request for the derived pre-tokenizer (it then waits for the answer file).
+NEED_PRE_TOKENIZER = "ggufkit-request: pre-tokenizer"
 
 
 def _source() -> Path:
@@ -65,13 +78,13 @@ def upstream_supports(hf_arch: str) -> bool:
 
 
 def _check_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
+    """torch is the child's import: here only whether it is installed (importing it costs
+    seconds)."""
+    if importlib.util.find_spec("torch") is None:
         raise ToolMissingError(
             "the upstream converter needs torch, which is not installed",
             hint="pip install 'ggufkit[torch]'",
-        ) from exc
+        )
 
 
 def derived_pre_tokenizer(model_dir: Path) -> str | None:
@@ -105,21 +118,23 @@ def run_upstream(
     outtype: str,
     expected_bytes: int,
     chat: ChatTemplateChoice | None = None,
+    phases: dict[str, float] | None = None,
 ) -> list[str]:
     """Run the upstream converter writing ``out_file``; returns notes for the result.
 
-    A progress bar follows the file's size.
+    A progress bar follows the file's size. ``phases["upstream"]`` receives the child's lifetime
+    (the rest of a conversion's time is ggufkit's own).
     """
     _check_torch()
     source = _source()
-    settings: dict[str, Any] = {
-        "source": str(source),
-        "pre_tokenizer": derived_pre_tokenizer(model_dir),
-    }
-    if chat is not None:
-        settings |= child_settings(chat)
     notes = [chat.note()] if chat is not None else []
     with tempfile.TemporaryDirectory(prefix="ggufkit-upstream-") as tmp:
+        # The derived pre-tokenizer is worked out only if the child asks (upstream does not
+        # know the tokenizer's hash): most conversions never need it.
+        answer_file = Path(tmp) / "pre_tokenizer.txt"
+        settings: dict[str, Any] = {"source": str(source), "pre_tokenizer_file": str(answer_file)}
+        if chat is not None:
+            settings |= child_settings(chat)
         settings_file = Path(tmp) / "settings.json"
         settings_file.write_text(json.dumps(settings), encoding="utf-8")
         args = [
@@ -132,19 +147,37 @@ def run_upstream(
             "--outtype",
             outtype,
         ]
-        _run(args, model_dir, out_file, expected_bytes, notes)
+        seconds = _run(args, model_dir, out_file, expected_bytes, notes, source, answer_file)
+    if phases is not None:
+        phases["upstream"] = seconds
     return notes
 
 
+def answer_pre_tokenizer(model_dir: Path, answer_file: Path) -> None:
+    """Write the derived pre-tokenizer name ("" for none) where the waiting child reads it."""
+    partial = answer_file.with_suffix(".partial")
+    partial.write_text(derived_pre_tokenizer(model_dir) or "", encoding="utf-8")
+    os.replace(partial, answer_file)
+
+
 def _run(
-    args: list[str], model_dir: Path, out_file: Path, expected_bytes: int, notes: list[str]
-) -> None:
+    args: list[str],
+    model_dir: Path,
+    out_file: Path,
+    expected_bytes: int,
+    notes: list[str],
+    source: Path,
+    answer_file: Path,
+) -> float:
+    """Run the child; returns its lifetime (spawn to reap) in seconds."""
     # PYTHONPATH comes before site-packages, so the pinned gguf-py wins over the PyPI one.
-    env = {"PYTHONPATH": str(_source() / "gguf-py")}
+    env = {"PYTHONPATH": str(source / "gguf-py")}
     done = threading.Event()
 
     def on_line(line: str) -> None:
-        if line.startswith("ggufkit: "):  # the child's own remarks
+        if line.strip() == NEED_PRE_TOKENIZER:
+            answer_pre_tokenizer(model_dir, answer_file)
+        elif line.startswith("ggufkit: "):  # the child's own remarks
             notes.append(line.removeprefix("ggufkit: ").strip())
 
     with progress(expected_bytes or None, f"converting {model_dir.name} (upstream)") as bar:
@@ -161,17 +194,78 @@ def _run(
         watcher = threading.Thread(target=follow, daemon=True)
         watcher.start()
         try:
-            run_tool(
+            return run_tool(
                 args,
                 what=f"the upstream converter ({SCRIPT})",
                 env=env,
                 merge_stderr=True,
                 on_line=on_line,
                 hint="see the log; this architecture may need a newer llama.cpp than the pinned one",
-            )
+            ).seconds
         except ToolFailedError:
             out_file.unlink(missing_ok=True)
             raise
         finally:
             done.set()
             watcher.join()
+
+
+def convert_upstream(
+    model_dir: Path,
+    out: Path,
+    outtype: str,
+    chat: ChatTemplateChoice,
+    phases: dict[str, float] | None = None,
+) -> tuple[int, int, int, str, list[str]]:
+    """Convert with the pinned converter into ``out`` (atomically); returns the tensor count,
+    the file's size, the source's bytes, llama.cpp's architecture name and notes."""
+    from ggufkit.formats.hfconfig import check_layers_for_upstream
+    from ggufkit.formats.safetensors import Checkpoint
+
+    block, type_size = _TYPE_SIZES[outtype]
+    with Checkpoint.open(model_dir) as checkpoint:
+        check_layers_for_upstream(model_dir, checkpoint.names())
+        infos = checkpoint.infos()
+        source_bytes = sum(i.n_bytes for i in infos)
+        expected = sum(i.n_elements * type_size // block for i in infos)
+    check_free_disk(out, expected)
+    with atomic_output(out) as partial:
+        notes = run_upstream(
+            model_dir, partial, outtype=outtype, expected_bytes=expected, chat=chat, phases=phases
+        )
+        gguf_arch, n_tensors = written_arch_and_count(partial)
+    notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")
+    return n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes
+
+
+# --outtype -> (block, bytes per block) of the 2-D weights: the output's size, roughly.
+_TYPE_SIZES = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34)}
+_GGUF_STRING = 8
+
+
+def written_arch_and_count(path: Path) -> tuple[str, int]:
+    """The architecture and tensor count of the file the child wrote, from its first bytes:
+    the tensor count is in the fixed header and upstream writes ``general.architecture`` first.
+    Any other first key: the header is read whole (metadata arrays walked, not decoded)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+        magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", head)
+        (key_len,) = struct.unpack_from("<Q", head, 24)
+        key = head[32 : 32 + key_len]
+        (kind,) = struct.unpack_from("<I", head, 32 + key_len)
+        first_is_arch = key == b"general.architecture" and kind == _GGUF_STRING
+        if magic == b"GGUF" and version in (2, 3) and n_kv and first_is_arch:
+            (size,) = struct.unpack_from("<Q", head, 36 + key_len)
+            value = head[44 + key_len : 44 + key_len + size]
+            if len(value) == size:
+                return value.decode("utf-8"), int(n_tensors)
+    except (OSError, struct.error, UnicodeDecodeError) as exc:
+        log.debug("reading the whole header of %s: %s", path, exc)
+    from ggufkit.formats.gguf_reader import check_gguf
+
+    try:
+        info = check_gguf(path)
+        return str(info.metadata["general.architecture"]), len(info.tensors)
+    except (GGUFFormatError, KeyError) as exc:
+        raise InputError(f"the upstream converter wrote an unreadable file: {exc}") from exc

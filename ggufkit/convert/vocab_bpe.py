@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import gguf
 
+from ggufkit.convert.pre_hashes import KNOWN_HASHES
+from ggufkit.convert.vocab_special import UpstreamSpecialVocab
 from ggufkit.convert.vocab_spm import check_fits, looks_special
 from ggufkit.core.errors import TokenizerError, UsageError
 from ggufkit.core.fsutil import read_json
@@ -44,38 +46,6 @@ CHECK_TEXT = (
     "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? "
     "'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
 )
-
-# Check-text hashes of published tokenizers (from the pinned upstream) -> tokenizer.ggml.pre.
-# A subset: the families ggufkit converts and their close relatives; the structural fallback
-# covers tokenizers that are not listed.
-KNOWN_HASHES: dict[str, str] = {
-    "3c30d3ad1d6b64202cd222813e7736c2db6e1bd6d67197090fc1211fbc612ae7": "bloom",
-    "c7ea5862a53e4272c035c8238367063e2b270d51faa48c0f09e9d5b54746c360": "poro-chat",
-    "7fc505bd3104ca1083b150b17d088b59534ede9bde81f0dd2090967d7fe52cee": "viking",
-    "bc01ce58980e1db43859146dc51b1758b3b88729b217a74792e9f8d43e479d21": "gpt3-finnish",
-    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
-    "0fe1cf6eda062318a1af7270f3331a85c539a01778ff948e24388e949c5282f4": "gpt-2",
-    "fcace8b9cac38ce847670c970cd5892031a753a1ef381abd1d9af00f713da085": "phi-2",
-    # MPT and OLMo share this one; upstream's later match, "olmo", is what it writes.
-    "b6dc8df998e1cfbdc4eac8243701a65afe638679230920b50d6f17d81c098166": "olmo",
-    "8b5a93ed704057481f240da0be7e7dca721d7f8f4755263b6807227a2cbeae65": "roberta-bpe",
-    "35d91631860c815f952d711435f48d356ebac988362536bed955d43bfa436e34": "starcoder",
-    "6221ad2852e85ce96f791f476e0b390cf9b474c9e3d1362f53a24a06dc8220ff": "refact",
-    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
-    "9c2227e4dd922002fb81bde4fc02b0483ca4f12911410dee2255e4987644e3f8": "command-r",
-    "7b3e7548e4308f52a76e8229e4e6cc831195d0d1df43aed21ac6c93da05fec5f": "codeshell",
-    "8aeee3860c56296a157a1fe2fad249ec40aa59b1bb5709f4ade11c4e6fe652ed": "falcon",
-    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
-    "c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d": "smaug-bpe",
-    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",
-    "32d85c31273f8019248f2559fed492d929ea28b17e51d81d3bb36fff23ca72b3": "stablelm2",
-    "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754": "deepseek-llm",
-    "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821": "deepseek-coder",
-    "a8594e3edff7c29c003940395316294b2c623e09894deebbc65f33f1515df79e": "dbrx",
-    "b53802fb28e26d645c3a310b34bfe07da813026ec7c7716883404d5e0f8b1901": "jais",
-    "ccc2ef013c104be7bae2965776d611e1d7a8a2a9c547dd93a682c9a9fc80352e": "gpt-4o",
-    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",
-}
 
 # Every tokenizer.ggml.pre name the pinned llama.cpp accepts (src/llama-vocab.cpp); any other
 # name makes it refuse the file, so --pre-tokenizer is checked against this list.
@@ -335,7 +305,7 @@ def write_bpe_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab: BpeVocab) -
     writer.add_tokenizer_pre(vocab.pre.name)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
-    special = gguf.SpecialVocab(Path(model_dir), load_merges=True, n_vocab=len(vocab.tokens))
+    special = UpstreamSpecialVocab(Path(model_dir), load_merges=True, n_vocab=len(vocab.tokens))
     if not special.merges:
         raise TokenizerError(
             f"{Path(model_dir) / 'tokenizer.json'} has no merges; llama.cpp's BPE needs them",

@@ -205,6 +205,15 @@ def template_adds(tokenizer_file: Path) -> dict[str, bool]:
     return found
 
 
+def add_space_prefix(writer: gguf.GGUFWriter, model_dir: Path) -> None:
+    """tokenizer_config.json's ``add_prefix_space``, which upstream writes first for a LLaMA."""
+    config_file = model_dir / "tokenizer_config.json"
+    if config_file.is_file():
+        prefix_space = read_json(config_file, TokenizerError).get("add_prefix_space")
+        if isinstance(prefix_space, bool):
+            writer.add_add_space_prefix(prefix_space)
+
+
 def set_llama_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int | None) -> list[str]:
     """Write the tokenizer keys; returns notes for the conversion result."""
     spm_file, json_file = model_dir / "tokenizer.model", model_dir / "tokenizer.json"
@@ -221,11 +230,7 @@ def set_llama_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int | 
     # transformers 5 lists added tokens (e.g. <pad>) only in tokenizer.json.
     added = _json_added_tokens(vocab, json_file) if json_file.is_file() else []
     added += [t for t in apply_added_tokens(vocab, model_dir) if t not in added]
-    config_file = model_dir / "tokenizer_config.json"
-    if config_file.is_file():
-        prefix_space = read_json(config_file, TokenizerError).get("add_prefix_space")
-        if isinstance(prefix_space, bool):
-            writer.add_add_space_prefix(prefix_space)
+    add_space_prefix(writer, model_dir)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(vocab.tokens)

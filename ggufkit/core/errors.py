@@ -130,6 +130,11 @@ class ConversionError(GGUFKitError):
     """The checkpoint cannot be converted (shape mismatch, missing tensor, ...)."""
 
 
+class NativeUnsupportedError(ConversionError):
+    """ggufkit's own converter cannot take this checkpoint (its tokenizer or a config setting);
+    the upstream engine may. Raised before anything is written."""
+
+
 class DeltaError(GGUFKitError):
     """Base and delta do not fit together."""
 

@@ -18,6 +18,7 @@ log = get_logger("workspace")
 
 CONFIG_NAME = "ggufkit.toml"
 _TYPE = re.compile(r"[a-z0-9_]+")
+ENGINES = ("auto", "native", "upstream")  # ggufkit.convert.ENGINES, without importing it
 
 TEMPLATE = """\
 # ggufkit workspace: `ggufkit convert && ggufkit quantize` build what this file describes.
@@ -39,6 +40,9 @@ outtype = {outtype}
 # Cut each output into a split set of files with at most this much tensor data (M or G,
 # decimal; the Hub refuses files over 50 GB). `--split-max-size` on the command line overrides.
 {split_max_size}
+# The converter: auto (ggufkit's native one where it can, else the pinned upstream
+# convert_hf_to_gguf.py), native, or upstream. `ggufkit convert --engine` overrides it.
+{engine}
 # What `ggufkit quantize` makes when given no types.
 types = [{types}]
 """
@@ -57,7 +61,8 @@ class WorkspaceConfig:
     outdir: str = "out"
     outtype: str = "f16"
     split_max_size: str | None = None
-    types: list[str] = field(default_factory=lambda: ["q4_0"])
+    engine: str | None = None  # None: auto
+    types: list[str] = field(default_factory=lambda: ["q4_0"])  # the last field (from_toml)
 
     @classmethod
     def from_toml(cls, path: Path) -> WorkspaceConfig:
@@ -102,6 +107,8 @@ class WorkspaceConfig:
                 parse_size(data["split_max_size"])
             except UsageError as exc:
                 raise invalid(f"`split_max_size`: {exc}", exc.hint or "") from exc
+        if data.get("engine") is not None and data["engine"] not in ENGINES:
+            raise invalid(f"`engine` {data['engine']!r} is unknown", f"choose {', '.join(ENGINES)}")
         return cls(**data)
 
     def to_toml(self) -> str:
@@ -118,6 +125,7 @@ class WorkspaceConfig:
             outdir=_toml_str(self.outdir),
             outtype=_toml_str(self.outtype),
             split_max_size=optional("split_max_size", self.split_max_size, "50G"),
+            engine=optional("engine", self.engine, "upstream"),
             types=", ".join(_toml_str(t) for t in self.types),
         )
 

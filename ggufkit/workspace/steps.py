@@ -239,25 +239,45 @@ class Workspace:
             return [model_input(model)]
         return [model_input(base, role="base"), model_input(model, role="delta")]
 
+    def convert_engine(self, given: str | None = None, manifest: Manifest | None = None) -> str:
+        """The convert step's engine: ``given`` (``convert --engine``), else ggufkit.toml's
+        ``engine``, else the one an earlier explicit run recorded (so that the convert a
+        ``quantize`` runs first does not redo it with another engine), else auto."""
+        toml = self.config.engine
+        if given is not None and toml is not None and given != toml:
+            log.info("--engine %s overrides ggufkit.toml's engine = %s for this run", given, toml)
+        if given is not None or toml is not None:
+            return str(given or toml)
+        record = (manifest or Manifest.load(self.manifest_path)).get(self.built(self.f16_path))
+        recorded = ((record or {}).get("options") or {}).get("engine")
+        return recorded if recorded in ("native", "upstream") else "auto"
+
+    def convert_options(self, engine: str) -> dict[str, Any]:
+        """What the convert step's fingerprint counts besides its inputs."""
+        options: dict[str, Any] = {"outtype": self.config.outtype}
+        if engine != "auto":  # engines may differ in bytes; threads do not
+            options["engine"] = engine
+        split_args = self.split()[1]
+        return options | ({"split": split_args} if split_args else {})
+
     def convert(
         self,
         *,
         force: bool = False,
-        engine: str = "auto",
+        engine: str | None = None,
         threads: int | None = None,
         chat_template: str | None = None,
     ) -> StepResult:
         """Download (if needed) and convert the source to ``f16_path`` (a split set when
-        ggufkit.toml sets ``split_max_size``); a delta is merged on the fly."""
+        ggufkit.toml sets ``split_max_size``); a delta is merged on the fly. ``engine`` (the
+        command line's) overrides ggufkit.toml's; see :meth:`convert_engine`."""
         with self.lock():
             model, base = self.source(), self.delta_base()
-            options: dict[str, Any] = {"outtype": self.config.outtype}
-            if engine != "auto":  # engines may differ in bytes; threads do not
-                options["engine"] = engine
+            engine = self.convert_engine(engine)
+            options = self.convert_options(engine)
             if chat_template is not None:
                 options["chat_template"] = chat_template
             split, split_args = self.split()
-            options.update({"split": split_args} if split_args else {})
             command = ["ggufkit", "convert", model.describe(), "-o", self.relative(self.f16_path)]
             command += ["--outtype", self.config.outtype]
             command += ["--delta-base", base.describe()] if base is not None else []
@@ -361,9 +381,8 @@ class Workspace:
         split_args = self.split()[1]
         split: dict[str, Any] = {"split": split_args} if split_args else {}
         f16 = self.built(self.f16_path)
-        convert = self._state(
-            "convert", f16, inputs, {"outtype": self.config.outtype, **split}, manifest
-        )
+        options = self.convert_options(self.convert_engine(None, manifest))
+        convert = self._state("convert", f16, inputs, options, manifest)
         convert.label = "convert"
         states = [convert]
         f16_stale = convert.state in ("missing", "out of date", "modified")

@@ -63,6 +63,7 @@ def workspace(plan: BatchPlan, model: ModelSpec) -> Workspace:
         delta_base=model.delta_base,
         outdir=".",
         outtype=plan.outtype,
+        engine=model.engine,
         types=list(plan.types),
     )
     return Workspace(plan.model_dir(model), config, exclusive=False)

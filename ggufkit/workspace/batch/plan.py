@@ -11,10 +11,7 @@ Example::
     delta_base = "owner/base"     # optional: `source` is a delta added to this base
     chat_template = "vicuna_v1.1" # optional: as `ggufkit convert --chat-template`, a file
                                   # relative to this file
-
-Files the plan names (chat templates, corpora) and `outdir` stay inside the plan's folder:
-relative paths, taken from it, without "..". A plan cannot read the token in your home or
-write outside its folder. Model sources may be any directory or Hub id.
+    engine = "upstream"           # optional: auto (default), native or upstream
 
     [imatrix]                     # optional: an importance matrix used by every quantize
     corpus = "calibration.txt"    # default: the embedded calibration text
@@ -28,6 +25,10 @@ write outside its folder. Model sources may be any directory or Hub id.
 
     [publish]                     # optional: upload each model's files
     repo = "me/{name}-GGUF"
+
+Files the plan names (chat templates, corpora) and `outdir` stay inside the plan's folder:
+relative paths, taken from it, without "..". A plan cannot read the token in your home or
+write outside its folder. Model sources may be any directory or Hub id.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ from typing import Any
 from ggufkit.core.errors import WorkspaceError
 from ggufkit.core.fsutil import read_toml, stays_inside
 from ggufkit.hub import looks_like_repo_id
-from ggufkit.workspace.config import default_name, parse_types
+from ggufkit.workspace.config import ENGINES, default_name, parse_types
 
-_MODEL_KEYS = ("source", "name", "delta_base", "chat_template", "revision")
+_MODEL_KEYS = ("source", "name", "delta_base", "chat_template", "revision", "engine")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ModelSpec:
     delta_base: str | None = None
     chat_template: str | None = None
     revision: str | None = None
+    engine: str | None = None  # None: auto
 
     @property
     def from_hub(self) -> bool:
@@ -170,12 +172,16 @@ def _model(entry: dict[str, Any], here: Path, invalid: Any) -> ModelSpec:
     if default_name(name) != name:
         raise invalid(f"model name {name!r} is not a plain file name", "use letters, digits, . _ -")
     base = entry.get("delta_base")
+    engine = entry.get("engine")
+    if engine is not None and engine not in ENGINES:
+        raise invalid(f"[[models]] engine {engine!r} is unknown", f"choose {', '.join(ENGINES)}")
     return ModelSpec(
         source=source,
         name=name,
         delta_base=where(base) if base else None,
         chat_template=_chat_template(entry.get("chat_template"), here, invalid),
         revision=entry.get("revision"),
+        engine=engine,
     )
 
 
