@@ -64,7 +64,7 @@ def write_llama3_tokenizer(vocab: Path, out_dir: Path) -> None:
                 "special": True,
             }
             for i in special
-        ],  # fmt: skip
+        ],
         "normalizer": None,
         "pre_tokenizer": {
             "type": "Sequence",
@@ -81,7 +81,7 @@ def write_llama3_tokenizer(vocab: Path, out_dir: Path) -> None:
                     "trim_offsets": True,
                     "use_regex": False,
                 },
-            ],  # fmt: skip
+            ],
         },
         "post_processor": {
             "type": "Sequence",
@@ -105,14 +105,14 @@ def write_llama3_tokenizer(vocab: Path, out_dir: Path) -> None:
                         bos: {"id": bos, "ids": [tokens.index(bos)], "tokens": [bos]}
                     },
                 },
-            ],  # fmt: skip
+            ],
         },
         "decoder": {
             "type": "ByteLevel",
             "add_prefix_space": True,
             "trim_offsets": True,
             "use_regex": True,
-        },  # fmt: skip
+        },
         "model": {
             "type": "BPE",
             "dropout": None,
@@ -124,7 +124,7 @@ def write_llama3_tokenizer(vocab: Path, out_dir: Path) -> None:
             "ignore_merges": True,
             "vocab": {token: i for i, token in enumerate(tokens)},
             "merges": [merge.split(" ", 1) for merge in merges],
-        },  # fmt: skip
+        },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), "utf-8")
@@ -157,10 +157,15 @@ def make_llama3(out_dir: Path, vocab: Path, *, seed: int = 0) -> Path:
         rope_theta=500000.0,
         bos_token_id=128000,
         eos_token_id=128009,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
         architectures=["LlamaForCausalLM"],
-    )  # fmt: skip
+    )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(str(out_dir))
     return out_dir
