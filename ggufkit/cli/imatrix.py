@@ -11,6 +11,7 @@ from ggufkit.cli.options import (
     corpus_option,
     ctx_option,
     echo_json,
+    flash_attn_option,
     json_option,
     output_option,
     path_argument,
@@ -28,6 +29,7 @@ from ggufkit.quantize.imatrix import DEFAULT_CTX, compute_imatrix
 )
 @chunks_option
 @threads_option
+@flash_attn_option
 @json_option
 def command(
     model: Path,

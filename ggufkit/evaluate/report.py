@@ -108,6 +108,8 @@ def eval_table(report: EvalReport) -> str:
     note = f"Corpus {Path(report.corpus).name} ({chunks})"
     if report.baseline is not None:
         note += f"; KL-divergence and top token against {Path(report.baseline).name}"
+    if report.flash_attn_resolved is not None:
+        note += f"; flash attention {report.flash_attn_resolved} (-fa {report.flash_attn})"
     return f"{table}\n\n{note}." + _sequential_note(report)
 
 

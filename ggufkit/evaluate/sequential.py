@@ -31,6 +31,7 @@ from ggufkit.evaluate.intervals import (
     should_stop,
 )
 from ggufkit.evaluate.results import ModelResult
+from ggufkit.llamacpp.attention import resolved_flash_attn
 
 log = get_logger("evaluate.sequential")
 
@@ -108,12 +109,14 @@ def run_sequential(
         )
     order = chunk_order(len(chunks), seed)
     base_sha = sha256_file(base)
-    base_keys = [chunk_key("base", base_sha, str(ctx), tokens=c) for c in chunks]
+    # Flash attention changes the numbers; "v2": the batched scorer's float32 log-softmax.
+    setting = f"fa={resolved_flash_attn()}/v2"
+    base_keys = [chunk_key("base", base_sha, str(ctx), setting, tokens=c) for c in chunks]
     runs: dict[Path, TypeRun] = {}
     for model in models:
         model_sha = sha256_file(model)
         run = runs[model] = TypeRun(chunkeval.scored(ctx))
-        keys = [chunk_key("type", model_sha, base_sha, str(ctx), tokens=c) for c in chunks]
+        keys = [chunk_key("type", model_sha, base_sha, str(ctx), setting, tokens=c) for c in chunks]
         _score_type(model, base, run, chunks, order, keys, base_keys, ctx, cache, threads,
                     target=target, min_chunks=min_chunks)  # fmt: skip
         stats = run.stats()
