@@ -27,6 +27,7 @@ TOLERANCE = 2e-4
 # The model: large weights (activations of tens) and head_dim 128.
 MODEL = {"hidden": 256, "intermediate": 512, "layers": 2, "heads": 2, "kv_heads": 2}
 SCALE = 1.0
+EVAL_ARGS = ["eval", "--ctx", str(CTX), "--chunks", str(CHUNKS), "--no-speed", "--json"]
 
 pytestmark = [pytest.mark.needs_llamacpp, pytest.mark.slow]
 
