@@ -123,7 +123,7 @@ def test_auto_is_on_for_the_cpu(measured: dict, fa_models: dict[str, Path]) -> N
             str(CHUNKS),
             "--no-speed",
             "--json",
-        ],  # fmt: skip
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -151,7 +151,7 @@ def test_flash_attn_option_reaches_llama_perplexity(
             "--json",
             "--flash-attn",
             "off",
-        ],  # fmt: skip
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
