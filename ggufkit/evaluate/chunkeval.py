@@ -69,14 +69,15 @@ def cut(tokens: Tokens, ctx: int) -> list[list[int]]:
 def score_chunks(
     model: Path,
     base: Path,
-    jobs: Iterator[ChunkJob],
+    jobs: Iterator[ChunkJob | None],
     *,
     ctx: int,
     cache: ChunkCache,
     threads: int | None,
     on_result: Callable[[dict[str, Any]], None],
 ) -> None:
-    """Score ``jobs`` (pulled one at a time, so the caller can stop early) in a child process.
+    """Score ``jobs`` in a child process, a batch of :func:`seqs_per_batch` chunks at a time
+    (pulled one at a time, so the caller can stop early; a None ends a batch early).
 
     ``on_result`` gets, per chunk: ``index``, ``base_nll`` and ``nll`` (mean NLL per token),
     ``kld`` (mean per token), ``top1`` (fraction), and the seconds spent on each model.
@@ -118,12 +119,14 @@ def targets(chunk: list[int], ctx: int) -> np.ndarray:
     return np.asarray(chunk[ctx // 2 + 1 : ctx], dtype=np.int64)
 
 
-def _groups(jobs: Iterator[ChunkJob], size: int) -> Iterator[list[ChunkJob]]:
-    """Up to ``size`` jobs at a time: the chunks one llama-perplexity batch holds."""
+def _groups(jobs: Iterator[ChunkJob | None], size: int) -> Iterator[list[ChunkJob]]:
+    """Up to ``size`` jobs at a time (the chunks one llama-perplexity batch holds); a None from
+    the feed ends a group early."""
     group: list[ChunkJob] = []
     for job in jobs:
-        group.append(job)
-        if len(group) == size:
+        if job is not None:
+            group.append(job)
+        if group and (job is None or len(group) == size):
             yield group
             group = []
     if group:
@@ -137,7 +140,7 @@ def _score_here(
     ctx: int,
     cache_dir: str,
     threads: int | None,
-    jobs: Iterator[ChunkJob],
+    jobs: Iterator[ChunkJob | None],
     on_result: Callable[[dict[str, Any]], None],
 ) -> None:
     quiet_llama_logs()

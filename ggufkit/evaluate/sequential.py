@@ -21,6 +21,7 @@ from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import sha256_file
 from ggufkit.core.log import get_logger
 from ggufkit.evaluate import chunkeval
+from ggufkit.evaluate.batchscore import seqs_per_batch
 from ggufkit.evaluate.chunkcache import ChunkCache, chunk_key
 from ggufkit.evaluate.intervals import (
     DEFAULT_MIN_CHUNKS,
@@ -164,10 +165,17 @@ def _score_type(
     def done() -> bool:
         return len(run.rows) >= 2 and should_stop(run.stats(), target, min_chunks)
 
-    def jobs() -> Iterator[chunkeval.ChunkJob]:
-        for index in map(int, order):
-            if done():
-                return
+    block = seqs_per_batch(ctx)
+
+    def jobs() -> Iterator[chunkeval.ChunkJob | None]:
+        # The stopping rule is checked every `block` chunks of the order (one batch of the
+        # scorer), never in between: a run served from the cache stops where a fresh one did.
+        for n, index in enumerate(map(int, order)):
+            if n % block == 0:
+                if n:
+                    yield None  # the end of a batch: the scorer reports before the next pull
+                if done():
+                    return
             cached = cache.get(keys[index])
             if cached is not None:
                 run.rows.append({name: float(value) for name, value in cached.items()})
