@@ -2,7 +2,8 @@
 
 Two models, each as f16 plus quantized types, evaluated on chunks of 128 tokens:
 
-- the embedded tiny-llama (3.4M parameters), on its held-out text, types q8_0/q4_k_m/q4_0;
+- the embedded tiny-llama (3.4M parameters), types q8_0/q4_k_m/q4_0, on the first
+  ``--tiny-chunks`` chunks of its held-out text;
 - a random-weight LLaMA shaped like SmolLM2-135M (hidden 576, 30 layers, 9/3 heads,
   intermediate 1536, vocabulary 49152; speed does not depend on training), type q8_0, on the
   first ``--chunks`` chunks of the held-out text.
@@ -19,7 +20,7 @@ Tokens count every model's scored chunks, the baseline's included. Exit status 1
 scorer is more than 1.1x slower per token than llama-perplexity on either model, or when
 `--target-error 1%` is not faster than the whole corpus on the 135M model.
 
-    .venv/bin/python benchmarks/bench_eval.py [--ctx 128] [--target 0.01] [--chunks 48]
+    .venv/bin/python benchmarks/bench_eval.py [--ctx 128] [--target 0.01] [--chunks 32]
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ctx", type=int, default=128)
     parser.add_argument("--target", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunks", type=int, default=48, help="chunks of the 135M model's corpus")
+    parser.add_argument("--chunks", type=int, default=32, help="chunks of the 135M model's corpus")
+    parser.add_argument("--tiny-chunks", type=int, default=96, help="chunks of tiny-llama's")
     parser.add_argument("--skip-135m", action="store_true", help="the tiny model only")
     args = parser.parse_args(argv)
     os.environ.setdefault("GGUFKIT_NO_PROGRESS", "1")
@@ -134,8 +136,9 @@ def main(argv: list[str]) -> int:
     print(f"threads {default_threads()} on both sides; context {args.ctx}\n")
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         work = Path(tmp)
-        print(f"== embedded tiny-llama (3.4M parameters): f16 + {', '.join(TYPES)}")
-        tiny = compare("tiny", make_tiny(work), work, args, None, with_cache=True)
+        print(f"== embedded tiny-llama (3.4M parameters): f16 + {', '.join(TYPES)}, "
+              f"{args.tiny_chunks} chunks")  # fmt: skip
+        tiny = compare("tiny", make_tiny(work), work, args, args.tiny_chunks, with_cache=True)
         smol = None
         if not args.skip_135m:
             print(f"== random LLaMA, SmolLM2-135M shape (~135M parameters): f16 + q8_0, "
