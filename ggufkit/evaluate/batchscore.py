@@ -65,7 +65,9 @@ class ChunkScorer:
             )
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = self.n_seq * ctx
-        cparams.n_batch = min(N_BATCH, self.n_seq * ctx)
+        # llama-perplexity's n_batch is min(2048, n_seq * ctx); past 2048 it decodes a chunk in
+        # several calls. One call of the whole chunk computes the same: n_ubatch (512) splits it.
+        cparams.n_batch = self.n_seq * ctx
         cparams.n_ubatch = min(N_UBATCH, cparams.n_batch)
         cparams.n_seq_max = self.n_seq
         cparams.kv_unified = False
