@@ -37,12 +37,14 @@ class Tokens:
 
 @dataclass(frozen=True)
 class ChunkJob:
-    """One chunk to score: its tokens and the cache keys of its baseline and type results."""
+    """One chunk to score: its tokens, the cache keys of its baseline and type results, and the
+    type's file."""
 
     index: int
     tokens: list[int]
     base_key: str
     type_key: str | None  # None: score the baseline alone
+    model: str | None = None
 
 
 def scored(ctx: int) -> int:
@@ -67,7 +69,6 @@ def cut(tokens: Tokens, ctx: int) -> list[list[int]]:
 
 
 def score_chunks(
-    model: Path,
     base: Path,
     jobs: Iterator[ChunkJob | None],
     *,
@@ -76,18 +77,17 @@ def score_chunks(
     threads: int | None,
     on_result: Callable[[dict[str, Any]], None],
 ) -> None:
-    """Score ``jobs`` in a child process, a batch of :func:`seqs_per_batch` chunks at a time
-    (pulled one at a time, so the caller can stop early; a None ends a batch early).
+    """Score ``jobs`` in one child process, a batch of :func:`seqs_per_batch` chunks of one type
+    at a time (pulled one at a time, so the caller can stop early; a None ends a batch early).
 
-    ``on_result`` gets, per chunk: ``index``, ``base_nll`` and ``nll`` (mean NLL per token),
-    ``kld`` (mean per token), ``top1`` (fraction), and the seconds spent on each model.
+    ``on_result`` gets, per chunk: ``index``, ``model``, ``base_nll`` and ``nll`` (mean NLL per
+    token), ``kld`` (mean per token), ``top1`` (fraction), and the seconds spent on each model.
     """
     run_isolated(
         _score_here,
-        str(model),
         str(base),
-        what=f"llama.cpp scoring chunks of {model.name}",
-        hint="check the file with `ggufkit inspect`; the default eval (no --target-error) "
+        what=f"llama.cpp scoring chunks against {base.name}",
+        hint="check the files with `ggufkit inspect`; the default eval (no --target-error) "
         "runs llama-perplexity instead",
         on_event=on_result,
         event_kwarg="on_result",
@@ -124,17 +124,19 @@ def _groups(jobs: Iterator[ChunkJob | None], size: int) -> Iterator[list[ChunkJo
     the feed ends a group early."""
     group: list[ChunkJob] = []
     for job in jobs:
+        if group and (job is None or job.model != group[0].model):
+            yield group  # the feed ended the batch, or the next type begins
+            group = []
         if job is not None:
             group.append(job)
-        if group and (job is None or len(group) == size):
-            yield group
-            group = []
+            if len(group) == size:
+                yield group
+                group = []
     if group:
         yield group
 
 
 def _score_here(
-    model: str,
     base: str,
     *,
     ctx: int,
@@ -154,7 +156,7 @@ def _score_here(
 
     try:
         for group in _groups(jobs, seqs_per_batch(ctx)):
-            _score_group(group, scorer, model, base, ctx, cache, on_result)
+            _score_group(group, scorer, base, ctx, cache, on_result)
     finally:
         for handle in opened.values():
             handle.close()
@@ -163,7 +165,6 @@ def _score_here(
 def _score_group(
     group: list[ChunkJob],
     scorer: Callable[[str], ChunkScorer],
-    model: str,
     base: str,
     ctx: int,
     cache: ChunkCache,
@@ -190,6 +191,8 @@ def _score_group(
     values: dict[int, dict[str, float]] = {}
     started = time.perf_counter()
     if typed:
+        model = group[0].model
+        assert model is not None, "a type's chunk names its model"
         logits = scorer(model).logits([job.tokens for job, _ in typed])
         for (job, key), rows in zip(typed, logits, strict=True):
             found = type_values(rows, targets(job.tokens, ctx), bases[job.index])
@@ -198,7 +201,11 @@ def _score_group(
             values[job.index] = found
     seconds = (time.perf_counter() - started) / max(1, len(typed))
     for job in group:
-        result: dict[str, Any] = {"index": job.index, "base_nll": float(bases[job.index]["nll"])}
+        result: dict[str, Any] = {
+            "index": job.index,
+            "model": job.model,
+            "base_nll": float(bases[job.index]["nll"]),
+        }
         if job.index in values:
             result.update(values[job.index], seconds=seconds)
         on_result({**result, "base_seconds": base_seconds, "base_computed": job.index in computed})
