@@ -48,8 +48,15 @@ def write_random_gguf(
     vocab: int = 512,
     scale: float = 0.02,
     seed: int = 0,
+    tied_output: bool = False,
+    embedding_scale: float | None = None,
 ) -> Path:
-    """Write the model (one tensor in memory at a time) to ``path`` atomically; returns it."""
+    """Write the model (one tensor in memory at a time) to ``path`` atomically; returns it.
+
+    ``tied_output``: the output matrix is the embedding, so the model predicts its input token
+    with a wide margin, and a q8_0 copy agrees with it on the top token almost everywhere (a
+    random output matrix leaves near-ties that quantization flips on ~5 % of positions); give it
+    an ``embedding_scale`` well above ``scale`` so the layers do not drown the input token."""
     import gguf
 
     shapes = llama_shapes(
@@ -89,13 +96,18 @@ def write_random_gguf(
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     rng = np.random.default_rng(seed)
-    for shape in shapes.values():
+    embedding = None
+    for name, shape in shapes.items():
         if len(shape) == 1:
             writer.write_tensor_data(np.ones(shape, dtype=np.float32))
+        elif name == "output.weight" and tied_output:
+            writer.write_tensor_data(embedding)
         else:
             data = rng.standard_normal(shape, dtype=np.float32)
-            data *= scale
+            data *= embedding_scale if name == "token_embd.weight" and embedding_scale else scale
             writer.write_tensor_data(data.astype(np.float16))
+            if name == "token_embd.weight":
+                embedding = data.astype(np.float16)
     writer.close()
     os.replace(tmp, path)
     return path
