@@ -157,3 +157,36 @@ def test_flash_attn_option_reaches_llama_perplexity(
     report = json.loads(result.stdout)
     assert (report["flash_attn"], report["flash_attn_resolved"]) == ("off", "off")
     assert report["models"][0]["ppl"] == pytest.approx(measured["upstream", "off"][0], rel=1e-6)
+
+
+def test_imatrix_runs_with_the_setting(fa_models: dict[str, Path], tmp_path: Path) -> None:
+    """llama-imatrix gets -fa too: its perplexity moves with the setting as llama-perplexity's."""
+    import json
+
+    from ggufkit.evaluate.pipeline import default_corpus
+
+    found = {}
+    for setting in ("on", "off"):
+        result = CliRunner().invoke(
+            cli,
+            [
+                "imatrix",
+                str(fa_models["f16"]),
+                "--corpus",
+                str(default_corpus()),
+                "-o",
+                str(tmp_path / f"imatrix-{setting}.gguf"),
+                "-c",
+                str(CTX),
+                "--chunks",
+                "2",
+                "--flash-attn",
+                setting,
+                "--json",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert (report["flash_attn"], report["flash_attn_resolved"]) == (setting, setting)
+        found[setting] = report["perplexity"]
+    assert relative(found["on"], found["off"]) > 10 * TOLERANCE
