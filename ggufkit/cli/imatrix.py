@@ -59,5 +59,5 @@ def command(
     ppl = f", perplexity {result.perplexity:.2f}" if result.perplexity is not None else ""
     click.echo(
         f"{result.output}: {result.entries} tensors over {result.chunks} chunks{ppl} "
-        f"({result.seconds:.1f} s)"
+        f"({result.seconds:.1f} s, flash attention {result.flash_attn_resolved})"
     )
