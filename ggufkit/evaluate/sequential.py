@@ -3,8 +3,10 @@
 The corpus is tokenized once and cut into chunks, which are scored in one seeded random order,
 the same for every type. Each type stops once all of its paired 95 % intervals (ΔPPL relative
 to the baseline's perplexity, KLD, top-1 agreement) are within the target, after at least
-``min_chunks`` chunks, or when the corpus runs out. The baseline is scored on the chunks that
-some type needed, once, through the per-chunk cache.
+``min_chunks`` chunks, or when the corpus runs out; the rule is checked after each batch of
+chunks the scorer decodes together (llama-perplexity's ``n_batch / ctx``). The baseline is
+scored on the chunks that some type needed, once, through the per-chunk cache; every type goes
+through one scorer process, which loads the baseline once.
 """
 
 from __future__ import annotations
