@@ -405,11 +405,15 @@ def test_bench_table_and_json(tiny_quants: dict[str, Path]) -> None:
     lines = table.stdout.splitlines()
     assert lines[0].split("|")[1].strip() == "model"
     assert [line.split("|")[4].strip() for line in lines[2:]] == ["pp16", "tg8"]
+    assert [line.split("|")[7].strip() for line in lines[2:]] == ["on", "on"]  # -fa auto, CPU
     result = CliRunner().invoke(cli, [*args, "--json"])
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["size_bytes"] == tiny_quants["q4_0"].stat().st_size
     assert [(t["test"], t["threads"]) for t in data["tests"]] == [("pp16", 1), ("tg8", 1)]
+    off = CliRunner().invoke(cli, [*args, "--json", "--flash-attn", "off"])
+    assert off.exit_code == 0, off.stderr
+    assert [t["flash_attn"] for t in json.loads(off.stdout)["tests"]] == ["off", "off"]
     assert all(t["tps"] > 0 and t["ms_per_token"] == pytest.approx(1000 / t["tps"])
                for t in data["tests"])  # fmt: skip
 

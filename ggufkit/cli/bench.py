@@ -10,6 +10,7 @@ from ggufkit.cli.options import (
     count_option,
     device_option,
     echo_json,
+    flash_attn_option,
     json_option,
     path_argument,
 )
@@ -43,6 +44,7 @@ from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, DEFAULT_REPETITI
     help="CPU threads; repeat to compare (-t 4 -t 8). Default: llama-bench's choice.",
 )
 @device_option
+@flash_attn_option
 @json_option
 def command(
     model: Path,

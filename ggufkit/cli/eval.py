@@ -13,6 +13,7 @@ from ggufkit.cli.options import (
     ctx_option,
     device_option,
     echo_result,
+    flash_attn_option,
     json_option,
     parse_fraction,
     path_argument,
@@ -67,6 +68,7 @@ log = get_logger("cli.eval")
 )
 @count_option("--seed", default=0, minimum=0, help="With --target-error: seed of the chunk order.")
 @plot_option("Also write a PNG: perplexity and KL-divergence against file size.")
+@flash_attn_option
 @json_option
 def command(
     models: tuple[Path, ...],

@@ -11,6 +11,7 @@ from ggufkit.cli.options import (
     corpus_option,
     ctx_option,
     echo_json,
+    flash_attn_option,
     json_option,
     output_option,
     path_argument,
@@ -28,6 +29,7 @@ from ggufkit.quantize.imatrix import DEFAULT_CTX, compute_imatrix
 )
 @chunks_option
 @threads_option
+@flash_attn_option
 @json_option
 def command(
     model: Path,
@@ -57,5 +59,5 @@ def command(
     ppl = f", perplexity {result.perplexity:.2f}" if result.perplexity is not None else ""
     click.echo(
         f"{result.output}: {result.entries} tensors over {result.chunks} chunks{ppl} "
-        f"({result.seconds:.1f} s)"
+        f"({result.seconds:.1f} s, flash attention {result.flash_attn_resolved})"
     )

@@ -135,6 +135,27 @@ def device_option(func: F) -> F:
     )(func)
 
 
+def flash_attn_option(func: F) -> F:
+    """--flash-attn auto|on|off: one attention kernel for every llama.cpp tool and the bindings
+    in this command (it changes the numbers, not only the speed)."""
+
+    def apply(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        from ggufkit.llamacpp.attention import use_flash_attn
+
+        ctx.with_resource(use_flash_attn(value))  # type: ignore[arg-type]
+
+    return click.option(
+        "--flash-attn",
+        type=click.Choice(["auto", "on", "off"]),
+        default=None,
+        envvar="GGUFKIT_FLASH_ATTN",
+        expose_value=False,
+        callback=apply,
+        help="Flash attention for llama.cpp's tools and llama-cpp-python alike: auto (llama.cpp's "
+        "default: on for the CPU), on or off. Env: GGUFKIT_FLASH_ATTN.",
+    )(func)
+
+
 def _check_gpu_build() -> None:
     from ggufkit.core.errors import GGUFKitError
     from ggufkit.llamacpp.build import current_build

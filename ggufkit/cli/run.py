@@ -13,6 +13,7 @@ from ggufkit.cli.options import (
     ctx_option,
     device_option,
     echo_json,
+    flash_attn_option,
     json_option,
     path_argument,
     threads_option,
@@ -62,6 +63,7 @@ log = get_logger("cli.run")
 @ctx_option("Context size (default: the model's, at most 4096).")
 @threads_option
 @device_option
+@flash_attn_option
 @json_option
 def command(
     model: Path,

@@ -10,6 +10,7 @@ from ggufkit.cli.options import (
     SHIPPED_TEXT,
     count_option,
     echo_json,
+    flash_attn_option,
     json_option,
     path_argument,
     path_option,
@@ -46,6 +47,7 @@ from ggufkit.evaluate.verify import DEFAULT_POSITIONS, verify
     help="Largest |Δlogit| allowed, as a fraction of the largest logit "
     "(default 0.01 for F16/BF16/F32; quantized files are only reported).",
 )
+@flash_attn_option
 @json_option
 def command(
     file: Path,

@@ -1,10 +1,12 @@
 """Exact per-chunk perplexity, KL-divergence and top-1 agreement, in-process through the bindings.
 
 ``llama-perplexity`` prints only running totals rounded to 4 decimals, so per-chunk values cannot
-be recovered from its output. This module scores one chunk at a time with llama-cpp-python on
+be recovered from its output. This module scores chunks with llama-cpp-python's low-level API on
 ggufkit's own built libllama, the way llama-perplexity does: the corpus is tokenized once (BOS
 added when the vocabulary wants one), cut into ``ctx``-token chunks whose first token is replaced
-by BOS, and only the second half of each chunk is scored. llama.cpp runs in a spawned child
+by BOS, only the second half of each chunk is scored, and as many chunks as one batch of
+llama-perplexity holds are decoded together (:mod:`ggufkit.evaluate.batchscore`, which also
+copies its threads and flash-attention setting). llama.cpp runs in a spawned child
 (:func:`ggufkit.llamacpp.isolate.run_isolated`); the baseline's per-chunk log-probabilities go to
 a content-addressed cache (:mod:`ggufkit.evaluate.chunkcache`), 16 bits each as in
 llama-perplexity's base file, so that KLD and top-1 agreement match its numbers.
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ggufkit.core.errors import EvaluationError
+from ggufkit.evaluate.batchscore import ChunkScorer, base_record, seqs_per_batch, type_values
 from ggufkit.evaluate.chunkcache import ChunkCache
 from ggufkit.evaluate.ppl import quiet_llama_logs
 from ggufkit.llamacpp.bindings import load_llama_cpp
@@ -35,12 +37,14 @@ class Tokens:
 
 @dataclass(frozen=True)
 class ChunkJob:
-    """One chunk to score: its tokens and the cache keys of its baseline and type results."""
+    """One chunk to score: its tokens, the cache keys of its baseline and type results, and the
+    type's file."""
 
     index: int
     tokens: list[int]
     base_key: str
     type_key: str | None  # None: score the baseline alone
+    model: str | None = None
 
 
 def scored(ctx: int) -> int:
@@ -65,26 +69,25 @@ def cut(tokens: Tokens, ctx: int) -> list[list[int]]:
 
 
 def score_chunks(
-    model: Path,
     base: Path,
-    jobs: Iterator[ChunkJob],
+    jobs: Iterator[ChunkJob | None],
     *,
     ctx: int,
     cache: ChunkCache,
     threads: int | None,
     on_result: Callable[[dict[str, Any]], None],
 ) -> None:
-    """Score ``jobs`` (pulled one at a time, so the caller can stop early) in a child process.
+    """Score ``jobs`` in one child process, a batch of :func:`seqs_per_batch` chunks of one type
+    at a time (pulled one at a time, so the caller can stop early; a None ends a batch early).
 
-    ``on_result`` gets, per chunk: ``index``, ``base_nll`` and ``nll`` (mean NLL per token),
-    ``kld`` (mean per token), ``top1`` (fraction), and the seconds spent on each model.
+    ``on_result`` gets, per chunk: ``index``, ``model``, ``base_nll`` and ``nll`` (mean NLL per
+    token), ``kld`` (mean per token), ``top1`` (fraction), and the seconds spent on each model.
     """
     run_isolated(
         _score_here,
-        str(model),
         str(base),
-        what=f"llama.cpp scoring chunks of {model.name}",
-        hint="check the file with `ggufkit inspect`; the default eval (no --target-error) "
+        what=f"llama.cpp scoring chunks against {base.name}",
+        hint="check the files with `ggufkit inspect`; the default eval (no --target-error) "
         "runs llama-perplexity instead",
         on_event=on_result,
         event_kwarg="on_result",
@@ -99,20 +102,6 @@ def score_chunks(
 # --- in the child --------------------------------------------------------------------------
 
 
-def _open(model: str, ctx: int, threads: int | None) -> Any:
-    llama_cpp = load_llama_cpp()
-    quiet_llama_logs()
-    kwargs: dict[str, Any] = {"n_ctx": ctx, "n_batch": ctx, "logits_all": True, "verbose": False}
-    if threads:
-        kwargs["n_threads"] = kwargs["n_threads_batch"] = threads
-    try:
-        return llama_cpp.Llama(model_path=model, **kwargs)
-    except ValueError as exc:
-        raise EvaluationError(
-            f"llama.cpp could not load {model}: {exc}", hint="check it with `ggufkit inspect`"
-        ) from exc
-
-
 def _tokenize_here(model: str, corpus: str) -> Tokens:
     llama_cpp = load_llama_cpp()
     quiet_llama_logs()
@@ -125,85 +114,98 @@ def _tokenize_here(model: str, corpus: str) -> Tokens:
         llm.close()
 
 
-def _log_probs(llm: Any, chunk: list[int], ctx: int) -> np.ndarray:
-    """Log-softmax (float64) at the scored positions, those that predict the second half."""
-    llm.reset()
-    llm.eval(chunk)
-    first = ctx // 2
-    logits = np.asarray(llm.scores[first : ctx - 1], dtype=np.float64)
-    top = logits.max(axis=1, keepdims=True)
-    return logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+def targets(chunk: list[int], ctx: int) -> np.ndarray:
+    """The scored tokens of a chunk: positions ``ctx/2 + 1 .. ctx - 1``."""
+    return np.asarray(chunk[ctx // 2 + 1 : ctx], dtype=np.int64)
 
 
-def pack_log_probs(log_probs: np.ndarray) -> dict[str, np.ndarray]:
-    """16-bit log-probabilities the way llama-perplexity's ``--kl-divergence-base`` file keeps
-    them: per position, codes over ``[max - 16, max]`` with a scale and an offset."""
-    top = log_probs.max(axis=1, keepdims=True)
-    low = np.maximum(log_probs.min(axis=1, keepdims=True), top - 16)
-    scale = (top - low) / 65535
-    safe = np.where(scale > 0, scale, 1.0)
-    codes = np.where(log_probs > low, np.rint((log_probs - low) / safe), 0)
-    return {"codes": codes.astype(np.uint16), "scale": scale[:, 0], "low": low[:, 0]}
-
-
-def kld_and_top1(packed: dict[str, np.ndarray], log_probs: np.ndarray) -> tuple[float, float]:
-    """Mean KL-divergence from the packed baseline and the fraction of positions whose top token
-    is the baseline's, computed as llama-perplexity does (baseline terms below e^-16 dropped;
-    the baseline's top token is the first of its largest codes)."""
-    base = packed["scale"][:, None] * packed["codes"] + packed["low"][:, None]
-    terms = np.where(base > -16, np.exp(base) * (base - log_probs), 0.0)
-    same = log_probs.argmax(axis=1) == packed["codes"].argmax(axis=1)
-    return float(terms.sum(axis=1).mean()), float(same.mean())
-
-
-def _nll(log_probs: np.ndarray, chunk: list[int], ctx: int) -> float:
-    targets = np.asarray(chunk[ctx // 2 + 1 : ctx])
-    return float(-log_probs[np.arange(len(targets)), targets].mean())
+def _groups(jobs: Iterator[ChunkJob | None], size: int) -> Iterator[list[ChunkJob]]:
+    """Up to ``size`` jobs at a time (the chunks one llama-perplexity batch holds); a None from
+    the feed ends a group early."""
+    group: list[ChunkJob] = []
+    for job in jobs:
+        if group and (job is None or job.model != group[0].model):
+            yield group  # the feed ended the batch, or the next type begins
+            group = []
+        if job is not None:
+            group.append(job)
+            if len(group) == size:
+                yield group
+                group = []
+    if group:
+        yield group
 
 
 def _score_here(
-    model: str,
     base: str,
     *,
     ctx: int,
     cache_dir: str,
     threads: int | None,
-    jobs: Iterator[ChunkJob],
+    jobs: Iterator[ChunkJob | None],
     on_result: Callable[[dict[str, Any]], None],
 ) -> None:
+    quiet_llama_logs()
     cache = ChunkCache(Path(cache_dir))
-    opened: dict[str, Any] = {}
+    opened: dict[str, ChunkScorer] = {}
 
-    def llm(path: str) -> Any:
+    def scorer(path: str) -> ChunkScorer:
         if path not in opened:
-            opened[path] = _open(path, ctx, threads)
+            opened[path] = ChunkScorer(path, ctx, threads)
         return opened[path]
 
     try:
-        for job in jobs:
-            started = time.perf_counter()
-            baseline = cache.get(job.base_key)
-            computed = baseline is None
-            if baseline is None:
-                log_probs = _log_probs(llm(base), job.tokens, ctx)
-                nll = np.float64(_nll(log_probs, job.tokens, ctx))
-                baseline = {"nll": nll, **pack_log_probs(log_probs)}
-                cache.put(job.base_key, baseline)
-            base_seconds = time.perf_counter() - started
-            result: dict[str, Any] = {"index": job.index, "base_nll": float(baseline["nll"])}
-            if job.type_key is not None:
-                started = time.perf_counter()
-                log_probs = _log_probs(llm(model), job.tokens, ctx)
-                kld, top1 = kld_and_top1(baseline, log_probs)
-                values = {
-                    "nll": _nll(log_probs, job.tokens, ctx),
-                    "kld": kld,
-                    "top1": top1,
-                    "base_nll": result["base_nll"],
-                }
-                cache.put(job.type_key, {k: np.float64(v) for k, v in values.items()})
-                result.update(values, seconds=time.perf_counter() - started)
-            on_result({**result, "base_seconds": base_seconds, "base_computed": computed})
+        for group in _groups(jobs, seqs_per_batch(ctx)):
+            _score_group(group, scorer, base, ctx, cache, on_result)
     finally:
         for handle in opened.values():
             handle.close()
+
+
+def _score_group(
+    group: list[ChunkJob],
+    scorer: Callable[[str], ChunkScorer],
+    base: str,
+    ctx: int,
+    cache: ChunkCache,
+    on_result: Callable[[dict[str, Any]], None],
+) -> None:
+    """One batch of chunks through the baseline (those not cached) and one through the type."""
+    started = time.perf_counter()
+    bases: dict[int, dict[str, Any]] = {}
+    missing = []
+    for job in group:
+        cached = cache.get(job.base_key)
+        if cached is None:
+            missing.append(job)
+        else:
+            bases[job.index] = cached
+    if missing:
+        logits = scorer(base).logits([job.tokens for job in missing])
+        for job, rows in zip(missing, logits, strict=True):
+            bases[job.index] = base_record(rows, targets(job.tokens, ctx))
+            cache.put(job.base_key, bases[job.index])
+    base_seconds = (time.perf_counter() - started) / max(1, len(missing))
+    computed = {job.index for job in missing}
+    typed = [(job, job.type_key) for job in group if job.type_key is not None]
+    values: dict[int, dict[str, float]] = {}
+    started = time.perf_counter()
+    if typed:
+        model = group[0].model
+        assert model is not None, "a type's chunk names its model"
+        logits = scorer(model).logits([job.tokens for job, _ in typed])
+        for (job, key), rows in zip(typed, logits, strict=True):
+            found = type_values(rows, targets(job.tokens, ctx), bases[job.index])
+            found["base_nll"] = float(bases[job.index]["nll"])
+            cache.put(key, {k: np.float64(v) for k, v in found.items()})
+            values[job.index] = found
+    seconds = (time.perf_counter() - started) / max(1, len(typed))
+    for job in group:
+        result: dict[str, Any] = {
+            "index": job.index,
+            "model": job.model,
+            "base_nll": float(bases[job.index]["nll"]),
+        }
+        if job.index in values:
+            result.update(values[job.index], seconds=seconds)
+        on_result({**result, "base_seconds": base_seconds, "base_computed": job.index in computed})

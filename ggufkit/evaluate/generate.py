@@ -15,6 +15,7 @@ from ggufkit.core.log import get_logger
 from ggufkit.evaluate.chat_render import limit_chat_templates
 from ggufkit.evaluate.ppl import quiet_llama_logs
 from ggufkit.formats.gguf_reader import read_gguf
+from ggufkit.llamacpp.attention import resolved_flash_attn
 from ggufkit.llamacpp.bindings import load_llama_cpp
 from ggufkit.llamacpp.device import gpu_layers
 from ggufkit.llamacpp.isolate import run_isolated
@@ -276,6 +277,7 @@ def _open(
         "seed": seed,
         "verbose": False,
         "n_gpu_layers": gpu_layers(),  # the same backend as the tools (-ngl)
+        "flash_attn": resolved_flash_attn() == "on",  # the same kernel as the tools (-fa)
     }
     if threads:
         kwargs["n_threads"] = kwargs["n_threads_batch"] = threads

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ggufkit.core.errors import EvaluationError, ToolMissingError
+from ggufkit.llamacpp.attention import resolved_flash_attn
 from ggufkit.llamacpp.device import gpu_layers
 
 
@@ -119,6 +120,7 @@ def open_gguf(
             n_threads=n_threads or os.cpu_count() or 1,
             n_threads_batch=n_threads or os.cpu_count() or 1,
             n_gpu_layers=gpu_layers(),  # the same backend as the tools (-ngl)
+            flash_attn=resolved_flash_attn() == "on",  # the same kernel as the tools (-fa)
             verbose=False,
         )
     except (ValueError, RuntimeError) as exc:

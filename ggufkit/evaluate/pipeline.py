@@ -13,12 +13,14 @@ from ggufkit.core.fsutil import check_free_disk, sha256_file
 from ggufkit.core.log import get_logger, progress
 from ggufkit.core.partials import owned_temp_dir
 from ggufkit.evaluate import ppl as ppl_mod
+from ggufkit.evaluate.batchscore import default_threads
 from ggufkit.evaluate.intervals import DEFAULT_MIN_CHUNKS
 from ggufkit.evaluate.results import EvalReport, ModelResult
 from ggufkit.evaluate.sequential import fill_results, run_sequential, sequential_summary
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, benchmark
 from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.formats.ggufinfo import ArraySummary, GGUFInfo
+from ggufkit.llamacpp.attention import current_flash_attn, resolved_flash_attn
 from ggufkit.llamacpp.build import current_build
 
 log = get_logger("evaluate")
@@ -123,6 +125,9 @@ def evaluate(
     With ``target_error`` (a fraction: 0.01 for 1 %), the types are scored in-process against
     the baseline, chunk by chunk in a random order (``seed``), each until its paired 95 %
     intervals are within the target (:mod:`ggufkit.evaluate.sequential`).
+
+    Both paths run with the same flash-attention setting (``GGUFKIT_FLASH_ATTN``, ``--flash-attn``)
+    and, when ``threads`` is None, the same thread count (llama.cpp's default, made explicit).
     """
     if not models and baseline is None:
         raise UsageError("no models to evaluate", hint="give one or more .gguf files")
@@ -149,6 +154,8 @@ def evaluate(
                 hint="KL-divergence compares quantizations of the same model only",
             )
 
+    if target_error is not None and threads is None:
+        threads = default_threads()  # the scorer's count is llama-perplexity's
     n_tokens = ppl_mod.count_tokens(base_info.path, corpus_path)
     plan = ppl_mod.plan(
         n_tokens,
@@ -263,4 +270,6 @@ def evaluate(
         sequential=None
         if sequential is None
         else sequential_summary(sequential, seed, min_chunks, target_error),
+        flash_attn=current_flash_attn(),
+        flash_attn_resolved=resolved_flash_attn(),
     )

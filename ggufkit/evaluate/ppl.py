@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from ggufkit.core.errors import EvaluationError, UsageError
 from ggufkit.core.log import get_logger
+from ggufkit.llamacpp.attention import fa_args
 from ggufkit.llamacpp.build import find_tool
 from ggufkit.llamacpp.device import ngl_args
 from ggufkit.llamacpp.runner import ToolResult, run_tool, short_corpus_error
@@ -268,6 +269,7 @@ def _run_parsed(
 
 def _common_args(model: Path, ctx: int, threads: int | None) -> list[str]:
     args = [str(find_tool("llama-perplexity")), "-m", str(model), "-c", str(ctx), *ngl_args()]
+    args += fa_args()  # the in-process scorer (chunkeval) uses the same setting
     if threads:
         args += ["-t", str(threads)]
     return args

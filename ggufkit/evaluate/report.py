@@ -112,6 +112,8 @@ def eval_table(report: EvalReport) -> str:
     note = f"Corpus {Path(report.corpus).name} ({chunks})"
     if report.baseline is not None:
         note += f"; KL-divergence and top token against {Path(report.baseline).name}"
+    if report.flash_attn_resolved is not None:
+        note += f"; flash attention {report.flash_attn_resolved} (-fa {report.flash_attn})"
     return f"{table}\n\n{note}." + _sequential_note(report)
 
 
@@ -158,7 +160,7 @@ def _sequential_note(report: EvalReport) -> str:
 
 def bench_table(results: Sequence[SpeedResult], sizes: dict[str, int] | None = None) -> str:
     """One row per model, thread count and test, like llama-bench's own Markdown."""
-    header = ["model", "size", "threads", "test", "t/s", "ms/token"]
+    header = ["model", "size", "threads", "test", "t/s", "ms/token", "flash attn"]
     rows = [
         [
             Path(r.model).name,
@@ -167,10 +169,11 @@ def bench_table(results: Sequence[SpeedResult], sizes: dict[str, int] | None = N
             r.test,
             f"{r.tps:.2f} ± {r.tps_std:.2f}",
             f"{r.ms_per_token:.3f}",
+            r.flash_attn or MISSING_CELL,
         ]
         for r in results
     ]
-    return markdown_table(header, rows, "lrrrrr")
+    return markdown_table(header, rows, "lrrrrrl")
 
 
 def new_figure(out: str | Path, example: str, size_inches: tuple[float, float]) -> tuple[Path, Any]:

@@ -26,6 +26,7 @@ class SpeedResult:
     repetitions: int
     backend: str = "CPU"
     model_type: str = ""  # llama.cpp's description, e.g. "llama 7B Q4_0"
+    flash_attn: str | None = None  # "on"/"off": what the test ran with (auto resolved)
 
     @property
     def kind(self) -> str:
@@ -113,6 +114,9 @@ class EvalReport:
     # --target-error only: the sequential run (target, seed, corpus_chunks, tokens_scored,
     # tokens_full, seconds, seconds_saved, cache_hits)
     sequential: dict[str, Any] | None = None
+    # the -fa setting every measurement ran with, and what llama.cpp resolved it to
+    flash_attn: str = "auto"
+    flash_attn_resolved: str | None = None
 
     @property
     def baseline_result(self) -> ModelResult | None:

@@ -3,8 +3,10 @@
 The corpus is tokenized once and cut into chunks, which are scored in one seeded random order,
 the same for every type. Each type stops once all of its paired 95 % intervals (ΔPPL relative
 to the baseline's perplexity, KLD, top-1 agreement) are within the target, after at least
-``min_chunks`` chunks, or when the corpus runs out. The baseline is scored on the chunks that
-some type needed, once, through the per-chunk cache.
+``min_chunks`` chunks, or when the corpus runs out; the rule is checked after each batch of
+chunks the scorer decodes together (llama-perplexity's ``n_batch / ctx``). The baseline is
+scored on the chunks that some type needed, once, through the per-chunk cache; every type goes
+through one scorer process, which loads the baseline once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import sha256_file
 from ggufkit.core.log import get_logger
 from ggufkit.evaluate import chunkeval
+from ggufkit.evaluate.batchscore import seqs_per_batch
 from ggufkit.evaluate.chunkcache import ChunkCache, chunk_key
 from ggufkit.evaluate.intervals import (
     DEFAULT_MIN_CHUNKS,
@@ -31,6 +34,7 @@ from ggufkit.evaluate.intervals import (
     should_stop,
 )
 from ggufkit.evaluate.results import ModelResult
+from ggufkit.llamacpp.attention import resolved_flash_attn
 
 log = get_logger("evaluate.sequential")
 
@@ -108,14 +112,27 @@ def run_sequential(
         )
     order = chunk_order(len(chunks), seed)
     base_sha = sha256_file(base)
-    base_keys = [chunk_key("base", base_sha, str(ctx), tokens=c) for c in chunks]
+    # Flash attention changes the numbers; "v2": the batched scorer's float32 log-softmax.
+    setting = f"fa={resolved_flash_attn()}/v2"
+    base_keys = [chunk_key("base", base_sha, str(ctx), setting, tokens=c) for c in chunks]
     runs: dict[Path, TypeRun] = {}
+    keys: dict[Path, list[str]] = {}
     for model in models:
         model_sha = sha256_file(model)
-        run = runs[model] = TypeRun(chunkeval.scored(ctx))
-        keys = [chunk_key("type", model_sha, base_sha, str(ctx), tokens=c) for c in chunks]
-        _score_type(model, base, run, chunks, order, keys, base_keys, ctx, cache, threads,
-                    target=target, min_chunks=min_chunks)  # fmt: skip
+        runs[model] = TypeRun(chunkeval.scored(ctx))
+        keys[model] = [
+            chunk_key("type", model_sha, base_sha, str(ctx), setting, tokens=c) for c in chunks
+        ]
+    plan = _Plan(chunks, order, base_keys, ctx, cache, target, min_chunks)
+    chunkeval.score_chunks(
+        base,
+        _all_jobs(plan, runs, keys),
+        ctx=ctx,
+        cache=cache,
+        threads=threads,
+        on_result=lambda result: _record(runs[Path(result["model"])], result),
+    )
+    for model, run in runs.items():
         stats = run.stats()
         log.info(
             "%s: %d of %d chunks, ΔPPL %+.4g ± %.2g, KLD %.4g ± %.2g",
@@ -143,45 +160,55 @@ def run_sequential(
     )
 
 
-def _score_type(
-    model: Path,
-    base: Path,
-    run: TypeRun,
-    chunks: list[list[int]],
-    order: np.ndarray,
-    keys: list[str],
-    base_keys: list[str],
-    ctx: int,
-    cache: ChunkCache,
-    threads: int | None,
-    *,
-    target: float,
-    min_chunks: int,
-) -> None:
-    def done() -> bool:
-        return len(run.rows) >= 2 and should_stop(run.stats(), target, min_chunks)
+@dataclass(frozen=True)
+class _Plan:
+    chunks: list[list[int]]
+    order: np.ndarray
+    base_keys: list[str]
+    ctx: int
+    cache: ChunkCache
+    target: float
+    min_chunks: int
 
-    def jobs() -> Iterator[chunkeval.ChunkJob]:
-        for index in map(int, order):
-            if done():
+
+def _all_jobs(
+    plan: _Plan, runs: dict[Path, TypeRun], keys: dict[Path, list[str]]
+) -> Iterator[chunkeval.ChunkJob | None]:
+    """Every type's chunks, one type after the other, through one scorer (one child process,
+    the baseline loaded once)."""
+    for model, run in runs.items():
+        yield from _type_jobs(plan, model, run, keys[model])
+        yield None  # the type's last batch ends here
+
+
+def _type_jobs(
+    plan: _Plan, model: Path, run: TypeRun, keys: list[str]
+) -> Iterator[chunkeval.ChunkJob | None]:
+    """One type's chunks in the shared order until its intervals meet the target. The rule is
+    checked every batch of the scorer, never in between: a run served from the cache stops
+    where a fresh one did."""
+    block = seqs_per_batch(plan.ctx)
+    for n, index in enumerate(map(int, plan.order)):
+        if n % block == 0:
+            if n:
+                yield None  # the end of a batch: the scorer reports before the next pull
+            if len(run.rows) >= 2 and should_stop(run.stats(), plan.target, plan.min_chunks):
                 return
-            cached = cache.get(keys[index])
-            if cached is not None:
-                run.rows.append({name: float(value) for name, value in cached.items()})
-                continue
-            yield chunkeval.ChunkJob(index, chunks[index], base_keys[index], keys[index])
+        cached = plan.cache.get(keys[index])
+        if cached is not None:
+            run.rows.append({name: float(value) for name, value in cached.items()})
+            continue
+        chunk = plan.chunks[index]
+        yield chunkeval.ChunkJob(index, chunk, plan.base_keys[index], keys[index], str(model))
 
-    def on_result(result: dict[str, Any]) -> None:
-        run.rows.append({n: result[n] for n in ("nll", "base_nll", "kld", "top1")})
-        run.seconds += result["seconds"]
-        run.computed += 1
-        if result["base_computed"]:
-            run.base_seconds += result["base_seconds"]
-            run.base_computed += 1
 
-    chunkeval.score_chunks(
-        model, base, jobs(), ctx=ctx, cache=cache, threads=threads, on_result=on_result
-    )
+def _record(run: TypeRun, result: dict[str, Any]) -> None:
+    run.rows.append({n: result[n] for n in ("nll", "base_nll", "kld", "top1")})
+    run.seconds += result["seconds"]
+    run.computed += 1
+    if result["base_computed"]:
+        run.base_seconds += result["base_seconds"]
+        run.base_computed += 1
 
 
 def _saved(runs: dict[Path, TypeRun], n_chunks: int, base_chunks: int) -> float | None:

@@ -11,6 +11,7 @@ from ggufkit.core.errors import EvaluationError, UsageError
 from ggufkit.core.log import get_logger
 from ggufkit.evaluate.results import SpeedResult
 from ggufkit.formats.gguf_reader import read_gguf
+from ggufkit.llamacpp.attention import fa_args, resolved_flash_attn
 from ggufkit.llamacpp.build import find_tool
 from ggufkit.llamacpp.device import ngl_args
 from ggufkit.llamacpp.runner import run_tool
@@ -55,9 +56,19 @@ def _speed_from(item: Any, model: str) -> SpeedResult:
             repetitions=len(samples) or 1,
             backend=str(item.get("backends", "CPU")),
             model_type=str(item.get("model_type", "")),
+            flash_attn=_flash_attn(item.get("flash_attn")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise EvaluationError(f"unexpected llama-bench result for {model}: {exc!r}") from exc
+
+
+def _flash_attn(value: Any) -> str:
+    """llama-bench's ``flash_attn`` (the enum: -1 auto, 0 off, 1 on) as on/off."""
+    if value in (0, False, "0", "off"):
+        return "off"
+    if value in (1, True, "1", "on"):
+        return "on"
+    return resolved_flash_attn("auto")
 
 
 def benchmark(
@@ -91,6 +102,7 @@ def benchmark(
         "-o",
         "json",
         *ngl_args(),
+        *fa_args(),
     ]
     if threads:
         args += ["-t", ",".join(str(t) for t in threads)]

@@ -18,6 +18,7 @@ from ggufkit.evaluate.parity import ParityReport, TokenizerReport
 from ggufkit.evaluate.pipeline import default_corpus, n_ctx_train, type_label
 from ggufkit.evaluate.ppl import quiet_llama_logs
 from ggufkit.formats.gguf_reader import read_gguf
+from ggufkit.llamacpp.attention import resolved_flash_attn
 
 DEFAULT_POSITIONS = 128
 DEFAULT_TEXT_CHARS = 20_000
@@ -65,6 +66,7 @@ class VerifyReport:
                 "decisive_mismatches": lg.decisive_mismatches(),
             },
             "max_rel_diff": self.max_rel_diff,
+            "flash_attn": resolved_flash_attn(),
             "passed": self.passed,
             "problems": self.problems,
             "notes": self.notes,
@@ -76,7 +78,7 @@ class VerifyReport:
             f"against:    {self.against}",
             f"text:       {self.text_source}",
             f"tokenizer:  {self.tokenizer.summary()}",
-            f"logits:     {self.logits.summary()}",
+            f"logits:     {self.logits.summary()} (flash attention {resolved_flash_attn()})",
         ]
         if self.max_rel_diff is None:
             lines.append(

@@ -37,6 +37,8 @@ class ImatrixResult:
     perplexity: float | None
     seconds: float
     log_path: Path | None
+    flash_attn: str = "auto"  # the setting passed as -fa
+    flash_attn_resolved: str | None = None  # what llama.cpp made of it (its log)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -47,6 +49,8 @@ class ImatrixResult:
             "entries": self.entries,
             "perplexity": self.perplexity,
             "seconds": round(self.seconds, 3),
+            "flash_attn": self.flash_attn,
+            "flash_attn_resolved": self.flash_attn_resolved,
             "log": None if self.log_path is None else str(self.log_path),
         }
 
@@ -114,6 +118,12 @@ def compute_imatrix(
     threads: int | None = None,
 ) -> ImatrixResult:
     """Run ``llama-imatrix`` on ``corpus``; the matrix is written atomically to ``output``."""
+    from ggufkit.llamacpp.attention import (
+        current_flash_attn,
+        fa_args,
+        resolved_flash_attn,
+        resolved_from_log,
+    )
     from ggufkit.llamacpp.build import find_tool
     from ggufkit.llamacpp.device import ngl_args
     from ggufkit.llamacpp.runner import new_log_path, run_tool, short_corpus_error
@@ -147,7 +157,7 @@ def compute_imatrix(
     with atomic_output(target) as tmp:
         args: list[str | Path] = [
             tool, "-m", model, "-f", corpus, "-o", tmp, "--output-format", "gguf",
-            "-c", str(ctx_size), *ngl_args(),
+            "-c", str(ctx_size), *ngl_args(), *fa_args(),
         ]  # fmt: skip
         if chunks is not None:
             args += ["--chunks", str(chunks)]
@@ -181,4 +191,6 @@ def compute_imatrix(
         perplexity=float(ppl.group(1)) if ppl else None,
         seconds=seconds,
         log_path=result.log_path,
+        flash_attn=current_flash_attn(),
+        flash_attn_resolved=resolved_from_log(result.stdout) or resolved_flash_attn(),
     )
