@@ -278,8 +278,9 @@ def tensor_mix(info: GGUFInfo) -> TensorMix:
     A tensor fell back when the file is quantized (``general.file_type``) and the tensor is stored
     in one of llama.cpp's fallback types other than the mix's own main type, with rows that are no
     multiple of 256 (F16: of 32): exactly where llama-quantize prints "... not divisible by 256
-    ... falling back to q5_0". (A type forced with --output-tensor-type or
-    --token-embedding-type onto such rows counts too.)
+    ... falling back to q5_0", and where it stores output.weight in Q8_0 straight away for
+    such rows (without counting it). A type forced with --output-tensor-type or
+    --token-embedding-type onto such rows counts too.
     """
     counts = tuple(sorted(info.tensor_types.items(), key=lambda item: (-item[1], item[0])))
     file_type = info.file_type_name

