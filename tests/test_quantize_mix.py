@@ -101,6 +101,21 @@ def test_the_eval_table_names_the_real_types(tmp_path: Path) -> None:
     assert "gone tensors" not in text  # a file that is no longer there is left out
 
 
+def test_the_model_card_names_the_real_types(tmp_path: Path) -> None:
+    from ggufkit.workspace.card import Artefact, measured_table
+
+    model = write_mix(
+        tmp_path / "m-Q4_K_M.gguf", Q4_K_M, [("blk.0.attn_q.weight", "Q5_0", (576, 576))]
+    )
+    text = measured_table([Artefact(model, "Q4_K_M", {"step": "quantize", "size": 1000})])
+    row = next(line for line in text.splitlines() if line.startswith("| `m-Q4_K_M.gguf`"))
+    assert row.endswith("| F32 ×1, Q5_0 ×1 |")
+    assert (
+        "`m-Q4_K_M.gguf`: Q4_K_M: 1 of 2 tensors fell back to Q5_0: rows of 576 are not a "
+        "multiple of 256 (llama.cpp's fallback)." in text
+    )
+
+
 _LLAMA_FALLBACKS = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quantization")
 
 
