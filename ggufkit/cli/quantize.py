@@ -163,3 +163,5 @@ def command(
     for r in results:
         bpw = f"{r.bits_per_weight:5.2f} bpw" if r.bits_per_weight else "    ? bpw"
         click.echo(f"{r.type:<8} {human_bytes(r.size):>11}  {bpw}  {r.seconds:6.1f} s  {r.output}")
+        if r.mix is not None:  # the tensors' real types (a note on stderr says what fell back)
+            click.echo(f"{'':<8} tensors: {r.mix.counts_text()}")

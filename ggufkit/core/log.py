@@ -27,6 +27,7 @@ def setup_logging(verbosity: int = 0) -> None:
     """verbosity: -1 quiet (warnings only, no progress), 0 info, 1+ debug."""
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     _state["quiet"] = verbosity < 0
+    os.environ["GGUFKIT_LOG_LEVEL"] = str(level)  # for spawned children (llamacpp.bindings)
     root = logging.getLogger("ggufkit")
     root.setLevel(level)
     for handler in list(root.handlers):

@@ -103,15 +103,12 @@ def score_chunks(
 
 
 def _tokenize_here(model: str, corpus: str) -> Tokens:
-    llama_cpp = load_llama_cpp()
-    quiet_llama_logs()
-    llm = llama_cpp.Llama(model_path=model, vocab_only=True, verbose=False)
-    try:
-        ids = llm.tokenize(Path(corpus).read_bytes(), add_bos=True, special=False)
-        bos = llm.token_bos()
-        return Tokens(list(ids), bos if ids and ids[0] == bos else None)
-    finally:
-        llm.close()
+    from ggufkit.llamacpp.bindings import vocab_only
+
+    with vocab_only(model) as vocab:  # no context: none is needed to tokenize
+        ids = vocab.tokenize(Path(corpus).read_bytes(), add_bos=True, special=False)
+        bos = vocab.token_bos()
+        return Tokens(ids, bos if ids and ids[0] == bos else None)
 
 
 def targets(chunk: list[int], ctx: int) -> np.ndarray:

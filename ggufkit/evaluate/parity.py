@@ -199,8 +199,10 @@ def tokenizer_parity(gguf_path: str | Path, hf_dir: str | Path, text: str) -> To
     says, so the GGUF's add_bos/add_eos flags are checked too.
     """
     reference = hf_token_ids(hf_dir, text)
-    with open_gguf(gguf_path, vocab_only=True) as llm:
-        ids = [int(i) for i in llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)]
+    from ggufkit.llamacpp.bindings import vocab_only
+
+    with vocab_only(gguf_path) as vocab:
+        ids = vocab.tokenize(text.encode("utf-8"), add_bos=True, special=True)
     first = next(
         (i for i, (a, b) in enumerate(zip(reference, ids, strict=False)) if a != b),
         None if len(reference) == len(ids) else min(len(reference), len(ids)),

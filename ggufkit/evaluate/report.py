@@ -114,7 +114,27 @@ def eval_table(report: EvalReport) -> str:
         note += f"; KL-divergence and top token against {Path(report.baseline).name}"
     if report.flash_attn_resolved is not None:
         note += f"; flash attention {report.flash_attn_resolved} (-fa {report.flash_attn})"
-    return f"{table}\n\n{note}." + _sequential_note(report)
+    return f"{table}\n\n{note}." + _mix_note(report) + _sequential_note(report)
+
+
+def _mix_note(report: EvalReport) -> str:
+    """Each quantized file's real tensor types, and what fell back (a Q4_K_M of 576-wide rows
+    is mostly Q5_0), read from the files' headers."""
+    from ggufkit.core.errors import GGUFFormatError
+    from ggufkit.quantize.types import read_tensor_mix
+
+    lines = []
+    for m in report.models:
+        try:
+            mix = read_tensor_mix(Path(m.path))
+        except GGUFFormatError:  # a report read back after the file went
+            continue
+        if mix.fallback or mix.file_type not in (None, "F16", "BF16", "F32"):
+            lines.append(
+                f"{m.name} tensors: {mix.counts_text()}"
+                + (f" ({mix.note()})" if mix.note() else "")
+            )
+    return "".join(f"\n{line}." for line in lines)
 
 
 def _interval_measures(

@@ -30,7 +30,7 @@ from ggufkit.core.fsutil import (
     same_file,  # noqa: F401 (tests and callers use quantize.same_file)
 )
 from ggufkit.core.log import get_logger, progress
-from ggufkit.formats.gguf_reader import check_gguf
+from ggufkit.formats.gguf_reader import check_gguf, read_gguf
 from ggufkit.formats.gguf_split import SplitLimits, shards_named_like, split_set
 from ggufkit.formats.ggufinfo import GGUFInfo
 from ggufkit.quantize.engines import (
@@ -44,7 +44,7 @@ from ggufkit.quantize.engines import (
     may_need_imatrix,
     parse_kv_override,
 )
-from ggufkit.quantize.types import QuantType, TypeTable, output_name
+from ggufkit.quantize.types import QuantType, TensorMix, TypeTable, output_name, tensor_mix
 
 __all__ = [
     "KVOverride",
@@ -73,6 +73,12 @@ class QuantizeResult:
     imatrix: Path | None = None
     log_path: Path | None = None
     tool_seconds: float | None = None  # of ``seconds``, llama-quantize's lifetime (spawn to reap)
+    mix: TensorMix | None = None  # the tensors' real types, read from the written file
+
+    @property
+    def fallback_note(self) -> str | None:
+        """``Q4_K_M: 166 of 211 tensors fell back to Q5_0: rows of 576 ...``, or None."""
+        return None if self.mix is None else self.mix.note()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -88,6 +94,7 @@ class QuantizeResult:
             "engine": self.engine,
             "imatrix": None if self.imatrix is None else str(self.imatrix),
             "log": None if self.log_path is None else str(self.log_path),
+            **(self.mix.to_json() if self.mix is not None else {}),
         }
 
 
@@ -284,13 +291,15 @@ def _quantize_one(
 
         with atomic_output(target) as tmp:
             report = engine.run(source, tmp, quant_type, options, on_progress)
-            bits_per_weight = report.bits_per_weight
-            if bits_per_weight is None:  # llama.cpp did not say: read the output's tensor table
-                bits_per_weight = check_gguf(tmp).bits_per_weight
-            else:  # (parsing a big vocabulary again would cost a good part of the 1 % budget)
-                with open(tmp, "rb") as handle:
-                    if handle.read(4) != b"GGUF":
-                        raise QuantizeError(f"{engine.name} wrote no GGUF file to {tmp}")
+            # The tensor table of what was written: its real types (and, where llama.cpp did not
+            # say, the bits per weight). Arrays are walked, not decoded: a big vocabulary costs
+            # a few ms, not a part of the start-up budget.
+            try:
+                info = read_gguf(tmp, max_array_items=0)
+            except GGUFFormatError as exc:
+                raise QuantizeError(f"{engine.name} wrote no valid GGUF file to {tmp}") from exc
+            bits_per_weight = report.bits_per_weight or info.bits_per_weight
+            mix = tensor_mix(info)
             size = tmp.stat().st_size
     seconds = time.perf_counter() - started
     result = QuantizeResult(
@@ -304,7 +313,10 @@ def _quantize_one(
         imatrix=options.imatrix,
         log_path=report.log_path,
         tool_seconds=report.tool_seconds,
+        mix=mix,
     )
+    if mix.fallback:
+        log.warning("%s", mix.note())
     log.info(
         "%s: %s, %s bpw, %.1f s",
         target.name,

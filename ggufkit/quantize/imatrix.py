@@ -83,10 +83,10 @@ def _check_enough_tokens(model: Path, corpus: Path, ctx_size: int) -> None:
     """llama-imatrix needs two chunks of text, but when it exits for that reason its (asynchronous)
     log is often lost: count the tokens first, with the model's own tokenizer."""
     from ggufkit.core.errors import ToolMissingError
-    from ggufkit.llamacpp.bindings import load_llama_cpp
+    from ggufkit.llamacpp.bindings import load_llama_cpp, vocab_only
 
     try:
-        llama_cpp = load_llama_cpp()
+        load_llama_cpp()
     except ToolMissingError:
         return  # the binary will still refuse; only the message is less clear
     need = 2 * ctx_size
@@ -94,11 +94,8 @@ def _check_enough_tokens(model: Path, corpus: Path, ctx_size: int) -> None:
     budget = need * 32  # bytes: far more than enough text for `need` tokens in any tokenizer
     with open(corpus, "rb") as handle:
         text = handle.read(budget)
-    vocab = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
-    try:
+    with vocab_only(model) as vocab:  # no context: none is needed to tokenize
         count = len(vocab.tokenize(text, add_bos=True, special=False))
-    finally:
-        vocab.close()
     if count < need and size <= budget:
         raise InputError(
             f"calibration text {corpus} is too short: {count} tokens, llama-imatrix needs at "

@@ -18,7 +18,7 @@ from ggufkit.core import paths
 from ggufkit.core.errors import ToolFailedError, UsageError
 from ggufkit.core.fsutil import read_keyed_json, write_keyed_json
 from ggufkit.core.log import get_logger
-from ggufkit.formats.ggufinfo import ggml_type_by_name
+from ggufkit.formats.ggufinfo import GGUFInfo, ggml_type_by_name
 
 log = get_logger("quantize")
 
@@ -192,3 +192,124 @@ def output_stem(input_path: Path, type_names: Sequence[str]) -> str:
 def output_name(input_path: Path, quant_type: str, type_names: Sequence[str]) -> str:
     """``<stem>-<TYPE>.gguf``: ``my-model-f16.gguf`` quantized to q4_0 -> ``my-model-Q4_0.gguf``."""
     return f"{output_stem(input_path, type_names)}-{quant_type.upper()}.gguf"
+
+
+# llama.cpp's tensor_type_fallback (src/llama-quant.cpp): a tensor whose rows are not a multiple of
+# its type's block is stored in a 32-block type instead (the target -> what it stands for), or in
+# F16 where even 32 does not divide the rows.
+FALLBACK_FOR = {
+    "Q4_0": "Q2_K/Q3_K",
+    "Q5_0": "Q4_K",
+    "Q5_1": "Q5_K",
+    "Q8_0": "Q6_K",
+    "IQ4_NL": "IQ*",
+    "F16": "any",
+}
+K_BLOCK = 256  # QK_K: the block of the k-quants and the i-quants
+LEGACY_BLOCK = 32
+
+
+@dataclass(frozen=True)
+class TensorMix:
+    """What a GGUF's tensors are really stored in, and which fell back from the requested mix.
+
+    ``counts``: tensors per ggml type, most first. ``fallback``: tensors per fallback type (see
+    :data:`FALLBACK_FOR`) whose rows do not fit the mix's block; ``rows``: those row lengths.
+    """
+
+    file_type: str | None  # general.file_type as llama.cpp names it ("Q4_K_M")
+    counts: tuple[tuple[str, int], ...]
+    total: int
+    fallback: tuple[tuple[str, int], ...] = ()
+    rows: tuple[int, ...] = ()
+    block: int = K_BLOCK
+
+    @property
+    def fallback_count(self) -> int:
+        return sum(n for _, n in self.fallback)
+
+    def counts_text(self) -> str:
+        """``Q5_0 ×166, Q4_K ×16, Q8_0 ×15, Q6_K ×14``."""
+        return ", ".join(f"{name} ×{n}" for name, n in self.counts)
+
+    def note(self) -> str | None:
+        """A plain sentence when tensors fell back, else None: ``Q4_K_M: 166 of 211 tensors fell
+        back to Q5_0: rows of 576 are not a multiple of 256``."""
+        if not self.fallback:
+            return None
+        targets = "(" + " and ".join(f"{n} to {name}" for name, n in self.fallback) + ")"
+        if len(self.fallback) == 1:
+            targets = f"to {self.fallback[0][0]}"
+        rows = ", ".join(str(r) for r in self.rows)
+        return (
+            f"{self.file_type or 'this mix'}: {self.fallback_count} of {self.total} tensors fell "
+            f"back {targets}: rows of {rows} are not a multiple of {self.block}"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tensor_types": dict(self.counts),
+            "fallback": None
+            if not self.fallback
+            else {
+                "count": self.fallback_count,
+                "types": dict(self.fallback),
+                "row_lengths": list(self.rows),
+                "block": self.block,
+                "note": self.note(),
+            },
+        }
+
+
+def _main_type(file_type: str | None) -> str | None:
+    """A quantized mix's main ggml type (``Q4_K_M`` -> ``Q4_K``); None for a plain or unknown
+    file type (F16, BF16, F32: nothing falls back there)."""
+    if not file_type or file_type in ("F16", "BF16", "F32"):
+        return None
+    for candidate in (file_type, file_type.rsplit("_", 1)[0]):
+        if ggml_type_by_name(candidate) is not None:
+            return candidate.upper()
+    return file_type
+
+
+def tensor_mix(info: GGUFInfo) -> TensorMix:
+    """The real tensor types of a GGUF and what fell back, from its tensor table alone.
+
+    A tensor fell back when the file is quantized (``general.file_type``) and the tensor is stored
+    in one of llama.cpp's fallback types other than the mix's own main type, with rows that are no
+    multiple of 256 (F16: of 32): exactly where llama-quantize prints "... not divisible by 256
+    ... falling back to q5_0", and where it stores output.weight in Q8_0 straight away for
+    such rows (without counting it). A type forced with --output-tensor-type or
+    --token-embedding-type onto such rows counts too.
+    """
+    counts = tuple(sorted(info.tensor_types.items(), key=lambda item: (-item[1], item[0])))
+    file_type = info.file_type_name
+    main = _main_type(file_type)
+    fell: dict[str, int] = {}
+    rows: set[int] = set()
+    legacy = False
+    if main is not None:
+        for tensor in info.tensors:
+            kind = tensor.type_name
+            if len(tensor.shape) < 2 or kind not in FALLBACK_FOR or kind == main:
+                continue
+            row = tensor.shape[0]
+            if row % (LEGACY_BLOCK if kind == "F16" else K_BLOCK) != 0:
+                fell[kind] = fell.get(kind, 0) + 1
+                rows.add(row)
+                legacy = legacy or kind != "F16"
+    return TensorMix(
+        file_type=file_type,
+        counts=counts,
+        total=len(info.tensors),
+        fallback=tuple(sorted(fell.items(), key=lambda item: (-item[1], item[0]))),
+        rows=tuple(sorted(rows)),
+        block=K_BLOCK if legacy or not fell else LEGACY_BLOCK,
+    )
+
+
+def read_tensor_mix(path: Path) -> TensorMix:
+    """:func:`tensor_mix` of a GGUF file (or split set), reading its header only."""
+    from ggufkit.formats.gguf_reader import read_gguf
+
+    return tensor_mix(read_gguf(path, max_array_items=0))

@@ -136,14 +136,22 @@ def _num(value: Any, fmt: str) -> str:
 
 
 def measured_table(artefacts: list[Artefact]) -> str:
-    """One row per file: size, bits per weight, perplexity ± error, KLD against f16, tokens/s."""
+    """One row per file: size, bits per weight, perplexity ± error, KLD against f16, tokens/s,
+    and the tensors' real types (read from the file), with a note where a mix fell back."""
+    from ggufkit.quantize.types import read_tensor_mix
+
     rows = [
         "## Measured",
-        "| file | type | size | bits/weight | perplexity | KLD vs f16 | prompt tok/s | gen tok/s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| file | type | size | bits/weight | perplexity | KLD vs f16 | prompt tok/s | gen tok/s "
+        "| tensors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     contexts = []
+    notes = []
     for a in artefacts:
+        mix = read_tensor_mix(a.path)
+        if mix.note():
+            notes.append(f"`{a.path.name}`: {mix.note()} (llama.cpp's fallback).")
         e = a.eval
         ppl = (
             f"{_num(e.get('ppl'), '.4f')} ± {_num(e.get('ppl_err'), '.4f')}" if "ppl" in e else "–"
@@ -153,10 +161,12 @@ def measured_table(artefacts: list[Artefact]) -> str:
         rows.append(
             f"| `{a.path.name}` | {a.type} | {human_bytes(int(a.record.get('size') or 0))} | "
             f"{_num(bpw, '.2f')} | {ppl} | {kld} | {_num(e.get('pp_tps'), '.1f')} | "
-            f"{_num(e.get('tg_tps'), '.1f')} |"
+            f"{_num(e.get('tg_tps'), '.1f')} | {mix.counts_text()} |"
         )
         if e:
             contexts.append(e)
+    if notes:
+        rows.append("\n" + "\n".join(notes))
     if contexts:
         c = contexts[0]
         rows.append(
