@@ -25,7 +25,6 @@ import numpy as np
 from ggufkit.evaluate.batchscore import ChunkScorer, base_record, seqs_per_batch, type_values
 from ggufkit.evaluate.chunkcache import ChunkCache
 from ggufkit.evaluate.ppl import quiet_llama_logs
-from ggufkit.llamacpp.bindings import load_llama_cpp
 from ggufkit.llamacpp.isolate import run_isolated
 
 
