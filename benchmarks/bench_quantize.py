@@ -28,94 +28,23 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from startup import bytecode_env, command_bytecode, import_times, precompile
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from random_gguf import write_random_gguf  # noqa: E402
+
 TARGET_SHARE = 0.01  # ggufkit's own share, of the raw binary's median wall time
 # What `ggufkit quantize` imports when it runs, beyond the CLI and the command's module.
 LAZY_MODULES = ("ggufkit.quantize", "ggufkit.llamacpp.build", "ggufkit.llamacpp.runner")
 
 
-def llama_shapes(
-    *, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int
-) -> dict[str, tuple[int, ...]]:
-    """GGUF tensor names and numpy shapes (rows, columns) of a LLaMA."""
-    kv = kv_heads * (hidden // heads)
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (vocab, hidden)}
-    for i in range(layers):
-        p = f"blk.{i}."
-        shapes |= {
-            p + "attn_norm.weight": (hidden,),
-            p + "attn_q.weight": (hidden, hidden),
-            p + "attn_k.weight": (kv, hidden),
-            p + "attn_v.weight": (kv, hidden),
-            p + "attn_output.weight": (hidden, hidden),
-            p + "ffn_norm.weight": (hidden,),
-            p + "ffn_gate.weight": (intermediate, hidden),
-            p + "ffn_up.weight": (intermediate, hidden),
-            p + "ffn_down.weight": (hidden, intermediate),
-        }
-    shapes |= {"output_norm.weight": (hidden,), "output.weight": (vocab, hidden)}
-    return shapes
-
-
 def make_model(path: Path, *, layers: int, seed: int = 0) -> Path:
-    """Write the benchmark GGUF (streamed: one tensor in memory at a time), atomically."""
-    import gguf
-
-    hidden, intermediate, heads, kv_heads, vocab = 2048, 5632, 32, 4, 32000
-    shapes = llama_shapes(
-        hidden=hidden,
-        intermediate=intermediate,
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        vocab=vocab,
-    )
-    tmp = path.with_name(path.name + ".partial")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
-    writer.add_name(f"bench-llama-{layers}l")
-    writer.add_context_length(2048)
-    writer.add_embedding_length(hidden)
-    writer.add_block_count(layers)
-    writer.add_feed_forward_length(intermediate)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_dimension_count(hidden // heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(vocab)
-    writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16))
-    # A minimal valid SentencePiece-style vocabulary: specials, 256 byte tokens, filler pieces.
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-    tokens += [f"▁t{i}" for i in range(vocab - len(tokens))]
-    types = [2, 3, 3] + [6] * 256 + [1] * (vocab - 259)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([-float(i) for i in range(vocab)])
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    for name, shape in shapes.items():
-        dtype = np.float32 if len(shape) == 1 else np.float16
-        writer.add_tensor_info(
-            name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize
-        )
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    rng = np.random.default_rng(seed)
-    for shape in shapes.values():
-        if len(shape) == 1:
-            writer.write_tensor_data(np.ones(shape, dtype=np.float32))
-        else:
-            data = rng.standard_normal(shape, dtype=np.float32)
-            data *= 0.02
-            writer.write_tensor_data(data.astype(np.float16))
-    writer.close()
-    os.replace(tmp, path)
-    return path
+    """Write the benchmark GGUF (a ~1B LLaMA shape when ``layers`` is 22), atomically."""
+    return write_random_gguf(
+        path, hidden=2048, intermediate=5632, layers=layers, heads=32, kv_heads=4,
+        vocab=32000, scale=0.02, seed=seed,
+    )  # fmt: skip
 
 
 def timed(command: list[str]) -> tuple[float, str]:

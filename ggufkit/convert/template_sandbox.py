@@ -20,7 +20,6 @@ and turns each into an :class:`InputError` naming the template's source. Limits:
 from __future__ import annotations
 
 import json
-import os
 import queue
 import subprocess
 import sys
@@ -29,7 +28,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from ggufkit.core.errors import InputError, UsageError
+from ggufkit.core.env import positive_number
+from ggufkit.core.errors import InputError
 
 CHILD = Path(__file__).with_name("_template_child.py")
 # A conversation every chat template should render: what convert test-renders a template with.
@@ -48,27 +48,14 @@ class TemplateLimitError(InputError):
 POLL_SECONDS = 0.02
 
 
-def _setting(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not number > 0:
-        raise UsageError(f"{name}={value!r} is not a positive number")
-    return number
-
-
 class TemplateSandbox:
     """``with TemplateSandbox("the chat template of m.gguf") as box: box.render(text, ctx)``."""
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.memory = int(_setting("GGUFKIT_TEMPLATE_MEMORY", 1024) * 1024 * 1024)
-        self.seconds = _setting("GGUFKIT_TEMPLATE_SECONDS", 10)
-        self.max_output = int(_setting("GGUFKIT_TEMPLATE_MAX_OUTPUT", 16 * 1024 * 1024))
+        self.memory = int(positive_number("GGUFKIT_TEMPLATE_MEMORY", 1024) * 1024 * 1024)
+        self.seconds = positive_number("GGUFKIT_TEMPLATE_SECONDS", 10)
+        self.max_output = int(positive_number("GGUFKIT_TEMPLATE_MAX_OUTPUT", 16 * 1024 * 1024))
         self._process: subprocess.Popen[str] | None = None
         self._answers: queue.Queue[str | None] = queue.Queue()
 

@@ -77,11 +77,9 @@ def partials(final: Path) -> dict[Path, int | None]:
 
 
 def lease_seconds() -> float:
-    value = os.environ.get("GGUFKIT_PARTIAL_LEASE", "")
-    try:
-        return float(value) if value else LEASE_SECONDS
-    except ValueError:
-        return LEASE_SECONDS
+    from ggufkit.core.env import positive_number
+
+    return positive_number("GGUFKIT_PARTIAL_LEASE", LEASE_SECONDS)
 
 
 def stale_partials(final: Path) -> list[Path]:

@@ -10,10 +10,9 @@ timeout a call left out (connect, read, write, pool) with ``GGUFKIT_HUB_TIMEOUT`
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from ggufkit.core.errors import UsageError
+from ggufkit.core.env import positive_number
 
 DEFAULT_SECONDS = 30.0
 VARIABLE = "GGUFKIT_HUB_TIMEOUT"
@@ -22,16 +21,7 @@ _installed: float | None = None
 
 def seconds() -> float:
     """The timeout for each connect and each read or write, from ``GGUFKIT_HUB_TIMEOUT``."""
-    value = os.environ.get(VARIABLE, "").strip()
-    if not value:
-        return DEFAULT_SECONDS
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not number > 0:
-        raise UsageError(f"{VARIABLE}={value!r} is not a positive number of seconds")
-    return number
+    return positive_number(VARIABLE, DEFAULT_SECONDS)
 
 
 def hint() -> str:

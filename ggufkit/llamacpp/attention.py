@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Literal
 
+from ggufkit.core.env import scoped_env
 from ggufkit.core.errors import UsageError
 
 FlashAttn = Literal["auto", "on", "off"]
@@ -65,18 +65,6 @@ def resolved_from_log(text: str) -> Literal["on", "off"] | None:
     return "on" if match.group(1) == "enabled" else "off"
 
 
-@contextmanager
-def use_flash_attn(setting: FlashAttn | None) -> Iterator[None]:
+def use_flash_attn(setting: FlashAttn | None) -> AbstractContextManager[None]:
     """Set flash attention for everything inside (and for children started meanwhile)."""
-    if setting is None:
-        yield
-        return
-    previous = os.environ.get(ENV)
-    os.environ[ENV] = setting
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = previous
+    return scoped_env(ENV, setting)

@@ -9,10 +9,11 @@ spawned children; ``--device`` on eval/bench/run sets it through :func:`use_devi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Literal
 
+from ggufkit.core.env import scoped_env
 from ggufkit.core.errors import UsageError
 
 Device = Literal["cpu", "gpu"]
@@ -39,21 +40,9 @@ def ngl_args(device: Device | None = None) -> list[str]:
     return ["-ngl", str(gpu_layers(device))]
 
 
-@contextmanager
-def use_device(device: Device | None) -> Iterator[None]:
+def use_device(device: Device | None) -> AbstractContextManager[None]:
     """Set the device for everything inside (and for children started meanwhile)."""
-    if device is None:
-        yield
-        return
-    previous = os.environ.get(ENV)
-    os.environ[ENV] = device
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = previous
+    return scoped_env(ENV, device)
 
 
 GPU_BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL", "OPENCL")
