@@ -3,7 +3,8 @@
     python -m ggufkit.dev test      # install into .venv, build the pinned llama.cpp, run the tests
     python -m ggufkit.dev demo      # the same set-up, then the whole pipeline on the tiny models
 
-Also ``install``, ``build``, ``test-fast``, ``lint``. Arguments after ``test``/``test-fast`` go
+Also ``install``, ``build``, ``test-fast``, ``lint``, and ``families`` (the architecture matrix:
+writes docs/architectures.md; arguments go to scripts/archmatrix/run.py). Arguments after ``test``/``test-fast`` go
 to pytest. Runs with any Python 3.11+ before anything is installed, so it imports only the
 standard library (``ggufkit/__init__`` imports nothing either). The Makefile calls it.
 """
@@ -111,7 +112,12 @@ def demo() -> None:
     _run([tool("python"), "-m", "ggufkit", "demo"])
 
 
-COMMANDS = {"install", "build", "test", "test-fast", "lint", "demo"}
+def families(args: Sequence[str]) -> None:
+    build()
+    _run([tool("python"), ROOT / "scripts" / "archmatrix" / "run.py", *args])
+
+
+COMMANDS = {"install", "build", "test", "test-fast", "lint", "demo", "families"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         test(rest)
     elif command == "test-fast":
         test_fast(rest)
+    elif command == "families":
+        families(rest)
     else:
         {"install": install, "build": build, "lint": lint, "demo": demo}[command]()
     return 0

@@ -98,6 +98,16 @@ def derived_pre_tokenizer(model_dir: Path) -> str | None:
     return None
 
 
+def _hparam_answers(model_dir: Path) -> dict[str, Any]:
+    """Config fields ggufkit gives upstream (``arch_answers``): transformers' values it lacks."""
+    from ggufkit.convert.arch_answers import hparam_answers
+
+    try:
+        return hparam_answers(json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def run_upstream(
     model_dir: Path,
     out_file: Path,
@@ -115,6 +125,7 @@ def run_upstream(
     settings: dict[str, Any] = {
         "source": str(source),
         "pre_tokenizer": derived_pre_tokenizer(model_dir),
+        "hparams": _hparam_answers(model_dir),
     }
     if chat is not None:
         settings |= child_settings(chat)
