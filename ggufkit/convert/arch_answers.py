@@ -1,23 +1,46 @@
 """ggufkit's answers to the pinned upstream converter, per architecture (data, one place).
 
 Each entry is a ``config.json`` field the converter reads but a checkpoint saved by transformers
-5 may lack (the config class dropped or renamed it), with the value transformers itself computes
-with. The upstream engine's child sets it where the checkpoint has none, so the converted file
-computes what transformers computes. docs/architectures.md names each fix in its row; the
-architecture matrix (scripts/archmatrix) is what found them.
+5 lacks (the config class dropped or renamed it), with the value transformers itself computes
+with: a constant, or ``From(path, default)``, the field's new home in the transformers 5 config.
+The upstream engine's child sets it where the checkpoint has none, so the converted file computes
+what transformers computes. docs/architectures.md names each fix in its row; the architecture
+matrix (scripts/archmatrix) is what found them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-# HF architecture -> {config field: the value transformers uses when the field is absent}
+
+@dataclass(frozen=True)
+class From:
+    """The value at ``path`` (keys, outermost first) of the config, else ``default``."""
+
+    path: tuple[str, ...]
+    default: Any
+
+    def read(self, config: dict[str, Any]) -> Any:
+        value: Any = config
+        for key in self.path:
+            if not isinstance(value, dict) or key not in value:
+                return self.default
+            value = value[key]
+        return value
+
+
+PARTIAL_ROTARY = ("rope_parameters", "partial_rotary_factor")
+
+# HF architecture -> {config field the converter reads: transformers' value when it is absent}
 HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     # AfmoeConfig has no route_norm; transformers always normalises the top-k router weights,
     # upstream writes expert_weights_norm only from route_norm (llama.cpp's default: off).
     "AfmoeForCausalLM": {"route_norm": True},
-    # Cohere2Config has no rotary_pct (transformers 5 rotates the whole head); upstream needs it.
-    "Cohere2ForCausalLM": {"rotary_pct": 1.0},
+    # transformers 5 moved rotary_pct into rope_parameters.partial_rotary_factor (Cohere2 rotates
+    # the whole head); upstream reads rotary_pct.
+    "Cohere2ForCausalLM": {"rotary_pct": From(PARTIAL_ROTARY, 1.0)},
+    "GPTNeoXForCausalLM": {"rotary_pct": From(PARTIAL_ROTARY, 1.0)},
 }
 
 
@@ -27,5 +50,5 @@ def hparam_answers(config: dict[str, Any]) -> dict[str, Any]:
     for arch in config.get("architectures") or ():
         for key, value in HPARAM_DEFAULTS.get(arch, {}).items():
             if key not in config:
-                answers[key] = value
+                answers[key] = value.read(config) if isinstance(value, From) else value
     return answers

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.data.tokenizer_training import (
+    LLAMA_SPM_OPTIONS,
     SPECIAL_TOKENS,
     as_transformers_tokenizer,
     train_byte_bpe,
-    train_llama_sentencepiece,
 )
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -32,8 +32,8 @@ SHRINK: dict[str, Any] = {
     "n_embd": 64,
     "d_model": 64,
     "intermediate_size": 128,
-    "ffn_hidden_size": 128,
-    "n_inner": 128,
+    "ffn_hidden_size": 256,  # GPT-style names: 4 x hidden, as Falcon's converter assumes
+    "n_inner": 256,
     "num_hidden_layers": 2,
     "n_layer": 2,
     "n_layers": 2,
@@ -46,6 +46,7 @@ SHRINK: dict[str, Any] = {
     "max_position_embeddings": 512,
     "n_positions": 512,
     "seq_length": 512,
+    "max_seq_len": 512,
     "moe_intermediate_size": 32,
     "shared_expert_intermediate_size": 64,
     "expert_intermediate_size": 32,
@@ -54,6 +55,7 @@ SHRINK: dict[str, Any] = {
     "n_routed_experts": 4,
     "moe_num_experts": 4,
     "num_experts_per_tok": 2,
+    "num_experts_per_token": 2,
     "moe_k": 2,
     "n_shared_experts": 1,
     "moe_num_shared_experts": 1,
@@ -66,6 +68,22 @@ SHRINK: dict[str, Any] = {
     "qk_rope_head_dim": 8,
     "v_head_dim": 16,
     "sliding_window": 32,
+    # state-space and linear-attention mixers (d_ssm = n_heads x d_head = expand x hidden = 128)
+    "mamba_n_heads": 16,
+    "mamba_num_heads": 16,
+    "mamba_d_head": 8,
+    "mamba_head_dim": 8,
+    "mamba_d_ssm": 128,
+    "mamba_d_state": 16,
+    "ssm_state_size": 16,
+    "mamba_chunk_size": 32,
+    "mamba_dt_rank": 8,
+    "linear_key_head_dim": 16,
+    "linear_value_head_dim": 16,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "linear_head_dim": 16,
+    "linear_num_heads": 4,
     "initializer_range": 0.05,
     "init_std": 0.05,
     "use_cache": True,
@@ -76,13 +94,67 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # Mistral v0.2+ and Mixtral: no sliding window (llama.cpp's llama graph has none).
     "MistralForCausalLM": {"sliding_window": None},
     "MixtralForCausalLM": {"sliding_window": None},
-    # Hybrids: one attention layer of two (transformers' cache needs one).
-    "BambaForCausalLM": {"attn_layer_indices": [1]},
+    # transformers' Dbrx reads attn_config.rope_theta, which its default sub-config lacks.
+    "DbrxForCausalLM": {
+        "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+        "ffn_config": {
+            "hidden_size": 64,
+            "ffn_hidden_size": 128,
+            "moe_num_experts": 4,
+            "moe_top_k": 2,
+        },
+    },
+    # dots.llm1 has as many key/value heads as heads (llama.cpp's dots1 graph assumes it).
+    "Dots1ForCausalLM": {"num_key_value_heads": 4},
+    "Dots3NoteForCausalLM": {"num_key_value_heads": 4},
+    "FalconH1ForCausalLM": {
+        "head_dim": 16,
+        "mamba_d_ssm": 128,
+        "mamba_n_heads": 16,
+        "mamba_d_head": 8,
+        "mamba_d_state": 16,
+        "mamba_chunk_size": 32,
+    },
+    # Mamba-style converters pad the vocabulary to a multiple of 8, as those checkpoints do.
+    "FalconMambaForCausalLM": {"_vocab_multiple": 8},
+    "MambaForCausalLM": {"_vocab_multiple": 8},
+    "BambaForCausalLM": {"attn_layer_indices": [1], "_vocab_multiple": 8},
+    "NemotronHForCausalLM": {"_vocab_multiple": 8},
+    # Gemma 2/3 scale queries by 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim), which
+    # llama.cpp's graphs assume.
+    "Gemma2ForCausalLM": {"query_pre_attn_scalar": 16},
+    "Gemma3ForCausalLM": {"query_pre_attn_scalar": 16},
+    "Mamba2ForCausalLM": {
+        "num_heads": 8,
+        "n_groups": 1,
+        "state_size": 16,
+        "chunk_size": 32,
+        "_vocab_multiple": 8,
+    },
+    "JambaForCausalLM": {
+        "attn_layer_period": 2,
+        "attn_layer_offset": 1,
+        "expert_layer_period": 2,
+        "expert_layer_offset": 1,
+        "use_mamba_kernels": False,
+    },
+    "GraniteMoeHybridForCausalLM": {
+        "layer_types": ["linear_attention", "full_attention"],
+        "_vocab_multiple": 8,
+    },
     # BitNet b1.58 ties its embeddings (upstream maps no lm_head).
     "BitNetForCausalLM": {"tie_word_embeddings": True},
 }
-# "bpe": GPT-2-style byte-level BPE (tokenizer.json); "spm": LLaMA sentencepiece (tokenizer.model)
-TOKENIZERS: dict[str, str] = {"LlamaForCausalLM": "spm"}
+# "bpe": GPT-2-style byte-level BPE (tokenizer.json); "spm": LLaMA sentencepiece (tokenizer.model);
+# "spm-raw": the same without the dummy prefix space (Gemma's)
+TOKENIZERS: dict[str, str] = {
+    "LlamaForCausalLM": "spm",
+    "Ernie4_5ForCausalLM": "spm",
+    "Ernie4_5_MoeForCausalLM": "spm",
+    "GemmaForCausalLM": "spm-raw",
+    "Gemma2ForCausalLM": "spm-raw",
+    "Gemma3ForCausalLM": "spm-raw",
+}
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -134,6 +206,10 @@ def small_config(config_cls: Any, tokenizer: Any, hf_architecture: str) -> Any:
     kwargs = {key: value for key, value in SHRINK.items() if key in defaults}
     if "num_key_value_heads" in defaults and defaults.get("num_key_value_heads") is None:
         kwargs.pop("num_key_value_heads", None)
+    kwargs.update(two_layer_types(defaults))
+    if "qk_rope_head_dim" in defaults:  # multi-head latent attention: head_dim is the rope part
+        kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
+        kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
     kwargs.update(OVERRIDES.get(hf_architecture, {}))
     specials = {
         "bos_token_id": tokenizer.bos_token_id,
@@ -144,6 +220,19 @@ def small_config(config_cls: Any, tokenizer: Any, hf_architecture: str) -> Any:
     kwargs["vocab_size"] = _vocab_size(len(tokenizer), kwargs)
     kwargs["architectures"] = [hf_architecture]
     return config_cls(**kwargs)
+
+
+def two_layer_types(defaults: dict[str, Any]) -> dict[str, list[str]]:
+    """Per-layer kind lists (``layer_types``, ``mlp_layer_types``, ...) for two layers, one of
+    each of the first two kinds the family mixes (full attention last), so both are exercised."""
+    lists: dict[str, list[str]] = {}
+    for key, value in defaults.items():
+        if key.endswith("layer_types") and isinstance(value, list) and value:
+            kinds = list(dict.fromkeys(value))
+            if len(kinds) >= 2:
+                pair = sorted(kinds[:2], key=lambda kind: kind == "full_attention")
+                lists[key] = pair
+    return lists
 
 
 def _vocab_size(n_tokens: int, kwargs: dict[str, Any]) -> int:
@@ -171,20 +260,34 @@ def _tokenizer(kind: str, out_dir: Path) -> Any:
         fast.chat_template = CHAT_TEMPLATE
         fast.save_pretrained(str(out_dir))
         return fast
-    if kind == "spm":
-        return _spm_tokenizer(out_dir)
+    if kind in ("spm", "spm-raw"):
+        return _spm_tokenizer(out_dir, dummy_prefix=kind == "spm")
     raise ValueError(f"unknown tokenizer kind {kind!r}")
 
 
-def _spm_tokenizer(out_dir: Path) -> Any:
+def _spm_tokenizer(out_dir: Path, *, dummy_prefix: bool) -> Any:
+    """LLaMA's sentencepiece recipe; without the dummy prefix space for Gemma ("spm-raw")."""
+    import sentencepiece as spm
     from transformers import AutoTokenizer, LlamaTokenizer
 
     staging = out_dir / "_spm"
     staging.mkdir(parents=True, exist_ok=True)
-    model = train_llama_sentencepiece(staging / "tokenizer", VOCAB, input_file=CORPUS)
-    tokenizer = LlamaTokenizer.from_pretrained(str(staging), legacy=False)
+    spm.SentencePieceTrainer.train(
+        input=str(CORPUS),
+        model_prefix=str(staging / "tokenizer"),
+        vocab_size=VOCAB,
+        **{**LLAMA_SPM_OPTIONS, "add_dummy_prefix": dummy_prefix},
+    )
+    model = staging / "tokenizer.model"
+    options: dict[str, Any] = {"legacy": True, "add_bos_token": True}  # BOS added, as theirs
+    if not dummy_prefix:
+        options["add_prefix_space"] = False
+    tokenizer = LlamaTokenizer.from_pretrained(str(staging), **options)
     tokenizer.chat_template = CHAT_TEMPLATE.replace("<|im_start|>", "[").replace("<|im_end|>", "]")
     tokenizer.save_pretrained(str(out_dir))
+    config_file = out_dir / "tokenizer_config.json"  # transformers 5 saves neither option
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config_file.write_text(json.dumps({**config, **options}, indent=2), encoding="utf-8")
     shutil.copy(model, out_dir / "tokenizer.model")  # transformers 5 does not write it
     shutil.rmtree(staging)
     return AutoTokenizer.from_pretrained(str(out_dir))

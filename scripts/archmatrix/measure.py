@@ -77,6 +77,21 @@ def first_line(exc: BaseException) -> str:
     return text[:200]
 
 
+def load_error(path: Path) -> str:
+    """llama.cpp's own reason for refusing ``path`` (its log, which the bindings silence)."""
+    import subprocess
+
+    code = (
+        "import sys\nfrom ggufkit.llamacpp.bindings import load_llama_cpp\n"
+        "load_llama_cpp().Llama(model_path=sys.argv[1], n_ctx=64, verbose=True)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False
+    )
+    lines = [line for line in done.stderr.splitlines() if "error loading model" in line]
+    return lines[-1].split("error loading model: ", 1)[-1][:200] if lines else ""
+
+
 def measure(name: str, workdir: Path) -> Result:
     started = time.perf_counter()
     row = variant(name)
@@ -85,6 +100,8 @@ def measure(name: str, workdir: Path) -> Result:
         _measure(row, workdir, result)
     except Exception as exc:  # the status says which step failed
         result.cause = first_line(exc)
+        if "cannot load" in result.cause:
+            result.cause = load_error(workdir / "model-f16.gguf") or result.cause
         if "--debug" in sys.argv:
             traceback.print_exc()
     result.seconds = round(time.perf_counter() - started, 1)
