@@ -20,14 +20,16 @@ class From:
 
     path: tuple[str, ...]
     default: Any
+    per_layer: bool = False  # a list with the value for each layer
 
     def read(self, config: dict[str, Any]) -> Any:
         value: Any = config
         for key in self.path:
             if not isinstance(value, dict) or key not in value:
-                return self.default
+                value = self.default
+                break
             value = value[key]
-        return value
+        return [value] * int(config["num_hidden_layers"]) if self.per_layer else value
 
 
 PARTIAL_ROTARY = ("rope_parameters", "partial_rotary_factor")
@@ -41,6 +43,12 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     # the whole head); upstream reads rotary_pct.
     "Cohere2ForCausalLM": {"rotary_pct": From(PARTIAL_ROTARY, 1.0)},
     "GPTNeoXForCausalLM": {"rotary_pct": From(PARTIAL_ROTARY, 1.0)},
+    # HunYuanMoEV1Config: experts as wide as intermediate_size, one shared expert, moe_topk an
+    # int; upstream reads per-layer lists.
+    "HunYuanMoEV1ForCausalLM": {
+        "moe_intermediate_size": From(("intermediate_size",), None, per_layer=True),
+        "num_shared_expert": From(("_none_",), 1, per_layer=True),
+    },
 }
 
 

@@ -142,6 +142,18 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "layer_types": ["linear_attention", "full_attention"],
         "_vocab_multiple": 8,
     },
+    "HunYuanMoEV1ForCausalLM": {"moe_topk": [2, 2]},
+    "Gemma3nForCausalLM": {
+        "num_kv_shared_layers": 0,
+        "hidden_size_per_layer_input": 16,
+        "activation_sparsity_pattern": [0.95, 0.0],
+        "altup_num_inputs": 2,
+        "laurel_rank": 8,
+        "query_pre_attn_scalar": 16,
+    },
+    "Gemma4AssistantForCausalLM": {"hidden_size_per_layer_input": 0},
+    "Gemma4UnifiedAssistantForCausalLM": {"hidden_size_per_layer_input": 0},
+    "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
     # BitNet b1.58 ties its embeddings (upstream maps no lm_head).
     "BitNetForCausalLM": {"tie_word_embeddings": True},
 }
@@ -152,8 +164,43 @@ TOKENIZERS: dict[str, str] = {
     "Ernie4_5ForCausalLM": "spm",
     "Ernie4_5_MoeForCausalLM": "spm",
     "GemmaForCausalLM": "spm-raw",
+    "Gemma4ForCausalLM": "spm-raw",
+    "Gemma4AssistantForCausalLM": "spm-raw",
+    "Gemma4UnifiedAssistantForCausalLM": "spm-raw",
+    "Gemma3nForCausalLM": "spm-raw",
+    "JambaForCausalLM": "spm",
     "Gemma2ForCausalLM": "spm-raw",
     "Gemma3ForCausalLM": "spm-raw",
+}
+# Why a family cannot be built here, where that is known: the row is still attempted, and only
+# if it fails does this reason stand as its status (with the first error).
+CANNOT_BUILD: dict[str, str] = {
+    "Gemma4AssistantForCausalLM": "a Gemma 4 drafter whose config validates a nested backbone "
+    "config this builder does not shrink",
+    "Gemma4UnifiedAssistantForCausalLM": "a Gemma 4 drafter that shares the cache of a backbone "
+    "it does not contain",
+    "HunYuanMoEV1ForCausalLM": "its converter reads the tiktoken ranks of HunYuan's own "
+    "tokenizer (remote code), and writes BOS id 127959 of that vocabulary",
+}
+# Special tokens a family's converter looks up by name, and the one that is its EOS.
+GLM_SPECIALS = (
+    "<|endoftext|>",
+    "[gMASK]",
+    "<sop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+)
+SPECIALS: dict[str, tuple[tuple[str, ...], str]] = {
+    arch: (GLM_SPECIALS, "<|endoftext|>")
+    for arch in (
+        "GlmForCausalLM",
+        "Glm4ForCausalLM",
+        "Glm4MoeForCausalLM",
+        "Glm4MoeLiteForCausalLM",
+        "GlmMoeDsaForCausalLM",
+    )
 }
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -191,7 +238,7 @@ def build(row: Variant, out_dir: Path, *, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cls = getattr(transformers, row.hf_architecture)
-    tokenizer = _tokenizer(row.tokenizer, out_dir)
+    tokenizer = _tokenizer(row.tokenizer, out_dir, SPECIALS.get(row.hf_architecture))
     config = small_config(model_cls.config_class, tokenizer, row.hf_architecture)
     torch.manual_seed(seed)
     model = model_cls(config).float()
@@ -218,6 +265,8 @@ def small_config(config_cls: Any, tokenizer: Any, hf_architecture: str) -> Any:
     }
     kwargs = {**specials, **kwargs}
     kwargs["vocab_size"] = _vocab_size(len(tokenizer), kwargs)
+    if "vocab_size_per_layer_input" in defaults:
+        kwargs["vocab_size_per_layer_input"] = kwargs["vocab_size"]
     kwargs["architectures"] = [hf_architecture]
     return config_cls(**kwargs)
 
@@ -253,10 +302,13 @@ def jitter(model: Any, seed: int) -> None:
                 param.copy_(0.05 * torch.randn(param.shape, generator=generator))
 
 
-def _tokenizer(kind: str, out_dir: Path) -> Any:
+def _tokenizer(kind: str, out_dir: Path, specials: tuple[tuple[str, ...], str] | None) -> Any:
     if kind == "bpe":
         fast = as_transformers_tokenizer(train_byte_bpe(VOCAB, files=[CORPUS], style="gpt2"))
-        fast.add_special_tokens({"additional_special_tokens": list(CHAT_SPECIALS)})
+        extra, eos = specials or ((), None)
+        fast.add_special_tokens({"additional_special_tokens": [*CHAT_SPECIALS, *extra]})
+        if eos is not None:
+            fast.eos_token = fast.pad_token = eos
         fast.chat_template = CHAT_TEMPLATE
         fast.save_pretrained(str(out_dir))
         return fast

@@ -21,7 +21,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from archmatrix.checkpoints import CHAT_SPECIALS, CORPUS, build, read_config, variant
+from archmatrix.checkpoints import CANNOT_BUILD, CHAT_SPECIALS, CORPUS, build, read_config, variant
 
 STATUSES = ("proven", "converter", "llama.cpp", "parity off", "cannot be built")
 F16_TOL = 0.005  # max |Δlogit| / max |logit|, as for the native LLaMA and BLOOM tests
@@ -102,6 +102,9 @@ def measure(name: str, workdir: Path) -> Result:
         result.cause = first_line(exc)
         if "cannot load" in result.cause:
             result.cause = load_error(workdir / "model-f16.gguf") or result.cause
+        if row.hf_architecture in CANNOT_BUILD:
+            result.status = "cannot be built"
+            result.cause = f"{CANNOT_BUILD[row.hf_architecture]} ({result.cause})"
         if "--debug" in sys.argv:
             traceback.print_exc()
     result.seconds = round(time.perf_counter() - started, 1)
