@@ -43,6 +43,14 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     # the whole head); upstream reads rotary_pct.
     "Cohere2ForCausalLM": {"rotary_pct": From(PARTIAL_ROTARY, 1.0)},
     "GPTNeoXForCausalLM": {"rotary_pct": From(PARTIAL_ROTARY, 1.0)},
+    # MiMoV2FlashConfig has one set of head sizes for sliding and full layers; upstream reads
+    # separate swa_* fields.
+    "MiMoV2FlashForCausalLM": {
+        "swa_head_dim": From(("head_dim",), None),
+        "swa_v_head_dim": From(("v_head_dim",), None),
+        "swa_num_attention_heads": From(("num_attention_heads",), None),
+        "swa_num_key_value_heads": From(("num_key_value_heads",), None),
+    },
     # HunYuanMoEV1Config: experts as wide as intermediate_size, one shared expert, moe_topk an
     # int; upstream reads per-layer lists.
     "HunYuanMoEV1ForCausalLM": {

@@ -94,6 +94,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # Mistral v0.2+ and Mixtral: no sliding window (llama.cpp's llama graph has none).
     "MistralForCausalLM": {"sliding_window": None},
     "MixtralForCausalLM": {"sliding_window": None},
+    # Ministral 3: YaRN from 16k to 256k, as released (the shrinker's 512 would undercut it).
+    "Ministral3ForCausalLM": {"sliding_window": None, "max_position_embeddings": 262144},
     # transformers' Dbrx reads attn_config.rope_theta, which its default sub-config lacks.
     "DbrxForCausalLM": {
         "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
@@ -123,7 +125,12 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # Gemma 2/3 scale queries by 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim), which
     # llama.cpp's graphs assume.
     "Gemma2ForCausalLM": {"query_pre_attn_scalar": 16},
-    "Gemma3ForCausalLM": {"query_pre_attn_scalar": 16},
+    # Gemma 3: five sliding layers, then a full one (llama.cpp's graph fixes that pattern).
+    "Gemma3ForCausalLM": {
+        "query_pre_attn_scalar": 16,
+        "num_hidden_layers": 6,
+        "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+    },
     "Mamba2ForCausalLM": {
         "num_heads": 8,
         "n_groups": 1,
@@ -169,6 +176,7 @@ TOKENIZERS: dict[str, str] = {
     "Gemma4UnifiedAssistantForCausalLM": "spm-raw",
     "Gemma3nForCausalLM": "spm-raw",
     "JambaForCausalLM": "spm",
+    "MiniCPM3ForCausalLM": "spm",
     "Gemma2ForCausalLM": "spm-raw",
     "Gemma3ForCausalLM": "spm-raw",
 }
