@@ -73,7 +73,9 @@ def _fill_hparams(base: Any, answers: dict[str, Any]) -> None:
             for key, value in answers.items():
                 if key not in hparams:
                     hparams[key] = value
-                    print(f"ggufkit: answered {key}={value!r} (transformers' value)", file=sys.stderr)
+                    print(
+                        f"ggufkit: answered {key}={value!r} (transformers' value)", file=sys.stderr
+                    )
         return hparams
 
     base.ModelBase.load_hparams = staticmethod(load_hparams)

@@ -94,6 +94,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # Mistral v0.2+ and Mixtral: no sliding window (llama.cpp's llama graph has none).
     "MistralForCausalLM": {"sliding_window": None},
     "MixtralForCausalLM": {"sliding_window": None},
+    # Phi-3 128k / Phi-4 shape: llama.cpp disables Phi's sliding window at this pin.
+    "Phi3ForCausalLM": {"sliding_window": None},
     # Ministral 3: YaRN from 16k to 256k, as released (the shrinker's 512 would undercut it).
     "Ministral3ForCausalLM": {"sliding_window": None, "max_position_embeddings": 262144},
     # transformers' Dbrx reads attn_config.rope_theta, which its default sub-config lacks.
@@ -109,6 +111,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # dots.llm1 has as many key/value heads as heads (llama.cpp's dots1 graph assumes it).
     "Dots1ForCausalLM": {"num_key_value_heads": 4},
     "Dots3NoteForCausalLM": {"num_key_value_heads": 4},
+    # Phi-2 and OLMoE have as many key/value heads as heads (llama.cpp's graphs assume it).
+    "PhiForCausalLM": {"num_key_value_heads": 4},
+    "OlmoeForCausalLM": {"num_key_value_heads": 4},
     "FalconH1ForCausalLM": {
         "head_dim": 16,
         "mamba_d_ssm": 128,
@@ -177,8 +182,18 @@ TOKENIZERS: dict[str, str] = {
     "Gemma3nForCausalLM": "spm-raw",
     "JambaForCausalLM": "spm",
     "MiniCPM3ForCausalLM": "spm",
+    "Phi3ForCausalLM": "spm",
     "Gemma2ForCausalLM": "spm-raw",
     "Gemma3ForCausalLM": "spm-raw",
+}
+# What the table says about a row's shape, where an override narrows what it proves.
+NOTES: dict[str, str] = {
+    "MistralForCausalLM": "no sliding window (v0.2+ shape; llama.cpp's llama graph has none)",
+    "MixtralForCausalLM": "no sliding window (as released; llama.cpp's llama graph has none)",
+    "Ministral3ForCausalLM": "no sliding window; YaRN 16k -> 256k",
+    "Phi3ForCausalLM": "no sliding window (128k / Phi-4 shape): llama.cpp disables Phi's at this pin",
+    "Gemma2ForCausalLM": "sliding window 32 and soft-capping exercised",
+    "Gemma3ForCausalLM": "5 sliding layers (window 32) + 1 full, as llama.cpp fixes the pattern",
 }
 # Why a family cannot be built here, where that is known: the row is still attempted, and only
 # if it fails does this reason stand as its status (with the first error).
@@ -247,12 +262,28 @@ def build(row: Variant, out_dir: Path, *, seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cls = getattr(transformers, row.hf_architecture)
     tokenizer = _tokenizer(row.tokenizer, out_dir, SPECIALS.get(row.hf_architecture))
+    if row.tokenizer == "bpe":
+        tokenizer = as_the_family_loads_it(out_dir, model_cls.config_class.model_type)
     config = small_config(model_cls.config_class, tokenizer, row.hf_architecture)
     torch.manual_seed(seed)
     model = model_cls(config).float()
     jitter(model, seed)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     return out_dir
+
+
+def as_the_family_loads_it(out_dir: Path, model_type: str) -> Any:
+    """transformers 5 loads a tokenizer.json through the family's tokenizer class, which may
+    replace its pre-tokenizer (Qwen2's regex, for one): save it as loaded, so that the file the
+    converter reads is the tokenizer transformers runs."""
+    from transformers import AutoTokenizer
+
+    config_file = out_dir / "config.json"
+    config_file.write_text(json.dumps({"model_type": model_type}), encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    config_file.unlink()
+    return tokenizer
 
 
 def small_config(config_cls: Any, tokenizer: Any, hf_architecture: str) -> Any:

@@ -21,7 +21,15 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from archmatrix.checkpoints import CANNOT_BUILD, CHAT_SPECIALS, CORPUS, build, read_config, variant
+from archmatrix.checkpoints import (
+    CANNOT_BUILD,
+    CHAT_SPECIALS,
+    CORPUS,
+    NOTES,
+    build,
+    read_config,
+    variant,
+)
 
 STATUSES = ("proven", "converter", "llama.cpp", "parity off", "cannot be built")
 F16_TOL = 0.005  # max |Δlogit| / max |logit|, as for the native LLaMA and BLOOM tests
@@ -128,6 +136,7 @@ def _measure(row: Any, workdir: Path, result: Result) -> None:
     converted = convert(model_dir, workdir / "model-f16.gguf", outtype="f16")
     result.engine, result.gguf_arch = converted.engine, converted.gguf_arch
     result.notes = [n for n in converted.notes if "derived" in n or "answer" in n]
+    result.notes += [NOTES[row.hf_architecture]] if row.hf_architecture in NOTES else []
     result.status = "llama.cpp"
     f16 = compare_logits(reference, gguf_logits(converted.output, ids))
     tokens = tokenizer_parity(converted.output, model_dir, mixed_text(model_dir))
