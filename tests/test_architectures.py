@@ -90,6 +90,7 @@ def test_the_doc_is_generated_from_the_committed_matrix() -> None:
 
 
 @pytest.mark.needs_torch
+@pytest.mark.needs_llamacpp
 def test_the_matrix_covers_every_shared_architecture() -> None:
     """At this pin: each ...ForCausalLM class both transformers and the converter know."""
     from archmatrix.run import rows
@@ -128,3 +129,36 @@ def test_readme_points_to_the_table_and_calls_no_proven_family_unproven() -> Non
         if row["status"] == "proven":
             for line in readme.splitlines():
                 assert not (row["name"] in line and "unproven" in line), line
+
+
+def test_answers_fill_only_what_a_checkpoint_lacks() -> None:
+    from ggufkit.convert.arch_answers import hparam_answers
+
+    neox = {"architectures": ["GPTNeoXForCausalLM"], "num_hidden_layers": 2}
+    assert hparam_answers(neox) == {"rotary_pct": 1.0}
+    neox["rope_parameters"] = {"partial_rotary_factor": 0.25}
+    assert hparam_answers(neox) == {"rotary_pct": 0.25}
+    assert hparam_answers({**neox, "rotary_pct": 0.5}) == {}  # the checkpoint's own wins
+    hunyuan = {"architectures": ["HunYuanMoEV1ForCausalLM"], "num_hidden_layers": 2}
+    hunyuan["intermediate_size"] = 128
+    assert hparam_answers(hunyuan)["moe_intermediate_size"] == [128, 128]
+    assert hparam_answers({"architectures": ["LlamaForCausalLM"]}) == {}
+
+
+@pytest.mark.needs_torch
+def test_convert_says_in_one_line_whether_the_architecture_is_proven(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from ggufkit.cli import cli
+
+    out = tmp_path / "m.gguf"
+    result = CliRunner().invoke(cli, ["convert", str(tiny_llama_dir), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if "at this pin" in line]
+    assert len(lines) == 1 and TABLE_DOC in lines[0]
+    assert ("is proven" in lines[0]) == (
+        next(r for r in load_matrix()["rows"] if r["name"] == "LlamaForCausalLM")["status"]
+        == "proven"
+    )

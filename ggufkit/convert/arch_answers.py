@@ -46,11 +46,14 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     # MiMoV2FlashConfig has one set of head sizes for sliding and full layers; upstream reads
     # separate swa_* fields.
     "MiMoV2FlashForCausalLM": {
+        "topk_method": "noaux_tc",
         "swa_head_dim": From(("head_dim",), None),
         "swa_v_head_dim": From(("v_head_dim",), None),
         "swa_num_attention_heads": From(("num_attention_heads",), None),
         "swa_num_key_value_heads": From(("num_key_value_heads",), None),
     },
+    # MiniMaxM2Config rotates the whole head; upstream reads rotary_dim.
+    "MiniMaxM2ForCausalLM": {"rotary_dim": From(("head_dim",), None)},
     # HunYuanMoEV1Config: experts as wide as intermediate_size, one shared expert, moe_topk an
     # int; upstream reads per-layer lists.
     "HunYuanMoEV1ForCausalLM": {

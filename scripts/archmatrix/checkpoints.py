@@ -130,11 +130,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # Gemma 2/3 scale queries by 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim), which
     # llama.cpp's graphs assume.
     "Gemma2ForCausalLM": {"query_pre_attn_scalar": 16},
-    # Gemma 3: five sliding layers, then a full one (llama.cpp's graph fixes that pattern).
-    "Gemma3ForCausalLM": {
-        "query_pre_attn_scalar": 16,
-        "num_hidden_layers": 6,
-        "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+    "Gemma3ForCausalLM": {"query_pre_attn_scalar": 16},
+    # EXAONE 4: llama.cpp applies the sliding window only to the 64-layer (32B) layout.
+    "Exaone4ForCausalLM": {
+        "num_hidden_layers": 64,
+        "layer_types": (["sliding_attention"] * 3 + ["full_attention"]) * 16,
     },
     "Mamba2ForCausalLM": {
         "num_heads": 8,
@@ -158,7 +158,6 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "Gemma3nForCausalLM": {
         "num_kv_shared_layers": 0,
         "hidden_size_per_layer_input": 16,
-        "activation_sparsity_pattern": [0.95, 0.0],
         "altup_num_inputs": 2,
         "laurel_rank": 8,
         "query_pre_attn_scalar": 16,
@@ -198,6 +197,8 @@ NOTES: dict[str, str] = {
 # Why a family cannot be built here, where that is known: the row is still attempted, and only
 # if it fails does this reason stand as its status (with the first error).
 CANNOT_BUILD: dict[str, str] = {
+    "Qwen4ExpForCausalLM": "its config class is the multimodal Qwen4ExpConfig, whose text "
+    "sizes are unset (None) by default",
     "Gemma4AssistantForCausalLM": "a Gemma 4 drafter whose config validates a nested backbone "
     "config this builder does not shrink",
     "Gemma4UnifiedAssistantForCausalLM": "a Gemma 4 drafter that shares the cache of a backbone "
@@ -225,6 +226,8 @@ SPECIALS: dict[str, tuple[tuple[str, ...], str]] = {
         "GlmMoeDsaForCausalLM",
     )
 }
+# Families whose tokenizer adds BOS (their converters check it).
+ADDS_BOS = {"DeepseekV32ForCausalLM"}
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -262,6 +265,9 @@ def build(row: Variant, out_dir: Path, *, seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cls = getattr(transformers, row.hf_architecture)
     tokenizer = _tokenizer(row.tokenizer, out_dir, SPECIALS.get(row.hf_architecture))
+    if row.hf_architecture in ADDS_BOS:
+        tokenizer.add_bos_token = True
+        tokenizer.save_pretrained(str(out_dir))
     if row.tokenizer == "bpe":
         tokenizer = as_the_family_loads_it(out_dir, model_cls.config_class.model_type)
     config = small_config(model_cls.config_class, tokenizer, row.hf_architecture)
@@ -292,7 +298,7 @@ def small_config(config_cls: Any, tokenizer: Any, hf_architecture: str) -> Any:
     kwargs = {key: value for key, value in SHRINK.items() if key in defaults}
     if "num_key_value_heads" in defaults and defaults.get("num_key_value_heads") is None:
         kwargs.pop("num_key_value_heads", None)
-    kwargs.update(two_layer_types(defaults))
+    kwargs.update(layer_plan(defaults))
     if "qk_rope_head_dim" in defaults:  # multi-head latent attention: head_dim is the rope part
         kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
         kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
@@ -310,17 +316,29 @@ def small_config(config_cls: Any, tokenizer: Any, hf_architecture: str) -> Any:
     return config_cls(**kwargs)
 
 
-def two_layer_types(defaults: dict[str, Any]) -> dict[str, list[str]]:
-    """Per-layer kind lists (``layer_types``, ``mlp_layer_types``, ...) for two layers, one of
-    each of the first two kinds the family mixes (full attention last), so both are exercised."""
-    lists: dict[str, list[str]] = {}
-    for key, value in defaults.items():
-        if key.endswith("layer_types") and isinstance(value, list) and value:
-            kinds = list(dict.fromkeys(value))
-            if len(kinds) >= 2:
-                pair = sorted(kinds[:2], key=lambda kind: kind == "full_attention")
-                lists[key] = pair
-    return lists
+def layer_plan(defaults: dict[str, Any]) -> dict[str, Any]:
+    """The number of layers and the per-layer lists for it: one period of the family's own
+    attention pattern (e.g. three sliding layers then a full one, which llama.cpp's graphs often
+    fix), else two layers mixing the first two kinds the family has, so that each is exercised."""
+    n_default = defaults.get("num_hidden_layers")
+    lists = {
+        key: value
+        for key, value in defaults.items()
+        if isinstance(value, list) and value and len(value) == n_default
+    }
+    kinds = defaults.get("layer_types")
+    n = 2
+    if isinstance(kinds, list) and "full_attention" in kinds:
+        n = min(max(2, kinds.index("full_attention") + 1), 8)
+    plan: dict[str, Any] = {key: value[:n] for key, value in lists.items()}
+    for key, value in lists.items():
+        distinct = list(dict.fromkeys(value))
+        if key.endswith("layer_types") and len(set(plan[key])) < 2 <= len(distinct):
+            plan[key] = sorted(distinct[:2], key=lambda kind: kind == "full_attention")
+            plan[key] += [plan[key][-1]] * (n - 2)
+    if "num_hidden_layers" in defaults:
+        plan["num_hidden_layers"] = n
+    return plan
 
 
 def _vocab_size(n_tokens: int, kwargs: dict[str, Any]) -> int:

@@ -76,9 +76,12 @@ def random_ids(model_dir: Path, n: int = N_POSITIONS) -> list[int]:
 
 def first_line(exc: BaseException) -> str:
     """The cause in one line: the last exception line of a tool's tail, else the message."""
+    import re
+
     tail = str(getattr(exc, "tail", "") or "")
     lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    errors = [line for line in lines if ("Error" in line or "Exception" in line) and ":" in line]
+    raised = re.compile(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b")
+    errors = [line for line in lines if raised.match(line)]
     text = errors[-1] if errors else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if not errors and ":" not in text:
         text = f"{type(exc).__name__}: {text}"
