@@ -32,6 +32,17 @@ class From:
         return [value] * int(config["num_hidden_layers"]) if self.per_layer else value
 
 
+@dataclass(frozen=True)
+class CountOf:
+    """How many entries of the per-layer list ``key`` are ``kind``."""
+
+    key: str
+    kind: str
+
+    def read(self, config: dict[str, Any]) -> int:
+        return sum(entry == self.kind for entry in config.get(self.key) or ())
+
+
 PARTIAL_ROTARY = ("rope_parameters", "partial_rotary_factor")
 
 # HF architecture -> {config field the converter reads: transformers' value when it is absent}
@@ -52,6 +63,8 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
         "swa_num_attention_heads": From(("num_attention_heads",), None),
         "swa_num_key_value_heads": From(("num_key_value_heads",), None),
     },
+    # DeepseekV4Config marks hash-routed layers in mlp_layer_types; upstream reads a count.
+    "DeepseekV4ForCausalLM": {"num_hash_layers": CountOf("mlp_layer_types", "hash_moe")},
     # MiniMaxM2Config rotates the whole head; upstream reads rotary_dim.
     "MiniMaxM2ForCausalLM": {"rotary_dim": From(("head_dim",), None)},
     # HunYuanMoEV1Config: experts as wide as intermediate_size, one shared expert, moe_topk an
@@ -69,5 +82,5 @@ def hparam_answers(config: dict[str, Any]) -> dict[str, Any]:
     for arch in config.get("architectures") or ():
         for key, value in HPARAM_DEFAULTS.get(arch, {}).items():
             if key not in config:
-                answers[key] = value.read(config) if isinstance(value, From) else value
+                answers[key] = value.read(config) if isinstance(value, From | CountOf) else value
     return answers
