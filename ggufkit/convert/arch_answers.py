@@ -65,6 +65,8 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # DeepseekV4Config marks hash-routed layers in mlp_layer_types; upstream reads a count.
     "DeepseekV4ForCausalLM": {"num_hash_layers": CountOf("mlp_layer_types", "hash_moe")},
+    # Glm4MoeLiteConfig marks dense layers in mlp_layer_types; upstream reads a leading count.
+    "Glm4MoeLiteForCausalLM": {"first_k_dense_replace": CountOf("mlp_layer_types", "dense")},
     # MiniMaxM2Config rotates the whole head; upstream reads rotary_dim.
     "MiniMaxM2ForCausalLM": {"rotary_dim": From(("head_dim",), None)},
     # HunYuanMoEV1Config: experts as wide as intermediate_size, one shared expert, moe_topk an

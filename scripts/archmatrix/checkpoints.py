@@ -158,7 +158,6 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "Gemma3nForCausalLM": {
         "num_kv_shared_layers": 0,
         "hidden_size_per_layer_input": 16,
-        "altup_num_inputs": 2,
         "laurel_rank": 8,
         "query_pre_attn_scalar": 16,
     },
