@@ -171,8 +171,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 # "spm-raw": the same without the dummy prefix space (Gemma's)
 TOKENIZERS: dict[str, str] = {
     "LlamaForCausalLM": "spm",
-    "Ernie4_5ForCausalLM": "spm",
-    "Ernie4_5_MoeForCausalLM": "spm",
+    "Ernie4_5ForCausalLM": "spm-raw",
+    "Ernie4_5_MoeForCausalLM": "spm-raw",
     "GemmaForCausalLM": "spm-raw",
     "Gemma4ForCausalLM": "spm-raw",
     "Gemma4AssistantForCausalLM": "spm-raw",
