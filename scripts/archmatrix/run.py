@@ -89,7 +89,12 @@ def run_row(row: Variant, keep: Path | None) -> dict[str, Any]:
             return {"name": row.name, "status": "cannot be built", "cause": cause}
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if lines:
-            return dict(json.loads(lines[-1]))
+            result = dict(json.loads(lines[-1]))
+            if "crashed" in result.get("cause", ""):  # the failed check, from llama.cpp's stderr
+                asserts = [ln for ln in done.stderr.splitlines() if "GGML_ASSERT" in ln]
+                if asserts:
+                    result["cause"] += ": " + asserts[-1].strip()[:200]
+            return result
         tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         seconds = round(time.perf_counter() - started, 1)
         # The measuring process itself died: in-process torch code (the reference) crashed.
