@@ -91,9 +91,11 @@ def run_row(row: Variant, keep: Path | None) -> dict[str, Any]:
         if lines:
             result = dict(json.loads(lines[-1]))
             if "crashed" in result.get("cause", ""):  # the failed check, from llama.cpp's stderr
-                asserts = [ln for ln in done.stderr.splitlines() if "GGML_ASSERT" in ln]
-                if asserts:
-                    result["cause"] += ": " + asserts[-1].strip()[:200]
+                lines = [ln for ln in done.stderr.splitlines() if "GGML_ASSERT" in ln]
+                if lines:
+                    source = lines[-1].split("GGML_ASSERT")[0].rstrip(": ").rsplit("/", 1)[-1]
+                    check = lines[-1][lines[-1].index("GGML_ASSERT") :].strip()
+                    result["cause"] += f": {check} ({source})"[:240]
             return result
         tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         seconds = round(time.perf_counter() - started, 1)
