@@ -43,6 +43,17 @@ class CountOf:
         return sum(entry == self.kind for entry in config.get(self.key) or ())
 
 
+@dataclass(frozen=True)
+class FlagsOf:
+    """The per-layer list ``key`` as 1 where the entry is ``kind``, else 0."""
+
+    key: str
+    kind: str
+
+    def read(self, config: dict[str, Any]) -> list[int]:
+        return [int(entry == self.kind) for entry in config.get(self.key) or ()]
+
+
 PARTIAL_ROTARY = ("rope_parameters", "partial_rotary_factor")
 
 # HF architecture -> {config field the converter reads: transformers' value when it is absent}
@@ -58,6 +69,7 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     # separate swa_* fields.
     "MiMoV2FlashForCausalLM": {
         "topk_method": "noaux_tc",
+        "hybrid_layer_pattern": FlagsOf("layer_types", "sliding_attention"),
         "swa_head_dim": From(("head_dim",), None),
         "swa_v_head_dim": From(("v_head_dim",), None),
         "swa_num_attention_heads": From(("num_attention_heads",), None),
@@ -84,5 +96,7 @@ def hparam_answers(config: dict[str, Any]) -> dict[str, Any]:
     for arch in config.get("architectures") or ():
         for key, value in HPARAM_DEFAULTS.get(arch, {}).items():
             if key not in config:
-                answers[key] = value.read(config) if isinstance(value, From | CountOf) else value
+                answers[key] = (
+                    value.read(config) if isinstance(value, From | CountOf | FlagsOf) else value
+                )
     return answers
