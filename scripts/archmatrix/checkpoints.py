@@ -94,6 +94,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # Mistral v0.2+ and Mixtral: no sliding window (llama.cpp's llama graph has none).
     "MistralForCausalLM": {"sliding_window": None},
     "MixtralForCausalLM": {"sliding_window": None},
+    # Qwen3 MoE as released: top-k weights renormalised (llama.cpp's graph always does).
+    "Qwen3MoeForCausalLM": {"norm_topk_prob": True},
     # Phi-3 128k / Phi-4 shape: llama.cpp disables Phi's sliding window at this pin.
     "Phi3ForCausalLM": {"sliding_window": None},
     # Ministral 3: YaRN from 16k to 256k, as released (the shrinker's 512 would undercut it).
@@ -112,7 +114,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "Dots1ForCausalLM": {"num_key_value_heads": 4},
     "Dots3NoteForCausalLM": {"num_key_value_heads": 4},
     # Phi-2 and OLMoE have as many key/value heads as heads (llama.cpp's graphs assume it).
-    "PhiForCausalLM": {"num_key_value_heads": 4},
+    "PhiForCausalLM": {"num_key_value_heads": 4, "intermediate_size": 256},  # 4 x hidden
     "OlmoeForCausalLM": {"num_key_value_heads": 4},
     "FalconH1ForCausalLM": {
         "head_dim": 16,
@@ -186,6 +188,7 @@ TOKENIZERS: dict[str, str] = {
 }
 # What the table says about a row's shape, where an override narrows what it proves.
 NOTES: dict[str, str] = {
+    "Qwen3MoeForCausalLM": "norm_topk_prob true, as released (llama.cpp always renormalises)",
     "MistralForCausalLM": "no sliding window (v0.2+ shape; llama.cpp's llama graph has none)",
     "MixtralForCausalLM": "no sliding window (as released; llama.cpp's llama graph has none)",
     "Ministral3ForCausalLM": "no sliding window; YaRN 16k -> 256k",
@@ -223,6 +226,7 @@ SPECIALS: dict[str, tuple[tuple[str, ...], str]] = {
         "Glm4MoeForCausalLM",
         "Glm4MoeLiteForCausalLM",
         "GlmMoeDsaForCausalLM",
+        "SolarOpenForCausalLM",  # converted as GLM-4 MoE
     )
 }
 # Families whose tokenizer adds BOS (their converters check it).
