@@ -96,6 +96,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "MixtralForCausalLM": {"sliding_window": None},
     # Qwen3 MoE as released: top-k weights renormalised (llama.cpp's graph always does).
     "Qwen3MoeForCausalLM": {"norm_topk_prob": True},
+    # StarCoder2 within its 4k window (llama.cpp's graph has no sliding window).
+    "Starcoder2ForCausalLM": {"sliding_window": None},
+    "NemotronForCausalLM": {"head_dim": 16},
     # Phi-3 128k / Phi-4 shape: llama.cpp disables Phi's sliding window at this pin.
     "Phi3ForCausalLM": {"sliding_window": None},
     # Ministral 3: YaRN from 16k to 256k, as released (the shrinker's 512 would undercut it).
@@ -183,11 +186,13 @@ TOKENIZERS: dict[str, str] = {
     "JambaForCausalLM": "spm",
     "MiniCPM3ForCausalLM": "spm",
     "Phi3ForCausalLM": "spm",
+    "NemotronForCausalLM": "spm",
     "Gemma2ForCausalLM": "spm-raw",
     "Gemma3ForCausalLM": "spm-raw",
 }
 # What the table says about a row's shape, where an override narrows what it proves.
 NOTES: dict[str, str] = {
+    "Starcoder2ForCausalLM": "no sliding window (llama.cpp's starcoder2 graph has none)",
     "Qwen3MoeForCausalLM": "norm_topk_prob true, as released (llama.cpp always renormalises)",
     "MistralForCausalLM": "no sliding window (v0.2+ shape; llama.cpp's llama graph has none)",
     "MixtralForCausalLM": "no sliding window (as released; llama.cpp's llama graph has none)",
