@@ -273,11 +273,10 @@ def build(row: Variant, out_dir: Path, *, seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cls = getattr(transformers, row.hf_architecture)
     tokenizer = _tokenizer(row.tokenizer, out_dir, SPECIALS.get(row.hf_architecture))
-    if row.hf_architecture in ADDS_BOS:
-        tokenizer.add_bos_token = True
-        tokenizer.save_pretrained(str(out_dir))
     if row.tokenizer == "bpe":
-        tokenizer = as_the_family_loads_it(out_dir, model_cls.config_class.model_type)
+        tokenizer = as_the_family_loads_it(
+            out_dir, model_cls.config_class.model_type, row.hf_architecture in ADDS_BOS
+        )
     config = small_config(model_cls.config_class, tokenizer, row.hf_architecture)
     torch.manual_seed(seed)
     model = model_cls(config).float()
@@ -286,7 +285,7 @@ def build(row: Variant, out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
-def as_the_family_loads_it(out_dir: Path, model_type: str) -> Any:
+def as_the_family_loads_it(out_dir: Path, model_type: str, adds_bos: bool = False) -> Any:
     """transformers 5 loads a tokenizer.json through the family's tokenizer class, which may
     replace its pre-tokenizer (Qwen2's regex, for one): save it as loaded, so that the file the
     converter reads is the tokenizer transformers runs."""
@@ -296,6 +295,13 @@ def as_the_family_loads_it(out_dir: Path, model_type: str) -> Any:
     config_file.write_text(json.dumps({"model_type": model_type}), encoding="utf-8")
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    if adds_bos:
+        tokenizer_config = out_dir / "tokenizer_config.json"
+        options = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+        tokenizer_config.write_text(
+            json.dumps({**options, "add_bos_token": True}), encoding="utf-8"
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     config_file.unlink()
     return tokenizer
 
