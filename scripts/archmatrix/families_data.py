@@ -141,6 +141,7 @@ GLM_SPECIALS = (
     "<|user|>",
     "<|assistant|>",
     "<|observation|>",
+    "<|startoftext|>",
 )
 SPECIALS: dict[str, tuple[tuple[str, ...], str]] = {
     arch: (GLM_SPECIALS, "<|endoftext|>")
