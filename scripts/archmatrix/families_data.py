@@ -17,7 +17,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "Qwen3MoeForCausalLM": {"norm_topk_prob": True},
     # StarCoder2 within its 4k window (llama.cpp's graph has no sliding window).
     "Starcoder2ForCausalLM": {"sliding_window": None},
-    "NemotronForCausalLM": {"head_dim": 16},
+    "NemotronForCausalLM": {"head_dim": 16, "num_key_value_heads": 2},
+    # Mellum mixes sliding and full layers (llama.cpp's graph requires a sliding one).
+    "MellumForCausalLM": {"layer_types": ["sliding_attention", "full_attention"]},
     # Phi-3 128k / Phi-4 shape: llama.cpp disables Phi's sliding window at this pin.
     "Phi3ForCausalLM": {"sliding_window": None},
     # Ministral 3: YaRN from 16k to 256k, as released (the shrinker's 512 would undercut it).
@@ -81,7 +83,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "HunYuanMoEV1ForCausalLM": {"moe_topk": [2, 2]},
     "Gemma3nForCausalLM": {
         "num_kv_shared_layers": 0,
-        "hidden_size_per_layer_input": 16,
+        "hidden_size_per_layer_input": 256,  # llama.cpp's gemma3n graph fixes it
         "laurel_rank": 8,
         "query_pre_attn_scalar": 16,
     },
