@@ -84,7 +84,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "Gemma3nForCausalLM": {
         "num_kv_shared_layers": 0,
         "hidden_size_per_layer_input": 256,  # llama.cpp's gemma3n graph fixes it
-        "laurel_rank": 64,  # as released (llama.cpp reads it from the tensor width it expects)
+        "laurel_rank": 64,  # as released; llama.cpp assumes it
         "query_pre_attn_scalar": 16,
     },
     "Gemma4AssistantForCausalLM": {"hidden_size_per_layer_input": 0},
