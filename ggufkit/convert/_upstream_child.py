@@ -36,6 +36,7 @@ def main(argv: list[str]) -> None:
     from conversion import base
 
     _fix_falcon_kv_heads(base)
+    _fill_hparams(base, settings.get("hparams") or {})
     if settings.get("pre_tokenizer_file"):
         _pre_tokenizer_fallback(base, Path(settings["pre_tokenizer_file"]))
     if settings.get("chat"):
@@ -58,6 +59,27 @@ def _fix_falcon_kv_heads(base: Any) -> None:
             and not hparams.get("new_decoder_architecture")
         ):
             hparams["num_kv_heads"] = 1
+        return hparams
+
+    base.ModelBase.load_hparams = staticmethod(load_hparams)
+
+
+def _fill_hparams(base: Any, answers: dict[str, Any]) -> None:
+    """Config fields the checkpoint lacks, with the values transformers computes with
+    (ggufkit.convert.arch_answers)."""
+    if not answers:
+        return
+    original = base.ModelBase.load_hparams
+
+    def load_hparams(dir_model: Path, is_mistral_format: bool) -> Any:
+        hparams = original(dir_model, is_mistral_format)
+        if isinstance(hparams, dict):
+            for key, value in answers.items():
+                if key not in hparams:
+                    hparams[key] = value
+                    print(
+                        f"ggufkit: answered {key}={value!r} (transformers' value)", file=sys.stderr
+                    )
         return hparams
 
     base.ModelBase.load_hparams = staticmethod(load_hparams)

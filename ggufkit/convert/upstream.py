@@ -111,6 +111,14 @@ def derived_pre_tokenizer(model_dir: Path) -> str | None:
     return None
 
 
+def _hparam_answers(model_dir: Path) -> dict[str, Any]:
+    """Config fields ggufkit gives upstream (``arch_answers``): transformers' values it lacks."""
+    from ggufkit.convert.arch_answers import hparam_answers
+    from ggufkit.formats.hfconfig import load_config
+
+    return hparam_answers(load_config(model_dir))  # checked and bounded like every config read
+
+
 def run_upstream(
     model_dir: Path,
     out_file: Path,
@@ -132,7 +140,11 @@ def run_upstream(
         # The derived pre-tokenizer is worked out only if the child asks (upstream does not
         # know the tokenizer's hash): most conversions never need it.
         answer_file = Path(tmp) / "pre_tokenizer.txt"
-        settings: dict[str, Any] = {"source": str(source), "pre_tokenizer_file": str(answer_file)}
+        settings: dict[str, Any] = {
+            "source": str(source),
+            "pre_tokenizer_file": str(answer_file),
+            "hparams": _hparam_answers(model_dir),
+        }
         if chat is not None:
             settings |= child_settings(chat)
         settings_file = Path(tmp) / "settings.json"

@@ -1,0 +1,160 @@
+"""The per-family data of the architecture matrix: what a family needs beyond the shrinker.
+
+Each entry is a shape the released family really has (or, in NOTES, says where a row proves
+less than the family's full shape); none is code per family.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Per family (HF class name): config fields beyond the shrinker's, and tokenizer kinds.
+OVERRIDES: dict[str, dict[str, Any]] = {
+    # Mistral v0.2+ and Mixtral: no sliding window (llama.cpp's llama graph has none).
+    "MistralForCausalLM": {"sliding_window": None},
+    "MixtralForCausalLM": {"sliding_window": None},
+    # Qwen3 MoE as released: top-k weights renormalised (llama.cpp's graph always does).
+    "Qwen3MoeForCausalLM": {"norm_topk_prob": True},
+    # StarCoder2 within its 4k window (llama.cpp's graph has no sliding window).
+    "Starcoder2ForCausalLM": {"sliding_window": None},
+    "NemotronForCausalLM": {"head_dim": 16, "num_key_value_heads": 2},
+    # Mellum mixes sliding and full layers (llama.cpp's graph requires a sliding one).
+    "MellumForCausalLM": {"layer_types": ["sliding_attention", "full_attention"]},
+    # Phi-3 128k / Phi-4 shape: llama.cpp disables Phi's sliding window at this pin.
+    "Phi3ForCausalLM": {"sliding_window": None},
+    # Ministral 3: YaRN from 16k to 256k, as released (the shrinker's 512 would undercut it).
+    "Ministral3ForCausalLM": {"sliding_window": None, "max_position_embeddings": 262144},
+    # transformers' Dbrx reads attn_config.rope_theta, which its default sub-config lacks.
+    "DbrxForCausalLM": {
+        "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+        "ffn_config": {
+            "hidden_size": 64,
+            "ffn_hidden_size": 128,
+            "moe_num_experts": 4,
+            "moe_top_k": 2,
+        },
+    },
+    # dots.llm1 has as many key/value heads as heads (llama.cpp's dots1 graph assumes it).
+    "Dots1ForCausalLM": {"num_key_value_heads": 4},
+    "Dots3NoteForCausalLM": {"num_key_value_heads": 4},
+    # Phi-2 and OLMoE have as many key/value heads as heads (llama.cpp's graphs assume it).
+    "PhiForCausalLM": {"num_key_value_heads": 4, "intermediate_size": 256},  # 4 x hidden
+    "OlmoeForCausalLM": {"num_key_value_heads": 4},
+    "FalconH1ForCausalLM": {
+        "head_dim": 16,
+        "mamba_d_ssm": 128,
+        "mamba_n_heads": 16,
+        "mamba_d_head": 8,
+        "mamba_d_state": 16,
+        "mamba_chunk_size": 32,
+    },
+    # Mamba-style converters pad the vocabulary to a multiple of 8, as those checkpoints do.
+    "FalconMambaForCausalLM": {"_vocab_multiple": 8},
+    "MambaForCausalLM": {"_vocab_multiple": 8},
+    "BambaForCausalLM": {"attn_layer_indices": [1], "_vocab_multiple": 8},
+    "NemotronHForCausalLM": {"_vocab_multiple": 8},
+    # Gemma 2/3 scale queries by 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim), which
+    # llama.cpp's graphs assume.
+    "Gemma2ForCausalLM": {"query_pre_attn_scalar": 16},
+    "Gemma3ForCausalLM": {"query_pre_attn_scalar": 16},
+    # EXAONE 4: llama.cpp applies the sliding window only to the 64-layer (32B) layout.
+    "Exaone4ForCausalLM": {
+        "num_hidden_layers": 64,
+        "layer_types": (["sliding_attention"] * 3 + ["full_attention"]) * 16,
+    },
+    "Mamba2ForCausalLM": {
+        "num_heads": 8,
+        "n_groups": 1,
+        "state_size": 16,
+        "chunk_size": 32,
+        "_vocab_multiple": 8,
+    },
+    "JambaForCausalLM": {
+        "attn_layer_period": 2,
+        "attn_layer_offset": 1,
+        "expert_layer_period": 2,
+        "expert_layer_offset": 1,
+        "use_mamba_kernels": False,
+    },
+    "GraniteMoeHybridForCausalLM": {
+        "layer_types": ["linear_attention", "full_attention"],
+        "_vocab_multiple": 8,
+    },
+    "HunYuanMoEV1ForCausalLM": {"moe_topk": [2, 2]},
+    "Gemma3nForCausalLM": {
+        "num_kv_shared_layers": 0,
+        "hidden_size_per_layer_input": 256,  # llama.cpp's gemma3n graph fixes it
+        "laurel_rank": 64,  # as released; llama.cpp assumes it
+        "query_pre_attn_scalar": 16,
+    },
+    "Gemma4AssistantForCausalLM": {"hidden_size_per_layer_input": 0},
+    "Gemma4UnifiedAssistantForCausalLM": {"hidden_size_per_layer_input": 0},
+    "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
+    # BitNet b1.58 ties its embeddings (upstream maps no lm_head).
+    "BitNetForCausalLM": {"tie_word_embeddings": True},
+}
+# "bpe": GPT-2-style byte-level BPE (tokenizer.json); "spm": LLaMA sentencepiece (tokenizer.model);
+# "spm-raw": the same without the dummy prefix space (Gemma's)
+TOKENIZERS: dict[str, str] = {
+    "LlamaForCausalLM": "spm",
+    "Ernie4_5ForCausalLM": "spm-raw",
+    "Ernie4_5_MoeForCausalLM": "spm-raw",
+    "GemmaForCausalLM": "spm-raw",
+    "Gemma4ForCausalLM": "spm-raw",
+    "Gemma4AssistantForCausalLM": "spm-raw",
+    "Gemma4UnifiedAssistantForCausalLM": "spm-raw",
+    "Gemma3nForCausalLM": "spm-raw",
+    "JambaForCausalLM": "spm",
+    "MiniCPM3ForCausalLM": "spm",
+    "Phi3ForCausalLM": "spm",
+    "NemotronForCausalLM": "spm",
+    "Gemma2ForCausalLM": "spm-raw",
+    "Gemma3ForCausalLM": "spm-raw",
+}
+# What the table says about a row's shape, where an override narrows what it proves.
+NOTES: dict[str, str] = {
+    "Starcoder2ForCausalLM": "no sliding window (llama.cpp's starcoder2 graph has none)",
+    "Qwen3MoeForCausalLM": "norm_topk_prob true, as released (llama.cpp always renormalises)",
+    "MistralForCausalLM": "no sliding window (v0.2+ shape; llama.cpp's llama graph has none)",
+    "MixtralForCausalLM": "no sliding window (as released; llama.cpp's llama graph has none)",
+    "Ministral3ForCausalLM": "no sliding window; YaRN 16k -> 256k",
+    "Phi3ForCausalLM": "no sliding window (128k / Phi-4 shape): llama.cpp disables Phi's at this pin",
+    "Gemma2ForCausalLM": "sliding window 32 and soft-capping exercised",
+    "Gemma3ForCausalLM": "5 sliding layers (window 32) + 1 full, as llama.cpp fixes the pattern",
+}
+# Why a family cannot be built here, where that is known: the row is still attempted, and only
+# if it fails does this reason stand as its status (with the first error).
+CANNOT_BUILD: dict[str, str] = {
+    "Qwen4ExpForCausalLM": "its config class is the multimodal Qwen4ExpConfig, whose text "
+    "sizes are unset (None) by default",
+    "Gemma4AssistantForCausalLM": "a Gemma 4 drafter whose config validates a nested backbone "
+    "config this builder does not shrink",
+    "Gemma4UnifiedAssistantForCausalLM": "a Gemma 4 drafter that shares the cache of a backbone "
+    "it does not contain",
+    "HunYuanMoEV1ForCausalLM": "its converter reads the tiktoken ranks of HunYuan's own "
+    "tokenizer (remote code), and writes BOS id 127959 of that vocabulary",
+}
+# Special tokens a family's converter looks up by name, and the one that is its EOS.
+GLM_SPECIALS = (
+    "<|endoftext|>",
+    "[gMASK]",
+    "<sop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|startoftext|>",
+)
+SPECIALS: dict[str, tuple[tuple[str, ...], str]] = {
+    arch: (GLM_SPECIALS, "<|endoftext|>")
+    for arch in (
+        "GlmForCausalLM",
+        "Glm4ForCausalLM",
+        "Glm4MoeForCausalLM",
+        "Glm4MoeLiteForCausalLM",
+        "GlmMoeDsaForCausalLM",
+        "SolarOpenForCausalLM",  # converted as GLM-4 MoE
+    )
+}
+# Families whose tokenizer adds BOS (their converters check it).
+ADDS_BOS = {"DeepseekV32ForCausalLM"}

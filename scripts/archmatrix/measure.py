@@ -1,0 +1,173 @@
+"""One row of the matrix: build, convert with ggufkit's default engine, measure parity.
+
+    python scripts/archmatrix/measure.py ROW WORKDIR     # prints the row's result as JSON
+
+The result's status is one of STATUSES; a row is "proven" only by numbers that could have failed:
+llama.cpp's f16 logits within F16_TOL of transformers' fp32 logits at every one of N_POSITIONS
+positions, no argmax flipped where the reference's top-2 margin exceeds that tolerance, the
+tokenizers equal on a mixed text (special tokens included), and the q8_0 file loading and running.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from archmatrix.checkpoints import (
+    CANNOT_BUILD,
+    CHAT_SPECIALS,
+    CORPUS,
+    NOTES,
+    build,
+    read_config,
+    variant,
+)
+
+STATUSES = ("proven", "converter", "llama.cpp", "parity off", "cannot be built")
+F16_TOL = 0.005  # max |Δlogit| / max |logit|, as for the native LLaMA and BLOOM tests
+N_POSITIONS = 96
+Q8_BOUND = 0.5  # q8_0 must run and compute the model: bounds a broken file, not rounding
+SEED = 11
+
+
+@dataclass
+class Result:
+    name: str
+    status: str = "cannot be built"
+    cause: str = ""
+    engine: str = ""
+    gguf_arch: str = ""
+    tokenizer: str = ""
+    rel_diff: float | None = None
+    argmax: float | None = None
+    q8_rel_diff: float | None = None
+    n_tokens: int | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def mixed_text(model_dir: Path) -> str:
+    """Prose, digits, code, non-Latin text and the tokenizer's own special tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    prose = CORPUS.read_text(encoding="utf-8")[:3000]
+    specials = [t for t in (tokenizer.eos_token, tokenizer.bos_token) if t]
+    specials += [t for t in CHAT_SPECIALS if t in tokenizer.get_vocab()]
+    tail = "  def f(x):\n\treturn x**2  # 1234567 + 89\nÜber café, 東京 — ok!\n"
+    return prose + tail + "".join(f"{s}Hello there" for s in specials)
+
+
+def random_ids(model_dir: Path, n: int = N_POSITIONS) -> list[int]:
+    import numpy as np
+
+    vocab = int(read_config(model_dir).get("vocab_size") or 0)
+    low = 8  # past the special tokens every tokenizer here starts with
+    return [int(i) for i in np.random.default_rng(SEED).integers(low, min(vocab, 600), n)]
+
+
+def first_line(exc: BaseException) -> str:
+    """The cause in one line: the last exception line of a tool's tail, else the message."""
+    import re
+
+    tail = str(getattr(exc, "tail", "") or "")
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    raised = re.compile(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b")
+    errors = [line for line in lines if raised.match(line)]
+    text = errors[-1] if errors else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if not errors and ":" not in text:
+        text = f"{type(exc).__name__}: {text}"
+    return text[:200]
+
+
+def load_error(path: Path) -> str:
+    """llama.cpp's own reason for refusing ``path`` (its log, which the bindings silence)."""
+    import subprocess
+
+    code = (
+        "import sys\nfrom ggufkit.llamacpp.bindings import load_llama_cpp\n"
+        "load_llama_cpp().Llama(model_path=sys.argv[1], n_ctx=64, verbose=True)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False
+    )
+    lines = [line for line in done.stderr.splitlines() if "error loading model" in line]
+    return lines[-1].split("error loading model: ", 1)[-1][:200] if lines else ""
+
+
+def measure(name: str, workdir: Path) -> Result:
+    started = time.perf_counter()
+    row = variant(name)
+    result = Result(name, tokenizer=row.tokenizer)
+    try:
+        _measure(row, workdir, result)
+    except Exception as exc:  # the status says which step failed
+        result.cause = first_line(exc)
+        if "cannot load" in result.cause:
+            result.cause = load_error(workdir / "model-f16.gguf") or result.cause
+        if row.hf_architecture in CANNOT_BUILD:
+            result.status = "cannot be built"
+            result.cause = f"{CANNOT_BUILD[row.hf_architecture]} ({result.cause})"
+        if "--debug" in sys.argv:
+            traceback.print_exc()
+    result.seconds = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _measure(row: Any, workdir: Path, result: Result) -> None:
+    from ggufkit.convert import convert
+    from ggufkit.evaluate.parity import (
+        compare_logits,
+        gguf_logits,
+        reference_logits,
+        tokenizer_parity,
+    )
+    from ggufkit.quantize import quantize
+
+    model_dir = build(row, workdir / "hf")
+    ids = random_ids(model_dir)
+    reference = reference_logits(model_dir, ids)
+    result.status = "converter"
+    converted = convert(model_dir, workdir / "model-f16.gguf", outtype="f16")
+    result.engine, result.gguf_arch = converted.engine, converted.gguf_arch
+    result.notes = [n for n in converted.notes if "derived" in n or "answer" in n]
+    result.notes += [NOTES[row.hf_architecture]] if row.hf_architecture in NOTES else []
+    result.status = "llama.cpp"
+    f16 = compare_logits(reference, gguf_logits(converted.output, ids))
+    tokens = tokenizer_parity(converted.output, model_dir, mixed_text(model_dir))
+    (q8,) = quantize(converted.output, ["q8_0"], outdir=workdir)
+    q8_report = compare_logits(reference, gguf_logits(q8.output, ids))
+    result.rel_diff, result.argmax = f16.rel_diff, f16.argmax_agreement
+    result.q8_rel_diff, result.n_tokens = q8_report.rel_diff, tokens.n_reference
+    result.status, result.cause = verdict(f16, tokens, q8_report)
+
+
+def verdict(f16: Any, tokens: Any, q8: Any) -> tuple[str, str]:
+    """("proven", "") or ("parity off", the first failed check) from the three reports."""
+    if not f16.rel_diff <= F16_TOL:  # NaN fails too
+        return "parity off", f"f16 logits: {f16.summary()}"
+    if f16.decisive_mismatches(F16_TOL * f16.max_abs_logit):
+        return "parity off", f"f16 argmax flipped beyond the tolerance: {f16.summary()}"
+    if tokens is not None and not tokens.equal:
+        return "parity off", f"tokenizer: {tokens.summary()}"
+    if q8 is not None and not q8.rel_diff < Q8_BOUND:  # runs and computes the model (NaN fails)
+        return "parity off", f"q8_0 logits: {q8.summary()}"
+    return "proven", ""
+
+
+def main(argv: list[str]) -> int:
+    result = measure(argv[1], Path(argv[2]))
+    print(json.dumps(asdict(result)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
