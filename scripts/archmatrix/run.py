@@ -27,7 +27,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from archmatrix.checkpoints import ROOT, TOKENIZERS, Variant
-
 from ggufkit.convert.families import MATRIX_FILE, render_markdown
 
 DOC = ROOT / "docs" / "architectures.md"
