@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = round(time.perf_counter() - started)
     ordered = [results[r.name] for r in rows() if r.name in results]
     matrix = {"pins": pins(), "wall_seconds": wall, "jobs": args.jobs, "rows": ordered}
-    if wanted:
-        matrix["wall_seconds"] = json.loads(MATRIX_FILE.read_text()).get("wall_seconds", wall)
+    if wanted:  # rows rerun into the last whole run: its time and jobs stand
+        whole = json.loads(MATRIX_FILE.read_text())
+        matrix |= {k: whole[k] for k in ("wall_seconds", "jobs") if k in whole}
     MATRIX_FILE.write_text(json.dumps(matrix, indent=1) + "\n", encoding="utf-8")
     DOC.write_text(render_markdown(matrix), encoding="utf-8")
     print(f"wrote {MATRIX_FILE} and {DOC} ({wall} s)", flush=True)
