@@ -6,9 +6,10 @@ template choice, the written file's header for the result, the rename) must cost
 nothing. One checkpoint (a random LLaMA of SmolLM2-135M's shape: 576 wide, 30 layers, GQA 9/3,
 49152-row vocab; bf16, written once with numpy under GGUFKIT_HOME/bench) converted to f16 both
 ways, in alternating fresh processes (by hand first, so both find the page cache warm), ``--runs``
-pairs. Target: ggufkit's wall time <= 1.05x the by-hand run's, best run against best run (the
-runs least disturbed by other processes; on a shared machine single pairs vary by 20%), held as
-the exit code. Printed too: the ratio per pair and their median, and ggufkit's own time outside
+pairs. Target: ggufkit's wall time <= 1.05x the by-hand run's, as the median of the per-pair
+ratios (the rule every benchmark here judges by, ``floors.paired_verdict``: pairs run back to
+back share the machine's mood; single runs vary by 20% on a shared machine), held as the exit
+code. Printed too: best against best, and ggufkit's own time outside
 its child (its wall time less the child's lifetime, which ``convert --json`` reports as
 ``phases.upstream``), the overhead measured directly.
 
@@ -114,7 +115,8 @@ def main() -> int:
     out.with_suffix(".json").unlink(missing_ok=True)
     ratios = [o / h for o, h in zip(ours, hand, strict=True)]
     best = min(ours) / min(hand)
-    met = best <= TARGET
+    median = statistics.median(ratios)
+    met = median <= TARGET
     print(
         f"upstream engine: ratio per pair {', '.join(f'{r:.3f}' for r in ratios)} (median "
         f"{statistics.median(ratios):.3f}x); ggufkit's own time outside the child (start-up, "
@@ -126,7 +128,8 @@ def main() -> int:
     )
     print(
         f"upstream engine: best {min(ours):.2f} s against {min(hand):.2f} s by hand: "
-        f"{best:.3f}x; target <= {TARGET:.2f}x: {'met' if met else 'MISSED'}"
+        f"{best:.3f}x; median pair ratio {median:.3f}x, target <= {TARGET:.2f}x: "
+        f"{'met' if met else 'MISSED'}"
     )
     return 0 if met else 1
 
