@@ -146,28 +146,27 @@ def file_choice(path: Path) -> ChatTemplateChoice:
 
 def check_jinja(text: str, path: Path) -> None:
     """``--chat-template FILE``: a valid template that renders a chat within the limits."""
-    from ggufkit.convert.template_sandbox import TemplateLimitError, TemplateSandbox
-
-    with TemplateSandbox(f"the chat template {path}") as sandbox:
-        try:
-            sandbox.test_render(text)
-        except TemplateLimitError:
-            raise
-        except InputError as exc:
-            raise UsageError(exc.message, hint=exc.hint) from exc
+    _test_render(text, f"the chat template {path}", strict=True)
 
 
 def check_checkpoint_template(text: str, model_dir: Path) -> None:
     """``auto``: the checkpoint's own template must render within the limits (a template that
     Jinja cannot compile is kept, with a warning: llama.cpp has its own template engine)."""
+    _test_render(text, f"the chat template of the checkpoint {model_dir}", strict=False)
+
+
+def _test_render(text: str, source: str, *, strict: bool) -> None:
+    """A limit broken is always an error; an invalid template is one only when ``strict``."""
     from ggufkit.convert.template_sandbox import TemplateLimitError, TemplateSandbox
 
-    with TemplateSandbox(f"the chat template of the checkpoint {model_dir}") as sandbox:
+    with TemplateSandbox(source) as sandbox:
         try:
             sandbox.test_render(text)
         except TemplateLimitError:
             raise
         except InputError as exc:
+            if strict:
+                raise UsageError(exc.message, hint=exc.hint) from exc
             log.warning("%s", exc.message)
 
 
