@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -270,3 +272,41 @@ def test_quantize_with_built_binary_and_load_through_bindings(
     assert lib_dir == str(build_module.current_build().lib_dir)
     assert tokens[0] == 1 and len(tokens) > 3
     assert n_evaluated == len(tokens)
+
+
+def test_bindings_import_is_thread_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads loading the bindings at once (batch: two imatrix steps) both get the whole
+    module; the second must not take the half-initialised one from sys.modules."""
+    import threading
+    import types
+
+    from ggufkit.llamacpp import bindings
+
+    package = tmp_path / "llama_cpp"
+    package.mkdir()
+    # Slow to import, as the real bindings are (they load libllama): Llama comes last.
+    (package / "__init__.py").write_text("import time\ntime.sleep(0.5)\nLlama = object\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(bindings, "_loaded", None)
+    monkeypatch.setattr(bindings, "current_build", lambda: types.SimpleNamespace(lib_dir=tmp_path))
+    monkeypatch.setattr(bindings, "route_llama_log", lambda module: None)
+    monkeypatch.setattr("ggufkit.llamacpp.chat_deferred.defer_chat_templates", lambda module: None)
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(tmp_path))
+    got: list[object] = []
+
+    def load() -> None:
+        got.append(getattr(bindings.load_llama_cpp(), "Llama", None))
+
+    real = sys.modules.pop("llama_cpp", None)
+    try:
+        threads = [threading.Thread(target=load) for _ in range(2)]
+        threads[0].start()
+        time.sleep(0.1)  # the first thread is inside the import
+        threads[1].start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.modules.pop("llama_cpp", None)  # the fake goes; the real module comes back
+        if real is not None:
+            sys.modules["llama_cpp"] = real
+    assert got == [object, object]

@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,11 +31,24 @@ LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_CONT = 1, 2, 3, 4, 5
 LEVEL_ENV = "GGUFKIT_LOG_LEVEL"  # the parent's logging level, for spawned children
 
 
+_loaded: ModuleType | None = None
+_loading = threading.Lock()
+
+
 def load_llama_cpp() -> ModuleType:
     """Set LLAMA_CPP_LIB_PATH to the build's library folder, then import llama_cpp (its log
-    routed by :func:`route_llama_log`)."""
-    if "llama_cpp" in sys.modules:
-        return sys.modules["llama_cpp"]
+    routed by :func:`route_llama_log`). Thread-safe: a second thread waits for the first one's
+    import, never taking the half-initialised module from ``sys.modules``."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
+    with _loading:
+        if _loaded is None:
+            _loaded = _import_llama_cpp()
+        return _loaded
+
+
+def _import_llama_cpp() -> ModuleType:
     info = current_build()
     os.environ["LLAMA_CPP_LIB_PATH"] = str(info.lib_dir)
     try:
