@@ -135,10 +135,11 @@ def test_answers_fill_only_what_a_checkpoint_lacks() -> None:
     from ggufkit.convert.arch_answers import hparam_answers
 
     neox = {"architectures": ["GPTNeoXForCausalLM"], "num_hidden_layers": 2}
-    assert hparam_answers(neox) == {"rotary_pct": 1.0}
-    neox["rope_parameters"] = {"partial_rotary_factor": 0.25}
+    # neither field: transformers' own default, GPTNeoXConfig().rope_parameters' 0.25
     assert hparam_answers(neox) == {"rotary_pct": 0.25}
-    assert hparam_answers({**neox, "rotary_pct": 0.5}) == {}  # the checkpoint's own wins
+    neox["rope_parameters"] = {"partial_rotary_factor": 0.5}
+    assert hparam_answers(neox) == {"rotary_pct": 0.5}
+    assert hparam_answers({**neox, "rotary_pct": 0.75}) == {}  # the checkpoint's own wins
     hunyuan = {"architectures": ["HunYuanMoEV1ForCausalLM"], "num_hidden_layers": 2}
     hunyuan["intermediate_size"] = 128
     assert hparam_answers(hunyuan)["moe_intermediate_size"] == [128, 128]

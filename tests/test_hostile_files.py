@@ -78,6 +78,17 @@ def test_convert_refuses_an_output_that_replaces_a_file_of_its_input(
     with pytest.raises(UsageError, match="would replace"):
         check_output_path(tmp_path / "link" / "config.json", inputs=(model,))
     check_output_path(model / "model-f16.gguf", inputs=(model,))  # a new file there is fine
+    # an earlier output written beside the weights is replaced with --force, as upstream does
+    for _ in range(2):
+        again = CliRunner().invoke(
+            cli, ["convert", str(model), "-o", str(model / "model-F16.gguf"), "--force"]
+        )
+        assert again.exit_code == 0, again.output
+    assert weights.read_bytes() == before
+    # ... but not a file that only calls itself .gguf
+    (model / "weights.gguf").write_bytes(before)
+    with pytest.raises(UsageError, match="would replace"):
+        check_output_path(model / "weights.gguf", inputs=(model,))
 
 
 @pytest.mark.posix_only  # symlinks need a privilege on Windows
@@ -154,3 +165,15 @@ def test_merge_delta_output_checks_fold_case_as_the_others_do(tmp_path: Path) ->
         with pytest.raises(UsageError, match="would overwrite --base"):
             _check_paths(output, {"--base": base})
     _check_paths(tmp_path / "merged", {"--base": base})
+
+
+def test_a_short_lease_here_does_not_expire_another_writers_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    final = tmp_path / "out.gguf"
+    remote = _remote_partial(final, 4 * 10**6)
+    _age(remote, 60)  # renewed a minute ago, inside a default writer's lease
+    monkeypatch.setenv("GGUFKIT_PARTIAL_LEASE", "10")
+    with atomic_output(final) as tmp:
+        tmp.write_bytes(b"ours")
+    assert remote.exists(), "a run with a short lease removed another writer's live file"

@@ -61,10 +61,11 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     # AfmoeConfig has no route_norm; transformers always normalises the top-k router weights,
     # upstream writes expert_weights_norm only from route_norm (llama.cpp's default: off).
     "AfmoeForCausalLM": {"route_norm": True},
-    # transformers 5 moved rotary_pct into rope_parameters.partial_rotary_factor (Cohere2 rotates
-    # the whole head); upstream reads rotary_pct.
+    # transformers 5 moved rotary_pct into rope_parameters.partial_rotary_factor; upstream reads
+    # rotary_pct. Where a config has neither, transformers' own defaults: Cohere2 rotates the
+    # whole head, GPT-NeoX a quarter of it (GPTNeoXConfig().rope_parameters).
     "Cohere2ForCausalLM": {"rotary_pct": From(PARTIAL_ROTARY, 1.0)},
-    "GPTNeoXForCausalLM": {"rotary_pct": From(PARTIAL_ROTARY, 1.0)},
+    "GPTNeoXForCausalLM": {"rotary_pct": From(PARTIAL_ROTARY, 0.25)},
     # MiMoV2FlashConfig has one set of head sizes for sliding and full layers; upstream reads
     # separate swa_* fields.
     "MiMoV2FlashForCausalLM": {

@@ -78,6 +78,12 @@ def _inside(path: Path, folder: Path) -> bool:
     return target.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _is_gguf(path: Path) -> bool:
+    with contextlib.suppress(OSError), open(path, "rb") as file:
+        return file.read(4) == b"GGUF"
+    return False
+
+
 def stays_inside(ref: str) -> bool:
     """Whether ``ref``, a path written in a plan or workspace file, names something inside that
     file's folder: relative, no ``..``, no drive or root (on any OS), not a home (``~``)."""
@@ -94,7 +100,9 @@ def stays_inside(ref: str) -> bool:
 
 def check_output_path(final: Path, *, inputs: tuple[Path, ...] = ()) -> Path:
     """Refuse an output that is a directory or would replace an input: the same file (through
-    links, names that differ only in case), or a file inside an input directory."""
+    links, names that differ only in case), or a file inside an input directory. A GGUF there is
+    an earlier output, not an input (no checkpoint is read from one), so ``--force`` may replace
+    it."""
     final = Path(final)
     if final.is_dir():
         raise UsageError(
@@ -103,9 +111,13 @@ def check_output_path(final: Path, *, inputs: tuple[Path, ...] = ()) -> Path:
         )
     for source in map(Path, inputs):
         if source.is_dir():
-            if final.exists() and (
-                _inside(final, source)
-                or any(same_file(final, f) for f in source.iterdir() if f.is_file())
+            if (
+                final.exists()
+                and not _is_gguf(final)
+                and (
+                    _inside(final, source)
+                    or any(same_file(final, f) for f in source.iterdir() if f.is_file())
+                )
             ):
                 raise UsageError(
                     f"output {final} would replace a file of the input {source}",

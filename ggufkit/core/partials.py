@@ -96,7 +96,9 @@ def stale_partials(final: Path) -> list[Path]:
     import psutil
 
     here = host_tag()
-    expired_before = time.time() - lease_seconds()
+    # Never under three of a default writer's heartbeats, whatever this reader's lease says: a
+    # run with a short GGUFKIT_PARTIAL_LEASE must not take another's live file for stale.
+    expired_before = time.time() - max(lease_seconds(), 3 * HEARTBEAT_SECONDS)
     stale = []
     for path, pid in found.items():
         if pid is None:  # earlier versions' NAME.partial
@@ -141,7 +143,11 @@ class _Heartbeat:
 
     def _run(self) -> None:
         while True:
-            self.wake.wait(min(HEARTBEAT_SECONDS, lease_seconds() / 3))
+            try:
+                interval = min(HEARTBEAT_SECONDS, lease_seconds() / 3)
+            except Exception:  # a bad GGUFKIT_PARTIAL_LEASE must not stop the renewals
+                interval = HEARTBEAT_SECONDS
+            self.wake.wait(interval)
             with self.lock:
                 paths = list(self.paths)
             for path in paths:
