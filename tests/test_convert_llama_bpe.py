@@ -25,7 +25,7 @@ from test_convert_bloom import upstream_told
 
 from ggufkit.convert import ConvertResult, convert
 from ggufkit.convert.vocab_bpe import KEY_PRE_SOURCE
-from ggufkit.core.errors import TokenizerError, UsageError
+from ggufkit.core.errors import GGUFKitError, TokenizerError, UsageError
 
 CHAT_TEXT = (
     "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nTo be, or not?<|eot_id|>"
@@ -159,6 +159,29 @@ def test_unrecognised_split_asks_for_the_option(bpe_dirs: dict[str, Path], tmp_p
         convert(model, tmp_path / "odd.gguf")
     assert "--pre-tokenizer NAME" in (caught.value.hint or "")
     assert not list(tmp_path.glob("odd.gguf*"))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d["added_tokens"].append({"id": "not a number", "content": "<x>"}),
+        lambda d: d["added_tokens"].append({"content": "<no id>"}),
+        lambda d: d.__setitem__("normalizer", ["not", "an", "object"]),
+    ],
+    ids=["id-not-a-number", "id-missing", "normalizer-a-list"],
+)
+def test_a_broken_tokenizer_json_is_a_clear_error(
+    bpe_dirs: dict[str, Path], tmp_path: Path, damage: Any
+) -> None:
+    """A hostile or damaged tokenizer.json ends in ggufkit's error, nothing written."""
+    model = tmp_path / "damaged"
+    shutil.copytree(bpe_dirs["llama3"], model)
+    data = json.loads((model / "tokenizer.json").read_text(encoding="utf-8"))
+    damage(data)
+    (model / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(GGUFKitError):
+        convert(model, tmp_path / "damaged.gguf", engine="native")
+    assert not list(tmp_path.glob("damaged.gguf*"))
 
 
 # --- against upstream ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ggufkit.convert.chat_templates import ChatTemplateChoice, apply_chat_templa
 from ggufkit.convert.provenance import add_general_metadata, add_provenance
 from ggufkit.convert.split import write_split
 from ggufkit.convert.writer import write_gguf
+from ggufkit.core.errors import TokenizerError
 from ggufkit.core.fsutil import atomic_output, check_free_disk
 from ggufkit.core.log import progress
 from ggufkit.formats.gguf_split import SplitLimits, shards_named_like
@@ -60,7 +61,16 @@ def convert_native(
         writer = gguf.GGUFWriter(path=None, arch=converter.arch_name)
         add_general_metadata(writer, info, config, FILE_TYPES[converter.outtype])
         converter.set_gguf_parameters(writer)
-        converter.set_vocab(writer)
+        try:
+            converter.set_vocab(writer)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            # A hostile or broken tokenizer file: entries of the wrong type or missing
+            raise TokenizerError(
+                f"{info.model_dir}: the tokenizer files have an unexpected shape "
+                f"({type(exc).__name__}: {exc})",
+                hint="restore the checkpoint's original tokenizer files",
+                path=info.model_dir,
+            ) from exc
         converter.notes.extend(apply_chat_template(writer, chat))
         data_bytes = sum(plan.n_bytes + gguf.GGUF_DEFAULT_ALIGNMENT for plan in plans)
         check_free_disk(out, data_bytes + 4 * 1024 * 1024)

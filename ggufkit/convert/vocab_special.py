@@ -18,7 +18,6 @@ ids, and redoes the post-processor and tokenizer_config.json parts with the pinn
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,10 +30,10 @@ KEY_STRIP_ACCENTS = "tokenizer.ggml.normalizer.strip_accents"
 
 
 def _json_file(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    from ggufkit.core.errors import TokenizerError
+    from ggufkit.core.fsutil import read_json
+
+    return read_json(path, TokenizerError, missing=None)  # bounded, as every settings file
 
 
 def _special_id(entry: Any) -> Any:
