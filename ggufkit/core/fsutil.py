@@ -1,11 +1,8 @@
 """Atomic outputs, free-space checks, hashing and locks: the file-system rules every command obeys.
 
-An output is written under a temporary name in its final directory and renamed only when complete,
-so a crash or Ctrl-C never leaves a half-written file under the final name. The temporary name is
-the writer's own (``NAME.<pid>.<host>.<random>.partial``), so two runs writing the same output
-never delete each other's file; what a killed writer left is removed by the next one, once it is
-proven stale: the writer renews a lease (the partial's mtime) while it writes, and a pid is only
-checked on the machine that wrote it (a shared folder: Ray nodes, containers).
+An output is written under a temporary name of its own in its final directory and renamed only
+when complete, so a crash or Ctrl-C never leaves a half-written file under the final name
+(``core.partials``: the names, the writers' leases, the cleanup of what killed runs left).
 
 hashlib, shutil and psutil are imported where they are used: ``ggufkit quantize`` goes through
 this module on its way to llama-quantize, and its start-up is part of its overhead.
@@ -100,9 +97,8 @@ def stays_inside(ref: str) -> bool:
 
 def check_output_path(final: Path, *, inputs: tuple[Path, ...] = ()) -> Path:
     """Refuse an output that is a directory or would replace an input: the same file (through
-    links, names that differ only in case), or a file inside an input directory. A GGUF there is
-    an earlier output, not an input (no checkpoint is read from one), so ``--force`` may replace
-    it."""
+    links, names that differ only in case), or a file inside an input directory other than a GGUF
+    (an earlier output: no checkpoint is read from one)."""
     final = Path(final)
     if final.is_dir():
         raise UsageError(
