@@ -107,26 +107,20 @@ def test_scorer_equals_llama_perplexity_with_the_same_setting(measured: dict, se
     assert relative(ours[1], theirs[1]) < TOLERANCE
 
 
+def _eval_json(model: Path, *extra: str) -> dict:
+    """``ggufkit eval --json`` of one model on the test's chunks, without llama-bench."""
+    import json
+
+    args = ["eval", str(model), "--ctx", str(CTX), "--chunks", str(CHUNKS), "--no-speed"]
+    result = CliRunner().invoke(cli, [*args, "--json", *extra])
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
 def test_auto_is_on_for_the_cpu(measured: dict, fa_models: dict[str, Path]) -> None:
     """llama.cpp's default (auto) resolves to flash attention on for the CPU backend: the
     default eval's JSON says so and its numbers are the -fa on numbers."""
-    import json
-
-    result = CliRunner().invoke(
-        cli,
-        [
-            "eval",
-            str(fa_models["f16"]),
-            "--ctx",
-            str(CTX),
-            "--chunks",
-            str(CHUNKS),
-            "--no-speed",
-            "--json",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = _eval_json(fa_models["f16"])
     assert (report["flash_attn"], report["flash_attn_resolved"]) == ("auto", "on")
     ppl = report["models"][0]["ppl"]
     assert ppl == pytest.approx(measured["upstream", "on"][0], rel=1e-6)
@@ -136,25 +130,7 @@ def test_auto_is_on_for_the_cpu(measured: dict, fa_models: dict[str, Path]) -> N
 def test_flash_attn_option_reaches_llama_perplexity(
     measured: dict, fa_models: dict[str, Path]
 ) -> None:
-    import json
-
-    result = CliRunner().invoke(
-        cli,
-        [
-            "eval",
-            str(fa_models["f16"]),
-            "--ctx",
-            str(CTX),
-            "--chunks",
-            str(CHUNKS),
-            "--no-speed",
-            "--json",
-            "--flash-attn",
-            "off",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = _eval_json(fa_models["f16"], "--flash-attn", "off")
     assert (report["flash_attn"], report["flash_attn_resolved"]) == ("off", "off")
     assert report["models"][0]["ppl"] == pytest.approx(measured["upstream", "off"][0], rel=1e-6)
 
