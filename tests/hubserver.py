@@ -12,7 +12,8 @@ Errors carry the ``X-Error-Code``/``X-Error-Message`` headers huggingface_hub ma
 without a token, and 401 "Invalid credentials in Authorization header" for an unknown token.
 ``cut(path, after)`` makes the next GET of a file stop after ``after`` bytes (a dropped connection);
 ``fail(path, status)`` makes the next GET of a file answer an HTTP error; ``stall()`` makes the
-server accept every connection and never answer (a hung server or proxy), until it stops.
+server accept every connection and never answer (a hung server or proxy), until it stops;
+``before`` (a function of the request) runs as each request arrives.
 The upload endpoints (create, preupload, LFS, commit) are in tests/hubupload.py.
 """
 
@@ -23,7 +24,7 @@ import json
 import re
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,6 +90,7 @@ class FakeHub:
         self.commits: list[str] = []  # commit summaries, in order
         self._upload_fails: dict[str, int] = {}
         self.stalled = False
+        self.before: Callable[[Request], None] | None = None  # runs as each request arrives
         self._released = threading.Event()  # set when the server stops: stalled handlers end
 
     # -- set-up -------------------------------------------------------------------------------
@@ -248,9 +250,10 @@ class _Handler(UploadEndpoints, BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         split = urlsplit(self.path)
         token = self._token()
-        self.fake.requests.append(
-            Request(self.command, split.path, self.headers.get("Range"), token is not None)
-        )
+        request = Request(self.command, split.path, self.headers.get("Range"), token is not None)
+        self.fake.requests.append(request)
+        if self.fake.before is not None:
+            self.fake.before(request)
         if split.path == "/api/agent-harnesses":  # huggingface_hub's user-agent registry
             self._json({})
             return
@@ -328,7 +331,8 @@ class _Handler(UploadEndpoints, BaseHTTPRequestHandler):
             return
         status = self.fake.take_fail(path) if self.command == "GET" else None
         if status is not None:
-            self._error(status, None, "Internal Error")
+            code = {404: "EntryNotFound"}.get(status)  # as the Hub marks a file it lacks
+            self._error(status, code, "Internal Error")
             return
         headers = {"X-Repo-Commit": revision.sha, "Accept-Ranges": "bytes"}
         if path.endswith(LFS_SUFFIXES):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hubserver import FakeHub, serving
+from hubserver import FakeHub, Request, serving
 
 from ggufkit.cli import cli
 from ggufkit.core.errors import HubError, InputError, UsageError
@@ -98,6 +98,9 @@ def test_revision_pin_by_tag_and_by_commit_falls_back_to_bin(hub: FakeHub) -> No
     assert names(model.path) == {"config.json", "tokenizer.json", "pytorch_model.bin"}
     assert (model.path / "config.json").read_bytes() == CONFIG_V1
 
+    cached = cached_model("acme/tiny", revision="v1")  # the pin was recorded for offline runs
+    assert cached is not None and cached.commit == model.commit
+
     main_sha = sha("acme/tiny", "main", hub)
     pinned = download("acme/tiny", revision=main_sha)
     assert pinned.commit == main_sha and pinned.path.name == main_sha
@@ -128,6 +131,47 @@ def test_missing_repo_revision_and_weights(hub: FakeHub) -> None:
         download("acme/noweights")
 
 
+def test_a_moved_branch_is_followed_and_recorded(hub: FakeHub) -> None:
+    first = download("acme/tiny")
+    repo = hub.repos["acme/tiny"]
+    repo.revisions["main"] = hub.new_revision(repo, "main", {"config.json": CONFIG_V1})
+    moved = download("acme/tiny")
+    assert moved.commit == sha("acme/tiny", "main", hub) != first.commit
+    assert (moved.path / "config.json").read_bytes() == CONFIG_V1
+    assert cached_model("acme/tiny") == moved  # offline runs now find the new commit
+    assert len(hub.gets("model.safetensors")) == 1  # the unchanged weights were not fetched again
+
+
+def test_a_branch_moving_mid_download_does_not_mix_commits(hub: FakeHub) -> None:
+    repo = hub.repos["acme/tiny"]
+    listed = repo.revisions["main"]
+
+    def move_main(request: Request) -> None:  # once the files at the listed commit are asked for
+        if "/tree/" in request.path and repo.revisions["main"] is listed:
+            repo.revisions["old"] = listed
+            repo.revisions["main"] = hub.new_revision(repo, "main", {"config.json": CONFIG_V1})
+
+    hub.before = move_main
+    model = download("acme/tiny")
+    assert repo.revisions["main"] is not listed  # the branch did move
+    assert model.commit == listed.sha and model.path.name == listed.sha
+    assert (model.path / "config.json").read_bytes() == CONFIG_MAIN
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [(401, "the Hub rejected the token given with --token"), (404, "vanished from the Hub")],
+)
+def test_a_file_refused_mid_download_is_a_clear_hub_error(
+    hub: FakeHub, status: int, message: str
+) -> None:
+    hub.fail("model.safetensors", status)
+    with pytest.raises(HubError, match=message) as failed:
+        download("acme/tiny", token=TOKEN)
+    assert failed.value.hint and TOKEN not in str(failed.value) + failed.value.hint
+    assert cached_model("acme/tiny") is None  # nothing half-downloaded is taken for the model
+
+
 def test_gated_repo_needs_a_valid_token(hub: FakeHub) -> None:
     with pytest.raises(HubError, match="gated") as gated:
         download("acme/gated")
@@ -135,7 +179,10 @@ def test_gated_repo_needs_a_valid_token(hub: FakeHub) -> None:
     with pytest.raises(HubError, match="rejected the token given with --token") as bad:
         download("acme/gated", token="hf_wrong_secret_1234")
     assert "hf_wrong_secret_1234" not in str(bad.value) + (bad.value.hint or "")
+    before = len(hub.requests)
     assert download("acme/gated", token=TOKEN).commit == sha("acme/gated", "main", hub)
+    sent = hub.requests[before:]
+    assert sent and all(r.authorized for r in sent)  # the token reached every call
 
 
 def test_token_from_env_and_stored_login(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,6 +217,22 @@ def test_offline_uses_the_warm_cache(
     assert "ggufkit download acme/other" in (cold.value.hint or "")
 
 
+def test_offline_without_a_cached_listing_reads_the_snapshot(
+    hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache that another tool (or an older huggingface_hub) filled holds no tree listing."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    online = download("acme/tiny")
+    shutil.rmtree(hub_settings().cache_dir / "models--acme--tiny" / "trees")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert download("acme/tiny", offline=True) == online
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
+        download("acme/tiny", revision=sha("acme/tiny", "v1", hub), offline=True)
+
+
 def test_unreachable_hub_falls_back_to_cache(hub: FakeHub) -> None:
     online = download("acme/tiny")
     hub.stop()
@@ -197,26 +260,23 @@ def test_cut_transfer_resumes_with_a_range_request(
     assert 0 < start <= cut  # resumed where the transfer broke, not restarted
 
 
-def test_an_interrupted_download_resumes_on_the_next_call(
+def test_a_run_cut_off_mid_file_keeps_no_damaged_blob_and_the_next_run_completes_it(
     hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
-    cut = 100_000
-    hub.cut("model.safetensors", after=cut, then_fail=503)  # it breaks, and its retry fails
+    hub.cut("model.safetensors", after=100_000, then_fail=503)  # it breaks, and its retry fails
     with pytest.raises(HubError, match="HTTP 503"):
         download("acme/tiny")
     blobs = hub_settings().cache_dir / "models--acme--tiny" / "blobs"
-    (kept,) = blobs.glob("*.ggufkit.incomplete")
-    have = kept.stat().st_size
-    assert 0 < have <= cut
+    weights_blob = blobs / hashlib.sha256(WEIGHTS).hexdigest()
+    assert not weights_blob.exists() and not list(blobs.glob("*.incomplete"))
     model = download("acme/tiny")
     assert (model.path / "model.safetensors").read_bytes() == WEIGHTS
-    ranges = [g.range for g in hub.gets("model.safetensors")]
-    # The first call's two tries, then the next call asks only for what was not written yet.
-    assert len(ranges) == 3 and ranges[0] is None and ranges[2] == f"bytes={have}-"
-    assert not kept.exists() and not list(blobs.glob("*.incomplete"))
+    assert weights_blob.read_bytes() == WEIGHTS
+    # huggingface_hub keeps no partial file across calls: the next call fetches the file whole.
+    assert [g.range for g in hub.gets("model.safetensors")][2:] == [None]
 
 
 def test_failed_run_then_next_run_fetches_only_what_is_missing(hub: FakeHub) -> None:

@@ -1,10 +1,10 @@
 """Models from the Hugging Face Hub: pick the files a conversion needs and fetch them.
 
-Downloads go through ``huggingface_hub.snapshot_download``, so the standard cache (``HF_HOME``,
-``HF_HUB_CACHE``), tokens (``--token``, ``HF_TOKEN``, the stored login), ``HF_HUB_OFFLINE``
-and progress bars all behave as in every other Hugging Face tool. Weight files are fetched into
-the cache first by :func:`ggufkit.hub.fetch.fetch_blob_resumably`, so that a run cut off mid-file
-(Ctrl-C, a lost connection, a killed process) is resumed by the next run instead of starting over.
+Downloads go through huggingface_hub's public API (``resolve_revision``, ``snapshot_download``),
+so the standard cache (``HF_HOME``, ``HF_HUB_CACHE``), tokens (``--token``, ``HF_TOKEN``, the
+stored login), ``HF_HUB_OFFLINE``, Xet storage and progress bars all behave as in every other
+Hugging Face tool. A transfer cut mid-file is resumed within the run; a run that fails keeps the
+files it finished, and the next run fetches only the rest.
 The access token is never logged, stored or echoed in a message.
 """
 
@@ -117,7 +117,7 @@ def download(
         if offline:
             return from_cache(repo_id, revision, wanted, local_dir, settings, reason="offline")
         try:
-            commit, names = listing(repo_id, revision, token, settings)
+            pinned, names = listing(repo_id, revision, token, local_dir, settings)
         except Exception as exc:
             if not unreachable(exc):
                 raise
@@ -125,7 +125,7 @@ def download(
             reason = "timeout" if timed_out(exc) else "unreachable"
             return from_cache(repo_id, revision, wanted, local_dir, settings, reason=reason)
         files = wanted.choose(names, f"{repo_id}@{revision or 'main'}")
-        return fetch(repo_id, revision, commit, files, local_dir, token, settings)
+        return fetch(repo_id, pinned, files, local_dir, token, settings)
     except GGUFKitError:
         raise
     except Exception as exc:

@@ -47,7 +47,7 @@ def from_cache(
     except CachedRepoTreeNotFoundError:
         # commit is None only for a local_dir download, whose files are in local_dir.
         base = Path(local_dir) if local_dir else _snapshot_dir(settings, repo_id, str(commit))
-        names = [p.name for p in base.iterdir() if p.is_file()] if base.is_dir() else []
+        names = [p.name for p in base.iterdir() if p.is_file()] if base and base.is_dir() else []
         if not names:
             raise not_cached(where, settings, reason) from None
     files = wanted.choose(names, where)
@@ -66,12 +66,16 @@ def from_cache(
     return ResolvedModel(path=Path(path), repo_id=repo_id, revision=revision, commit=commit)
 
 
-def _snapshot_dir(settings: HubSettings, repo_id: str, commit: str) -> Path:
-    from huggingface_hub.file_download import repo_folder_name
+def _snapshot_dir(settings: HubSettings, repo_id: str, commit: str) -> Path | None:
+    """The cached snapshot folder of ``commit``, or None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    return (
-        settings.cache_dir
-        / repo_folder_name(repo_id=repo_id, repo_type="model")
-        / "snapshots"
-        / commit
-    )
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, revision=commit, cache_dir=settings.cache_dir, local_files_only=True
+            )
+        )
+    except LocalEntryNotFoundError:
+        return None

@@ -50,9 +50,12 @@ def at(settings: HubSettings) -> str:
 
 
 def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the Hub could not be reached (so the cache may serve instead)."""
     import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RevisionResolutionError
 
+    if isinstance(exc, RevisionResolutionError) and exc.__cause__ is not None:
+        return unreachable(exc.__cause__)  # resolve_revision had no cached ref to fall back on
     if isinstance(exc, httpx2.ProxyError):
         return False
     if isinstance(exc, HfHubHTTPError):
