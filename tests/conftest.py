@@ -39,6 +39,8 @@ EXTRAS = {
     # Not a package: POSIX signals (SIGKILL, SIGINT to a child) and services such as a Ray
     # cluster. Tests marked posix_only skip by name on Windows, where CI allows "posix".
     "posix": (),
+    # Not a package: a GCC or Clang that targets x86-64 (the AMX flags' test asks one).
+    "x86cc": (),
 }
 MARKERS = {
     "needs_torch": "torch",

@@ -372,9 +372,15 @@ def test_every_mode_runs_or_says_why(which: str, request: pytest.FixtureRequest)
         assert r.footprint_bytes and r.peak_rss_bytes and r.ppl and math.isfinite(r.ppl)
         if r.name != "baseline":
             assert r.footprint_bytes < base.footprint_bytes
-            assert r.kld_mean is not None and r.kld_mean >= 0 and r.mean_abs_dlogit
+            assert r.kld_mean is not None and r.mean_abs_dlogit
     int8 = next(r for r in report.results if r.name == "int8")
     assert int8.top1_agreement >= 0.9
+    # 8 bits lose far less than 4; NF4 suits normally distributed weights better than FP4 (QLoRA).
+    kld = {r.name: r.kld_mean for r in report.results if r.status == "ok" and r.kld_mean}
+    if "int8" in kld:
+        assert all(kld["int8"] * 10 < v for n, v in kld.items() if n != "int8"), kld
+    if "nf4" in kld and "fp4" in kld:
+        assert kld["nf4"] < kld["fp4"], kld
     for name in ("nf4", "nf4-dq"):
         nf4 = next(r for r in report.results if r.name == name)
         assert 0.07 < nf4.weight_rel_error < 0.12

@@ -9,8 +9,6 @@ from click.testing import CliRunner
 from ggufkit import __version__
 from ggufkit.cli import COMMANDS, cli
 from ggufkit.core.errors import (
-    BuildError,
-    GGUFKitError,
     InputError,
     ToolFailedError,
     UsageError,
@@ -24,15 +22,19 @@ def test_version() -> None:
     assert __version__ in result.output
 
 
-def test_every_wired_command_has_help() -> None:
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_wired_command_has_help_with_examples(name: str) -> None:
     runner = CliRunner()
     listed = runner.invoke(cli, ["--help"])
     assert listed.exit_code == 0
-    for name in ("build", "doctor"):
-        assert name in listed.output
-        result = runner.invoke(cli, [name, "--help"])
-        assert result.exit_code == 0, result.output
-        assert "Usage:" in result.output
+    assert any(line.split()[:1] == [name] for line in listed.output.splitlines()), listed.output
+    result = runner.invoke(cli, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Usage: cli {name} "), result.output
+    lines = result.output.splitlines()
+    assert "  Examples:" in lines, f"`ggufkit {name} --help` has no example block"
+    examples = lines[lines.index("  Examples:") + 1 :]
+    assert any(line.strip().startswith(f"ggufkit {name}") for line in examples), result.output
 
 
 def test_unknown_command_is_usage_error() -> None:
@@ -82,5 +84,3 @@ def test_tool_failure_message_carries_tail_and_log() -> None:
         ToolFailedError("llama-quantize failed", tail="line a\nline b", log_path="/tmp/x.log")
     )
     assert "line b" in text and "/tmp/x.log" in text
-    assert isinstance(ToolFailedError("x"), BuildError)
-    assert issubclass(UsageError, GGUFKitError)

@@ -146,13 +146,17 @@ def test_pytorch_bin_checkpoint_converts_like_safetensors(model: Path, tmp_path:
 
 
 def test_json_reports_where_the_time_went(model: Path, tmp_path: Path) -> None:
+    started = time.perf_counter()
     exit_code, output = _run(model, tmp_path / "m.gguf", "--json")
+    wall = time.perf_counter() - started
     assert exit_code == 0, output
     result = json.loads(output[output.index("{") :])
     phases = result["phases"]
     assert set(phases) == {"prepare", "data", "finish"}
-    assert all(seconds >= 0 for seconds in phases.values())
-    assert sum(phases.values()) == pytest.approx(result["seconds"], abs=1e-3)
+    # "prepare" is the rest of the total: a phase counted twice or timed outside the call would
+    # make it negative, and the total lies within the call around it (not a speed threshold).
+    assert min(phases.values()) > 0
+    assert result["seconds"] <= wall
 
 
 def test_a_llama_conversion_loads_no_engine_it_does_not_use(model: Path, tmp_path: Path) -> None:
