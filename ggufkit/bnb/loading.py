@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 from typing import Any
 
-from ggufkit.core.errors import UsageError
+from ggufkit.core.errors import ConfigError, UsageError
+from ggufkit.core.fsutil import read_json
 from ggufkit.core.log import progress_disabled
 
 
@@ -62,10 +62,8 @@ def check_remote_code(model_dir: Path, config: dict[str, Any], trust: bool) -> l
     tokenizer_map: dict[str, Any] = {}
     if tokenizer_config.is_file():
         try:
-            tokenizer_map = json.loads(tokenizer_config.read_text(encoding="utf-8")).get(
-                "auto_map", {}
-            )
-        except (ValueError, AttributeError):
+            tokenizer_map = read_json(tokenizer_config, ConfigError).get("auto_map", {})
+        except (ConfigError, AttributeError):
             tokenizer_map = {}
     if not model_map and not tokenizer_map:
         return []

@@ -12,14 +12,14 @@ llama-cpp-python adds no BOS to a rendered chat prompt.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ggufkit.convert.chat_formats import FORMATS, NAME_RULES, ChatFormat
-from ggufkit.core.errors import InputError, UsageError
+from ggufkit.core.errors import ConfigError, InputError, UsageError
+from ggufkit.core.fsutil import read_json
 from ggufkit.core.log import get_logger
 
 log = get_logger("convert.chat")
@@ -67,8 +67,8 @@ def checkpoint_template(model_dir: Path) -> str | None:
         if not path.is_file():
             continue
         try:
-            value = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
-        except (OSError, ValueError, AttributeError):
+            value = read_json(path, ConfigError).get("chat_template")
+        except (ConfigError, AttributeError):
             continue
         if isinstance(value, str) and value:
             return value

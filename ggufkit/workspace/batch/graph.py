@@ -8,11 +8,11 @@ against its memory and disk budget, Ray as each task's ``num_cpus`` and ``memory
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ggufkit.core.fsutil import human_bytes
+from ggufkit.core.errors import ConfigError
+from ggufkit.core.fsutil import human_bytes, read_json
 from ggufkit.quantize.types import nominal_bpw
 from ggufkit.workspace.batch.plan import BatchPlan, ModelSpec
 
@@ -52,8 +52,8 @@ def f16_estimate(model: ModelSpec, outtype: str = "f16") -> int | None:
         p.stat().st_size for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES
     )
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        config = read_json(folder / "config.json", ConfigError)
+    except ConfigError:
         config = {}
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float16")
     per_weight = 4 if dtype == "float32" else 2
