@@ -142,8 +142,6 @@ def command(
                 "in a workspace the split size comes from ggufkit.toml",
                 hint='set split_max_size = "50G" there (convert and quantize both use it)',
             )
-        if split.active:
-            raise UsageError("the split options need INPUT", hint="give the .gguf file to quantize")
         steps = workspace.quantize(
             parse_types(",".join(args)) or None, force=force, options=options
         )

@@ -155,12 +155,6 @@ class EvaluationError(GGUFKitError):
     """An evaluation, benchmark or generation step failed."""
 
 
-class OperationInterrupted(GGUFKitError):
-    """The user pressed Ctrl-C; temporary files were removed."""
-
-    exit_code = EXIT_INTERRUPTED
-
-
 def disk_full(exc: OSError, what: str, path: str | Path | None = None) -> DiskSpaceError | None:
     """The DiskSpaceError for an OSError that says the disk is full (ENOSPC, EDQUOT), else None."""
     import errno

@@ -13,7 +13,6 @@ import itertools
 import json
 import mmap
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -355,12 +354,6 @@ class Checkpoint:
         length = min(end - start, len(mapped) - start)
         if length > 0:
             mapped.madvise(advice, start, length)
-
-    def iter_tensors(self, *, float32: bool = False) -> Iterator[tuple[TensorInfo, np.ndarray]]:
-        """Each tensor in file order; its pages are released after the consumer moves on."""
-        for info in sorted(self._infos.values(), key=lambda i: (str(i.file), i.offset)):
-            yield info, self.read(info.name, float32=float32)
-            self.release(info.name)
 
     # --- pytorch_model*.bin -------------------------------------------------------------------
 
