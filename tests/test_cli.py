@@ -9,9 +9,11 @@ from click.testing import CliRunner
 from ggufkit import __version__
 from ggufkit.cli import COMMANDS, cli
 from ggufkit.core.errors import (
+    BuildError,
     InputError,
     ToolFailedError,
     UsageError,
+    exit_code_for,
     format_error,
 )
 
@@ -84,3 +86,8 @@ def test_tool_failure_message_carries_tail_and_log() -> None:
         ToolFailedError("llama-quantize failed", tail="line a\nline b", log_path="/tmp/x.log")
     )
     assert "line b" in text and "/tmp/x.log" in text
+    # A build's failure (no tool failure since issue 31, but the same kind of error) shows its
+    # tail and log the same way, with the same exit code.
+    build = BuildError("cmake failed", tail="cmake said", log_path="/tmp/b.log")
+    assert "cmake said" in format_error(build) and "/tmp/b.log" in format_error(build)
+    assert exit_code_for(build) == exit_code_for(ToolFailedError("x")) == 1

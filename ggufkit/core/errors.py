@@ -88,8 +88,9 @@ class ToolMissingError(GGUFKitError):
     default_hint = "run `ggufkit build` (or `ggufkit doctor` to see what is missing)"
 
 
-class BuildError(GGUFKitError):
-    """CMake configuration or compilation failed."""
+class ToolOutputError(GGUFKitError):
+    """A child process (a compiler, a llama.cpp binary) failed: carries its last output lines
+    (``tail``) and its full log (``log_path``), shown under the message."""
 
     def __init__(
         self,
@@ -105,7 +106,11 @@ class BuildError(GGUFKitError):
         self.tail = tail
 
 
-class ToolFailedError(BuildError):
+class BuildError(ToolOutputError):
+    """CMake configuration or compilation failed."""
+
+
+class ToolFailedError(ToolOutputError):
     """A llama.cpp binary exited with an error. Carries its last output lines and the log path."""
 
 
@@ -186,7 +191,7 @@ def format_error(error: BaseException) -> str:
             "  Run again with GGUFKIT_DEBUG=1 for the traceback, and report it."
         )
     lines = [error.message]
-    if isinstance(error, BuildError):
+    if isinstance(error, ToolOutputError):
         if error.tail:
             lines.append("  last output:")
             lines.extend("    " + line for line in error.tail.rstrip().splitlines())
