@@ -484,6 +484,17 @@ def test_same_paths_are_refused(tmp_path: Path, tiny_llama_dir: Path, same_delta
     assert not (tmp_path / "d").exists()
 
 
+def test_base_and_target_named_alike_but_for_case_are_one_model(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """One folder on macOS and Windows disks: refused everywhere, as check_output_path does."""
+    shutil.copytree(tiny_llama_dir, tmp_path / "tiny")
+    shutil.copytree(tiny_llama_dir, tmp_path / "TINY")
+    with pytest.raises(UsageError, match="the delta would be zeros"):
+        make_delta(tmp_path / "tiny", tmp_path / "TINY", tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+
+
 def test_not_enough_disk(
     tmp_path: Path, tiny_llama_dir: Path, same_delta: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

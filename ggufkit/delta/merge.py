@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ggufkit.core.errors import UsageError, disk_full
-from ggufkit.core.fsutil import atomic_dir, check_free_disk, human_bytes, path_key
+from ggufkit.core.fsutil import atomic_dir, check_free_disk, human_bytes, path_key, same_file
 from ggufkit.core.log import get_logger, progress
 from ggufkit.delta.arith import DTYPES, TORCH_NAMES, Dtype
 from ggufkit.delta.source import STYLES, CombinedSource, Style
@@ -197,7 +197,7 @@ def make_delta(
     working = _check_dtype(dtype)
     base_dir, target_dir = resolve_dir(base), resolve_dir(target)
     output = Path(output)
-    if base_dir.resolve() == target_dir.resolve():
+    if same_file(base_dir, target_dir):  # as check_output_path compares: links, case folding
         raise UsageError(
             f"--base and --target are the same directory ({base_dir}): the delta would be zeros",
             hint="give the fine-tuned model as --target",
