@@ -226,3 +226,35 @@ def test_several_prompts_need_chat(tmp_path: Path) -> None:
     assert code == 2 and "--chat" in err
     code, _, err = run(str(tmp_path / "m.gguf"))
     assert code == 2 and "-p" in err
+
+
+def test_the_sampling_options_reach_the_library_as_one_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ggufkit.cli import run as run_command
+    from ggufkit.evaluate.generate import GenerationResult
+    from ggufkit.evaluate.sampling import Sampling
+
+    seen: list[tuple[str, Sampling]] = []
+
+    def fake(kind: str, count: int):  # type: ignore[no-untyped-def]
+        def call(model, prompts, sampling, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append((kind, sampling))
+            done = GenerationResult("x", 1, 1, "stop", sampling.seed or 0, 0.1)
+            return done if count == 1 else [done]
+
+        return call
+
+    monkeypatch.setattr(run_command, "generate", fake("generate", 1))
+    monkeypatch.setattr(run_command, "converse", fake("converse", 2))
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    options = ["-n", "5", "--temp", "0.25", "--top-p", "0.5", "--seed", "7", "--stop", r"\n"]
+    assert run(str(model), "-p", "hi", *options)[0] == 0
+    assert run(str(model), "-p", "hi", "--chat", *options, "--stop", "Q:")[0] == 0
+    assert run(str(model), "-p", "hi")[0] == 0
+    assert seen == [
+        ("generate", Sampling(5, 0.25, 0.5, 7, ("\n",))),
+        ("converse", Sampling(5, 0.25, 0.5, 7, ("\n", "Q:"))),
+        ("generate", Sampling()),  # the command's defaults are the library's
+    ]

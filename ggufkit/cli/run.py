@@ -21,6 +21,7 @@ from ggufkit.cli.options import (
 from ggufkit.core.errors import UsageError
 from ggufkit.core.log import get_logger
 from ggufkit.evaluate.generate import GenerationResult, converse, generate, unescape
+from ggufkit.evaluate.sampling import Sampling
 
 log = get_logger("cli.run")
 
@@ -93,7 +94,7 @@ def command(
         ggufkit run model-Q4_0.gguf --chat -p "Hello" -p "Say more" --system "Be brief."
         ggufkit run model-Q4_0.gguf --chat          # type a line, get a reply; Ctrl-D ends
     """
-    stops = [unescape(s) for s in stop]
+    sampling = Sampling(max_tokens, temp, top_p, seed, tuple(unescape(s) for s in stop))
     if not chat and len(prompts) != 1:
         raise UsageError(
             "give exactly one -p/--prompt" if not prompts else "several -p need --chat",
@@ -112,11 +113,7 @@ def command(
         result = generate(
             model,
             prompts[0],
-            max_tokens=max_tokens,
-            temperature=temp,
-            top_p=top_p,
-            seed=seed,
-            stop=stops,
+            sampling,
             ctx=ctx,
             threads=threads,
             on_text=stream,
@@ -140,12 +137,8 @@ def command(
     results = converse(
         model,
         prompts or _stdin_turns(),
+        sampling,
         system=system,
-        max_tokens=max_tokens,
-        temperature=temp,
-        top_p=top_p,
-        seed=seed,
-        stop=stops,
         ctx=ctx,
         threads=threads,
         on_text=stream,

@@ -180,16 +180,11 @@ class _Demo:
 
     def generate(self, model: Path, prompt: str) -> Sample:
         from ggufkit.evaluate.generate import generate
+        from ggufkit.evaluate.sampling import Sampling
 
         s = self.settings
-        done = generate(
-            model,
-            prompt,
-            max_tokens=s.sample_tokens,
-            temperature=s.temperature,
-            seed=s.seed,
-            threads=self.threads,
-        )
+        sampling = Sampling(max_tokens=s.sample_tokens, temperature=s.temperature, seed=s.seed)
+        done = generate(model, prompt, sampling, threads=self.threads)
         return Sample(model, prompt, done.text, done.tokens, done.seconds)
 
     def bnb(self, gguf_eval: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from ggufkit.core.errors import EvaluationError, UsageError
 from ggufkit.core.log import get_logger
 from ggufkit.evaluate.chat_render import limit_chat_templates
 from ggufkit.evaluate.ppl import quiet_llama_logs
+from ggufkit.evaluate.sampling import Sampling
 from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.llamacpp.attention import resolved_flash_attn
 from ggufkit.llamacpp.bindings import load_llama_cpp
@@ -62,12 +63,8 @@ def unescape(text: str) -> str:
 def generate(
     model: str | Path,
     prompt: str,
+    sampling: Sampling = Sampling(),  # noqa: B008 (frozen)
     *,
-    max_tokens: int = 128,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
-    seed: int | None = None,
-    stop: Sequence[str] = (),
     chat: bool = False,
     system: str | None = None,
     ctx: int | None = None,
@@ -77,20 +74,16 @@ def generate(
     """Generate from ``prompt``, passing each piece of text to ``on_text`` as it is produced.
 
     With ``chat`` the prompt is a user message formatted by the GGUF's own chat template (see
-    :func:`converse` for a conversation). A fixed ``seed`` makes sampling reproducible; without
-    one a seed is drawn and reported. llama.cpp runs in a child process (see
+    :func:`converse` for a conversation). A fixed ``sampling.seed`` makes sampling reproducible;
+    without one a seed is drawn and reported. llama.cpp runs in a child process (see
     :mod:`ggufkit.llamacpp.isolate`): a crash there is a ToolCrashedError here.
     """
     if chat:
         return converse(
             model,
             [prompt],
+            sampling,
             system=system,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            stop=stop,
             ctx=ctx,
             threads=threads,
             on_text=on_text,
@@ -102,11 +95,7 @@ def generate(
         what=f"llama.cpp generating with {Path(model).name}",
         on_event=on_text,
         event_kwarg="on_text",
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        stop=list(stop),
+        sampling=sampling,
         ctx=ctx,
         threads=threads,
     )
@@ -116,22 +105,17 @@ def _generate_here(
     model: str,
     prompt: str,
     *,
-    max_tokens: int,
-    temperature: float,
-    top_p: float,
-    seed: int | None,
-    stop: Sequence[str],
+    sampling: Sampling,
     ctx: int | None,
     threads: int | None,
     on_text: Callable[[str], None] | None = None,
 ) -> GenerationResult:
-    llm, seed = _open(model, chat=False, ctx=ctx, threads=threads, seed=seed, max_tokens=max_tokens)
+    llm, sampling = _open_for(model, sampling, chat=False, ctx=ctx, threads=threads)
     try:
         return _complete(
             llm,
             lambda opts: llm.create_completion(prompt, **opts),
-            _options(max_tokens, temperature, top_p, seed, stop),
-            seed,
+            sampling,
             chat=False,
             on_text=on_text,
         )
@@ -142,13 +126,9 @@ def _generate_here(
 def converse(
     model: str | Path,
     prompts: Iterable[str],
+    sampling: Sampling = Sampling(),  # noqa: B008 (frozen)
     *,
     system: str | None = None,
-    max_tokens: int = 128,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
-    seed: int | None = None,
-    stop: Sequence[str] = (),
     ctx: int | None = None,
     threads: int | None = None,
     on_text: Callable[[str], None] | None = None,
@@ -158,9 +138,9 @@ def converse(
 
     The whole conversation so far is formatted by the GGUF's chat template for every reply; a
     reply ends at EOS, at the template's stop strings (``ggufkit.chat_template.stop``) or at
-    ``stop``. ``prompts`` may be lazy (a REPL reading stdin): the child process that runs
+    ``sampling.stop``. ``prompts`` may be lazy (a REPL reading stdin): the child process that runs
     llama.cpp asks for each one when it is ready for it. ``on_turn(index, prompt)`` is called
-    before each reply, ``on_text`` with each piece of it. Every reply uses the same ``seed``.
+    before each reply, ``on_text`` with each piece of it. Every reply uses the same seed.
     """
 
     def dispatch(event: tuple[str, Any]) -> None:
@@ -179,11 +159,7 @@ def converse(
         feed=prompts,
         feed_kwarg="prompts",
         system=system,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        stop=[*template_stops(model), *stop],
+        sampling=sampling.with_stops(template_stops(model)),
         ctx=ctx,
         threads=threads,
     )
@@ -194,18 +170,13 @@ def _converse_here(
     *,
     prompts: Iterable[str],
     system: str | None,
-    max_tokens: int,
-    temperature: float,
-    top_p: float,
-    seed: int | None,
-    stop: Sequence[str],
+    sampling: Sampling,  # the template's own stop strings included, by converse()
     ctx: int | None,
     threads: int | None,
     on_event: Callable[[tuple[str, Any]], None] | None = None,
 ) -> list[GenerationResult]:
     emit = on_event or (lambda event: None)
-    llm, seed = _open(model, chat=True, ctx=ctx, threads=threads, seed=seed, max_tokens=max_tokens)
-    stops = list(stop)  # the template's own stop strings included, by converse()
+    llm, sampling = _open_for(model, sampling, chat=True, ctx=ctx, threads=threads)
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     results: list[GenerationResult] = []
     try:
@@ -215,8 +186,7 @@ def _converse_here(
             result = _complete(
                 llm,
                 lambda opts: llm.create_chat_completion(messages=messages, **opts),
-                _options(max_tokens, temperature, top_p, seed, stops),
-                seed,
+                sampling,
                 chat=True,
                 on_text=lambda text: emit(("text", text)),
             )
@@ -235,17 +205,15 @@ def template_stops(model: str | Path) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def _options(
-    max_tokens: int, temperature: float, top_p: float, seed: int, stop: Sequence[str]
-) -> dict[str, Any]:
-    return {
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "top_p": top_p,
-        "seed": seed,
-        "stop": list(stop) or None,
-        "stream": True,
-    }
+def _open_for(
+    model: str, sampling: Sampling, *, chat: bool, ctx: int | None, threads: int | None
+) -> tuple[Any, Sampling]:
+    """The model opened for ``sampling``, and ``sampling`` with the seed it was opened with."""
+    llm, seed = _open(
+        model, chat=chat, ctx=ctx, threads=threads, seed=sampling.seed,
+        max_tokens=sampling.max_tokens,
+    )  # fmt: skip
+    return llm, sampling.with_seed(seed)
 
 
 def _open(
@@ -319,8 +287,7 @@ def context_size(model: Path, trained: Any, ctx: int | None) -> int:
 def _complete(
     llm: Any,
     start: Callable[[dict[str, Any]], Iterator[Any]],
-    options: dict[str, Any],
-    seed: int,
+    sampling: Sampling,
     *,
     chat: bool,
     on_text: Callable[[str], None] | None,
@@ -340,7 +307,7 @@ def _complete(
     llm.sample = counting_sample
     started = time.perf_counter()
     try:
-        for chunk in start(options):
+        for chunk in start(sampling.completion_options()):
             choice = chunk["choices"][0]
             text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
             if text:
@@ -353,6 +320,7 @@ def _complete(
     finally:
         llm.sample = sample
     seconds = time.perf_counter() - started
+    assert sampling.seed is not None, "the seed the model was opened with"
     return GenerationResult(
-        "".join(pieces), counts["prompt"], counts["sampled"], finish, seed, seconds
+        "".join(pieces), counts["prompt"], counts["sampled"], finish, sampling.seed, seconds
     )
