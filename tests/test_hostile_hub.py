@@ -57,7 +57,7 @@ def test_upload_fails_on_a_hub_that_never_answers(stalled_hub: FakeHub, tmp_path
     model = tmp_path / "tiny-Q4_0.gguf"
     model.write_bytes(b"GGUF" + bytes(100))
     result = _invoke_guarded(["upload", "me/x", str(model), "--token", "hf_" + "x" * 30])
-    _check(result, "timed out")
+    _check(result, "did not answer", "uploading to me/x@main")
 
 
 def test_the_timeout_must_be_a_positive_number(monkeypatch: pytest.MonkeyPatch) -> None:

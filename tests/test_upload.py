@@ -124,7 +124,7 @@ def test_the_token_appears_in_no_output(
     result = CliRunner().invoke(cli, ["upload", "me/t", str(shards[0])])
     assert result.exit_code == 0, result.output
     seen.append(result.output)
-    assert "rejected the token (401)" in seen[3]
+    assert "rejected the token given with --token (401" in seen[3]
     assert all(r.authorized for r in hub.requests if r.method == "POST")
     written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
     for text in [*seen, caplog.text]:

@@ -81,13 +81,22 @@ def translate(
     token: str | None,
     settings: HubSettings,
     *,
-    offline: bool,
+    offline: bool = False,
+    upload: bool = False,
 ) -> GGUFKitError:
-    """A huggingface_hub failure as a HubError that says what to do (and never shows the token)."""
+    """A huggingface_hub failure of a download (or, with ``upload``, of an upload) as a HubError
+    that says what to do next; the token is never shown."""
     import httpx2
     from huggingface_hub import errors as hf
 
     where = f"{repo_id}@{revision or 'main'}"
+    doing = f"uploading to {where}" if upload else f"downloading {where}"
+    kept = (
+        "blobs already sent are not sent twice"
+        if upload
+        else "finished files are kept in the cache and not fetched again"
+    )
+    again = f"run the same command again: {kept}"
     if isinstance(exc, hf.GatedRepoError):
         return HubError(
             f"{repo_id} is a gated repo: its files need an accepted licence and a token",
@@ -104,26 +113,10 @@ def translate(
             hint="give an existing branch, tag or commit sha with --revision (default: main)",
         )
     if isinstance(exc, hf.RemoteEntryNotFoundError):
-        return HubError(
-            f"a file of {where} vanished from the Hub while downloading",
-            hint="run the command again",
-        )
+        return HubError(f"a file of {where} vanished from the Hub while {doing}", hint=again)
     if isinstance(exc, hf.HfHubHTTPError) and exc.response is not None:
         status = exc.response.status_code
-        if status == 401:
-            return HubError(
-                f"the Hub rejected {_token_source(token)} (401 invalid credentials) for {repo_id}",
-                hint="check or renew the token (`hf auth whoami`), or leave it out for a public repo",
-            )
-        if status == 403:
-            return HubError(
-                f"{_token_source(token)} has no access to {repo_id} (403)",
-                hint="use a token with read access to this repo, or request access on its Hub page",
-            )
-        return HubError(
-            f"the Hub answered HTTP {status} for {where}",
-            hint="retry later; finished files are kept in the cache and not fetched again",
-        )
+        return _http_error(status, repo_id, where, token, settings, upload, kept)
     if isinstance(exc, (hf.LocalEntryNotFoundError, hf.RevisionResolutionError)):
         return not_cached(where, settings, "offline" if offline else "unreachable")
     if isinstance(exc, hf.HFValidationError):
@@ -132,21 +125,63 @@ def translate(
         )
     if timed_out(exc):
         return HubError(
-            f"the Hub{at(settings)} did not answer in time while downloading {where}",
-            hint=timeout_hint(),
+            f"the Hub{at(settings)} did not answer in time while {doing}",
+            hint=f"{timeout_hint()}; {again}" if upload else timeout_hint(),
         )
+    if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, Exception):
+        # huggingface_hub wraps a failed transfer to the file store in a RuntimeError: the
+        # store's answer (an expired link, a dropped connection) says nothing about the token.
+        return HubError(f"{exc} ({_short(exc.__cause__)})", hint=again)
     if isinstance(exc, httpx2.TransportError):
         return HubError(
-            f"the connection to the Hub{at(settings)} failed while downloading {where} ({type(exc).__name__})",
-            hint="run the command again: finished files are kept and not fetched again",
+            f"the connection to the Hub{at(settings)} failed while {doing} ({type(exc).__name__})",
+            hint=again,
         )
     if isinstance(exc, OSError):
         detail = str(exc).replace(token, "***") if token else str(exc)
         return HubError(
-            f"downloading {where} failed: {detail.splitlines()[0] if detail else type(exc).__name__}",
+            f"{doing} failed: {detail.splitlines()[0] if detail else type(exc).__name__}",
             hint="check free disk space in the cache, then run the command again",
         )
     return HubError(
-        f"downloading {where} failed ({type(exc).__name__})",
+        f"{doing} failed ({type(exc).__name__})",
         hint="run again with GGUFKIT_DEBUG=1 for details",
     )
+
+
+def _http_error(
+    status: int,
+    repo_id: str,
+    where: str,
+    token: str | None,
+    settings: HubSettings,
+    upload: bool,
+    kept: str,
+) -> HubError:
+    if status == 401:
+        return HubError(
+            f"the Hub rejected {_token_source(token)} (401 invalid credentials) for {repo_id}",
+            hint="check or renew the token (`hf auth whoami`)"
+            + (
+                "; uploading needs one with write access"
+                if upload
+                else ", or leave it out for a public repo"
+            ),
+        )
+    if status == 403:
+        access = "write" if upload else "read"
+        return HubError(
+            f"{_token_source(token)} has no {access} access to {repo_id} (403)",
+            hint=f"use a token with {access} access to this repo"
+            + (" or its owner's namespace" if upload else ", or request access on its Hub page"),
+        )
+    return HubError(
+        f"the Hub{at(settings)} answered HTTP {status} for {where}", hint=f"retry later; {kept}"
+    )
+
+
+def _short(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if response is not None:
+        return f"HTTP {response.status_code}"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

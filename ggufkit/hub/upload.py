@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ggufkit.core.errors import GGUFKitError, HubError, InputError, UsageError
+from ggufkit.core.errors import GGUFKitError, InputError, UsageError
 from ggufkit.core.fsutil import human_bytes
 from ggufkit.core.log import get_logger, progress_disabled
 from ggufkit.formats.gguf_split import split_set
-from ggufkit.hub.errors import at, timed_out
+from ggufkit.hub.errors import translate
 from ggufkit.hub.selection import check_repo_id
 from ggufkit.hub.settings import hub_settings
-from ggufkit.hub.timeouts import hint as timeout_hint
 from ggufkit.hub.timeouts import install as install_timeouts
 
 log = get_logger("hub.upload")
@@ -156,7 +155,7 @@ def upload(
     except GGUFKitError:
         raise
     except Exception as exc:
-        raise _translate(exc, plan.repo_id, revision) from exc
+        raise translate(exc, plan.repo_id, revision, token, hub_settings(), upload=True) from exc
     # huggingface_hub marks each addition with the oid the repo already had for that path.
     unchanged = [
         op.path_in_repo
@@ -165,46 +164,3 @@ def upload(
     ]
     uploaded = [op.path_in_repo for op in operations if op.path_in_repo not in unchanged]
     return UploadResult(plan.repo_id, revision, info.oid, uploaded, unchanged)
-
-
-def _translate(exc: Exception, repo_id: str, revision: str) -> GGUFKitError:
-    """An upload failure as a HubError that says what to do (the token is never quoted)."""
-    from huggingface_hub import errors as hf
-
-    where = at(hub_settings())
-    again = "run the same command again: blobs already sent are not sent twice"
-    if timed_out(exc):
-        return HubError(
-            f"the upload to {repo_id}@{revision}{where} timed out: {_short(exc)}",
-            hint=f"{timeout_hint()}; {again}",
-        )
-    if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, Exception):
-        # huggingface_hub wraps a failed transfer to the file store in a RuntimeError: the
-        # store's answer (an expired link, a dropped connection) says nothing about the token.
-        return HubError(f"{exc} ({_short(exc.__cause__)})", hint=again)
-    if isinstance(exc, hf.HfHubHTTPError) and exc.response is not None:
-        status = exc.response.status_code
-        if status == 401:
-            return HubError(
-                f"the Hub{where} rejected the token (401) for {repo_id}",
-                hint="log in with `hf auth login`, set HF_TOKEN, or pass --token (write access)",
-            )
-        if status == 403:
-            return HubError(
-                f"the token may not write to {repo_id} (403)",
-                hint="use a token with write access to this repo or its owner's namespace",
-            )
-        return HubError(
-            f"the Hub{where} answered HTTP {status} for {repo_id}@{revision}", hint=again
-        )
-    return HubError(
-        f"the upload to {repo_id}@{revision}{where} failed: {_short(exc)}",
-        hint=again,
-    )
-
-
-def _short(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if response is not None:
-        return f"HTTP {response.status_code}"
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
