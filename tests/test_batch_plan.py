@@ -219,3 +219,27 @@ def test_local_scheduler_runs_one_step_at_a_time_when_the_disk_is_short(
     monkeypatch.setenv("GGUFKIT_FAKE_FREE_BYTES", str(1 << 40))
     run_batch(plan, max_parallel=4, memory_budget=1 << 40)
     assert peak[0] > 1  # with room, the same graph runs steps side by side
+
+
+def test_the_batch_hold_hook_is_the_tests_own() -> None:
+    """The hook that holds a step for tests/test_batch_ray.py lives in tests/batch_hold (a
+    sitecustomize its Ray cluster loads), nothing of it in the package; it wraps the quantize
+    step only where its variable is set."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    package = [p for p in (root / "ggufkit").rglob("*.py") if "BATCH_HOLD" in p.read_text("utf-8")]
+    assert package == []
+    probe = "import ggufkit.workspace.batch.execute as e; print(e._quantize.__name__)"
+    path = os.pathsep.join([str(root / "tests" / "batch_hold"), str(root)])
+    names = []
+    for hold in ("a:quantize:q8_0=/nonexistent/marker", None):
+        env = {k: v for k, v in os.environ.items() if k != "GGUFKIT_BATCH_HOLD"}
+        env.update({"PYTHONPATH": path, **({"GGUFKIT_BATCH_HOLD": hold} if hold else {})})
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+        )
+        names.append(done.stdout.strip())
+    assert names == ["held_quantize", "_quantize"]

@@ -2,9 +2,9 @@
 with `ray start` and torn down afterwards (budget: 5 minutes for the module, cluster included).
 
 The nodes share this GGUFKIT_HOME, so they use the cached llama.cpp build (nothing is compiled).
-One quantize step is held by the test hook (GGUFKIT_BATCH_HOLD) with its partial file open; the
-test kills that worker's process group, llama-quantize included, and Ray's retry must give the
-same bytes and leave no partial file.
+One quantize step is held by the test hook (tests/batch_hold: GGUFKIT_BATCH_HOLD) with its partial
+file open; the test kills that worker's process group, llama-quantize included, and Ray's retry
+must give the same bytes and leave no partial file.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import pytest
 from batch_reference import batch_digests, by_hand, partial_files, write_plan
 
 from ggufkit.workspace.batch import BatchSummary, load_plan, run_batch
-from ggufkit.workspace.batch.execute import HOLD_ENV
 
 pytestmark = [
     pytest.mark.needs_ray,
@@ -42,6 +41,9 @@ pytestmark = [
 LOOPBACK = "127.0.0.2"
 HELD = "milton:quantize:q8_0"
 RAY = Path(sys.executable).with_name("ray")
+# The hook's folder, put on the cluster's PYTHONPATH: its sitecustomize holds the HELD step.
+HOOK = Path(__file__).resolve().parent / "batch_hold"
+HOLD_ENV = "GGUFKIT_BATCH_HOLD"
 START_TIMEOUT = 120.0
 
 
@@ -55,7 +57,9 @@ class Cluster:
     def __init__(self, temp_dir: Path, marker: Path) -> None:
         self.temp_dir, self.port = temp_dir, _free_port()
         self.address = f"{LOOPBACK}:{self.port}"
-        self.env = {**os.environ, HOLD_ENV: f"{HELD}={marker}", "RAY_USAGE_STATS_ENABLED": "0"}
+        path = os.pathsep.join(filter(None, [str(HOOK), os.environ.get("PYTHONPATH")]))
+        self.env = {**os.environ, HOLD_ENV: f"{HELD}={marker}", "PYTHONPATH": path}
+        self.env["RAY_USAGE_STATS_ENABLED"] = "0"
         self.nodes: list[subprocess.Popen[bytes]] = []
 
     def start_node(self, *args: str) -> None:

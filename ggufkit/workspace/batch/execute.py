@@ -8,7 +8,6 @@ is missing, and every output is written under a temporary name and renamed when 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 import traceback
@@ -20,8 +19,7 @@ from typing import Any
 from ggufkit.core.errors import GGUFKitError
 from ggufkit.core.fsutil import write_json_atomic
 from ggufkit.core.log import get_logger
-from ggufkit.quantize.engines import BinaryEngine, ProgressCallback, QuantizeOptions, RunReport
-from ggufkit.quantize.types import QuantType
+from ggufkit.quantize.engines import QuantizeOptions
 from ggufkit.workspace.batch.graph import Step
 from ggufkit.workspace.batch.plan import BatchPlan, ModelSpec
 from ggufkit.workspace.config import WorkspaceConfig
@@ -29,11 +27,6 @@ from ggufkit.workspace.manifest import file_input
 from ggufkit.workspace.steps import StepResult, Workspace
 
 log = get_logger("batch")
-
-# Test hook: "<step id>=<marker file>" holds that step's llama-quantize (its first progress line)
-# until the process is killed, after writing the marker; a retry finds the marker and runs on.
-HOLD_ENV = "GGUFKIT_BATCH_HOLD"
-HOLD_SECONDS = 600.0
 
 
 @dataclass
@@ -151,48 +144,9 @@ def _imatrix(plan: BatchPlan, ws: Workspace) -> StepResult:
 
 
 def _quantize(plan: BatchPlan, ws: Workspace, step: Step) -> StepResult:
-    from ggufkit.quantize.engines import binary_engine
-
     options = QuantizeOptions(imatrix=imatrix_path(ws) if plan.imatrix.enabled else None)
-    engine: BinaryEngine | None = None
-    hold = os.environ.get(HOLD_ENV, "")
-    held_step, _, marker = hold.partition("=")
-    if held_step == step.id and marker and not Path(marker).exists():
-        # Its own process group, so that the test's kill takes this worker and llama-quantize only.
-        if os.getpgid(0) != os.getpid():
-            os.setpgid(0, 0)
-        engine = _HoldingEngine(binary_engine().binary, Path(marker))
     assert step.qtype is not None
-    return ws.quantize_type(step.qtype, options=options, engine=engine)
-
-
-class _HoldingEngine(BinaryEngine):
-    """llama-quantize that stops at its first progress line (the test hook, see HOLD_ENV)."""
-
-    def __init__(self, binary: Path, marker: Path) -> None:
-        super().__init__(binary)
-        self.marker = marker
-
-    def run(
-        self,
-        source: Path,
-        output: Path,
-        quant_type: QuantType,
-        options: QuantizeOptions,
-        on_progress: ProgressCallback | None = None,
-    ) -> RunReport:
-        def hold(done: int, total: int) -> None:
-            if not self.marker.exists():
-                record = {"pid": os.getpid(), "pgid": os.getpgid(0), "output": str(output)}
-                write_json_atomic(self.marker, record)
-                log.warning("test hook: holding %s until this process is killed", output.name)
-                deadline = time.monotonic() + HOLD_SECONDS
-                while time.monotonic() < deadline:
-                    time.sleep(0.2)
-            if on_progress is not None:
-                on_progress(done, total)
-
-        return super().run(source, output, quant_type, options, hold)
+    return ws.quantize_type(step.qtype, options=options)
 
 
 def _eval(plan: BatchPlan, ws: Workspace) -> StepResult:
