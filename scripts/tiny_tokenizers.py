@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ggufkit.data.tokenizer_training import (
+# The tokenizer recipe of the tests and the embedded models (dev-only, not in the package).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from tokenizer_training import (
     as_transformers_tokenizer,
     train_byte_bpe,
     train_llama_sentencepiece,

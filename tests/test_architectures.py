@@ -1,7 +1,7 @@
 """The architecture matrix: its fast subset measured here, its committed table checked.
 
 The whole matrix (every text architecture transformers and the pinned converter share) is the
-opt-in run ``python -m ggufkit.dev families``; here, the most used families go through the same
+opt-in run ``python tools/dev.py families``; here, the most used families go through the same
 measurement (scripts/archmatrix/measure.py) and must come out proven, and a perturbed tensor
 must make the same measurement fail.
 """
@@ -77,7 +77,7 @@ def test_the_doc_is_generated_from_the_committed_matrix() -> None:
     matrix = load_matrix()
     assert matrix["rows"], f"{MATRIX_FILE} is missing or empty"
     doc = (ROOT / TABLE_DOC).read_text(encoding="utf-8")
-    assert doc == render_markdown(matrix), "run `python -m ggufkit.dev families` again"
+    assert doc == render_markdown(matrix), "run `python tools/dev.py families` again"
     names = [row["name"] for row in matrix["rows"]]
     assert set(FAST) <= set(names)
     statuses = {row["status"] for row in matrix["rows"]}

@@ -1,15 +1,28 @@
-"""The set-up entry point (`python -m ggufkit.dev`): the same on every OS, make only a shortcut."""
+"""The set-up entry point (`python tools/dev.py`): the same on every OS, make only a shortcut, and
+outside the package (the wheel holds no developer code)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
-
-from ggufkit import dev
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_dev() -> ModuleType:
+    """tools/dev.py, a file of the checkout (never imported from the package)."""
+    spec = importlib.util.spec_from_file_location("dev", ROOT / "tools" / "dev.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+dev = _load_dev()
 
 
 def test_install_pins_torch_first_and_fastchat_without_dependencies() -> None:
@@ -34,7 +47,7 @@ def _readme_commands() -> list[str]:
 
 def test_the_readme_commands_are_the_entry_point_and_ci_runs_the_test_one() -> None:
     commands = _readme_commands()
-    assert commands == ["python -m ggufkit.dev test", "python -m ggufkit.dev demo"]
+    assert commands == ["python tools/dev.py test", "python tools/dev.py demo"]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     # CI runs `make test`, whose recipe is the README's command (checked below).
     assert re.search(r"^make test\b", ci, re.M) and re.search(r"^make lint\b", ci, re.M)
@@ -50,14 +63,14 @@ def test_the_readme_commands_are_the_entry_point_and_ci_runs_the_test_one() -> N
 def test_the_entry_point_runs_on_a_bare_python_and_names_its_commands() -> None:
     # -S: no site-packages; the module needs nothing beyond the standard library.
     done = subprocess.run(
-        [sys.executable, "-S", "-m", "ggufkit.dev", "nonsense"],
+        [sys.executable, "-S", "-I", str(ROOT / "tools" / "dev.py"), "nonsense"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 2
-    assert "python -m ggufkit.dev test" in done.stderr and "lint" in done.stderr
+    assert "python tools/dev.py test" in done.stderr and "lint" in done.stderr
 
 
 def test_the_gpu_check_script_parses_and_explains_itself() -> None:
@@ -81,3 +94,14 @@ def test_install_leaves_the_package_precompiled() -> None:
     assert sources
     missing = [s for s in sources if not Path(importlib.util.cache_from_source(str(s))).is_file()]
     assert missing == []
+
+
+def test_the_package_holds_no_developer_code() -> None:
+    """The set-up and the tokenizer recipe of the tests and scripts are files of the checkout:
+    nothing in the package (so nothing in the wheel) and nothing there imports them."""
+    package = ROOT / "ggufkit"
+    assert not (package / "dev.py").exists()
+    assert not (package / "data" / "tokenizer_training.py").exists()
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "tokenizer_training" not in text and "ggufkit.dev" not in text, path

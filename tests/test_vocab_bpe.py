@@ -12,6 +12,7 @@ from typing import Any
 import gguf
 import pytest
 import tiny
+from tokenizer_training import BLOOM_SPLIT_REGEX, train_byte_bpe
 from tokenizers import Tokenizer
 
 from ggufkit.convert import vocab_bpe
@@ -24,7 +25,6 @@ from ggufkit.convert.vocab_bpe import (
     load_tokenizer_json,
 )
 from ggufkit.core.errors import TokenizerError, UsageError
-from ggufkit.data.tokenizer_training import BLOOM_SPLIT_REGEX, train_byte_bpe
 
 PATH = Path("tokenizer.json")
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ggufkit.data.tokenizer_training import (
+from tokenizer_training import (
     as_transformers_tokenizer,
     train_byte_bpe,
     train_llama_sentencepiece,

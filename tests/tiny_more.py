@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tiny import CORPUS, _jitter_norms, _save_llama_tokenizer, train_sentencepiece
-
-from ggufkit.data.tokenizer_training import as_transformers_tokenizer, train_byte_bpe
+from tokenizer_training import as_transformers_tokenizer, train_byte_bpe
 
 # GLM's own special tokens; upstream's GLM-4 vocab reads <|endoftext|> and <|user|>.
 GLM_SPECIALS = ("<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>")

@@ -20,7 +20,7 @@ from ggufkit.convert.families import STATUS_WORDS, TABLE_DOC, load_matrix
 def command(as_json: bool, status: str | None, architecture: str | None) -> None:
     """Show, for every text architecture that transformers and the pinned converter share,
     whether a converted tiny checkpoint computes what transformers computes (the table of
-    docs/architectures.md, measured at this pin by `python -m ggufkit.dev families`).
+    docs/architectures.md, measured at this pin by `python tools/dev.py families`).
 
     \b
     Examples:

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggufkit.data.tokenizer_training import (
+# The tokenizer recipe of the tests and the embedded models (dev-only, not in the package).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "tests"))
+
+from tokenizer_training import (
     LLAMA_SPM_OPTIONS,
     SPECIAL_TOKENS,
     as_transformers_tokenizer,

