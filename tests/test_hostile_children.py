@@ -72,3 +72,88 @@ def test_a_killed_evals_temporary_folder_is_removed_by_the_next_run(tmp_path: Pa
         assert work.name.startswith(f"ggufkit-eval-{os.getpid()}.{host_tag()}-")
         assert not killed.exists() and running.is_dir() and remote.is_dir()
     assert not work.exists()
+
+
+_QUANTIZE_PARENT = """
+import sys
+from pathlib import Path
+from ggufkit.quantize.engines import BinaryEngine, QuantizeOptions
+BinaryEngine._run([sys.argv[1]], "q8_0", QuantizeOptions())
+"""
+
+
+@pytest.mark.posix_only
+def test_llama_quantize_dies_with_ggufkit_killed_by_sigkill(tmp_path: Path) -> None:
+    """llama-quantize is tied to ggufkit as the other tools are (without a watcher process where
+    the system can do it: its start-up stays one process)."""
+    pid_file = tmp_path / "tool.pid"
+    fake = tmp_path / "llama-quantize"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import os, time\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(300)\n"
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen([sys.executable, "-c", _QUANTIZE_PARENT, str(fake)], env=env)
+    try:
+        assert _wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 120)
+        tool = int(pid_file.read_text())
+        assert not _gone(tool)
+        parent.kill()
+        parent.wait()
+        dead = _wait_for(lambda: _gone(tool), 60)
+    finally:
+        parent.kill()
+    if not dead:
+        os.kill(tool, 9)
+    assert dead, "llama-quantize outlived ggufkit"
+
+
+@pytest.mark.posix_only
+def test_a_failed_run_stops_what_the_tool_started(tmp_path: Path) -> None:
+    """When run_tool fails on ggufkit's side (here its line callback raises), the tool's whole
+    process group is killed, not only the tool."""
+    from ggufkit.llamacpp.runner import run_tool
+
+    pid_file = tmp_path / "grandchild.pid"
+    tool = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "print('started', file=sys.stderr, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+
+    def fail(line: str) -> None:
+        raise RuntimeError("the caller gave up")
+
+    with pytest.raises(RuntimeError, match="gave up"):
+        run_tool([sys.executable, "-c", tool], what="a tool with a child", on_line=fail)
+    grandchild = int(pid_file.read_text())
+    dead = _wait_for(lambda: _gone(grandchild), 30)
+    if not dead:
+        os.kill(grandchild, 9)
+    assert dead, "the tool's own child outlived the failed run"
+
+
+def test_the_job_object_calls_have_their_c_prototypes() -> None:
+    """Windows' job-object functions are declared (a HANDLE is 64 bits: ctypes' default int
+    return type would cut it); checked here on any OS with a stand-in for kernel32."""
+    from ctypes import wintypes
+    from types import SimpleNamespace
+
+    from ggufkit.llamacpp.lifeline import declare_prototypes
+
+    names = ("CreateJobObjectW", "SetInformationJobObject", "AssignProcessToJobObject")
+    names += ("TerminateJobObject", "CloseHandle")
+    fake = declare_prototypes(SimpleNamespace(**{n: SimpleNamespace() for n in names}))
+    handle = wintypes.HANDLE
+    assert fake.CreateJobObjectW.restype is handle
+    for name in names:
+        function = getattr(fake, name)
+        assert function.argtypes and function.restype is not None, name
+        if name != "CreateJobObjectW":
+            assert function.argtypes[0] is handle and function.restype is wintypes.BOOL, name
+    assert fake.AssignProcessToJobObject.argtypes == [handle, handle]

@@ -61,6 +61,7 @@ def run_tool(
     hint: str | None = None,
     merge_stderr: bool = False,
     die_with_parent: bool = True,
+    watcher: bool = True,
 ) -> ToolResult:
     """Run ``args`` (never through a shell), streaming its diagnostics to a log and ``on_line``.
 
@@ -68,7 +69,9 @@ def run_tool(
     streamed; with it both streams are one (e.g. ninja prints progress on stdout). A non-zero exit
     raises :class:`ToolFailedError` with the last lines and the log path. With
     ``die_with_parent`` (the default) the tool is killed if this process dies, SIGKILL included
-    (:mod:`ggufkit.llamacpp.lifeline`: one small watcher process per tool on POSIX).
+    (:mod:`ggufkit.llamacpp.lifeline`: one small watcher process per tool on POSIX; with
+    ``watcher=False`` none where the system ties the tool alone: Linux, Windows). When this call
+    fails or is interrupted, the tool is killed with whatever it started (its process group).
     """
     argv = [str(a) for a in args]
     log_path = log_path or new_log_path(Path(argv[0]).name)
@@ -78,6 +81,7 @@ def run_tool(
     with open(log_path, "w", encoding="utf-8", errors="replace") as log_file:
         log_file.write("$ " + " ".join(argv) + "\n")
         log_file.flush()
+        tie = lifeline_options(watcher=watcher) if die_with_parent else {}
         spawned = time.perf_counter()
         process = subprocess.Popen(
             argv,
@@ -90,9 +94,9 @@ def run_tool(
             errors="replace",
             env={**os.environ, **(env or {})},
             cwd=cwd,
-            **(lifeline_options() if die_with_parent else {}),
+            **tie,
         )
-        lifeline = Lifeline(process) if die_with_parent else None
+        lifeline = Lifeline(process, watcher=watcher) if die_with_parent else None
         reader = None
         if not merge_stderr:
             # stdout holds results; read it in a thread so a full pipe cannot deadlock the tool.
@@ -117,7 +121,10 @@ def run_tool(
             if reader is not None:
                 reader.join()
         except BaseException:
-            process.kill()
+            if lifeline is not None:
+                lifeline.kill()  # the tool's process group (or job), not only the tool
+            else:
+                process.kill()
             process.wait()
             raise
         finally:

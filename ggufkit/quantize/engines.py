@@ -285,13 +285,13 @@ class BinaryEngine(Engine):
 
         log_name = "quantize-" + what.removeprefix("--").replace(" ", "-")
         try:
-            # No watcher process (runner.Lifeline): quantize's start-up has no room for one
-            # (tests/test_quantize_startup.py); a killed run's partial is cleared by the next.
+            # Tied to ggufkit without a watcher process where the system can (llamacpp.lifeline):
+            # quantize's start-up has no room for one (tests/test_quantize_startup.py).
             return run_tool(
                 args,
                 what=f"llama-quantize {what}",
                 log_path=new_log_path(log_name),
-                die_with_parent=False,
+                watcher=False,
                 **kwargs,
             )
         except ToolFailedError as exc:
