@@ -80,3 +80,90 @@ def test_bench_option_reaches_llama_bench_and_its_json(
     tests = json.loads(result.stdout)["tests"]
     assert [t["flash_attn"] for t in tests] == ["off", "on"]  # -1 (auto) is on for the CPU
     assert attention.current_flash_attn() == "auto"  # the option did not leak past the command
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_auto_in_a_cache_key_is_what_llama_cpp_chose(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On a GPU, "auto" may resolve to off (a head size or type the device cannot run fused): the
+    sequential eval's cache key names the kernel a context for the model chose, asked of
+    llama.cpp (faked here), not a fixed rule; on the CPU it is on without asking."""
+    from ggufkit.evaluate import sequential
+    from ggufkit.evaluate.chunkcache import ChunkCache, chunk_key
+    from ggufkit.evaluate.chunkeval import Tokens
+    from ggufkit.llamacpp import attention_probe
+
+    asked: list[str] = []
+
+    def probe(func: Any, model: str, **kwargs: Any) -> str:
+        asked.append(model)
+        return "off"
+
+    monkeypatch.setattr(attention_probe, "run_isolated", probe)
+    monkeypatch.delenv(attention.ENV, raising=False)
+    monkeypatch.setenv("GGUFKIT_DEVICE", "cpu")
+    assert attention_probe.flash_attn_used("m.gguf") == "on" and asked == []
+    monkeypatch.setenv("GGUFKIT_DEVICE", "gpu")
+    assert attention_probe.flash_attn_used("m.gguf") == "off" and asked == ["m.gguf"]
+    with attention.use_flash_attn("on"):
+        assert attention_probe.flash_attn_used("m.gguf") == "on" and len(asked) == 1
+
+    chunks = [[1, 5, 6, 7], [1, 8, 9, 10]]
+    monkeypatch.setattr(sequential.chunkeval, "tokenize", lambda m, c: Tokens([], 1))
+    monkeypatch.setattr(sequential.chunkeval, "cut", lambda tokens, ctx: chunks)
+    monkeypatch.setattr(sequential, "sha256_file", lambda path: "sha-" + Path(path).name)
+    seen: list[str] = []
+
+    def score(base: Path, jobs: Any, **kwargs: Any) -> None:
+        job = next(job for job in jobs if job is not None)
+        seen.append(job.base_key)
+        raise _Stop
+
+    monkeypatch.setattr(sequential.chunkeval, "score_chunks", score)
+    with pytest.raises(_Stop):
+        sequential.run_sequential(
+            tmp_path / "base.gguf",
+            [tmp_path / "q.gguf"],
+            tmp_path / "corpus.txt",
+            ctx=4,
+            target=0.01,
+            cache=ChunkCache(tmp_path / "cache"),
+        )
+    (key,) = seen
+    assert key in {_base_key(chunk_key, c, "off") for c in chunks}
+    assert key not in {_base_key(chunk_key, c, "on") for c in chunks}
+
+
+def _base_key(chunk_key: Any, chunk: list[int], fa: str) -> str:
+    return chunk_key("base", "sha-base.gguf", "4", f"fa={fa}/v2", tokens=chunk)
+
+
+def test_the_log_router_keeps_what_auto_resolved_to(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from ggufkit.llamacpp import bindings
+
+    monkeypatch.setenv("GGUFKIT_HOME", str(tmp_path))
+    router = bindings._LlamaLog()
+    assert router.flash_attn is None
+    router(bindings.LOG_INFO, b"llama_context: flash_attn = auto\n", None)
+    assert router.flash_attn is None
+    line = b"resolve_fused_ops: Flash Attention not supported, set to disabled\n"
+    router(bindings.LOG_WARN, line, None)
+    assert router.flash_attn == "off"
+    router(bindings.LOG_INFO, b"resolve_fused_ops: Flash Attention enabled\n", None)
+    assert router.flash_attn == "on"
+
+
+@pytest.mark.needs_llamacpp
+def test_the_probe_reads_a_real_contexts_decision(tiny_llama_f16_gguf: Path) -> None:
+    """On the CPU llama.cpp itself says auto is on: the probe hears it from a real context."""
+    from ggufkit.llamacpp.attention_probe import _probe_here
+    from ggufkit.llamacpp.isolate import run_isolated
+
+    found = run_isolated(_probe_here, str(tiny_llama_f16_gguf), what="probing flash attention")
+    assert found == "on"

@@ -34,7 +34,7 @@ from ggufkit.evaluate.intervals import (
     should_stop,
 )
 from ggufkit.evaluate.results import ModelResult
-from ggufkit.llamacpp.attention import resolved_flash_attn
+from ggufkit.llamacpp.attention_probe import flash_attn_used
 
 log = get_logger("evaluate.sequential")
 
@@ -112,8 +112,9 @@ def run_sequential(
         )
     order = chunk_order(len(chunks), seed)
     base_sha = sha256_file(base)
-    # Flash attention changes the numbers; "v2": the batched scorer's float32 log-softmax.
-    setting = f"fa={resolved_flash_attn()}/v2"
+    # Flash attention changes the numbers: the kernel really used, never "auto" (attention_probe);
+    # "v2": the batched scorer's float32 log-softmax.
+    setting = f"fa={flash_attn_used(base)}/v2"
     base_keys = [chunk_key("base", base_sha, str(ctx), setting, tokens=c) for c in chunks]
     runs: dict[Path, TypeRun] = {}
     keys: dict[Path, list[str]] = {}

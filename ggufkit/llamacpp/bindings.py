@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import IO, Any
 
 from ggufkit.core.errors import InputError, ToolMissingError
+from ggufkit.llamacpp.attention import resolved_from_log
 from ggufkit.llamacpp.build import current_build
 
 # The pinned ggml's enum ggml_log_level (ggml/include/ggml.h).
@@ -84,6 +85,8 @@ class _LlamaLog:
         self.file: IO[str] | None = None
         self.path: Path | None = None
         self.last = LOG_INFO
+        # What the last context made of flash attention "auto" (its log says so when it decides).
+        self.flash_attn: str | None = None
         # stderr as it was when the callback was installed: llama-cpp-python points fd 2 at
         # /dev/null while it loads a model (``verbose=False``), which would hide even -v's lines.
         self.stderr: IO[str] | None = None
@@ -104,6 +107,7 @@ class _LlamaLog:
             line = (text or b"").decode("utf-8", errors="replace")
             if level == LOG_DEBUG:
                 return  # as llama.cpp's own tools do without --verbose
+            self.flash_attn = resolved_from_log(line) or self.flash_attn
             if self.file is None:
                 from ggufkit.llamacpp.runner import new_log_path
 
@@ -129,6 +133,12 @@ def route_llama_log(llama_cpp: ModuleType) -> None:
     callback = llama_cpp.llama_log_callback(_router)
     _callbacks.append(callback)
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def flash_attn_resolved() -> str | None:
+    """ "on"/"off": what the last context made here resolved flash attention ``auto`` to (llama.cpp
+    logs its decision); None before any such context."""
+    return _router.flash_attn
 
 
 def llama_log_path() -> Path | None:
