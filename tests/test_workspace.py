@@ -22,7 +22,7 @@ from ggufkit.cli import cli
 from ggufkit.core.errors import InputError, UsageError, WorkspaceError
 from ggufkit.core.fsutil import atomic_output
 from ggufkit.workspace import Workspace, WorkspaceConfig, init_workspace, parse_types
-from ggufkit.workspace.manifest import Manifest, record_eval
+from ggufkit.workspace.manifest import Manifest, fingerprint, record_eval
 
 
 def sha256(path: Path) -> str:
@@ -174,7 +174,11 @@ def test_steps_run_once_and_rerun_when_inputs_change(workspace: Workspace, fakes
         name: sha256(workspace.root / "tiny" / name)
         for name in ("config.json", "model.safetensors", "tokenizer.json")
     }  # README.md is not an input
-    assert f16["options"] == {"outtype": "f16"} and f16["result"] == {"engine": "fake"}
+    # The engine auto ran is recorded and counted: the fingerprint names the engine that made it.
+    assert f16["options"] == {"outtype": "f16", "engine_used": "fake"}
+    assert f16["result"] == {"engine": "fake"}
+    assert f16["fingerprint"] == fingerprint("convert", f16["inputs"], f16["options"])
+    assert f16["fingerprint"] != fingerprint("convert", f16["inputs"], {"outtype": "f16"})
     assert f16["environment"]["ggufkit"] == __version__ and f16["environment"]["llama_cpp_commit"]
     assert f16["command"][:2] == ["ggufkit", "convert"]
     assert 0 < f16["seconds"] <= wall  # the step's own time, within the call (not a speed limit)

@@ -16,6 +16,7 @@ from ggufkit.core.fsutil import locked
 from ggufkit.core.log import get_logger
 from ggufkit.hub import ResolvedModel, cached_model, looks_like_repo_id, resolve_model
 from ggufkit.workspace.config import CONFIG_NAME, WorkspaceConfig
+from ggufkit.workspace.convert_engine import USED, chosen_engine, engine_options, engine_ran
 from ggufkit.workspace.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -239,24 +240,18 @@ class Workspace:
             return [model_input(model)]
         return [model_input(base, role="base"), model_input(model, role="delta")]
 
-    def convert_engine(self, given: str | None = None, manifest: Manifest | None = None) -> str:
-        """The convert step's engine: ``given`` (``convert --engine``), else ggufkit.toml's
-        ``engine``, else the one an earlier explicit run recorded (so that the convert a
-        ``quantize`` runs first does not redo it with another engine), else auto."""
-        toml = self.config.engine
-        if given is not None and toml is not None and given != toml:
-            log.info("--engine %s overrides ggufkit.toml's engine = %s for this run", given, toml)
-        if given is not None or toml is not None:
-            return str(given or toml)
-        record = (manifest or Manifest.load(self.manifest_path)).get(self.built(self.f16_path))
-        recorded = ((record or {}).get("options") or {}).get("engine")
-        return recorded if recorded in ("native", "upstream") else "auto"
+    def _convert_record(self, manifest: Manifest | None = None) -> dict[str, Any] | None:
+        return (manifest or Manifest.load(self.manifest_path)).get(self.built(self.f16_path))
 
-    def convert_options(self, engine: str) -> dict[str, Any]:
-        """What the convert step's fingerprint counts besides its inputs."""
+    def convert_engine(self, given: str | None = None, manifest: Manifest | None = None) -> str:
+        """The convert step's engine (:func:`~ggufkit.workspace.convert_engine.chosen_engine`)."""
+        return chosen_engine(given, self.config.engine, self._convert_record(manifest))
+
+    def convert_options(self, engine: str, manifest: Manifest | None = None) -> dict[str, Any]:
+        """What the convert step's fingerprint counts besides its inputs (the engine that ran
+        included, for ``auto``)."""
         options: dict[str, Any] = {"outtype": self.config.outtype}
-        if engine != "auto":  # engines may differ in bytes; threads do not
-            options["engine"] = engine
+        options |= engine_options(engine, self._convert_record(manifest))
         split_args = self.split()[1]
         return options | ({"split": split_args} if split_args else {})
 
@@ -288,7 +283,7 @@ class Workspace:
             def action() -> object:
                 from ggufkit.convert import convert
 
-                return convert(
+                done = convert(
                     model.path,
                     self.f16_path,
                     outtype=self.config.outtype,
@@ -299,6 +294,11 @@ class Workspace:
                     chat_template=chat_template or "auto",
                     split=split,
                 )
+                if engine == "auto":  # auto's choice joins the options run_step records next
+                    options.pop(USED, None)
+                    if (ran := engine_ran(done)) is not None:
+                        options[USED] = ran
+                return done
 
             inputs = self._convert_inputs(model, base)
             return self.run_step(
@@ -381,7 +381,7 @@ class Workspace:
         split_args = self.split()[1]
         split: dict[str, Any] = {"split": split_args} if split_args else {}
         f16 = self.built(self.f16_path)
-        options = self.convert_options(self.convert_engine(None, manifest))
+        options = self.convert_options(self.convert_engine(None, manifest), manifest)
         convert = self._state("convert", f16, inputs, options, manifest)
         convert.label = "convert"
         states = [convert]
