@@ -39,8 +39,14 @@ def _wait_for(condition: object, seconds: float) -> bool:
 @pytest.mark.posix_only
 def test_a_tool_dies_with_ggufkit_killed_by_sigkill(tmp_path: Path) -> None:
     pid_file = tmp_path / "tool.pid"
+    _assert_dies_with_its_parent(_PARENT, str(pid_file), pid_file)
+
+
+def _assert_dies_with_its_parent(parent_code: str, argument: str, pid_file: Path) -> None:
+    """Run ``parent_code`` (a ggufkit process starting a tool that writes its pid to
+    ``pid_file``), kill it with SIGKILL, and check that the tool ends too."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(pid_file)], env=env)
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, argument], env=env)
     try:
         assert _wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 120)
         tool = int(pid_file.read_text())
@@ -95,20 +101,7 @@ def test_llama_quantize_dies_with_ggufkit_killed_by_sigkill(tmp_path: Path) -> N
         "time.sleep(300)\n"
     )
     fake.chmod(0o755)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    parent = subprocess.Popen([sys.executable, "-c", _QUANTIZE_PARENT, str(fake)], env=env)
-    try:
-        assert _wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 120)
-        tool = int(pid_file.read_text())
-        assert not _gone(tool)
-        parent.kill()
-        parent.wait()
-        dead = _wait_for(lambda: _gone(tool), 60)
-    finally:
-        parent.kill()
-    if not dead:
-        os.kill(tool, 9)
-    assert dead, "llama-quantize outlived ggufkit"
+    _assert_dies_with_its_parent(_QUANTIZE_PARENT, str(fake), pid_file)
 
 
 @pytest.mark.posix_only
