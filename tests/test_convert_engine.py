@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from ggufkit.cli import cli
 from ggufkit.convert import ENGINES, convert
-from ggufkit.convert.llama import LlamaConverter
+from ggufkit.convert.arch.llama import LlamaConverter
 from ggufkit.core.errors import NativeUnsupportedError, WorkspaceError
 from ggufkit.core.fsutil import atomic_output
 from ggufkit.formats.gguf_reader import read_gguf

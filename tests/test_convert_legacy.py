@@ -21,8 +21,8 @@ from click.testing import CliRunner
 
 from ggufkit.cli import cli
 from ggufkit.convert import convert
+from ggufkit.convert.legacy.reader import read_legacy
 from ggufkit.core.errors import LegacyFormatError, TokenizerError, UsageError
-from ggufkit.formats.legacy_ggml import read_legacy
 
 CASES = [("ggml", 0), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)]
 
@@ -300,9 +300,9 @@ def test_cli_inspect_and_convert(legacy_llama: Any, tiny_llama_dir: Path, tmp_pa
 @pytest.mark.parametrize("kind", ["q4_0", "q4_1", "q8_0"])
 def test_repack_matches_gguf_quants(kind: str) -> None:
     """Today's layouts as gguf.quants reads them: the repacked blocks hold the decoded values."""
-    from ggufkit.convert.legacy_tensors import repack
-    from ggufkit.formats.legacy_blocks import Blocks, dequantize
-    from ggufkit.formats.legacy_ggml import TYPE_NAMES
+    from ggufkit.convert.legacy.blocks import Blocks, dequantize
+    from ggufkit.convert.legacy.reader import TYPE_NAMES
+    from ggufkit.convert.legacy.tensors import repack
 
     type_id = next(i for i, name in TYPE_NAMES.items() if name == kind)
     rng = np.random.default_rng(3)
@@ -337,7 +337,7 @@ _BLOOM_HF = {
 def test_bloomz_quantized_values(
     tiny_bloom_dir: Path, tmp_path: Path, kind: str, action: str
 ) -> None:
-    from ggufkit.convert.bloom import qkv_row_order
+    from ggufkit.convert.arch.bloom import qkv_row_order
 
     path, stored = lw.write_bloomz(tmp_path / "b.bin", tiny_bloom_dir, kind=kind)
     result = convert(path, tmp_path / "b.gguf", tokenizer=tiny_bloom_dir)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import ggufkit
 from ggufkit.cli import cli
 from ggufkit.convert import convert, default_output_name, registered_architectures
-from ggufkit.convert.llama import rotary_row_order
+from ggufkit.convert.arch.llama import rotary_row_order
 from ggufkit.core.fsutil import sha256_file
 from ggufkit.formats.safetensors import Checkpoint
 

@@ -247,8 +247,8 @@ LEGACY = {v: valid_legacy("ggjt", v) for v in (1, 3)}
 
 
 def _convert_legacy_bytes(path: Path, data: bytes) -> None:
-    from ggufkit.convert.legacy_tensors import gguf_name, plan_tensor
-    from ggufkit.formats.legacy_ggml import read_legacy
+    from ggufkit.convert.legacy.reader import read_legacy
+    from ggufkit.convert.legacy.tensors import gguf_name, plan_tensor
 
     path.write_bytes(data)
     with contextlib.suppress(GGUFKitError):
@@ -275,7 +275,7 @@ def test_mutated_legacy_file(
 
 
 def test_the_valid_legacy_files_read(tmp_path: Path) -> None:
-    from ggufkit.formats.legacy_ggml import read_legacy
+    from ggufkit.convert.legacy.reader import read_legacy
 
     for version, data in LEGACY.items():
         (tmp_path / "v.bin").write_bytes(data)

@@ -421,7 +421,7 @@ def _legacy(path: Path, *, vocab: list[tuple[bytes, float]], tensors: list[Any])
 
 
 def test_legacy_dims_whose_int64_product_wraps(tmp_path: Path) -> None:
-    from ggufkit.formats.legacy_ggml import F32, read_legacy
+    from ggufkit.convert.legacy.reader import F32, read_legacy
 
     vocab = [(b"<unk>", 0.0), (b"a", -1.0), (b"b", -2.0)]
     # 2**16 ** 4 == 2**64: zero in int64, so the tensor claimed no data before.
@@ -431,7 +431,7 @@ def test_legacy_dims_whose_int64_product_wraps(tmp_path: Path) -> None:
 
 
 def test_legacy_vocabulary_costs_about_its_bytes(tmp_path: Path) -> None:
-    from ggufkit.formats.legacy_ggml import F32, read_legacy
+    from ggufkit.convert.legacy.reader import F32, read_legacy
 
     n = 50_000
     vocab = [(bytes([i % 256]), -float(i)) for i in range(n)]
@@ -450,7 +450,7 @@ def test_legacy_vocabulary_costs_about_its_bytes(tmp_path: Path) -> None:
 def test_legacy_context_lengths_are_checked(tmp_path: Path) -> None:
     # struct.error in the GGUF writer before, from --context-length or the tokenizer's config.
     from ggufkit.convert.legacy import convert_legacy
-    from ggufkit.formats.legacy_ggml import F32
+    from ggufkit.convert.legacy.reader import F32
 
     weight = np.zeros((4, 32), dtype=np.float32).tobytes()
     vocab = [(b"<unk>", 0.0), (b"a", -1.0), (b"b", -2.0)]

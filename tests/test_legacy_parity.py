@@ -148,7 +148,7 @@ def llama_with_values(model_dir: Path, stored: dict[str, np.ndarray], out: Path)
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ggufkit.convert.llama import rotary_row_order
+    from ggufkit.convert.arch.llama import rotary_row_order
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     n_head, n_kv = model.config.num_attention_heads, model.config.num_key_value_heads

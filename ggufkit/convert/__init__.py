@@ -1,27 +1,23 @@
 """Hugging Face checkpoint -> GGUF: ``convert(model, output, outtype=..., engine=...)``.
 
 The native engine streams tensors through a registered per-architecture converter
-(``ggufkit/convert/<arch>.py``); the upstream engine runs the pinned ``convert_hf_to_gguf.py`` for
-architectures ggufkit does not register. Outputs are written under a temporary name beside
-``OUT`` (``atomic_output``) and renamed only when complete.
+(``ggufkit/convert/arch/<arch>.py``); the upstream engine runs the pinned ``convert_hf_to_gguf.py``
+for architectures ggufkit does not register; ``ggufkit.convert.legacy`` converts pre-GGUF
+``.bin`` files. ``convert()`` itself is in ``run``; this module only re-exports.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ggufkit.convert.chat_templates import AUTO, choose_chat_template, report
-from ggufkit.core.errors import NativeUnsupportedError, UsageError
-from ggufkit.core.fsutil import check_output_path
-from ggufkit.core.log import get_logger
-from ggufkit.formats.gguf_split import SplitLimits, shards_named_like
-from ggufkit.formats.hfconfig import architecture, load_config
-
-if TYPE_CHECKING:
-    from ggufkit.convert.base import ModelConverter
+from ggufkit.convert.result import (
+    ENGINES,
+    OUTTYPE_NAMES,
+    ConvertResult,
+    EngineUsed,
+    default_output_name,
+)
+from ggufkit.convert.run import convert, is_legacy_file
 
 # The native machinery (gguf, numpy, the converters) loads when a conversion uses it: the
 # upstream engine's parent stays a thin wrapper around its child. These names are served lazily.
@@ -30,10 +26,9 @@ _LAZY = {
     "ModelConverter": "ggufkit.convert.base",
     "TensorPlan": "ggufkit.convert.base",
     "register": "ggufkit.convert.base",
-    "registered_architectures": "ggufkit.convert.base",
+    "registered_architectures": "ggufkit.convert.registry",
     "open_source": "ggufkit.convert.native",
 }
-OUTTYPE_NAMES = ("f32", "f16", "bf16", "q8_0")  # base.OUTTYPES' keys, without importing gguf
 
 
 def __getattr__(name: str) -> Any:
@@ -47,277 +42,14 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ENGINES",
     "OUTTYPES",
+    "OUTTYPE_NAMES",
     "ConvertResult",
+    "EngineUsed",
     "ModelConverter",
     "TensorPlan",
     "convert",
     "default_output_name",
+    "is_legacy_file",
     "register",
     "registered_architectures",
 ]
-
-log = get_logger("convert")
-
-ENGINES = ("auto", "native", "upstream")
-
-
-@dataclass
-class ConvertResult:
-    output: Path
-    arch: str  # the Hugging Face architecture, e.g. LlamaForCausalLM
-    gguf_arch: str  # llama.cpp's name, e.g. llama
-    outtype: str
-    n_tensors: int
-    n_bytes: int
-    source_bytes: int
-    seconds: float
-    engine: str  # "native" or "upstream"
-    notes: list[str] = field(default_factory=list)  # vocab / pre-tokenizer remarks
-    # Where ``seconds`` went: "prepare" (config, tensor plans, vocabulary, header), "data"
-    # (tensor data converted and written), "finish" (hashes, final header); upstream engine:
-    # "upstream" (its child's lifetime) and "prepare" (the rest: ggufkit's own)
-    phases: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.source_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["output"] = str(self.output)
-        return data
-
-
-def default_output_name(model_name: str, outtype: str) -> str:
-    """``<model>-<OUTTYPE>.gguf``, the type upper-cased as llama.cpp names its files."""
-    return f"{model_name}-{outtype.upper()}.gguf"
-
-
-def _resolve(model: str | Path) -> tuple[Path, str | None, str | None]:
-    """A local directory as is, or a Hub id downloaded (or found in the cache)."""
-    from ggufkit.hub import resolve_model
-
-    resolved = resolve_model(model)
-    return Path(resolved.path), resolved.repo_id, resolved.commit or resolved.revision
-
-
-def convert(
-    model: str | Path,
-    output: str | Path | None = None,
-    *,
-    outtype: str = "f16",
-    engine: str = "auto",
-    delta_base: str | Path | None = None,
-    threads: int | None = None,
-    force: bool = False,
-    pre_tokenizer: str | None = None,
-    chat_template: str = AUTO,
-    tokenizer: str | Path | None = None,
-    context_length: int | None = None,
-    split: SplitLimits | None = None,
-) -> ConvertResult:
-    """Convert a checkpoint directory or Hub id to a GGUF file; returns what was written.
-
-    ``delta_base``: ``model`` is a delta (config and tokenizer from it) added to this base on the
-    fly. ``force`` overwrites an existing output. ``pre_tokenizer`` names llama.cpp's BPE
-    pre-tokenizer (``tokenizer.ggml.pre``) instead of detecting it. ``chat_template`` is a
-    FastChat template name, a Jinja file, or ``auto`` (the checkpoint's own, else one recognised
-    from the model's name, else none; see ``ggufkit.convert.chat_templates``). A legacy
-    GGML/GGMF/GGJT or bloomz.cpp ``.bin`` file is converted by ``ggufkit.convert.legacy``, taking
-    ``tokenizer`` (the original checkpoint's directory or Hub id) and ``context_length``;
-    ``outtype`` does not apply. ``split`` writes a split set (``NAME-00001-of-0000N.gguf`` …);
-    the result's ``output`` is then its first shard.
-    """
-    started = time.perf_counter()
-    split = split if split is not None and split.active else None
-    if is_legacy_file(model):
-        if split is not None:
-            raise UsageError(
-                "--split-max-size/--split-max-tensors do not apply to legacy .bin files",
-                hint="convert unsplit, then quantize with the split options",
-            )
-        return _convert_legacy_file(
-            model, output, started, engine=engine, delta_base=delta_base, force=force,
-            pre_tokenizer=pre_tokenizer, tokenizer=tokenizer, context_length=context_length,
-        )  # fmt: skip
-    if tokenizer is not None or context_length is not None:
-        raise UsageError(
-            "--tokenizer and --context-length apply to legacy .bin files only",
-            hint="a checkpoint directory brings its own tokenizer and config.json",
-        )
-    outtype = outtype.lower()
-    if outtype not in OUTTYPE_NAMES:
-        raise UsageError(
-            f"unknown output type {outtype!r}",
-            hint=f"choose one of {', '.join(OUTTYPE_NAMES)}; use `ggufkit quantize` for k-quants",
-        )
-    if engine not in ENGINES:
-        raise UsageError(f"unknown engine {engine!r}", hint=f"choose one of {', '.join(ENGINES)}")
-    if threads is not None and threads < 1:
-        raise UsageError(f"threads must be at least 1, got {threads}")
-    model_dir, repo_id, revision = _resolve(model)
-    base_dir = _resolve(delta_base)[0] if delta_base is not None else None
-    config = load_config(model_dir)
-    hf_arch = architecture(config, model_dir / "config.json")
-
-    converter_cls = _converter_for(hf_arch) if engine != "upstream" else None
-    fallback = _native_refusal(converter_cls, model_dir, config, engine, hf_arch)
-    if fallback is not None:
-        converter_cls = None
-    use_upstream = converter_cls is None and engine != "native" and _upstream_supports(hf_arch)
-    if converter_cls is None and not use_upstream:
-        from ggufkit.convert.base import unsupported
-
-        raise unsupported(hf_arch, upstream_too=engine != "native")
-    why = f" ({fallback})" if fallback else ""
-    if pre_tokenizer is not None and (
-        use_upstream or converter_cls is None or not converter_cls.accepts_pre_tokenizer
-    ):
-        raise UsageError(
-            f"--pre-tokenizer applies to natively converted byte-level BPE models; {hf_arch} "
-            f"is not one{why}",
-            hint="leave --pre-tokenizer out",
-        )
-    if use_upstream and base_dir is not None:
-        raise UsageError(
-            f"--delta-base needs a natively supported architecture; {hf_arch} is not one{why}",
-            hint="merge first with `ggufkit merge-delta`, then convert the merged directory",
-        )
-
-    name = repo_id.split("/")[-1] if repo_id else model_dir.name
-    out = Path(output) if output is not None else Path.cwd() / default_output_name(name, outtype)
-    check_output_path(out, inputs=(model_dir,))
-    existing = out if out.exists() else next(iter(shards_named_like(out) if split else []), None)
-    if existing is not None and not force:
-        raise UsageError(
-            f"{existing} already exists", hint="pass --force to overwrite it, or choose -o"
-        )
-    chat = choose_chat_template(chat_template, model_dir, repo_id or model_dir.name)
-
-    phases: dict[str, float] = {}
-    if use_upstream:
-        from ggufkit.convert.upstream import convert_upstream  # loaded only when needed
-
-        n_tensors, n_bytes, source_bytes, gguf_arch, notes = convert_upstream(
-            model_dir, out, outtype, chat, phases
-        )
-        engine_used = "upstream"
-        if fallback is not None:
-            notes.insert(0, f"auto engine: {fallback}; converted through upstream")
-        if split is not None:
-            out = _split_upstream_output(out, split)
-    else:
-        from ggufkit.convert.native import convert_native
-        from ggufkit.formats.origin import SourceInfo
-
-        assert converter_cls is not None
-        info = SourceInfo(model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir)
-        n_tensors, n_bytes, source_bytes, gguf_arch, notes = convert_native(
-            converter_cls, info, config, out, outtype, threads, pre_tokenizer, chat, split, phases
-        )
-        engine_used = "native"
-        if split is not None:
-            out = _first_shard(out)
-    report(chat)
-    seconds = time.perf_counter() - started
-    log.debug("wrote %s (%d tensors) in %.1f s", out, n_tensors, seconds)
-    return ConvertResult(
-        output=out,
-        arch=hf_arch,
-        gguf_arch=gguf_arch,
-        outtype=outtype,
-        n_tensors=n_tensors,
-        n_bytes=n_bytes,
-        source_bytes=source_bytes,
-        seconds=seconds,
-        engine=engine_used,
-        notes=notes,
-        phases={"prepare": seconds - sum(phases.values()), **phases} if phases else {},
-    )
-
-
-# The legacy and upstream engines load only when a conversion needs them: a start-up saved.
-def is_legacy_file(model: str | Path) -> bool:
-    """Whether ``model`` is a pre-GGUF .bin file (``ggufkit.convert.legacy`` converts it)."""
-    if not Path(model).is_file():
-        return False
-    from ggufkit.convert.legacy import is_legacy_file as sniff
-
-    return sniff(model)
-
-
-def _native_refusal(
-    converter_cls: type[ModelConverter] | None,
-    model_dir: Path,
-    config: dict[str, Any],
-    engine: str,
-    hf_arch: str,
-) -> str | None:
-    """Why the native converter cannot take the checkpoint, when ``auto`` falls back to upstream
-    for it (None: native takes it). With ``native``, or no upstream converter, it raises."""
-    if converter_cls is None:
-        return None
-    try:
-        converter_cls.check_native(model_dir, config)
-    except NativeUnsupportedError as exc:
-        if engine == "native" or not _upstream_supports(hf_arch):
-            exc.hint = exc.hint or (
-                'convert with --engine upstream (in a workspace: engine = "upstream" in '
-                "ggufkit.toml)"
-            )
-            raise
-        log.info("native engine: %s; converting through the pinned upstream converter", exc)
-        return f"the native engine cannot take it: {exc}"
-    return None
-
-
-def _converter_for(hf_arch: str) -> type[ModelConverter] | None:
-    from ggufkit.convert.base import converter_for
-
-    return converter_for(hf_arch)
-
-
-def _upstream_supports(hf_arch: str) -> bool:
-    from ggufkit.convert.upstream import upstream_supports
-
-    return upstream_supports(hf_arch)
-
-
-def _convert_legacy_file(
-    model: str | Path, output: str | Path | None, started: float, *, engine: str, **kwargs: Any
-) -> ConvertResult:
-    from ggufkit.convert.legacy import convert_legacy
-
-    if engine == "upstream" or kwargs.pop("delta_base") is not None:
-        raise UsageError(
-            f"{model} is a legacy GGML file: --engine upstream and --delta-base do not apply",
-            hint="leave those options out",
-        )
-    done = convert_legacy(model, output, **kwargs)
-    return ConvertResult(
-        output=done.output,
-        arch=done.source_format,
-        gguf_arch=done.gguf_arch,
-        outtype=done.outtype,
-        n_tensors=done.n_tensors,
-        n_bytes=done.n_bytes,
-        source_bytes=done.source_bytes,
-        seconds=time.perf_counter() - started,
-        engine="legacy",
-        notes=done.notes,
-    )
-
-
-def _split_upstream_output(out: Path, split: SplitLimits) -> Path:
-    """Cut the upstream converter's single file with the built ``llama-gguf-split``."""
-    from ggufkit.convert.native import remove_shards
-    from ggufkit.llamacpp.gguf_split import split_file
-
-    remove_shards(out)  # the tool writes in place
-    split_file(out, out.with_name(out.stem), split.tool_args())
-    out.unlink()
-    return _first_shard(out)
-
-
-def _first_shard(out: Path) -> Path:
-    return shards_named_like(out, "00001")[0]

@@ -18,12 +18,14 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from ggufkit.core.errors import ConversionError, UnsupportedArchitectureError, UsageError
+from ggufkit.convert.result import OUTTYPE_NAMES
+from ggufkit.core.errors import ConversionError, UsageError
 from ggufkit.formats.hfconfig import LAYER_INDEX, check_block_count, require
 from ggufkit.formats.safetensors import TensorSource, bf16_to_float32
 
-# --outtype -> the GGML type of 2-D weights (1-D tensors and norms stay F32, like llama.cpp)
-OUTTYPES: dict[str, QT] = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0}
+# output type -> the GGML type of 2-D weights (1-D tensors and norms stay F32, like llama.cpp):
+# gguf-py's member of the same name
+OUTTYPES: dict[str, QT] = {name: QT[name.upper()] for name in OUTTYPE_NAMES}
 FILE_TYPES: dict[QT, gguf.LlamaFileType] = {
     QT.F32: gguf.LlamaFileType.ALL_F32,
     QT.F16: gguf.LlamaFileType.MOSTLY_F16,
@@ -91,7 +93,9 @@ class TensorPlan:
         return tensor_nbytes(self.shape, self.ggml_type)
 
 
-_REGISTRY: dict[str, type[ModelConverter]] = {}
+# HF architecture name -> converter, filled by ``@register`` as ``ggufkit.convert.arch``'s
+# modules are imported (``ggufkit.convert.registry`` imports them and looks converters up).
+REGISTRY: dict[str, type[ModelConverter]] = {}
 
 C = TypeVar("C", bound="type[ModelConverter]")
 
@@ -101,53 +105,13 @@ def register(*hf_architectures: str) -> Callable[[C], C]:
 
     def decorate(cls: C) -> C:
         for name in hf_architectures:
-            if name in _REGISTRY and _REGISTRY[name] is not cls:
-                raise RuntimeError(f"{name} is registered twice ({_REGISTRY[name].__name__})")
-            _REGISTRY[name] = cls
+            if name in REGISTRY and REGISTRY[name] is not cls:
+                raise RuntimeError(f"{name} is registered twice ({REGISTRY[name].__name__})")
+            REGISTRY[name] = cls
         cls.hf_architectures = tuple(hf_architectures)
         return cls
 
     return decorate
-
-
-# Modules of the package that hold no per-architecture converter.
-NOT_CONVERTERS = frozenset(
-    {
-        "base", "writer", "upstream", "provenance", "chat_formats", "chat_templates", "families",
-        "legacy", "legacy_tensors", "legacy_vocab", "pre_hashes", "split", "vocab_bpe",
-        "vocab_special", "vocab_spm",
-    }
-)  # fmt: skip
-
-
-def _load_builtin_converters() -> None:
-    # Importing the architecture modules runs their @register decorators.
-    import importlib
-    import pkgutil
-
-    package = Path(__file__).parent
-    for module in pkgutil.iter_modules([str(package)]):
-        if module.name not in NOT_CONVERTERS and not module.name.startswith("_"):
-            importlib.import_module(f"ggufkit.convert.{module.name}")
-
-
-def registered_architectures() -> list[str]:
-    _load_builtin_converters()
-    return sorted(_REGISTRY)
-
-
-def converter_for(hf_arch: str) -> type[ModelConverter] | None:
-    _load_builtin_converters()
-    return _REGISTRY.get(hf_arch)
-
-
-def unsupported(hf_arch: str, *, upstream_too: bool) -> UnsupportedArchitectureError:
-    where = "ggufkit or the pinned upstream converter" if upstream_too else "ggufkit's converter"
-    return UnsupportedArchitectureError(
-        f"architecture {hf_arch} is not supported by {where}; "
-        f"supported natively: {', '.join(registered_architectures())}",
-        hint="check config.json's `architectures`; try --engine upstream for other models",
-    )
 
 
 class ModelConverter(ABC):

@@ -16,6 +16,7 @@ import gguf
 from ggufkit.convert.base import FILE_TYPES, ModelConverter
 from ggufkit.convert.chat_templates import ChatTemplateChoice, apply_chat_template
 from ggufkit.convert.provenance import add_general_metadata, add_provenance
+from ggufkit.convert.result import EngineResult
 from ggufkit.convert.split import write_split
 from ggufkit.convert.writer import write_gguf
 from ggufkit.core.errors import TokenizerError
@@ -47,7 +48,7 @@ def convert_native(
     chat: ChatTemplateChoice,
     split: SplitLimits | None = None,
     phases: dict[str, float] | None = None,
-) -> tuple[int, int, int, str, list[str]]:
+) -> EngineResult:
     """Convert with a registered converter; ``phases`` receives the seconds of "data" (tensor
     data converted and written) and "finish" (waiting for the hashes, the final header)."""
     source = open_source(info.model_dir, info.delta_base)
@@ -106,12 +107,8 @@ def convert_native(
                         partial, kv, plans, source,
                         threads=workers, on_bytes=bar.update, final_kv=final_kv,
                     )  # fmt: skip
-        return (
-            stats.n_tensors,
-            stats.n_bytes,
-            stats.source_bytes,
-            converter.arch_name,
-            converter.notes,
+        return EngineResult(
+            stats.n_tensors, stats.n_bytes, stats.source_bytes, converter.arch_name, converter.notes
         )
     finally:
         if origin is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.convert.chat_templates import ChatTemplateChoice, child_settings
+from ggufkit.convert.result import EngineResult
 from ggufkit.core.errors import (
     GGUFFormatError,
     GGUFKitError,
@@ -228,13 +229,15 @@ def convert_upstream(
     outtype: str,
     chat: ChatTemplateChoice,
     phases: dict[str, float] | None = None,
-) -> tuple[int, int, int, str, list[str]]:
-    """Convert with the pinned converter into ``out`` (atomically); returns the tensor count,
-    the file's size, the source's bytes, llama.cpp's architecture name and notes."""
+) -> EngineResult:
+    """Convert with the pinned converter into ``out`` (atomically)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
     from ggufkit.formats.hfconfig import check_layers_for_upstream
     from ggufkit.formats.safetensors import Checkpoint
 
-    block, type_size = _TYPE_SIZES[outtype]
+    # the 2-D weights' (block, bytes per block) in ``outtype``: the output's size, roughly
+    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[outtype.upper()]]
     with Checkpoint.open(model_dir) as checkpoint:
         check_layers_for_upstream(model_dir, checkpoint.names())
         infos = checkpoint.infos()
@@ -247,11 +250,9 @@ def convert_upstream(
         )
         gguf_arch, n_tensors = written_arch_and_count(partial)
     notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")
-    return n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes
+    return EngineResult(n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes)
 
 
-# --outtype -> (block, bytes per block) of the 2-D weights: the output's size, roughly.
-_TYPE_SIZES = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34)}
 _GGUF_STRING = 8
 
 

@@ -1,3 +1,3 @@
-"""File formats, read and written without llama.cpp: safetensors checkpoints, GGUF, HF config,
-and the pre-GGUF GGML family (``legacy_ggml``, bloomz.cpp files included). This layer imports
-nothing above the core."""
+"""File formats, read and written without llama.cpp: safetensors checkpoints, GGUF, HF config.
+(The pre-GGUF GGML family's reader lives with its converter, ``ggufkit.convert.legacy``.) This
+layer imports nothing above the core."""

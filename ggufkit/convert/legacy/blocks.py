@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ggufkit.formats.legacy_ggml import Q4_0, Q4_1, Q8_0, block_size
+from ggufkit.convert.legacy.reader import Q4_0, Q4_1, Q8_0, block_size
 
 
 @dataclass

@@ -197,6 +197,12 @@ def sniff(path: str | Path) -> str | None:
     return MAGICS.get(struct.unpack("<I", head)[0])
 
 
+def is_legacy_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file whose magic is a legacy one."""
+    path = Path(path)
+    return path.is_file() and sniff(path) is not None
+
+
 def block_size(type_id: int, layout: str) -> tuple[int, int]:
     """(elements, bytes) of one block of ``type_id`` in a file of that layout era."""
     if layout != "v3" and type_id in _OLD_SIZES:
@@ -386,6 +392,3 @@ def _family(legacy: LegacyFile) -> str:
         hint="only LLaMA (llama.cpp) and BLOOM (bloomz.cpp) legacy files are supported",
         path=legacy.path,
     )
-
-
-# --- quantized blocks ---------------------------------------------------------------------------

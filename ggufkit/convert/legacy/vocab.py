@@ -14,11 +14,11 @@ from pathlib import Path
 
 import gguf
 
+from ggufkit.convert.legacy.reader import LegacyFile
 from ggufkit.convert.vocab_bpe import build_bpe_vocab, write_bpe_vocab
 from ggufkit.convert.vocab_spm import set_llama_vocab
 from ggufkit.core.errors import TokenizerError, UsageError
 from ggufkit.core.log import get_logger
-from ggufkit.formats.legacy_ggml import LegacyFile
 
 log = get_logger(__name__)
 

@@ -1,9 +1,9 @@
-"""Pre-GGUF ``.bin`` files -> GGUF: llama.cpp's GGML/GGMF/GGJT LLaMA, bloomz.cpp's BLOOM.
+"""A legacy file converted: ``convert()`` hands a file whose magic is a legacy one to
+:func:`convert_legacy`.
 
-``convert()`` hands a file whose magic is a legacy one to :func:`convert_legacy`. The file is
-parsed and checked completely (``ggufkit.formats.legacy_ggml``) and every decision is made before
-the output exists: names (``legacy_tensors``), the tokenizer (``legacy_vocab``), hparams. Then the
-header is written and the tensors stream after it one chunk at a time.
+The file is parsed and checked completely (``reader``) and every decision is made before the
+output exists: names (``tensors``), the tokenizer (``vocab``), hparams. Then the header is written
+and the tensors stream after it one chunk at a time.
 """
 
 from __future__ import annotations
@@ -18,31 +18,20 @@ import numpy as np
 
 from ggufkit import __version__
 from ggufkit.convert.base import TensorPlan
-from ggufkit.convert.legacy_tensors import (
+from ggufkit.convert.legacy.reader import LegacyFile, LegacyTensor, read_legacy
+from ggufkit.convert.legacy.tensors import (
     NAME_TABLES,
     TensorJob,
     describe_actions,
     gguf_name,
     plan_tensor,
 )
-from ggufkit.convert.legacy_vocab import (
-    require_tokenizer,
-    resolve_tokenizer,
-    set_legacy_vocab,
-    tokenizer_required,
-)
+from ggufkit.convert.legacy.vocab import require_tokenizer, resolve_tokenizer, set_legacy_vocab
 from ggufkit.convert.writer import serialize_header
 from ggufkit.core.errors import ConversionError, LegacyFormatError, UsageError
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path, sha256_file
 from ggufkit.core.log import get_logger, progress
 from ggufkit.formats.hfconfig import MAX_COUNT, load_config
-from ggufkit.formats.legacy_ggml import (
-    FTYPE_NAMES,
-    LegacyFile,
-    LegacyTensor,
-    read_legacy,
-    sniff,
-)
 
 log = get_logger(__name__)
 
@@ -51,11 +40,6 @@ DEFAULT_CONTEXT = {"llama": 2048, "bloom": 2048}
 # llama.cpp of 2023 fixed LLaMA's RMS norm epsilon at 1e-6 (LLaMA 2 needs 1e-5: its config.json
 # says so, and --tokenizer with the checkpoint directory reads it); BLOOM's is 1e-5.
 DEFAULT_EPS = {"llama": 1e-6, "bloom": 1e-5}
-
-
-def is_legacy_file(path: str | Path) -> bool:
-    path = Path(path)
-    return path.is_file() and sniff(path) is not None
 
 
 @dataclass
@@ -300,56 +284,3 @@ def _file_type(legacy: LegacyFile, jobs: list[TensorJob]) -> int:
 def _outtype(jobs: list[TensorJob]) -> str:
     types = sorted({j.ggml_type.name.lower() for j in jobs if len(j.shape) > 1})
     return "+".join(types) or "f32"
-
-
-def describe_legacy(path: str | Path) -> dict[str, Any]:
-    """What ``ggufkit inspect`` shows for a legacy file: format, hparams, tensor types."""
-    legacy = read_legacy(path)
-    counts: dict[str, int] = {}
-    for tensor in legacy.tensors:
-        counts[tensor.type_name] = counts.get(tensor.type_name, 0) + 1
-    return {
-        "path": str(legacy.path),
-        "format": legacy.label,
-        "container": legacy.container,
-        "version": legacy.version,
-        "family": legacy.family,
-        "ftype": FTYPE_NAMES.get(legacy.hparams["ftype"], str(legacy.hparams["ftype"])),
-        "hparams": dict(legacy.hparams),
-        "vocab_size": len(legacy.vocab),
-        "vocab_has_scores": legacy.container != "ggml",
-        "needs_tokenizer": tokenizer_required(legacy),
-        "n_tensors": len(legacy.tensors),
-        "tensor_types": counts,
-        "tensors": [
-            {"name": t.name, "type": t.type_name, "shape": list(t.shape), "bytes": t.n_bytes}
-            for t in legacy.tensors
-        ],
-        "file_bytes": int(Path(path).stat().st_size),
-    }
-
-
-def describe_legacy_text(info: dict[str, Any], *, tensors: bool = False) -> str:
-    hp = info["hparams"]
-    lines = [
-        f"{info['path']}",
-        f"  format: {info['format']} (legacy, pre-GGUF), {info['family']}, ftype {info['ftype']}",
-        "  hparams: " + ", ".join(f"{k}={v}" for k, v in hp.items()),
-        f"  vocab: {info['vocab_size']} entries"
-        + (" with scores" if info["vocab_has_scores"] else " without scores"),
-        f"  tensors: {info['n_tensors']} ("
-        + ", ".join(f"{n} {k}" for k, n in sorted(info["tensor_types"].items()))
-        + ")",
-        "  convert it with: ggufkit convert FILE --tokenizer ORIGINAL_CHECKPOINT"
-        + (
-            f" (needed: {info['needs_tokenizer']})"
-            if info["needs_tokenizer"]
-            else " (optional: its sentencepiece vocabulary with scores is exact)"
-        ),
-    ]
-    if tensors:
-        lines.extend(
-            f"    {t['name']:48s} {t['type']:6s} {t['shape']!s:16s} {t['bytes']}"
-            for t in info["tensors"]
-        )
-    return "\n".join(lines)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from ggufkit.formats.legacy_blocks import Blocks, decode_blocks, decode_scales, dequantize
-from ggufkit.formats.legacy_ggml import (
+from ggufkit.convert.legacy.blocks import Blocks, decode_blocks, decode_scales, dequantize
+from ggufkit.convert.legacy.reader import (
     F16,
     F32,
     Q4_0,
