@@ -249,3 +249,72 @@ def test_verify_passes(converted, bpe_dirs: dict[str, Path], style: str, corpus_
     assert report.logits.n_positions == 64
     chat = tokenizer_parity(result.output, bpe_dirs[style], CHAT_TEXT)
     assert chat.equal, chat.summary()
+
+
+# --- a tiktoken tokenizer.model; tokenizer.json read once ------------------------------------
+
+
+def write_tiktoken(path: Path, tokenizer_json: Path) -> None:
+    """Llama 3's tokenizer.model format: base64 of each token's bytes and its rank, a line each."""
+    import base64
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    to_byte = {chr(b): b for b in printable}
+    to_byte |= {chr(256 + n): b for n, b in enumerate(b for b in range(256) if b not in printable)}
+    vocab = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]["vocab"]
+    lines = [
+        f"{base64.b64encode(bytes(to_byte[c] for c in token)).decode()} {rank}\n"
+        for token, rank in sorted(vocab.items(), key=lambda item: item[1])
+    ]
+    path.write_text("".join(lines), encoding="ascii")
+
+
+@pytest.mark.needs_torch
+def test_a_tiktoken_tokenizer_model_beside_tokenizer_json_is_read_as_byte_level_bpe(
+    converted, bpe_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    # A Llama-3 derivative that copies Llama 3's tiktoken tokenizer.model beside tokenizer.json:
+    # sentencepiece cannot read that file; the vocabulary is tokenizer.json's byte-level BPE.
+    model = tmp_path / "llama3-tiktoken"
+    shutil.copytree(bpe_dirs["llama3"], model)
+    write_tiktoken(model / "tokenizer.model", model / "tokenizer.json")
+    result = convert(model, tmp_path / "tiktoken.gguf")
+    plain = converted("llama3")
+    assert model_keys(fields(result.output)) == model_keys(fields(plain.output))
+    assert fields(result.output)["tokenizer.ggml.model"] == "gpt2"
+    assert_same_file(result.output, plain.output)
+
+
+@pytest.mark.needs_torch
+def test_a_tiktoken_tokenizer_model_alone_goes_to_upstream(
+    bpe_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from ggufkit.convert.arch.llama import LlamaConverter
+    from ggufkit.core.errors import NativeUnsupportedError
+
+    model = tmp_path / "tiktoken-only"
+    shutil.copytree(bpe_dirs["llama3"], model)
+    write_tiktoken(model / "tokenizer.model", model / "tokenizer.json")
+    (model / "tokenizer.json").unlink()
+    with pytest.raises(NativeUnsupportedError, match="tiktoken"):
+        LlamaConverter.check_native(model, tiny_more.read_config(model))
+
+
+@pytest.mark.needs_torch
+def test_the_native_bpe_path_parses_tokenizer_json_once(
+    bpe_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (bpe_dirs["llama3"] / "tokenizer.json").read_text(encoding="utf-8")
+    parses = []
+    loads = json.loads
+
+    def counting(data: Any, *args: Any, **kwargs: Any) -> Any:
+        if data == text:
+            parses.append(1)
+        return loads(data, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    convert(bpe_dirs["llama3"], tmp_path / "once.gguf")
+    # the engine choice (before anything is opened), the converter's one reading, and gguf-py's
+    # SpecialVocab (its merges and chat template: it opens the file itself)
+    assert len(parses) == 3

@@ -115,6 +115,8 @@ class BpeVocab:
     pre: PreTokenizerChoice
     n_padding: int = 0
     notes: list[str] = field(default_factory=list)
+    # tokenizer.json as parsed once: write_bpe_vocab's special tokens read it from here
+    tokenizer_json: dict[str, Any] | None = field(default=None, repr=False)
 
 
 def load_tokenizer_json(model_dir: Path) -> dict[str, Any]:
@@ -124,6 +126,11 @@ def load_tokenizer_json(model_dir: Path) -> dict[str, Any]:
         TokenizerError,
         missing_hint="a byte-level BPE model needs it: copy it from the original checkpoint",
     )
+    return check_bpe_json(data, path)
+
+
+def check_bpe_json(data: Any, path: Path) -> dict[str, Any]:
+    """``data`` (tokenizer.json as parsed) when it holds a BPE model; a TokenizerError if not."""
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE":
         found = model.get("type") if isinstance(model, dict) else None
@@ -233,17 +240,25 @@ def _id_to_token(tokenizer_json: dict[str, Any], path: Path) -> dict[int, str]:
 
 
 def build_bpe_vocab(
-    model_dir: Path, *, vocab_size: int | None = None, pre_tokenizer: str | None = None
+    model_dir: Path,
+    *,
+    vocab_size: int | None = None,
+    pre_tokenizer: str | None = None,
+    tokenizer_json: dict[str, Any] | None = None,
 ) -> BpeVocab:
     """Token strings and types, padded with ``[PAD{id}]`` (UNUSED) up to ``vocab_size``.
 
     Matches upstream's token list: added tokens flagged special (or looking special) are CONTROL,
     other added tokens USER_DEFINED, ids the tokenizer lacks become UNUSED placeholders so the
-    token count equals the embedding's rows.
+    token count equals the embedding's rows. ``tokenizer_json``: the file as the caller parsed it
+    (read here otherwise); it travels on in the result to ``write_bpe_vocab``.
     """
     model_dir = Path(model_dir)
     path = model_dir / "tokenizer.json"
-    data = load_tokenizer_json(model_dir)
+    if tokenizer_json is None:
+        data = load_tokenizer_json(model_dir)
+    else:
+        data = check_bpe_json(tokenizer_json, path)
     id_to_token = _id_to_token(data, path)
     size = check_fits(path, max(id_to_token) + 1 if id_to_token else 0, vocab_size)
     try:
@@ -288,7 +303,7 @@ def build_bpe_vocab(
             text = text.replace("\u2581", " ")
         tokens.append(text)
 
-    vocab = BpeVocab(tokens, types, pre, n_padding=size - len(id_to_token))
+    vocab = BpeVocab(tokens, types, pre, n_padding=size - len(id_to_token), tokenizer_json=data)
     vocab.notes.append(pre.describe())
     if vocab.n_padding:
         vocab.notes.append(
@@ -305,7 +320,12 @@ def write_bpe_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab: BpeVocab) -
     writer.add_tokenizer_pre(vocab.pre.name)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
-    special = UpstreamSpecialVocab(Path(model_dir), load_merges=True, n_vocab=len(vocab.tokens))
+    special = UpstreamSpecialVocab(
+        Path(model_dir),
+        load_merges=True,
+        n_vocab=len(vocab.tokens),
+        tokenizer_json=vocab.tokenizer_json,
+    )
     if not special.merges:
         raise TokenizerError(
             f"{Path(model_dir) / 'tokenizer.json'} has no merges; llama.cpp's BPE needs them",

@@ -92,8 +92,12 @@ class UpstreamSpecialVocab(gguf.SpecialVocab):
         load_merges: bool = False,
         special_token_types: Iterable[str] | None = None,
         n_vocab: int | None = None,
+        tokenizer_json: Any = None,
     ) -> None:
         self.normalizer: dict[str, Any] = {}
+        # tokenizer.json as the caller parsed it (read here if None); gguf-py's own reading of
+        # merges and the chat template opens the file itself.
+        self._tokenizer_json = tokenizer_json
         super().__init__(
             path, load_merges=load_merges, special_token_types=special_token_types, n_vocab=n_vocab
         )
@@ -116,7 +120,9 @@ class UpstreamSpecialVocab(gguf.SpecialVocab):
             library_log.setLevel(level)
         self.special_token_types = types
         self.add_special_token, self.special_token_ids = {}, {}
-        tokenizer = _json_file(path / "tokenizer.json")
+        tokenizer = self._tokenizer_json
+        if tokenizer is None:
+            tokenizer = _json_file(path / "tokenizer.json")
         config = _json_file(path / "tokenizer_config.json")
         if not isinstance(config, dict):
             config = None

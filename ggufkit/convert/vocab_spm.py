@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import gguf
 from gguf import TokenType
@@ -100,8 +101,10 @@ def sentencepiece_vocab(model_file: Path, size: int | None) -> Vocab:
     return vocab
 
 
-def tokenizer_json_vocab(tokenizer_file: Path, size: int | None) -> Vocab:
-    data = read_json(tokenizer_file, TokenizerError)
+def tokenizer_json_vocab(tokenizer_file: Path, size: int | None, data: Any = None) -> Vocab:
+    """The vocabulary of a sentencepiece-style tokenizer.json (``data``: the file as parsed)."""
+    if data is None:
+        data = read_json(tokenizer_file, TokenizerError)
     model = data.get("model") if isinstance(data, dict) else None
     if not (
         isinstance(model, dict)
@@ -168,9 +171,8 @@ def apply_added_tokens(vocab: Vocab, model_dir: Path) -> list[str]:
     return added
 
 
-def _json_added_tokens(vocab: Vocab, tokenizer_file: Path) -> list[str]:
+def _json_added_tokens(vocab: Vocab, data: Any) -> list[str]:
     """Added tokens from tokenizer.json itself (when tokenizer_config.json does not list them)."""
-    data = read_json(tokenizer_file, TokenizerError)
     added = []
     for entry in data.get("added_tokens") or []:
         token_id, text = int(entry["id"]), str(entry["content"])
@@ -186,16 +188,15 @@ def _json_added_tokens(vocab: Vocab, tokenizer_file: Path) -> list[str]:
     return added
 
 
-def template_adds(tokenizer_file: Path) -> dict[str, bool]:
+def template_adds(data: Any) -> dict[str, bool]:
     """Whether tokenizer.json's post-processor puts a special token first (BOS) or last (EOS).
 
     ``gguf.SpecialVocab`` reads only templates with a special token in them; a template of the
     bare sequence (what transformers 5 writes for LLaMA) means neither, and saying nothing would
-    let llama.cpp add a BOS that the reference tokenizer does not.
+    let llama.cpp add a BOS that the reference tokenizer does not. ``data``: tokenizer.json as
+    parsed (None without one).
     """
-    if not tokenizer_file.is_file():
-        return {}
-    processor = (read_json(tokenizer_file, TokenizerError) or {}).get("post_processor") or {}
+    processor = (data or {}).get("post_processor") or {}
     found: dict[str, bool] = {}
     for step in processor.get("processors", [processor]):
         single = step.get("single") if step.get("type") == "TemplateProcessing" else None
@@ -214,13 +215,22 @@ def add_space_prefix(writer: gguf.GGUFWriter, model_dir: Path) -> None:
             writer.add_add_space_prefix(prefix_space)
 
 
-def set_llama_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int | None) -> list[str]:
-    """Write the tokenizer keys; returns notes for the conversion result."""
+def set_llama_vocab(
+    writer: gguf.GGUFWriter,
+    model_dir: Path,
+    vocab_size: int | None,
+    tokenizer_json: Any = None,
+) -> list[str]:
+    """Write the tokenizer keys; returns notes for the conversion result. ``tokenizer_json``:
+    the directory's tokenizer.json as the caller parsed it (read here, once, otherwise)."""
     spm_file, json_file = model_dir / "tokenizer.model", model_dir / "tokenizer.json"
+    if tokenizer_json is None and json_file.is_file():
+        tokenizer_json = read_json(json_file, TokenizerError)
     if spm_file.is_file():
         vocab, origin = sentencepiece_vocab(spm_file, vocab_size), "tokenizer.model"
-    elif json_file.is_file():
-        vocab, origin = tokenizer_json_vocab(json_file, vocab_size), "tokenizer.json"
+    elif tokenizer_json is not None:
+        vocab = tokenizer_json_vocab(json_file, vocab_size, tokenizer_json)
+        origin = "tokenizer.json"
     else:
         raise TokenizerError(
             f"{model_dir} has neither tokenizer.model nor tokenizer.json",
@@ -228,7 +238,7 @@ def set_llama_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int | 
             path=model_dir,
         )
     # transformers 5 lists added tokens (e.g. <pad>) only in tokenizer.json.
-    added = _json_added_tokens(vocab, json_file) if json_file.is_file() else []
+    added = _json_added_tokens(vocab, tokenizer_json) if tokenizer_json is not None else []
     added += [t for t in apply_added_tokens(vocab, model_dir) if t not in added]
     add_space_prefix(writer, model_dir)
     writer.add_tokenizer_model("llama")
@@ -237,7 +247,7 @@ def set_llama_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int | 
     writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.types)
     special = gguf.SpecialVocab(model_dir, n_vocab=len(vocab))
-    for kind, adds in template_adds(json_file).items():
+    for kind, adds in template_adds(tokenizer_json).items():
         special.add_special_token.setdefault(kind, adds)
     special.add_to_gguf(writer, quiet=True)
     notes = [f"vocab: {len(vocab)} tokens from {origin}"]

@@ -13,6 +13,7 @@ original LLaMA -> HF script undid). That is a pure row reordering, done while st
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +53,39 @@ def rope_settings(config: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def vocab_kind(model_dir: Path) -> str:
-    """ "spm" (tokenizer.model, or neither file: set_llama_vocab says what is missing), "spm-json"
-    (a sentencepiece-style tokenizer.json: BPE with byte fallback) or "bpe" (byte-level BPE).
+# A tiktoken rank file (what Llama 3 ships as tokenizer.model, and derivatives copy beside their
+# tokenizer.json) is lines of base64 token bytes and a rank; a sentencepiece model is a protobuf.
+_TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2} \d+\r?\n")
+
+
+def is_sentencepiece_model(path: Path) -> bool:
+    """Whether ``path`` (a tokenizer.model) is a sentencepiece model, not a tiktoken rank file."""
+    with open(path, "rb") as handle:
+        return _TIKTOKEN_LINE.match(handle.read(256)) is None
+
+
+def read_vocab(model_dir: Path) -> tuple[str, dict[str, Any] | None]:
+    """The vocabulary's kind and tokenizer.json as parsed (None where it was not needed).
+
+    The kind is "spm" (a sentencepiece tokenizer.model, or neither file: set_llama_vocab says
+    what is missing), "spm-json" (a sentencepiece-style tokenizer.json: BPE with byte fallback)
+    or "bpe" (byte-level BPE; also where tokenizer.model is tiktoken's, as Llama 3's is).
 
     Raises NativeUnsupportedError for vocabularies only upstream reads (e.g. Mistral's
     tekken.json, a Unigram or WordPiece tokenizer.json)."""
-    if (model_dir / "tokenizer.model").is_file():
-        return "spm"
+    model_file = model_dir / "tokenizer.model"
+    tiktoken = model_file.is_file() and not is_sentencepiece_model(model_file)
+    if model_file.is_file() and not tiktoken:
+        return "spm", None
     json_file = model_dir / "tokenizer.json"
     if not json_file.is_file():
+        if tiktoken:
+            raise NativeUnsupportedError(
+                f"{model_file} is a tiktoken vocabulary and {model_dir} has no tokenizer.json"
+            )
         if (model_dir / "tekken.json").is_file():
             raise NativeUnsupportedError(f"{model_dir} has a Mistral tekken.json vocabulary")
-        return "spm"
+        return "spm", None
     data = read_json(json_file, TokenizerError)
     model = data.get("model") if isinstance(data, dict) else None
     found = model.get("type") if isinstance(model, dict) else None
@@ -73,7 +94,11 @@ def vocab_kind(model_dir: Path) -> str:
             f"{json_file} holds a {found or 'unknown'} model; the native LLaMA converter reads "
             "BPE vocabularies (sentencepiece-style or byte-level)"
         )
-    return "spm-json" if model.get("byte_fallback") else "bpe"
+    if model.get("byte_fallback") and tiktoken:
+        raise NativeUnsupportedError(
+            f"{json_file} is sentencepiece-style but {model_file} is a tiktoken vocabulary"
+        )
+    return ("spm-json" if model.get("byte_fallback") else "bpe"), data
 
 
 @register("LlamaForCausalLM", "LLaMAForCausalLM")
@@ -104,10 +129,11 @@ class LlamaConverter(ModelConverter):
                 raise NativeUnsupportedError(
                     f"{model_dir / 'config.json'} sets {key}: {what} is not converted natively"
                 )
-        vocab_kind(model_dir)
+        read_vocab(model_dir)
 
     def read_config(self) -> None:
-        self.vocab_kind = vocab_kind(self.model_dir)
+        # tokenizer.json is parsed once here and handed to the vocabulary's writers
+        self.vocab_kind, self.tokenizer_json = read_vocab(self.model_dir)
         self.n_embd = self.hparam("hidden_size")
         self.n_head = self.hparam("num_attention_heads")
         self.n_head_kv = self.hparam_or("num_key_value_heads", default=self.n_head)
@@ -173,12 +199,17 @@ class LlamaConverter(ModelConverter):
                     "has a sentencepiece one",
                     hint="leave --pre-tokenizer out",
                 )
-            self.notes.extend(set_llama_vocab(writer, self.model_dir, self.vocab_size))
+            self.notes.extend(
+                set_llama_vocab(writer, self.model_dir, self.vocab_size, self.tokenizer_json)
+            )
             return
         # Upstream's order for a LLaMA: add_prefix_space, then its GPT-2 vocabulary.
         add_space_prefix(writer, self.model_dir)
         vocab = build_bpe_vocab(
-            self.model_dir, vocab_size=self.vocab_size, pre_tokenizer=self.pre_tokenizer
+            self.model_dir,
+            vocab_size=self.vocab_size,
+            pre_tokenizer=self.pre_tokenizer,
+            tokenizer_json=self.tokenizer_json,
         )
         write_bpe_vocab(writer, self.model_dir, vocab)
         if self.vocab_size == NO_BOS_VOCAB_SIZE:
