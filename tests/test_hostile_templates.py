@@ -124,3 +124,50 @@ def test_run_chat_refuses_a_gguf_with_a_hostile_template(
     model = _with_template(tiny_llama_f16_gguf, template, tmp_path / "hostile.gguf")
     result = _invoke_guarded(["run", str(model), "--chat", "-p", "hello", "-n", "2"])
     _refused(result, "hostile.gguf", *words)
+
+
+@pytest.mark.posix_only
+def test_a_renderer_that_dies_is_told_by_its_signal_not_as_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ggufkit.convert import template_sandbox
+
+    child = tmp_path / "dies.py"  # reads the request, then ends by a signal other than memory's
+    child.write_text(
+        "import os, signal, sys\nsys.stdin.readline()\nos.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    monkeypatch.setattr(template_sandbox, "CHILD", child)
+    with (
+        template_sandbox.TemplateSandbox("a test template") as sandbox,
+        pytest.raises(template_sandbox.TemplateLimitError) as caught,
+    ):
+        sandbox.render("{{ 1 }}", {})
+    assert "SIGTERM" in str(caught.value) and "MiB" not in str(caught.value)
+
+
+def test_a_renderer_that_exits_is_told_by_its_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ggufkit.convert import template_sandbox
+
+    child = tmp_path / "exits.py"
+    child.write_text("import sys\nsys.stdin.readline()\nsys.exit(3)\n")
+    monkeypatch.setattr(template_sandbox, "CHILD", child)
+    with (
+        template_sandbox.TemplateSandbox("a test template") as sandbox,
+        pytest.raises(template_sandbox.TemplateLimitError, match="exited with code 3"),
+    ):
+        sandbox.check("{{ 1 }}")
+
+
+def test_closing_the_chat_sandbox_unsets_the_renderer(tmp_path: Path) -> None:
+    from ggufkit.evaluate.chat_render import limit_chat_templates
+    from ggufkit.llamacpp import chat_deferred
+
+    sandbox = limit_chat_templates(tmp_path / "m.gguf", "{{ bos_token }}")
+    try:
+        assert chat_deferred.renderer is not None
+        assert chat_deferred.renderer("{{ bos_token }}x", {"bos_token": "<s>"}) == "<s>x"
+    finally:
+        sandbox.close()
+    assert chat_deferred.renderer is None  # a later chat does not revive the closed sandbox

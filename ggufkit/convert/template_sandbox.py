@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -143,8 +144,7 @@ class TemplateSandbox:
             process.stdin.write(json.dumps({**request, "max_output": self.max_output}) + "\n")
             process.stdin.flush()
         except OSError:
-            self._kill()
-            raise self._error("memory", "the renderer died") from None
+            raise self._error("died", self._death()) from None
         watched = psutil.Process(process.pid)
         deadline = time.monotonic() + self.seconds
         while True:
@@ -163,15 +163,35 @@ class TemplateSandbox:
             if time.monotonic() > deadline:
                 self._kill()
                 raise self._error("time", "")
-        if line is None:  # died: killed by the OS for its memory, or crashed
-            self._kill()
-            raise self._error("memory", "the renderer died")
+        if line is None:  # died: crashed, or killed (by the OS for its memory, or by someone)
+            raise self._error("died", self._death())
         answer: dict[str, Any] = json.loads(line)
         if not answer["ok"]:
             if answer["kind"] == "memory":
                 self._kill()
             raise self._error(answer["kind"], answer["message"])
         return answer
+
+    def _death(self) -> str:
+        """How the child ended (it has, or is killed now): its signal or exit code."""
+        process, self._process = self._process, None
+        if process is None:
+            return "it had stopped"
+        try:
+            code = process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return "it stopped answering and was killed"
+        if code >= 0:
+            return f"it exited with code {code}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        # SIGKILL is what the Linux out-of-memory killer sends, though not only it
+        maybe = ", perhaps by the system for lack of memory" if name == "SIGKILL" else ""
+        return f"it was killed by {name}{maybe}"
 
     def _error(self, kind: str, detail: str) -> InputError:
         mib = self.memory // (1024 * 1024)
@@ -189,6 +209,7 @@ class TemplateSandbox:
                 "GGUFKIT_TEMPLATE_MAX_OUTPUT=CHARACTERS",
             ),
             "security": (f"{self.source} was stopped by the sandbox: {detail}", None),
+            "died": (f"the process rendering {self.source} died: {detail}", None),
         }
         if kind in limits:
             message, setting = limits[kind]

@@ -15,10 +15,20 @@ from ggufkit.convert.template_sandbox import TemplateSandbox
 from ggufkit.llamacpp import chat_deferred
 
 
+class ChatSandbox(TemplateSandbox):
+    """The sandbox behind ``chat_deferred.renderer``, which it unsets when it is closed."""
+
+    def close(self) -> None:
+        if chat_deferred.renderer == self.render:
+            chat_deferred.renderer = None
+        super().close()
+
+
 def limit_chat_templates(model: Path, template: str) -> TemplateSandbox:
     """Render chats for ``model`` in a limited child from now on; ``template`` (the file's
-    ``tokenizer.chat_template``) is compiled there right away. Close the sandbox when done."""
-    sandbox = TemplateSandbox(f"the chat template of {model.name} (tokenizer.chat_template)")
+    ``tokenizer.chat_template``) is compiled there right away. Close the sandbox when done: that
+    unsets the renderer."""
+    sandbox = ChatSandbox(f"the chat template of {model.name} (tokenizer.chat_template)")
     try:
         sandbox.check(template)
     except BaseException:
