@@ -141,6 +141,19 @@ def test_the_upstream_engine_is_spared_a_billion_layers(tmp_path: Path) -> None:
     assert_clear(result, "1000000000", "tensors")
 
 
+def test_both_engines_refuse_one_layer_more_than_the_tensors_hold(tmp_path: Path) -> None:
+    # One rule for the native and the upstream engine: the config's block count must not exceed
+    # the layers the tensor names hold (upstream would otherwise write a file llama.cpp rejects).
+    from ggufkit.convert import convert
+
+    model = tiny_llama(tmp_path)
+    set_config(model, num_hidden_layers=5)  # tiny-llama holds 4 layers
+    for engine in ("native", "upstream"):
+        with pytest.raises(ConversionError, match=r"5 layers.*blk\.4\."):
+            convert(model, tmp_path / f"{engine}.gguf", engine=engine)
+        assert not (tmp_path / f"{engine}.gguf").exists()
+
+
 def test_layers_claimed_beyond_the_tensors_cost_little(tmp_path: Path) -> None:
     model = tiny_llama(tmp_path)
     set_config(model, num_hidden_layers=3000)  # gguf's full name map: ~45 KB a block

@@ -140,18 +140,11 @@ def check_block_count(
 
 
 def check_layers_for_upstream(model_dir: Path, tensor_names: list[str]) -> None:
-    """Before the upstream converter builds its per-layer maps: the config may not claim more
-    layers than the checkpoint has tensors (lenient, for architectures this module does not know)."""
+    """Before the upstream converter builds its per-layer maps: the same rule as the native
+    engine's (:func:`check_block_count`), for the block count under any of its usual keys."""
     config, path = load_config(model_dir), Path(model_dir) / "config.json"
     count = next((config[k] for k in (*BLOCK_KEYS, "num_layers") if type(config.get(k)) is int), 0)
-    if count > len(tensor_names):
-        raise ConversionError(
-            f"{path} says the model has {count} layers, but {model_dir} holds only "
-            f"{len(tensor_names)} tensors",
-            hint="the checkpoint is incomplete (download every weight shard), or config.json is "
-            "not this checkpoint's",
-            path=model_dir,
-        )
+    check_block_count(count, tensor_names, config_path=path, model_dir=Path(model_dir))
 
 
 def architecture(config: dict[str, Any], path: str | Path) -> str:
