@@ -252,9 +252,6 @@ def test_the_convert_entry_point_loads_no_native_machinery() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
-    from ggufkit.convert import OUTTYPE_NAMES, OUTTYPES
-
-    assert tuple(OUTTYPES) == OUTTYPE_NAMES
 
 
 def test_written_arch_and_count_from_the_first_bytes(tmp_path: Path) -> None:
