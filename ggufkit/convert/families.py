@@ -1,58 +1,13 @@
-"""What ``convert`` handles and what the tests prove for each architecture (data, one place).
-
-``convert --help`` and the README's family table say the same; ``tests/test_convert_families.py``
-checks that both list every row.
+"""The architecture matrix of this pin, as ``ggufkit families`` and ``convert``'s one-line note
+read it (``families.json``, measured by ``scripts/archmatrix``; ``render_markdown`` writes
+``docs/architectures.md`` from it).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-
-@dataclass(frozen=True)
-class Family:
-    hf_architecture: str
-    models: str  # the published families it covers
-    engine: str  # "native" or "upstream"
-    proven: str  # what the tests check, on tiny models built locally
-
-
-FAMILIES: tuple[Family, ...] = (
-    Family(
-        "LlamaForCausalLM",
-        "LLaMA-1/2, Vicuna, Chimera (sentencepiece); Llama 3, SmolLM (byte-level BPE)",
-        "native",
-        "logits, tokenizer, tensors byte-identical to upstream's; BPE: metadata too",
-    ),
-    Family(
-        "BloomForCausalLM",
-        "BLOOM, BLOOMZ, Phoenix",
-        "native",
-        "logits, tokenizer, tensors byte-identical to upstream's",
-    ),
-    Family(
-        "FalconForCausalLM",
-        "Falcon (multi-query)",
-        "upstream",
-        "logits, tokenizer (locally trained byte-level BPE)",
-    ),
-    Family(
-        "Glm4ForCausalLM",
-        "GLM-4",
-        "upstream",
-        "logits, tokenizer (locally trained byte-level BPE)",
-    ),
-    Family(
-        "MiniCPM3ForCausalLM",
-        "MiniCPM3",
-        "upstream",
-        "logits, tokenizer (sentencepiece)",
-    ),
-)
-
 
 # The architecture matrix (scripts/archmatrix/run.py writes it; never edited by hand): every
 # text architecture that transformers and the pinned converter share, built tiny, converted and
