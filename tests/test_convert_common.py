@@ -51,6 +51,26 @@ def _edit_config(model: Path, **changes: object) -> None:
     (model / "config.json").write_text(json.dumps(config))
 
 
+def test_the_library_names_parameters_and_the_cli_its_options(model: Path, tmp_path: Path) -> None:
+    # A library caller (the workspace, a script) has no command line: convert() speaks of its own
+    # parameters; `ggufkit convert` says the same with its option names.
+    from ggufkit.core.errors import UsageError
+
+    out = tmp_path / "out.gguf"
+    out.write_bytes(b"")
+    for kwargs, words, options in (
+        ({"tokenizer": model}, "`tokenizer` and `context_length`", ["--tokenizer", "x"]),
+        ({}, "`force=True`", []),
+    ):
+        with pytest.raises(UsageError) as caught:
+            convert(model, out, **kwargs)
+        said = f"{caught.value} {caught.value.hint}"
+        assert words in said and " --" not in said and " -o" not in said
+        exit_code, output = _run(model, out, *options)
+        assert exit_code == 2 and "`" not in output, output
+        assert ("--tokenizer and --context-length" if options else "pass --force") in output
+
+
 def test_missing_config(model: Path, tmp_path: Path) -> None:
     (model / "config.json").unlink()
     _assert_fails(model, tmp_path, "config.json is missing", "hint:")

@@ -88,7 +88,7 @@ def test_native_refuses_before_writing_and_says_what_to_do(
     model = with_config(tiny_llama_dir, tmp_path / "longrope", rope_parameters=LONGROPE)
     with pytest.raises(NativeUnsupportedError, match="longrope") as caught:
         convert(model, tmp_path / "out.gguf", engine="native")
-    assert "--engine upstream" in (caught.value.hint or "")
+    assert '`engine="upstream"`' in (caught.value.hint or "")
     assert 'engine = "upstream" in ggufkit.toml' in (caught.value.hint or "")
     assert list(tmp_path.glob("out.gguf*")) == []
 

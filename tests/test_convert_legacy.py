@@ -152,7 +152,7 @@ def test_tensors_identical_to_upstream(
     # without --tokenizer: a GGML file has no scores, so ggufkit refuses; the others convert
     tokenizer = None
     if container == "ggml":
-        with pytest.raises(TokenizerError, match="pass --tokenizer"):
+        with pytest.raises(TokenizerError, match="pass `tokenizer`"):
             convert(path, tmp_path / "ours.gguf")
         assert not (tmp_path / "ours.gguf").exists()
         tokenizer = tiny_llama_dir
@@ -193,7 +193,7 @@ def test_upstream_fails_on_ggjt3_quantized(legacy_llama: Any, tmp_path: Path, ki
 @pytest.mark.needs_torch
 def test_bloomz_needs_the_tokenizer(tiny_bloom_dir: Path, tmp_path: Path) -> None:
     path, _ = lw.write_bloomz(tmp_path / "b.bin", tiny_bloom_dir, kind="f16")
-    with pytest.raises(TokenizerError, match="--tokenizer") as err:
+    with pytest.raises(TokenizerError, match="`tokenizer`") as err:
         convert(path, tmp_path / "b.gguf")
     assert "lossy" in str(err.value)
     assert not (tmp_path / "b.gguf").exists() and not (tmp_path / "b.gguf.partial").exists()
@@ -218,7 +218,7 @@ def test_context_length_option_and_default(legacy_llama: Any, tmp_path: Path) ->
     path, _ = legacy_llama("ggjt", 3, "f16")
     default = convert(path, tmp_path / "a.gguf")
     assert field(default.output, "llama.context_length") == 2048
-    assert any("--context-length" in note for note in default.notes)
+    assert any("`context_length`" in note for note in default.notes)
     given = convert(path, tmp_path / "b.gguf", context_length=4096)
     assert field(given.output, "llama.context_length") == 4096
     with pytest.raises(UsageError, match="legacy"):

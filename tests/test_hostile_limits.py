@@ -468,7 +468,7 @@ def test_legacy_context_lengths_are_checked(tmp_path: Path) -> None:
     weight = np.zeros((4, 32), dtype=np.float32).tobytes()
     vocab = [(b"<unk>", 0.0), (b"a", -1.0), (b"b", -2.0)]
     path = _legacy(tmp_path / "m.bin", vocab=vocab, tensors=[("layers.0.attention.wq.weight", F32, (4, 32), weight)])  # fmt: skip
-    with pytest.raises(UsageError, match="--context-length"):
+    with pytest.raises(UsageError, match="`context_length`"):
         convert_legacy(path, tmp_path / "o.gguf", context_length=2**40)
     tokenizer = tiny_llama(tmp_path)
     set_config(tokenizer, max_position_embeddings=10**30)

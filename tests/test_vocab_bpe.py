@@ -133,7 +133,7 @@ def test_unknown_option_name_is_a_usage_error() -> None:
 def test_unrecognised_shapes_ask_for_the_option(tokenizer_json: dict[str, Any], what: str) -> None:
     with pytest.raises(TokenizerError, match=re.escape(what)) as info:
         detect_pre_tokenizer(tokenizer_json, path=PATH, check_hash="cd" * 32)
-    assert info.value.hint and "--pre-tokenizer" in info.value.hint
+    assert info.value.hint and "`pre_tokenizer` NAME" in info.value.hint
 
 
 def test_bpe_without_byte_level_is_refused() -> None:

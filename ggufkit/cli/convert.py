@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -19,7 +21,7 @@ from ggufkit.cli.options import (
     threads_option,
 )
 from ggufkit.convert.families import proven_note
-from ggufkit.core.errors import UsageError
+from ggufkit.core.errors import GGUFKitError, UsageError
 from ggufkit.core.fsutil import human_bytes
 
 
@@ -146,11 +148,12 @@ def command(
                 hint="edit ggufkit.toml, or give MODEL",
             )
         engine_given = click.get_current_context().get_parameter_source("engine")
-        step = Workspace.require().convert(
-            force=force,
-            engine=engine if engine_given == ParameterSource.COMMANDLINE else None,
-            threads=threads,
-        )
+        with options_named():
+            step = Workspace.require().convert(
+                force=force,
+                engine=engine if engine_given == ParameterSource.COMMANDLINE else None,
+                threads=threads,
+            )
         echo_result(step, as_json, lambda s: s.describe())
         return
     from ggufkit.convert import convert, is_legacy_file
@@ -165,20 +168,22 @@ def command(
             f"{model} is a legacy .bin file: its tensors keep their types, --outtype does not apply",
             hint="convert without --outtype, then `ggufkit quantize` the result",
         )
-    result = convert(
-        model,
-        output,
-        outtype=outtype.lower(),
-        engine=engine,
-        delta_base=delta_base,
-        threads=threads,
-        force=force,
-        pre_tokenizer=pre_tokenizer,
-        chat_template=chat_template,
-        tokenizer=tokenizer,
-        context_length=context_length,
-        split=split,
-    )
+    with options_named():
+        result = convert(
+            model,
+            output,
+            outtype=outtype.lower(),
+            engine=engine,
+            delta_base=delta_base,
+            threads=threads,
+            force=force,
+            pre_tokenizer=pre_tokenizer,
+            chat_template=chat_template,
+            tokenizer=tokenizer,
+            context_length=context_length,
+            split=split,
+        )
+    result.notes = [in_option_terms(note) for note in result.notes]
     if as_json:
         echo_json(result.to_json())
         return
@@ -191,3 +196,36 @@ def command(
     for note in result.notes:
         click.echo(f"  {note}")
     click.echo(f"  {proven_note(result.arch)}")
+
+
+# convert()'s parameters as the library's messages name them (in backticks) -> this command's
+# options: the library speaks Python, this command adds its option names.
+OPTION_NAMES = {
+    "`force=True`": "--force",
+    "another `output`": "-o",
+    "`tokenizer`": "--tokenizer",
+    "`context_length`": "--context-length",
+    "`pre_tokenizer`": "--pre-tokenizer",
+    "`delta_base`": "--delta-base",
+    '`engine="upstream"`': "--engine upstream",
+    "`split`": "--split-max-size/--split-max-tensors",
+    "`chat_template`": "--chat-template",
+}
+
+
+def in_option_terms(text: str) -> str:
+    for name, option in OPTION_NAMES.items():
+        text = text.replace(name, option)
+    return text
+
+
+@contextlib.contextmanager
+def options_named() -> Iterator[None]:
+    """An error of the conversion names this command's options where it names parameters."""
+    try:
+        yield
+    except GGUFKitError as exc:
+        exc.message = in_option_terms(exc.message)
+        exc.args = (exc.message,)
+        exc.hint = in_option_terms(exc.hint) if exc.hint else exc.hint
+        raise

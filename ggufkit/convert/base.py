@@ -142,7 +142,7 @@ class ModelConverter(ABC):
         outtype: str = "f16",
     ) -> None:
         self.model_dir = Path(model_dir)
-        # --pre-tokenizer (set by convert() when accepts_pre_tokenizer): the BPE vocabulary's
+        # pre_tokenizer (set by convert() when accepts_pre_tokenizer): the BPE vocabulary's
         # tokenizer.ggml.pre instead of the detected one.
         self.pre_tokenizer: str | None = None
         self.config = config
@@ -222,7 +222,7 @@ class ModelConverter(ABC):
         return mapped
 
     def choose_type(self, gguf_name: str, shape: tuple[int, ...]) -> QT:
-        """llama.cpp's policy: 1-D tensors, norms and non-weights in F32, the rest in --outtype."""
+        """llama.cpp's policy: 1-D tensors, norms and non-weights in F32, the rest in ``outtype``."""
         if (
             len(shape) <= 1
             or gguf_name.endswith("_norm.weight")

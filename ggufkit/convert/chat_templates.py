@@ -1,4 +1,4 @@
-"""``convert --chat-template NAME|FILE|auto``: which chat template a GGUF gets, as Jinja.
+"""``convert(chat_template=NAME|FILE|"auto")``: which chat template a GGUF gets, as Jinja.
 
 llama.cpp and llama-cpp-python format a chat with the file's ``tokenizer.chat_template``; without
 one they fall back to a generic format the model never saw. ``auto`` keeps the checkpoint's own
@@ -107,16 +107,17 @@ def choose_chat_template(option: str, model_dir: Path, model_name: str) -> ChatT
                 "none",
                 None,
                 f"the checkpoint has none and the name {model_name!r} matches no known family; "
+                # written into the file (KEY_REASON) as it always was: kept byte for byte
                 f"choose one with --chat-template NAME|FILE (names: {', '.join(FORMATS)})",
             )
         return fastchat_choice(FORMATS[found[0]], found[1])
     if option in FORMATS:
-        return fastchat_choice(FORMATS[option], "named with --chat-template")
+        return fastchat_choice(FORMATS[option], "named with --chat-template")  # KEY_REASON
     path = Path(option)
     if path.is_file():
         return file_choice(path)
     raise UsageError(
-        f"--chat-template {option!r} is neither a template name nor a file",
+        f"`chat_template` {option!r} is neither a template name nor a file",
         hint=f"use auto, a Jinja file, or one of: {', '.join(FORMATS)}",
     )
 

@@ -21,5 +21,5 @@ def unsupported(hf_arch: str, *, upstream_too: bool) -> UnsupportedArchitectureE
     return UnsupportedArchitectureError(
         f"architecture {hf_arch} is not supported by {where}; "
         f"supported natively: {', '.join(registered_architectures())}",
-        hint="check config.json's `architectures`; try --engine upstream for other models",
+        hint='check config.json\'s `architectures`; try `engine="upstream"` for other models',
     )

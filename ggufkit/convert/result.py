@@ -14,6 +14,8 @@ OUTTYPE_NAMES = ("f32", "f16", "bf16", "q8_0")
 ENGINES = ("auto", "native", "upstream")
 # The engine that wrote a file: a checkpoint's native or upstream one, or the legacy converter.
 EngineUsed = Literal["native", "upstream", "legacy"]
+# Messages name convert()'s parameters in backticks; ``ggufkit convert`` puts its options there.
+EXISTS_HINT = "pass `force=True` to overwrite it, or choose another `output`"
 
 
 @dataclass

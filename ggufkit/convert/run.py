@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ggufkit.convert.chat_templates import AUTO, choose_chat_template, report
 from ggufkit.convert.result import (
     ENGINES,
+    EXISTS_HINT,
     OUTTYPE_NAMES,
     ConvertResult,
     EngineResult,
@@ -73,7 +74,7 @@ def convert(
     if is_legacy_file(model):
         if split is not None:
             raise UsageError(
-                "--split-max-size/--split-max-tensors do not apply to legacy .bin files",
+                "`split` does not apply to legacy .bin files",
                 hint="convert unsplit, then quantize with the split options",
             )
         return _convert_legacy_file(
@@ -82,7 +83,7 @@ def convert(
         )  # fmt: skip
     if tokenizer is not None or context_length is not None:
         raise UsageError(
-            "--tokenizer and --context-length apply to legacy .bin files only",
+            "`tokenizer` and `context_length` apply to legacy .bin files only",
             hint="a checkpoint directory brings its own tokenizer and config.json",
         )
     outtype = outtype.lower()
@@ -114,13 +115,13 @@ def convert(
         use_upstream or converter_cls is None or not converter_cls.accepts_pre_tokenizer
     ):
         raise UsageError(
-            f"--pre-tokenizer applies to natively converted byte-level BPE models; {hf_arch} "
+            f"`pre_tokenizer` applies to natively converted byte-level BPE models; {hf_arch} "
             f"is not one{why}",
-            hint="leave --pre-tokenizer out",
+            hint="leave `pre_tokenizer` out",
         )
     if use_upstream and base_dir is not None:
         raise UsageError(
-            f"--delta-base needs a natively supported architecture; {hf_arch} is not one{why}",
+            f"`delta_base` needs a natively supported architecture; {hf_arch} is not one{why}",
             hint="merge first with `ggufkit merge-delta`, then convert the merged directory",
         )
 
@@ -129,9 +130,7 @@ def convert(
     check_output_path(out, inputs=(model_dir,))
     existing = out if out.exists() else next(iter(shards_named_like(out) if split else []), None)
     if existing is not None and not force:
-        raise UsageError(
-            f"{existing} already exists", hint="pass --force to overwrite it, or choose -o"
-        )
+        raise UsageError(f"{existing} already exists", hint=EXISTS_HINT)
     chat = choose_chat_template(chat_template, model_dir, repo_id or model_dir.name)
 
     phases: dict[str, float] = {}
@@ -202,7 +201,7 @@ def _native_refusal(
     except NativeUnsupportedError as exc:
         if engine == "native" or not _upstream_supports(hf_arch):
             exc.hint = exc.hint or (
-                'convert with --engine upstream (in a workspace: engine = "upstream" in '
+                'convert with `engine="upstream"` (in a workspace: engine = "upstream" in '
                 "ggufkit.toml)"
             )
             raise
@@ -230,7 +229,7 @@ def _convert_legacy_file(
 
     if engine == "upstream" or kwargs.pop("delta_base") is not None:
         raise UsageError(
-            f"{model} is a legacy GGML file: --engine upstream and --delta-base do not apply",
+            f'{model} is a legacy GGML file: `engine="upstream"` and `delta_base` do not apply',
             hint="leave those options out",
         )
     done = convert_legacy(model, output, **kwargs)

@@ -217,11 +217,11 @@ class TemplateSandbox:
             return TemplateLimitError(
                 message,
                 hint="a chat template is code from the model's files: use a template you trust "
-                f"(--chat-template NAME|FILE when converting){more}",
+                f"(when converting, choose a FastChat format or a Jinja file){more}",
             )
         if kind == "syntax":
             return InputError(
                 f"{self.source} is not a valid Jinja template: {detail}",
-                hint="fix the template, or name a FastChat format with --chat-template",
+                hint="fix the template, or choose a FastChat format instead",
             )
         return InputError(f"{self.source} failed to render: {detail}", hint=None)

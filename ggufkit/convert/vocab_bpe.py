@@ -48,7 +48,7 @@ CHECK_TEXT = (
 )
 
 # Every tokenizer.ggml.pre name the pinned llama.cpp accepts (src/llama-vocab.cpp); any other
-# name makes it refuse the file, so --pre-tokenizer is checked against this list.
+# name makes it refuse the file, so ``pre_tokenizer`` is checked against this list.
 _PRE_NAMES = """
 a.x-4.0 afmoe bailingmoe bailingmoe2 bloom chameleon chatglm-bpe codeshell cohere2moe command-r
 dbrx deepseek-coder deepseek-llm deepseek-r1-qwen deepseek-v3 default exaone exaone-moe exaone4
@@ -179,7 +179,7 @@ def _shape_error(path: Path, what: str) -> TokenizerError:
     families = ", ".join(REGEX_FAMILIES)
     return TokenizerError(
         f"{path}: cannot tell which llama.cpp pre-tokenizer matches {what}",
-        hint=f"name one with --pre-tokenizer NAME (regex families ggufkit recognises: {families}; "
+        hint=f"name one with `pre_tokenizer` NAME (regex families ggufkit recognises: {families}; "
         "any name from llama.cpp's src/llama-vocab.cpp is accepted)",
         path=path,
     )
@@ -196,9 +196,10 @@ def detect_pre_tokenizer(
     if override:
         if override not in LLAMA_CPP_PRE_NAMES:
             raise UsageError(
-                f"--pre-tokenizer {override!r} is not a pre-tokenizer llama.cpp knows",
+                f"`pre_tokenizer` {override!r} is not a pre-tokenizer llama.cpp knows",
                 hint="choose one of: " + ", ".join(sorted(LLAMA_CPP_PRE_NAMES)),
             )
+        # the detail is written into the file (KEY_PRE_DETAIL) as it always was
         return PreTokenizerChoice(override, "option", "named with --pre-tokenizer")
     if check_hash and check_hash in KNOWN_HASHES:
         name = KNOWN_HASHES[check_hash]

@@ -114,7 +114,7 @@ def tokenizer_json_vocab(tokenizer_file: Path, size: int | None, data: Any = Non
     ):
         raise TokenizerError(
             f"{tokenizer_file} is not a LLaMA-style (sentencepiece BPE with byte fallback) tokenizer",
-            hint="this converter handles LLaMA-1/2 vocabularies; try --engine upstream",
+            hint='this converter handles LLaMA-1/2 vocabularies; try `engine="upstream"`',
             path=tokenizer_file,
         )
     pieces: dict[str, int] = model["vocab"]

@@ -195,9 +195,9 @@ class LlamaConverter(ModelConverter):
         if self.vocab_kind != "bpe":
             if self.pre_tokenizer is not None:
                 raise UsageError(
-                    f"--pre-tokenizer applies to byte-level BPE vocabularies; {self.model_dir} "
+                    f"`pre_tokenizer` applies to byte-level BPE vocabularies; {self.model_dir} "
                     "has a sentencepiece one",
-                    hint="leave --pre-tokenizer out",
+                    hint="leave `pre_tokenizer` out",
                 )
             self.notes.extend(
                 set_llama_vocab(writer, self.model_dir, self.vocab_size, self.tokenizer_json)

@@ -27,6 +27,7 @@ from ggufkit.convert.legacy.tensors import (
     plan_tensor,
 )
 from ggufkit.convert.legacy.vocab import require_tokenizer, resolve_tokenizer, set_legacy_vocab
+from ggufkit.convert.result import EXISTS_HINT
 from ggufkit.convert.writer import serialize_header
 from ggufkit.core.errors import ConversionError, LegacyFormatError, UsageError
 from ggufkit.core.fsutil import atomic_output, check_free_disk, check_output_path, sha256_file
@@ -38,7 +39,7 @@ log = get_logger(__name__)
 # Training context of the families whose legacy files exist; a legacy file records none.
 DEFAULT_CONTEXT = {"llama": 2048, "bloom": 2048}
 # llama.cpp of 2023 fixed LLaMA's RMS norm epsilon at 1e-6 (LLaMA 2 needs 1e-5: its config.json
-# says so, and --tokenizer with the checkpoint directory reads it); BLOOM's is 1e-5.
+# says so, and a tokenizer directory given with the checkpoint's config reads it); BLOOM's is 1e-5.
 DEFAULT_EPS = {"llama": 1e-6, "bloom": 1e-5}
 
 
@@ -70,14 +71,14 @@ def convert_legacy(
     path = Path(path)
     if context_length is not None and not 0 < context_length <= MAX_COUNT:
         raise UsageError(
-            f"--context-length must be between 1 and {MAX_COUNT}, got {context_length}",
+            f"`context_length` must be between 1 and {MAX_COUNT}, got {context_length}",
             hint="give the model's trained context length",
         )
     legacy = read_legacy(path)
     out = Path(output) if output is not None else path.with_suffix(".gguf")
     check_output_path(out, inputs=(path,))
     if out.exists() and not force:
-        raise UsageError(f"{out} already exists", hint="pass --force to overwrite it, or choose -o")
+        raise UsageError(f"{out} already exists", hint=EXISTS_HINT)
     tokenizer_dir = resolve_tokenizer(tokenizer) if tokenizer is not None else None
     require_tokenizer(legacy, tokenizer_dir)  # before the tensors are scanned
     config = _read_config(tokenizer_dir)
@@ -222,7 +223,7 @@ def _context(
     default = DEFAULT_CONTEXT[legacy.family]
     notes.append(
         f"context length: the legacy file records none; using the family's {default} "
-        "(set it with --context-length)"
+        "(set it with `context_length`)"
     )
     return default
 

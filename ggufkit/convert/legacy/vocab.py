@@ -1,4 +1,4 @@
-"""The tokenizer of a legacy file: from the original checkpoint (``--tokenizer``), or rebuilt.
+"""The tokenizer of a legacy file: from the original checkpoint (``tokenizer``), or rebuilt.
 
 A legacy vocabulary has no merges. LLaMA's GGMF/GGJT files carry sentencepiece pieces with their
 scores, which is all llama.cpp's "llama" tokenizer needs, so they are rebuilt the way upstream's
@@ -40,14 +40,14 @@ def resolve_tokenizer(ref: str | Path) -> Path:
         return path
     if path.exists():
         raise UsageError(
-            f"--tokenizer {ref}: give the directory that holds the tokenizer files, not a file",
-            hint=f"use --tokenizer {path.parent}",
+            f"`tokenizer` {ref}: give the directory that holds the tokenizer files, not a file",
+            hint=f"use `tokenizer` {path.parent}",
         )
     from ggufkit.hub import download, looks_like_repo_id
 
     if not looks_like_repo_id(str(ref)):
         raise UsageError(
-            f"--tokenizer {ref}: no such directory, and not a Hub repo id (owner/name)",
+            f"`tokenizer` {ref}: no such directory, and not a Hub repo id (owner/name)",
             hint="give the original checkpoint's directory or its Hub id",
         )
     return Path(download(str(ref), include=list(TOKENIZER_FILES)).path)
@@ -56,8 +56,8 @@ def resolve_tokenizer(ref: str | Path) -> Path:
 def _need_tokenizer(legacy: LegacyFile, why: str) -> TokenizerError:
     return TokenizerError(
         f"{legacy.path}: {why}, so a GGUF made from it alone would tokenize wrongly; "
-        "pass --tokenizer with the original checkpoint",
-        hint="--tokenizer DIR|REPO_ID: the directory or Hub id of the checkpoint the file was "
+        "pass `tokenizer` with the original checkpoint",
+        hint="`tokenizer` DIR|REPO_ID: the directory or Hub id of the checkpoint the file was "
         "made from (its tokenizer.json or tokenizer.model)",
         path=legacy.path,
     )
@@ -76,7 +76,7 @@ def tokenizer_required(legacy: LegacyFile) -> str | None:
 
 
 def require_tokenizer(legacy: LegacyFile, tokenizer_dir: Path | None) -> None:
-    """Stop, naming --tokenizer, when none is given and the file's vocabulary is not exact."""
+    """Stop, naming the `tokenizer` parameter, when none is given and the file's vocabulary is not exact."""
     why = tokenizer_required(legacy)
     if tokenizer_dir is None and why is not None:
         raise _need_tokenizer(legacy, why)
@@ -98,14 +98,14 @@ def set_legacy_vocab(
         return [f"vocab: {len(vocab.tokens)} tokens from {tokenizer_dir}", *vocab.notes]
     if tokenizer_dir is not None:
         if pre_tokenizer is not None:
-            raise UsageError("--pre-tokenizer applies to BLOOM files, not LLaMA ones")
+            raise UsageError("`pre_tokenizer` applies to BLOOM files, not LLaMA ones")
         _check_llama(legacy, tokenizer_dir)
         notes = set_llama_vocab(writer, tokenizer_dir, n_vocab)
         return [*notes, f"tokenizer from {tokenizer_dir}"]
     _rebuild_llama(writer, legacy)
     return [
         f"vocab: {n_vocab} sentencepiece tokens with scores rebuilt from the "
-        f"{legacy.label} file (pass --tokenizer for added tokens and the chat template)"
+        f"{legacy.label} file (pass `tokenizer` for added tokens and the chat template)"
     ]
 
 
@@ -149,7 +149,7 @@ def _compare(legacy: LegacyFile, expected: dict[int, bytes], where: Path) -> Non
         raise TokenizerError(
             f"the tokenizer in {where} does not match {legacy.path}'s vocabulary "
             f"({len(wrong)} of {len(comparable)} entries differ: {shown})",
-            hint="give --tokenizer the checkpoint this file was converted from",
+            hint="give `tokenizer` the checkpoint this file was converted from",
             path=where,
         )
 
