@@ -157,7 +157,7 @@ def test_unrecognised_split_asks_for_the_option(bpe_dirs: dict[str, Path], tmp_p
     (model / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(TokenizerError, match="cannot tell which llama.cpp pre-tokenizer") as caught:
         convert(model, tmp_path / "odd.gguf")
-    assert "--pre-tokenizer NAME" in (caught.value.hint or "")
+    assert "`pre_tokenizer` NAME" in (caught.value.hint or "")
     assert not list(tmp_path.glob("odd.gguf*"))
 
 
