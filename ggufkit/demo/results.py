@@ -171,10 +171,15 @@ def markdown(result: DemoResult) -> str:
     for run in result.models:
         change = ", ".join(f"{t} {_percent(v)}" for t, v in run.ppl_change().items())
         lines += [f"## {run.name} ({run.about})", "", eval_table(run.report), ""]
+        if run.plot is not None:  # results.md sits beside the plots
+            lines += [f"![{run.name}: ΔPPL, KL-divergence and speed by file size]({run.plot.name})"]
+            lines += [""]
         lines += [f"Perplexity against F16: {change}.", ""]
     if result.comparison is not None:
         lines += [f"## bitsandbytes beside GGUF ({BNB_MODEL})", ""]
         lines += [comparison_table(result.comparison), ""]
+        if result.compare_plot is not None:
+            lines += [f"![GGUF beside bitsandbytes]({result.compare_plot.name})", ""]
     lines += [f"Skipped: {note}." for note in result.skipped]
     return "\n".join(lines).rstrip() + "\n"
 
