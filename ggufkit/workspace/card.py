@@ -177,8 +177,10 @@ def _pm(e: dict[str, Any], key: str, ci: str, err: str, fmt: str) -> str:
     if not isinstance(value, (int, float)):
         return "–"
     half = e.get(ci)
-    if not isinstance(half, (int, float)) and isinstance(e.get(err), (int, float)):
-        half = normal_half(e[err])
+    if not isinstance(half, (int, float)):
+        half = normal_half(e[err]) if isinstance(e.get(err), (int, float)) else None
+    if fmt == "kld":  # near-lossless files have KLDs of 1e-5: keep their digits
+        fmt = ".5f" if value >= 1e-3 else ".2e"
     return format(value, fmt) + (f" ± {format(half, fmt.lstrip('+'))}" if half is not None else "")
 
 
@@ -213,7 +215,7 @@ def measured_table(artefacts: list[Artefact]) -> str:
             delta = kld = "baseline"
         else:
             delta = _pm(e, "delta_ppl", "delta_ppl_ci", "delta_ppl_err", "+.4f")
-            kld = _pm(e, "kld_mean", "kld_ci", "kld_err", ".5f")
+            kld = _pm(e, "kld_mean", "kld_ci", "kld_err", "kld")
         bpw = e.get("bpw") or (a.record.get("result") or {}).get("bits_per_weight")
         rows.append(
             f"| `{a.path.name}` | {a.type} | {human_bytes(int(a.record.get('size') or 0))} | "

@@ -108,7 +108,8 @@ def _base_ppl(artefacts: list[Artefact]) -> float | None:
 
 
 def _loss_text(m: Measured, base_ppl: float | None) -> str:
-    kld = f"KLD {m.kld:.5f}" + (f" ± {m.kld_half:.5f}" if m.kld_half is not None else "")
+    spec = ".5f" if m.kld >= 1e-3 else ".2e"
+    kld = f"KLD {m.kld:{spec}}" + (f" ± {m.kld_half:{spec}}" if m.kld_half is not None else "")
     if m.delta is None:
         return kld
     delta = f"ΔPPL {m.delta:+.4f}" + (f" ± {m.delta_half:.4f}" if m.delta_half is not None else "")
