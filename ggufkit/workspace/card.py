@@ -4,7 +4,6 @@ and ready-to-paste usage with the real file names. Nothing here reads a token.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from ggufkit.core.fsutil import human_bytes
 from ggufkit.core.log import get_logger
 from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.hub import hub_settings, looks_like_repo_id
+from ggufkit.workspace.card_pick import Artefact
 from ggufkit.workspace.manifest import Manifest, describe_output
 from ggufkit.workspace.publish_extras import (  # noqa: F401  (CHAT_NAME_KEY, modelfile: here too)
     CHAT_NAME_KEY,
@@ -23,20 +23,6 @@ from ggufkit.workspace.publish_extras import (  # noqa: F401  (CHAT_NAME_KEY, mo
 from ggufkit.workspace.steps import Workspace
 
 log = get_logger("workspace.card")
-
-
-@dataclass
-class Artefact:
-    """One published model file (the first shard stands for a split set)."""
-
-    path: Path
-    type: str
-    record: dict[str, Any]
-
-    @property
-    def eval(self) -> dict[str, Any]:
-        value = self.record.get("eval") or {}
-        return value if isinstance(value, dict) else {}
 
 
 def published_artefacts(workspace: Workspace) -> list[Artefact]:

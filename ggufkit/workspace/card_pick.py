@@ -7,15 +7,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ggufkit.core.fsutil import human_bytes
 from ggufkit.evaluate.results import normal_half
 
-if TYPE_CHECKING:
-    from ggufkit.workspace.card import Artefact
-
 ACCEPTABLE_LOSS = 0.01  # a ΔPPL within 1 % of the f16 file's perplexity counts as "no real loss"
+
+
+@dataclass
+class Artefact:
+    """One published model file (the first shard stands for a split set)."""
+
+    path: Path
+    type: str
+    record: dict[str, Any]
+
+    @property
+    def eval(self) -> dict[str, Any]:
+        value = self.record.get("eval") or {}
+        return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True)
