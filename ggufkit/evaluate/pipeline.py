@@ -51,8 +51,9 @@ def type_label(info: GGUFInfo) -> str:
 
 
 def model_label(info: GGUFInfo) -> str:
-    """The guide's "Model" column: ``7B``-style size label, else the model name, else the stem."""
-    for key in ("general.size_label", "general.name", "general.basename"):
+    """The guide's "Model" column: the model's name, else its ``7B``-style size label (every
+    converted file has one now, so the name comes first), else the file's stem."""
+    for key in ("general.name", "general.size_label", "general.basename"):
         value = info.metadata.get(key)
         if isinstance(value, str) and value.strip():
             return value.strip()
