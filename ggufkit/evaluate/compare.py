@@ -14,6 +14,7 @@ from typing import Any
 
 from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.fsutil import human_bytes, read_json
+from ggufkit.evaluate.results import normal_half
 
 GGUF = "GGUF"
 BNB = "bnb"
@@ -35,6 +36,7 @@ class Row:
     top1_agreement: float | None = None
     mean_abs_dlogit: float | None = None
     is_baseline: bool = False
+    ppl_half: float | None = None  # the half-width of its 95 % interval (unpaired)
 
 
 @dataclass
@@ -81,6 +83,9 @@ def gguf_rows(records: list[Any]) -> list[Row]:
             top1_agreement=r.get("top1_agreement"),
             mean_abs_dlogit=r.get("mean_abs_dlogit"),
             is_baseline=bool(r.get("is_baseline")),
+            ppl_half=r.get("ppl_ci")
+            if r.get("ppl_ci") is not None
+            else normal_half(r.get("ppl_err")),
         )
         for r in records
         if isinstance(r, dict)
@@ -101,6 +106,7 @@ def bnb_rows(records: list[Any]) -> list[Row]:
             top1_agreement=r.get("top1_agreement"),
             mean_abs_dlogit=r.get("mean_abs_dlogit"),
             is_baseline=r.get("name") == "baseline",
+            ppl_half=normal_half(r.get("ppl_err")),
         )
         for r in records
         if isinstance(r, dict) and r.get("status", "ok") == "ok"
@@ -155,6 +161,8 @@ def compare(eval_file: str | Path, bnb_file: str | Path) -> Comparison:
         + (f" on {result.device}" if result.device else "")
         + ".",
         f"KLD, top-1: each family against its own baseline (GGUF: the f16/bf16 file; bnb: {base}).",
+        "± on PPL: the half-width of a 95 % interval (unpaired: the families score the corpus "
+        "with different engines). Lower is better for PPL and KLD, higher for top-1 and tokens/s.",
     ]
     return result
 
@@ -185,7 +193,7 @@ def comparison_table(comparison: Comparison) -> str:
             MISSING if r.size_bytes is None else human_bytes(r.size_bytes),
             _fmt(r.bpw, ".2f"),
             _fmt(r.tokens_per_s, ".1f"),
-            _fmt(r.ppl, ".4f") + (f" ± {r.ppl_err:.4f}" if r.ppl_err is not None else ""),
+            _fmt(r.ppl, ".4f") + (f" ± {r.ppl_half:.4f}" if r.ppl_half is not None else ""),
             _fmt(r.kld_mean, ".4f"),
             _fmt(None if r.top1_agreement is None else 100 * r.top1_agreement, ".1f", "%"),
             _fmt(r.mean_abs_dlogit, ".4f"),
