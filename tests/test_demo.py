@@ -80,7 +80,11 @@ def test_markdown_states_each_types_perplexity_cost() -> None:
     run = ModelRun("m", "about", {}, Path("m-eval.json"), report, plot=Path("out/m-eval.png"))
     assert run.ppl_change() == pytest.approx({"Q8_0": 0.001, "Q4_0": 0.05})
     text = markdown(DemoResult(Path("out"), DemoSettings(), models=[run]))
-    assert "Perplexity against F16: Q8_0 +0.10%, Q4_0 +5.00%." in text
+    assert "Perplexity against F16 (± a paired 95 % interval): Q8_0 +0.10%, Q4_0 +5.00%." in text
+    report.models[1].delta_ppl, report.models[1].delta_ppl_ci = 0.02, 0.04  # covers 0
+    report.models[2].delta_ppl, report.models[2].delta_ppl_ci = 1.0, 0.1
+    text = markdown(DemoResult(Path("out"), DemoSettings(), models=[run]))
+    assert "Q8_0 +0.10% ± 0.20% (no measurable change), Q4_0 +5.00% ± 0.50%." in text
     assert table_row(text, "m", "perplexity")["Q4_0"] == "21.0000"
     assert "](m-eval.png)" in text  # the plot is shown where the table is, beside it on disk
 

@@ -161,8 +161,9 @@ def compare(eval_file: str | Path, bnb_file: str | Path) -> Comparison:
         + (f" on {result.device}" if result.device else "")
         + ".",
         f"KLD, top-1: each family against its own baseline (GGUF: the f16/bf16 file; bnb: {base}).",
-        "± on PPL: the half-width of a 95 % interval (unpaired: the families score the corpus "
-        "with different engines). Lower is better for PPL and KLD, higher for top-1 and tokens/s.",
+        "± on PPL: the half-width of a 95 % interval, unpaired (GGUF: as its eval table says; "
+        "bnb: 1.96 per-token standard errors, which treat tokens as independent and come out "
+        "narrower). Lower is better for PPL and KLD, higher for top-1 and tokens/s.",
     ]
     return result
 
