@@ -15,7 +15,7 @@ from ggufkit.bnb.results import BnbReport, ModeResult
 from ggufkit.cli import cli
 from ggufkit.core.errors import InputError
 from ggufkit.evaluate.compare import BNB, GGUF, PLOT_SIZE_INCHES, compare, comparison_table
-from ggufkit.evaluate.report import PLOT_DPI
+from ggufkit.evaluate.plots import PLOT_DPI
 from ggufkit.evaluate.results import EvalReport, ModelResult
 
 SHA = "ab" * 32
@@ -85,7 +85,9 @@ def test_table_has_both_families(tmp_path: Path) -> None:
     table = comparison_table(result)
     lines = table.splitlines()
     assert lines[0].split("|")[1].strip() == "Family"
-    assert any("| GGUF" in line and "Q4_0" in line and "10.6000" in line for line in lines)
+    # ± is a 95 % half-width in both families (1.96 standard errors), and the notes say so
+    assert any("| GGUF" in line and "Q4_0" in line and "10.6000 ± 0.9800" in line for line in lines)
+    assert "± on PPL: the half-width of a 95 % interval" in table
     assert any("| bnb" in line and "nf4" in line and "80.0%" in line for line in lines)
     assert "585.94 KiB" in table  # the Q4_0 file, 600,000 bytes
     assert not any("tokenizers differ" in n or "different corpora" in n for n in result.notes)

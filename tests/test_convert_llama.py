@@ -155,6 +155,46 @@ def test_license_from_the_model_card(tiny_llama_dir: Path, tmp_path: Path) -> No
     assert fields["general.license"] == "apache-2.0"
 
 
+GENERAL_CARD = """---
+license: apache-2.0
+language:
+- en
+- fr
+tags:
+- text-generation
+datasets:
+- org/data
+base_model: org/Tiny-Llama-Base
+---
+# Tiny
+"""
+
+
+@pytest.mark.needs_torch
+def test_general_metadata_is_upstreams(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """The native engine writes the general.* keys the pinned converter derives from the card,
+    the folder's name, generation_config.json and the parameter count (basename, finetune,
+    version, size_label, license, languages, tags, base models, data sets, sampling), with the
+    same values; only general.name is ggufkit's own (the folder's name, not a title-cased guess)."""
+    model = Path(shutil.copytree(tiny_llama_dir, tmp_path / "Tiny-Llama-Chat-v1.5"))
+    (model / "README.md").write_text(GENERAL_CARD)
+    generation = json.loads((model / "generation_config.json").read_text())
+    generation.update(repetition_penalty=1.1, temperature=0.7)
+    (model / "generation_config.json").write_text(json.dumps(generation))
+    ours = _fields(convert(model, tmp_path / "ours.gguf", engine="native").output)
+    theirs = _fields(tiny.upstream_convert(model, tmp_path / "theirs.gguf"))
+
+    def general(values: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in values.items() if k.startswith("general.") and k != "general.name"}
+
+    assert general(ours) == general(theirs)
+    for key in ("basename", "size_label", "finetune", "license", "languages", "version"):
+        assert f"general.{key}" in ours, key
+    assert ours["general.languages"] == ["en", "fr"] and ours["general.finetune"] == "Chat"
+    assert ours["general.sampling.penalty_repeat"] == pytest.approx(1.1)
+    assert ours["general.name"] == "Tiny-Llama-Chat-v1.5"
+
+
 def test_types_follow_llama_cpp_policy(converted) -> None:
     reader = gguf.GGUFReader(converted("mha", "q8_0"))
     types = {t.name: t.tensor_type for t in reader.tensors}

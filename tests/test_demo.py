@@ -77,11 +77,16 @@ def test_markdown_states_each_types_perplexity_cost() -> None:
 
     report = EvalReport("c.txt", "0" * 64, 5000, 256, 16, "m-F16.gguf", "abc")
     report.models = [model("F16", 20.0), model("Q8_0", 20.02), model("Q4_0", 21.0)]
-    run = ModelRun("m", "about", {}, Path("m-eval.json"), report)
+    run = ModelRun("m", "about", {}, Path("m-eval.json"), report, plot=Path("out/m-eval.png"))
     assert run.ppl_change() == pytest.approx({"Q8_0": 0.001, "Q4_0": 0.05})
     text = markdown(DemoResult(Path("out"), DemoSettings(), models=[run]))
-    assert "Perplexity against F16: Q8_0 +0.10%, Q4_0 +5.00%." in text
+    assert "Perplexity against F16 (± a paired 95 % interval): Q8_0 +0.10%, Q4_0 +5.00%." in text
+    report.models[1].delta_ppl, report.models[1].delta_ppl_ci = 0.02, 0.04  # covers 0
+    report.models[2].delta_ppl, report.models[2].delta_ppl_ci = 1.0, 0.1
+    text = markdown(DemoResult(Path("out"), DemoSettings(), models=[run]))
+    assert "Q8_0 +0.10% ± 0.20% (no measurable change), Q4_0 +5.00% ± 0.50%." in text
     assert table_row(text, "m", "perplexity")["Q4_0"] == "21.0000"
+    assert "](m-eval.png)" in text  # the plot is shown where the table is, beside it on disk
 
 
 # --- the whole demo, once -------------------------------------------------------------------
@@ -139,6 +144,7 @@ class TestWholeDemo:
             assert row["Model"] == family  # the merged model, not the name of its delta
         for path in [*(r.plot for r in demo.models), demo.compare_plot]:
             assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({path.name})" in text and path.parent == demo.results_md.parent
 
     def test_bitsandbytes_sits_beside_gguf(self, demo: DemoResult) -> None:
         assert demo.comparison is not None and demo.bnb_json is not None

@@ -43,6 +43,10 @@ KLD_STATS = """
 ====== Perplexity statistics ======
 Mean PPL(Q)                   : 955.156356 ±  24.786324
 Mean PPL(base)                : 924.535695 ±  25.463609
+Cor(ln(PPL(Q)), ln(PPL(base))):  98.71%
+Mean ln(PPL(Q)/PPL(base))     :   0.032589 ±   0.004262
+Mean PPL(Q)/PPL(base)         :   1.033120 ±   0.004403
+Mean PPL(Q)-PPL(base)         :  30.620661 ±   4.103522
 ====== KL divergence statistics ======
 Mean    KLD:   0.014678 ±   0.000196
 Maximum KLD:   0.033999
@@ -85,6 +89,28 @@ def test_parse_kld_statistics() -> None:
     assert result.kld_median == 0.014245
     assert result.top1_agreement == pytest.approx(0.53968)
     assert result.top1_err == pytest.approx(0.02222)
+    assert result.delta_ppl == 30.620661 and result.delta_ppl_err == 4.103522  # paired
+
+
+def test_whole_corpus_intervals_are_95_percent_half_widths() -> None:
+    """Whole-corpus mode fills the same fields as --target-error: 95 % half-widths, paired ΔPPL."""
+    from ggufkit.evaluate.results import fill_whole_corpus_intervals
+
+    kld = ppl.parse_kld(KLD_HEAD + KLD_ROW2 + KLD_STATS)
+    assert kld is not None
+    m = ModelResult("Q4_0", "q.gguf", "Q4_0", "7B", 1, 1, 4.5, ppl=kld.ppl, ppl_err=kld.ppl_err)
+    m.kld_mean, m.kld_err, m.top1_agreement, m.top1_err = (
+        kld.kld_mean,
+        kld.kld_err,
+        kld.top1_agreement,
+        kld.top1_err,
+    )
+    fill_whole_corpus_intervals(m, kld.delta_ppl, kld.delta_ppl_err)
+    assert m.delta_ppl == 30.620661
+    assert m.delta_ppl_ci == pytest.approx(1.959964 * 4.103522, rel=1e-6)
+    assert m.ppl_ci == pytest.approx(1.959964 * 24.786324, rel=1e-6)
+    assert m.kld_ci == pytest.approx(1.959964 * 0.000196, rel=1e-6)
+    assert m.top1_ci == pytest.approx(1.959964 * 0.02222, rel=1e-6)
 
 
 def test_parse_kld_needs_the_statistics() -> None:
@@ -193,6 +219,8 @@ def _report() -> EvalReport:
         path, bpw = f"/m/{name}.gguf", size * 8 / 1000
         return ModelResult(name, path, name, "7B", size, 1000, bpw, threads=4, **values)
 
+    speed = {"pp_tps": 80.0, "pp_tps_std": 2.0, "tg_tps_std": 0.5}
+
     return EvalReport(
         corpus="/c/wiki.txt",
         corpus_sha256="0" * 64,
@@ -202,7 +230,7 @@ def _report() -> EvalReport:
         baseline="/m/F16.gguf",
         llama_cpp_commit="abc",
         models=[
-            model("F16", 2000, is_baseline=True, ppl=5.9066, ppl_err=0.03, tg_tps=8.0, pp_tps=90.0),
+            model("F16", 2000, is_baseline=True, ppl=5.9066, ppl_err=0.03, tg_tps=8.0, **speed),
             model(
                 "Q8_0",
                 1062,
@@ -210,8 +238,10 @@ def _report() -> EvalReport:
                 ppl_err=0.03,
                 kld_mean=0.0011,
                 top1_agreement=0.981,
+                delta_ppl=0.0036,
+                delta_ppl_ci=0.01,
                 tg_tps=12.5,
-                pp_tps=80.0,
+                **speed,
             ),
             model(
                 "Q4_0",
@@ -221,9 +251,10 @@ def _report() -> EvalReport:
                 kld_mean=0.0412,
                 top1_agreement=0.902,
                 tg_tps=20.0,
-                pp_tps=70.0,
+                **speed,
             ),
         ],
+        bench={"n_prompt": 512, "n_gen": 128, "repetitions": 3},
     )
 
 
@@ -238,22 +269,32 @@ def table_cells(table: str) -> dict[str, list[str]]:
 
 
 def numbers_agree(report: dict[str, object], table: str) -> None:
-    """Every number in the table is the JSON's number, formatted."""
+    """Every number in the table is the JSON's number, formatted; "±" is the 95 % half-width."""
     rows = table_cells(table)
     models = report["models"]
     assert isinstance(models, list)
+
+    def pm(m: dict[str, Any], key: str, ci: str, err: str, spec: str, scale: float = 1) -> str:
+        half = m[ci] if m.get(ci) is not None else m[err] and 1.959963984540054 * m[err]
+        text = f"{scale * m[key]:{spec}}"
+        return text if half is None else f"{text} ± {scale * half:{spec}}"
+
     for cell, m in zip(rows["perplexity"], models, strict=True):
-        assert cell.startswith(f"{m['ppl']:.4f} ± {m['ppl_err']:.4f}")
-    for cell, m in zip(rows["KL-divergence"], models, strict=True):
-        assert cell == ("(baseline)" if m["is_baseline"] else f"{m['kld_mean']:.6f}")
-    for cell, m in zip(rows["same top token"], models, strict=True):
-        assert m["is_baseline"] or cell == f"{100 * m['top1_agreement']:.2f}%"
+        assert cell == pm(m, "ppl", "ppl_ci", "ppl_err", ".4f")
+    for name, key, ci, err, spec, scale in (
+        ("KL-divergence", "kld_mean", "kld_ci", "kld_err", ".6f", 1),
+        ("same top token %", "top1_agreement", "top1_ci", "top1_err", ".2f", 100),
+    ):
+        for cell, m in zip(rows[name], models, strict=True):
+            assert cell == ("(baseline)" if m["is_baseline"] else pm(m, key, ci, err, spec, scale))
     for cell, m in zip(rows["bits/weight"], models, strict=True):
         assert cell == f"{m['bpw']:.2f}"
-    speed = [key for key in rows if key.startswith("ms/tok")]
-    for key in speed:
+    for key in (key for key in rows if key.startswith("gen tok/s")):
         for cell, m in zip(rows[key], models, strict=True):
-            assert cell == f"{m['ms_per_token']:.2f}"
+            assert cell.startswith(
+                f"{m['tg_tps']:.2f}" if m["tg_tps"] < 100 else f"{m['tg_tps']:.0f}"
+            )
+    assert not any(key.startswith("ms/tok") for key in rows)  # it only repeated gen tok/s
 
 
 def test_table_in_the_guide_shape_and_json_agree() -> None:
@@ -262,7 +303,10 @@ def test_table_in_the_guide_shape_and_json_agree() -> None:
     header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
     assert header == ["Model", "Measure", "F16", "Q8_0", "Q4_0"]
     rows = table_cells(table)
-    assert rows["ms/tok @ 4th"] == ["125.00", "80.00", "50.00"]
+    assert rows["gen tok/s @ 4th"] == ["8.00 ± 0.50", "12.50 ± 0.50", "20.00 ± 0.50"]
+    assert rows["ΔPPL vs baseline"] == ["(baseline)", "+0.0036 ± 0.0100", "—"]
+    assert "± on quality: the half-width of a 95 % interval" in table
+    assert "± on tok/s: the standard deviation over 3 llama-bench runs" in table
     assert rows["file size"] == ["1.95 KiB", "1.04 KiB", "562 B"]
     data = json.loads(json.dumps(report.to_json()))
     numbers_agree(data, table)
@@ -283,6 +327,23 @@ def test_plot_is_a_png_of_the_expected_size(tmp_path: Path) -> None:
     assert out.stat().st_size > 10_000  # points, labels and axes, not an empty canvas
     with pytest.raises(UsageError, match=".png"):
         plot_eval(_report(), tmp_path / "eval.jpg")
+
+
+def test_the_plot_caption_says_what_the_bars_mean(tmp_path: Path) -> None:
+    from ggufkit.evaluate.plots import eval_caption
+
+    report = _report()
+    text = eval_caption(report)
+    assert "Corpus wiki.txt: 19 chunks of 512 tokens" in text
+    assert "95 % intervals, paired against F16.gguf" in text and "Lower is better" in text
+    assert "per-token standard errors" in text  # whole-corpus mode says how they were made
+    assert "±1 standard deviation over 3 runs, 4 threads" in text
+    report.sequential = {"target": 0.01}
+    assert "Student t over the chunks" in eval_caption(report)
+    alone = EvalReport.from_json({**report.to_json(), "baseline": None, "sequential": None})
+    alone.models = alone.models[:1]
+    assert "unpaired: no baseline" in eval_caption(alone)
+    assert png_size(plot_eval(alone, tmp_path / "alone.png")) == PLOT_SIZE_PX
 
 
 def test_missing_corpus_is_a_usage_error(tmp_path: Path) -> None:
@@ -341,6 +402,9 @@ def test_eval_measures_real_numbers(eval_run: tuple[dict[str, object], Path]) ->
         assert 1 < m["ppl"] < 1e6 and m["ppl_err"] > 0
         assert m["pp_tps"] > 0 and m["tg_tps"] > 0 and m["threads"] == 1
     assert 0 < q8["kld_mean"] < q4["kld_mean"]
+    for q in (q8, q4):  # llama-perplexity's paired ΔPPL is the difference of its two PPLs
+        assert q["delta_ppl"] == pytest.approx(q["ppl"] - f16["ppl"], abs=2e-6 * f16["ppl"])
+        assert 0 < q["delta_ppl_ci"] < q["ppl_ci"]  # pairing narrows it
     assert q8["top1_agreement"] > q4["top1_agreement"]
     assert f16["bpw"] > q8["bpw"] > q4["bpw"]
     assert png_size(plot) == PLOT_SIZE_PX

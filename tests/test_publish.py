@@ -3,6 +3,7 @@ ModelCard) to the fake Hub, over real HTTP with Xet off (see tests/test_upload.p
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -61,21 +62,36 @@ def test_publish_a_workspace(
     assert card.data.license == "apache-2.0"  # copied from the source's card
     rows = [line for line in card.text.splitlines() if line.startswith("| `tiny-")]
     assert [row.split("`")[1] for row in rows] == names
-    for row in rows:  # size, bpw, ppl ± err, KLD, two speeds: all measured
+    for row in rows:  # size, bpw, ppl, ΔPPL and KLD with 95 % intervals, two speeds: measured
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert "–" not in cells, row
-        assert " ± " in cells[4]
-    assert rows[0].split("|")[6].strip() == "baseline"
+        assert all(" ± " in cell for cell in cells[4:9] if cell != "baseline"), row
+    assert [c.strip() for c in rows[0].split("|")[6:8]] == ["baseline", "baseline"]
     assert "Measured on " in card.text and "heldout.txt" in card.text
+    assert "half-width of a 95 % interval" in card.text and "lower is better" in card.text
     assert "llama.cpp commit: `" in card.text and "ggufkit version: `" in card.text
-    assert 'filename="tiny-Q8_0.gguf"' in card.text and "FROM ./tiny-Q8_0.gguf" in card.text
+    assert "[!WARNING]" not in card.text  # base_model and license are both there
+    # the pick comes from the table: Q8_0 is the closest to f16 on this corpus
+    pick = card.text.split("## Which file to pick")[1].split("##")[0]
+    assert "`tiny-Q4_0.gguf`" in pick and "`tiny-Q8_0.gguf`" in pick and "Start with **`" in pick
+    chosen = pick.split("Start with **`")[1].split("`")[0]
+    assert f"llama-cli -hf me/tiny-GGUF:{chosen.split('-')[1][:-5]}" in card.text
+    assert f"ollama run hf.co/me/tiny-GGUF:{chosen.split('-')[1][:-5]}" in card.text
+    assert f'filename="{chosen}"' in card.text and f"FROM ./{chosen}" in card.text
+    modelfile_text = (tmp_path / "out" / "Modelfile").read_text()
+    assert modelfile_text.startswith(f"FROM ./{chosen}\n") and modelfile_text in card.text
+    assert 'PARAMETER stop "</s>"' in modelfile_text  # the file's EOS token
+    assert "![" in card.text and "](tiny-eval.png)" in card.text
+    assert (tmp_path / "out" / "tiny-eval.png").read_bytes()[:4] == b"\x89PNG"
 
     for _ in range(2):  # the second run finds everything there and sends nothing
         done = runner.invoke(cli, ["publish", "me/tiny-GGUF", "--token", TOKEN, "--base-model", "me/tiny"])  # fmt: skip
         assert done.exit_code == 0, done.output
     assert len(hub.commits) == 1 and len(hub.stored) == 3
     files = hub.files("me/tiny-GGUF")
-    assert sorted(files) == sorted([*names, "README.md"])
+    assert sorted(files) == sorted([*names, "README.md", "Modelfile", "tiny-eval.png"])
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["artefacts"]["Modelfile"]["step"] == "publish"
     for name in names:
         assert files[name] == (tmp_path / "out" / name).read_bytes()
     assert files["README.md"].decode() == card_text.rstrip("\n") + "\n"

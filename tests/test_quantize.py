@@ -126,7 +126,10 @@ def test_parse_help() -> None:
     assert [t.name for t in table.resolve(["q4_0", "Q4_0", "f16"])] == ["Q4_0", "F16"]
     with pytest.raises(UsageError, match="'q9_9'") as caught:
         table.resolve(["q4_0", "q9_9"])
-    assert "q4_k_m" in (caught.value.hint or "")
+    assert "did you mean" not in (caught.value.hint or "") and "--list" in (caught.value.hint or "")
+    with pytest.raises(UsageError, match="'q4_k_mm'") as caught:
+        table.resolve(["q4_k_mm"])
+    assert "did you mean q4_k_m" in (caught.value.hint or "")
 
 
 @pytest.mark.parametrize(
@@ -191,7 +194,7 @@ def test_parse_dry_run() -> None:
         "llama_model_quantize_impl: WARNING: dry run completed successfully, but actually "
         "completing this quantization will require an imatrix!\n"
     )
-    assert parse_dry_run(text) == DryRun(True, 524288)
+    assert parse_dry_run(text) == DryRun(True, 524288, 2.62)
     assert parse_dry_run("nothing") == DryRun(False, None)
 
 
@@ -444,11 +447,11 @@ def test_list_comes_from_the_binary() -> None:
     help_text = subprocess.run(
         [str(find_tool("llama-quantize")), "--help"], capture_output=True, text=True, check=False
     ).stdout
-    listed = [line.split()[0] for line in result.output.splitlines()[1:-1]]
+    listed = [line.split()[0] for line in result.output.splitlines()[1:-2]]  # 2 footer lines
     assert listed == [t.name for t in parse_help(help_text)]
     assert {"Q4_0", "Q4_K_M", "IQ2_XXS", "TQ1_0", "MXFP4_MOE", "BF16", "COPY"} <= set(listed)
     q4_row = next(line for line in result.output.splitlines() if line.startswith("Q4_0 "))
-    assert "4.50" in q4_row and "ppl" in q4_row
+    assert "4.50" in q4_row and "ppl" in q4_row  # the block's figure beside the mix's
     import json
 
     rows = json.loads(run_cli("--list", "--json").stdout)

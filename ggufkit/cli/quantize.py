@@ -10,6 +10,7 @@ from ggufkit.cli.options import echo_json, json_option, split_options, threads_o
 from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import human_bytes
 from ggufkit.quantize import QuantizeOptions, list_types, parse_kv_override
+from ggufkit.quantize.engines import parse_prune_layers, parse_tensor_type
 from ggufkit.quantize.types import format_table
 
 
@@ -66,6 +67,16 @@ def split_input(args: tuple[str, ...]) -> tuple[Path, list[str]]:
     metavar="KEY=TYPE:VALUE",
     help="Set a metadata key (TYPE int|float|bool|str). Repeatable.",
 )
+@click.option(
+    "--tensor-type",
+    "tensor_types",
+    multiple=True,
+    metavar="NAME=TYPE",
+    help="Store the tensors matching NAME in ggml TYPE, e.g. attn_v=q8_0. Repeatable.",
+)
+@click.option("--prune-layers", metavar="L0,L1,...", help="Drop these layers (advanced).")
+@click.option("--keep-split", is_flag=True, help="A split INPUT: one output shard per shard.")
+@click.option("--dry-run", is_flag=True, help="Show each output's size; write nothing.")
 @click.option("--list", "list_only", is_flag=True, help="List the types with bits per weight.")
 @click.option("--force", is_flag=True, help="In a workspace: redo steps even when up to date.")
 @split_options
@@ -82,6 +93,10 @@ def command(
     output_tensor_type: str | None,
     token_embedding_type: str | None,
     override_kv: tuple[str, ...],
+    tensor_types: tuple[str, ...],
+    prune_layers: str | None,
+    keep_split: bool,
+    dry_run: bool,
     list_only: bool,
     force: bool,
     split_max_size: str | None,
@@ -128,6 +143,9 @@ def command(
         output_tensor_type=output_tensor_type,
         token_embedding_type=token_embedding_type,
         override_kv=tuple(parse_kv_override(item) for item in override_kv),
+        tensor_types=tuple(parse_tensor_type(item) for item in tensor_types),
+        prune_layers=parse_prune_layers(prune_layers) if prune_layers else (),
+        keep_split=keep_split,
     )
     # No INPUT (as split_input decides) inside a workspace: types and paths from ggufkit.toml.
     is_input = bool(args) and (args[0].lower().endswith(".gguf") or Path(args[0]).exists())
@@ -142,6 +160,8 @@ def command(
                 "in a workspace the split size comes from ggufkit.toml",
                 hint='set split_max_size = "50G" there (convert and quantize both use it)',
             )
+        if dry_run:
+            raise UsageError("--dry-run needs INPUT", hint="give the .gguf file to size")
         steps = workspace.quantize(
             parse_types(",".join(args)) or None, force=force, options=options
         )
@@ -154,6 +174,9 @@ def command(
     from ggufkit.quantize import quantize  # looked up per call, as convert's is
 
     source, types = split_input(args)
+    if dry_run:
+        echo_dry_run(source, types, output, outdir, options, as_json)
+        return
     results = quantize(source, types, output=output, outdir=outdir, options=options, split=split)
     if as_json:
         echo_json([r.to_json() for r in results])
@@ -163,3 +186,25 @@ def command(
         click.echo(f"{r.type:<8} {human_bytes(r.size):>11}  {bpw}  {r.seconds:6.1f} s  {r.output}")
         if r.mix is not None:  # the tensors' real types (a note on stderr says what fell back)
             click.echo(f"{'':<8} tensors: {r.mix.counts_text()}")
+
+
+def echo_dry_run(
+    source: Path,
+    types: list[str],
+    output: Path | None,
+    outdir: Path | None,
+    options: QuantizeOptions,
+    as_json: bool,
+) -> None:
+    """--dry-run: each type's size as llama-quantize computes it; nothing is written."""
+    from ggufkit.quantize import dry_run
+
+    planned = dry_run(source, types, output=output, outdir=outdir, options=options)
+    if as_json:
+        echo_json([p.to_json() for p in planned])
+        return
+    for p in planned:
+        size = human_bytes(p.size_bytes) if p.size_bytes is not None else "?"
+        bpw = f"{p.bits_per_weight:5.2f} bpw" if p.bits_per_weight else "    ? bpw"
+        need = "  (needs --imatrix)" if p.requires_imatrix else ""
+        click.echo(f"{p.type:<8} {size:>11}  {bpw}  {p.output} (not written){need}")

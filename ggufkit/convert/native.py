@@ -15,6 +15,7 @@ import gguf
 
 from ggufkit.convert.base import FILE_TYPES, ModelConverter
 from ggufkit.convert.chat_templates import ChatTemplateChoice, apply_chat_template
+from ggufkit.convert.general_meta import add_upstream_general
 from ggufkit.convert.provenance import add_general_metadata, add_provenance
 from ggufkit.convert.result import EngineResult
 from ggufkit.convert.split import write_split
@@ -61,6 +62,7 @@ def convert_native(
         converter.validate(plans)
         writer = gguf.GGUFWriter(path=None, arch=converter.arch_name)
         add_general_metadata(writer, info, config, FILE_TYPES[converter.outtype])
+        add_upstream_general(writer, info.model_dir, ((p.name, p.shape) for p in plans))
         converter.set_gguf_parameters(writer)
         try:
             converter.set_vocab(writer)

@@ -156,6 +156,18 @@ def _percent(value: float) -> str:
     return f"{100 * value:+.2f}%"
 
 
+def _change_text(run: ModelRun, type_: str, change: float) -> str:
+    """``Q4_0 +0.22% ± 0.35%`` with the paired 95 % interval where the eval has one, and a word
+    when it covers 0 (a quantized file is not better than its f16 by noise)."""
+    model = next((m for m in run.report.models if m.type == type_), None)
+    base = run.report.baseline_result
+    if model is None or base is None or not base.ppl or model.delta_ppl_ci is None:
+        return f"{type_} {_percent(change)}"
+    half = model.delta_ppl_ci / base.ppl
+    same = " (no measurable change)" if abs(change) <= half else ""
+    return f"{type_} {_percent(change)} ± {100 * half:.2f}%{same}"
+
+
 def markdown(result: DemoResult) -> str:
     """The tables: one eval table per model, then bitsandbytes beside GGUF; and the samples."""
     from ggufkit.evaluate.compare import comparison_table
@@ -169,12 +181,17 @@ def markdown(result: DemoResult) -> str:
         text = (run.sample.prompt + run.sample.text).strip().splitlines()[:6]
         lines += [f"{run.sample.model.name}:", "", *(f"    {line}" for line in text), ""]
     for run in result.models:
-        change = ", ".join(f"{t} {_percent(v)}" for t, v in run.ppl_change().items())
+        change = ", ".join(_change_text(run, t, v) for t, v in run.ppl_change().items())
         lines += [f"## {run.name} ({run.about})", "", eval_table(run.report), ""]
-        lines += [f"Perplexity against F16: {change}.", ""]
+        if run.plot is not None:  # results.md sits beside the plots
+            lines += [f"![{run.name}: ΔPPL, KL-divergence and speed by file size]({run.plot.name})"]
+            lines += [""]
+        lines += [f"Perplexity against F16 (± a paired 95 % interval): {change}.", ""]
     if result.comparison is not None:
         lines += [f"## bitsandbytes beside GGUF ({BNB_MODEL})", ""]
         lines += [comparison_table(result.comparison), ""]
+        if result.compare_plot is not None:
+            lines += [f"![GGUF beside bitsandbytes]({result.compare_plot.name})", ""]
     lines += [f"Skipped: {note}." for note in result.skipped]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -19,16 +19,19 @@ JSON shape of ``ggufkit eval --json`` (``EvalReport.to_json()``; read back with
           "path": "model-Q4_0.gguf", "type": "Q4_0", "model": "7B",
           "size_bytes": 3825065984, "n_params": 6738415616, "bpw": 4.54,
           "is_baseline": false,
-          "ppl": 6.1565, "ppl_err": 0.034,   # perplexity on the corpus, ± one standard error
+          "ppl": 6.1565, "ppl_err": 0.034,   # perplexity; llama-perplexity's standard error
           "kld_mean": 0.031, "kld_err": 0.0002, "kld_median": 0.02, "kld_p99": 0.2,
           "kld_max": 1.9,                    # KL-divergence from the baseline, nats per token
           "top1_agreement": 0.93, "top1_err": 0.001,   # fraction of tokens with the same top token
           "threads": 8,
           "pp_tps": 180.2, "pp_tps_std": 1.1, "tg_tps": 18.3, "tg_tps_std": 0.2,  # tokens/s
           "ms_per_token": 54.6, "pp_ms_per_token": 5.5,                # 1000 / tokens per second
-          # with --target-error (else null): 95 % half-widths, chunks scored, seconds
+          # 95 % half-widths in both modes (whole corpus: 1.96 x llama-perplexity's standard
+          # errors; ΔPPL is its paired "PPL(Q)-PPL(base)"); --target-error: Student t over chunks
           "ppl_ci": 0.05, "delta_ppl": 0.21, "delta_ppl_ci": 0.03, "kld_ci": 0.001,
-          "top1_ci": 0.004, "chunks": 16, "eval_seconds": 12.5, "eval_seconds_saved": 240.0
+          "top1_ci": 0.004,
+          # with --target-error (else null): chunks scored, seconds spent and saved
+          "chunks": 16, "eval_seconds": 12.5, "eval_seconds_saved": 240.0
         }
       ],
       "sequential": null   # with --target-error: {"target": 0.01, "seed": 0, "min_chunks": 16,

@@ -14,11 +14,12 @@ from typing import Any
 
 from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.fsutil import human_bytes, read_json
+from ggufkit.evaluate.results import normal_half
 
 GGUF = "GGUF"
 BNB = "bnb"
 MISSING = "—"
-PLOT_SIZE_INCHES = (15.0, 4.5)
+PLOT_SIZE_INCHES = (18.0, 5.2)
 MARKERS = {GGUF: ("o", "tab:blue"), BNB: ("s", "tab:orange")}
 
 
@@ -35,6 +36,7 @@ class Row:
     top1_agreement: float | None = None
     mean_abs_dlogit: float | None = None
     is_baseline: bool = False
+    ppl_half: float | None = None  # the half-width of its 95 % interval (unpaired)
 
 
 @dataclass
@@ -81,6 +83,9 @@ def gguf_rows(records: list[Any]) -> list[Row]:
             top1_agreement=r.get("top1_agreement"),
             mean_abs_dlogit=r.get("mean_abs_dlogit"),
             is_baseline=bool(r.get("is_baseline")),
+            ppl_half=r.get("ppl_ci")
+            if r.get("ppl_ci") is not None
+            else normal_half(r.get("ppl_err")),
         )
         for r in records
         if isinstance(r, dict)
@@ -101,6 +106,7 @@ def bnb_rows(records: list[Any]) -> list[Row]:
             top1_agreement=r.get("top1_agreement"),
             mean_abs_dlogit=r.get("mean_abs_dlogit"),
             is_baseline=r.get("name") == "baseline",
+            ppl_half=normal_half(r.get("ppl_err")),
         )
         for r in records
         if isinstance(r, dict) and r.get("status", "ok") == "ok"
@@ -155,6 +161,9 @@ def compare(eval_file: str | Path, bnb_file: str | Path) -> Comparison:
         + (f" on {result.device}" if result.device else "")
         + ".",
         f"KLD, top-1: each family against its own baseline (GGUF: the f16/bf16 file; bnb: {base}).",
+        "± on PPL: the half-width of a 95 % interval, unpaired (GGUF: as its eval table says; "
+        "bnb: 1.96 per-token standard errors, which treat tokens as independent and come out "
+        "narrower). Lower is better for PPL and KLD, higher for top-1 and tokens/s.",
     ]
     return result
 
@@ -185,7 +194,7 @@ def comparison_table(comparison: Comparison) -> str:
             MISSING if r.size_bytes is None else human_bytes(r.size_bytes),
             _fmt(r.bpw, ".2f"),
             _fmt(r.tokens_per_s, ".1f"),
-            _fmt(r.ppl, ".4f") + (f" ± {r.ppl_err:.4f}" if r.ppl_err is not None else ""),
+            _fmt(r.ppl, ".4f") + (f" ± {r.ppl_half:.4f}" if r.ppl_half is not None else ""),
             _fmt(r.kld_mean, ".4f"),
             _fmt(None if r.top1_agreement is None else 100 * r.top1_agreement, ".1f", "%"),
             _fmt(r.mean_abs_dlogit, ".4f"),
@@ -198,51 +207,51 @@ def comparison_table(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
-def _label_offsets(
-    points: list[tuple[str, float, float]],
-) -> list[tuple[str, float, float, tuple[int, int]]]:
-    """Labels for (name, x, y) points, stacked downwards where points (nearly) coincide."""
-    if not points:
-        return []
-    xs, ys = [p[1] for p in points], [p[2] for p in points]
-    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
-    placed: list[tuple[str, float, float, tuple[int, int]]] = []
-    for name, x, y in sorted(points, key=lambda p: (p[1], p[2])):
-        near = [q for q in placed if abs(q[1] - x) < 0.03 * dx and abs(q[2] - y) < 0.04 * dy]
-        placed.append((name, x, y, (5, 4 - 10 * len(near))))
-    return placed
-
-
 def plot_comparison(comparison: Comparison, out: str | Path) -> Path:
-    """A PNG with three panels against size: perplexity, KL-divergence and tokens/s."""
-    from ggufkit.evaluate.report import new_figure, save_figure
+    """A PNG with four panels against size: perplexity, KL-divergence, and each family's speed
+    on its own axis (llama-bench and transformers measure different things), with a title and a
+    caption."""
+    from ggufkit.evaluate.plots import label_offsets, new_figure, save_figure
 
     out, figure = new_figure(out, "compare.png", PLOT_SIZE_INCHES)
     sized = [r for r in comparison.rows if r.size_bytes]
     if not any(r.ppl is not None for r in sized):
         raise UsageError("nothing to plot: no perplexity in either file")
-    axes = figure.subplots(1, 3)
+    axes = figure.subplots(1, 4)
+    device = f" on {comparison.device}" if comparison.device else ""
     panels = (
-        ("ppl", "perplexity", "Perplexity"),
-        ("kld_mean", "mean KL-divergence (nats/token)", "KL-divergence vs own baseline"),
-        ("tokens_per_s", "tokens/s", "Generation speed"),
+        ("ppl", (GGUF, BNB), "perplexity", "Perplexity (lower is better)"),
+        ("kld_mean", (GGUF, BNB), "mean KLD (nats/token)", "KLD vs own baseline (lower is better)"),
+        ("tokens_per_s", (GGUF,), "generated tokens/s", "GGUF speed: llama-bench (CPU)"),
+        ("tokens_per_s", (BNB,), "generated tokens/s", f"bnb speed: transformers{device}"),
     )
     mib = 1024 * 1024
-    for ax, (attr, ylabel, title) in zip(axes, panels, strict=True):
+    for ax, (attr, families, ylabel, title) in zip(axes, panels, strict=True):
         labelled: list[tuple[str, float, float]] = []
-        for family, (marker, color) in MARKERS.items():
+        for family in families:
+            marker, color = MARKERS[family]
             points = [r for r in sized if r.family == family and getattr(r, attr) is not None]
             xs = [(r.size_bytes or 0) / mib for r in points]
             ys = [float(getattr(r, attr)) for r in points]
             ax.plot(xs, ys, marker, color=color, label=family, linestyle="none")
             labelled += zip([r.name for r in points], xs, ys, strict=True)
-        for name, x, y, offset in _label_offsets(labelled):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, fontsize=8)
-        ax.set_xlabel("size (MiB): GGUF file / bnb footprint")
+        for name, x, y, offset in label_offsets(labelled):
+            ax.annotate(
+                name, (x, y), textcoords="offset points", xytext=offset, fontsize=8, ha="center"
+            )
+        ax.set_xlabel("size (MiB)")
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
-        ax.margins(0.15)  # room for the labels at the edges
-        if ax.has_data():
+        ax.margins(x=0.2, y=0.18)  # room for the labels at the edges
+        if attr == "tokens_per_s" and labelled:
+            ax.set_ylim(0, 1.25 * max(y for _, _, y in labelled))
+        if len(families) > 1 and ax.has_data():
             ax.legend(fontsize=8)
-    return save_figure(figure, out)
+    figure.suptitle("GGUF types (llama.cpp) beside bitsandbytes modes (transformers)", fontsize=12)
+    caption = (
+        "Size: the GGUF file, and for bnb the model's footprint in memory. KLD: each family "
+        "against its own baseline. Speeds come from different engines and are not comparable "
+        "across the two right-hand panels; higher is better."
+    )
+    return save_figure(figure, out, caption)

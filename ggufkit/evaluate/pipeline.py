@@ -15,7 +15,7 @@ from ggufkit.core.partials import owned_temp_dir
 from ggufkit.evaluate import ppl as ppl_mod
 from ggufkit.evaluate.batchscore import default_threads
 from ggufkit.evaluate.intervals import DEFAULT_MIN_CHUNKS
-from ggufkit.evaluate.results import EvalReport, ModelResult
+from ggufkit.evaluate.results import EvalReport, ModelResult, fill_whole_corpus_intervals
 from ggufkit.evaluate.sequential import fill_results, run_sequential, sequential_summary
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, benchmark
 from ggufkit.formats.gguf_reader import read_gguf
@@ -51,8 +51,9 @@ def type_label(info: GGUFInfo) -> str:
 
 
 def model_label(info: GGUFInfo) -> str:
-    """The guide's "Model" column: ``7B``-style size label, else the model name, else the stem."""
-    for key in ("general.size_label", "general.name", "general.basename"):
+    """The guide's "Model" column: the model's name, else its ``7B``-style size label (every
+    converted file has one now, so the name comes first), else the file's stem."""
+    for key in ("general.name", "general.size_label", "general.basename"):
         value = info.metadata.get(key)
         if isinstance(value, str) and value.strip():
             return value.strip()
@@ -231,6 +232,7 @@ def evaluate(
                     kld.kld_max,
                 )
                 result.top1_agreement, result.top1_err = kld.top1_agreement, kld.top1_err
+                fill_whole_corpus_intervals(result, kld.delta_ppl, kld.delta_ppl_err)
             else:
                 measured = ppl_mod.perplexity(
                     model, corpus_path, ctx=plan.ctx, chunks=plan.chunks or None, threads=threads
@@ -241,6 +243,7 @@ def evaluate(
                     measured.chunks,
                 )
             if sequential is None:
+                fill_whole_corpus_intervals(result)
                 bar.update(1)
             if speed:
                 tests = benchmark(

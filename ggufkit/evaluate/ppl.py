@@ -39,6 +39,7 @@ _FINAL = re.compile(r"Final estimate: PPL = " + _NUM + r" \+/- " + _NUM)
 _CHUNKS = re.compile(r"(?:calculating perplexity|computing) over (\d+) chunks, n_ctx=(\d+)")
 _STATS = {
     "ppl": re.compile(r"Mean PPL\(Q\)\s*:\s*" + _NUM + _PM + _NUM),
+    "ppl_diff": re.compile(r"Mean PPL\(Q\)-PPL\(base\)\s*:\s*" + _NUM + _PM + _NUM),
     "kld": re.compile(r"Mean\s+KLD:\s*" + _NUM + _PM + _NUM),
     "kld_max": re.compile(r"Maximum KLD:\s*" + _NUM),
     "kld_p99": re.compile(r"99\.0%\s+KLD:\s*" + _NUM),
@@ -68,6 +69,8 @@ class KLDResult:
     kld_median: float | None = None
     kld_p99: float | None = None
     kld_max: float | None = None
+    delta_ppl: float | None = None  # PPL(Q) - PPL(base) on the same tokens, paired
+    delta_ppl_err: float | None = None  # its standard error (llama-perplexity's, per token)
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,8 @@ def parse_kld(text: str) -> KLDResult | None:
             kld_median=optional("kld_median"),
             kld_p99=optional("kld_p99"),
             kld_max=optional("kld_max"),
+            delta_ppl=optional("ppl_diff"),
+            delta_ppl_err=_num(diff.group(2)) if (diff := found["ppl_diff"]) else None,
         )
     return None
 

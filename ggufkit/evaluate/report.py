@@ -10,15 +10,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ggufkit.core.errors import ToolMissingError, UsageError
-from ggufkit.core.fsutil import atomic_output, human_bytes
+from ggufkit.core.fsutil import human_bytes
 from ggufkit.core.text import printable
+from ggufkit.evaluate.plots import (  # noqa: F401  (the plot's home; importers use either)
+    PLOT_SIZE_PX,
+    new_figure,
+    plot_eval,
+    save_figure,
+)
 from ggufkit.evaluate.results import EvalReport, ModelResult, SpeedResult
 from ggufkit.formats.ggufinfo import ArraySummary, GGUFInfo
 
-PLOT_SIZE_INCHES = (10.0, 4.5)
-PLOT_DPI = 100
-PLOT_SIZE_PX = (int(PLOT_SIZE_INCHES[0] * PLOT_DPI), int(PLOT_SIZE_INCHES[1] * PLOT_DPI))
 BASELINE_CELL = "(baseline)"
 MISSING_CELL = "—"
 
@@ -54,43 +56,58 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def _measures(report: EvalReport) -> list[tuple[str, Callable[[ModelResult], str]]]:
+    """The table's rows. Every "±" on quality is the half-width of a 95 % interval (paired with
+    the baseline for ΔPPL, KLD and top token) in both modes; on speed it is the standard
+    deviation over llama-bench's repetitions."""
     threads = {m.threads for m in report.models if m.threads}
     at = f" @ {threads.pop()}th" if len(threads) == 1 else ""
-
-    def ppl(m: ModelResult) -> str:
-        if m.ppl is None:
-            return MISSING_CELL
-        return f"{m.ppl:.4f}" + (f" ± {m.ppl_err:.4f}" if m.ppl_err is not None else "")
 
     def relative(value: Callable[[ModelResult], str]) -> Callable[[ModelResult], str]:
         return lambda m: BASELINE_CELL if m.is_baseline else value(m)
 
-    measures: list[tuple[str, Callable[[ModelResult], str]]] = [("perplexity", ppl)]
-    if report.sequential is not None:
-        measures = _interval_measures(relative)
-    elif report.baseline is not None:
+    measures: list[tuple[str, Callable[[ModelResult], str]]] = [
+        ("perplexity", lambda m: _pm(m.ppl, m.ppl_half, ".4f"))
+    ]
+    if report.baseline is not None and len(report.models) > 1:
         measures += [
-            ("KL-divergence", relative(lambda m: _fmt(m.kld_mean, ".6f"))),
+            ("ΔPPL vs baseline", relative(lambda m: _pm(m.delta_ppl, m.delta_ppl_ci, "+.4f"))),
+            ("KL-divergence", relative(lambda m: _pm(m.kld_mean, m.kld_half, ".6f"))),
             (
-                "same top token",
-                relative(
-                    lambda m: _fmt(
-                        None if m.top1_agreement is None else 100 * m.top1_agreement, ".2f", "%"
-                    )
-                ),
+                "same top token %",
+                relative(lambda m: _pm(m.top1_agreement, m.top1_half, ".2f", 100)),
             ),
         ]
+    if report.sequential is not None:
+        measures.append(("chunks scored", lambda m: _fmt(m.chunks, "d")))
+        # worth a row only when some type scored from scratch (not all from the cache)
+        if any(m.eval_seconds and m.eval_seconds >= 0.05 for m in report.models):
+            measures.append(("scoring time", lambda m: _fmt(m.eval_seconds, ".1f", " s")))
+        if any(m.eval_seconds_saved for m in report.models):
+            measures.append(("time saved", lambda m: _fmt(m.eval_seconds_saved, ".1f", " s")))
     measures += [
         ("file size", lambda m: human_bytes(m.size_bytes)),
         ("bits/weight", lambda m: _fmt(m.bpw, ".2f")),
     ]
-    if any(m.tg_tps or m.pp_tps for m in report.models):
-        measures += [
-            (f"ms/tok{at}", lambda m: _fmt(m.ms_per_token, ".2f")),
-            (f"prompt tok/s{at}", lambda m: _fmt(m.pp_tps, ".2f")),
-            (f"gen tok/s{at}", lambda m: _fmt(m.tg_tps, ".2f")),
-        ]
+    if any(m.pp_tps for m in report.models):
+        measures.append((f"prompt tok/s{at}", lambda m: _speed(m.pp_tps, m.pp_tps_std)))
+    if any(m.tg_tps for m in report.models):
+        measures.append((f"gen tok/s{at}", lambda m: _speed(m.tg_tps, m.tg_tps_std)))
     return measures
+
+
+def _pm(value: float | None, half: float | None, spec: str, scale: float = 1.0) -> str:
+    if value is None:
+        return MISSING_CELL
+    text = f"{scale * value:{spec}}"
+    return text if half is None else f"{text} ± {scale * half:{spec.lstrip('+')}}"
+
+
+def _speed(tps: float | None, std: float | None) -> str:
+    """Tokens/s ± the standard deviation, both to the same whole decimals."""
+    if tps is None:
+        return MISSING_CELL
+    spec = ".0f" if tps >= 100 else ".2f"
+    return f"{tps:{spec}}" + (f" ± {std:{spec}}" if std is not None else "")
 
 
 def eval_table(report: EvalReport) -> str:
@@ -114,7 +131,29 @@ def eval_table(report: EvalReport) -> str:
         note += f"; KL-divergence and top token against {Path(report.baseline).name}"
     if report.flash_attn_resolved is not None:
         note += f"; flash attention {report.flash_attn_resolved} (-fa {report.flash_attn})"
-    return f"{table}\n\n{note}." + _mix_note(report) + _sequential_note(report)
+    return f"{table}\n\n{note}.\n{_pm_note(report)}" + _mix_note(report) + _sequential_note(report)
+
+
+def _pm_note(report: EvalReport) -> str:
+    """What "±" means, once for the whole table."""
+    paired = report.baseline is not None and len(report.models) > 1
+    speed = any(m.tg_tps or m.pp_tps for m in report.models)
+    if paired:
+        text = (
+            f"± on quality: the half-width of a 95 % interval ({report.interval_method}; "
+            "ΔPPL, KLD and top token paired with the baseline; docs/eval-intervals.md). "
+            "Lower is better for perplexity, ΔPPL and KLD; higher for top token"
+            + (" and tok/s." if speed else ".")
+        )
+    else:
+        text = (
+            f"± on perplexity: the half-width of a 95 % interval ({report.interval_method}); "
+            "lower is better."
+        )
+    if speed:
+        reps = report.bench.get("repetitions")
+        text += f" ± on tok/s: the standard deviation over {reps or 'the'} llama-bench runs."
+    return text
 
 
 def _mix_note(report: EvalReport) -> str:
@@ -137,37 +176,13 @@ def _mix_note(report: EvalReport) -> str:
     return "".join(f"\n{line}." for line in lines)
 
 
-def _interval_measures(
-    relative: Callable[[Callable[[ModelResult], str]], Callable[[ModelResult], str]],
-) -> list[tuple[str, Callable[[ModelResult], str]]]:
-    """--target-error rows: each estimate with the half-width of its 95 % interval."""
-
-    def pm(value: float | None, half: float | None, spec: str, scale: float = 1.0) -> str:
-        if value is None or half is None:
-            return MISSING_CELL
-        return f"{scale * value:{spec}} ± {scale * half:{spec.lstrip('+')}}"
-
-    def seconds(value: float | None) -> str:
-        return _fmt(value, ".1f", " s")
-
-    return [
-        ("perplexity", lambda m: pm(m.ppl, m.ppl_ci, ".4f")),
-        ("ΔPPL vs baseline", relative(lambda m: pm(m.delta_ppl, m.delta_ppl_ci, "+.4f"))),
-        ("KL-divergence", relative(lambda m: pm(m.kld_mean, m.kld_ci, ".6f"))),
-        ("same top token %", relative(lambda m: pm(m.top1_agreement, m.top1_ci, ".2f", 100))),
-        ("chunks scored", lambda m: _fmt(m.chunks, "d")),
-        ("scoring time", lambda m: seconds(m.eval_seconds)),
-        ("time saved", lambda m: seconds(m.eval_seconds_saved)),
-    ]
-
-
 def _sequential_note(report: EvalReport) -> str:
     run = report.sequential
     if run is None:
         return ""
     saved = run.get("seconds_saved")
     return (
-        f"\n± is the half-width of a 95 % interval (docs/eval-intervals.md). Stopped at "
+        f"\nStopped at "
         f"{100 * run['target']:.3g}% (ΔPPL relative to the baseline's perplexity, KLD in nats, "
         f"top token as a fraction), at least {run['min_chunks']} chunks, in a random order "
         f"(seed {run['seed']}) of {run['corpus_chunks']}: {run['tokens_scored']} tokens scored "
@@ -194,75 +209,6 @@ def bench_table(results: Sequence[SpeedResult], sizes: dict[str, int] | None = N
         for r in results
     ]
     return markdown_table(header, rows, "lrrrrrl")
-
-
-def new_figure(out: str | Path, example: str, size_inches: tuple[float, float]) -> tuple[Path, Any]:
-    """Check ``out`` (a .png) and matplotlib, then a Figure drawn off-screen (no display needed)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ToolMissingError(
-            "--plot needs matplotlib", hint="pip install 'ggufkit[plot]' (or matplotlib)"
-        ) from exc
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"the plot {out} must be a .png file", hint=f"e.g. --plot {example}")
-    figure = Figure(figsize=size_inches, dpi=PLOT_DPI)
-    FigureCanvasAgg(figure)
-    return out, figure
-
-
-def save_figure(figure: Any, out: Path) -> Path:
-    figure.tight_layout()
-    with atomic_output(out) as tmp:
-        figure.savefig(tmp, format="png", dpi=PLOT_DPI)
-    return out
-
-
-def plot_eval(report: EvalReport, out: str | Path) -> Path:
-    """A PNG: perplexity vs file size and KL-divergence vs file size, one labelled point per file."""
-    out, figure = new_figure(out, "eval.png", PLOT_SIZE_INCHES)
-    measured = [m for m in report.models if m.ppl is not None]
-    if not measured:
-        raise UsageError("nothing to plot: no perplexity was measured")
-    with_kld = [m for m in measured if m.kld_mean is not None]
-    panels = 2 if with_kld else 1
-    axes = figure.subplots(1, panels, squeeze=False)[0]
-    unit, scale = "B", 1
-    for name, size in (("KiB", 1024), ("MiB", 1024**2), ("GiB", 1024**3)):
-        if max(m.size_bytes for m in measured) >= size:
-            unit, scale = name, size
-
-    def scatter(ax: Any, models: list[ModelResult], y: Callable[[ModelResult], float]) -> None:
-        xs = [m.size_bytes / scale for m in models]
-        ys = [y(m) for m in models]
-        ax.plot(xs, ys, "o", color="tab:blue")
-        for m, x, value in zip(models, xs, ys, strict=True):
-            ax.annotate(m.name, (x, value), textcoords="offset points", xytext=(5, 5), fontsize=9)
-        ax.set_xlabel(f"file size ({unit})")
-        ax.margins(x=0.15, y=0.12)  # room for the labels
-        ax.grid(True, alpha=0.3)
-
-    scatter(axes[0], measured, lambda m: m.ppl or 0.0)
-    errors = [m.ppl_err or 0.0 for m in measured]
-    axes[0].errorbar(
-        [m.size_bytes / scale for m in measured],
-        [m.ppl or 0.0 for m in measured],
-        yerr=errors,
-        fmt="none",
-        ecolor="tab:gray",
-    )
-    axes[0].set_ylabel("perplexity")
-    axes[0].set_title(f"Perplexity (ctx {report.ctx}, {report.chunks} chunks)")
-    if with_kld:
-        scatter(axes[1], with_kld, lambda m: m.kld_mean or 0.0)
-        if all((m.kld_mean or 0) > 0 for m in with_kld):
-            axes[1].set_yscale("log")
-        axes[1].set_ylabel("mean KL-divergence (nats/token)")
-        axes[1].set_title(f"KL-divergence vs {Path(report.baseline or '').name}")
-    figure.suptitle(", ".join(dict.fromkeys(m.model for m in report.models)))
-    return save_figure(figure, out)
 
 
 def _value_text(value: Any, width: int = 100) -> str:

@@ -10,6 +10,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 SCHEMA = "ggufkit.eval/1"
+Z95 = 1.959963984540054  # the standard normal's 0.975 quantile: a 95 % two-sided interval
+
+
+def normal_half(std_error: float | None) -> float | None:
+    """The half-width of a 95 % normal interval from a standard error."""
+    return None if std_error is None else Z95 * std_error
 
 
 @dataclass
@@ -87,6 +93,20 @@ class ModelResult:
     def pp_ms_per_token(self) -> float | None:
         return 1000.0 / self.pp_tps if self.pp_tps else None
 
+    # 95 % half-widths in either mode (reports written before the whole-corpus mode filled the
+    # *_ci fields have only llama-perplexity's standard errors: those are scaled)
+    @property
+    def ppl_half(self) -> float | None:
+        return self.ppl_ci if self.ppl_ci is not None else normal_half(self.ppl_err)
+
+    @property
+    def kld_half(self) -> float | None:
+        return self.kld_ci if self.kld_ci is not None else normal_half(self.kld_err)
+
+    @property
+    def top1_half(self) -> float | None:
+        return self.top1_ci if self.top1_ci is not None else normal_half(self.top1_err)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["ms_per_token"] = self.ms_per_token
@@ -97,6 +117,18 @@ class ModelResult:
     def from_json(cls, data: dict[str, Any]) -> ModelResult:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def fill_whole_corpus_intervals(
+    result: ModelResult, delta_ppl: float | None = None, delta_ppl_err: float | None = None
+) -> None:
+    """Whole-corpus mode: llama-perplexity's standard errors as 95 % half-widths, so that "±"
+    means the same in both modes; ΔPPL is llama-perplexity's paired ``PPL(Q)-PPL(base)``."""
+    if delta_ppl is not None:
+        result.delta_ppl, result.delta_ppl_ci = delta_ppl, normal_half(delta_ppl_err)
+    result.ppl_ci = result.ppl_half
+    result.kld_ci = result.kld_half
+    result.top1_ci = result.top1_half
 
 
 @dataclass
@@ -121,6 +153,13 @@ class EvalReport:
     @property
     def baseline_result(self) -> ModelResult | None:
         return next((m for m in self.models if m.is_baseline), None)
+
+    @property
+    def interval_method(self) -> str:
+        """How the 95 % intervals were computed: the words a table or a plot's caption uses."""
+        if self.sequential is not None:
+            return "Student t over the chunks each type scored"
+        return "normal approximation from llama-perplexity's per-token standard errors"
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ggufkit.core.errors import DiskSpaceError, GGUFFormatError, QuantizeError, UsageError
 from ggufkit.core.fsutil import (
@@ -46,10 +47,14 @@ from ggufkit.quantize.engines import (
 )
 from ggufkit.quantize.types import QuantType, TensorMix, TypeTable, output_name, tensor_mix
 
+if TYPE_CHECKING:
+    from ggufkit.quantize.keep_split import PlannedSize
+
 __all__ = [
     "KVOverride",
     "QuantizeOptions",
     "QuantizeResult",
+    "dry_run",
     "list_types",
     "parse_kv_override",
     "plan_outputs",
@@ -98,9 +103,20 @@ class QuantizeResult:
         }
 
 
-def list_types() -> TypeTable:
-    """The types the pinned build accepts (``ggufkit quantize --list``)."""
-    return binary_engine().table()
+def list_types(*, measure: bool = True) -> TypeTable:
+    """The types the pinned build accepts (``ggufkit quantize --list``); with ``measure``, each
+    with its mix's bits per weight (:mod:`ggufkit.quantize.mix_bpw`, measured once per build)."""
+    engine = binary_engine()
+    table = engine.table()
+    if not measure:
+        return table
+    from ggufkit.quantize.mix_bpw import measured_mix_bpw
+
+    mix = measured_mix_bpw(engine, table)
+    return TypeTable(
+        tuple(dataclasses.replace(t, mix_bits_per_weight=mix.get(t.name)) for t in table.types),
+        table.source,
+    )
 
 
 def check_input(source: Path) -> GGUFInfo:
@@ -209,26 +225,15 @@ def _preflight(
         check_free_disk(jobs[0][1], need, what=what)
 
 
-def quantize(
-    source: str | Path,
+def _jobs(
+    source: Path,
     types: Sequence[str],
-    *,
-    output: str | Path | None = None,
-    outdir: str | Path | None = None,
-    options: QuantizeOptions | None = None,
-    engine: Engine | None = None,
-    split: SplitLimits | None = None,
-) -> list[QuantizeResult]:
-    """Quantize ``source`` to each of ``types`` (names as ``llama-quantize`` takes them, any case).
-
-    ``source`` may be the first shard of a split set. ``split``: cut each output into a split
-    set with the built ``llama-gguf-split`` (its result names the first shard).
-    ``engine``: the built ``llama-quantize`` unless given (tests pass a stand-in).
-    Returns one :class:`QuantizeResult` per type, in order. Nothing is written when a check fails;
-    a failing type leaves no file, and the types before it stay done.
-    """
-    source = Path(source)
-    options = options or QuantizeOptions()
+    output: str | Path | None,
+    outdir: str | Path | None,
+    options: QuantizeOptions,
+    engine: Engine | None,
+) -> tuple[GGUFInfo, Engine, list[tuple[QuantType, Path]]]:
+    """The checks every run makes first: the input, the types, the outputs."""
     if not types:
         raise UsageError(
             "no quantization type given", hint="e.g. `ggufkit quantize model-f16.gguf q4_0`"
@@ -246,7 +251,34 @@ def quantize(
         output=Path(output) if output is not None else None,
         outdir=Path(outdir) if outdir is not None else None,
     )
-    jobs = list(zip(wanted, targets, strict=True))
+    return info, runner, list(zip(wanted, targets, strict=True))
+
+
+def quantize(
+    source: str | Path,
+    types: Sequence[str],
+    *,
+    output: str | Path | None = None,
+    outdir: str | Path | None = None,
+    options: QuantizeOptions | None = None,
+    engine: Engine | None = None,
+    split: SplitLimits | None = None,
+) -> list[QuantizeResult]:
+    """Quantize ``source`` to each of ``types`` (names as ``llama-quantize`` takes them, any case).
+
+    ``source`` may be the first shard of a split set. ``split``: cut each output into a split
+    set with the built ``llama-gguf-split`` (its result names the first shard);
+    ``options.keep_split``: keep the input's shards instead, one output shard each.
+    ``engine``: the built ``llama-quantize`` unless given (tests pass a stand-in).
+    Returns one :class:`QuantizeResult` per type, in order. Nothing is written when a check fails;
+    a failing type leaves no file, and the types before it stay done.
+    """
+    from ggufkit.quantize.keep_split import check_keep_split
+
+    source = Path(source)
+    options = options or QuantizeOptions()
+    info, runner, jobs = _jobs(source, types, output, outdir, options, engine)
+    check_keep_split(source, options, split is not None and split.active)
     _preflight(runner, source, info, jobs, options)
     results = []
     for quant_type, target in jobs:
@@ -255,6 +287,28 @@ def quantize(
             result = split_output(result, split)
         results.append(result)
     return results
+
+
+def dry_run(
+    source: str | Path,
+    types: Sequence[str],
+    *,
+    output: str | Path | None = None,
+    outdir: str | Path | None = None,
+    options: QuantizeOptions | None = None,
+    engine: Engine | None = None,
+) -> list[PlannedSize]:
+    """Each type's output size before quantizing (llama-quantize's ``--dry-run``: the header is
+    read, nothing is written), with the options it would run with."""
+    from ggufkit.quantize.keep_split import planned_size
+
+    source = Path(source)
+    options = options or QuantizeOptions()
+    info, runner, jobs = _jobs(source, types, output, outdir, options, engine)
+    return [
+        planned_size(t, target, runner.dry_run(source, t, options), info.data_offset)
+        for t, target in jobs
+    ]
 
 
 def split_output(result: QuantizeResult, split: SplitLimits) -> QuantizeResult:
@@ -282,6 +336,24 @@ def _quantize_one(
         log.info("replacing %s", target)
     log.info("quantizing %s -> %s (%s)", source.name, target, quant_type.name)
     started = time.perf_counter()
+    if options.keep_split:
+        from ggufkit.quantize.keep_split import quantize_kept_split
+
+        done = quantize_kept_split(engine, source, quant_type, target, options)
+        info = read_gguf(done.first, max_array_items=0)
+        return QuantizeResult(
+            input=source,
+            output=done.first,
+            type=quant_type.name,
+            size=done.size,
+            seconds=time.perf_counter() - started,
+            bits_per_weight=done.report.bits_per_weight or info.bits_per_weight,
+            engine=engine.name,
+            imatrix=options.imatrix,
+            log_path=done.report.log_path,
+            tool_seconds=done.report.tool_seconds,
+            mix=tensor_mix(info),
+        )
     with progress(None, f"quantize {quant_type.name}", unit="tensor") as bar:
 
         def on_progress(done: int, total: int) -> None:

@@ -95,6 +95,39 @@ def parse_kv_override(text: str) -> KVOverride:
     return KVOverride(key, kind, value)
 
 
+def parse_tensor_type(text: str) -> str:
+    """``--tensor-type NAME=TYPE`` checked as llama-quantize checks it (a name, a ggml type),
+    before anything runs; NAME is matched by llama.cpp against tensor names (``attn_v``,
+    ``blk.0.ffn_down``)."""
+    from ggufkit.formats.ggufinfo import ggml_type_by_name
+
+    name, sep, kind = text.partition("=")
+    if not sep or not name or not kind:
+        raise UsageError(
+            f"--tensor-type {text!r} is not NAME=TYPE", hint="e.g. --tensor-type attn_v=q8_0"
+        )
+    if ggml_type_by_name(kind.upper()) is None:
+        raise UsageError(
+            f"--tensor-type {text!r}: {kind!r} is not a ggml tensor type",
+            hint="use a ggml type name such as q8_0, q6_k, q4_k or f16 (not a mix like q4_k_m)",
+        )
+    return f"{name.lower()}={kind.lower()}"
+
+
+def parse_prune_layers(text: str) -> tuple[int, ...]:
+    """``--prune-layers 3,7``: layer numbers, sorted and unique, as llama-quantize keeps them."""
+    try:
+        layers = sorted({int(part) for part in text.split(",")})
+    except ValueError as exc:
+        raise UsageError(
+            f"--prune-layers {text!r} is not a comma-separated list of layer numbers",
+            hint="e.g. --prune-layers 20,21",
+        ) from exc
+    if not layers or layers[0] < 0:
+        raise UsageError(f"--prune-layers {text!r}: layer numbers start at 0")
+    return tuple(layers)
+
+
 @dataclass(frozen=True)
 class QuantizeOptions:
     """The llama-quantize options ggufkit exposes; the same for both engines."""
@@ -107,6 +140,9 @@ class QuantizeOptions:
     output_tensor_type: str | None = None
     token_embedding_type: str | None = None
     override_kv: tuple[KVOverride, ...] = field(default_factory=tuple)
+    tensor_types: tuple[str, ...] = ()  # "NAME=TYPE": llama-quantize's --tensor-type
+    prune_layers: tuple[int, ...] = ()
+    keep_split: bool = False  # a split input's shards kept as they are
 
     def binary_flags(self) -> list[str]:
         """The flags in front of the positional arguments, in llama-quantize's spelling."""
@@ -125,6 +161,12 @@ class QuantizeOptions:
             flags += ["--token-embedding-type", self.token_embedding_type]
         for override in self.override_kv:
             flags += ["--override-kv", str(override)]
+        for tensor_type in self.tensor_types:
+            flags += ["--tensor-type", tensor_type]
+        if self.prune_layers:
+            flags += ["--prune-layers", ",".join(str(n) for n in self.prune_layers)]
+        if self.keep_split:
+            flags.append("--keep-split")
         return flags
 
 
@@ -132,6 +174,7 @@ class QuantizeOptions:
 class DryRun:
     requires_imatrix: bool
     size_bytes: int | None  # the tensor data size llama.cpp computed, None if not reported
+    bits_per_weight: float | None = None  # over all tensors, as llama.cpp reports it
 
 
 def parse_dry_run(text: str) -> DryRun:
@@ -139,6 +182,7 @@ def parse_dry_run(text: str) -> DryRun:
     return DryRun(
         requires_imatrix=bool(_NEEDS_IMATRIX.search(text)),
         size_bytes=int(float(size.group(1)) * 1024 * 1024) if size else None,
+        bits_per_weight=float(size.group(2)) if size and size.group(2) else None,
     )
 
 

@@ -37,8 +37,9 @@ class QuantType:
     name: str  # canonical upper case, as llama.cpp spells it: "Q4_K_M"
     ftype: int | None
     note: str
-    bits_per_weight: float | None
+    bits_per_weight: float | None  # of the main tensor format's blocks
     alias_of: str | None = None
+    mix_bits_per_weight: float | None = None  # of a whole file (quantize.mix_bpw), when measured
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -71,13 +72,27 @@ class TypeTable:
             elif found not in resolved:
                 resolved.append(found)
         if unknown:
+            guesses = [g for u in unknown for g in self.close_to(u)]
             raise UsageError(
                 f"unknown quantization type{'s' if len(unknown) > 1 else ''}: "
                 + ", ".join(repr(u) for u in unknown),
-                hint=f"choose from: {', '.join(n.lower() for n in self.names)} "
-                "(`ggufkit quantize --list` shows them with bits per weight)",
+                hint=(f"did you mean {_or(list(dict.fromkeys(guesses)))}? " if guesses else "")
+                + f"`ggufkit quantize --list` shows all {len(self.types)} with bits per weight",
             )
         return resolved
+
+    def close_to(self, name: str) -> list[str]:
+        """The types spelled most like ``name`` (lower case, as users type them)."""
+        import difflib
+
+        wanted = name.strip().upper().replace("-", "_")
+        if self.get(wanted) is not None:  # "q4-k-m"
+            return [wanted.lower()]
+        return [m.lower() for m in difflib.get_close_matches(wanted, self.names, n=3, cutoff=0.6)]
+
+
+def _or(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
 def nominal_bpw(name: str, note: str = "") -> float | None:
@@ -159,13 +174,25 @@ def table_from_binary(binary: Path) -> TypeTable:
 
 
 def format_table(table: TypeTable) -> str:
-    """The human ``--list`` output: name, bits per weight, upstream's note."""
+    """The human ``--list`` output: name, the mix's bits per weight (measured) and the block's,
+    upstream's note."""
     width = max(len(t.name) for t in table.types)
-    lines = [f"{'TYPE':<{width}}  {'BPW':>6}  NOTE"]
+    measured = any(t.mix_bits_per_weight for t in table.types)
+    lines = [f"{'TYPE':<{width}}  {'MIX':>5}  {'BLOCK':>5}  NOTE"]
     for quant_type in table.types:
-        bpw = f"{quant_type.bits_per_weight:6.2f}" if quant_type.bits_per_weight else f"{'-':>6}"
-        lines.append(f"{quant_type.name:<{width}}  {bpw}  {quant_type.note}".rstrip())
+        mix = quant_type.mix_bits_per_weight
+        block = quant_type.bits_per_weight
+        lines.append(
+            f"{quant_type.name:<{width}}  {f'{mix:5.2f}' if mix else f'{chr(45):>5}'}  "
+            f"{f'{block:5.2f}' if block else f'{chr(45):>5}'}  {quant_type.note}".rstrip()
+        )
     lines.append(f"({len(table.types)} types, from {table.source})")
+    if measured:
+        lines.append(
+            "MIX: bits per weight of a whole file of this type, as llama-quantize --dry-run "
+            "computes it for a Llama-3-8B-shaped model on this build (k-quant mixes keep some "
+            "tensors wider; small or odd-shaped models differ). BLOCK: the main tensor format's."
+        )
     return "\n".join(lines)
 
 

@@ -4,7 +4,6 @@ and ready-to-paste usage with the real file names. Nothing here reads a token.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +13,16 @@ from ggufkit.core.fsutil import human_bytes
 from ggufkit.core.log import get_logger
 from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.hub import hub_settings, looks_like_repo_id
+from ggufkit.workspace.card_pick import Artefact
 from ggufkit.workspace.manifest import Manifest, describe_output
+from ggufkit.workspace.publish_extras import (  # noqa: F401  (CHAT_NAME_KEY, modelfile: here too)
+    CHAT_NAME_KEY,
+    modelfile,
+    modelfile_text,
+)
 from ggufkit.workspace.steps import Workspace
 
 log = get_logger("workspace.card")
-
-CHAT_NAME_KEY = "ggufkit.chat_template.name"
-
-
-@dataclass
-class Artefact:
-    """One published model file (the first shard stands for a split set)."""
-
-    path: Path
-    type: str
-    record: dict[str, Any]
-
-    @property
-    def eval(self) -> dict[str, Any]:
-        value = self.record.get("eval") or {}
-        return value if isinstance(value, dict) else {}
 
 
 def published_artefacts(workspace: Workspace) -> list[Artefact]:
@@ -71,32 +60,62 @@ def build_card(
     *,
     base_model: str | None = None,
     token: str | None = None,
+    plot: str | None = None,
 ) -> str:
     """The card's text; ``base_model`` names the source repo when the source is a local folder;
-    ``token`` reads a private Hub source's card data."""
+    ``token`` reads a private Hub source's card data; ``plot`` is the eval plot's name in the
+    repo."""
     from huggingface_hub import ModelCard, ModelCardData
+
+    from ggufkit.workspace.card_pick import pick_section, recommended
 
     config = workspace.config
     info = read_gguf(artefacts[0].path, max_array_items=0)
     family = info.architecture or "unknown"
     bases = [b for b in (base_model or _hub_id(config.source), _hub_id(config.delta_base)) if b]
+    license_id = _source_license(workspace, token)
     data = ModelCardData(
         base_model=bases or None,
         base_model_relation="quantized" if bases else None,
         tags=["gguf", "llama-cpp", family],
-        license=_source_license(workspace, token),
+        license=license_id,
         model_name=config.name,
+    )
+    picture = (
+        f"![ΔPPL, KL-divergence and speed of each file against its size]({plot})" if plot else ""
     )
     sections = [
         f"# {config.name} GGUF",
         f"GGUF files of {_source_text(workspace, bases)} for llama.cpp, made and measured "
         f"with ggufkit {__version__}.",
+        *missing_metadata(bases, license_id),
         measured_table(artefacts),
+        picture,
+        pick_section(artefacts),
         provenance(workspace, artefacts),
-        usage(repo_id, artefacts, info.metadata),
+        usage(repo_id, artefacts, recommended(artefacts)),
     ]
+    sections = [section for section in sections if section]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
     return str(card)
+
+
+def missing_metadata(bases: list[str], license_id: str | None) -> list[str]:
+    """Warnings, on the card and in the log, for metadata the Hub and users rely on."""
+    found = []
+    if not bases:
+        found.append(
+            "no `base_model`: the Hub will not link these files to their source model; "
+            "publish with `--base-model REPO_ID`"
+        )
+    if not license_id:
+        found.append(
+            "no license: none was found in the source's card; state the source model's "
+            "license here before others use these files"
+        )
+    for text in found:
+        log.warning("the card has %s", text.replace("`", ""))
+    return [f"> [!WARNING]\n> This card has {text}." for text in found]
 
 
 def _hub_id(ref: str | None) -> str | None:
@@ -135,16 +154,40 @@ def _num(value: Any, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, (int, float)) else "–"
 
 
+def _pm(e: dict[str, Any], key: str, ci: str, err: str, fmt: str) -> str:
+    """A value ± the half-width of its 95 % interval (whichever the eval's mode recorded);
+    the value alone when there is none."""
+    from ggufkit.evaluate.results import normal_half
+
+    value = e.get(key)
+    if not isinstance(value, (int, float)):
+        return "–"
+    half = e.get(ci)
+    if not isinstance(half, (int, float)):
+        half = normal_half(e[err]) if isinstance(e.get(err), (int, float)) else None
+    if fmt == "kld":  # near-lossless files have KLDs of 1e-5: keep their digits
+        fmt = ".5f" if value >= 1e-3 else ".2e"
+    return format(value, fmt) + (f" ± {format(half, fmt.lstrip('+'))}" if half is not None else "")
+
+
+def _speed(e: dict[str, Any], key: str) -> str:
+    value, std = e.get(key), e.get(f"{key}_std")
+    if not isinstance(value, (int, float)):
+        return "–"
+    return f"{value:.1f}" + (f" ± {std:.1f}" if isinstance(std, (int, float)) else "")
+
+
 def measured_table(artefacts: list[Artefact]) -> str:
-    """One row per file: size, bits per weight, perplexity ± error, KLD against f16, tokens/s,
-    and the tensors' real types (read from the file), with a note where a mix fell back."""
+    """One row per file: size, bits per weight, perplexity, ΔPPL and KLD against f16 (± a 95 %
+    interval), tokens/s (± the spread over runs), and the tensors' real types (read from the
+    file), with a note where a mix fell back."""
     from ggufkit.quantize.types import read_tensor_mix
 
     rows = [
         "## Measured",
-        "| file | type | size | bits/weight | perplexity | KLD vs f16 | prompt tok/s | gen tok/s "
-        "| tensors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| file | type | size | bits/weight | perplexity | ΔPPL vs f16 | KLD vs f16 "
+        "| prompt tok/s | gen tok/s | tensors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     contexts = []
     notes = []
@@ -153,15 +196,17 @@ def measured_table(artefacts: list[Artefact]) -> str:
         if mix.note():
             notes.append(f"`{a.path.name}`: {mix.note()} (llama.cpp's fallback).")
         e = a.eval
-        ppl = (
-            f"{_num(e.get('ppl'), '.4f')} ± {_num(e.get('ppl_err'), '.4f')}" if "ppl" in e else "–"
-        )
-        kld = "baseline" if e.get("is_baseline") else _num(e.get("kld_mean"), ".5f")
+        ppl = _pm(e, "ppl", "ppl_ci", "ppl_err", ".4f")
+        if e.get("is_baseline"):
+            delta = kld = "baseline"
+        else:
+            delta = _pm(e, "delta_ppl", "delta_ppl_ci", "delta_ppl_err", "+.4f")
+            kld = _pm(e, "kld_mean", "kld_ci", "kld_err", "kld")
         bpw = e.get("bpw") or (a.record.get("result") or {}).get("bits_per_weight")
         rows.append(
             f"| `{a.path.name}` | {a.type} | {human_bytes(int(a.record.get('size') or 0))} | "
-            f"{_num(bpw, '.2f')} | {ppl} | {kld} | {_num(e.get('pp_tps'), '.1f')} | "
-            f"{_num(e.get('tg_tps'), '.1f')} | {mix.counts_text()} |"
+            f"{_num(bpw, '.2f')} | {ppl} | {delta} | {kld} | {_speed(e, 'pp_tps')} | "
+            f"{_speed(e, 'tg_tps')} | {mix.counts_text()} |"
         )
         if e:
             contexts.append(e)
@@ -172,7 +217,10 @@ def measured_table(artefacts: list[Artefact]) -> str:
         rows.append(
             f"\nPerplexity over `{Path(str(c.get('corpus', '?'))).name}` (sha256 "
             f"`{c.get('corpus_sha256', '?')}`), context {c.get('ctx', '?')}, "
-            f"{c.get('chunks', '?')} chunks; KLD is the mean per token against "
+            f"{c.get('chunks', '?')} chunks; lower is better for perplexity, ΔPPL and KLD. "
+            "± on those: the half-width of a 95 % interval, ΔPPL and KLD paired with the f16 "
+            "file on the same tokens; ± on tok/s: the standard deviation over the benchmark's "
+            "runs. KLD is the mean per token against "
             f"`{c.get('baseline') or 'the f16 file'}`. Measured on {c.get('machine', 'an unnamed machine')}"
             f"{', ' + str(c['threads']) + ' threads' if c.get('threads') else ''} with llama.cpp "
             f"`{c.get('llama_cpp_commit', '?')}`, {c.get('measured', '')}."
@@ -211,21 +259,32 @@ def provenance(workspace: Workspace, artefacts: list[Artefact]) -> str:
     return "\n".join(lines)
 
 
-def usage(repo_id: str, artefacts: list[Artefact], metadata: dict[str, Any]) -> str:
-    """``llama-cli``, llama-cpp-python and Ollama, with the first quantized file's real name."""
-    pick = next((a for a in artefacts if a.record.get("step") == "quantize"), artefacts[0])
+def usage(
+    repo_id: str,
+    artefacts: list[Artefact],
+    pick: Artefact | None = None,
+) -> str:
+    """``llama-cli -hf``, ``ollama run hf.co/…``, llama-cpp-python and the Modelfile, with the
+    recommended file (else the first quantized one) and its real name."""
+    pick = pick or next((a for a in artefacts if a.record.get("step") == "quantize"), artefacts[0])
     name = pick.path.name
+    tag = f"{repo_id}:{pick.type}"
     text = [
         "## Usage",
-        "With llama.cpp (a split set is opened from its first file):",
+        f"With llama.cpp, straight from the Hub (`:{pick.type}` picks `{name}`):",
+        f'```sh\nllama-cli -hf {tag} -p "Hello"\n```',
+        "With Ollama, straight from the Hub:",
+        f"```sh\nollama run hf.co/{tag}\n```",
+        "Or download the file first (a split set is opened from its first file):",
         f"```sh\nhf download {repo_id} --include '{_glob(name)}' --local-dir .\n"
         f'llama-cli -m {name} -p "Hello"\n```',
         "With llama-cpp-python:",
         "```python\nfrom llama_cpp import Llama\n\n"
         f'llm = Llama.from_pretrained(repo_id="{repo_id}", filename="{name}")\n'
         'print(llm("Hello", max_tokens=32)["choices"][0]["text"])\n```',
-        "With Ollama, a `Modelfile`:",
-        "```\n" + modelfile(name, metadata) + "```",
+        "With Ollama from the downloaded file: the repo's `Modelfile`, then "
+        "`ollama create NAME -f Modelfile`:",
+        "```\n" + modelfile_text(pick.path) + "```",
     ]
     return "\n\n".join(text)
 
@@ -235,22 +294,3 @@ def _glob(name: str) -> str:
     if "-00001-of-" in name:
         return name.split("-00001-of-")[0] + "-*-of-*.gguf"
     return name
-
-
-def modelfile(name: str, metadata: dict[str, Any]) -> str:
-    """An Ollama Modelfile; with the FastChat format the file was converted with, its prompt."""
-    from ggufkit.convert.chat_formats import FORMATS
-
-    lines = [f"FROM ./{name}"]
-    chosen = FORMATS.get(str(metadata.get(CHAT_NAME_KEY)))
-    if chosen is not None and chosen.style in ("add_colon_single", "add_colon_two"):
-        user, assistant = chosen.roles
-        system = chosen.system_template.replace("{system_message}", chosen.system_message)
-        template = f"{{{{ if .System }}}}{{{{ .System }}}}{{{{ else }}}}{system}{{{{ end }}}}"
-        template += f"{chosen.sep}{user}: {{{{ .Prompt }}}}{chosen.sep}{assistant}:"
-        lines.append(f'TEMPLATE """{template}"""')
-        for stop in (*chosen.stop, f"{user}:"):
-            lines.append(f'PARAMETER stop "{stop}"')
-    elif metadata.get("tokenizer.chat_template"):
-        lines.append("# the file's tokenizer.chat_template is read by Ollama itself")
-    return "\n".join(lines) + "\n"

@@ -58,6 +58,8 @@ def record_results(report: EvalReport, workspace: Workspace) -> list[Path]:
         "llama_cpp_commit": report.llama_cpp_commit,
         "measured": now_iso(),
         "machine": machine(),
+        "sequential": report.sequential,  # how the intervals were made (the card's plot says)
+        "bench": report.bench or None,
     }
     for model in report.models:
         path = Path(model.path).absolute()
