@@ -18,9 +18,24 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+import yaml  # gguf-py's own dependency: the model card's front matter
 
 from ggufkit.core.errors import InputError
-from ggufkit.core.fsutil import read_json
+from ggufkit.core.fsutil import read_json, read_settings_text
+
+MAX_MODEL_CARD_BYTES = 16 * 1024 * 1024  # a model card is text; real ones are kilobytes
+
+
+def _check_inputs(model_dir: Path) -> None:
+    """The files gguf-py's ``Metadata.load`` opens unbounded, checked first with ggufkit's limits:
+    a fifo, a huge file or JSON nested past the parser fails here, naming the file."""
+    card = model_dir / "README.md"
+    if card.exists():
+        read_settings_text(card, InputError, hint=_CARD_HINT, limit=MAX_MODEL_CARD_BYTES)
+    read_json(model_dir / "generation_config.json", InputError, missing=None)
+
+
+_CARD_HINT = "fix or remove the model card (README.md); the weights do not need it"
 
 
 def parameter_counts(tensors: Iterable[tuple[str, tuple[int, ...]]]) -> tuple[int, int, int, int]:
@@ -45,7 +60,15 @@ def parameter_counts(tensors: Iterable[tuple[str, tuple[int, ...]]]) -> tuple[in
 def upstream_metadata(model_dir: Path, counts: tuple[int, int, int, int]) -> Any:
     """gguf-py's ``Metadata`` for ``model_dir`` as the pinned converter prepares it."""
     total, shared, expert, expert_count = counts
-    metadata = gguf.Metadata.load(None, model_dir, None, total)
+    _check_inputs(model_dir)
+    try:
+        metadata = gguf.Metadata.load(None, model_dir, None, total)
+    except (yaml.YAMLError, RecursionError, ValueError, ArithmeticError) as exc:
+        raise InputError(
+            f"{model_dir / 'README.md'}'s front matter cannot be read: {type(exc).__name__}",
+            hint=_CARD_HINT,
+            path=model_dir / "README.md",
+        ) from exc
     if metadata.sampling_penalty_repeat is None:  # the pinned gguf-py also reads this name
         generation = model_dir / "generation_config.json"
         if generation.is_file():
