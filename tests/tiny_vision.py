@@ -74,7 +74,12 @@ def make_minicpmv46(out_dir: Path, *, seed: int = 0) -> Path:
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 4,
-        "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+        "layer_types": [
+            "linear_attention",
+            "linear_attention",
+            "linear_attention",
+            "full_attention",
+        ],
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "head_dim": 16,
@@ -143,3 +148,22 @@ def make_picture(path: Path, *, size: tuple[int, int] = (96, 80), seed: int = 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def upstream_mmproj(model_dir: Path, out: Path) -> Path:
+    """The reference projector: the pinned convert_hf_to_gguf.py --mmproj run directly (its own
+    gguf-py). (Its language model needs ggufkit's pre-tokenizer answer, so has no such run.)"""
+    import os
+    import subprocess
+    import sys
+
+    from ggufkit.llamacpp.source import ensure_source
+
+    source = ensure_source()
+    env = {**os.environ, "PYTHONPATH": str(source / "gguf-py")}
+    script = str(source / "convert_hf_to_gguf.py")
+    command = [sys.executable, script, str(model_dir), "--outfile", str(out), "--mmproj"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"upstream conversion failed:\n{result.stderr[-3000:]}")
+    return out
