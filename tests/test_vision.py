@@ -1,6 +1,7 @@
 """Vision-language checkpoints: ``convert`` writes the language model and its mmproj together.
 
-The tiny MiniCPM-V 4.6 (tests/tiny_vision.py) converts through the pinned upstream converter twice;
+The tiny MiniCPM-V 4.6 and Qwen2-VL (tests/tiny_vision.py) convert through the pinned upstream
+converter twice each;
 the projector is checked tensor by tensor against the pinned converter run directly, the language
 model against the checkpoint's config, and each file names the other.
 """
@@ -8,6 +9,7 @@ model against the checkpoint's config, and each file names the other.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -23,20 +25,33 @@ from ggufkit.core.errors import UsageError
 from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.formats.gguf_split import SplitLimits
 
+# family -> (builder, llama.cpp's text architecture, clip.projector_type)
+FAMILIES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
+    "minicpmv": (tiny_vision.make_minicpmv46, "qwen35", "minicpmv4_6"),
+    "qwen2vl": (tiny_vision.make_qwen2vl, "qwen2vl", "qwen2vl_merger"),
+}
+
 
 @pytest.fixture(scope="module")
 def minicpmv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_vision.make_minicpmv46(tmp_path_factory.mktemp("vlm") / "tiny-minicpmv")
 
 
-@pytest.fixture(scope="module")
-def minicpmv_pair(minicpmv_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("vlm-gguf") / "tiny-minicpmv-F16.gguf"
-    result = CliRunner().invoke(cli, ["convert", str(minicpmv_dir), "-o", str(out), "--json"])
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request: pytest.FixtureRequest, minicpmv_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:  # fmt: skip
+    """(family, checkpoint, converted model file) for each family, converted by the CLI."""
+    name = request.param
+    if name == "minicpmv":
+        model_dir = minicpmv_dir
+    else:
+        model_dir = FAMILIES[name][0](tmp_path_factory.mktemp("vlm") / f"tiny-{name}")
+    out = tmp_path_factory.mktemp("vlm-gguf") / f"tiny-{name}-F16.gguf"
+    result = CliRunner().invoke(cli, ["convert", str(model_dir), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert (data["output"], data["mmproj"]) == (str(out), str(mmproj_path(out)))
-    return out
+    return name, model_dir, out
 
 
 def test_registry_reads_the_converters_mmproj_classes() -> None:
@@ -51,31 +66,35 @@ def test_registry_reads_the_converters_mmproj_classes() -> None:
 
 @pytest.mark.needs_torch
 @pytest.mark.slow
-def test_convert_writes_the_pair(minicpmv_dir: Path, minicpmv_pair: Path) -> None:
-    config = json.loads((minicpmv_dir / "config.json").read_text(encoding="utf-8"))
+def test_convert_writes_the_pair(family: tuple[str, Path, Path]) -> None:
+    name, model_dir, pair_file = family
+    _, arch, projector_type = FAMILIES[name]
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     text, vision = config["text_config"], config["vision_config"]
-    model = read_gguf(minicpmv_pair, max_array_items=4).metadata
-    projector = read_gguf(mmproj_path(minicpmv_pair), max_array_items=4).metadata
-    assert model["general.architecture"] == "qwen35"
-    assert model["qwen35.embedding_length"] == text["hidden_size"]
-    # --no-mtp: the text layers only, no next-token-prediction block
-    assert model["qwen35.block_count"] == text["num_hidden_layers"]
+    model = read_gguf(pair_file, max_array_items=4).metadata
+    projector = read_gguf(mmproj_path(pair_file), max_array_items=4).metadata
+    assert model["general.architecture"] == arch
+    assert model[f"{arch}.embedding_length"] == text["hidden_size"]
+    # MiniCPM-V with --no-mtp: the text layers only, no next-token-prediction block
+    assert model[f"{arch}.block_count"] == text["num_hidden_layers"]
     assert projector["general.architecture"] == "clip"
-    assert projector["clip.projector_type"] == "minicpmv4_6"
-    assert projector["clip.vision.embedding_length"] == vision["hidden_size"]
+    assert projector["clip.projector_type"] == projector_type
+    width = vision.get("embed_dim", vision["hidden_size"])  # Qwen2-VL: hidden_size is the output
+    assert projector["clip.vision.embedding_length"] == width
     assert projector["clip.vision.projection_dim"] == text["hidden_size"]
-    assert (model[ROLE_KEY], model[PAIR_KEY]) == ("model", mmproj_path(minicpmv_pair).name)
-    assert (projector[ROLE_KEY], projector[PAIR_KEY]) == ("mmproj", minicpmv_pair.name)
+    assert (model[ROLE_KEY], model[PAIR_KEY]) == ("model", mmproj_path(pair_file).name)
+    assert (projector[ROLE_KEY], projector[PAIR_KEY]) == ("mmproj", pair_file.name)
     assert model["tokenizer.chat_template"] == tiny_vision.CHAT_TEMPLATE
     assert "tokenizer.chat_template" not in projector
 
 
 @pytest.mark.needs_torch
 @pytest.mark.slow
-def test_projector_equals_the_pinned_converters(minicpmv_dir: Path, minicpmv_pair: Path,
+def test_projector_equals_the_pinned_converters(family: tuple[str, Path, Path],
                                                 tmp_path: Path) -> None:  # fmt: skip
-    reference = tiny_vision.upstream_mmproj(minicpmv_dir, tmp_path / "reference.gguf")
-    ours = gguf.GGUFReader(mmproj_path(minicpmv_pair))
+    _, model_dir, pair_file = family
+    reference = tiny_vision.upstream_mmproj(model_dir, tmp_path / "reference.gguf")
+    ours = gguf.GGUFReader(mmproj_path(pair_file))
     theirs = gguf.GGUFReader(reference)
     assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
     for mine, ref in zip(ours.tensors, theirs.tensors, strict=True):

@@ -127,6 +127,66 @@ def make_minicpmv46(out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
+QWEN2VL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def make_qwen2vl(out_dir: Path, *, seed: int = 0) -> Path:
+    """A random Qwen2VLForConditionalGeneration (the second family: M-RoPE text model, a ViT
+    whose patches merge 2x2 into the text width) with its tokenizer and image processor."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast = as_transformers_tokenizer(train_byte_bpe(600, files=[CORPUS], style="gpt2"))
+    fast.add_special_tokens({"additional_special_tokens": [*CHAT_TOKENS, *QWEN2VL_TOKENS]})
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(out_dir))
+    ids = {token: fast.convert_tokens_to_ids(token) for token in QWEN2VL_TOKENS}
+    eos = fast.convert_tokens_to_ids("<|im_end|>")
+    text = {
+        "vocab_size": len(fast),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-6,
+        "initializer_range": 0.05,
+        "eos_token_id": eos,
+        "pad_token_id": eos,
+        "bos_token_id": None,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2, 3, 3],
+        },
+    }
+    # depth 3 at least: the converter maps the merger's mlp.2 as a block index of the tower
+    vision = {"depth": 3, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2}
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        architectures=["Qwen2VLForConditionalGeneration"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    _jitter_norms(model, seed)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    # 28x28 pixels a token after the 2x2 merge: 4 to 16 image tokens a picture.
+    pixels = {"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 16}
+    Qwen2VLImageProcessorPil(size=pixels).save_pretrained(str(out_dir))
+    return out_dir
+
+
 def make_picture(path: Path, *, size: tuple[int, int] = (96, 80), seed: int = 0) -> Path:
     """A small RGB picture: a gradient with a few coloured rectangles (deterministic)."""
     import random
