@@ -132,3 +132,24 @@ def test_a_vision_config_without_a_projector_converter_is_a_text_model(minicpmv_
     assert is_vision_checkpoint(config, "MiniCPMV4_6ForConditionalGeneration")
     assert not is_vision_checkpoint({**config, "vision_config": None}, config["architectures"][0])
     assert not is_vision_checkpoint(config, "LlamaForCausalLM")
+
+
+@pytest.mark.needs_torch
+@pytest.mark.slow
+def test_inspect_shows_the_pair(family: tuple[str, Path, Path], tmp_path: Path) -> None:
+    _, _, pair_file = family
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["inspect", str(pair_file)])
+    assert shown.exit_code == 0, shown.output
+    last = shown.stdout.splitlines()[-1]
+    assert last == (
+        f"vision pair:   this file is the model; its mmproj: {mmproj_path(pair_file).name} "
+        "(beside it)"
+    )
+    lone = tmp_path / mmproj_path(pair_file).name
+    lone.write_bytes(mmproj_path(pair_file).read_bytes())
+    shown = runner.invoke(cli, ["inspect", str(lone), "--json"])
+    assert json.loads(shown.stdout)["vision_pair"] == {
+        "role": "mmproj", "pair": str(tmp_path / pair_file.name), "pair_role": "model",
+        "present": False,
+    }  # fmt: skip

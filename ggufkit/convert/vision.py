@@ -155,3 +155,13 @@ def convert_vision(
         phases["upstream_mmproj"] = mmproj_phases.get("upstream", 0.0)
     notes.append(f"projector: {mmproj.name} ({mmproj_tensors} tensors, {mmproj_outtype})")
     return EngineResult(n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes), mmproj
+
+
+def pair_of(file: Path, metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The other file of a vision pair as ``inspect`` shows it, or None for a lone file."""
+    pair, role = metadata.get(PAIR_KEY), metadata.get(ROLE_KEY)
+    if not isinstance(pair, str) or role not in ("model", "mmproj"):
+        return None
+    path = file.parent / Path(pair).name
+    other = "mmproj" if role == "model" else "model"
+    return {"role": role, "pair": str(path), "pair_role": other, "present": path.is_file()}
