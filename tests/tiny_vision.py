@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tiny import CORPUS, _jitter_norms
-
-from ggufkit.data.tokenizer_training import as_transformers_tokenizer, train_byte_bpe
+from tokenizer_training import as_transformers_tokenizer, train_byte_bpe
 
 # MiniCPM-V's tokens around an image, as llama.cpp's mtmd looks them up, and the placeholders.
 MINICPMV_IMAGE_TOKENS = {

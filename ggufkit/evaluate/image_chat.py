@@ -117,7 +117,9 @@ def check_picture(path: Path, scratch: Path) -> Path:
     try:
         from PIL import Image
     except ImportError as exc:
-        raise ToolMissingError("reading a picture needs Pillow", hint="pip install pillow") from exc
+        raise ToolMissingError(
+            "reading a picture needs Pillow", hint="pip install 'ggufkit[vision]'"
+        ) from exc
     try:
         size = path.stat().st_size
     except OSError as exc:
