@@ -81,9 +81,10 @@ def _missing_module(extra: str) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked needs_mtmd run only where GGUFKIT_MTMD_CLI names a llama-mtmd-cli (the
-    build does not make one yet): deselected, not skipped, elsewhere."""
-    if os.environ.get("GGUFKIT_MTMD_CLI"):
+    """Tests marked needs_mtmd run only with GGUFKIT_TEST_MTMD=1 (and a llama-mtmd-cli in the
+    build, or in GGUFKIT_BUILD_DIR's): `ggufkit build` does not make one yet. Deselected, not
+    skipped, elsewhere; with the variable set, a missing tool fails them."""
+    if os.environ.get("GGUFKIT_TEST_MTMD") == "1":
         return
     deselected = [item for item in items if item.get_closest_marker("needs_mtmd")]
     if deselected:

@@ -3,12 +3,13 @@
 The refusals need no build: the model and projector are small GGUF files written here with the
 keys ``check_pair`` reads, the pictures are made with Pillow. The answer needs llama-mtmd-cli,
 which ``ggufkit build`` does not build yet: those tests are marked ``needs_mtmd`` and deselected
-unless ``GGUFKIT_MTMD_CLI`` names one (tests/conftest.py).
+unless ``GGUFKIT_TEST_MTMD=1`` (with ``GGUFKIT_BUILD_DIR`` at a build tree that has it).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import gguf
@@ -151,7 +152,7 @@ def test_cli_refusals_exit_2_before_any_tool(tmp_path: Path) -> None:
         assert message in result.output
 
 
-# --- the answer, through llama-mtmd-cli (deselected unless GGUFKIT_MTMD_CLI is set) -----------
+# --- the answer, through llama-mtmd-cli (deselected unless GGUFKIT_TEST_MTMD=1) -----------
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,8 @@ def qwen2vl_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ggufkit.convert import convert
 
     model_dir = tiny_vision.make_qwen2vl(tmp_path_factory.mktemp("vlm") / "tiny-qwen2vl")
-    out = tmp_path_factory.mktemp("vlm-gguf") / "tiny-qwen2vl-F16.gguf"
+    out = model_dir / "gguf" / "tiny-qwen2vl-F16.gguf"  # beside the checkpoint: its processor
+    out.parent.mkdir()
     return convert(model_dir, out).output
 
 
@@ -175,4 +177,16 @@ def test_run_answers_about_a_picture(qwen2vl_pair: Path, tmp_path: Path) -> None
     assert data["answer"]
     assert Path(data["mmproj"]).name == f"mmproj-{qwen2vl_pair.name}"
     log = Path(data["log_path"]).read_text(encoding="utf-8")
-    assert "image" in log and "encoded" in log  # llama.cpp encoded the picture
+    assert "image slice encoded" in log
+    # as many image tokens as transformers' image processor makes of the picture
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    processor = Qwen2VLImageProcessorPil.from_pretrained(str(qwen2vl_pair.parent.parent))
+    with Image.open(picture) as image:
+        grid = processor(images=[image.convert("RGB")])["image_grid_thw"][0]
+    expected = int(np.prod(grid)) // processor.merge_size**2
+    batches = re.findall(r"decoding image batch \d+/\d+, n_tokens_batch = (\d+)", log)
+    assert sum(int(n) for n in batches) == expected

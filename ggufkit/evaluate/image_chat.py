@@ -9,7 +9,6 @@ image loader does not read is handed to it re-encoded as PNG.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
@@ -26,8 +25,6 @@ MAX_PICTURE_PIXELS = 50_000_000  # 50 megapixels, checked from the header before
 # Formats llama.cpp's loader (stb_image) reads; others are re-encoded as PNG first.
 LLAMA_FORMATS = frozenset({"PNG", "JPEG", "BMP", "GIF", "TGA", "PPM"})
 MTMD_CLI = "llama-mtmd-cli"
-# Until `ggufkit build` builds it: the path of a llama-mtmd-cli built from the pinned source.
-MTMD_CLI_VARIABLE = "GGUFKIT_MTMD_CLI"
 
 
 @dataclass
@@ -44,19 +41,17 @@ class ImageChatResult:
 
 
 def find_mtmd_cli() -> Path:
-    """``llama-mtmd-cli``: ``$GGUFKIT_MTMD_CLI``, else the one in ggufkit's build."""
-    given = os.environ.get(MTMD_CLI_VARIABLE)
-    if given:
-        path = Path(given)
-        if not path.is_file():
-            raise ToolMissingError(
-                f"{MTMD_CLI_VARIABLE}={given} is not a file",
-                hint=f"point it at a {MTMD_CLI} built from the pinned llama.cpp, or unset it",
-            )
-        return path
+    """``llama-mtmd-cli`` of ggufkit's llama.cpp build (or of ``GGUFKIT_BUILD_DIR``)."""
     from ggufkit.llamacpp.build import find_tool
 
-    return find_tool(MTMD_CLI)
+    try:
+        return find_tool(MTMD_CLI)
+    except ToolMissingError as exc:
+        raise ToolMissingError(
+            f"{MTMD_CLI} is not built: {exc}",
+            hint="`ggufkit build` builds it (a few minutes more once), or point "
+            "GGUFKIT_BUILD_DIR at a llama.cpp build tree that has it",
+        ) from exc
 
 
 def _metadata(path: Path) -> dict[str, Any]:
