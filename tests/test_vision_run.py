@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import gguf
@@ -155,20 +156,30 @@ def test_cli_refusals_exit_2_before_any_tool(tmp_path: Path) -> None:
 # --- the answer, through llama-mtmd-cli (deselected unless GGUFKIT_TEST_MTMD=1) -----------
 
 
-@pytest.fixture(scope="module")
-def qwen2vl_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def converted(factory: pytest.TempPathFactory, name: str) -> Path:
     from ggufkit.convert import convert
 
-    model_dir = tiny_vision.make_qwen2vl(tmp_path_factory.mktemp("vlm") / "tiny-qwen2vl")
-    out = model_dir / "gguf" / "tiny-qwen2vl-F16.gguf"  # beside the checkpoint: its processor
+    build = {"qwen2vl": tiny_vision.make_qwen2vl, "minicpmv": tiny_vision.make_minicpmv46}[name]
+    model_dir = build(factory.mktemp("vlm") / f"tiny-{name}")
+    out = model_dir / "gguf" / f"tiny-{name}-F16.gguf"  # inside the checkpoint: its processor
     out.parent.mkdir()
     return convert(model_dir, out).output
+
+
+@pytest.fixture(scope="module")
+def qwen2vl_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return converted(tmp_path_factory, "qwen2vl")
 
 
 @pytest.mark.needs_mtmd
 @pytest.mark.needs_torch
 @pytest.mark.slow
-def test_run_answers_about_a_picture(qwen2vl_pair: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["qwen2vl", "minicpmv"])
+def test_run_answers_about_a_picture(
+    name: str, qwen2vl_pair: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if name == "minicpmv":
+        qwen2vl_pair = converted(tmp_path_factory, name)
     picture = tiny_vision.make_picture(tmp_path / "p.png")
     args = ["run", str(qwen2vl_pair), "--image", str(picture), "-p", "What is in the picture?"]
     result = CliRunner().invoke(cli, [*args, "-n", "8", "--temp", "0", "--json"])
@@ -177,16 +188,30 @@ def test_run_answers_about_a_picture(qwen2vl_pair: Path, tmp_path: Path) -> None
     assert data["answer"]
     assert Path(data["mmproj"]).name == f"mmproj-{qwen2vl_pair.name}"
     log = Path(data["log_path"]).read_text(encoding="utf-8")
-    assert "image slice encoded" in log
-    # as many image tokens as transformers' image processor makes of the picture
+    assert "mtmd batch encoding done" in log  # llama.cpp encoded the picture
+
+
+@pytest.mark.needs_mtmd
+@pytest.mark.needs_torch
+@pytest.mark.slow
+def test_llama_cpp_sees_as_many_image_tokens_as_transformers(
+    qwen2vl_pair: Path, tmp_path: Path
+) -> None:
     from PIL import Image
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil,
     )
 
+    from ggufkit.evaluate.image_chat import find_mtmd_cli
+
+    picture = tiny_vision.make_picture(tmp_path / "p.png")
     processor = Qwen2VLImageProcessorPil.from_pretrained(str(qwen2vl_pair.parent.parent))
     with Image.open(picture) as image:
         grid = processor(images=[image.convert("RGB")])["image_grid_thw"][0]
-    expected = int(np.prod(grid)) // processor.merge_size**2
-    batches = re.findall(r"decoding image batch \d+/\d+, n_tokens_batch = (\d+)", log)
-    assert sum(int(n) for n in batches) == expected
+    expected = int(np.prod(grid.tolist())) // processor.merge_size**2
+    mmproj = qwen2vl_pair.with_name("mmproj-" + qwen2vl_pair.name)
+    command = [find_mtmd_cli(), "-m", qwen2vl_pair, "--mmproj", mmproj, "--image", picture,
+               "-p", "What?", "-n", "1", "--temp", "0", "-v"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    seen = re.findall(r"decoding image batch \d+/\d+, n_tokens_batch = (\d+)", done.stderr)
+    assert seen and sum(int(n) for n in seen) == expected
