@@ -210,6 +210,22 @@ def test_corrupted_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         build_module.current_build()
 
 
+def test_a_build_older_than_a_tool_is_built_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GGUFKIT_HOME", str(tmp_path))
+    root = _fake_build(tmp_path)
+    stamp = json.loads((root / build_module.STAMP_NAME).read_text())
+    del stamp["tools"]["llama-mtmd-cli"]  # a build made before llama-mtmd-cli joined TOOLS
+    (root / build_module.STAMP_NAME).write_text(json.dumps(stamp))
+    # still usable for what it has, while nobody has built on it
+    assert build_module.find_tool("llama-quantize") == root / "cmake" / "bin" / "llama-quantize"
+    built: list[tuple[object, ...]] = []
+    monkeypatch.setattr(build_module, "_build_into", lambda *a, **k: built.append(a) or "built")
+    assert build_module.build(bindings=False) == "built"
+    assert built[0][0] == root  # the same tree: ninja compiles only the new targets
+
+
 def test_no_cmake_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shutil.which", lambda name: None)
     monkeypatch.setitem(__import__("sys").modules, "cmake", None)

@@ -188,6 +188,8 @@ def command(
         echo_json(result.to_json())
         return
     click.echo(f"{result.output}")
+    if result.mmproj is not None:
+        click.echo(f"{result.mmproj}")
     click.echo(
         f"  {result.arch} -> {result.gguf_arch}, {result.outtype}, {result.n_tensors} tensors, "
         f"{human_bytes(result.n_bytes)} in {result.seconds:.1f} s "

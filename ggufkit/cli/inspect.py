@@ -45,8 +45,17 @@ def command(file: Path, tensors: bool, as_json: bool) -> None:
         else:
             click.echo(printable(describe_legacy_text(legacy, tensors=tensors), keep_lines=True))
         return
+    from ggufkit.convert.vision import pair_of
+
     info = read_gguf(file, max_array_items=ARRAY_ITEMS)
+    pair = pair_of(file, info.metadata)
     if as_json:
-        echo_json(inspect_json(info, tensors=tensors))
-    else:
-        click.echo(inspect_text(info, tensors=tensors))
+        echo_json({**inspect_json(info, tensors=tensors), "vision_pair": pair})
+        return
+    click.echo(inspect_text(info, tensors=tensors))
+    if pair is not None:
+        state = "beside it" if pair["present"] else "MISSING: not beside it"
+        name = printable(Path(pair["pair"]).name)
+        click.echo(
+            f"vision pair:   this file is the {pair['role']}; its {pair['pair_role']}: {name} ({state})"
+        )

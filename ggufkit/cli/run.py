@@ -16,6 +16,7 @@ from ggufkit.cli.options import (
     flash_attn_option,
     json_option,
     path_argument,
+    path_option,
     threads_option,
 )
 from ggufkit.core.errors import UsageError
@@ -61,6 +62,18 @@ log = get_logger("cli.run")
 @click.option(
     "--echo", is_flag=True, help="Print the prompt (with --chat: each user turn) before the reply."
 )
+@path_option(
+    "--image",
+    kind="file",
+    default=None,
+    help="A picture to ask about (PNG, JPEG, ...): runs llama-mtmd-cli with the model's mmproj.",
+)
+@path_option(
+    "--mmproj",
+    kind="file",
+    default=None,
+    help="With --image: the vision projector (default: the mmproj-<model> file convert wrote).",
+)
 @ctx_option("Context size (default: the model's, at most 4096).")
 @threads_option
 @device_option
@@ -77,6 +90,8 @@ def command(
     chat: bool,
     system: str | None,
     echo: bool,
+    image: Path | None,
+    mmproj: Path | None,
     ctx: int | None,
     threads: int | None,
     as_json: bool,
@@ -93,7 +108,12 @@ def command(
         ggufkit run model-Q4_0.gguf -p "Write a haiku" --chat --seed 1
         ggufkit run model-Q4_0.gguf --chat -p "Hello" -p "Say more" --system "Be brief."
         ggufkit run model-Q4_0.gguf --chat          # type a line, get a reply; Ctrl-D ends
+        ggufkit run vlm-F16.gguf --image cat.png -p "What is in the picture?"
     """
+    if image is not None or mmproj is not None:
+        _image_chat(model, prompts, image, mmproj, chat, stop, max_tokens, temp, seed, ctx,
+                    threads, as_json)  # fmt: skip
+        return
     sampling = Sampling(max_tokens, temp, top_p, seed, tuple(unescape(s) for s in stop))
     if not chat and len(prompts) != 1:
         raise UsageError(
@@ -153,6 +173,41 @@ def command(
         click.echo()
     for result in results:
         _log_result(result)
+
+
+def _image_chat(
+    model: Path,
+    prompts: tuple[str, ...],
+    image: Path | None,
+    mmproj: Path | None,
+    chat: bool,
+    stop: tuple[str, ...],
+    max_tokens: int,
+    temp: float,
+    seed: int | None,
+    ctx: int | None,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    from ggufkit.evaluate.image_chat import image_chat
+
+    if image is None:
+        raise UsageError("--mmproj needs --image", hint="give the picture with --image")
+    if chat or stop or len(prompts) != 1:
+        raise UsageError(
+            "--image takes one -p question (--chat and --stop do not apply to it yet)",
+            hint='ggufkit run MODEL.gguf --image PICTURE -p "What is in the picture?"',
+        )
+    result = image_chat(
+        model, prompts[0], image, mmproj=mmproj, max_tokens=max_tokens, temperature=temp,
+        seed=seed, ctx=ctx, threads=threads,
+    )  # fmt: skip
+    if as_json:
+        echo_json({"prompt": prompts[0], **result.to_json()})
+        return
+    click.echo(result.answer)
+    log.info("answered in %.2f s with %s (log: %s)", result.seconds, result.mmproj.name,
+             result.log_path)  # fmt: skip
 
 
 def _stdin_turns() -> Iterator[str]:

@@ -11,6 +11,8 @@ Three answers are given to upstream, each only where upstream would otherwise be
   for a multi-query model, which has one key/value head;
 - the chat template chosen by ``--chat-template`` and its provenance keys, written after
   upstream's own special-token keys (so the variant for the file's add_bos is known).
+
+It also adds the string keys of ``extra_kv`` (a vision pair's ``ggufkit.vision.*``) to the header.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def main(argv: list[str]) -> None:
         _pre_tokenizer_fallback(base, Path(settings["pre_tokenizer_file"]))
     if settings.get("chat"):
         _chat_template(gguf, settings["chat"], set(settings["bpe_pre_adding_bos"]))
+    if settings.get("extra_kv"):
+        _extra_kv(gguf, settings["extra_kv"])
     import convert_hf_to_gguf as upstream
 
     sys.argv = [str(source / "convert_hf_to_gguf.py"), *argv[2:]]
@@ -138,6 +142,18 @@ def _chat_template(gguf: Any, chat: dict[str, Any], bpe_pre_adding_bos: set[str]
                 gw.add_string(key, value)
 
     gguf.SpecialVocab.add_to_gguf = add_to_gguf
+
+
+def _extra_kv(gguf: Any, extra: dict[str, str]) -> None:
+    original = gguf.GGUFWriter.write_header_to_file
+
+    def write_header_to_file(self: Any, path: Path | None = None) -> None:
+        for key, value in extra.items():
+            if key not in self.kv_data[0]:
+                self.add_string(key, value)
+        original(self, path)
+
+    gguf.GGUFWriter.write_header_to_file = write_header_to_file
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class ConvertResult:
     # (tensor data converted and written), "finish" (hashes, final header); upstream engine:
     # "upstream" (its child's lifetime) and "prepare" (the rest: ggufkit's own)
     phases: dict[str, float] = field(default_factory=dict)
+    mmproj: Path | None = None  # a vision-language model's projector, written beside ``output``
 
     @property
     def mb_per_s(self) -> float:
@@ -53,6 +54,7 @@ class ConvertResult:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["output"] = str(self.output)
+        data["mmproj"] = str(self.mmproj) if self.mmproj is not None else None
         return data
 
 

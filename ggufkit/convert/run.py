@@ -131,12 +131,22 @@ def convert(
     existing = out if out.exists() else next(iter(shards_named_like(out) if split else []), None)
     if existing is not None and not force:
         raise UsageError(f"{existing} already exists", hint=EXISTS_HINT)
+    vision = use_upstream and _is_vision(config, hf_arch, out, force=force, split=split)
     chat = choose_chat_template(chat_template, model_dir, repo_id or model_dir.name)
 
     phases: dict[str, float] = {}
     done: EngineResult
     engine_used: EngineUsed
-    if use_upstream:
+    mmproj = None
+    if vision:
+        from ggufkit.convert.vision import convert_vision
+
+        done, mmproj = convert_vision(
+            model_dir, out, outtype, chat, hf_arch=hf_arch, repo_id=repo_id, revision=revision,
+            phases=phases,
+        )  # fmt: skip
+        engine_used = "upstream"
+    elif use_upstream:
         from ggufkit.convert.upstream import convert_upstream  # loaded only when needed
 
         done = convert_upstream(model_dir, out, outtype, chat, phases)
@@ -172,7 +182,25 @@ def convert(
         engine=engine_used,
         notes=done.notes,
         phases={"prepare": seconds - sum(phases.values()), **phases} if phases else {},
+        mmproj=mmproj,
     )
+
+
+def _is_vision(
+    config: dict[str, Any], hf_arch: str, out: Path, *, force: bool, split: SplitLimits | None
+) -> bool:
+    """A vision-language checkpoint (two files: ``ggufkit.convert.vision``), checked for them."""
+    from ggufkit.convert.vision import check_outputs, is_vision_checkpoint
+
+    if not is_vision_checkpoint(config, hf_arch):
+        return False
+    if split is not None:
+        raise UsageError(
+            f"{hf_arch} converts into a model and an mmproj file; splitting them is not supported",
+            hint="convert without --split-max-size/--split-max-tensors",
+        )
+    check_outputs(out, force=force)
+    return True
 
 
 # The legacy and upstream engines load only when a conversion needs them: a start-up saved.

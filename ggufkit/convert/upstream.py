@@ -19,6 +19,7 @@ import struct
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,11 +129,14 @@ def run_upstream(
     expected_bytes: int,
     chat: ChatTemplateChoice | None = None,
     phases: dict[str, float] | None = None,
+    extra_args: Sequence[str] = (),
+    extra_kv: dict[str, str] | None = None,
 ) -> list[str]:
     """Run the upstream converter writing ``out_file``; returns notes for the result.
 
     A progress bar follows the file's size. ``phases["upstream"]`` receives the child's lifetime
-    (the rest of a conversion's time is ggufkit's own).
+    (the rest of a conversion's time is ggufkit's own). ``extra_args`` go to the converter
+    (``--mmproj``, ``--no-mtp``); ``extra_kv`` are string keys added to the file's header.
     """
     _check_torch()
     source = _source()
@@ -145,6 +149,7 @@ def run_upstream(
             "source": str(source),
             "pre_tokenizer_file": str(answer_file),
             "hparams": _hparam_answers(model_dir),
+            "extra_kv": extra_kv or {},
         }
         if chat is not None:
             settings |= child_settings(chat)
@@ -159,6 +164,7 @@ def run_upstream(
             str(out_file),
             "--outtype",
             outtype,
+            *extra_args,
         ]
         seconds = _run(args, model_dir, out_file, expected_bytes, notes, source, answer_file)
     if phases is not None:

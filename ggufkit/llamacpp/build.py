@@ -113,7 +113,7 @@ def build_key(
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _read_stamp(root: Path) -> BuildInfo | None:
+def _read_stamp(root: Path, *, complete: bool = False) -> BuildInfo | None:
     stamp = root / STAMP_NAME
     if not stamp.is_file():
         return None
@@ -127,6 +127,9 @@ def _read_stamp(root: Path) -> BuildInfo | None:
         log.warning(
             "the build cache at %s is corrupted (%s missing); rebuilding", root, missing[0].name
         )
+        return None
+    if complete and (new := sorted(set(layout.TOOLS) - set(info.tools))):
+        log.info("the cached build predates %s: building it in the same tree", ", ".join(new))
         return None
     return info
 
@@ -160,10 +163,11 @@ def build(
     cpu = detect_cpu()
     key = build_key(pin, options, cpu=cpu)
     root = paths.builds_dir() / key
-    info = None if force else _read_stamp(root)
+    info = None if force else _read_stamp(root, complete=True)
     if info is None:
         with locked(root.with_name(key + ".lock"), what="the llama.cpp build cache"):
-            info = None if force else _read_stamp(root)  # another process may have built it
+            # another process may have built it
+            info = None if force else _read_stamp(root, complete=True)
             if info is None:
                 info = _build_into(root, pin, key, options, jobs or os.cpu_count() or 2, cpu)
     write_json_atomic(paths.builds_dir() / CURRENT_POINTER, {"key": key})

@@ -14,7 +14,15 @@ from pathlib import Path
 from ggufkit.llamacpp.cpu import CpuInfo
 
 # The binaries ggufkit drives, and the library llama-cpp-python loads.
-TOOLS = ("llama-quantize", "llama-perplexity", "llama-imatrix", "llama-bench", "llama-gguf-split")
+# llama-mtmd-cli (tools/mtmd, with libmtmd): `run --image`; about a sixth more of a cold build.
+TOOLS = (
+    "llama-quantize",
+    "llama-perplexity",
+    "llama-imatrix",
+    "llama-bench",
+    "llama-gguf-split",
+    "llama-mtmd-cli",
+)
 LIBRARY_TARGET = "llama"
 
 # Multi-config generators (Visual Studio, Xcode) add a configuration directory.
