@@ -80,18 +80,6 @@ def _missing_module(extra: str) -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked needs_mtmd run only with GGUFKIT_TEST_MTMD=1 (and a llama-mtmd-cli in the
-    build, or in GGUFKIT_BUILD_DIR's): `ggufkit build` does not make one yet. Deselected, not
-    skipped, elsewhere; with the variable set, a missing tool fails them."""
-    if os.environ.get("GGUFKIT_TEST_MTMD") == "1":
-        return
-    deselected = [item for item in items if item.get_closest_marker("needs_mtmd")]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("needs_mtmd")]
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker, extra in MARKERS.items():
         if item.get_closest_marker(marker) and (module := _missing_module(extra)):

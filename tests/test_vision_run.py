@@ -2,8 +2,7 @@
 
 The refusals need no build: the model and projector are small GGUF files written here with the
 keys ``check_pair`` reads, the pictures are made with Pillow. The answer needs llama-mtmd-cli,
-which ``ggufkit build`` does not build yet: those tests are marked ``needs_mtmd`` and deselected
-unless ``GGUFKIT_TEST_MTMD=1`` (with ``GGUFKIT_BUILD_DIR`` at a build tree that has it).
+which ``ggufkit build`` builds with the other tools (those tests are marked ``needs_mtmd``).
 """
 
 from __future__ import annotations
@@ -153,7 +152,7 @@ def test_cli_refusals_exit_2_before_any_tool(tmp_path: Path) -> None:
         assert message in result.output
 
 
-# --- the answer, through llama-mtmd-cli (deselected unless GGUFKIT_TEST_MTMD=1) -----------
+# --- the answer, through llama-mtmd-cli -------------------------------------------------------
 
 
 def converted(factory: pytest.TempPathFactory, name: str) -> Path:
