@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     from conversion import base
 
     _fix_falcon_kv_heads(base)
-    _fill_hparams(base, settings.get("hparams") or {})
+    _fill_hparams(base, settings.get("hparams") or {}, settings.get("hparams_renamed") or {})
     if settings.get("pre_tokenizer_file"):
         _pre_tokenizer_fallback(base, Path(settings["pre_tokenizer_file"]))
     if settings.get("chat"):
@@ -64,25 +64,35 @@ def _fix_falcon_kv_heads(base: Any) -> None:
     base.ModelBase.load_hparams = staticmethod(load_hparams)
 
 
-def _fill_hparams(base: Any, answers: dict[str, Any]) -> None:
-    """Config fields the checkpoint lacks, with the values transformers computes with
-    (ggufkit.convert.arch_answers)."""
-    if not answers:
+def _fill_hparams(base: Any, answers: dict[str, Any], renamed: dict[str, Any]) -> None:
+    """Config fields the checkpoint lacks, with the values transformers computes with, and
+    fields in the names upstream reads (ggufkit.convert.arch_answers)."""
+    if not answers and not renamed:
         return
     original = base.ModelBase.load_hparams
 
     def load_hparams(dir_model: Path, is_mistral_format: bool) -> Any:
         hparams = original(dir_model, is_mistral_format)
         if isinstance(hparams, dict):
-            for key, value in answers.items():
-                if key not in hparams:
-                    hparams[key] = value
-                    print(
-                        f"ggufkit: answered {key}={value!r} (transformers' value)", file=sys.stderr
-                    )
+            _fill(hparams, answers, "")
+            for key, value in renamed.items():
+                hparams[key] = value
+                print(f"ggufkit: answered {key} in upstream's names: {value!r}", file=sys.stderr)
         return hparams
 
     base.ModelBase.load_hparams = staticmethod(load_hparams)
+
+
+def _fill(hparams: dict[str, Any], answers: dict[str, Any], prefix: str) -> None:
+    """Set each answer ``hparams`` lacks; a dict answer fills the dict of that name."""
+    for key, value in answers.items():
+        if isinstance(value, dict) and isinstance(hparams.get(key), dict):
+            _fill(hparams[key], value, f"{prefix}{key}.")
+        elif key not in hparams:
+            hparams[key] = value
+            print(
+                f"ggufkit: answered {prefix}{key}={value!r} (transformers' value)", file=sys.stderr
+            )
 
 
 def _pre_tokenizer_fallback(base: Any, answer_file: Path) -> None:

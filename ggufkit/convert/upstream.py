@@ -113,11 +113,13 @@ def derived_pre_tokenizer(model_dir: Path) -> str | None:
 
 
 def _hparam_answers(model_dir: Path) -> dict[str, Any]:
-    """Config fields ggufkit gives upstream (``arch_answers``): transformers' values it lacks."""
-    from ggufkit.convert.arch_answers import hparam_answers
+    """Config fields ggufkit gives upstream (``arch_answers``): transformers' values it lacks
+    (``hparams``), and fields in the names upstream reads (``hparams_renamed``)."""
+    from ggufkit.convert.arch_answers import hparam_answers, hparam_renames
     from ggufkit.formats.hfconfig import load_config
 
-    return hparam_answers(load_config(model_dir))  # checked and bounded like every config read
+    config = load_config(model_dir)  # checked and bounded like every config read
+    return {"hparams": hparam_answers(config), "hparams_renamed": hparam_renames(config)}
 
 
 def run_upstream(
@@ -128,6 +130,7 @@ def run_upstream(
     expected_bytes: int,
     chat: ChatTemplateChoice | None = None,
     phases: dict[str, float] | None = None,
+    flags: dict[str, str] | None = None,
 ) -> list[str]:
     """Run the upstream converter writing ``out_file``; returns notes for the result.
 
@@ -137,6 +140,8 @@ def run_upstream(
     _check_torch()
     source = _source()
     notes = [chat.note()] if chat is not None else []
+    flags = flags or {}
+    notes += [f"answered {flag}: {why}" for flag, why in flags.items()]
     with tempfile.TemporaryDirectory(prefix="ggufkit-upstream-") as tmp:
         # The derived pre-tokenizer is worked out only if the child asks (upstream does not
         # know the tokenizer's hash): most conversions never need it.
@@ -144,7 +149,7 @@ def run_upstream(
         settings: dict[str, Any] = {
             "source": str(source),
             "pre_tokenizer_file": str(answer_file),
-            "hparams": _hparam_answers(model_dir),
+            **_hparam_answers(model_dir),
         }
         if chat is not None:
             settings |= child_settings(chat)
@@ -159,6 +164,7 @@ def run_upstream(
             str(out_file),
             "--outtype",
             outtype,
+            *flags,
         ]
         seconds = _run(args, model_dir, out_file, expected_bytes, notes, source, answer_file)
     if phases is not None:
@@ -233,20 +239,28 @@ def convert_upstream(
     """Convert with the pinned converter into ``out`` (atomically)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from ggufkit.formats.hfconfig import check_layers_for_upstream
+    from ggufkit.convert.arch_answers import upstream_flags
+    from ggufkit.formats.hfconfig import check_layers_for_upstream, load_config
     from ggufkit.formats.safetensors import Checkpoint
 
     # the 2-D weights' (block, bytes per block) in ``outtype``: the output's size, roughly
     block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[outtype.upper()]]
     with Checkpoint.open(model_dir) as checkpoint:
         check_layers_for_upstream(model_dir, checkpoint.names())
+        flags = upstream_flags(load_config(model_dir), checkpoint.names())
         infos = checkpoint.infos()
         source_bytes = sum(i.n_bytes for i in infos)
         expected = sum(i.n_elements * type_size // block for i in infos)
     check_free_disk(out, expected)
     with atomic_output(out) as partial:
         notes = run_upstream(
-            model_dir, partial, outtype=outtype, expected_bytes=expected, chat=chat, phases=phases
+            model_dir,
+            partial,
+            outtype=outtype,
+            expected_bytes=expected,
+            chat=chat,
+            phases=phases,
+            flags=flags,
         )
         gguf_arch, n_tensors = written_arch_and_count(partial)
     notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+QWEN35_ROPE = {
+    "rope_type": "default",
+    "rope_theta": 10000.0,
+    "partial_rotary_factor": 0.25,
+    "mrope_section": [2, 1, 1],
+    "mrope_interleaved": True,
+}
 # Per family (HF class name): config fields beyond the shrinker's, and tokenizer kinds.
 OVERRIDES: dict[str, dict[str, Any]] = {
     # Mistral v0.2+ and Mixtral: no sliding window (llama.cpp's llama graph has none).
@@ -52,7 +59,6 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "FalconMambaForCausalLM": {"_vocab_multiple": 8},
     "MambaForCausalLM": {"_vocab_multiple": 8},
     "BambaForCausalLM": {"attn_layer_indices": [1], "_vocab_multiple": 8},
-    "NemotronHForCausalLM": {"_vocab_multiple": 8},
     # Gemma 2/3 scale queries by 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim), which
     # llama.cpp's graphs assume.
     "Gemma2ForCausalLM": {"query_pre_attn_scalar": 16},
@@ -89,7 +95,27 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     },
     "Gemma4AssistantForCausalLM": {"hidden_size_per_layer_input": 0},
     "Gemma4UnifiedAssistantForCausalLM": {"hidden_size_per_layer_input": 0},
+    # LFM2 mixes short-convolution and attention layers (LFM2-350M: 10 conv, 6 attention);
+    # llama.cpp cannot run one without a conv layer (a zero-sized state: GGML_ASSERT(buffer)).
+    "Lfm2ForCausalLM": {"layer_types": ["conv", "full_attention"], "full_attn_idxs": [1]},
     "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
+    # Qwen3.5 rotates a quarter of the head with interleaved M-RoPE whose sections add up to the
+    # rotated half (Qwen3.5-9B: head 256, sections 11+11+10 = 32; llama.cpp asserts it): the
+    # same at head 32 (4 rotated pairs).
+    "Qwen3_5ForCausalLM": {"head_dim": 32, "rope_parameters": QWEN35_ROPE},
+    "Qwen3_5MoeForCausalLM": {"head_dim": 32, "rope_parameters": QWEN35_ROPE},
+    # ERNIE-4.5-21B-A3B: 2 shared experts of moe_intermediate_size, i.e. intermediate_size /
+    # num_key_value_heads wide, which is how upstream computes the shared width.
+    "Ernie4_5_MoeForCausalLM": {"moe_num_shared_experts": 2},
+    # Nemotron 3 Nano's layout: Mamba-2, MoE and attention layers, no dense MLP layer (upstream
+    # reads a config that has num_experts_per_tok, which transformers 5 always saves, as MoE).
+    "NemotronHForCausalLM": {
+        "layers_block_type": ["linear_attention", "moe", "full_attention", "moe"],
+        "_vocab_multiple": 8,
+    },
+    # Gemma 4's dense models (E2B, E4B, 31B): no experts (the shrinker's num_experts would turn
+    # them on without a top-k).
+    "Gemma4ForCausalLM": {"num_experts": None, "top_k_experts": None},
     # BitNet b1.58 ties its embeddings (upstream maps no lm_head).
     "BitNetForCausalLM": {"tie_word_embeddings": True},
 }

@@ -27,6 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from archmatrix.checkpoints import ROOT, TOKENIZERS, Variant
+from archmatrix.measure import stable
 from ggufkit.convert.families import MATRIX_FILE, render_markdown
 
 DOC = ROOT / "docs" / "architectures.md"
@@ -88,15 +89,9 @@ def run_row(row: Variant, keep: Path | None) -> dict[str, Any]:
             return {"name": row.name, "status": "cannot be built", "cause": cause}
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if lines:
-            result = dict(json.loads(lines[-1]))
-            if "crashed" in result.get("cause", ""):  # the failed check, from llama.cpp's stderr
-                lines = [ln for ln in done.stderr.splitlines() if "GGML_ASSERT" in ln]
-                if lines:
-                    source = lines[-1].split("GGML_ASSERT")[0].rstrip(": ").rsplit("/", 1)[-1]
-                    check = lines[-1][lines[-1].index("GGML_ASSERT") :].strip()
-                    result["cause"] += f": {check} ({source})"[:240]
-            return result
+            return dict(json.loads(lines[-1]))
         tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        tail = stable(tail, workdir)
         seconds = round(time.perf_counter() - started, 1)
         # The measuring process itself died: in-process torch code (the reference) crashed.
         return {"name": row.name, "status": "cannot be built", "cause": tail, "seconds": seconds}
