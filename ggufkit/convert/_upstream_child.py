@@ -66,33 +66,50 @@ def _fix_falcon_kv_heads(base: Any) -> None:
 
 def _fill_hparams(base: Any, answers: dict[str, Any], renamed: dict[str, Any]) -> None:
     """Config fields the checkpoint lacks, with the values transformers computes with, and
-    fields in the names upstream reads (ggufkit.convert.arch_answers)."""
+    fields in the names upstream reads (ggufkit.convert.arch_answers). Given where upstream
+    loads the config, and where a model class reads config.json itself (Mamba-2 hybrids) and
+    hands the dict to the base class."""
     if not answers and not renamed:
         return
-    original = base.ModelBase.load_hparams
+    said: set[str] = set()
 
-    def load_hparams(dir_model: Path, is_mistral_format: bool) -> Any:
-        hparams = original(dir_model, is_mistral_format)
+    def answer(hparams: Any) -> Any:
         if isinstance(hparams, dict):
-            _fill(hparams, answers, "")
+            lines = _fill(hparams, answers, "")
             for key, value in renamed.items():
                 hparams[key] = value
-                print(f"ggufkit: answered {key} in upstream's names: {value!r}", file=sys.stderr)
+                lines.append(f"answered {key} in upstream's names: {value!r}")
+            for line in lines:
+                if line not in said:
+                    said.add(line)
+                    print(f"ggufkit: {line}", file=sys.stderr)
         return hparams
 
+    original = base.ModelBase.load_hparams
+    original_init = base.ModelBase.__init__
+
+    def load_hparams(dir_model: Path, is_mistral_format: bool) -> Any:
+        return answer(original(dir_model, is_mistral_format))
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        answer(kwargs.get("hparams"))
+        original_init(self, *args, **kwargs)
+
     base.ModelBase.load_hparams = staticmethod(load_hparams)
+    base.ModelBase.__init__ = __init__
 
 
-def _fill(hparams: dict[str, Any], answers: dict[str, Any], prefix: str) -> None:
-    """Set each answer ``hparams`` lacks; a dict answer fills the dict of that name."""
+def _fill(hparams: dict[str, Any], answers: dict[str, Any], prefix: str) -> list[str]:
+    """Set each answer ``hparams`` lacks (a dict answer fills the dict of that name); returns
+    what was set."""
+    done: list[str] = []
     for key, value in answers.items():
         if isinstance(value, dict) and isinstance(hparams.get(key), dict):
-            _fill(hparams[key], value, f"{prefix}{key}.")
+            done += _fill(hparams[key], value, f"{prefix}{key}.")
         elif key not in hparams:
             hparams[key] = value
-            print(
-                f"ggufkit: answered {prefix}{key}={value!r} (transformers' value)", file=sys.stderr
-            )
+            done.append(f"answered {prefix}{key}={value!r} (transformers' value)")
+    return done
 
 
 def _pre_tokenizer_fallback(base: Any, answer_file: Path) -> None:

@@ -58,6 +58,20 @@ class FlagsOf:
         return [int(entry == self.kind) for entry in config.get(self.key) or ()]
 
 
+@dataclass(frozen=True)
+class RotaryDims:
+    """How many dims of a head transformers rotates: int(head size x partial_rotary_factor)."""
+
+    default_fraction: float  # the config class's own, where rope_parameters has none
+
+    def read(self, config: dict[str, Any]) -> int:
+        head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        rope = config.get("rope_parameters")
+        fraction = rope.get("partial_rotary_factor") if isinstance(rope, dict) else None
+        return int(head * (self.default_fraction if fraction is None else fraction))
+
+
+COMPUTED = From | CountOf | FlagsOf | RotaryDims
 PARTIAL_ROTARY = ("rope_parameters", "partial_rotary_factor")
 
 # HF architecture -> {config field the converter reads: transformers' value when it is absent}
@@ -97,8 +111,12 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     # Glm4MoeLiteConfig marks dense layers in mlp_layer_types; upstream reads a leading count.
     "Glm4MoeLiteForCausalLM": {"first_k_dense_replace": CountOf("mlp_layer_types", "dense")},
     "DeepseekV32ForCausalLM": {"first_k_dense_replace": CountOf("mlp_layer_types", "dense")},
-    # MiniMaxM2Config rotates the whole head; upstream reads rotary_dim.
-    "MiniMaxM2ForCausalLM": {"rotary_dim": From(("head_dim",), None)},
+    # MiniMaxM2Config keeps the rotated fraction in rope_parameters (whole head by default, half
+    # in the released checkpoints); upstream reads rotary_dim.
+    "MiniMaxM2ForCausalLM": {"rotary_dim": RotaryDims(1.0)},
+    # BambaConfig rotates half of each head (hard-coded; the released config's attn_rotary_emb,
+    # which upstream reads and transformers drops).
+    "BambaForCausalLM": {"attn_rotary_emb": RotaryDims(0.5)},
     # HunYuanMoEV1Config: experts as wide as intermediate_size, one shared expert, moe_topk an
     # int; upstream reads per-layer lists.
     "HunYuanMoEV1ForCausalLM": {
@@ -167,13 +185,12 @@ def _missing(
 ) -> dict[str, Any]:
     answers: dict[str, Any] = {}
     for key, value in wanted.items():
-        if isinstance(value, dict) and isinstance(present.get(key), dict):
-            if inner := _missing(root, present[key], value):
+        if isinstance(value, dict):
+            inner_present = present.get(key, {})
+            if isinstance(inner_present, dict) and (inner := _missing(root, inner_present, value)):
                 answers[key] = inner
         elif key not in present:
-            answers[key] = (
-                value.read(root) if isinstance(value, From | CountOf | FlagsOf) else value
-            )
+            answers[key] = value.read(root) if isinstance(value, COMPUTED) else value
     return answers
 
 

@@ -103,13 +103,40 @@ def derived_pre_tokenizer(model_dir: Path) -> str | None:
         from tokenizers import Tokenizer
 
         data = load_tokenizer_json(model_dir)
-        check_hash = check_text_hash(Tokenizer.from_file(str(path)))
+        tokenizer = _as_transformers_loads_it(model_dir) or Tokenizer.from_file(str(path))
+        loaded = json.loads(tokenizer.to_str())
+        data = {**data, "pre_tokenizer": loaded.get("pre_tokenizer")}
+        data["normalizer"] = loaded.get("normalizer")
+        check_hash = check_text_hash(tokenizer)
         return detect_pre_tokenizer(data, path=path, check_hash=check_hash).name
     except GGUFKitError as exc:
         log.debug("no pre-tokenizer derived from %s: %s", path, exc)
     except Exception as exc:  # the tokenizers library raises plain Exceptions
         log.debug("the tokenizers library cannot load %s: %s", path, exc)
     return None
+
+
+def _as_transformers_loads_it(model_dir: Path) -> Any:
+    """The backend tokenizer transformers runs, where tokenizer_config.json names a family
+    class: transformers 5 may rebuild its pre-tokenizer and normaliser (Qwen2's, Qwen3.5's
+    regex) whatever tokenizer.json says, and upstream's converter reads the tokenizer that way
+    too. None for the generic classes, which run tokenizer.json as written."""
+    from ggufkit.core.fsutil import read_json
+
+    config_file = model_dir / "tokenizer_config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = read_json(config_file, GGUFFormatError)
+        name = config.get("tokenizer_class") if isinstance(config, dict) else None
+        if not name or name in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            return None
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(model_dir)).backend_tokenizer
+    except Exception as exc:  # transformers raises many kinds: then tokenizer.json as written
+        log.debug("transformers cannot load the tokenizer of %s: %s", model_dir, exc)
+        return None
 
 
 def _hparam_answers(model_dir: Path) -> dict[str, Any]:

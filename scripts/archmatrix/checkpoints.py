@@ -10,6 +10,7 @@ mistake cannot hide behind ones and zeros.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -183,6 +184,8 @@ def small_config(config_cls: Any, tokenizer: Any, hf_architecture: str) -> Any:
         kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
         kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
     kwargs.update(OVERRIDES.get(hf_architecture, {}))
+    # For finding a row's cause by hand (never in a recorded run): config fields as JSON.
+    kwargs.update(json.loads(os.environ.get("ARCHMATRIX_TRY_CONFIG") or "{}"))
     specials = {
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,

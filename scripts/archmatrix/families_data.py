@@ -116,6 +116,18 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # Gemma 4's dense models (E2B, E4B, 31B): no experts (the shrinker's num_experts would turn
     # them on without a top-k).
     "Gemma4ForCausalLM": {"num_experts": None, "top_k_experts": None},
+    # MiMo-V2-Flash rotates int(0.334 x head) dims of its 192-wide heads (64; llama.cpp needs an
+    # even count): 48-wide heads rotate 16; values 2/3 as wide, as released (128).
+    "MiMoV2FlashForCausalLM": {"head_dim": 48, "v_head_dim": 32},
+    # Trinity (AFMoE) is released with muP input scaling on, which llama.cpp's graph assumes.
+    "AfmoeForCausalLM": {"mup_enabled": True},
+    # Laguna XS.2's layout: a full-attention layer then three sliding ones, the first layer dense
+    # (llama.cpp fixes that pattern whenever a sliding window is set).
+    "LagunaForCausalLM": {
+        "num_hidden_layers": 4,
+        "layer_types": ["full_attention"] + ["sliding_attention"] * 3,
+        "mlp_layer_types": ["dense"] + ["sparse"] * 3,
+    },
     # BitNet b1.58 ties its embeddings (upstream maps no lm_head).
     "BitNetForCausalLM": {"tie_word_embeddings": True},
 }

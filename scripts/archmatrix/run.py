@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="only the fast subset (merged)")
     parser.add_argument("--keep", type=Path, help="keep each row's files under this directory")
     args = parser.parse_args(argv)
+    if os.environ.get("ARCHMATRIX_TRY_CONFIG"):
+        parser.error("ARCHMATRIX_TRY_CONFIG is for trying a row by hand, not for a recorded run")
     selected = rows()
     wanted = set(FAST) if args.fast else {n.strip() for n in args.only.split(",") if n.strip()}
     if wanted:
