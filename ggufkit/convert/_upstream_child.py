@@ -2,13 +2,16 @@
 
 Run as ``python _upstream_child.py SETTINGS.json UPSTREAM-ARGS...``. It imports nothing from
 ggufkit: the pinned gguf-py must come first on the path, and ggufkit imports the PyPI ``gguf``.
-Three answers are given to upstream, each only where upstream would otherwise be wrong or stop:
+Answers are given to upstream, each only where upstream would otherwise be wrong or stop:
 
 - the BPE pre-tokenizer, when upstream does not know the tokenizer's hash (every locally trained
   or extended tokenizer): the name ggufkit derives from tokenizer.json, asked of the parent only
   then (a line on stderr; the answer comes in a file named in the settings);
 - Falcon's key/value head count: transformers 5 saves ``num_kv_heads`` equal to the head count
   for a multi-query model, which has one key/value head;
+- config fields a checkpoint saved by transformers 5 lacks or names anew, per architecture
+  (ggufkit.convert.arch_answers);
+- DeepSeek-V3.2's BOS check, asked of the tokenizer transformers 5 runs;
 - the chat template chosen by ``--chat-template`` and its provenance keys, written after
   upstream's own special-token keys (so the variant for the file's add_bos is known).
 """
@@ -36,6 +39,7 @@ def main(argv: list[str]) -> None:
     from conversion import base
 
     _fix_falcon_kv_heads(base)
+    _bos_as_the_tokenizer_runs()
     _fill_hparams(base, settings.get("hparams") or {}, settings.get("hparams_renamed") or {})
     if settings.get("pre_tokenizer_file"):
         _pre_tokenizer_fallback(base, Path(settings["pre_tokenizer_file"]))
@@ -62,6 +66,27 @@ def _fix_falcon_kv_heads(base: Any) -> None:
         return hparams
 
     base.ModelBase.load_hparams = staticmethod(load_hparams)
+
+
+def _bos_as_the_tokenizer_runs() -> None:
+    """DeepSeek-V3.2's converter asserts ``tokenizer.add_bos_token``, which transformers 5
+    leaves False for every tokenizer.json-backed tokenizer (the BOS comes from the
+    post-processor): ask whether the tokenizer adds BOS, as the assertion means."""
+    try:
+        from conversion import deepseek
+    except ImportError:
+        return
+
+    def set_vocab(self: Any) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.dir_model)
+        ids = tokenizer("a")["input_ids"]
+        assert ids and ids[0] == tokenizer.bos_token_id, "the tokenizer must add BOS"
+        print("ggufkit: answered add_bos_token=True (the tokenizer adds BOS)", file=sys.stderr)
+        self._set_vocab_gpt2()
+
+    deepseek.DeepseekV32Model.set_vocab = set_vocab
 
 
 def _fill_hparams(base: Any, answers: dict[str, Any], renamed: dict[str, Any]) -> None:

@@ -101,6 +101,7 @@ from archmatrix.families_data import (  # noqa: E402  (the per-family tables)
     OVERRIDES,
     SPECIALS,
     TOKENIZERS,
+    UPSTREAM_CAUSES,
 )
 
 CHAT_TEMPLATE = (
@@ -162,12 +163,9 @@ def as_the_family_loads_it(out_dir: Path, model_type: str, adds_bos: bool = Fals
     config_file.write_text(json.dumps({"model_type": model_type}), encoding="utf-8")
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    if adds_bos:
-        tokenizer_config = out_dir / "tokenizer_config.json"
-        options = json.loads(tokenizer_config.read_text(encoding="utf-8"))
-        tokenizer_config.write_text(
-            json.dumps({**options, "add_bos_token": True}), encoding="utf-8"
-        )
+    if adds_bos:  # transformers 5 keeps it in tokenizer.json's post-processor, as released
+        tokenizer.add_bos_token = True
+        tokenizer.save_pretrained(str(out_dir))
         tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     config_file.unlink()
     return tokenizer
@@ -294,6 +292,7 @@ __all__ = [
     "NOTES",
     "SPECIAL_TOKENS",
     "TOKENIZERS",
+    "UPSTREAM_CAUSES",
     "Variant",
     "build",
     "read_config",

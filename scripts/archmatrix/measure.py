@@ -26,6 +26,7 @@ from archmatrix.checkpoints import (
     CHAT_SPECIALS,
     CORPUS,
     NOTES,
+    UPSTREAM_CAUSES,
     build,
     read_config,
     variant,
@@ -143,6 +144,8 @@ def measure(name: str, workdir: Path) -> Result:
             result.cause = f"{CANNOT_BUILD[row.hf_architecture]} ({result.cause})"
         if "--debug" in sys.argv:
             traceback.print_exc()
+    if result.status != "proven" and row.hf_architecture in UPSTREAM_CAUSES:
+        result.cause = f"{result.cause}; cause: {UPSTREAM_CAUSES[row.hf_architecture]}"
     result.seconds = round(time.perf_counter() - started, 1)
     return result
 
