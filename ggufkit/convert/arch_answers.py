@@ -129,12 +129,13 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
 # These routers score experts with a sigmoid, which transformers' config classes do not
 # record (the released configs say scoring_func "sigmoid"); upstream writes the gating
 # function only from scoring_func, and llama.cpp then falls back to softmax (DeepSeek-V3,
-# GLM-4.7-Flash), stops (EXAONE MoE, DeepSeek-V3.2: a required key) or aborts (dots.llm1,
-# MiniMax-M2: no gating function).
+# GLM-4.7-Flash), stops (EXAONE MoE, DeepSeek-V3.2: a required key; dots3-note's converter
+# refuses) or aborts (dots.llm1, MiniMax-M2: no gating function).
 SIGMOID_ROUTED = (
     "DeepseekV3ForCausalLM",
     "DeepseekV32ForCausalLM",
     "Dots1ForCausalLM",
+    "Dots3NoteForCausalLM",
     "ExaoneMoeForCausalLM",
     "Glm4MoeLiteForCausalLM",
     "MiniMaxM2ForCausalLM",

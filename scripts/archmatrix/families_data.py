@@ -174,6 +174,14 @@ UPSTREAM_CAUSES: dict[str, str] = {
     "base (Mellum2: 500000) instead of rope.freq_base_swa (10000); proven with equal bases",
     "BambaForCausalLM": "upstream permutes q/k over the whole head for llama.cpp's NORM rope "
     "(granitehybrid), right only where the whole head rotates; Bamba rotates half of it",
+    "BitNetForCausalLM": "upstream maps only 1bitLLM's sub-norm names (inner_attn_ln, "
+    "ffn_layernorm), not transformers' (attn_sub_norm, ffn_sub_norm: bitnet-b1.58-2B-4T's)",
+    "DeepseekV4ForCausalLM": "upstream reads the original release's tensor names (layers.N.ffn.*); "
+    "transformers saves the hash-routing table as model.layers.N.mlp.gate.tid2eid",
+    "KimiLinearForCausalLM": "upstream maps no dense MLP under block_sparse_moe.*, where "
+    "transformers 5 saves the leading dense layer's",
+    "HYV4ForCausalLM": "upstream maps none of transformers' hyper-connection head tensors "
+    "(model.hc_pre.*)",
 }
 # Why a family cannot be built here, where that is known: the row is still attempted, and only
 # if it fails does this reason stand as its status (with the first error).
