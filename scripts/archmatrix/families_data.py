@@ -66,7 +66,11 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # EXAONE 4.0 1.2B's layout: global attention only. (llama.cpp applies the sliding window
     # only to the 64-layer 32B layout, and 64 random f16 layers measure 0.515% with the window
     # made moot, 0.529% with it: rounding over the depth, not a mismatch.)
-    "Exaone4ForCausalLM": {"sliding_window": None, "layer_types": ["full_attention"] * 2},
+    "Exaone4ForCausalLM": {
+        "num_hidden_layers": 2,
+        "sliding_window": None,
+        "layer_types": ["full_attention"] * 2,
+    },
     "Mamba2ForCausalLM": {
         "num_heads": 8,
         "n_groups": 1,

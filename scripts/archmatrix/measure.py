@@ -50,6 +50,7 @@ class Result:
     rel_diff: float | None = None
     argmax: float | None = None
     q8_rel_diff: float | None = None
+    f32_rel_diff: float | None = None  # measured only where f16 parity is off
     n_tokens: int | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -177,6 +178,20 @@ def _measure(row: Any, workdir: Path, result: Result) -> None:
     result.rel_diff, result.argmax = f16.rel_diff, f16.argmax_agreement
     result.q8_rel_diff, result.n_tokens = q8_report.rel_diff, tokens.n_reference
     result.status, result.cause = verdict(f16, tokens, q8_report)
+    if result.cause.startswith("f16 logits"):  # a wrong conversion, or f16 rounding?
+        f32_file = convert(model_dir, workdir / "model-f32.gguf", outtype="f32").output
+        result.f32_rel_diff = compare_logits(reference, gguf_logits(f32_file, ids)).rel_diff
+        result.cause += f"; {f32_says(result.f32_rel_diff)}"
+
+
+def f32_says(rel_diff: float) -> str:
+    """What the f32 file's parity says about an f16 failure (the status stays the f16 one)."""
+    if rel_diff <= F16_TOL:
+        return (
+            f"the f32 file is within {100 * rel_diff:.3f}%: f16 rounding, not the conversion "
+            "(it can flip a near-tie expert choice of a random router)"
+        )
+    return f"the f32 file is off too ({100 * rel_diff:.3f}%)"
 
 
 def verdict(f16: Any, tokens: Any, q8: Any) -> tuple[str, str]:
