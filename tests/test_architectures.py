@@ -249,6 +249,12 @@ def test_the_derived_pre_tokenizer_is_the_one_transformers_runs(tmp_path: Path) 
     assert derived_pre_tokenizer(tmp_path) == "qwen2"
 
 
+def test_an_f16_failure_says_whether_the_f32_file_is_right() -> None:
+    """The status stays the f16 one; the cause says conversion or rounding."""
+    assert "f16 rounding" in archmeasure.f32_says(archmeasure.F16_TOL / 10)
+    assert "off too" in archmeasure.f32_says(archmeasure.F16_TOL * 2)
+
+
 def test_causes_carry_no_temporary_paths(tmp_path: Path) -> None:
     workdir = tmp_path / "Row"
     cause = f"llama.cpp cannot load {workdir}/model-f16.gguf: Failed to load /tmp/abc123/x.gguf"

@@ -228,7 +228,9 @@ def _vocab_size(n_tokens: int, kwargs: dict[str, Any]) -> int:
 
 
 def jitter(model: Any, seed: int) -> None:
-    """Norm weights of ones and zero biases hide mapping mistakes: make them distinct."""
+    """Norm weights of ones and zero biases hide mapping mistakes: make them distinct. So does
+    any other weight a family initialises to zeros (AFMoE's router: every expert choice a tie,
+    broken differently by each runtime; expert biases, attention sinks, scales)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed + 1)
@@ -236,7 +238,7 @@ def jitter(model: Any, seed: int) -> None:
         for name, param in model.named_parameters():
             if "norm" in name.lower() and param.dim() == 1:
                 param.add_(0.2 * torch.randn(param.shape, generator=generator))
-            elif name.endswith(".bias"):
+            elif name.endswith(".bias") or (param.numel() > 1 and not bool(param.any())):
                 param.copy_(0.05 * torch.randn(param.shape, generator=generator))
 
 
