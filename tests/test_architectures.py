@@ -231,10 +231,10 @@ def test_the_qwen35_split_is_llama_cpps() -> None:
 @pytest.mark.needs_torch
 def test_the_derived_pre_tokenizer_is_the_one_transformers_runs(tmp_path: Path) -> None:
     """transformers 5 runs a family class's own split (Qwen2's) whatever tokenizer.json says."""
+    from tokenizer_training import as_transformers_tokenizer, train_byte_bpe
     from transformers import AutoTokenizer
 
     from ggufkit.convert.upstream import derived_pre_tokenizer
-    from ggufkit.data.tokenizer_training import as_transformers_tokenizer, train_byte_bpe
 
     corpus = ROOT / "tests" / "data" / "corpus.txt"
     as_transformers_tokenizer(train_byte_bpe(400, files=[corpus], style="gpt2")).save_pretrained(
