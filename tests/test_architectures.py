@@ -146,6 +146,123 @@ def test_answers_fill_only_what_a_checkpoint_lacks() -> None:
     assert hparam_answers({"architectures": ["LlamaForCausalLM"]}) == {}
 
 
+def test_answers_nested_computed_and_in_upstreams_names() -> None:
+    from ggufkit.convert.arch_answers import hparam_answers, hparam_renames
+
+    solar = {"architectures": ["SolarOpenForCausalLM"], "rope_parameters": {"rope_theta": 1.0}}
+    assert hparam_answers(solar) == {"rope_parameters": {"partial_rotary_factor": 1.0}}
+    solar["rope_parameters"]["partial_rotary_factor"] = 0.5
+    assert hparam_answers(solar) == {}
+    mimo = {"architectures": ["MiMoV2FlashForCausalLM"], "num_hidden_layers": 2}
+    mimo |= {"head_dim": 48, "v_head_dim": 32, "num_attention_heads": 4}
+    mimo |= {"num_key_value_heads": 2, "layer_types": ["full_attention", "sliding_attention"]}
+    mimo["rope_parameters"] = {"full_attention": {"partial_rotary_factor": 0.334}}
+    answers = hparam_answers(mimo)
+    assert answers["rope_parameters"] == {"partial_rotary_factor": 0.334}
+    assert answers["swa_num_key_value_heads"] == 4  # transformers: twice the full layers'
+    assert answers["hybrid_layer_pattern"] == [0, 1]
+    minimax = {"architectures": ["MiniMaxM2ForCausalLM"], "head_dim": 128}
+    assert hparam_answers(minimax)["rotary_dim"] == 128
+    minimax["rope_parameters"] = {"partial_rotary_factor": 0.5}  # as a released M2 loads
+    assert hparam_answers(minimax)["rotary_dim"] == 64
+    bamba = {"architectures": ["BambaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4}
+    assert hparam_answers(bamba) == {"attn_rotary_emb": 8}
+    v3 = {"architectures": ["DeepseekV3ForCausalLM"]}
+    assert hparam_answers(v3) == {"scoring_func": "sigmoid"}
+    assert hparam_answers({**v3, "scoring_func": "softmax"}) == {}
+    granite = {"architectures": ["GraniteMoeHybridForCausalLM"]}
+    granite["layer_types"] = ["linear_attention", "full_attention"]
+    assert hparam_renames(granite) == {"layer_types": ["mamba", "attention"]}
+    assert hparam_renames({**granite, "layer_types": ["mamba", "attention"]}) == {}
+
+
+def test_no_mtp_only_without_mtp_weights() -> None:
+    from ggufkit.convert.arch_answers import upstream_flags
+
+    qwen = {"architectures": ["Qwen3_5ForCausalLM"]}
+    assert list(upstream_flags(qwen, ["model.layers.0.mlp.up_proj.weight"])) == ["--no-mtp"]
+    assert upstream_flags(qwen, ["mtp.fc.weight"]) == {}
+    assert upstream_flags({**qwen, "mtp_num_hidden_layers": 1}, []) == {}
+    assert upstream_flags({"architectures": ["Qwen3ForCausalLM"]}, []) == {}
+
+
+def test_the_child_gives_answers_where_a_model_class_reads_its_own_config() -> None:
+    """Mamba-2 hybrids read config.json themselves and hand the dict to the base class."""
+    import types
+
+    from ggufkit.convert import _upstream_child as child
+
+    class ModelBase:
+        def __init__(self, dir_model: Path, hparams: dict | None = None) -> None:
+            self.hparams = hparams if hparams is not None else self.load_hparams(dir_model, False)
+
+        @staticmethod
+        def load_hparams(dir_model: Path, is_mistral_format: bool) -> dict:
+            return {"layer_types": ["linear_attention", "full_attention"]}
+
+    base = types.SimpleNamespace(ModelBase=ModelBase)
+    renamed = {"layer_types": ["mamba", "attention"]}
+    child._fill_hparams(base, {"rope_parameters": {"partial_rotary_factor": 1.0}}, renamed)
+    loaded = ModelBase(Path("."))
+    given = ModelBase(Path("."), hparams={"layer_types": [], "rope_parameters": {}})
+    for model in (loaded, given):
+        assert model.hparams["layer_types"] == ["mamba", "attention"]
+        assert model.hparams["rope_parameters"] == {"partial_rotary_factor": 1.0}
+    kept = ModelBase(Path("."), hparams={"rope_parameters": {"partial_rotary_factor": 0.5}})
+    assert kept.hparams["rope_parameters"] == {"partial_rotary_factor": 0.5}
+
+
+@pytest.mark.needs_llamacpp
+def test_the_qwen35_split_is_llama_cpps() -> None:
+    """The regex ggufkit matches for 'qwen35' is the tokenizer.json one llama.cpp's vocab code
+    quotes for its QWEN35 pre-tokenizer."""
+    import re
+
+    from ggufkit.convert.vocab_bpe import REGEX_FAMILIES
+    from ggufkit.llamacpp.source import ensure_source
+
+    text = (ensure_source() / "src" / "llama-vocab.cpp").read_text(encoding="utf-8")
+    block = text[text.index("case LLAMA_VOCAB_PRE_TYPE_QWEN35:") :]
+    quoted = re.search(r'// original regex from tokenizer.json\s*//\s*"(.*)"\n', block)
+    assert quoted is not None
+    assert quoted.group(1).encode().decode("unicode_escape") == REGEX_FAMILIES["qwen35"][0]
+
+
+@pytest.mark.needs_torch
+def test_the_derived_pre_tokenizer_is_the_one_transformers_runs(tmp_path: Path) -> None:
+    """transformers 5 runs a family class's own split (Qwen2's) whatever tokenizer.json says."""
+    from tokenizer_training import as_transformers_tokenizer, train_byte_bpe
+    from transformers import AutoTokenizer
+
+    from ggufkit.convert.upstream import derived_pre_tokenizer
+
+    corpus = ROOT / "tests" / "data" / "corpus.txt"
+    as_transformers_tokenizer(train_byte_bpe(400, files=[corpus], style="gpt2")).save_pretrained(
+        str(tmp_path)
+    )
+    assert derived_pre_tokenizer(tmp_path) == "gpt-2"
+    config_file = tmp_path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config_file.write_text(json.dumps({**config, "tokenizer_class": "Qwen2Tokenizer"}))
+    runs = AutoTokenizer.from_pretrained(str(tmp_path)).backend_tokenizer.pre_tokenizer
+    assert [piece for piece, _ in runs.pre_tokenize_str("x 2026")][-4:] == ["2", "0", "2", "6"]
+    assert derived_pre_tokenizer(tmp_path) == "qwen2"
+
+
+def test_an_f16_failure_says_whether_the_f32_file_is_right() -> None:
+    """The status stays the f16 one; the cause says conversion or rounding."""
+    assert "f16 rounding" in archmeasure.f32_says(archmeasure.F16_TOL / 10)
+    assert "off too" in archmeasure.f32_says(archmeasure.F16_TOL * 2)
+
+
+def test_causes_carry_no_temporary_paths(tmp_path: Path) -> None:
+    workdir = tmp_path / "Row"
+    cause = f"llama.cpp cannot load {workdir}/model-f16.gguf: Failed to load /tmp/abc123/x.gguf"
+    assert archmeasure.stable(cause, workdir) == (
+        "llama.cpp cannot load model-f16.gguf: Failed to load x.gguf"
+    )
+
+
 @pytest.mark.needs_torch
 def test_convert_says_in_one_line_whether_the_architecture_is_proven(
     tiny_llama_dir: Path, tmp_path: Path

@@ -2,13 +2,16 @@
 
 Run as ``python _upstream_child.py SETTINGS.json UPSTREAM-ARGS...``. It imports nothing from
 ggufkit: the pinned gguf-py must come first on the path, and ggufkit imports the PyPI ``gguf``.
-Three answers are given to upstream, each only where upstream would otherwise be wrong or stop:
+Answers are given to upstream, each only where upstream would otherwise be wrong or stop:
 
 - the BPE pre-tokenizer, when upstream does not know the tokenizer's hash (every locally trained
   or extended tokenizer): the name ggufkit derives from tokenizer.json, asked of the parent only
   then (a line on stderr; the answer comes in a file named in the settings);
 - Falcon's key/value head count: transformers 5 saves ``num_kv_heads`` equal to the head count
   for a multi-query model, which has one key/value head;
+- config fields a checkpoint saved by transformers 5 lacks or names anew, per architecture
+  (ggufkit.convert.arch_answers);
+- DeepSeek-V3.2's BOS check, asked of the tokenizer transformers 5 runs;
 - the chat template chosen by ``--chat-template`` and its provenance keys, written after
   upstream's own special-token keys (so the variant for the file's add_bos is known).
 
@@ -38,7 +41,8 @@ def main(argv: list[str]) -> None:
     from conversion import base
 
     _fix_falcon_kv_heads(base)
-    _fill_hparams(base, settings.get("hparams") or {})
+    _bos_as_the_tokenizer_runs()
+    _fill_hparams(base, settings.get("hparams") or {}, settings.get("hparams_renamed") or {})
     if settings.get("pre_tokenizer_file"):
         _pre_tokenizer_fallback(base, Path(settings["pre_tokenizer_file"]))
     if settings.get("chat"):
@@ -68,25 +72,73 @@ def _fix_falcon_kv_heads(base: Any) -> None:
     base.ModelBase.load_hparams = staticmethod(load_hparams)
 
 
-def _fill_hparams(base: Any, answers: dict[str, Any]) -> None:
-    """Config fields the checkpoint lacks, with the values transformers computes with
-    (ggufkit.convert.arch_answers)."""
-    if not answers:
+def _bos_as_the_tokenizer_runs() -> None:
+    """DeepSeek-V3.2's converter asserts ``tokenizer.add_bos_token``, which transformers 5
+    leaves False for every tokenizer.json-backed tokenizer (the BOS comes from the
+    post-processor): ask whether the tokenizer adds BOS, as the assertion means."""
+    try:
+        from conversion import deepseek
+    except ImportError:
         return
-    original = base.ModelBase.load_hparams
 
-    def load_hparams(dir_model: Path, is_mistral_format: bool) -> Any:
-        hparams = original(dir_model, is_mistral_format)
+    def set_vocab(self: Any) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.dir_model)
+        ids = tokenizer("a")["input_ids"]
+        assert ids and ids[0] == tokenizer.bos_token_id, "the tokenizer must add BOS"
+        print("ggufkit: answered add_bos_token=True (the tokenizer adds BOS)", file=sys.stderr)
+        self._set_vocab_gpt2()
+
+    deepseek.DeepseekV32Model.set_vocab = set_vocab
+
+
+def _fill_hparams(base: Any, answers: dict[str, Any], renamed: dict[str, Any]) -> None:
+    """Config fields the checkpoint lacks, with the values transformers computes with, and
+    fields in the names upstream reads (ggufkit.convert.arch_answers). Given where upstream
+    loads the config, and where a model class reads config.json itself (Mamba-2 hybrids) and
+    hands the dict to the base class."""
+    if not answers and not renamed:
+        return
+    said: set[str] = set()
+
+    def answer(hparams: Any) -> Any:
         if isinstance(hparams, dict):
-            for key, value in answers.items():
-                if key not in hparams:
-                    hparams[key] = value
-                    print(
-                        f"ggufkit: answered {key}={value!r} (transformers' value)", file=sys.stderr
-                    )
+            lines = _fill(hparams, answers, "")
+            for key, value in renamed.items():
+                hparams[key] = value
+                lines.append(f"answered {key} in upstream's names: {value!r}")
+            for line in lines:
+                if line not in said:
+                    said.add(line)
+                    print(f"ggufkit: {line}", file=sys.stderr)
         return hparams
 
+    original = base.ModelBase.load_hparams
+    original_init = base.ModelBase.__init__
+
+    def load_hparams(dir_model: Path, is_mistral_format: bool) -> Any:
+        return answer(original(dir_model, is_mistral_format))
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        answer(kwargs.get("hparams"))
+        original_init(self, *args, **kwargs)
+
     base.ModelBase.load_hparams = staticmethod(load_hparams)
+    base.ModelBase.__init__ = __init__
+
+
+def _fill(hparams: dict[str, Any], answers: dict[str, Any], prefix: str) -> list[str]:
+    """Set each answer ``hparams`` lacks (a dict answer fills the dict of that name); returns
+    what was set."""
+    done: list[str] = []
+    for key, value in answers.items():
+        if isinstance(value, dict) and isinstance(hparams.get(key), dict):
+            done += _fill(hparams[key], value, f"{prefix}{key}.")
+        elif key not in hparams:
+            hparams[key] = value
+            done.append(f"answered {prefix}{key}={value!r} (transformers' value)")
+    return done
 
 
 def _pre_tokenizer_fallback(base: Any, answer_file: Path) -> None:

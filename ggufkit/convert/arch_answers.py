@@ -10,6 +10,7 @@ matrix (scripts/archmatrix) is what found them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ class From:
     path: tuple[str, ...]
     default: Any
     per_layer: bool = False  # a list with the value for each layer
+    times: int = 1  # a multiple of the value
 
     def read(self, config: dict[str, Any]) -> Any:
         value: Any = config
@@ -29,6 +31,8 @@ class From:
                 value = self.default
                 break
             value = value[key]
+        if self.times != 1 and value is not None:
+            value = value * self.times
         return [value] * int(config["num_hidden_layers"]) if self.per_layer else value
 
 
@@ -54,6 +58,20 @@ class FlagsOf:
         return [int(entry == self.kind) for entry in config.get(self.key) or ()]
 
 
+@dataclass(frozen=True)
+class RotaryDims:
+    """How many dims of a head transformers rotates: int(head size x partial_rotary_factor)."""
+
+    default_fraction: float  # the config class's own, where rope_parameters has none
+
+    def read(self, config: dict[str, Any]) -> int:
+        head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        rope = config.get("rope_parameters")
+        fraction = rope.get("partial_rotary_factor") if isinstance(rope, dict) else None
+        return int(head * (self.default_fraction if fraction is None else fraction))
+
+
+COMPUTED = From | CountOf | FlagsOf | RotaryDims
 PARTIAL_ROTARY = ("rope_parameters", "partial_rotary_factor")
 
 # HF architecture -> {config field the converter reads: transformers' value when it is absent}
@@ -61,27 +79,44 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     # AfmoeConfig has no route_norm; transformers always normalises the top-k router weights,
     # upstream writes expert_weights_norm only from route_norm (llama.cpp's default: off).
     "AfmoeForCausalLM": {"route_norm": True},
+    # Solar Open is converted as GLM-4 MoE, whose converter assumes half the head rotated
+    # where the config does not say; transformers rotates Solar Open's whole head.
+    "SolarOpenForCausalLM": {
+        "rope_parameters": {"partial_rotary_factor": From(("partial_rotary_factor",), 1.0)}
+    },
     # transformers 5 moved rotary_pct into rope_parameters.partial_rotary_factor; upstream reads
     # rotary_pct. Where a config has neither, transformers' own defaults: Cohere2 rotates the
     # whole head, GPT-NeoX a quarter of it (GPTNeoXConfig().rope_parameters).
     "Cohere2ForCausalLM": {"rotary_pct": From(PARTIAL_ROTARY, 1.0)},
     "GPTNeoXForCausalLM": {"rotary_pct": From(PARTIAL_ROTARY, 0.25)},
-    # MiMoV2FlashConfig has one set of head sizes for sliding and full layers; upstream reads
-    # separate swa_* fields.
+    # MiMoV2FlashConfig has one set of head sizes for sliding and full layers, sliding layers
+    # with twice the key/value heads (transformers' MiMoV2FlashAttention); upstream reads
+    # separate swa_* fields. Its rope_parameters are per layer type, and upstream reads the
+    # rotary fraction at their top (where it mirrors only a flat config's).
     "MiMoV2FlashForCausalLM": {
+        "rope_parameters": {
+            "partial_rotary_factor": From(
+                ("rope_parameters", "full_attention", "partial_rotary_factor"), 0.334
+            )
+        },
         "topk_method": "noaux_tc",
         "hybrid_layer_pattern": FlagsOf("layer_types", "sliding_attention"),
         "swa_head_dim": From(("head_dim",), None),
         "swa_v_head_dim": From(("v_head_dim",), None),
         "swa_num_attention_heads": From(("num_attention_heads",), None),
-        "swa_num_key_value_heads": From(("num_key_value_heads",), None),
+        "swa_num_key_value_heads": From(("num_key_value_heads",), None, times=2),
     },
     # DeepseekV4Config marks hash-routed layers in mlp_layer_types; upstream reads a count.
     "DeepseekV4ForCausalLM": {"num_hash_layers": CountOf("mlp_layer_types", "hash_moe")},
     # Glm4MoeLiteConfig marks dense layers in mlp_layer_types; upstream reads a leading count.
     "Glm4MoeLiteForCausalLM": {"first_k_dense_replace": CountOf("mlp_layer_types", "dense")},
-    # MiniMaxM2Config rotates the whole head; upstream reads rotary_dim.
-    "MiniMaxM2ForCausalLM": {"rotary_dim": From(("head_dim",), None)},
+    "DeepseekV32ForCausalLM": {"first_k_dense_replace": CountOf("mlp_layer_types", "dense")},
+    # MiniMaxM2Config keeps the rotated fraction in rope_parameters (whole head by default, half
+    # in the released checkpoints); upstream reads rotary_dim.
+    "MiniMaxM2ForCausalLM": {"rotary_dim": RotaryDims(1.0)},
+    # BambaConfig rotates half of each head (hard-coded; the released config's attn_rotary_emb,
+    # which upstream reads and transformers drops).
+    "BambaForCausalLM": {"attn_rotary_emb": RotaryDims(0.5)},
     # HunYuanMoEV1Config: experts as wide as intermediate_size, one shared expert, moe_topk an
     # int; upstream reads per-layer lists.
     "HunYuanMoEV1ForCausalLM": {
@@ -91,13 +126,93 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# These routers score experts with a sigmoid, which transformers' config classes do not
+# record (the released configs say scoring_func "sigmoid"); upstream writes the gating
+# function only from scoring_func, and llama.cpp then falls back to softmax (DeepSeek-V3,
+# GLM-4.7-Flash), stops (EXAONE MoE, DeepSeek-V3.2: a required key; dots3-note's converter
+# refuses) or aborts (dots.llm1, MiniMax-M2: no gating function).
+SIGMOID_ROUTED = (
+    "DeepseekV3ForCausalLM",
+    "DeepseekV32ForCausalLM",
+    "Dots1ForCausalLM",
+    "Dots3NoteForCausalLM",
+    "ExaoneMoeForCausalLM",
+    "Glm4MoeLiteForCausalLM",
+    "MiniMaxM2ForCausalLM",
+)
+for _arch in SIGMOID_ROUTED:
+    HPARAM_DEFAULTS.setdefault(_arch, {})["scoring_func"] = "sigmoid"
+
+# Upstream's Qwen3-Next / Qwen3.5 converter counts the multi-token-prediction (MTP) layers from
+# mtp_num_hidden_layers, else from the mtp.* tensors, and asserts that there is one unless told
+# --no-mtp. transformers drops the MTP head on load and never saves it, so a checkpoint saved by
+# transformers has neither: the answer is --no-mtp (the file then has the text model only).
+MTP_COUNTED: frozenset[str] = frozenset(
+    {
+        "MiMoV2FlashForCausalLM",  # its converter assumes MiMo's 3 MTP layers unless --no-mtp
+        "Qwen3NextForCausalLM",
+        "Qwen3_5ForCausalLM",
+        "Qwen3_5ForConditionalGeneration",
+        "Qwen3_5MoeForCausalLM",
+        "Qwen3_5MoeForConditionalGeneration",
+    }
+)
+
+
+def upstream_flags(config: dict[str, Any], tensor_names: Iterable[str]) -> dict[str, str]:
+    """Options for the upstream converter, for the architectures in ``config``, with why."""
+    if not set(config.get("architectures") or ()) & MTP_COUNTED:
+        return {}
+    text_config = config.get("text_config")
+    counted = config.get("mtp_num_hidden_layers") or (
+        isinstance(text_config, dict) and text_config.get("mtp_num_hidden_layers")
+    )
+    if counted or any(name.startswith(("mtp.", "model.mtp.")) for name in tensor_names):
+        return {}
+    return {"--no-mtp": "the checkpoint has no MTP weights, as transformers saves it"}
+
+
 def hparam_answers(config: dict[str, Any]) -> dict[str, Any]:
-    """The fields to set, for the architectures in ``config``, that ``config`` lacks."""
+    """The fields to set, for the architectures in ``config``, that ``config`` lacks (a dict
+    answer fills the keys missing from the config's dict of that name)."""
     answers: dict[str, Any] = {}
     for arch in config.get("architectures") or ():
-        for key, value in HPARAM_DEFAULTS.get(arch, {}).items():
-            if key not in config:
-                answers[key] = (
-                    value.read(config) if isinstance(value, From | CountOf | FlagsOf) else value
-                )
+        answers |= _missing(config, config, HPARAM_DEFAULTS.get(arch, {}))
     return answers
+
+
+def _missing(
+    root: dict[str, Any], present: dict[str, Any], wanted: dict[str, Any]
+) -> dict[str, Any]:
+    answers: dict[str, Any] = {}
+    for key, value in wanted.items():
+        if isinstance(value, dict):
+            inner_present = present.get(key, {})
+            if isinstance(inner_present, dict) and (inner := _missing(root, inner_present, value)):
+                answers[key] = inner
+        elif key not in present:
+            answers[key] = value.read(root) if isinstance(value, COMPUTED) else value
+    return answers
+
+
+# transformers 5 renames legacy layer kinds when it loads a config ("mamba" -> "linear_attention",
+# "attention" -> "full_attention") and saves the new names; upstream's Granite 4.0-H converter
+# knows only the old ones (it would find no attention layer). HF architecture -> {field: {new
+# name: the name upstream reads}}.
+LEGACY_NAMES: dict[str, dict[str, dict[str, str]]] = {
+    "GraniteMoeHybridForCausalLM": {
+        "layer_types": {"linear_attention": "mamba", "full_attention": "attention"}
+    },
+}
+
+
+def hparam_renames(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``config`` to give upstream in its own (legacy) names, for its
+    architectures."""
+    renamed: dict[str, Any] = {}
+    for arch in config.get("architectures") or ():
+        for key, names in LEGACY_NAMES.get(arch, {}).items():
+            values = config.get(key)
+            if isinstance(values, list) and any(value in names for value in values):
+                renamed[key] = [names.get(value, value) for value in values]
+    return renamed

@@ -104,7 +104,11 @@ def derived_pre_tokenizer(model_dir: Path) -> str | None:
         from tokenizers import Tokenizer
 
         data = load_tokenizer_json(model_dir)
-        check_hash = check_text_hash(Tokenizer.from_file(str(path)))
+        tokenizer = _as_transformers_loads_it(model_dir) or Tokenizer.from_file(str(path))
+        loaded = json.loads(tokenizer.to_str())
+        data = {**data, "pre_tokenizer": loaded.get("pre_tokenizer")}
+        data["normalizer"] = loaded.get("normalizer")
+        check_hash = check_text_hash(tokenizer)
         return detect_pre_tokenizer(data, path=path, check_hash=check_hash).name
     except GGUFKitError as exc:
         log.debug("no pre-tokenizer derived from %s: %s", path, exc)
@@ -113,12 +117,37 @@ def derived_pre_tokenizer(model_dir: Path) -> str | None:
     return None
 
 
+def _as_transformers_loads_it(model_dir: Path) -> Any:
+    """The backend tokenizer transformers runs, where tokenizer_config.json names a family
+    class: transformers 5 may rebuild its pre-tokenizer and normaliser (Qwen2's, Qwen3.5's
+    regex) whatever tokenizer.json says, and upstream's converter reads the tokenizer that way
+    too. None for the generic classes, which run tokenizer.json as written."""
+    from ggufkit.core.fsutil import read_json
+
+    config_file = model_dir / "tokenizer_config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = read_json(config_file, GGUFFormatError)
+        name = config.get("tokenizer_class") if isinstance(config, dict) else None
+        if not name or name in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            return None
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(model_dir)).backend_tokenizer
+    except Exception as exc:  # transformers raises many kinds: then tokenizer.json as written
+        log.debug("transformers cannot load the tokenizer of %s: %s", model_dir, exc)
+        return None
+
+
 def _hparam_answers(model_dir: Path) -> dict[str, Any]:
-    """Config fields ggufkit gives upstream (``arch_answers``): transformers' values it lacks."""
-    from ggufkit.convert.arch_answers import hparam_answers
+    """Config fields ggufkit gives upstream (``arch_answers``): transformers' values it lacks
+    (``hparams``), and fields in the names upstream reads (``hparams_renamed``)."""
+    from ggufkit.convert.arch_answers import hparam_answers, hparam_renames
     from ggufkit.formats.hfconfig import load_config
 
-    return hparam_answers(load_config(model_dir))  # checked and bounded like every config read
+    config = load_config(model_dir)  # checked and bounded like every config read
+    return {"hparams": hparam_answers(config), "hparams_renamed": hparam_renames(config)}
 
 
 def run_upstream(
@@ -131,6 +160,7 @@ def run_upstream(
     phases: dict[str, float] | None = None,
     extra_args: Sequence[str] = (),
     extra_kv: dict[str, str] | None = None,
+    flags: dict[str, str] | None = None,
 ) -> list[str]:
     """Run the upstream converter writing ``out_file``; returns notes for the result.
 
@@ -141,6 +171,8 @@ def run_upstream(
     _check_torch()
     source = _source()
     notes = [chat.note()] if chat is not None else []
+    flags = flags or {}
+    notes += [f"answered {flag}: {why}" for flag, why in flags.items()]
     with tempfile.TemporaryDirectory(prefix="ggufkit-upstream-") as tmp:
         # The derived pre-tokenizer is worked out only if the child asks (upstream does not
         # know the tokenizer's hash): most conversions never need it.
@@ -148,7 +180,7 @@ def run_upstream(
         settings: dict[str, Any] = {
             "source": str(source),
             "pre_tokenizer_file": str(answer_file),
-            "hparams": _hparam_answers(model_dir),
+            **_hparam_answers(model_dir),
             "extra_kv": extra_kv or {},
         }
         if chat is not None:
@@ -165,6 +197,7 @@ def run_upstream(
             "--outtype",
             outtype,
             *extra_args,
+            *(flag for flag in flags if flag not in extra_args),
         ]
         seconds = _run(args, model_dir, out_file, expected_bytes, notes, source, answer_file)
     if phases is not None:
@@ -239,20 +272,28 @@ def convert_upstream(
     """Convert with the pinned converter into ``out`` (atomically)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from ggufkit.formats.hfconfig import check_layers_for_upstream
+    from ggufkit.convert.arch_answers import upstream_flags
+    from ggufkit.formats.hfconfig import check_layers_for_upstream, load_config
     from ggufkit.formats.safetensors import Checkpoint
 
     # the 2-D weights' (block, bytes per block) in ``outtype``: the output's size, roughly
     block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[outtype.upper()]]
     with Checkpoint.open(model_dir) as checkpoint:
         check_layers_for_upstream(model_dir, checkpoint.names())
+        flags = upstream_flags(load_config(model_dir), checkpoint.names())
         infos = checkpoint.infos()
         source_bytes = sum(i.n_bytes for i in infos)
         expected = sum(i.n_elements * type_size // block for i in infos)
     check_free_disk(out, expected)
     with atomic_output(out) as partial:
         notes = run_upstream(
-            model_dir, partial, outtype=outtype, expected_bytes=expected, chat=chat, phases=phases
+            model_dir,
+            partial,
+            outtype=outtype,
+            expected_bytes=expected,
+            chat=chat,
+            phases=phases,
+            flags=flags,
         )
         gguf_arch, n_tensors = written_arch_and_count(partial)
     notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")

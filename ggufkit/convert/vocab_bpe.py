@@ -72,6 +72,10 @@ _LLAMA3_HEAD = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
 _LLAMA3_TAIL = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _LLAMA3 = _LLAMA3_HEAD + r"\p{N}{1,3}" + _LLAMA3_TAIL
 _QWEN2 = _LLAMA3_HEAD + r"\p{N}" + _LLAMA3_TAIL
+_QWEN35 = (  # Qwen2's, with combining marks (\p{M}) kept in words
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _GPT4O = (
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
@@ -88,6 +92,7 @@ REGEX_FAMILIES: dict[str, tuple[str, ...]] = {
     "starcoder": (_DIGIT, _GPT2),
     "llama-bpe": (_LLAMA3,),
     "qwen2": (_QWEN2,),
+    "qwen35": (_QWEN35,),
     "gpt-4o": (_GPT4O,),
 }
 

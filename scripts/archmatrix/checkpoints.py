@@ -10,6 +10,7 @@ mistake cannot hide behind ones and zeros.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ from archmatrix.families_data import (  # noqa: E402  (the per-family tables)
     OVERRIDES,
     SPECIALS,
     TOKENIZERS,
+    UPSTREAM_CAUSES,
 )
 
 CHAT_TEMPLATE = (
@@ -161,12 +163,9 @@ def as_the_family_loads_it(out_dir: Path, model_type: str, adds_bos: bool = Fals
     config_file.write_text(json.dumps({"model_type": model_type}), encoding="utf-8")
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    if adds_bos:
-        tokenizer_config = out_dir / "tokenizer_config.json"
-        options = json.loads(tokenizer_config.read_text(encoding="utf-8"))
-        tokenizer_config.write_text(
-            json.dumps({**options, "add_bos_token": True}), encoding="utf-8"
-        )
+    if adds_bos:  # transformers 5 keeps it in tokenizer.json's post-processor, as released
+        tokenizer.add_bos_token = True
+        tokenizer.save_pretrained(str(out_dir))
         tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     config_file.unlink()
     return tokenizer
@@ -183,6 +182,8 @@ def small_config(config_cls: Any, tokenizer: Any, hf_architecture: str) -> Any:
         kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
         kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
     kwargs.update(OVERRIDES.get(hf_architecture, {}))
+    # For finding a row's cause by hand (never in a recorded run): config fields as JSON.
+    kwargs.update(json.loads(os.environ.get("ARCHMATRIX_TRY_CONFIG") or "{}"))
     specials = {
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -227,7 +228,9 @@ def _vocab_size(n_tokens: int, kwargs: dict[str, Any]) -> int:
 
 
 def jitter(model: Any, seed: int) -> None:
-    """Norm weights of ones and zero biases hide mapping mistakes: make them distinct."""
+    """Norm weights of ones and zero biases hide mapping mistakes: make them distinct. So does
+    any other weight a family initialises to zeros (AFMoE's router: every expert choice a tie,
+    broken differently by each runtime; expert biases, attention sinks, scales)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed + 1)
@@ -235,7 +238,7 @@ def jitter(model: Any, seed: int) -> None:
         for name, param in model.named_parameters():
             if "norm" in name.lower() and param.dim() == 1:
                 param.add_(0.2 * torch.randn(param.shape, generator=generator))
-            elif name.endswith(".bias"):
+            elif name.endswith(".bias") or (param.numel() > 1 and not bool(param.any())):
                 param.copy_(0.05 * torch.randn(param.shape, generator=generator))
 
 
@@ -291,6 +294,7 @@ __all__ = [
     "NOTES",
     "SPECIAL_TOKENS",
     "TOKENIZERS",
+    "UPSTREAM_CAUSES",
     "Variant",
     "build",
     "read_config",

@@ -26,6 +26,7 @@ from archmatrix.checkpoints import (
     CHAT_SPECIALS,
     CORPUS,
     NOTES,
+    UPSTREAM_CAUSES,
     build,
     read_config,
     variant,
@@ -49,6 +50,7 @@ class Result:
     rel_diff: float | None = None
     argmax: float | None = None
     q8_rel_diff: float | None = None
+    f32_rel_diff: float | None = None  # measured only where f16 parity is off
     n_tokens: int | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -88,19 +90,40 @@ def first_line(exc: BaseException) -> str:
     return text[:200]
 
 
-def load_error(path: Path) -> str:
-    """llama.cpp's own reason for refusing ``path`` (its log, which the bindings silence)."""
+def llama_cpp_says(path: Path) -> str:
+    """llama.cpp's own reason for refusing or aborting on ``path``: the first error line of its
+    loader, or the failed check (GGML_ASSERT / GGML_ABORT) with its source file, from a short
+    llama-perplexity run (the Python bindings silence the loader's log)."""
+    import re
     import subprocess
 
-    code = (
-        "import sys\nfrom ggufkit.llamacpp.bindings import load_llama_cpp\n"
-        "load_llama_cpp().Llama(model_path=sys.argv[1], n_ctx=64, verbose=True)"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False
-    )
-    lines = [line for line in done.stderr.splitlines() if "error loading model" in line]
-    return lines[-1].split("error loading model: ", 1)[-1][:200] if lines else ""
+    from ggufkit.llamacpp.build import find_tool
+
+    args = [str(find_tool("llama-perplexity")), "-m", str(path), "-f", str(CORPUS)]
+    args += ["-c", "64", "--chunks", "1", "-t", "1"]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        return ""
+    lines = (done.stdout + done.stderr).splitlines()
+    for line in lines:
+        if "error loading model: " in line:
+            return line.split("error loading model: ", 1)[1].strip()[:200]
+    for line in lines:
+        if match := re.search(r"([\w.-]+:\d+): (GGML_(ASSERT|ABORT).*|fatal error.*)", line):
+            return f"{match.group(2).strip()} ({match.group(1)})"[:200]
+    for line in lines:
+        if "what():" in line or "terminate called" in line:
+            return line.strip()[:200]
+    return ""
+
+
+def stable(text: str, workdir: Path) -> str:
+    """``text`` without the run's temporary paths (the table must not change from run to run)."""
+    import re
+
+    text = text.replace(f"{workdir}/", "").replace(str(workdir), ".")
+    return re.sub(r"(/tmp|/var/tmp)/[^\s:'\"]*/", "", text)
 
 
 def measure(name: str, workdir: Path) -> Result:
@@ -111,13 +134,19 @@ def measure(name: str, workdir: Path) -> Result:
         _measure(row, workdir, result)
     except Exception as exc:  # the status says which step failed
         result.cause = first_line(exc)
-        if "cannot load" in result.cause:
-            result.cause = load_error(workdir / "model-f16.gguf") or result.cause
+        if result.status == "llama.cpp" and (
+            "cannot load" in result.cause or "crashed" in result.cause
+        ):
+            said = llama_cpp_says(workdir / "model-f16.gguf")
+            result.cause = f"{result.cause.split(': ')[0]}: {said}" if said else result.cause
+        result.cause = stable(result.cause, workdir)
         if row.hf_architecture in CANNOT_BUILD:
             result.status = "cannot be built"
             result.cause = f"{CANNOT_BUILD[row.hf_architecture]} ({result.cause})"
         if "--debug" in sys.argv:
             traceback.print_exc()
+    if result.status != "proven" and row.hf_architecture in UPSTREAM_CAUSES:
+        result.cause = f"{result.cause}; cause: {UPSTREAM_CAUSES[row.hf_architecture]}"
     result.seconds = round(time.perf_counter() - started, 1)
     return result
 
@@ -138,8 +167,9 @@ def _measure(row: Any, workdir: Path, result: Result) -> None:
     result.status = "converter"
     converted = convert(model_dir, workdir / "model-f16.gguf", outtype="f16")
     result.engine, result.gguf_arch = converted.engine, converted.gguf_arch
-    result.notes = [n for n in converted.notes if "derived" in n or "answer" in n]
-    result.notes += [NOTES[row.hf_architecture]] if row.hf_architecture in NOTES else []
+    notes = [n for n in converted.notes if "derived" in n or "answer" in n]
+    notes += [NOTES[row.hf_architecture]] if row.hf_architecture in NOTES else []
+    result.notes = list(dict.fromkeys(notes))  # upstream may read a config twice
     result.status = "llama.cpp"
     f16 = compare_logits(reference, gguf_logits(converted.output, ids))
     tokens = tokenizer_parity(converted.output, model_dir, mixed_text(model_dir))
@@ -148,6 +178,20 @@ def _measure(row: Any, workdir: Path, result: Result) -> None:
     result.rel_diff, result.argmax = f16.rel_diff, f16.argmax_agreement
     result.q8_rel_diff, result.n_tokens = q8_report.rel_diff, tokens.n_reference
     result.status, result.cause = verdict(f16, tokens, q8_report)
+    if result.cause.startswith("f16 logits"):  # a wrong conversion, or f16 rounding?
+        f32_file = convert(model_dir, workdir / "model-f32.gguf", outtype="f32").output
+        result.f32_rel_diff = compare_logits(reference, gguf_logits(f32_file, ids)).rel_diff
+        result.cause += f"; {f32_says(result.f32_rel_diff)}"
+
+
+def f32_says(rel_diff: float) -> str:
+    """What the f32 file's parity says about an f16 failure (the status stays the f16 one)."""
+    if rel_diff <= F16_TOL:
+        return (
+            f"the f32 file is within {100 * rel_diff:.3f}%: f16 rounding, not the conversion "
+            "(it can flip a near-tie expert choice of a random router)"
+        )
+    return f"the f32 file is off too ({100 * rel_diff:.3f}%)"
 
 
 def verdict(f16: Any, tokens: Any, q8: Any) -> tuple[str, str]:

@@ -27,6 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from archmatrix.checkpoints import ROOT, TOKENIZERS, Variant
+from archmatrix.measure import stable
 from ggufkit.convert.families import MATRIX_FILE, render_markdown
 
 DOC = ROOT / "docs" / "architectures.md"
@@ -88,15 +89,9 @@ def run_row(row: Variant, keep: Path | None) -> dict[str, Any]:
             return {"name": row.name, "status": "cannot be built", "cause": cause}
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if lines:
-            result = dict(json.loads(lines[-1]))
-            if "crashed" in result.get("cause", ""):  # the failed check, from llama.cpp's stderr
-                lines = [ln for ln in done.stderr.splitlines() if "GGML_ASSERT" in ln]
-                if lines:
-                    source = lines[-1].split("GGML_ASSERT")[0].rstrip(": ").rsplit("/", 1)[-1]
-                    check = lines[-1][lines[-1].index("GGML_ASSERT") :].strip()
-                    result["cause"] += f": {check} ({source})"[:240]
-            return result
+            return dict(json.loads(lines[-1]))
         tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        tail = stable(tail, workdir)
         seconds = round(time.perf_counter() - started, 1)
         # The measuring process itself died: in-process torch code (the reference) crashed.
         return {"name": row.name, "status": "cannot be built", "cause": tail, "seconds": seconds}
@@ -117,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="only the fast subset (merged)")
     parser.add_argument("--keep", type=Path, help="keep each row's files under this directory")
     args = parser.parse_args(argv)
+    if os.environ.get("ARCHMATRIX_TRY_CONFIG"):
+        parser.error("ARCHMATRIX_TRY_CONFIG is for trying a row by hand, not for a recorded run")
     selected = rows()
     wanted = set(FAST) if args.fast else {n.strip() for n in args.only.split(",") if n.strip()}
     if wanted:
