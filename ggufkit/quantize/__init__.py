@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ggufkit.core.errors import DiskSpaceError, GGUFFormatError, QuantizeError, UsageError
+from ggufkit.core.errors import (
+    DiskSpaceError,
+    GGUFFormatError,
+    InputError,
+    QuantizeError,
+    UsageError,
+)
 from ggufkit.core.fsutil import (
     atomic_output,
     check_free_disk,
@@ -189,7 +195,7 @@ def _preflight(
     the header only, but ~0.1 s on a 1B model, so not for types that cannot), then check the disk:
     against an upper bound first, and, only if that does not fit, against the dry runs' sizes."""
     if options.imatrix is not None and not Path(options.imatrix).is_file():
-        raise UsageError(f"--imatrix {options.imatrix} does not exist", hint=IMATRIX_HINT)
+        raise InputError(f"--imatrix {options.imatrix} does not exist", hint=IMATRIX_HINT)
     plans: dict[str, DryRun] = {}
     if options.imatrix is None:
         for quant_type, _ in jobs:
