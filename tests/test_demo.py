@@ -158,7 +158,7 @@ class TestWholeDemo:
 
     def test_manifest_names_the_inputs(self, demo: DemoResult) -> None:
         artefacts = json.loads(demo.manifest.read_text(encoding="utf-8"))["artefacts"]
-        merged = artefacts["tiny-llama-milton-f16.gguf"]
+        merged = artefacts["tiny-llama-milton-F16.gguf"]
         roles = {i["role"]: i for i in merged["inputs"]}
         assert set(roles) == {"base", "delta"}
         assert roles["base"]["path"] == str(embedded_model("tiny-llama"))

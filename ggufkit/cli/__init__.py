@@ -74,6 +74,8 @@ class RootGroup(click.Group):
             # command such as quantize (benchmarks/bench_quantize.py).
             gc.freeze()
         command: click.Command = module.command
+        if not any(p.name == "quiet" for p in command.params):
+            command.params += _root_options()  # -q/-v after the command name too
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -93,6 +95,34 @@ class RootGroup(click.Group):
             raise CommandFailed(error) from error
 
 
+def _root_options() -> list[click.Parameter]:
+    """``-q``/``-v`` as every command reads them, so that they work after its name too."""
+
+    def apply(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if ctx.get_parameter_source(param.name or "") == click.core.ParameterSource.COMMANDLINE:
+            quiet = param.name == "quiet"
+            setup_logging(-1 if quiet else int(value))
+
+    return [
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            expose_value=False,
+            callback=apply,
+            is_eager=True,
+            help="More log output (-vv for debug).",
+        ),
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            expose_value=False,
+            callback=apply,
+            is_eager=True,
+            help="Only warnings and errors; no progress bars, no llama.cpp or tokenizers chatter.",
+        ),
+    ]
+
+
 def _module_exists(module: str) -> bool:
     return importlib.util.find_spec(f"ggufkit.cli.{module}") is not None
 
@@ -104,7 +134,12 @@ def debug_enabled() -> bool:
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ggufkit")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Only warnings and errors; no progress bars, no llama.cpp or tokenizers chatter.",
+)
 def cli(verbose: int, quiet: bool) -> None:
     """Hugging Face checkpoints to llama.cpp GGUF files, and proof that they are right.
 

@@ -140,9 +140,11 @@ def command(
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
-                "-o, --outtype, --delta-base, --pre-tokenizer and the split size (split_max_size) "
-                "come from ggufkit.toml when MODEL is left out, and --chat-template needs MODEL",
-                hint="edit ggufkit.toml, or give MODEL",
+                "-o, --outtype, --delta-base, --chat-template and the split size come from "
+                "ggufkit.toml when MODEL is left out (--pre-tokenizer, --tokenizer and "
+                "--context-length need MODEL)",
+                hint="edit ggufkit.toml (outdir, name, outtype, delta_base, chat_template, "
+                "split_max_size), or give MODEL",
             )
         engine_given = click.get_current_context().get_parameter_source("engine")
         with options_named():

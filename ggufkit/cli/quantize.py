@@ -78,7 +78,12 @@ def split_input(args: tuple[str, ...]) -> tuple[Path, list[str]]:
 @click.option("--keep-split", is_flag=True, help="A split INPUT: one output shard per shard.")
 @click.option("--dry-run", is_flag=True, help="Show each output's size; write nothing.")
 @click.option("--list", "list_only", is_flag=True, help="List the types with bits per weight.")
-@click.option("--force", is_flag=True, help="In a workspace: redo steps even when up to date.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace existing outputs (without it they are refused); in a workspace: redo steps "
+    "even when up to date.",
+)
 @split_options
 @json_option
 def command(
@@ -177,7 +182,9 @@ def command(
     if dry_run:
         echo_dry_run(source, types, output, outdir, options, as_json)
         return
-    results = quantize(source, types, output=output, outdir=outdir, options=options, split=split)
+    results = quantize(
+        source, types, output=output, outdir=outdir, options=options, split=split, force=force
+    )
     if as_json:
         echo_json([r.to_json() for r in results])
         return

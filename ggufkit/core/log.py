@@ -28,6 +28,11 @@ def setup_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     _state["quiet"] = verbosity < 0
     os.environ["GGUFKIT_LOG_LEVEL"] = str(level)  # for spawned children (llamacpp.bindings)
+    if verbosity < 0:  # the libraries' own chatter, here and in children
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     root = logging.getLogger("ggufkit")
     root.setLevel(level)
     for handler in list(root.handlers):

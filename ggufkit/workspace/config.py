@@ -32,7 +32,7 @@ source = {source}
 # When `source` is a delta (weights minus a base model): the base it is added to.
 {delta_base}
 
-# Outputs: <outdir>/<name>-<outtype>.gguf, then <outdir>/<name>-<TYPE>.gguf per type.
+# Outputs: <outdir>/<name>-<OUTTYPE>.gguf, then <outdir>/<name>-<TYPE>.gguf per type.
 name = {name}
 outdir = {outdir}
 # The converted file's type: f16, bf16, f32 or q8_0.
@@ -43,6 +43,9 @@ outtype = {outtype}
 # The converter: auto (ggufkit's native one where it can, else the pinned upstream
 # convert_hf_to_gguf.py), native, or upstream. `ggufkit convert --engine` overrides it.
 {engine}
+# The chat template written at conversion: auto (the checkpoint's own, else one recognised from
+# the name), a FastChat name (vicuna_v1.1, one_shot, zero_shot, phoenix, llama-2) or a Jinja file.
+{chat_template}
 # What `ggufkit quantize` makes when given no types.
 types = [{types}]
 """
@@ -62,6 +65,7 @@ class WorkspaceConfig:
     outtype: str = "f16"
     split_max_size: str | None = None
     engine: str | None = None  # None: auto
+    chat_template: str | None = None  # None: auto
     types: list[str] = field(default_factory=lambda: ["q4_0"])  # the last field (from_toml)
 
     @classmethod
@@ -126,6 +130,7 @@ class WorkspaceConfig:
             outtype=_toml_str(self.outtype),
             split_max_size=optional("split_max_size", self.split_max_size, "50G"),
             engine=optional("engine", self.engine, "upstream"),
+            chat_template=optional("chat_template", self.chat_template, "vicuna_v1.1"),
             types=", ".join(_toml_str(t) for t in self.types),
         )
 

@@ -24,6 +24,7 @@ from ggufkit.workspace.batch.graph import Step
 from ggufkit.workspace.batch.plan import BatchPlan, ModelSpec
 from ggufkit.workspace.config import WorkspaceConfig
 from ggufkit.workspace.manifest import file_input
+from ggufkit.workspace.recorded import eval_command, imatrix_command
 from ggufkit.workspace.steps import StepResult, Workspace
 
 log = get_logger("batch")
@@ -128,9 +129,7 @@ def _imatrix(plan: BatchPlan, ws: Workspace) -> StepResult:
     corpus = plan.imatrix.corpus or calibration_corpus()
     output, settings = imatrix_path(ws), plan.imatrix
     options = {"ctx": settings.ctx, "chunks": settings.chunks}
-    command = ["ggufkit", "imatrix", ws.relative(ws.f16_path), "--corpus", str(corpus)]
-    command += ["--ctx", str(settings.ctx), "-o", ws.relative(output)]
-    command += ["--chunks", str(settings.chunks)] if settings.chunks else []
+    command = imatrix_command(ws, corpus, output, settings.ctx, settings.chunks)
     return ws.run_step(
         "imatrix",
         output,
@@ -168,9 +167,9 @@ def _eval(plan: BatchPlan, ws: Workspace) -> StepResult:
         record_results(report, ws)
         return None
 
-    command = ["ggufkit", "eval", *(ws.relative(f) for f in files), "--corpus", str(corpus)]
-    command += ["--ctx", str(settings.ctx), "--no-speed", "--json"]
-    command += ["--chunks", str(settings.chunks)] if settings.chunks else []
+    command = eval_command(
+        ws, files, corpus=corpus, ctx=settings.ctx, chunks=settings.chunks, speed=False
+    )
     inputs = [file_input(f) for f in files] + [file_input(corpus, role="corpus")]
     return ws.run_step(
         "eval", output, inputs=inputs, options=options, command=command, action=action
