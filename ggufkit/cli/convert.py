@@ -193,7 +193,8 @@ def command(
         f"({result.mb_per_s:.0f} MB/s, {result.engine} engine)"
     )
     for note in result.notes:
-        click.echo(f"  {note}")
+        if not note.startswith("chat template:"):  # already said once, on stderr (the log)
+            click.echo(f"  {note}")
     click.echo(f"  {proven_note(result.arch)}")
 
 
