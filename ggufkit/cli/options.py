@@ -243,7 +243,7 @@ def parse_fraction(ctx: click.Context, param: click.Parameter, value: str | None
 # --- one spelling per meaning (docs/options.md; tests/test_options.py walks every command) --------
 
 
-class DeviceChoice(click.Choice):  # type: ignore[type-arg]
+class DeviceChoice(click.Choice):
     """``cpu`` or ``gpu``, as every command spells the device; ``bnb``'s earlier ``auto`` (the
     default), ``cuda`` and ``cuda:N`` are still read, with a warning."""
 
@@ -253,8 +253,8 @@ class DeviceChoice(click.Choice):  # type: ignore[type-arg]
         super().__init__(["cpu", "gpu"])
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        text = str(value).strip().lower() if value is not None else value
-        if text in self.LEGACY or (text or "").startswith("cuda:"):
+        text = str(value).strip().lower() if value is not None else ""
+        if text in self.LEGACY or text.startswith("cuda:"):
             new = self.LEGACY.get(text, text)
             _warn(f"--device {text} is deprecated; use --device {new or 'cpu|gpu'}")
             return new if text != "auto" else None
