@@ -147,17 +147,18 @@ def test_a_workspace_as_the_readme_shows_it(
     work.mkdir()
     monkeypatch.chdir(work)
     runner = CliRunner()
-    for args in (
-        ["init", str(source), "--types", "q4_0,q8_0"],  # an absolute local path
-        ["convert"],
-        ["quantize"],
-    ):
+    done = runner.invoke(cli, ["init", str(source), "--types", "q4_0,q8_0"])  # an absolute path
+    assert done.exit_code == 0, done.output
+    with (work / "ggufkit.toml").open("a", encoding="utf-8") as toml:
+        toml.write("\n[imatrix]\nctx = 64\nchunks = 2\n")  # as a batch plan has it
+    for args in (["convert"], ["quantize"]):
         done = runner.invoke(cli, args)
         assert done.exit_code == 0, (args, done.output)
     out = work / "out"
     assert (out / "tiny-F16.gguf").is_file()  # was tiny-f16.gguf beside convert's X-F16.gguf
-    status = runner.invoke(cli, ["status", "--json"])
-    assert [s["state"] for s in json.loads(status.stdout)] == ["up to date"] * 3
+    from ggufkit.workspace import Workspace
+
+    assert [s.state for s in Workspace.require(work).status()] == ["up to date"] * 3
 
     again = runner.invoke(
         cli, ["quantize", "out/tiny-F16.gguf", "q8_0", "-o", "out/tiny-Q8_0.gguf"]
@@ -165,6 +166,8 @@ def test_a_workspace_as_the_readme_shows_it(
     assert again.exit_code == 2 and "already exists" in again.output  # was replaced silently
 
     manifest = json.loads((out / "manifest.json").read_text())["artefacts"]
+    assert "tiny-imatrix.gguf" in manifest
+    assert "--imatrix" in manifest["tiny-Q4_0.gguf"]["command"]
     for name in ("tiny-F16.gguf", "tiny-Q8_0.gguf"):
         record = manifest[name]
         (out / name).rename(out / f"{name}.before")

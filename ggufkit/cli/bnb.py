@@ -167,7 +167,7 @@ def command(
         max_new_tokens=max_new_tokens,
         save=save,
         trust_remote_code=trust_remote_code,
-        device={None: "auto", "gpu": "cuda"}.get(device, device),
+        device={"gpu": "cuda"}.get(device or "auto", device or "auto"),
         corpus=corpus,
         quality=quality,
         ctx=ctx,

@@ -327,6 +327,15 @@ class Workspace:
         split set when ggufkit.toml sets ``split_max_size``)."""
         with self.lock():
             self.convert()
+            table = self.config.imatrix
+            if table is not None and (options is None or options.imatrix is None):
+                from ggufkit.quantize import QuantizeOptions
+                from ggufkit.workspace.imatrix_step import imatrix_path, make_imatrix
+
+                make_imatrix(self, table, self.root / table.corpus if table.corpus else None)
+                options = dataclasses.replace(
+                    options or QuantizeOptions(), imatrix=imatrix_path(self)
+                )
             return [
                 self.quantize_type(qtype, force=force, options=options)
                 for qtype in types or self.config.types

@@ -23,8 +23,9 @@ from ggufkit.quantize.engines import QuantizeOptions
 from ggufkit.workspace.batch.graph import Step
 from ggufkit.workspace.batch.plan import BatchPlan, ModelSpec
 from ggufkit.workspace.config import WorkspaceConfig
+from ggufkit.workspace.imatrix_step import imatrix_path, make_imatrix
 from ggufkit.workspace.manifest import file_input
-from ggufkit.workspace.recorded import eval_command, imatrix_command
+from ggufkit.workspace.recorded import eval_command
 from ggufkit.workspace.steps import StepResult, Workspace
 
 log = get_logger("batch")
@@ -61,10 +62,6 @@ def workspace(plan: BatchPlan, model: ModelSpec) -> Workspace:
         types=list(plan.types),
     )
     return Workspace(plan.model_dir(model), config, exclusive=False)
-
-
-def imatrix_path(ws: Workspace) -> Path:
-    return ws.outdir / f"{ws.config.name}-imatrix.gguf"
 
 
 def eval_path(ws: Workspace) -> Path:
@@ -123,23 +120,7 @@ def _run(plan: BatchPlan, model: ModelSpec, step: Step) -> StepResult | str:
 
 
 def _imatrix(plan: BatchPlan, ws: Workspace) -> StepResult:
-    from ggufkit.data import calibration_corpus
-    from ggufkit.quantize.imatrix import compute_imatrix
-
-    corpus = plan.imatrix.corpus or calibration_corpus()
-    output, settings = imatrix_path(ws), plan.imatrix
-    options = {"ctx": settings.ctx, "chunks": settings.chunks}
-    command = imatrix_command(ws, corpus, output, settings.ctx, settings.chunks)
-    return ws.run_step(
-        "imatrix",
-        output,
-        inputs=[file_input(ws.f16_path), file_input(corpus, role="corpus")],
-        options=options,
-        command=command,
-        action=lambda: compute_imatrix(
-            ws.f16_path, corpus, output=output, ctx_size=settings.ctx, chunks=settings.chunks
-        ),
-    )
+    return make_imatrix(ws, plan.imatrix, plan.imatrix.corpus)
 
 
 def _quantize(plan: BatchPlan, ws: Workspace, step: Step) -> StepResult:
