@@ -25,6 +25,11 @@ def step_states(ws: Any) -> list[StepState]:
     states = [convert]
     f16_stale = convert.state in ("missing", "out of date", "modified")
     f16_input = [file_input(f16)] if f16.is_file() else None
+    if ws.config.imatrix is not None and f16_input is not None:  # [imatrix]: an input too
+        from ggufkit.workspace.imatrix_step import imatrix_path
+
+        matrix = imatrix_path(ws)
+        f16_input = [*f16_input, file_input(matrix, role="imatrix")] if matrix.is_file() else None
     recorded = [r.get("options", {}).get("type") for r in manifest.artefacts.values()]
     extra = [t for t in recorded if isinstance(t, str) and t not in ws.config.types]
     for qtype in dict.fromkeys([*ws.config.types, *extra]):
