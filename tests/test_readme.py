@@ -9,10 +9,10 @@ the only options added are in EXTRA (speed runs off, to keep the suite short).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +39,8 @@ FOLDERS = {
     "./vicuna-7b-delta-v0": "tiny-llama-milton-delta",
     "./llama-7b": "tiny-llama",
 }
+# The stand-ins claim LLaMA-1's and TinyLlama's context (2048) in config.json, as the real ones do.
+CONTEXT = 2048
 PLAN = 'outdir = "out"\ntypes = ["q4_0"]\n\n[[models]]\nsource = "my-model"\n'
 EXTRA = {"eval": ["--no-speed"]}
 
@@ -68,13 +70,21 @@ def test_the_readme_marks_what_it_cannot_run() -> None:
     assert others == []
 
 
+def stand_in(model: str) -> dict[str, bytes]:
+    """The embedded model's files, its config.json claiming the real model's context."""
+    folder = embedded_model(model)
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    config = json.loads(files["config.json"])
+    config["max_position_embeddings"] = CONTEXT
+    files["config.json"] = json.dumps(config, indent=2).encode()
+    return files
+
+
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     with serving(monkeypatch, Path(os.environ["HF_HOME"])) as server:
         for repo, model in HUB_REPOS.items():
-            folder = embedded_model(model)
-            files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-            server.add_repo(repo, {"main": files})
+            server.add_repo(repo, {"main": stand_in(model)})
         yield server
 
 
@@ -88,7 +98,9 @@ def test_readme_example_runs(
     block = dict(blocks())[line_no]
     monkeypatch.chdir(tmp_path)
     for name, model in FOLDERS.items():
-        shutil.copytree(embedded_model(model), tmp_path / name)
+        (tmp_path / name).mkdir()
+        for file, data in stand_in(model).items():
+            (tmp_path / name / file).write_bytes(data)
     (tmp_path / "batch.toml").write_text(PLAN, encoding="utf-8")
     for argv in commands(block):
         args = argv[1:] + EXTRA.get(argv[1], [])
