@@ -46,6 +46,27 @@ def test_quiet_and_verbose_work_after_the_command(
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
 
 
+def test_quiet_silences_the_libraries_chatter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gguf-py's vocabulary note reached stderr with -q (and -q after the command was refused)."""
+    monkeypatch.chdir(tmp_path)
+    base = str(embedded_model("tiny-llama"))
+
+    def chatter() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name.startswith("gguf.")]
+
+    assert CliRunner().invoke(cli, ["convert", base, "-o", "a.gguf"]).exit_code == 0
+    assert any("Unknown separator token" in m for m in chatter())  # the chatter, without -q
+    caplog.clear()
+    quiet = CliRunner().invoke(cli, ["convert", base, "-o", "b.gguf", "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert chatter() == []
+    assert quiet.stderr.startswith("chat template: none written")  # ggufkit's one warning
+    assert quiet.stderr.count("\n") == 1
+    CliRunner().invoke(cli, ["status", "-v"])  # back to the default for the other tests
+
+
 def test_a_missing_corpus_exits_as_a_missing_gguf(tmp_path: Path) -> None:
     missing_gguf = CliRunner().invoke(cli, ["eval", str(tmp_path / "no.gguf"), "--no-speed"])
     missing_corpus = CliRunner().invoke(
