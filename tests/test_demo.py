@@ -166,7 +166,7 @@ class TestWholeDemo:
         assert roles["delta"]["files"]["model.safetensors"] == sha256(weights)
         for family in FAMILIES:
             for label in LABELS:
-                name = f"{family}-{label.lower() if label == 'F16' else label}.gguf"
+                name = f"{family}-{label}.gguf"
                 record = artefacts[name]
                 assert record["sha256"] == sha256(demo.outdir / name)
                 assert record["eval"]["ppl"] > 1  # the eval results are recorded with the file

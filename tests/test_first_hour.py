@@ -202,3 +202,30 @@ def test_a_workspace_as_the_readme_shows_it(
     assert dry.exit_code == 0, dry.output
     card = dry.stdout.split("\n--- README.md ---\n")[1]
     assert str(tmp_path) not in card and "`tiny`" in card
+
+
+@pytest.mark.needs_torch
+def test_verify_shows_no_transformers_bar() -> None:
+    """transformers' "Loading weights" bar is off once verify imports it (ggufkit's own progress)."""
+    import transformers
+
+    from ggufkit.evaluate.parity import _import_transformers
+
+    transformers.utils.logging.enable_progress_bar()
+    _import_transformers()
+    assert not transformers.utils.logging.is_progress_bar_enabled()
+
+
+@pytest.mark.needs_llamacpp
+def test_run_json_records_flash_attention(tmp_path: Path) -> None:
+    model = tmp_path / "tiny-Q8_0.gguf"
+    done = CliRunner().invoke(
+        cli, ["convert", str(embedded_model("tiny-llama")), "--outtype", "q8_0", "-o", str(model)]
+    )
+    assert done.exit_code == 0, done.output
+    run = CliRunner().invoke(
+        cli, ["run", str(model), "-p", "Once", "-n", "2", "--json", "--flash-attn", "off"]
+    )
+    assert run.exit_code == 0, run.output
+    data = json.loads(run.stdout)
+    assert data["flash_attn"] == "off" and data["flash_attn_resolved"] == "off"

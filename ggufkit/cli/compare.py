@@ -17,7 +17,7 @@ from ggufkit.core.log import get_logger
 from ggufkit.evaluate.compare import compare, comparison_table, plot_comparison
 
 log = get_logger("cli.compare")
-_FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
+_FILE = click.Path(path_type=Path, dir_okay=False)
 
 
 @click.command("compare")
