@@ -346,16 +346,17 @@ def test_the_plot_caption_says_what_the_bars_mean(tmp_path: Path) -> None:
     assert png_size(plot_eval(alone, tmp_path / "alone.png")) == PLOT_SIZE_PX
 
 
-def test_missing_corpus_is_a_usage_error(tmp_path: Path) -> None:
+def test_missing_corpus_is_an_input_error(tmp_path: Path) -> None:
+    """A missing input file exits 1, be it the corpus or a GGUF (docs/options.md)."""
     result = CliRunner().invoke(cli, ["eval", "x.gguf", "--corpus", str(tmp_path / "none.txt")])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "does not exist" in result.stderr
 
 
 # --- real runs on the tiny model ------------------------------------------------------------
 
 CTX, CHUNKS = 128, 6
-BENCH = ["--bench-prompt", "16", "--bench-gen", "8", "--bench-reps", "1", "-t", "1"]
+BENCH = ["--prompt-tokens", "16", "--gen-tokens", "8", "--repetitions", "1", "-t", "1"]
 
 
 @pytest.fixture(scope="module")
