@@ -500,7 +500,7 @@ def test_workspace_models_and_manifest(
 
     init_workspace(tmp_path, str(tiny_llama_gqa_dir), name="tiny", types=["q8_0", "q4_0", "q5_0"])
     (tmp_path / "out").mkdir()
-    for kind, name in (("f16", "tiny-f16"), ("q8_0", "tiny-Q8_0"), ("q4_0", "tiny-Q4_0")):
+    for kind, name in (("f16", "tiny-F16"), ("q8_0", "tiny-Q8_0"), ("q4_0", "tiny-Q4_0")):
         shutil.copy(tiny_quants[kind], tmp_path / "out" / f"{name}.gguf")
     monkeypatch.chdir(tmp_path)
     args = ["eval", "--corpus", str(corpus_path), "--ctx", str(CTX), "--chunks", str(CHUNKS)]
@@ -509,7 +509,7 @@ def test_workspace_models_and_manifest(
     assert "not built yet, skipped: out/tiny-Q5_0.gguf" in result.stderr
     report = json.loads(result.stdout)
     assert [Path(m["path"]).name for m in report["models"]] == [
-        "tiny-f16.gguf",
+        "tiny-F16.gguf",
         "tiny-Q8_0.gguf",
         "tiny-Q4_0.gguf",
     ]
@@ -518,7 +518,7 @@ def test_workspace_models_and_manifest(
         record = manifest.get(Path(model["path"]))
         assert record is not None
         assert record["eval"]["ppl"] == model["ppl"]
-        assert record["eval"]["ctx"] == CTX and record["eval"]["baseline"] == "out/tiny-f16.gguf"
+        assert record["eval"]["ctx"] == CTX and record["eval"]["baseline"] == "out/tiny-F16.gguf"
         assert ("kld_mean" in record["eval"]) == (not model["is_baseline"])
         assert "tg_tps" not in record["eval"]  # not measured: nothing recorded
 
