@@ -15,6 +15,22 @@ from click.testing import CliRunner
 from ggufkit.cli import cli
 from ggufkit.data import embedded_model
 
+QUIET_ENV = (
+    "TRANSFORMERS_VERBOSITY",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS",
+    "HF_HUB_DISABLE_PROGRESS_BARS",
+    "TOKENIZERS_PARALLELISM",
+    "GGUFKIT_LOG_LEVEL",
+)
+
+
+@pytest.fixture
+def quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """-q sets these for the process and its children: restored after the test."""
+    for name in QUIET_ENV:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -33,11 +49,9 @@ def test_status_and_publish_outside_a_workspace_ask_for_no_model(
 
 
 def test_quiet_and_verbose_work_after_the_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet_env: None
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    for name in ("TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM"):
-        monkeypatch.delenv(name, raising=False)
     assert CliRunner().invoke(cli, ["status", "-v"]).exit_code == 1  # no workspace, no usage error
     result = CliRunner().invoke(cli, ["status", "-q"])
     assert result.exit_code == 1, result.output  # was 2: "No such option: -q"
@@ -47,7 +61,10 @@ def test_quiet_and_verbose_work_after_the_command(
 
 
 def test_quiet_silences_the_libraries_chatter(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    quiet_env: None,
 ) -> None:
     """gguf-py's vocabulary note reached stderr with -q (and -q after the command was refused)."""
     monkeypatch.chdir(tmp_path)
@@ -229,3 +246,10 @@ def test_run_json_records_flash_attention(tmp_path: Path) -> None:
     assert run.exit_code == 0, run.output
     data = json.loads(run.stdout)
     assert data["flash_attn"] == "off" and data["flash_attn_resolved"] == "off"
+
+
+def test_batch_help_holds_the_plan_format() -> None:
+    """The README says the plan's format is in `ggufkit batch --help`: it is."""
+    result = CliRunner().invoke(cli, ["batch", "--help"])
+    for key in ("[[models]]", "delta_base", "chat_template", "[imatrix]", "[eval]", "[publish]"):
+        assert key in result.output, key

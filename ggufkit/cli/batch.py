@@ -91,7 +91,11 @@ def _with_plan_format(help_text: str) -> str:
     doc = (plan.__doc__ or "").split("Example::", 1)[-1]
     paragraphs = [p for p in doc.strip("\n").split("\n\n") if p.strip()]
     shown = "\n\n".join("\b\n" + p for p in paragraphs)
-    return f"{help_text}\n\nThe plan (batch.toml), for example:\n\n{shown}"
+    import textwrap
+
+    # the docstring's own indentation, so that click dedents both alike
+    added = textwrap.indent(f"The plan (batch.toml), for example:\n\n{shown}", "    ")
+    return f"{help_text}\n\n{added}"
 
 
 command.help = _with_plan_format(command.help or "")
