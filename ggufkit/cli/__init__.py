@@ -47,6 +47,10 @@ COMMANDS: dict[str, str] = {
 }
 
 
+VERBOSE_HELP = "More log output (-vv for debug)."
+QUIET_HELP = "Only warnings and errors; no progress bars, no llama.cpp or tokenizers chatter."
+
+
 class CommandFailed(click.ClickException):
     """A GGUFKitError on its way out of click, keeping the error's exit code."""
 
@@ -103,23 +107,10 @@ def _root_options() -> list[click.Parameter]:
             quiet = param.name == "quiet"
             setup_logging(-1 if quiet else int(value))
 
+    common: dict[str, Any] = {"expose_value": False, "callback": apply, "is_eager": True}
     return [
-        click.Option(
-            ["-v", "--verbose"],
-            count=True,
-            expose_value=False,
-            callback=apply,
-            is_eager=True,
-            help="More log output (-vv for debug).",
-        ),
-        click.Option(
-            ["-q", "--quiet"],
-            is_flag=True,
-            expose_value=False,
-            callback=apply,
-            is_eager=True,
-            help="Only warnings and errors; no progress bars, no llama.cpp or tokenizers chatter.",
-        ),
+        click.Option(["-v", "--verbose"], count=True, help=VERBOSE_HELP, **common),
+        click.Option(["-q", "--quiet"], is_flag=True, help=QUIET_HELP, **common),
     ]
 
 
@@ -133,13 +124,8 @@ def debug_enabled() -> bool:
 
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ggufkit")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option(
-    "-q",
-    "--quiet",
-    is_flag=True,
-    help="Only warnings and errors; no progress bars, no llama.cpp or tokenizers chatter.",
-)
+@click.option("-v", "--verbose", count=True, help=VERBOSE_HELP)
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 def cli(verbose: int, quiet: bool) -> None:
     """Hugging Face checkpoints to llama.cpp GGUF files, and proof that they are right.
 

@@ -67,12 +67,10 @@ class Workspace:
         if workspace is None:
             where = (start or Path.cwd()).absolute()
             first = "no model given, and no" if takes_model else "no"
-            instead = (
-                "give the model (see --help), or " if takes_model else "run it where it is, or "
-            )
+            instead = "give the model (see --help)" if takes_model else "cd into a workspace"
             raise WorkspaceError(
                 f"{first} {CONFIG_NAME} in {where} or its parents (a workspace)",
-                hint=f"{instead}set up a workspace with `ggufkit init SOURCE`",
+                hint=f"{instead}, or set one up here with `ggufkit init SOURCE`",
             )
         return workspace
 
