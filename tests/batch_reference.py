@@ -49,7 +49,7 @@ def by_hand(directory: Path, models: tuple[str, ...] = tuple(MODELS)) -> dict[st
     for name in models:
         source, base = MODELS[name]
         out = directory / name
-        f16, imatrix = out / f"{name}-f16.gguf", out / f"{name}-imatrix.gguf"
+        f16, imatrix = out / f"{name}-F16.gguf", out / f"{name}-imatrix.gguf"
         convert = ["convert", embedded_model(source), "-o", f16, "--outtype", "f16"]
         _run(convert + (["--delta-base", embedded_model(base)] if base else []))
         imatrix_args = ["--ctx", IMATRIX_CTX, "--chunks", IMATRIX_CHUNKS]

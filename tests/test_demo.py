@@ -158,7 +158,7 @@ class TestWholeDemo:
 
     def test_manifest_names_the_inputs(self, demo: DemoResult) -> None:
         artefacts = json.loads(demo.manifest.read_text(encoding="utf-8"))["artefacts"]
-        merged = artefacts["tiny-llama-milton-f16.gguf"]
+        merged = artefacts["tiny-llama-milton-F16.gguf"]
         roles = {i["role"]: i for i in merged["inputs"]}
         assert set(roles) == {"base", "delta"}
         assert roles["base"]["path"] == str(embedded_model("tiny-llama"))
@@ -166,7 +166,7 @@ class TestWholeDemo:
         assert roles["delta"]["files"]["model.safetensors"] == sha256(weights)
         for family in FAMILIES:
             for label in LABELS:
-                name = f"{family}-{label.lower() if label == 'F16' else label}.gguf"
+                name = f"{family}-{label}.gguf"
                 record = artefacts[name]
                 assert record["sha256"] == sha256(demo.outdir / name)
                 assert record["eval"]["ppl"] > 1  # the eval results are recorded with the file

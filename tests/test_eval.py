@@ -346,16 +346,17 @@ def test_the_plot_caption_says_what_the_bars_mean(tmp_path: Path) -> None:
     assert png_size(plot_eval(alone, tmp_path / "alone.png")) == PLOT_SIZE_PX
 
 
-def test_missing_corpus_is_a_usage_error(tmp_path: Path) -> None:
+def test_missing_corpus_is_an_input_error(tmp_path: Path) -> None:
+    """A missing input file exits 1, be it the corpus or a GGUF (docs/options.md)."""
     result = CliRunner().invoke(cli, ["eval", "x.gguf", "--corpus", str(tmp_path / "none.txt")])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "does not exist" in result.stderr
 
 
 # --- real runs on the tiny model ------------------------------------------------------------
 
 CTX, CHUNKS = 128, 6
-BENCH = ["--bench-prompt", "16", "--bench-gen", "8", "--bench-reps", "1", "-t", "1"]
+BENCH = ["--prompt-tokens", "16", "--gen-tokens", "8", "--repetitions", "1", "-t", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -499,7 +500,7 @@ def test_workspace_models_and_manifest(
 
     init_workspace(tmp_path, str(tiny_llama_gqa_dir), name="tiny", types=["q8_0", "q4_0", "q5_0"])
     (tmp_path / "out").mkdir()
-    for kind, name in (("f16", "tiny-f16"), ("q8_0", "tiny-Q8_0"), ("q4_0", "tiny-Q4_0")):
+    for kind, name in (("f16", "tiny-F16"), ("q8_0", "tiny-Q8_0"), ("q4_0", "tiny-Q4_0")):
         shutil.copy(tiny_quants[kind], tmp_path / "out" / f"{name}.gguf")
     monkeypatch.chdir(tmp_path)
     args = ["eval", "--corpus", str(corpus_path), "--ctx", str(CTX), "--chunks", str(CHUNKS)]
@@ -508,7 +509,7 @@ def test_workspace_models_and_manifest(
     assert "not built yet, skipped: out/tiny-Q5_0.gguf" in result.stderr
     report = json.loads(result.stdout)
     assert [Path(m["path"]).name for m in report["models"]] == [
-        "tiny-f16.gguf",
+        "tiny-F16.gguf",
         "tiny-Q8_0.gguf",
         "tiny-Q4_0.gguf",
     ]
@@ -517,7 +518,7 @@ def test_workspace_models_and_manifest(
         record = manifest.get(Path(model["path"]))
         assert record is not None
         assert record["eval"]["ppl"] == model["ppl"]
-        assert record["eval"]["ctx"] == CTX and record["eval"]["baseline"] == "out/tiny-f16.gguf"
+        assert record["eval"]["ctx"] == CTX and record["eval"]["baseline"] == "out/tiny-F16.gguf"
         assert ("kld_mean" in record["eval"]) == (not model["is_baseline"])
         assert "tg_tps" not in record["eval"]  # not measured: nothing recorded
 

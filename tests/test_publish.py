@@ -48,7 +48,7 @@ def test_publish_a_workspace(
     ):
         done = runner.invoke(cli, args)
         assert done.exit_code == 0, (args, done.output)
-    names = ["tiny-f16.gguf", "tiny-Q8_0.gguf", "tiny-Q4_0.gguf"]
+    names = ["tiny-F16.gguf", "tiny-Q8_0.gguf", "tiny-Q4_0.gguf"]
 
     dry = runner.invoke(cli, ["publish", "me/tiny-GGUF", "--dry-run", "--base-model", "me/tiny"])
     assert dry.exit_code == 0, dry.output

@@ -16,6 +16,7 @@ from ggufkit.cli import cli
 from ggufkit.core.errors import (
     DiskSpaceError,
     GGUFFormatError,
+    InputError,
     QuantizeError,
     ToolFailedError,
     ToolMissingError,
@@ -255,7 +256,7 @@ def test_imatrix_requirement_is_checked_before_running(f16: Path, tmp_path: Path
         quantize(f16, ["q4_0", "iq2_xxs"], engine=engine)
     assert "ggufkit imatrix" in (caught.value.hint or "")
     assert engine.runs == [] and engine.dry_runs == ["IQ2_XXS"]  # Q4_0 cannot need one
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):  # a missing input, as a GGUF's
         quantize(f16, ["iq2_xxs"], engine=engine, options=QuantizeOptions(imatrix=tmp_path / "no"))
     imatrix = tmp_path / "m.imatrix"
     imatrix.write_bytes(b"x")
@@ -274,7 +275,7 @@ def test_disk_space_is_checked_before_running(f16: Path, monkeypatch: pytest.Mon
     quantize(f16, ["q4_0"], engine=engine)
     assert engine.runs == ["Q4_0"] and engine.dry_runs == ["Q4_0", "Q4_0"]
     monkeypatch.delenv("GGUFKIT_FAKE_FREE_BYTES")
-    quantize(f16, ["q4_0"], engine=engine)
+    quantize(f16, ["q4_0"], engine=engine, force=True)  # the output exists now
     assert len(engine.dry_runs) == 2  # plenty of room: no dry run at all
 
 
@@ -478,7 +479,12 @@ def test_bad_inputs_with_the_real_binary(tiny_llama_f16_gguf: Path, tmp_path: Pa
         ([str(model), "iq2_xxs"], 1, "IQ2_XXS needs an importance matrix"),
         ([str(q4), "q8_0"], 1, "already quantized"),
         ([str(model), "q4_0", "-o", str(model)], 2, "same file as the input"),
-        ([str(model), "q4_0", "--output-tensor-type", "bogus"], 2, "not a ggml tensor type"),
+        ([str(model), "q4_0"], 2, "already exists"),  # refused without --force, as convert does
+        (
+            [str(model), "q4_0", "-o", str(work / "m-b.gguf"), "--output-tensor-type", "bogus"],
+            2,
+            "not a ggml tensor type",
+        ),
     ]
     for args, code, message in cases:
         result = run_cli(*args)

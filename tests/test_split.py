@@ -228,10 +228,10 @@ def test_a_workspace_splits_records_every_shard_and_unsplits(
     toml.write_text(toml.read_text().replace('# split_max_size = "50G"', 'split_max_size = "2M"'))
     assert "built in" in ok("quantize")
     out = tmp_path / "out"
-    f16 = sorted(out.glob("tiny-f16-*-of-*.gguf"))
+    f16 = sorted(out.glob("tiny-F16-*-of-*.gguf"))
     q8 = sorted(out.glob("tiny-Q8_0-*-of-*.gguf"))
     assert len(f16) > 1 and len(q8) > 1
-    assert not (out / "tiny-f16.gguf").exists() and not (out / "tiny-Q8_0.gguf").exists()
+    assert not (out / "tiny-F16.gguf").exists() and not (out / "tiny-Q8_0.gguf").exists()
     manifest = json.loads((out / "manifest.json").read_text())["artefacts"]
     assert sorted(manifest) == sorted([f16[0].name, q8[0].name])
     for shards in (f16, q8):
@@ -247,6 +247,6 @@ def test_a_workspace_splits_records_every_shard_and_unsplits(
 
     toml.write_text(toml.read_text().replace('split_max_size = "2M"', ""))
     assert "built in" in ok("quantize")
-    assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-Q8_0.gguf", "tiny-f16.gguf"]
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-F16.gguf", "tiny-Q8_0.gguf"]
     manifest = json.loads((out / "manifest.json").read_text())["artefacts"]
-    assert sorted(manifest) == ["tiny-Q8_0.gguf", "tiny-f16.gguf"]
+    assert sorted(manifest) == ["tiny-F16.gguf", "tiny-Q8_0.gguf"]

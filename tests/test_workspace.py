@@ -133,7 +133,7 @@ def test_find_walks_up_and_require_says_what_to_do(workspace: Workspace, tmp_pat
     (tmp_path / "sub" / "deeper").mkdir(parents=True)
     found = Workspace.find(tmp_path / "sub" / "deeper")
     assert found is not None and found.root == tmp_path
-    assert found.f16_path == tmp_path / "out" / "tiny-f16.gguf"
+    assert found.f16_path == tmp_path / "out" / "tiny-F16.gguf"
     assert found.quantized_path("q4_k_m") == tmp_path / "out" / "tiny-Q4_K_M.gguf"
     elsewhere = tmp_path.parent / f"{tmp_path.name}-empty"
     elsewhere.mkdir()
@@ -167,7 +167,7 @@ def test_steps_run_once_and_rerun_when_inputs_change(workspace: Workspace, fakes
     assert len(fakes.converts) == 1 and fakes.quantizes == ["q4_0"]
 
     manifest = json.loads(workspace.manifest_path.read_text())
-    f16 = manifest["artefacts"]["tiny-f16.gguf"]
+    f16 = manifest["artefacts"]["tiny-F16.gguf"]
     assert f16["step"] == "convert" and f16["sha256"] == sha256(workspace.f16_path)
     assert f16["inputs"][0]["kind"] == "local"
     assert f16["inputs"][0]["files"] == {
@@ -368,13 +368,13 @@ def test_init_convert_quantize_end_to_end(
         return convert.stdout, quantize.stdout
 
     first = build()
-    f16, q4 = tmp_path / "out" / "tiny-llama-f16.gguf", tmp_path / "out" / "tiny-llama-Q4_0.gguf"
+    f16, q4 = tmp_path / "out" / "tiny-llama-F16.gguf", tmp_path / "out" / "tiny-llama-Q4_0.gguf"
     assert "built in" in first[0] and "built in" in first[1]
     assert f16.read_bytes()[:4] == q4.read_bytes()[:4] == b"GGUF"
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())["artefacts"]
     weights = tmp_path / "tiny-llama" / "model.safetensors"
-    assert manifest["tiny-llama-f16.gguf"]["inputs"][0]["files"]["model.safetensors"] == sha256(weights)  # fmt: skip
-    assert manifest["tiny-llama-f16.gguf"]["sha256"] == sha256(f16)
+    assert manifest["tiny-llama-F16.gguf"]["inputs"][0]["files"]["model.safetensors"] == sha256(weights)  # fmt: skip
+    assert manifest["tiny-llama-F16.gguf"]["sha256"] == sha256(f16)
     assert manifest["tiny-llama-Q4_0.gguf"]["inputs"][0]["sha256"] == sha256(f16)
     assert manifest["tiny-llama-Q4_0.gguf"]["sha256"] == sha256(q4)
 
@@ -389,5 +389,5 @@ def test_init_convert_quantize_end_to_end(
     third = build()
     assert "built in" in third[0] and "built in" in third[1]
     rebuilt = json.loads((tmp_path / "out" / "manifest.json").read_text())["artefacts"]
-    assert rebuilt["tiny-llama-f16.gguf"]["sha256"] != manifest["tiny-llama-f16.gguf"]["sha256"]
+    assert rebuilt["tiny-llama-F16.gguf"]["sha256"] != manifest["tiny-llama-F16.gguf"]["sha256"]
     assert rebuilt["tiny-llama-Q4_0.gguf"]["inputs"][0]["sha256"] == sha256(f16)

@@ -38,7 +38,7 @@ from ggufkit.bnb.modes import (
     torch_dtype,
 )
 from ggufkit.bnb.results import BASELINE, BnbReport, ModeResult, Quality
-from ggufkit.core.errors import EvaluationError, UsageError
+from ggufkit.core.errors import EvaluationError, InputError, UsageError
 from ggufkit.core.fsutil import human_bytes, sha256_file
 from ggufkit.core.log import get_logger
 from ggufkit.formats.hfconfig import load_config
@@ -296,7 +296,7 @@ def run_bnb(model: str | Path | ResolvedModel, options: BnbOptions | None = None
 
         corpus = options.corpus if options.corpus is not None else default_corpus()
         if not corpus.is_file():
-            raise UsageError(f"the corpus {corpus} does not exist", hint="check --corpus")
+            raise InputError(f"the corpus {corpus} does not exist", hint="check --corpus")
         corpus_info = session.prepare_corpus(corpus, config.get("max_position_embeddings"))
     report = BnbReport(
         model=resolved.describe(),

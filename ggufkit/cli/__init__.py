@@ -47,6 +47,10 @@ COMMANDS: dict[str, str] = {
 }
 
 
+VERBOSE_HELP = "More log output (-vv for debug)."
+QUIET_HELP = "Only warnings and errors; no progress bars, no llama.cpp or tokenizers chatter."
+
+
 class CommandFailed(click.ClickException):
     """A GGUFKitError on its way out of click, keeping the error's exit code."""
 
@@ -74,6 +78,8 @@ class RootGroup(click.Group):
             # command such as quantize (benchmarks/bench_quantize.py).
             gc.freeze()
         command: click.Command = module.command
+        if not any(p.name == "quiet" for p in command.params):
+            command.params += _root_options()  # -q/-v after the command name too
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -93,6 +99,21 @@ class RootGroup(click.Group):
             raise CommandFailed(error) from error
 
 
+def _root_options() -> list[click.Parameter]:
+    """``-q``/``-v`` as every command reads them, so that they work after its name too."""
+
+    def apply(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if ctx.get_parameter_source(param.name or "") == click.core.ParameterSource.COMMANDLINE:
+            quiet = param.name == "quiet"
+            setup_logging(-1 if quiet else int(value))
+
+    common: dict[str, Any] = {"expose_value": False, "callback": apply, "is_eager": True}
+    return [
+        click.Option(["-v", "--verbose"], count=True, help=VERBOSE_HELP, **common),
+        click.Option(["-q", "--quiet"], is_flag=True, help=QUIET_HELP, **common),
+    ]
+
+
 def _module_exists(module: str) -> bool:
     return importlib.util.find_spec(f"ggufkit.cli.{module}") is not None
 
@@ -103,8 +124,8 @@ def debug_enabled() -> bool:
 
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ggufkit")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("-v", "--verbose", count=True, help=VERBOSE_HELP)
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 def cli(verbose: int, quiet: bool) -> None:
     """Hugging Face checkpoints to llama.cpp GGUF files, and proof that they are right.
 

@@ -82,3 +82,20 @@ def command(
             f"{len(summary.failed_models)} model(s) failed: {failed}",
             hint=f"see {loaded.outdir / 'batch-summary.md'}; fix and re-run (done steps are skipped)",
         )
+
+
+def _with_plan_format(help_text: str) -> str:
+    """The command's help and the plan's format (``workspace/batch/plan.py``'s example)."""
+    from ggufkit.workspace.batch import plan
+
+    doc = (plan.__doc__ or "").split("Example::", 1)[-1]
+    paragraphs = [p for p in doc.strip("\n").split("\n\n") if p.strip()]
+    shown = "\n\n".join("\b\n" + p for p in paragraphs)
+    import textwrap
+
+    # the docstring's own indentation, so that click dedents both alike
+    added = textwrap.indent(f"The plan (batch.toml), for example:\n\n{shown}", "    ")
+    return f"{help_text}\n\n{added}"
+
+
+command.help = _with_plan_format(command.help or "")

@@ -8,34 +8,26 @@ import click
 
 from ggufkit.cli.options import (
     count_option,
+    deprecated_alias,
     device_option,
     echo_json,
     flash_attn_option,
     json_option,
     path_argument,
+    repetitions_option,
+    speed_size_options,
 )
 from ggufkit.evaluate.report import bench_table
-from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, DEFAULT_REPETITIONS, benchmark
+from ggufkit.evaluate.speed import benchmark
 
 
 @click.command("bench")
+@deprecated_alias("-p", "--prompt-tokens", "prompt_tokens", type=int)
+@deprecated_alias("-n", "--gen-tokens", "gen_tokens", type=int)
+@deprecated_alias("-r", "--repetitions", "repetitions", type=int)
 @path_argument("model")
-@count_option(
-    "-p",
-    "--prompt-tokens",
-    default=DEFAULT_PROMPT,
-    minimum=0,
-    help="Prompt length to process (0: skip).",
-)
-@count_option(
-    "-n", "--gen-tokens", default=DEFAULT_GEN, minimum=0, help="Tokens to generate (0: skip)."
-)
-@count_option(
-    "-r",
-    "--repetitions",
-    default=DEFAULT_REPETITIONS,
-    help="Runs per test (mean ± standard deviation).",
-)
+@speed_size_options
+@repetitions_option
 @count_option(
     "-t",
     "--threads",
@@ -59,8 +51,8 @@ def command(
     \b
     Examples:
         ggufkit bench model-Q4_0.gguf
-        ggufkit bench model-Q4_0.gguf -t 4 -t 8 -r 3
-        ggufkit bench model-Q4_0.gguf -p 0 -n 64 --json
+        ggufkit bench model-Q4_0.gguf -t 4 -t 8 --repetitions 5
+        ggufkit bench model-Q4_0.gguf --prompt-tokens 0 --gen-tokens 64 --json
         ggufkit bench big-Q4_0-00001-of-00003.gguf     # a split set, from its first file
     """
     from ggufkit.formats.gguf_split import set_size

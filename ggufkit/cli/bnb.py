@@ -10,31 +10,26 @@ import click
 from ggufkit.bnb import DEFAULT_PROMPTS, BnbOptions, markdown, parse_modes, run_bnb
 from ggufkit.bnb.modes import COMPUTE_DTYPES, MODES, QUANT_STORAGE
 from ggufkit.cli.options import (
+    DeviceChoice,
     choice_option,
     chunks_option,
     corpus_option,
     count_option,
     ctx_option,
+    deprecated_alias,
     echo_result,
     json_option,
     path_option,
+    repetitions_option,
     threads_option,
 )
+from ggufkit.core.cmdline import from_context
 from ggufkit.core.errors import EvaluationError, InputError, UsageError
 from ggufkit.core.log import get_logger
 from ggufkit.hub import resolve_model
 from ggufkit.workspace.bnb import record_in_workspace, workspace_model
 
 log = get_logger("cli.bnb")
-
-
-def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    text = value.strip().lower()
-    if text in ("auto", "cpu", "cuda") or (
-        text.startswith("cuda:") and text.partition(":")[2].isdigit()
-    ):
-        return text
-    raise click.BadParameter("use auto, cpu, cuda or cuda:N")
 
 
 def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
@@ -53,6 +48,7 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
 
 
 @click.command("bnb")
+@deprecated_alias("--runs", "--repetitions", "repetitions", type=int)
 @click.argument("model", required=False)
 @click.option(
     "--modes",
@@ -88,9 +84,9 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     is_flag=True,
     help="CUDA: place what does not fit on the GPU on the CPU in fp32 (device_map auto).",
 )
-@click.option("--prompt", multiple=True, help="A prompt to generate from. Repeatable.")
+@click.option("--prompt", "-p", multiple=True, help="A prompt to generate from. Repeatable.")
 @path_option("--prompts", "prompts_file", kind="file", help="A file with one prompt per line.")
-@count_option("--runs", default=3, help="Timed generations of every prompt.")
+@repetitions_option
 @count_option("--max-new-tokens", default=32, help="Tokens generated per prompt (greedy).")
 @path_option(
     "--save",
@@ -101,7 +97,11 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     "--trust-remote-code", is_flag=True, help="Run Python code shipped with the model (auto_map)."
 )
 @click.option(
-    "--device", default="auto", show_default=True, callback=_device, help="auto, cpu or cuda[:N]."
+    "--device",
+    type=DeviceChoice(),
+    default=None,
+    help="cpu or gpu (CUDA; CUDA_VISIBLE_DEVICES picks one). Default: the GPU when torch sees "
+    "one, else the CPU.",
 )
 @corpus_option()
 @ctx_option()
@@ -111,7 +111,7 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     default=True,
     help="Measure perplexity and the deviation from the baseline (default: on).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="torch seed for each run.")
+@count_option("--seed", default=0, minimum=0, help="torch seed for each run.")
 @threads_option
 @json_option
 def command(
@@ -124,11 +124,11 @@ def command(
     fp32_cpu_offload: bool,
     prompt: tuple[str, ...],
     prompts_file: Path | None,
-    runs: int,
+    repetitions: int,
     max_new_tokens: int,
     save: Path | None,
     trust_remote_code: bool,
-    device: str,
+    device: str | None,
     corpus: Path | None,
     ctx: int | None,
     chunks: int | None,
@@ -148,8 +148,8 @@ def command(
     \b
     Examples:
         ggufkit bnb ./my-model
-        ggufkit bnb ./my-model --modes nf4,int8 --runs 10 --prompt "Tell me about Paris"
-        ggufkit bnb ./my-model --device cuda --compute-dtype f16 --json > bnb.json
+        ggufkit bnb ./my-model --modes nf4,int8 --repetitions 10 --prompt "Tell me about Paris"
+        ggufkit bnb ./my-model --device gpu --compute-dtype f16 --json > bnb.json
         ggufkit bnb ./my-model --modes nf4-dq --save quantized/
     """
     started = time.perf_counter()
@@ -163,11 +163,11 @@ def command(
         int8_threshold=int8_threshold,
         fp32_cpu_offload=fp32_cpu_offload,
         prompts=_prompts(prompt, prompts_file),
-        runs=runs,
+        runs=repetitions,
         max_new_tokens=max_new_tokens,
         save=save,
         trust_remote_code=trust_remote_code,
-        device=device,
+        device={"gpu": "cuda"}.get(device or "auto", device or "auto"),
         corpus=corpus,
         quality=quality,
         ctx=ctx,
@@ -188,24 +188,11 @@ def command(
                 "skip_modules": list(options.skip_modules),
                 "int8_threshold": int8_threshold,
                 "device": report.device,
-                "runs": runs,
+                "runs": repetitions,
                 "max_new_tokens": max_new_tokens,
                 "seed": seed,
             },
-            command=[
-                "ggufkit",
-                "bnb",
-                resolved.describe(),
-                "--modes",
-                ",".join(m.name for m in options.modes),
-                "--device",
-                device,
-                "--runs",
-                str(runs),
-                "--max-new-tokens",
-                str(max_new_tokens),
-                *(["--save", str(save)] if save else []),
-            ],
+            command=from_context(model=resolved.describe()),
             seconds=time.perf_counter() - started,
         )
         log.info("results written to %s and recorded in %s", recorded, workspace.manifest_path)

@@ -16,7 +16,7 @@ from ggufkit.cli.options import (
     force_option,
     json_option,
     output_option,
-    path_option,
+    outtype_option,
     split_options,
     threads_option,
 )
@@ -28,13 +28,7 @@ from ggufkit.core.fsutil import human_bytes
 @click.command("convert")
 @click.argument("model", required=False)
 @output_option("Output file (default: ./<model>-<OUTTYPE>.gguf).")
-@choice_option(
-    "--outtype",
-    choices=["f16", "bf16", "f32", "q8_0"],
-    default="f16",
-    case_sensitive=False,
-    help="Type of the 2-D weights; 1-D tensors and norms stay f32.",
-)
+@outtype_option
 @choice_option(
     "--engine",
     choices=["auto", "native", "upstream"],
@@ -43,8 +37,11 @@ from ggufkit.core.fsutil import human_bytes
     "auto: native where it can take the checkpoint, else upstream (saying why). In a "
     "workspace it overrides ggufkit.toml's `engine` for this run.",
 )
-@path_option(
-    "--delta-base", kind="dir", help="MODEL is a delta: add it to this base model while converting."
+@click.option(
+    "--delta-base",
+    default=None,
+    metavar="BASE",
+    help="MODEL is a delta: add it to BASE (a directory or Hub id) while converting.",
 )
 @click.option(
     "--pre-tokenizer",
@@ -85,7 +82,7 @@ def command(
     output: Path | None,
     outtype: str,
     engine: str,
-    delta_base: Path | None,
+    delta_base: str | None,
     pre_tokenizer: str | None,
     chat_template: str,
     tokenizer: str | None,
@@ -143,9 +140,11 @@ def command(
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
-                "-o, --outtype, --delta-base, --pre-tokenizer and the split size (split_max_size) "
-                "come from ggufkit.toml when MODEL is left out, and --chat-template needs MODEL",
-                hint="edit ggufkit.toml, or give MODEL",
+                "-o, --outtype, --delta-base, --chat-template and the split size come from "
+                "ggufkit.toml when MODEL is left out (--pre-tokenizer, --tokenizer and "
+                "--context-length need MODEL)",
+                hint="edit ggufkit.toml (outdir, name, outtype, delta_base, chat_template, "
+                "split_max_size), or give MODEL",
             )
         engine_given = click.get_current_context().get_parameter_source("engine")
         with options_named():
@@ -196,7 +195,8 @@ def command(
         f"({result.mb_per_s:.0f} MB/s, {result.engine} engine)"
     )
     for note in result.notes:
-        click.echo(f"  {note}")
+        if not note.startswith("chat template:"):  # already said once, on stderr (the log)
+            click.echo(f"  {note}")
     click.echo(f"  {proven_note(result.arch)}")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import (
+    deprecated_alias,
     echo_json,
     force_option,
     json_option,
@@ -18,13 +19,13 @@ from ggufkit.demo import DEFAULT_OUTDIR
 
 
 @click.command("demo")
+@deprecated_alias("-o", "--outdir", "outdir", type=click.Path(path_type=Path, file_okay=False))
 @path_option(
     "--outdir",
-    "-o",
     kind="dir",
-    default=DEFAULT_OUTDIR,
-    show_default=True,
-    help="Where the GGUF files, the manifest, the tables and the plots go.",
+    default=None,
+    help=f"Where the GGUF files, the manifest, the tables and the plots go "
+    f"(default: {DEFAULT_OUTDIR}).",
 )
 @click.option(
     "--bnb/--no-bnb",
@@ -36,7 +37,7 @@ from ggufkit.demo import DEFAULT_OUTDIR
 @threads_option
 @json_option
 def command(
-    outdir: Path, bnb: bool, speed: bool, force: bool, threads: int | None, as_json: bool
+    outdir: Path | None, bnb: bool, speed: bool, force: bool, threads: int | None, as_json: bool
 ) -> None:
     """Show the whole pipeline on the tiny models shipped with ggufkit, without a download.
 
@@ -59,7 +60,9 @@ def command(
     """
     from ggufkit.demo import markdown, run_demo, where
 
-    result = run_demo(outdir, bnb=bnb, speed=speed, threads=threads, force=force)
+    result = run_demo(
+        outdir or Path(DEFAULT_OUTDIR), bnb=bnb, speed=speed, threads=threads, force=force
+    )
     if as_json:
         echo_json(result.to_json())
         return

@@ -11,6 +11,7 @@ from ggufkit.cli.options import (
     corpus_option,
     count_option,
     ctx_option,
+    deprecated_alias,
     device_option,
     echo_result,
     flash_attn_option,
@@ -19,21 +20,24 @@ from ggufkit.cli.options import (
     path_argument,
     path_option,
     plot_option,
+    repetitions_option,
     speed_option,
+    speed_size_options,
     threads_option,
 )
 from ggufkit.core.log import get_logger
 from ggufkit.evaluate import evaluate
 from ggufkit.evaluate.intervals import DEFAULT_MIN_CHUNKS
-from ggufkit.evaluate.pipeline import DEFAULT_BENCH_REPETITIONS
 from ggufkit.evaluate.report import eval_table, plot_eval
-from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT
 from ggufkit.workspace.evals import record_results, resolve_models
 
 log = get_logger("cli.eval")
 
 
 @click.command("eval")
+@deprecated_alias("--bench-prompt", "--prompt-tokens", "prompt_tokens", type=int)
+@deprecated_alias("--bench-gen", "--gen-tokens", "gen_tokens", type=int)
+@deprecated_alias("--bench-reps", "--repetitions", "repetitions", type=int)
 @path_argument("models", nargs=-1)
 @path_option(
     "--baseline", help="Reference for KL-divergence (default: the first F16/BF16/F32 model given)."
@@ -44,15 +48,8 @@ log = get_logger("cli.eval")
 @threads_option
 @device_option
 @speed_option
-@count_option(
-    "--bench-prompt", default=DEFAULT_PROMPT, minimum=0, help="Prompt tokens for the speed test."
-)
-@count_option(
-    "--bench-gen", default=DEFAULT_GEN, minimum=0, help="Generated tokens for the speed test."
-)
-@count_option(
-    "--bench-reps", default=DEFAULT_BENCH_REPETITIONS, help="Repetitions of each speed test."
-)
+@speed_size_options
+@repetitions_option
 @click.option(
     "--target-error",
     callback=parse_fraction,
@@ -78,9 +75,9 @@ def command(
     chunks: int | None,
     threads: int | None,
     speed: bool,
-    bench_prompt: int,
-    bench_gen: int,
-    bench_reps: int,
+    prompt_tokens: int,
+    gen_tokens: int,
+    repetitions: int,
     target_error: float | None,
     min_chunks: int,
     seed: int,
@@ -110,9 +107,9 @@ def command(
         chunks=chunks,
         threads=threads,
         speed=speed,
-        n_prompt=bench_prompt,
-        n_gen=bench_gen,
-        repetitions=bench_reps,
+        n_prompt=prompt_tokens,
+        n_gen=gen_tokens,
+        repetitions=repetitions,
         target_error=target_error,
         min_chunks=min_chunks,
         seed=seed,

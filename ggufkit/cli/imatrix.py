@@ -24,9 +24,7 @@ from ggufkit.quantize.imatrix import DEFAULT_CTX, compute_imatrix
 @path_argument("model", kind="file")
 @corpus_option("Calibration text (plain text, like what the model will see).", required=True)
 @output_option("Output file (default: <stem>-imatrix.gguf beside MODEL).", kind="file")
-@ctx_option(
-    "Tokens per chunk; the text must hold at least two chunks.", default=DEFAULT_CTX, minimum=8
-)
+@ctx_option(f"Tokens per chunk (default {DEFAULT_CTX}); the text must hold at least two chunks.")
 @chunks_option
 @threads_option
 @flash_attn_option
@@ -35,7 +33,7 @@ def command(
     model: Path,
     corpus: Path,
     output: Path | None,
-    ctx: int,
+    ctx: int | None,
     chunks: int | None,
     threads: int | None,
     as_json: bool,
@@ -51,7 +49,7 @@ def command(
         ggufkit quantize my-model-f16.gguf iq2_xxs q4_k_m --imatrix my-model-imatrix.gguf
     """
     result = compute_imatrix(
-        model, corpus, output=output, ctx_size=ctx, chunks=chunks, threads=threads
+        model, corpus, output=output, ctx_size=ctx or DEFAULT_CTX, chunks=chunks, threads=threads
     )
     if as_json:
         echo_json(result.to_json())

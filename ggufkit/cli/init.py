@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ggufkit.cli.options import outtype_option, path_option
+
 
 @click.command("init")
 @click.argument("source")
@@ -24,10 +26,10 @@ import click
     metavar="T1,T2",
     help="Quantization types `ggufkit quantize` makes by default.",
 )
-@click.option(
-    "--outdir", default="out", show_default=True, help="Where outputs and manifest.json go."
+@path_option(
+    "--outdir", kind="dir", default=None, help="Where outputs and manifest.json go (default: out)."
 )
-@click.option("--outtype", default="f16", show_default=True, help="Type of the converted file.")
+@outtype_option
 @click.option("--revision", "-r", default=None, help="Hub branch, tag or commit sha (Hub sources).")
 @click.option("--force", is_flag=True, help="Replace an existing ggufkit.toml.")
 def command(
@@ -35,7 +37,7 @@ def command(
     delta_base: str | None,
     name: str | None,
     types: str,
-    outdir: str,
+    outdir: Path | None,
     outtype: str,
     revision: str | None,
     force: bool,
@@ -61,7 +63,7 @@ def command(
         delta_base=delta_base,
         name=name,
         types=parse_types(types),
-        outdir=outdir,
+        outdir=outdir.as_posix() if outdir is not None else "out",
         outtype=outtype,
         revision=revision,
         force=force,

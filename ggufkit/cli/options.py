@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
+
+from ggufkit.core.cmdline import remember
 
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
@@ -78,6 +81,17 @@ def output_option(help: str, *, kind: str = "any", required: bool = False) -> De
     return path_option("-o", "--output", kind=kind, required=required, default=None, help=help)
 
 
+def outtype_option(func: F) -> F:
+    """The converted file's type, in convert and init."""
+    return choice_option(
+        "--outtype",
+        choices=["f16", "bf16", "f32", "q8_0"],
+        default="f16",
+        case_sensitive=False,
+        help="Type of the 2-D weights; 1-D tensors and norms stay f32.",
+    )(func)
+
+
 def plot_option(help: str) -> Decorator:
     return path_option("--plot", kind="file", default=None, help=help)
 
@@ -119,13 +133,14 @@ def device_option(func: F) -> F:
     def apply(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
         from ggufkit.llamacpp.device import use_device
 
+        remember(ctx, "device", value)
         if value == "gpu":
             _check_gpu_build()
         ctx.with_resource(use_device("gpu" if value == "gpu" else "cpu" if value else None))
 
     return click.option(
         "--device",
-        type=click.Choice(["cpu", "gpu"]),
+        type=DeviceChoice(),
         default=None,
         envvar="GGUFKIT_DEVICE",
         expose_value=False,
@@ -142,6 +157,7 @@ def flash_attn_option(func: F) -> F:
     def apply(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
         from ggufkit.llamacpp.attention import use_flash_attn
 
+        remember(ctx, "flash_attn", value)
         ctx.with_resource(use_flash_attn(value))  # type: ignore[arg-type]
 
     return click.option(
@@ -222,3 +238,75 @@ def parse_fraction(ctx: click.Context, param: click.Parameter, value: str | None
     if not 0 < number < 1:
         raise click.BadParameter(f"{value!r} must be between 0 and 100%")
     return number
+
+
+# --- one spelling per meaning (docs/options.md; tests/test_options.py walks every command) --------
+
+
+class DeviceChoice(click.Choice):
+    """``cpu`` or ``gpu``, as every command spells the device; ``bnb``'s earlier ``auto`` (the
+    default), ``cuda`` and ``cuda:N`` are still read, with a warning."""
+
+    LEGACY: ClassVar[dict[str, str | None]] = {"auto": None, "cuda": "gpu"}
+
+    def __init__(self) -> None:
+        super().__init__(["cpu", "gpu"])
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value).strip().lower() if value is not None else ""
+        if text in self.LEGACY or text.startswith("cuda:"):
+            new = self.LEGACY.get(text, text)
+            _warn(f"--device {text} is deprecated; use --device {new or 'cpu|gpu'}")
+            return new if text != "auto" else None
+        return super().convert(value, param, ctx)
+
+
+def deprecated_alias(old: str, new: str, name: str, **kw: Any) -> Decorator:
+    """A hidden option ``old`` read as the option ``new`` (Python name ``name``), with a warning:
+    an earlier spelling kept for scripts. Put it directly under ``@click.command``."""
+    hidden = "_deprecated_" + old.lstrip("-").replace("-", "_")
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(**values: Any) -> Any:
+            value = values.pop(hidden)
+            if value is not None:
+                _warn(f"{old} is deprecated; use {new}")
+                values[name] = value
+            return func(**values)
+
+        option = click.option(old, hidden, hidden=True, default=None, expose_value=True, **kw)
+        return option(wrapper)  # type: ignore[return-value]
+
+    return decorate
+
+
+def _warn(message: str) -> None:
+    from ggufkit.core.log import get_logger
+
+    get_logger("cli").warning(message)
+
+
+def repetitions_option(func: F) -> F:
+    from ggufkit.evaluate.speed import DEFAULT_REPETITIONS
+
+    return count_option(
+        "--repetitions",
+        default=DEFAULT_REPETITIONS,
+        help="Runs of each speed test (mean ± standard deviation).",
+    )(func)
+
+
+def speed_size_options(func: F) -> F:
+    """``--prompt-tokens`` / ``--gen-tokens``: llama-bench's test sizes, in bench and eval."""
+    from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT
+
+    func = count_option(
+        "--gen-tokens", default=DEFAULT_GEN, minimum=0, help="Tokens to generate (0: skip)."
+    )(func)
+    return count_option(
+        "--prompt-tokens",
+        default=DEFAULT_PROMPT,
+        minimum=0,
+        help="Prompt length to process (0: skip).",
+    )(func)

@@ -40,7 +40,7 @@ def command(
     from ggufkit.workspace.publish import publish
 
     done = publish(
-        Workspace.require(),
+        Workspace.require(takes_model=False),
         repo_id,
         token=token,
         revision=revision,

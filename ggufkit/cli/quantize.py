@@ -15,7 +15,8 @@ from ggufkit.quantize.types import format_table
 
 
 def split_input(args: tuple[str, ...]) -> tuple[Path, list[str]]:
-    """INPUT is the first argument when it names a file (or ends in .gguf); the rest are types."""
+    """INPUT is the first argument when it names a file or checkpoint directory (or ends in
+    .gguf); the rest are types."""
     if not args:
         raise UsageError(
             "give the GGUF to quantize and at least one type",
@@ -78,7 +79,12 @@ def split_input(args: tuple[str, ...]) -> tuple[Path, list[str]]:
 @click.option("--keep-split", is_flag=True, help="A split INPUT: one output shard per shard.")
 @click.option("--dry-run", is_flag=True, help="Show each output's size; write nothing.")
 @click.option("--list", "list_only", is_flag=True, help="List the types with bits per weight.")
-@click.option("--force", is_flag=True, help="In a workspace: redo steps even when up to date.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace existing outputs (without it they are refused); in a workspace: redo steps "
+    "even when up to date.",
+)
 @split_options
 @json_option
 def command(
@@ -109,12 +115,16 @@ def command(
     q6_k, q4_k_m, iq*, tq*, mxfp4_moe, f16, bf16, copy (`--list` shows them all). Outputs are
     named <stem>-<TYPE>.gguf beside INPUT (or in --outdir), where <stem> is INPUT's name less a
     trailing precision such as -f16 (see the first example). Each is written under a temporary
-    name and renamed when complete. IQ1/IQ2/IQ3_XXS and Q2_K_S need --imatrix.
+    name and renamed when complete; an existing output is refused without --force.
+    IQ1/IQ2/IQ3_XXS and Q2_K_S need --imatrix. INPUT may be a Hugging Face checkpoint
+    directory: it is converted to F16 in a temporary file first, and the outputs are named
+    <checkpoint>-<TYPE>.gguf in the current folder (or --outdir).
 
     \b
     Examples:
         ggufkit quantize my-model-f16.gguf q4_0          # -> my-model-Q4_0.gguf
         ggufkit quantize my-model-f16.gguf q4_0 q8_0 q4_k_m --outdir quants/
+        ggufkit quantize ./my-model q4_k_m               # a checkpoint -> my-model-Q4_K_M.gguf
         ggufkit imatrix my-model-f16.gguf --corpus calibration.txt
         ggufkit quantize my-model-f16.gguf iq2_xxs --imatrix my-model-imatrix.gguf
         ggufkit quantize --list
@@ -174,10 +184,40 @@ def command(
     from ggufkit.quantize import quantize  # looked up per call, as convert's is
 
     source, types = split_input(args)
-    if dry_run:
+    if source.is_dir():  # a checkpoint: converted to a temporary F16 first
+        from ggufkit.quantize.checkpoint import is_checkpoint, quantize_checkpoint
+
+        if dry_run:
+            raise UsageError(
+                "--dry-run reads a GGUF", hint=f"convert first: ggufkit convert {source}"
+            )
+        if not is_checkpoint(source):
+            raise UsageError(
+                f"{source} is a directory without config.json: not a checkpoint nor a GGUF",
+                hint="give a .gguf file, or a Hugging Face checkpoint directory",
+            )
+        converted, results = quantize_checkpoint(
+            source,
+            types,
+            output=output,
+            outdir=outdir,
+            options=options,
+            split=split,
+            force=force,
+            threads=threads,
+        )
+        if not as_json:
+            click.echo(
+                f"{source}: converted to F16 first ({converted.engine} engine; a "
+                "temporary file, removed)"
+            )
+    elif dry_run:
         echo_dry_run(source, types, output, outdir, options, as_json)
         return
-    results = quantize(source, types, output=output, outdir=outdir, options=options, split=split)
+    else:
+        results = quantize(
+            source, types, output=output, outdir=outdir, options=options, split=split, force=force
+        )
     if as_json:
         echo_json([r.to_json() for r in results])
         return

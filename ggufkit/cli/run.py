@@ -139,7 +139,9 @@ def command(
             on_text=stream,
         )
         if as_json:
-            echo_json({"model": str(model), "prompt": prompts[0], **result.to_json()})
+            echo_json(
+                {"model": str(model), "prompt": prompts[0], **result.to_json(), **_attention()}
+            )
             return
         click.echo()
         _log_result(result)
@@ -167,7 +169,7 @@ def command(
     if as_json:
         turns = [{"prompt": p, **r.to_json()} for p, r in zip(asked, results, strict=True)]
         last = turns[-1] if turns else {}
-        echo_json({"model": str(model), **last, "turns": turns})
+        echo_json({"model": str(model), **last, "turns": turns, **_attention()})
         return
     if results:
         click.echo()
@@ -232,3 +234,10 @@ def _log_result(result: GenerationResult) -> None:
         result.seed,
         result.finish_reason,
     )
+
+
+def _attention() -> dict[str, str]:
+    """The flash-attention setting the run used, as eval, verify and imatrix record it."""
+    from ggufkit.llamacpp.attention import current_flash_attn, resolved_flash_attn
+
+    return {"flash_attn": current_flash_attn(), "flash_attn_resolved": resolved_flash_attn()}

@@ -23,7 +23,7 @@ def command(as_json: bool) -> None:
     from ggufkit.workspace import Workspace
     from ggufkit.workspace.manifest import Manifest
 
-    workspace = Workspace.require()
+    workspace = Workspace.require(takes_model=False)
     if as_json:
         echo_json(Manifest.load(workspace.manifest_path).data)
         return

@@ -8,7 +8,9 @@ import click
 
 from ggufkit.cli.options import (
     SHIPPED_TEXT,
+    corpus_option,
     count_option,
+    deprecated_alias,
     echo_json,
     flash_attn_option,
     json_option,
@@ -20,6 +22,7 @@ from ggufkit.evaluate.verify import DEFAULT_POSITIONS, verify
 
 
 @click.command("verify")
+@deprecated_alias("--text", "--corpus", "corpus", type=click.Path(path_type=Path, dir_okay=False))
 @path_argument("file")
 @path_option(
     "--against",
@@ -28,12 +31,7 @@ from ggufkit.evaluate.verify import DEFAULT_POSITIONS, verify
     required=True,
     help="The Hugging Face checkpoint directory the file was converted from.",
 )
-@path_option(
-    "--text",
-    "text_file",
-    kind="file",
-    help=f"Text to tokenize and score (default: {SHIPPED_TEXT}).",
-)
+@corpus_option(f"Text to tokenize and score (default: {SHIPPED_TEXT}).")
 @count_option(
     "--positions",
     default=DEFAULT_POSITIONS,
@@ -52,7 +50,7 @@ from ggufkit.evaluate.verify import DEFAULT_POSITIONS, verify
 def command(
     file: Path,
     hf_dir: Path,
-    text_file: Path | None,
+    corpus: Path | None,
     positions: int,
     max_rel_diff: float | None,
     as_json: bool,
@@ -67,9 +65,7 @@ def command(
         ggufkit verify my-model-f16.gguf --against ./my-model
         ggufkit verify my-model-Q8_0.gguf --against ./my-model --max-rel-diff 0.1 --json
     """
-    report = verify(
-        file, hf_dir, text_file=text_file, positions=positions, max_rel_diff=max_rel_diff
-    )
+    report = verify(file, hf_dir, text_file=corpus, positions=positions, max_rel_diff=max_rel_diff)
     if as_json:
         echo_json(report.to_json())
     else:

@@ -23,11 +23,21 @@ class _PrintableFormatter(logging.Formatter):
         return printable(super().format(record), keep_lines=True)
 
 
+LIBRARY_LOGGERS = ("gguf", "transformers", "huggingface_hub", "tokenizers")
+
+
 def setup_logging(verbosity: int = 0) -> None:
     """verbosity: -1 quiet (warnings only, no progress), 0 info, 1+ debug."""
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     _state["quiet"] = verbosity < 0
     os.environ["GGUFKIT_LOG_LEVEL"] = str(level)  # for spawned children (llamacpp.bindings)
+    if verbosity < 0:  # the libraries' own chatter, here and in children
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in LIBRARY_LOGGERS:  # their warnings (gguf-py's vocabulary notes) only without -q
+        logging.getLogger(name).setLevel(logging.ERROR if verbosity < 0 else logging.NOTSET)
     root = logging.getLogger("ggufkit")
     root.setLevel(level)
     for handler in list(root.handlers):

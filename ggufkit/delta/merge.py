@@ -123,7 +123,9 @@ def open_merged(
     log.info(
         "adding in %s%s",
         working,
-        " (FastChat's and LLMZoo's fp16; --dtype f32 for an exact sum)" if dtype is None else "",
+        " (FastChat's and LLMZoo's fp16; for an exact sum, `merge-delta --dtype f32` first)"
+        if dtype is None
+        else "",
     )
     return source
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ggufkit.core.cmdline import command_line
 from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import locked, write_json_atomic, write_text_atomic
 from ggufkit.core.log import get_logger
@@ -105,7 +106,7 @@ class _Demo:
             from ggufkit.evaluate.report import plot_eval
 
             png = eval_json.with_suffix(".png")
-            command = [*self.eval_command(workspace, files, corpus), "--plot", png.name]
+            command = self.eval_command(workspace, files, corpus, plot=Path(png.name))
             inputs = [file_input(eval_json, role="eval")]
             self.step(workspace, "plot", png, lambda: plot_eval(report, png), command, inputs)
             run.plot = png
@@ -113,22 +114,28 @@ class _Demo:
         run.sample = self.generate(files[SAMPLE_TYPE], model.prompt)
         return run
 
-    def eval_flags(self) -> list[str]:
-        """The ``ggufkit eval`` options of the demo's settings."""
+    def eval_values(self) -> dict[str, Any]:
+        """The ``ggufkit eval`` parameter values of the demo's settings."""
         s = self.settings
-        flags = ["--ctx", str(s.ctx), "--chunks", str(s.chunks)]
-        flags += ["--target-error", f"{100 * s.target_error:g}%", "--min-chunks", str(s.chunks)]
-        if not self.speed:
-            return [*flags, "--no-speed"]
-        flags += ["--bench-prompt", str(s.bench_prompt), "--bench-gen", str(s.bench_gen)]
-        return [*flags, "--bench-reps", str(s.bench_reps)]
+        values: dict[str, Any] = {"ctx": s.ctx, "chunks": s.chunks, "speed": self.speed}
+        values |= {"target_error": f"{100 * s.target_error:g}%", "min_chunks": s.chunks}
+        if self.speed:
+            values |= {"prompt_tokens": s.bench_prompt, "gen_tokens": s.bench_gen}
+            values |= {"repetitions": s.bench_reps}
+        return values
 
-    def eval_command(self, workspace: Workspace, files: dict[str, Path], corpus: Path) -> list[str]:
+    def eval_flags(self) -> list[str]:
+        """The ``ggufkit eval`` options of the demo's settings (rendered as the CLI spells them)."""
+        return command_line("eval", **self.eval_values())[2:]
+
+    def eval_command(
+        self, workspace: Workspace, files: dict[str, Path], corpus: Path, **more: Any
+    ) -> list[str]:
         """The ``ggufkit eval`` command line that measures what the demo's eval step does."""
-        command = ["ggufkit", "eval", *(workspace.relative(p) for p in files.values())]
-        if corpus != self.corpus:
-            command += ["--corpus", str(corpus)]
-        return [*command, *self.eval_flags()]
+        models = tuple(Path(workspace.relative(p)) for p in files.values())
+        corpus_value = corpus if corpus != self.corpus else None
+        values = self.eval_values() | more
+        return command_line("eval", models=models, corpus=corpus_value, **values)
 
     def evaluate(
         self, workspace: Workspace, name: str, files: dict[str, Path], corpus: Path, out: Path
@@ -200,9 +207,9 @@ class _Demo:
         workspace = self.workspace(model)
         resolved = resolve_model(embedded_model(model.source))
         out = self.outdir / f"{model.name}-bnb.json"
-        flags = ["--modes", ",".join(s.bnb_modes), "--runs", str(s.bnb_runs)]
-        flags += ["--max-new-tokens", str(s.bnb_tokens), "--ctx", str(s.ctx)]
-        flags += ["--chunks", str(s.chunks), "--seed", str(s.seed), "--prompt", model.prompt]
+        values = {"modes": ",".join(s.bnb_modes), "repetitions": s.bnb_runs, "ctx": s.ctx}
+        values |= {"max_new_tokens": s.bnb_tokens, "chunks": s.chunks, "seed": s.seed}
+        flags = command_line("bnb", prompt=(model.prompt,), **values)[2:]
         made: list[BnbReport] = []
 
         def action() -> None:
@@ -223,7 +230,7 @@ class _Demo:
             made.append(report)
 
         log.info("demo: %s: bitsandbytes %s beside GGUF", model.name, ", ".join(s.bnb_modes))
-        command = ["ggufkit", "bnb", str(resolved.path), *flags]
+        command = command_line("bnb", model=str(resolved.path), prompt=(model.prompt,), **values)
         inputs = [model_input(resolved), file_input(self.corpus, role="corpus")]
         self.step(workspace, "bnb", out, action, command, inputs, flags=flags)
         if made:
@@ -232,7 +239,12 @@ class _Demo:
         comparison = self.result.comparison = compare(gguf_eval, out)
         if not _missing(PLOT_MODULES):
             png = self.outdir / "compare.png"
-            command = ["ggufkit", "compare", gguf_eval.name, out.name, "--plot", png.name]
+            command = command_line(
+                "compare",
+                eval_file=Path(gguf_eval.name),
+                bnb_file=Path(out.name),
+                plot=Path(png.name),
+            )
             inputs = [file_input(gguf_eval, role="eval"), file_input(out, role="bnb")]
             self.step(
                 workspace, "plot", png, lambda: plot_comparison(comparison, png), command, inputs

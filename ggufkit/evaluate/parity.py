@@ -93,6 +93,7 @@ def _import_transformers() -> tuple[Any, Any]:
         raise ToolMissingError(
             "parity checks need torch and transformers", hint="pip install 'ggufkit[torch]'"
         ) from exc
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in our output
     return torch, transformers
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ggufkit.core.errors import UsageError
+from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.fsutil import check_free_disk, sha256_file
 from ggufkit.core.log import get_logger, progress
 from ggufkit.core.partials import owned_temp_dir
@@ -134,7 +134,7 @@ def evaluate(
         raise UsageError("no models to evaluate", hint="give one or more .gguf files")
     corpus_path = Path(corpus) if corpus is not None else default_corpus()
     if not corpus_path.is_file():
-        raise UsageError(f"the corpus {corpus_path} does not exist", hint="check --corpus")
+        raise InputError(f"the corpus {corpus_path} does not exist", hint="check --corpus")
     infos = {p: read_gguf(p, max_array_items=0) for p in map(Path, models)}
     base_path = Path(baseline) if baseline is not None else None
     if base_path is None:

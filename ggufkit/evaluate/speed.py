@@ -20,7 +20,7 @@ log = get_logger("evaluate.speed")
 
 DEFAULT_PROMPT = 512
 DEFAULT_GEN = 128
-DEFAULT_REPETITIONS = 5
+DEFAULT_REPETITIONS = 3  # bench and eval alike (docs/options.md)
 
 
 def parse_bench_json(text: str, model: str) -> list[SpeedResult]:

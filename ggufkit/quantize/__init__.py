@@ -21,13 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ggufkit.core.errors import DiskSpaceError, GGUFFormatError, QuantizeError, UsageError
+from ggufkit.core.errors import (
+    DiskSpaceError,
+    GGUFFormatError,
+    InputError,
+    QuantizeError,
+    UsageError,
+)
 from ggufkit.core.fsutil import (
     atomic_output,
     check_free_disk,
-    check_output_path,
     human_bytes,
-    path_key,
     same_file,  # noqa: F401 (tests and callers use quantize.same_file)
 )
 from ggufkit.core.log import get_logger, progress
@@ -45,7 +49,8 @@ from ggufkit.quantize.engines import (
     may_need_imatrix,
     parse_kv_override,
 )
-from ggufkit.quantize.types import QuantType, TensorMix, TypeTable, output_name, tensor_mix
+from ggufkit.quantize.outputs import plan_outputs, refuse_existing
+from ggufkit.quantize.types import QuantType, TensorMix, TypeTable, tensor_mix
 
 if TYPE_CHECKING:
     from ggufkit.quantize.keep_split import PlannedSize
@@ -147,37 +152,6 @@ def check_not_quantized(info: GGUFInfo) -> None:
         )
 
 
-def plan_outputs(
-    source: Path,
-    types: Sequence[QuantType],
-    table: TypeTable,
-    *,
-    output: Path | None = None,
-    outdir: Path | None = None,
-) -> list[Path]:
-    """Where each type goes: ``output`` (one type only), else ``<stem>-<TYPE>.gguf`` in ``outdir``
-    or beside the input. Refuses directories, the input itself and two types onto one file."""
-    if output is not None and outdir is not None:
-        raise UsageError("give either -o/--output or --outdir, not both")
-    if output is not None and len(types) > 1:
-        raise UsageError(
-            f"-o names one file, but {len(types)} types were asked for",
-            hint="use --outdir DIR (files are named <stem>-<TYPE>.gguf) or one type per call",
-        )
-    if output is not None:
-        targets = [Path(output)]
-    else:
-        folder = Path(outdir) if outdir is not None else source.parent
-        if folder.exists() and not folder.is_dir():
-            raise UsageError(f"--outdir {folder} is a file, not a directory")
-        targets = [folder / output_name(source, t.name, table.names) for t in types]
-    for target in targets:
-        check_output_path(target, inputs=(source,))  # links and case folding included
-    if len({path_key(t) for t in targets}) != len(targets):
-        raise UsageError("two types would be written to the same file", hint="use --outdir")
-    return targets
-
-
 def _preflight(
     engine: Engine,
     source: Path,
@@ -189,7 +163,7 @@ def _preflight(
     the header only, but ~0.1 s on a 1B model, so not for types that cannot), then check the disk:
     against an upper bound first, and, only if that does not fit, against the dry runs' sizes."""
     if options.imatrix is not None and not Path(options.imatrix).is_file():
-        raise UsageError(f"--imatrix {options.imatrix} does not exist", hint=IMATRIX_HINT)
+        raise InputError(f"--imatrix {options.imatrix} does not exist", hint=IMATRIX_HINT)
     plans: dict[str, DryRun] = {}
     if options.imatrix is None:
         for quant_type, _ in jobs:
@@ -263,6 +237,7 @@ def quantize(
     options: QuantizeOptions | None = None,
     engine: Engine | None = None,
     split: SplitLimits | None = None,
+    force: bool = False,
 ) -> list[QuantizeResult]:
     """Quantize ``source`` to each of ``types`` (names as ``llama-quantize`` takes them, any case).
 
@@ -271,7 +246,8 @@ def quantize(
     ``options.keep_split``: keep the input's shards instead, one output shard each.
     ``engine``: the built ``llama-quantize`` unless given (tests pass a stand-in).
     Returns one :class:`QuantizeResult` per type, in order. Nothing is written when a check fails;
-    a failing type leaves no file, and the types before it stay done.
+    a failing type leaves no file, and the types before it stay done. An existing output is
+    refused unless ``force`` (as ``convert`` does).
     """
     from ggufkit.quantize.keep_split import check_keep_split
 
@@ -280,6 +256,8 @@ def quantize(
     info, runner, jobs = _jobs(source, types, output, outdir, options, engine)
     check_keep_split(source, options, split is not None and split.active)
     _preflight(runner, source, info, jobs, options)
+    if not force:  # after the checks of the types and options, before anything is written
+        refuse_existing([target for _, target in jobs], split)
     results = []
     for quant_type, target in jobs:
         result = _quantize_one(runner, source, quant_type, target, options)

@@ -123,7 +123,8 @@ def _hub_id(ref: str | None) -> str | None:
 
 
 def _source_text(workspace: Workspace, bases: list[str]) -> str:
-    return f"`{bases[0]}`" if bases else f"the local checkpoint `{workspace.config.source}`"
+    local = Path(workspace.config.source).name  # never the user's own path
+    return f"`{bases[0]}`" if bases else f"the local checkpoint `{local}`"
 
 
 def _source_license(workspace: Workspace, token: str | None) -> str | None:

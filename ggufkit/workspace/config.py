@@ -8,6 +8,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ggufkit.core.errors import InputError, UsageError, WorkspaceError
 from ggufkit.core.fsutil import read_toml, stays_inside, write_text_atomic
@@ -32,7 +33,7 @@ source = {source}
 # When `source` is a delta (weights minus a base model): the base it is added to.
 {delta_base}
 
-# Outputs: <outdir>/<name>-<outtype>.gguf, then <outdir>/<name>-<TYPE>.gguf per type.
+# Outputs: <outdir>/<name>-<OUTTYPE>.gguf, then <outdir>/<name>-<TYPE>.gguf per type.
 name = {name}
 outdir = {outdir}
 # The converted file's type: f16, bf16, f32 or q8_0.
@@ -43,13 +44,45 @@ outtype = {outtype}
 # The converter: auto (ggufkit's native one where it can, else the pinned upstream
 # convert_hf_to_gguf.py), native, or upstream. `ggufkit convert --engine` overrides it.
 {engine}
+# The chat template written at conversion: auto (the checkpoint's own, else one recognised from
+# the name), a FastChat name (vicuna_v1.1, one_shot, zero_shot, phoenix, llama-2) or a Jinja file.
+{chat_template}
 # What `ggufkit quantize` makes when given no types.
 types = [{types}]
+
+# An importance matrix made from the converted file and used by every quantize: corpus is a
+# text file in this folder (default: the calibration text shipped with ggufkit).
+{imatrix}
 """
 
 
 def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+@dataclass(frozen=True)
+class ImatrixTable:
+    """``[imatrix]``: an importance matrix made from the converted file, used by every quantize."""
+
+    corpus: str | None = None  # inside the workspace; None: the embedded calibration text
+    ctx: int = 512
+    chunks: int | None = None
+
+    @classmethod
+    def parse(cls, table: object, invalid: Any) -> ImatrixTable:
+        if not isinstance(table, dict):
+            raise invalid("[imatrix] must be a table", "e.g. [imatrix] with corpus, ctx, chunks")
+        for key in table:
+            if key not in ("corpus", "ctx", "chunks"):
+                raise invalid(f"[imatrix]: unknown key {key!r}", "known: corpus, ctx, chunks")
+        corpus = table.get("corpus")
+        if corpus is not None and not (isinstance(corpus, str) and stays_inside(corpus)):
+            raise invalid("[imatrix] corpus must be a file inside the workspace", 'e.g. "cal.txt"')
+        for key in ("ctx", "chunks"):
+            value = table.get(key)
+            if value is not None and (type(value) is not int or value < 1):
+                raise invalid(f"[imatrix] {key} must be a positive integer", f"e.g. {key} = 512")
+        return cls(corpus, int(table.get("ctx", 512)), table.get("chunks"))
 
 
 @dataclass
@@ -62,7 +95,9 @@ class WorkspaceConfig:
     outtype: str = "f16"
     split_max_size: str | None = None
     engine: str | None = None  # None: auto
-    types: list[str] = field(default_factory=lambda: ["q4_0"])  # the last field (from_toml)
+    chat_template: str | None = None  # None: auto
+    imatrix: ImatrixTable | None = None  # None: no importance matrix
+    types: list[str] = field(default_factory=lambda: ["q4_0"])  # the last string field
 
     @classmethod
     def from_toml(cls, path: Path) -> WorkspaceConfig:
@@ -78,11 +113,13 @@ class WorkspaceConfig:
                 f"not valid TOML ({exc})", "fix it, or rewrite it: `ggufkit init SOURCE --force`"
             ) from exc
         known = list(cls.__dataclass_fields__)
+        if "imatrix" in data:
+            data["imatrix"] = ImatrixTable.parse(data["imatrix"], invalid)
         for key in data:
             if key not in known:
                 raise invalid(f"unknown setting {key!r}", f"known settings: {', '.join(known)}")
         # Every setting but `types` is a string; `source` and `name` are required.
-        for key in known[:-1]:
+        for key in known[:-2]:
             value = data.get(key, "" if key in ("source", "name") else None)
             if value is not None and not (isinstance(value, str) and value.strip()):
                 raise invalid(f"`{key}` must be a non-empty string", f'e.g. {key} = "..."')
@@ -126,8 +163,18 @@ class WorkspaceConfig:
             outtype=_toml_str(self.outtype),
             split_max_size=optional("split_max_size", self.split_max_size, "50G"),
             engine=optional("engine", self.engine, "upstream"),
+            chat_template=optional("chat_template", self.chat_template, "vicuna_v1.1"),
             types=", ".join(_toml_str(t) for t in self.types),
+            imatrix=_imatrix_toml(self.imatrix),
         )
+
+
+def _imatrix_toml(table: ImatrixTable | None) -> str:
+    if table is None:
+        return '# [imatrix]\n# corpus = "calibration.txt"\n# ctx = 512\n# chunks = 100'
+    lines = ["[imatrix]"] + ([f"corpus = {_toml_str(table.corpus)}"] if table.corpus else [])
+    lines.append(f"ctx = {table.ctx}")
+    return "\n".join(lines + ([f"chunks = {table.chunks}"] if table.chunks else []))
 
 
 def parse_types(text: str) -> list[str]:

@@ -28,6 +28,7 @@ from ggufkit.workspace.manifest import (
     record_artefact,
     remove_other_forms,
 )
+from ggufkit.workspace.recorded import convert_command, quantize_command
 from ggufkit.workspace.step_results import STATE_REASONS, StepResult, StepState, jsonable
 
 if TYPE_CHECKING:
@@ -59,13 +60,17 @@ class Workspace:
         return None
 
     @classmethod
-    def require(cls, start: Path | None = None) -> Workspace:
+    def require(cls, start: Path | None = None, *, takes_model: bool = True) -> Workspace:
+        """The workspace here; ``takes_model``: the command could have been given a model
+        instead (status and publish cannot)."""
         workspace = cls.find(start)
         if workspace is None:
             where = (start or Path.cwd()).absolute()
+            first = "no model given, and no" if takes_model else "no"
+            instead = "give the model (see --help)" if takes_model else "cd into a workspace"
             raise WorkspaceError(
-                f"no model given, and no {CONFIG_NAME} in {where} or its parents",
-                hint="give the model (see --help), or set up a workspace with `ggufkit init SOURCE`",
+                f"{first} {CONFIG_NAME} in {where} or its parents (a workspace)",
+                hint=f"{instead}, or set one up here with `ggufkit init SOURCE`",
             )
         return workspace
 
@@ -80,8 +85,9 @@ class Workspace:
 
     @property
     def f16_path(self) -> Path:
-        """The converted file: ``<outdir>/<name>-<outtype>.gguf`` (f16 by default)."""
-        return self.outdir / f"{self.config.name}-{self.config.outtype}.gguf"
+        """The converted file: ``<outdir>/<name>-<OUTTYPE>.gguf`` (F16 by default), named as
+        ``convert`` and llama.cpp name it."""
+        return self.outdir / f"{self.config.name}-{self.config.outtype.upper()}.gguf"
 
     def quantized_path(self, qtype: str) -> Path:
         return self.outdir / f"{self.config.name}-{qtype.upper()}.gguf"
@@ -176,7 +182,7 @@ class Workspace:
         planned = output
         output = self.built(planned)
         with self.lock():
-            state = self._state(step, output, inputs, options, Manifest.load(self.manifest_path))
+            state = self.state_of(step, output, inputs, options, Manifest.load(self.manifest_path))
             if state.state == "up to date" and not force:
                 log.info("%s: up to date (skipped) %s", step, self.relative(output))
                 return StepResult(step, output, skipped=True)
@@ -209,7 +215,7 @@ class Workspace:
             )
             return StepResult(step, output, skipped=False, seconds=seconds)
 
-    def _state(
+    def state_of(
         self,
         step: str,
         output: Path,
@@ -233,7 +239,7 @@ class Workspace:
         return StepState(step, output, state, record)
 
     # -- the pipeline ---------------------------------------------------------------------------
-    def _convert_inputs(
+    def convert_inputs(
         self, model: ResolvedModel, base: ResolvedModel | None
     ) -> list[dict[str, Any]]:
         if base is None:
@@ -270,15 +276,12 @@ class Workspace:
             model, base = self.source(), self.delta_base()
             engine = self.convert_engine(engine)
             options = self.convert_options(engine)
+            chat_template = chat_template or self.config.chat_template
             if chat_template is not None:
                 options["chat_template"] = chat_template
-            split, split_args = self.split()
-            command = ["ggufkit", "convert", model.describe(), "-o", self.relative(self.f16_path)]
-            command += ["--outtype", self.config.outtype]
-            command += ["--delta-base", base.describe()] if base is not None else []
-            command += ["--engine", engine] if engine != "auto" else []
-            command += ["--chat-template", chat_template] if chat_template is not None else []
-            command += split_args
+            split = self.split()[0]
+            describe = base.describe() if base is not None else None
+            command = convert_command(self, model.describe(), describe, engine, chat_template)
 
             def action() -> object:
                 from ggufkit.convert import convert
@@ -300,7 +303,7 @@ class Workspace:
                         options[USED] = ran
                 return done
 
-            inputs = self._convert_inputs(model, base)
+            inputs = self.convert_inputs(model, base)
             return self.run_step(
                 "convert",
                 self.f16_path,
@@ -322,6 +325,15 @@ class Workspace:
         split set when ggufkit.toml sets ``split_max_size``)."""
         with self.lock():
             self.convert()
+            table = self.config.imatrix
+            if table is not None and (options is None or options.imatrix is None):
+                from ggufkit.quantize import QuantizeOptions
+                from ggufkit.workspace.imatrix_step import imatrix_path, make_imatrix
+
+                make_imatrix(self, table, self.root / table.corpus if table.corpus else None)
+                options = dataclasses.replace(
+                    options or QuantizeOptions(), imatrix=imatrix_path(self)
+                )
             return [
                 self.quantize_type(qtype, force=force, options=options)
                 for qtype in types or self.config.types
@@ -349,14 +361,19 @@ class Workspace:
             inputs.append(file_input(Path(options.imatrix), role="imatrix"))
         settings = {"type": qtype, **({"flags": flags} if flags else {})}
         settings.update({"split": split_args} if split_args else {})
-        command = ["ggufkit", "quantize", self.relative(source), qtype]
-        command += ["-o", self.relative(output), *options.binary_flags(), *split_args]
+        command = quantize_command(self, source, qtype, output, options)
 
         def action() -> object:
             from ggufkit.quantize import quantize
 
             done = quantize(
-                source, [qtype], output=output, options=options, engine=engine, split=split
+                source,
+                [qtype],
+                output=output,
+                options=options,
+                engine=engine,
+                split=split,
+                force=True,  # the step decides: it runs when its output is out of date
             )
             return done[0]
 
@@ -373,27 +390,6 @@ class Workspace:
 
     def status(self) -> list[StepState]:
         """Each step's output and whether it is up to date; downloads and builds nothing."""
-        manifest = Manifest.load(self.manifest_path)
-        model = self.cached(self.config.source, self.config.revision)
-        base = self.cached(self.config.delta_base)
-        known = model is not None and (base is not None or self.config.delta_base is None)
-        inputs = self._convert_inputs(model, base) if known and model is not None else None
-        split_args = self.split()[1]
-        split: dict[str, Any] = {"split": split_args} if split_args else {}
-        f16 = self.built(self.f16_path)
-        options = self.convert_options(self.convert_engine(None, manifest), manifest)
-        convert = self._state("convert", f16, inputs, options, manifest)
-        convert.label = "convert"
-        states = [convert]
-        f16_stale = convert.state in ("missing", "out of date", "modified")
-        f16_input = [file_input(f16)] if f16.is_file() else None
-        recorded = [r.get("options", {}).get("type") for r in manifest.artefacts.values()]
-        extra = [t for t in recorded if isinstance(t, str) and t not in self.config.types]
-        for qtype in dict.fromkeys([*self.config.types, *extra]):
-            output = self.built(self.quantized_path(qtype))
-            state = self._state("quantize", output, f16_input, {"type": qtype, **split}, manifest)
-            state.label = f"quantize {qtype}"
-            if state.state == "up to date" and f16_stale:
-                state.state = "out of date"  # the f16 it was made from is rebuilt first
-            states.append(state)
-        return states
+        from ggufkit.workspace.status import step_states
+
+        return step_states(self)

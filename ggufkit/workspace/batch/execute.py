@@ -23,7 +23,9 @@ from ggufkit.quantize.engines import QuantizeOptions
 from ggufkit.workspace.batch.graph import Step
 from ggufkit.workspace.batch.plan import BatchPlan, ModelSpec
 from ggufkit.workspace.config import WorkspaceConfig
+from ggufkit.workspace.imatrix_step import imatrix_path, make_imatrix
 from ggufkit.workspace.manifest import file_input
+from ggufkit.workspace.recorded import eval_command
 from ggufkit.workspace.steps import StepResult, Workspace
 
 log = get_logger("batch")
@@ -60,10 +62,6 @@ def workspace(plan: BatchPlan, model: ModelSpec) -> Workspace:
         types=list(plan.types),
     )
     return Workspace(plan.model_dir(model), config, exclusive=False)
-
-
-def imatrix_path(ws: Workspace) -> Path:
-    return ws.outdir / f"{ws.config.name}-imatrix.gguf"
 
 
 def eval_path(ws: Workspace) -> Path:
@@ -122,25 +120,7 @@ def _run(plan: BatchPlan, model: ModelSpec, step: Step) -> StepResult | str:
 
 
 def _imatrix(plan: BatchPlan, ws: Workspace) -> StepResult:
-    from ggufkit.data import calibration_corpus
-    from ggufkit.quantize.imatrix import compute_imatrix
-
-    corpus = plan.imatrix.corpus or calibration_corpus()
-    output, settings = imatrix_path(ws), plan.imatrix
-    options = {"ctx": settings.ctx, "chunks": settings.chunks}
-    command = ["ggufkit", "imatrix", ws.relative(ws.f16_path), "--corpus", str(corpus)]
-    command += ["--ctx", str(settings.ctx), "-o", ws.relative(output)]
-    command += ["--chunks", str(settings.chunks)] if settings.chunks else []
-    return ws.run_step(
-        "imatrix",
-        output,
-        inputs=[file_input(ws.f16_path), file_input(corpus, role="corpus")],
-        options=options,
-        command=command,
-        action=lambda: compute_imatrix(
-            ws.f16_path, corpus, output=output, ctx_size=settings.ctx, chunks=settings.chunks
-        ),
-    )
+    return make_imatrix(ws, plan.imatrix, plan.imatrix.corpus)
 
 
 def _quantize(plan: BatchPlan, ws: Workspace, step: Step) -> StepResult:
@@ -168,9 +148,9 @@ def _eval(plan: BatchPlan, ws: Workspace) -> StepResult:
         record_results(report, ws)
         return None
 
-    command = ["ggufkit", "eval", *(ws.relative(f) for f in files), "--corpus", str(corpus)]
-    command += ["--ctx", str(settings.ctx), "--no-speed", "--json"]
-    command += ["--chunks", str(settings.chunks)] if settings.chunks else []
+    command = eval_command(
+        ws, files, corpus=corpus, ctx=settings.ctx, chunks=settings.chunks, speed=False
+    )
     inputs = [file_input(f) for f in files] + [file_input(corpus, role="corpus")]
     return ws.run_step(
         "eval", output, inputs=inputs, options=options, command=command, action=action
