@@ -249,4 +249,5 @@ def test_a_workspace_splits_records_every_shard_and_unsplits(
     assert "built in" in ok("quantize")
     assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-F16.gguf", "tiny-Q8_0.gguf"]
     manifest = json.loads((out / "manifest.json").read_text())["artefacts"]
-    assert sorted(manifest) == ["tiny-F16.gguf", "tiny-Q8_0.gguf"]
+    # publish (even --dry-run) wrote and recorded the Modelfile beside the files
+    assert sorted(manifest) == ["Modelfile", "tiny-F16.gguf", "tiny-Q8_0.gguf"]
