@@ -213,4 +213,4 @@ def test_llama_cpp_sees_as_many_image_tokens_as_transformers(
                "-p", "What?", "-n", "1", "--temp", "0", "-v"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     seen = re.findall(r"decoding image batch \d+/\d+, n_tokens_batch = (\d+)", done.stderr)
-    assert seen and sum(int(n) for n in seen) == expected
+    assert seen and sum(int(n) for n in seen) == expected, done.stderr[-3000:]
