@@ -1,0 +1,81 @@
+"""LoRA adapters trained in the tests: a few seeded steps of PEFT training on a tiny base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TEXT = (
+    "The lighthouse keeper wound the clock at dusk and counted the ships that passed the reef. "
+    "Every night the lamp turned, and every morning the gulls came back to the rocks. "
+)
+
+
+def train_lora(
+    base_dir: Path,
+    out_dir: Path,
+    *,
+    steps: int = 4,
+    seed: int = 0,
+    lr: float = 0.05,
+    resize_to: int | None = None,
+    **config: Any,
+) -> Path:
+    """Train a LoRA adapter on ``base_dir`` for ``steps`` steps and save it to ``out_dir``.
+
+    ``config``: LoraConfig fields (r, lora_alpha, target_modules, use_rslora, rank_pattern, ...).
+    B starts at zero in PEFT, so the steps are what make the adapter do something; the B
+    matrices are then nudged (seeded) so that every targeted weight changes measurably.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    if resize_to is not None:
+        model.resize_token_embeddings(resize_to)
+    settings: dict[str, Any] = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    settings.update(config)
+    peft_model = get_peft_model(model, LoraConfig(**settings))
+    ids = torch.tensor([tokenizer(TEXT)["input_ids"][:64]])
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)
+    peft_model.train()
+    for _ in range(steps):
+        loss = peft_model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    peft_model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def peft_logits(base_dir: Path, adapter_dir: Path, ids: list[int], *, merged: bool = False) -> Any:
+    """PEFT's logits (float32 numpy, positions x vocab): the adapter applied, or merged."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    run = peft_model.merge_and_unload() if merged else peft_model
+    run.eval()
+    with torch.no_grad():
+        return run(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+
+
+def merged_state(base_dir: Path, adapter_dir: Path, dtype: str = "float32") -> dict[str, Any]:
+    """PEFT's merge_and_unload() state dict, in the base loaded as ``dtype``, as numpy float32."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=getattr(torch, dtype))
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    return {name: t.float().numpy() for name, t in merged.state_dict().items()}
