@@ -79,3 +79,31 @@ def merged_state(base_dir: Path, adapter_dir: Path, dtype: str = "float32") -> d
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=getattr(torch, dtype))
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     return {name: t.float().numpy() for name, t in merged.state_dict().items()}
+
+
+def _llama_logits_here(model: str, ids: list[int], lora: str | None) -> Any:
+    import numpy as np
+
+    from ggufkit.llamacpp.bindings import load_llama_cpp
+
+    llama_cpp = load_llama_cpp()
+    llm = llama_cpp.Llama(
+        model_path=model, lora_path=lora, n_ctx=128, logits_all=True, seed=0, verbose=False
+    )
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def llama_logits(model: Path, ids: list[int], lora: Path | None = None) -> Any:
+    """llama.cpp's logits (a child process), with a LoRA GGUF applied at run time if given."""
+    from ggufkit.formats.gguf_lora import check_lora_fits
+    from ggufkit.llamacpp.isolate import run_isolated
+
+    if lora is not None:
+        check_lora_fits(model, lora)
+    return run_isolated(
+        _llama_logits_here, str(model), ids, str(lora) if lora else None, what="llama.cpp"
+    )

@@ -46,6 +46,11 @@ from ggufkit.core.fsutil import human_bytes
 @path_option(
     "--delta-base", kind="dir", help="MODEL is a delta: add it to this base model while converting."
 )
+@path_option(
+    "--lora",
+    kind="dir",
+    help="A PEFT LoRA adapter directory: merge it into MODEL while converting (as merge-lora).",
+)
 @click.option(
     "--pre-tokenizer",
     default=None,
@@ -86,6 +91,7 @@ def command(
     outtype: str,
     engine: str,
     delta_base: Path | None,
+    lora: Path | None,
     pre_tokenizer: str | None,
     chat_template: str,
     tokenizer: str | None,
@@ -120,6 +126,7 @@ def command(
         ggufkit convert ./tiny-llama --outtype q8_0 --threads 4
         ggufkit convert ./phoenix-inst-chat-7b --engine upstream
         ggufkit convert ./vicuna-delta --delta-base ./llama-7b -o vicuna-7b-f16.gguf
+        ggufkit convert ./llama-7b --lora ./my-lora -o my-model-f16.gguf
         ggufkit convert ./chimera-inst-chat-7b --chat-template phoenix
         ggufkit init ./tiny-llama && ggufkit convert
         ggufkit convert ggml-model-f16.bin --tokenizer ./phoenix -o phoenix-f16.gguf
@@ -135,6 +142,7 @@ def command(
         if (
             output is not None
             or delta_base is not None
+            or lora is not None
             or pre_tokenizer is not None
             or chat_template != "auto"
             or tokenizer is not None
@@ -143,7 +151,7 @@ def command(
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
-                "-o, --outtype, --delta-base, --pre-tokenizer and the split size (split_max_size) "
+                "-o, --outtype, --delta-base, --lora, --pre-tokenizer and the split size (split_max_size) "
                 "come from ggufkit.toml when MODEL is left out, and --chat-template needs MODEL",
                 hint="edit ggufkit.toml, or give MODEL",
             )
@@ -175,6 +183,7 @@ def command(
             outtype=outtype.lower(),
             engine=engine,
             delta_base=delta_base,
+            lora=lora,
             threads=threads,
             force=force,
             pre_tokenizer=pre_tokenizer,
