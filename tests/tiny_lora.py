@@ -70,13 +70,17 @@ def peft_logits(base_dir: Path, adapter_dir: Path, ids: list[int], *, merged: bo
         return run(input_ids=torch.tensor([ids])).logits[0].float().numpy()
 
 
-def merged_state(base_dir: Path, adapter_dir: Path, dtype: str = "float32") -> dict[str, Any]:
+def merged_state(
+    base_dir: Path, adapter_dir: Path, dtype: str = "float32", resize_to: int | None = None
+) -> dict[str, Any]:
     """PEFT's merge_and_unload() state dict, in the base loaded as ``dtype``, as numpy float32."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=getattr(torch, dtype))
+    if resize_to is not None:
+        model.resize_token_embeddings(resize_to)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     return {name: t.float().numpy() for name, t in merged.state_dict().items()}
 

@@ -223,8 +223,12 @@ def _name_tensors(adapter: Adapter) -> None:
             halves[module]["kind"] = "embedding" if embedding else "linear"
         elif re.fullmatch(r".+\.(lora_[A-Za-z_]+|lora_magnitude_vector)(\..+)?", inner):
             strange.append(name)
-        else:  # a whole tensor: modules_to_save, or an embedding saved with the adapter
-            adapter.saved[inner.replace(".base_layer.", ".")] = name
+        elif ".original_module." not in inner:  # (the base's copy, kept by modules_to_save)
+            # a whole tensor: modules_to_save, or an embedding saved with the adapter (its
+            # base_layer, resized); the trained module wins over a saved base layer
+            key = inner.replace(".base_layer.", ".").replace(".modules_to_save.", ".")
+            if key not in adapter.saved or ".base_layer." in adapter.saved[key]:
+                adapter.saved[key] = name
     if strange:
         raise AdapterError(
             f"{adapter.path}: tensors ggufkit does not know how to apply ("

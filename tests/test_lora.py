@@ -1,0 +1,190 @@
+"""LoRA adapters merged into their base (merge-lora, PEFT as the oracle) and refused when bad."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiny
+from click.testing import CliRunner
+from tiny_lora import merged_state, train_lora
+
+from ggufkit.cli import cli
+from ggufkit.core.errors import AdapterError
+from ggufkit.delta import merge_lora
+from ggufkit.formats.safetensors import Checkpoint
+
+pytestmark = pytest.mark.needs_torch
+
+VARIANTS = {
+    "plain": {},
+    "rslora-patterns": {
+        "target_modules": ["q_proj", "v_proj", "down_proj"],
+        "use_rslora": True,
+        "rank_pattern": {"down_proj": 2},
+        "alpha_pattern": {"v_proj": 16},
+    },
+    "regex-embedding": {
+        "target_modules": r".*\.(k_proj|o_proj)|model\.embed_tokens",
+        "lora_alpha": 4,
+    },
+}
+
+
+def tensors(model_dir: Path) -> dict[str, np.ndarray]:
+    with Checkpoint.open(model_dir) as ckpt:
+        return {name: np.array(ckpt.read(name, float32=True)) for name in ckpt.names()}
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        name: train_lora(tiny_llama_dir, root / name, seed=i, **config)
+        for i, (name, config) in enumerate(VARIANTS.items())
+    }
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_merge_in_f32_is_peft_merge_and_unload(
+    variant: str, adapters: dict[str, Path], tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    result = merge_lora(tiny_llama_dir, adapters[variant], tmp_path / "merged", dtype="f32")
+    ours, base = tensors(result.output), tensors(tiny_llama_dir)
+    reference = merged_state(tiny_llama_dir, adapters[variant])
+    changed = [n for n in ours if not np.array_equal(ours[n], base[n])]
+    assert changed, "the adapter changed nothing: the test could not fail"
+    for name, expected in reference.items():
+        np.testing.assert_allclose(ours[name], expected, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert set(ours) == set(base)
+    record = json.loads((result.output / "ggufkit-merge.json").read_text())
+    assert "lora:adapter_model.safetensors" in record["files"]
+    assert record["lora"] == adapters[variant].name
+
+
+def test_merge_in_f16_is_peft_within_rounding(
+    adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, spm_model: Path
+) -> None:
+    base = tiny.make_llama(tmp_path_factory.mktemp("f16"), dtype="float16", spm_model=spm_model)
+    out = merge_lora(base, adapters["rslora-patterns"], tmp_path_factory.mktemp("o") / "m")
+    assert out.dtype == "f16"  # the base's own dtype by default, as PEFT merges
+    ours = tensors(out.output)
+    reference = merged_state(base, adapters["rslora-patterns"], dtype="float16")
+    for name, expected in reference.items():
+        # one f16 step at most: the float32 update may round differently at a tie
+        np.testing.assert_allclose(ours[name], expected, rtol=2e-3, atol=1e-4, err_msg=name)
+
+
+def test_modules_to_save_and_resized_vocabulary(
+    tiny_llama_dir: Path, tmp_path: Path, spm_model: Path
+) -> None:
+    vocab = int(json.loads((tiny_llama_dir / "config.json").read_text())["vocab_size"])
+    adapter = train_lora(
+        tiny_llama_dir,
+        tmp_path / "adapter",
+        resize_to=vocab + 8,
+        modules_to_save=["embed_tokens", "lm_head", "model.norm"],
+    )
+    out = merge_lora(tiny_llama_dir, adapter, tmp_path / "merged", dtype="f32")
+    assert out.extended == {n: (vocab, vocab + 8) for n in out.extended}
+    assert set(out.extended) == {"model.embed_tokens.weight", "lm_head.weight"}
+    config = json.loads((out.output / "config.json").read_text())
+    assert config["vocab_size"] == vocab + 8
+    ours = tensors(out.output)
+    reference = merged_state(tiny_llama_dir, adapter, resize_to=vocab + 8)
+    for name, expected in reference.items():
+        np.testing.assert_allclose(ours[name], expected, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_tied_lm_head_is_merged_into_the_embedding_as_peft_does(
+    tiny_llama_tied_dir: Path, tmp_path: Path
+) -> None:
+    adapter = train_lora(
+        tiny_llama_tied_dir, tmp_path / "adapter", target_modules=["q_proj", "lm_head"]
+    )
+    out = merge_lora(tiny_llama_tied_dir, adapter, tmp_path / "merged", dtype="f32")
+    ours = tensors(out.output)
+    assert "lm_head.weight" not in ours
+    reference = merged_state(tiny_llama_tied_dir, adapter)
+    embed = "model.embed_tokens.weight"
+    assert not np.array_equal(ours[embed], tensors(tiny_llama_tied_dir)[embed])
+    np.testing.assert_allclose(ours[embed], reference[embed], rtol=1e-6, atol=1e-7)
+
+
+def test_cli_merge_lora_json(
+    adapters: dict[str, Path], tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(
+        cli,
+        ["merge-lora", "--base", str(tiny_llama_dir), "--adapter", str(adapters["plain"]),
+         "-o", str(out), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["style"] == "lora" and data["dtype"] == "f32"  # the tiny base is float32
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.model").is_file()
+
+
+# --- bad input: a clear error, nothing written -------------------------------------------------
+
+
+def _broken(adapter: Path, tmp_path: Path, **changes: object) -> Path:
+    copy = tmp_path / "broken"
+    shutil.copytree(adapter, copy)
+    config = json.loads((copy / "adapter_config.json").read_text())
+    config.update(changes)
+    (copy / "adapter_config.json").write_text(json.dumps(config))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"peft_type": "IA3"}, "peft_type is 'IA3'"),
+        ({"use_dora": True}, "DoRA"),
+        ({"r": 0}, "not a positive rank"),
+        ({"target_modules": ["k_proj"]}, "does not name"),
+        ({"rank_pattern": {"q_proj": 8}}, "do not have the rank r=8"),
+    ],
+)
+def test_unsupported_or_inconsistent_adapters_are_refused(
+    changes: dict[str, object],
+    message: str,
+    adapters: dict[str, Path],
+    tiny_llama_dir: Path,
+    tmp_path: Path,
+) -> None:
+    broken = _broken(adapters["plain"], tmp_path, **changes)
+    with pytest.raises(AdapterError, match=message):
+        merge_lora(tiny_llama_dir, broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_config_is_refused(
+    adapters: dict[str, Path], tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    broken = _broken(adapters["plain"], tmp_path)
+    (broken / "adapter_config.json").unlink()
+    result = CliRunner().invoke(
+        cli, ["merge-lora", "--base", str(tiny_llama_dir), "--adapter", str(broken), "-o",
+              str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "adapter_config.json is missing" in result.output
+    assert "not a PEFT adapter" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_adapter_for_another_base_is_refused(
+    adapters: dict[str, Path], tiny_llama_gqa_dir: Path, tiny_bloom_dir: Path, tmp_path: Path
+) -> None:
+    # the GQA model has smaller k/v projections: the v_proj update does not fit
+    with pytest.raises(AdapterError, match=r"v_proj.*does not fit|does not fit.*v_proj"):
+        merge_lora(tiny_llama_gqa_dir, adapters["plain"], tmp_path / "out")
+    with pytest.raises(AdapterError, match="trained on a LlamaForCausalLM"):
+        merge_lora(tiny_bloom_dir, adapters["plain"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
