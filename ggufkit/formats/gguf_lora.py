@@ -55,15 +55,18 @@ def check_lora_fits(model: str | Path, lora: str | Path) -> float:
                 hint=_HINT,
                 path=lora,
             )
-        # ggml order (row length first): a is (n_in, r), b is (r, n_out); token_embd's a is
-        # stored transposed by the converter, so its rows and columns are swapped
         if b_shape is None or len(a_shape) != 2 or len(b_shape) != 2:
             raise AdapterError(f"{lora}: {target} lacks its lora_b", hint=_HINT, path=lora)
-        fits = {(a_shape[0], b_shape[1]), (b_shape[1], a_shape[0])}
-        if tuple(shapes[target][:2]) not in fits:
+        # llama.cpp's own checks (llama-adapter.cpp), in ggml order (row length first)
+        n_in, n_out = shapes[target][0], shapes[target][1] if len(shapes[target]) > 1 else 1
+        if target.endswith("token_embd.weight"):  # a and b flipped: see llm_build_inp_embd
+            fits = (n_in, n_out) == (b_shape[1], a_shape[1])
+        else:
+            fits = (n_in, n_out) == (a_shape[0], b_shape[1]) and a_shape[1] == b_shape[0]
+        if not fits:
             raise AdapterError(
                 f"the adapter {lora} does not fit {model}: {target} is {list(shapes[target])}, "
-                f"the adapter's update {[a_shape[0], b_shape[1]]}",
+                f"its lora_a {list(a_shape)} and lora_b {list(b_shape)}",
                 hint=_HINT,
                 path=lora,
             )
