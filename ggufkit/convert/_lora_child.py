@@ -48,7 +48,7 @@ def _scale_b(factors: dict[str, float]) -> None:
             tensors[name] = tensors[name].float() * factor
         return tensors
 
-    safetensors.torch.load_file = load_file
+    safetensors.torch.load_file = load_file  # type: ignore[assignment]
 
 
 def _add_kv(gguf: Any, kv: dict[str, Any]) -> None:

@@ -146,7 +146,7 @@ def _check_settings(path: Path, config: dict[str, Any]) -> None:
                 path=where,
             )
     rank, alpha = config.get("r"), config.get("lora_alpha")
-    if not _is_int(rank) or not 0 < rank <= 1 << 20:
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 < rank <= 1 << 20:
         raise AdapterError(f"{where}: r is {rank!r}, not a positive rank", hint=_HINT, path=where)
     if not _is_number(alpha):
         raise AdapterError(

@@ -25,6 +25,7 @@ from ggufkit.delta.arith import (
     DTYPES,
     FLOAT_CODES,
     Dtype,
+    RoundTrip,
     combine_into,
     output_array,
     to_float32,
@@ -38,7 +39,7 @@ from ggufkit.formats.shards import TensorSpec
 
 log = get_logger(__name__)
 
-_DTYPE_OF = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+_DTYPE_OF: dict[str, Dtype] = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 _EMBEDDINGS = ("embed_tokens.weight", "word_embeddings.weight", "wte.weight", "embed_in.weight")
 _HEADS = ("lm_head.weight", "embed_out.weight")
 _OTHER_BASE = "give the base model the adapter was trained on (adapter_config.json names it)"
@@ -47,7 +48,7 @@ _OTHER_BASE = "give the base model the adapter was trained on (adapter_config.js
 class LoraSource:
     """``base + scale * B @ A`` for every weight the adapter targets; see the module doc."""
 
-    round_trip = None  # merge-delta's make-delta statistics: not for a merge
+    round_trip: RoundTrip | None = None  # make-delta's statistics: never for a merge
 
     def __init__(self, base_dir: Path, adapter_dir: Path, *, dtype: str | None = None) -> None:
         self.base_dir, self.adapter_dir = Path(base_dir), Path(adapter_dir)
@@ -88,10 +89,10 @@ class LoraSource:
                 raise UsageError(
                     f"unknown dtype {dtype!r}", hint="use one of: " + ", ".join(DTYPES)
                 )
-            return dtype  # type: ignore[return-value]
+            return dtype
         counts = Counter(i.dtype for i in self.base.infos() if i.dtype in _DTYPE_OF)
         code = counts.most_common(1)[0][0] if counts else "F32"
-        return _DTYPE_OF[code]  # type: ignore[return-value]
+        return _DTYPE_OF[code]
 
     def _plan(self) -> None:
         names = set(self.base.names())
@@ -174,7 +175,7 @@ class LoraSource:
         return sorted(self.base.infos(), key=lambda i: (str(i.file), i.offset, i.name))
 
     def _merged_info(self, base: TensorInfo) -> TensorInfo:
-        shape = list(self._shape(base.name))
+        shape = self._shape(base.name)
         if base.dtype not in FLOAT_CODES:
             return base
         n_bytes = (4 if self.dtype == "f32" else 2) * int(np.prod(shape, dtype=np.int64))
