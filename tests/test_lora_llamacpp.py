@@ -6,6 +6,7 @@ verify's f16 tolerance with the same argmax, and a perturbed adapter must fail t
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -135,3 +136,60 @@ def test_what_a_llamacpp_adapter_cannot_carry_is_refused(
         llama_logits(bloom, IDS, lora_gguf)
     with pytest.raises(AdapterError, match="not a llama.cpp LoRA adapter"):
         check_lora_fits(bloom, base_gguf)
+
+
+@pytest.fixture(scope="module")
+def plain(
+    tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path
+) -> tuple[Path, Path, Path]:
+    """A plain adapter, its LoRA GGUF and the fused GGUF."""
+    root = tmp_path_factory.mktemp("plain")
+    adapter = train_lora(tiny_llama_dir, root / "adapter", seed=5)
+    lora_gguf = convert_lora_adapter(adapter, tiny_llama_dir, root / "lora.gguf").output
+    fused = convert(tiny_llama_dir, root / "fused.gguf", lora=adapter).output
+    return adapter, lora_gguf, fused
+
+
+def test_verify_run_and_eval_take_lora(
+    plain: tuple[Path, Path, Path],
+    tiny_llama_dir: Path,
+    base_gguf: Path,
+    tiny_bloom_dir: Path,
+    tmp_path: Path,
+) -> None:
+    adapter, lora_gguf, fused = plain
+    runner = CliRunner()
+    against = ["--against", str(tiny_llama_dir), "--against-adapter", str(adapter)]
+    for args in (
+        [str(base_gguf), "--lora", str(lora_gguf), *against],
+        [str(fused), *against],
+    ):
+        result = runner.invoke(cli, ["verify", *args, "--positions", "48", "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["passed"]
+    # without the adapter on the llama.cpp side, PEFT's logits are not the base's
+    result = runner.invoke(cli, ["verify", str(base_gguf), *against, "--positions", "48"])
+    assert result.exit_code == 1 and "FAIL" in result.output
+
+    run = ["run", str(base_gguf), "--lora", str(lora_gguf), "-p", "The", "-n", "4", "--json"]
+    result = runner.invoke(cli, [*run, "--temp", "0", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tokens"] >= 1
+    bloom = convert(tiny_bloom_dir, tmp_path / "bloom.gguf").output
+    result = runner.invoke(cli, ["run", str(bloom), "--lora", str(lora_gguf), "-p", "The"])
+    assert result.exit_code == 1 and "for 'llama' models" in result.output
+
+    def ppl(*args: str) -> float:
+        result = runner.invoke(
+            cli, ["eval", *args, "--chunks", "2", "--ctx", "64", "--no-speed", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        return float(json.loads(result.stdout)["models"][0]["ppl"])
+
+    with_lora, merged, alone = (
+        ppl(str(base_gguf), "--lora", str(lora_gguf)),
+        ppl(str(fused)),
+        ppl(str(base_gguf)),
+    )
+    assert abs(with_lora - merged) < 0.01 * merged
+    assert abs(with_lora - alone) > 0.01 * alone

@@ -15,6 +15,7 @@ from ggufkit.cli.options import (
     echo_json,
     flash_attn_option,
     json_option,
+    lora_option,
     path_argument,
     threads_option,
 )
@@ -65,6 +66,7 @@ log = get_logger("cli.run")
 @threads_option
 @device_option
 @flash_attn_option
+@lora_option
 @json_option
 def command(
     model: Path,
@@ -79,6 +81,7 @@ def command(
     echo: bool,
     ctx: int | None,
     threads: int | None,
+    lora: Path | None,
     as_json: bool,
 ) -> None:
     """Generate text from a prompt, streaming tokens to stdout.
@@ -93,6 +96,7 @@ def command(
         ggufkit run model-Q4_0.gguf -p "Write a haiku" --chat --seed 1
         ggufkit run model-Q4_0.gguf --chat -p "Hello" -p "Say more" --system "Be brief."
         ggufkit run model-Q4_0.gguf --chat          # type a line, get a reply; Ctrl-D ends
+        ggufkit run base-F16.gguf --lora my-lora-F16.gguf -p "Once upon a time"
     """
     sampling = Sampling(max_tokens, temp, top_p, seed, tuple(unescape(s) for s in stop))
     if not chat and len(prompts) != 1:
@@ -117,6 +121,7 @@ def command(
             ctx=ctx,
             threads=threads,
             on_text=stream,
+            lora=lora,
         )
         if as_json:
             echo_json({"model": str(model), "prompt": prompts[0], **result.to_json()})
@@ -143,6 +148,7 @@ def command(
         threads=threads,
         on_text=stream,
         on_turn=on_turn,
+        lora=lora,
     )
     if as_json:
         turns = [{"prompt": p, **r.to_json()} for p, r in zip(asked, results, strict=True)]
