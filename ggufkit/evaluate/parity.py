@@ -141,8 +141,12 @@ def reference_logits(
     torch, transformers = _import_transformers()
     model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
     if adapter is not None:
-        from peft import PeftModel
-
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            raise ToolMissingError(
+                "comparing with a LoRA adapter needs peft", hint="pip install 'ggufkit[torch]'"
+            ) from exc
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     with torch.no_grad():
