@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from tiny_lora import merged_state, train_lora
 
 from ggufkit.cli import cli
-from ggufkit.core.errors import AdapterError
+from ggufkit.core.errors import AdapterError, WorkspaceError
 from ggufkit.delta import merge_lora
 from ggufkit.formats.safetensors import Checkpoint
 
@@ -188,3 +188,54 @@ def test_adapter_for_another_base_is_refused(
     with pytest.raises(AdapterError, match="trained on a LlamaForCausalLM"):
         merge_lora(tiny_bloom_dir, adapters["plain"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# --- workspaces and batch plans take an adapter like a delta -----------------------------------
+
+
+def test_workspace_converts_with_an_adapter_and_tracks_it(
+    adapters: dict[str, Path],
+    tiny_llama_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ggufkit.formats.gguf_reader import read_gguf
+    from ggufkit.workspace import Workspace, init_workspace
+    from ggufkit.workspace.manifest import Manifest
+
+    shutil.copytree(tiny_llama_dir, tmp_path / "base")
+    shutil.copytree(adapters["plain"], tmp_path / "my-lora")
+    monkeypatch.chdir(tmp_path)
+    config = init_workspace(tmp_path, "base", name="tuned")
+    config.write_text(config.read_text().replace('# lora = "my-lora"', 'lora = "my-lora"'))
+    workspace = Workspace.require()
+    assert workspace.config.lora == "my-lora"
+    first = workspace.convert()
+    assert not first.skipped
+    assert read_gguf(first.output).metadata["ggufkit.source.lora"] == "my-lora"
+    record = Manifest.load(workspace.manifest_path).get(workspace.f16_path)
+    assert record is not None and [i["role"] for i in record["inputs"]] == ["model", "lora"]
+    assert "--lora" in record["command"]
+    assert workspace.convert().skipped
+    adapter_config = tmp_path / "my-lora" / "adapter_config.json"
+    adapter_config.write_text(
+        adapter_config.read_text().replace('"lora_alpha": 8', '"lora_alpha": 9')
+    )
+    assert not workspace.convert().skipped
+
+    (tmp_path / "my-lora" / "adapter_config.json").unlink()
+    with pytest.raises(WorkspaceError, match="not a PEFT adapter directory"):
+        workspace.convert()
+
+
+def test_batch_plan_takes_an_adapter(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    from ggufkit.workspace.batch.plan import parse_plan
+
+    (tmp_path / "my-lora").mkdir()
+    model = {"source": str(tiny_llama_dir), "lora": "my-lora"}
+    plan = parse_plan({"types": ["q4_0"], "models": [model]}, tmp_path / "batch.toml")
+    assert plan.models[0].lora == str((tmp_path / "my-lora").absolute())
+    with pytest.raises(WorkspaceError, match="lora 'gone' is not a directory"):
+        parse_plan(
+            {"types": ["q4_0"], "models": [{**model, "lora": "gone"}]}, tmp_path / "batch.toml"
+        )
