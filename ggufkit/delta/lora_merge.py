@@ -11,10 +11,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ggufkit.core.fsutil import human_bytes
 from ggufkit.core.log import get_logger
 from ggufkit.delta.lora_source import LoraSource, merged_config
-from ggufkit.delta.merge import TOKENIZER_FILES, MergeResult, check_paths, resolve_dir, write_model
+from ggufkit.delta.merge import (
+    TOKENIZER_FILES,
+    MergeResult,
+    check_paths,
+    resolve_dir,
+    write_merged,
+)
 from ggufkit.formats.origin import SourceInfo, SourceOrigin
 from ggufkit.formats.shards import DEFAULT_MAX_SHARD_BYTES
 
@@ -58,33 +63,14 @@ def merge_lora(
     with open_lora(base_dir, adapter_dir, dtype=dtype) as source:
         origin = SourceOrigin.of(SourceInfo(model_dir=base_dir, lora=adapter_dir))
         has_tokenizer = any((adapter_dir / name).is_file() for name in TOKENIZER_FILES)
-        try:
-            written = write_model(
-                source,
-                output,
-                files_from=adapter_dir if has_tokenizer else base_dir,
-                fallback=base_dir,
-                what="merged model",
-                max_shard_bytes=max_shard_bytes,
-                origin=origin,
-                config=merged_config(source),
-            )
-        finally:
-            origin.cancel()
-        result = MergeResult(
-            output=output,
+        return write_merged(
+            source,
+            output,
+            origin,
             style="lora",
-            dtype=source.dtype,
-            tensors=len(source.names()),
-            extended=source.extended,
-            files=[output / f.name for f in written.files],
-            total_bytes=written.total_bytes,
-            seconds=time.perf_counter() - started,
+            files_from=adapter_dir if has_tokenizer else base_dir,
+            fallback=base_dir,
+            max_shard_bytes=max_shard_bytes,
+            started=started,
+            config=merged_config(source),
         )
-    log.info(
-        "merged the adapter into %d tensors: %s (%s)",
-        result.tensors,
-        output,
-        human_bytes(result.total_bytes),
-    )
-    return result

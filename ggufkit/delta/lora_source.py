@@ -33,9 +33,9 @@ from ggufkit.delta.arith import (
 )
 from ggufkit.delta.lora import Adapter, LoraPair, delta_shape, read_adapter
 from ggufkit.delta.rows import RowReader
+from ggufkit.delta.source import ComputedTensors
 from ggufkit.formats.hfconfig import load_config
 from ggufkit.formats.safetensors import Checkpoint, TensorInfo, float32_to_bf16
-from ggufkit.formats.shards import TensorSpec
 
 log = get_logger(__name__)
 
@@ -45,7 +45,7 @@ _HEADS = ("lm_head.weight", "embed_out.weight")
 _OTHER_BASE = "give the base model the adapter was trained on (adapter_config.json names it)"
 
 
-class LoraSource:
+class LoraSource(ComputedTensors):
     """``base + scale * B @ A`` for every weight the adapter targets; see the module doc."""
 
     round_trip: RoundTrip | None = None  # make-delta's statistics: never for a merge
@@ -67,6 +67,7 @@ class LoraSource:
         self._rows_base, self._rows_adapter = RowReader(self.base), RowReader(self.adapter.weights)
         self._factors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
+        self._where = self.base_dir
         self._infos = {info.name: self._merged_info(info) for info in self._order()}
 
     # --- checks and plan ---------------------------------------------------------------------
@@ -183,35 +184,10 @@ class LoraSource:
 
     # --- the TensorSource protocol -----------------------------------------------------------
 
-    def __enter__(self) -> LoraSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(info.n_bytes for info in self._infos.values())
-
     @property
     def vocab_size(self) -> int | None:
         """The vocabulary size after a resize the adapter brings (None: unchanged)."""
         return max((rows for _, rows in self.extended.values()), default=None)
-
-    def specs(self) -> list[TensorSpec]:
-        return [TensorSpec(i.name, i.dtype, i.shape) for i in self._infos.values()]
-
-    def names(self) -> list[str]:
-        return list(self._infos)
-
-    def info(self, name: str) -> TensorInfo:
-        try:
-            return self._infos[name]
-        except KeyError:
-            raise AdapterError(f"tensor {name!r} is not in {self.base_dir}") from None
-
-    def infos(self) -> list[TensorInfo]:
-        return list(self._infos.values())
 
     def read(self, name: str, *, float32: bool = False) -> np.ndarray:
         rows = (self.info(name).shape or [1])[0]

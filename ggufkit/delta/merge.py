@@ -151,28 +151,55 @@ def merge_delta(
     # `convert --delta-base` does.
     origin = SourceOrigin.of(SourceInfo(model_dir=delta_dir, delta_base=base_dir))
     with open_merged(base_dir, delta_dir, style=style, dtype=dtype) as source:
-        try:
-            written = write_model(
-                source,
-                output,
-                files_from=delta_dir,
-                fallback=base_dir,
-                what="merged model",
-                max_shard_bytes=max_shard_bytes,
-                origin=origin,
-            )
-        finally:
-            origin.cancel()
-        result = MergeResult(
-            output=output,
+        return write_merged(
+            source,
+            output,
+            origin,
             style=source.style or "fastchat",
-            dtype=source.dtype,
-            tensors=len(source.names()),
-            extended=source.extended,
-            files=[output / f.name for f in written.files],
-            total_bytes=written.total_bytes,
-            seconds=time.perf_counter() - started,
+            files_from=delta_dir,
+            fallback=base_dir,
+            max_shard_bytes=max_shard_bytes,
+            started=started,
         )
+
+
+def write_merged(
+    source: MergedSource,
+    output: Path,
+    origin: SourceOrigin,
+    *,
+    style: str,
+    files_from: Path,
+    fallback: Path,
+    max_shard_bytes: int,
+    started: float,
+    config: dict[str, Any] | None = None,
+) -> MergeResult:
+    """:func:`write_model` for a merge (``origin`` hashed while writing, its hashing ended either
+    way), and what was written."""
+    try:
+        written = write_model(
+            source,
+            output,
+            files_from=files_from,
+            fallback=fallback,
+            what="merged model",
+            max_shard_bytes=max_shard_bytes,
+            origin=origin,
+            config=config,
+        )
+    finally:
+        origin.cancel()
+    result = MergeResult(
+        output=output,
+        style=style,
+        dtype=source.dtype,
+        tensors=len(source.infos()),
+        extended=dict(source.extended),
+        files=[output / f.name for f in written.files],
+        total_bytes=written.total_bytes,
+        seconds=time.perf_counter() - started,
+    )
     log.info(
         "merged %d tensors into %s (%s)", result.tensors, output, human_bytes(result.total_bytes)
     )
@@ -257,6 +284,8 @@ class MergedSource(Protocol):
     dtype: Dtype
     round_trip: RoundTrip | None
 
+    @property
+    def extended(self) -> dict[str, tuple[int, int]]: ...
     @property
     def total_bytes(self) -> int: ...
     def infos(self) -> list[TensorInfo]: ...
