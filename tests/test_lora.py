@@ -65,17 +65,51 @@ def test_merge_in_f32_is_peft_merge_and_unload(
     assert record["lora"] == adapters[variant].name
 
 
-def test_merge_in_f16_is_peft_within_rounding(
-    adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, spm_model: Path
+@pytest.mark.parametrize(("torch_dtype", "dtype", "step"), [("float16", "f16", 2e-3), ("bfloat16", "bf16", 1.6e-2)])  # fmt: skip
+def test_merge_in_half_precision_is_peft_within_rounding(
+    torch_dtype: str,
+    dtype: str,
+    step: float,
+    adapters: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    spm_model: Path,
 ) -> None:
-    base = tiny.make_llama(tmp_path_factory.mktemp("f16"), dtype="float16", spm_model=spm_model)
+    base = tiny.make_llama(tmp_path_factory.mktemp(dtype), dtype=torch_dtype, spm_model=spm_model)
     out = merge_lora(base, adapters["rslora-patterns"], tmp_path_factory.mktemp("o") / "m")
-    assert out.dtype == "f16"  # the base's own dtype by default, as PEFT merges
+    assert out.dtype == dtype  # the base's own dtype by default, as PEFT merges
     ours = tensors(out.output)
-    reference = merged_state(base, adapters["rslora-patterns"], dtype="float16")
+    reference = merged_state(base, adapters["rslora-patterns"], dtype=torch_dtype)
+    unchanged = tensors(base)
+    assert any(not np.array_equal(ours[n], unchanged[n]) for n in ours)
+    same = sum(int(np.sum(ours[n] == reference[n])) for n in reference)
+    assert same >= 0.999 * sum(v.size for v in reference.values())
     for name, expected in reference.items():
-        # one f16 step at most: the float32 update may round differently at a tie
-        np.testing.assert_allclose(ours[name], expected, rtol=2e-3, atol=1e-4, err_msg=name)
+        # one rounding step at most: the float32 products may differ in their last bit at a tie
+        np.testing.assert_allclose(ours[name], expected, rtol=step, atol=1e-4, err_msg=name)
+
+
+def test_fan_in_fan_out_conv1d_merge_is_peft(tmp_path: Path) -> None:
+    """GPT-2 stores its linear layers as Conv1D (in x out): PEFT's fan_in_fan_out."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=300, n_positions=128)
+    GPT2LMHeadModel(config).save_pretrained(str(tmp_path / "gpt2"))
+    adapter = train_lora(
+        tmp_path / "gpt2",
+        tmp_path / "adapter",
+        target_modules=["c_attn", "c_fc"],
+        fan_in_fan_out=True,
+    )
+    out = merge_lora(tmp_path / "gpt2", adapter, tmp_path / "merged", dtype="f32")
+    ours, base = tensors(out.output), tensors(tmp_path / "gpt2")
+    reference = merged_state(tmp_path / "gpt2", adapter)
+    assert not np.array_equal(
+        ours["transformer.h.0.attn.c_attn.weight"], base["transformer.h.0.attn.c_attn.weight"]
+    )
+    for name, value in ours.items():
+        np.testing.assert_allclose(value, reference[name], rtol=1e-6, atol=1e-7, err_msg=name)
 
 
 def test_modules_to_save_and_resized_vocabulary(

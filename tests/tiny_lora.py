@@ -33,13 +33,17 @@ def train_lora(
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    if any(base_dir.glob("tokenizer*")):
+        ids = torch.tensor([AutoTokenizer.from_pretrained(str(base_dir))(TEXT)["input_ids"][:64]])
+    else:  # a checkpoint without a tokenizer: seeded token ids
+        ids = torch.randint(
+            3, model.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(seed)
+        )
     if resize_to is not None:
         model.resize_token_embeddings(resize_to)
     settings: dict[str, Any] = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     settings.update(config)
     peft_model = get_peft_model(model, LoraConfig(**settings))
-    ids = torch.tensor([tokenizer(TEXT)["input_ids"][:64]])
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)
     peft_model.train()
     for _ in range(steps):

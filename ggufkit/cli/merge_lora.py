@@ -33,7 +33,7 @@ DTYPE_CHOICES = ("f16", "bf16", "f32")
 @choice_option(
     "--dtype",
     choices=DTYPE_CHOICES,
-    help="Round the update to this dtype and add in it (default: the base's own dtype).",
+    help="Write the merged weights in this dtype (default: the base's own dtype).",
 )
 @json_option
 def command(base: str, adapter: Path, output: Path, dtype: str | None, as_json: bool) -> None:
@@ -41,8 +41,8 @@ def command(base: str, adapter: Path, output: Path, dtype: str | None, as_json: 
 
     One row block at a time, so memory stays near a few blocks, not the model. scale is
     lora_alpha / r (lora_alpha / sqrt(r) with use_rslora; rank_pattern and alpha_pattern per
-    module), as PEFT's merge_and_unload() computes it: the update in float32, rounded to the
-    model's dtype and added in it (--dtype f32 merges exactly). Whole modules the adapter saves
+    module), as PEFT's merge_and_unload() computes it: base + update in float32, rounded once
+    to the model's dtype (--dtype f32 keeps the float32 sum). Whole modules the adapter saves
     (modules_to_save, resized embeddings) replace the base's; a LoRA on an lm_head the base ties
     to its embeddings is merged into the shared matrix, as PEFT does (a warning says so). DoRA and
     other PEFT types are refused. The output is a Hugging Face directory with the base's config

@@ -29,9 +29,9 @@ log = get_logger(__name__)
 def open_lora(base_dir: Path, adapter_dir: Path, *, dtype: str | None = None) -> LoraSource:
     """The base with the adapter merged, tensor by tensor; checked against each other up front.
 
-    ``dtype`` (default: the base's own): the delta ``scale * B @ A`` is computed in float32,
-    rounded to it and added in it, as PEFT's merge_and_unload() does in the model's dtype;
-    "f32" merges exactly.
+    ``dtype`` (default: the base's own): ``base + scale * B @ A`` is computed in float32 and
+    rounded once to it, as PEFT's merge_and_unload() adds its float32 update into the weight;
+    "f32" keeps the float32 sum.
     """
     source = LoraSource(Path(base_dir), Path(adapter_dir), dtype=dtype)
     adapter = source.adapter

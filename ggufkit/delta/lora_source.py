@@ -1,9 +1,9 @@
 """A base model with a LoRA adapter merged on the fly: a TensorSource, by tensor or by row block.
 
 Each targeted weight is ``base + scale * B @ A`` computed for the rows asked for (A and B are
-small: r x in and out x r), added with merge-delta's arithmetic (``arith.combine_into``): the
-delta is computed in float32, rounded to the working dtype and added in it, as PEFT's
-``merge_and_unload()`` does on CPU. Untargeted tensors pass through, cast to the working dtype
+small: r x in and out x r) in float32, and the sum rounded once to the working dtype: PEFT keeps
+a loaded adapter in float32 and ``merge_and_unload()`` adds its float32 update into the weight in
+place. Rows are read and given back as merge-delta's are (``rows.RowReader``). Untargeted tensors pass through, cast to the working dtype
 (the base's own by default, so nothing changes there). Base and adapter are checked against each
 other up front: an adapter made for another base fails before anything is written.
 """
@@ -26,7 +26,6 @@ from ggufkit.delta.arith import (
     FLOAT_CODES,
     Dtype,
     RoundTrip,
-    combine_into,
     output_array,
     to_float32,
     values_as,
@@ -215,9 +214,11 @@ class LoraSource(ComputedTensors):
             return np.array(picked)
         out = output_array(picked.shape, self.dtype, buffer)
         pair = self.pairs.get(name)
-        if pair is not None:  # base + delta with merge-delta's arithmetic
-            delta = self._delta_rows(name, pair, rows, picked.shape[0])
-            combine_into(out, delta, "F32", picked, code, self.dtype, subtract=False)
+        if pair is not None:
+            # PEFT keeps the adapter in float32 (autocast_adapter_dtype) and adds its float32
+            # update into the weight in place: one rounding of base + update to the dtype
+            values = values_as(picked, code, "f32") + self._delta_rows(name, pair, rows)
+            out[...] = float32_to_bf16(values) if self.dtype == "bf16" else values
         elif _DTYPE_OF.get(code) == self.dtype:
             out[...] = picked  # the same bits
         else:
@@ -228,9 +229,8 @@ class LoraSource(ComputedTensors):
             reader.release_rows(source_name, start, stop)
         return out
 
-    def _delta_rows(
-        self, name: str, pair: LoraPair, rows: slice | np.ndarray, count: int
-    ) -> np.ndarray:
+    def _delta_rows(self, name: str, pair: LoraPair, rows: slice | np.ndarray) -> np.ndarray:
+        """Rows of ``scale * B @ A`` (as the base stores the weight), in float32."""
         a, b = self._ab(name, pair)
         if pair.transposed:  # rows of (B @ A).T are columns of A
             picked_a = a[:, rows]
@@ -238,7 +238,6 @@ class LoraSource(ComputedTensors):
         else:
             delta = b[rows] @ a
         delta *= np.float32(pair.scale)
-        assert delta.shape[0] == count
         return delta
 
     def _ab(self, name: str, pair: LoraPair) -> tuple[np.ndarray, np.ndarray]:
