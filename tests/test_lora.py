@@ -273,3 +273,19 @@ def test_batch_plan_takes_an_adapter(tmp_path: Path, tiny_llama_dir: Path) -> No
         parse_plan(
             {"types": ["q4_0"], "models": [{**model, "lora": "gone"}]}, tmp_path / "batch.toml"
         )
+
+
+def test_embedded_adapter_merges_as_peft_and_learned_milton(tmp_path: Path) -> None:
+    from ggufkit.data import ADAPTER_BASES, embedded_adapter, embedded_model, training_record
+
+    name = "tiny-llama-milton-lora"
+    adapter, base = embedded_adapter(name), embedded_model(ADAPTER_BASES[name])
+    figures = training_record()[name]
+    assert figures["milton_heldout_ppl"] < figures["base_milton_heldout_ppl"]
+    out = merge_lora(base, adapter, tmp_path / "merged")
+    assert out.dtype == "f16"
+    ours, reference = tensors(out.output), merged_state(base, adapter, dtype="float16")
+    same = sum(int(np.sum(ours[n] == reference[n])) for n in reference)
+    assert same >= 0.999 * sum(v.size for v in reference.values())
+    for name_, expected in reference.items():
+        np.testing.assert_allclose(ours[name_], expected, rtol=2e-3, atol=1e-4, err_msg=name_)

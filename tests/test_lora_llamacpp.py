@@ -193,3 +193,20 @@ def test_verify_run_and_eval_take_lora(
     )
     assert abs(with_lora - merged) < 0.01 * merged
     assert abs(with_lora - alone) > 0.01 * alone
+
+
+def test_embedded_adapter_three_routes_agree_with_peft(tmp_path: Path) -> None:
+    from ggufkit.data import ADAPTER_BASES, embedded_adapter, embedded_model, milton_corpus
+
+    adapter = embedded_adapter("tiny-llama-milton-lora")
+    base = embedded_model(ADAPTER_BASES["tiny-llama-milton-lora"])
+    base_gguf = convert(base, tmp_path / "base.gguf").output
+    lora_gguf = convert_lora_adapter(adapter, base, tmp_path / "lora.gguf").output
+    fused = convert(base, tmp_path / "fused.gguf", lora=adapter).output
+    against = ["--against", str(base), "--against-adapter", str(adapter)]
+    text = ["--text", str(milton_corpus()), "--positions", "64", "--json"]
+    for args in ([str(base_gguf), "--lora", str(lora_gguf)], [str(fused)]):
+        result = CliRunner().invoke(cli, ["verify", *args, *against, *text])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["verify", str(base_gguf), *against, *text])
+    assert result.exit_code == 1
