@@ -240,11 +240,11 @@ def build_tiny_llama(corpus: Corpus, out: Path, steps: int, workdir: Path) -> di
     return figures
 
 
-def build_milton_delta(corpus: Corpus, out: Path, steps: int, full_dir: Path) -> dict[str, Any]:
-    """Fine-tune tiny-llama + <pad> on Paradise Lost; write the full target, then the delta."""
+def milton_inputs(corpus: Corpus, base_dir: Path) -> tuple[Any, ...]:
+    """tiny-llama (float32), its tokenizer, Paradise Lost as a token stream, the two held-out
+    texts as ids, and the base's Milton held-out perplexity (the figures' first entry)."""
     from transformers import LlamaForCausalLM, LlamaTokenizer
 
-    base_dir = out / "tiny-llama"
     base = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     tokenizer = LlamaTokenizer.from_pretrained(str(base_dir))
     milton = encode_stream(tokenizer, [corpus.milton_train], eos=2)
@@ -255,6 +255,13 @@ def build_milton_delta(corpus: Corpus, out: Path, steps: int, full_dir: Path) ->
     figures: dict[str, Any] = {
         "base_milton_heldout_ppl": round(heldout_perplexity(base, milton_heldout, bos=1), 2)
     }
+    return base, tokenizer, milton, milton_heldout, heldout, figures
+
+
+def build_milton_delta(corpus: Corpus, out: Path, steps: int, full_dir: Path) -> dict[str, Any]:
+    """Fine-tune tiny-llama + <pad> on Paradise Lost; write the full target, then the delta."""
+    base_dir = out / "tiny-llama"
+    base, tokenizer, milton, milton_heldout, heldout, figures = milton_inputs(corpus, base_dir)
     torch.manual_seed(SEED + 1)
     base.resize_token_embeddings(len(tokenizer) + 1)  # the new <pad> row, drawn near the mean
     base.config.pad_token_id = len(tokenizer)
@@ -279,19 +286,9 @@ def build_milton_delta(corpus: Corpus, out: Path, steps: int, full_dir: Path) ->
 def build_milton_lora(corpus: Corpus, out: Path, steps: int) -> dict[str, Any]:
     """Train a LoRA adapter on tiny-llama on Paradise Lost; save it as PEFT does, in float16."""
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaForCausalLM, LlamaTokenizer
 
     base_dir = out / "tiny-llama"
-    base = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    tokenizer = LlamaTokenizer.from_pretrained(str(base_dir))
-    milton = encode_stream(tokenizer, [corpus.milton_train], eos=2)
-    milton_heldout = torch.tensor(
-        tokenizer(corpus.milton_heldout, add_special_tokens=False)["input_ids"]
-    )
-    heldout = torch.tensor(tokenizer(corpus.heldout, add_special_tokens=False)["input_ids"])
-    figures: dict[str, Any] = {
-        "base_milton_heldout_ppl": round(heldout_perplexity(base, milton_heldout, bos=1), 2)
-    }
+    base, _, milton, milton_heldout, heldout, figures = milton_inputs(corpus, base_dir)
     torch.manual_seed(SEED + 4)
     config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS)
     model = get_peft_model(base, config)
