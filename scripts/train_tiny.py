@@ -19,6 +19,8 @@ Models (float16 safetensors, dimensions multiples of 64, head_dim 64):
   sentencepiece BPE tokenizer of 2048 pieces (byte fallback) trained on the training text.
 - tiny-llama-milton-delta: tiny-llama plus a ``<pad>`` token (vocab 2049), fine-tuned briefly on
   Paradise Lost, shipped as a delta (target - base) against tiny-llama, like Vicuna and Chimera.
+- tiny-llama-milton-lora: a PEFT LoRA adapter on tiny-llama (r=8, alpha 16, every linear layer),
+  trained briefly on Paradise Lost like the delta; float16, no added token.
 - tiny-bloom: BloomForCausalLM, hidden 192, 4 layers, 3 heads, a byte-level BPE tokenizer of 2000
   tokens with BLOOM's pre-tokenizer, its embedding padded to 2048 rows as BLOOM pads its own.
 
@@ -68,8 +70,14 @@ SEED = 1234
 CONTEXT = 512
 BLOOM_ROWS = 2048
 
-MODELS = ("tiny-llama", "tiny-llama-milton-delta", "tiny-bloom")
-DEFAULT_STEPS = {"tiny-llama": 600, "tiny-llama-milton-delta": 80, "tiny-bloom": 600}
+MODELS = ("tiny-llama", "tiny-llama-milton-delta", "tiny-bloom", "tiny-llama-milton-lora")
+DEFAULT_STEPS = {
+    "tiny-llama": 600,
+    "tiny-llama-milton-delta": 80,
+    "tiny-bloom": 600,
+    "tiny-llama-milton-lora": 80,
+}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass(frozen=True)
@@ -232,11 +240,11 @@ def build_tiny_llama(corpus: Corpus, out: Path, steps: int, workdir: Path) -> di
     return figures
 
 
-def build_milton_delta(corpus: Corpus, out: Path, steps: int, full_dir: Path) -> dict[str, Any]:
-    """Fine-tune tiny-llama + <pad> on Paradise Lost; write the full target, then the delta."""
+def milton_inputs(corpus: Corpus, base_dir: Path) -> tuple[Any, ...]:
+    """tiny-llama (float32), its tokenizer, Paradise Lost as a token stream, the two held-out
+    texts as ids, and the base's Milton held-out perplexity (the figures' first entry)."""
     from transformers import LlamaForCausalLM, LlamaTokenizer
 
-    base_dir = out / "tiny-llama"
     base = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     tokenizer = LlamaTokenizer.from_pretrained(str(base_dir))
     milton = encode_stream(tokenizer, [corpus.milton_train], eos=2)
@@ -247,6 +255,13 @@ def build_milton_delta(corpus: Corpus, out: Path, steps: int, full_dir: Path) ->
     figures: dict[str, Any] = {
         "base_milton_heldout_ppl": round(heldout_perplexity(base, milton_heldout, bos=1), 2)
     }
+    return base, tokenizer, milton, milton_heldout, heldout, figures
+
+
+def build_milton_delta(corpus: Corpus, out: Path, steps: int, full_dir: Path) -> dict[str, Any]:
+    """Fine-tune tiny-llama + <pad> on Paradise Lost; write the full target, then the delta."""
+    base_dir = out / "tiny-llama"
+    base, tokenizer, milton, milton_heldout, heldout, figures = milton_inputs(corpus, base_dir)
     torch.manual_seed(SEED + 1)
     base.resize_token_embeddings(len(tokenizer) + 1)  # the new <pad> row, drawn near the mean
     base.config.pad_token_id = len(tokenizer)
@@ -265,6 +280,28 @@ def build_milton_delta(corpus: Corpus, out: Path, steps: int, full_dir: Path) ->
             )
         save_fp16(base, tmp)
     world_readable(make_delta(base_dir, full_dir, out / "tiny-llama-milton-delta"))
+    return figures
+
+
+def build_milton_lora(corpus: Corpus, out: Path, steps: int) -> dict[str, Any]:
+    """Train a LoRA adapter on tiny-llama on Paradise Lost; save it as PEFT does, in float16."""
+    from peft import LoraConfig, get_peft_model
+
+    base_dir = out / "tiny-llama"
+    base, _, milton, milton_heldout, heldout, figures = milton_inputs(corpus, base_dir)
+    torch.manual_seed(SEED + 4)
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    model = get_peft_model(base, config)
+    model.peft_config["default"].base_model_name_or_path = "tiny-llama"  # not this machine's path
+    settings = TrainSettings(steps=steps, lr=2e-3, bos=1, seed=SEED + 5, warmup=10)
+    figures["train_seconds"] = round(train_lm(model, milton, settings), 1)
+    figures["train_tokens"] = steps * settings.batch * CONTEXT
+    figures["milton_heldout_ppl"] = round(heldout_perplexity(model, milton_heldout, bos=1), 2)
+    figures["heldout_ppl"] = round(heldout_perplexity(model, heldout, bos=1), 2)
+    with atomic_dir(out / "tiny-llama-milton-lora") as tmp:
+        model.to(torch.float16).save_pretrained(str(tmp))
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card template
+        world_readable(tmp)
     return figures
 
 
@@ -326,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                 figures = build_tiny_llama(corpus, out, steps, workdir)
             elif name == "tiny-bloom":
                 figures = build_tiny_bloom(corpus, out, steps)
+            elif name == "tiny-llama-milton-lora":
+                figures = build_milton_lora(corpus, out, steps)
             else:
                 full_dir = args.milton_full or workdir / "tiny-llama-milton-full"
                 figures = build_milton_delta(corpus, out, steps, full_dir)

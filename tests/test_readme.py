@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from hubserver import FakeHub, serving
 
 from ggufkit.cli import cli
-from ggufkit.data import embedded_model
+from ggufkit.data import embedded_adapter, embedded_model
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 NOT_RUN = "(not run by the tests"
@@ -39,6 +39,7 @@ FOLDERS = {
     "./vicuna-7b-delta-v0": "tiny-llama-milton-delta",
     "./llama-7b": "tiny-llama",
 }
+ADAPTERS = {"./my-lora": "tiny-llama-milton-lora"}  # a PEFT LoRA of tiny-llama
 # The stand-ins claim LLaMA-1's and TinyLlama's context (2048) in config.json, as the real ones do.
 CONTEXT = 2048
 PLAN = 'outdir = "out"\ntypes = ["q4_0"]\n\n[[models]]\nsource = "my-model"\n'
@@ -101,6 +102,10 @@ def test_readme_example_runs(
         (tmp_path / name).mkdir()
         for file, data in stand_in(model).items():
             (tmp_path / name / file).write_bytes(data)
+    for name, adapter in ADAPTERS.items():
+        (tmp_path / name).mkdir()
+        for file in embedded_adapter(adapter).iterdir():
+            (tmp_path / name / file.name).write_bytes(file.read_bytes())
     (tmp_path / "batch.toml").write_text(PLAN, encoding="utf-8")
     for argv in commands(block):
         args = argv[1:] + EXTRA.get(argv[1], [])

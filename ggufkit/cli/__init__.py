@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "status": "status",
     "merge-delta": "merge_delta",
     "make-delta": "make_delta",
+    "merge-lora": "merge_lora",
+    "convert-lora": "convert_lora",
     "convert": "convert",
     "families": "families",
     "build": "build",

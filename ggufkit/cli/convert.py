@@ -43,6 +43,11 @@ from ggufkit.core.fsutil import human_bytes
     metavar="BASE",
     help="MODEL is a delta: add it to BASE (a directory or Hub id) while converting.",
 )
+@path_option(
+    "--lora",
+    kind="dir",
+    help="A PEFT LoRA adapter directory: merge it into MODEL while converting (as merge-lora).",
+)
 @click.option(
     "--pre-tokenizer",
     default=None,
@@ -83,6 +88,7 @@ def command(
     outtype: str,
     engine: str,
     delta_base: str | None,
+    lora: Path | None,
     pre_tokenizer: str | None,
     chat_template: str,
     tokenizer: str | None,
@@ -117,6 +123,7 @@ def command(
         ggufkit convert ./tiny-llama --outtype q8_0 --threads 4
         ggufkit convert ./phoenix-inst-chat-7b --engine upstream
         ggufkit convert ./vicuna-delta --delta-base ./llama-7b -o vicuna-7b-f16.gguf
+        ggufkit convert ./llama-7b --lora ./my-lora -o my-model-f16.gguf
         ggufkit convert ./chimera-inst-chat-7b --chat-template phoenix
         ggufkit init ./tiny-llama && ggufkit convert
         ggufkit convert ggml-model-f16.bin --tokenizer ./phoenix -o phoenix-f16.gguf
@@ -132,6 +139,7 @@ def command(
         if (
             output is not None
             or delta_base is not None
+            or lora is not None
             or pre_tokenizer is not None
             or chat_template != "auto"
             or tokenizer is not None
@@ -140,10 +148,10 @@ def command(
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
-                "-o, --outtype, --delta-base, --chat-template and the split size come from "
-                "ggufkit.toml when MODEL is left out (--pre-tokenizer, --tokenizer and "
+                "-o, --outtype, --delta-base, --lora, --chat-template and the split size come "
+                "from ggufkit.toml when MODEL is left out (--pre-tokenizer, --tokenizer and "
                 "--context-length need MODEL)",
-                hint="edit ggufkit.toml (outdir, name, outtype, delta_base, chat_template, "
+                hint="edit ggufkit.toml (outdir, name, outtype, delta_base, lora, chat_template, "
                 "split_max_size), or give MODEL",
             )
         engine_given = click.get_current_context().get_parameter_source("engine")
@@ -174,6 +182,7 @@ def command(
             outtype=outtype.lower(),
             engine=engine,
             delta_base=delta_base,
+            lora=lora,
             threads=threads,
             force=force,
             pre_tokenizer=pre_tokenizer,

@@ -16,6 +16,7 @@ from ggufkit.cli.options import (
     echo_result,
     flash_attn_option,
     json_option,
+    lora_option,
     parse_fraction,
     path_argument,
     path_option,
@@ -66,6 +67,7 @@ log = get_logger("cli.eval")
 @count_option("--seed", default=0, minimum=0, help="With --target-error: seed of the chunk order.")
 @plot_option("Also write a PNG: perplexity and KL-divergence against file size.")
 @flash_attn_option
+@lora_option
 @json_option
 def command(
     models: tuple[Path, ...],
@@ -82,6 +84,7 @@ def command(
     min_chunks: int,
     seed: int,
     plot: Path | None,
+    lora: Path | None,
     as_json: bool,
 ) -> None:
     """Fill the quantization guide's table: perplexity, KL-divergence vs F16, size, bits per
@@ -97,6 +100,7 @@ def command(
         ggufkit eval model-*.gguf --json > eval.json --plot eval.png
         ggufkit eval model-f16.gguf model-Q*.gguf --target-error 1%   # stop early, 95 % intervals
         ggufkit eval                      # in a workspace: all of its GGUF files
+        ggufkit eval base-F16.gguf base-Q4_0.gguf --lora my-lora-F16.gguf   # adapter applied
     """
     paths, workspace = resolve_models(models)
     report = evaluate(
@@ -113,8 +117,10 @@ def command(
         target_error=target_error,
         min_chunks=min_chunks,
         seed=seed,
+        lora=lora,
     )
-    if workspace is not None and record_results(report, workspace):
+    # the files' own results only: with an adapter applied they describe another model
+    if workspace is not None and lora is None and record_results(report, workspace):
         log.info("results recorded in %s", workspace.manifest_path)
     if plot is not None:
         plot_eval(report, plot)

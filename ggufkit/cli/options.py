@@ -73,6 +73,13 @@ def _path(kind: str) -> click.Path:
     return click.Path(path_type=Path, file_okay=kind != "dir", dir_okay=kind != "file")
 
 
+lora_option = path_option(
+    "--lora",
+    kind="file",
+    help="A LoRA adapter GGUF (`ggufkit convert-lora`) that llama.cpp applies at run time.",
+)
+
+
 def force_option(help: str) -> Decorator:
     return click.option("--force", is_flag=True, help=help)
 

@@ -15,6 +15,7 @@ from ggufkit.cli.options import (
     echo_json,
     flash_attn_option,
     json_option,
+    lora_option,
     path_argument,
     path_option,
     threads_option,
@@ -78,6 +79,7 @@ log = get_logger("cli.run")
 @threads_option
 @device_option
 @flash_attn_option
+@lora_option
 @json_option
 def command(
     model: Path,
@@ -94,6 +96,7 @@ def command(
     mmproj: Path | None,
     ctx: int | None,
     threads: int | None,
+    lora: Path | None,
     as_json: bool,
 ) -> None:
     """Generate text from a prompt, streaming tokens to stdout.
@@ -109,8 +112,13 @@ def command(
         ggufkit run model-Q4_0.gguf --chat -p "Hello" -p "Say more" --system "Be brief."
         ggufkit run model-Q4_0.gguf --chat          # type a line, get a reply; Ctrl-D ends
         ggufkit run vlm-F16.gguf --image cat.png -p "What is in the picture?"
+        ggufkit run base-F16.gguf --lora my-lora-F16.gguf -p "Once upon a time"
     """
     if image is not None or mmproj is not None:
+        if lora is not None:
+            raise UsageError(
+                "--lora does not apply to --image yet", hint="merge the adapter first (merge-lora)"
+            )
         _image_chat(model, prompts, image, mmproj, chat, stop, max_tokens, temp, seed, ctx,
                     threads, as_json)  # fmt: skip
         return
@@ -137,6 +145,7 @@ def command(
             ctx=ctx,
             threads=threads,
             on_text=stream,
+            lora=lora,
         )
         if as_json:
             echo_json(
@@ -165,6 +174,7 @@ def command(
         threads=threads,
         on_text=stream,
         on_turn=on_turn,
+        lora=lora,
     )
     if as_json:
         turns = [{"prompt": p, **r.to_json()} for p, r in zip(asked, results, strict=True)]

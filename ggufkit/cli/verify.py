@@ -14,6 +14,7 @@ from ggufkit.cli.options import (
     echo_json,
     flash_attn_option,
     json_option,
+    lora_option,
     path_argument,
     path_option,
 )
@@ -45,6 +46,14 @@ from ggufkit.evaluate.verify import DEFAULT_POSITIONS, verify
     help="Largest |Δlogit| allowed, as a fraction of the largest logit "
     "(default 0.01 for F16/BF16/F32; quantized files are only reported).",
 )
+@lora_option
+@path_option(
+    "--against-adapter",
+    "adapter",
+    kind="dir",
+    help="A PEFT LoRA adapter directory: the reference is PEFT (checkpoint + adapter) in "
+    "transformers. With --lora for the adapter's GGUF, or alone for a merged GGUF.",
+)
 @flash_attn_option
 @json_option
 def command(
@@ -53,6 +62,8 @@ def command(
     corpus: Path | None,
     positions: int,
     max_rel_diff: float | None,
+    lora: Path | None,
+    adapter: Path | None,
     as_json: bool,
 ) -> None:
     """Check that a GGUF file tokenizes and predicts like the checkpoint it came from.
@@ -64,8 +75,18 @@ def command(
     Examples:
         ggufkit verify my-model-f16.gguf --against ./my-model
         ggufkit verify my-model-Q8_0.gguf --against ./my-model --max-rel-diff 0.1 --json
+        ggufkit verify base-f16.gguf --against ./base --lora my-lora.gguf --against-adapter ./my-lora
+        ggufkit verify merged-f16.gguf --against ./base --against-adapter ./my-lora
     """
-    report = verify(file, hf_dir, text_file=corpus, positions=positions, max_rel_diff=max_rel_diff)
+    report = verify(
+        file,
+        hf_dir,
+        text_file=corpus,
+        positions=positions,
+        max_rel_diff=max_rel_diff,
+        lora=lora,
+        adapter=adapter,
+    )
     if as_json:
         echo_json(report.to_json())
     else:

@@ -20,7 +20,7 @@ from ggufkit.convert.provenance import add_general_metadata, add_provenance
 from ggufkit.convert.result import EngineResult
 from ggufkit.convert.split import write_split
 from ggufkit.convert.writer import write_gguf
-from ggufkit.core.errors import TokenizerError
+from ggufkit.core.errors import AdapterError, TokenizerError
 from ggufkit.core.fsutil import atomic_output, check_free_disk
 from ggufkit.core.log import progress
 from ggufkit.formats.gguf_split import SplitLimits, shards_named_like
@@ -28,8 +28,13 @@ from ggufkit.formats.origin import SourceInfo, SourceOrigin
 from ggufkit.formats.safetensors import Checkpoint, TensorSource
 
 
-def open_source(model_dir: Path, delta_base: Path | None) -> TensorSource:
-    """The tensors to convert: the checkpoint itself, or base + delta merged on the fly."""
+def open_source(model_dir: Path, delta_base: Path | None, lora: Path | None = None) -> TensorSource:
+    """The tensors to convert: the checkpoint itself, or base + delta (or + a LoRA adapter)
+    merged on the fly."""
+    if lora is not None:
+        from ggufkit.delta import open_lora
+
+        return _checked_lora(open_lora(model_dir, lora))
     if delta_base is None:
         return Checkpoint.open(model_dir)
     from ggufkit.delta import open_merged
@@ -52,7 +57,7 @@ def convert_native(
 ) -> EngineResult:
     """Convert with a registered converter; ``phases`` receives the seconds of "data" (tensor
     data converted and written) and "finish" (waiting for the hashes, the final header)."""
-    source = open_source(info.model_dir, info.delta_base)
+    source = open_source(info.model_dir, info.delta_base, info.lora)
     origin: SourceOrigin | None = None
     try:
         converter = converter_cls(info.model_dir, config, source, outtype=outtype)
@@ -116,6 +121,22 @@ def convert_native(
         if origin is not None:
             origin.cancel()
         source.close()
+
+
+def _checked_lora(source: Any) -> TensorSource:
+    """A fused LoRA converts with the base's tokenizer: an adapter that resizes the vocabulary
+    brings its own, which only a merged directory carries."""
+    if source.extended:
+        source.close()
+        raise AdapterError(
+            f"the adapter {source.adapter_dir} resizes the vocabulary "
+            f"({', '.join(f'{n}: {b} -> {r}' for n, (b, r) in source.extended.items())}): "
+            "its tokenizer is not the base's",
+            hint="merge with `ggufkit merge-lora` and convert the merged directory",
+            path=source.adapter_dir,
+        )
+    checked: TensorSource = source
+    return checked
 
 
 def remove_shards(out: Path, keep: Sequence[Path] = ()) -> None:

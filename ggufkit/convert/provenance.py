@@ -71,6 +71,8 @@ def add_provenance(
         writer.add_string("ggufkit.source.revision", info.revision)
     if origin.delta_base is not None:
         writer.add_string("ggufkit.source.delta_base", origin.delta_base)
+    if origin.lora is not None:
+        writer.add_string("ggufkit.source.lora", origin.lora)
     if origin.labels:
         writer.add_array("ggufkit.source.files", origin.labels)
         writer.add_array("ggufkit.source.sha256", origin.hashes)

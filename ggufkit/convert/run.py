@@ -49,6 +49,7 @@ def convert(
     outtype: str = "f16",
     engine: str = "auto",
     delta_base: str | Path | None = None,
+    lora: str | Path | None = None,
     threads: int | None = None,
     force: bool = False,
     pre_tokenizer: str | None = None,
@@ -60,7 +61,8 @@ def convert(
     """Convert a checkpoint directory or Hub id to a GGUF file; returns what was written.
 
     ``delta_base``: ``model`` is a delta (config and tokenizer from it) added to this base on the
-    fly. ``force`` overwrites an existing output. ``pre_tokenizer`` names llama.cpp's BPE
+    fly. ``lora``: a PEFT LoRA adapter directory merged into ``model`` on the fly (``ggufkit.delta.
+    open_lora``). ``force`` overwrites an existing output. ``pre_tokenizer`` names llama.cpp's BPE
     pre-tokenizer (``tokenizer.ggml.pre``) instead of detecting it. ``chat_template`` is a
     FastChat template name, a Jinja file, or ``auto`` (the checkpoint's own, else one recognised
     from the model's name, else none; see ``ggufkit.convert.chat_templates``). A legacy
@@ -78,7 +80,7 @@ def convert(
                 hint="convert unsplit, then quantize with the split options",
             )
         return _convert_legacy_file(
-            model, output, started, engine=engine, delta_base=delta_base, force=force,
+            model, output, started, engine=engine, delta_base=delta_base, lora=lora, force=force,
             pre_tokenizer=pre_tokenizer, tokenizer=tokenizer, context_length=context_length,
         )  # fmt: skip
     if tokenizer is not None or context_length is not None:
@@ -98,6 +100,12 @@ def convert(
         raise UsageError(f"threads must be at least 1, got {threads}")
     model_dir, repo_id, revision = _resolve(model)
     base_dir = _resolve(delta_base)[0] if delta_base is not None else None
+    lora_dir = Path(lora) if lora is not None else None
+    if lora_dir is not None and base_dir is not None:
+        raise UsageError(
+            "`lora` and `delta_base` cannot be combined",
+            hint="merge the delta first (`ggufkit merge-delta`), then convert it with `lora`",
+        )
     config = load_config(model_dir)
     hf_arch = architecture(config, model_dir / "config.json")
 
@@ -119,15 +127,17 @@ def convert(
             f"is not one{why}",
             hint="leave `pre_tokenizer` out",
         )
-    if use_upstream and base_dir is not None:
+    if use_upstream and (base_dir is not None or lora_dir is not None):
+        option = "`delta_base`" if base_dir is not None else "`lora`"
         raise UsageError(
-            f"`delta_base` needs a natively supported architecture; {hf_arch} is not one{why}",
-            hint="merge first with `ggufkit merge-delta`, then convert the merged directory",
+            f"{option} needs a natively supported architecture; {hf_arch} is not one{why}",
+            hint="merge first with `ggufkit merge-delta` or `ggufkit merge-lora`, then convert "
+            "the merged directory",
         )
 
     name = repo_id.split("/")[-1] if repo_id else model_dir.name
     out = Path(output) if output is not None else Path.cwd() / default_output_name(name, outtype)
-    check_output_path(out, inputs=(model_dir,))
+    check_output_path(out, inputs=(model_dir,) + ((lora_dir,) if lora_dir else ()))
     existing = out if out.exists() else next(iter(shards_named_like(out) if split else []), None)
     if existing is not None and not force:
         raise UsageError(f"{existing} already exists", hint=EXISTS_HINT)
@@ -160,7 +170,9 @@ def convert(
         from ggufkit.formats.origin import SourceInfo
 
         assert converter_cls is not None
-        info = SourceInfo(model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir)
+        info = SourceInfo(
+            model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir, lora=lora_dir
+        )
         done = convert_native(
             converter_cls, info, config, out, outtype, threads, pre_tokenizer, chat, split, phases
         )
@@ -255,9 +267,10 @@ def _convert_legacy_file(
 ) -> ConvertResult:
     from ggufkit.convert.legacy import convert_legacy
 
-    if engine == "upstream" or kwargs.pop("delta_base") is not None:
+    if engine == "upstream" or kwargs.pop("delta_base") is not None or kwargs.pop("lora"):
         raise UsageError(
-            f'{model} is a legacy GGML file: `engine="upstream"` and `delta_base` do not apply',
+            f'{model} is a legacy GGML file: `engine="upstream"`, `delta_base` and `lora` do not '
+            "apply",
             hint="leave those options out",
         )
     done = convert_legacy(model, output, **kwargs)

@@ -144,6 +144,10 @@ class DeltaError(GGUFKitError):
     """Base and delta do not fit together."""
 
 
+class AdapterError(DeltaError):
+    """A LoRA adapter cannot be read, is of a kind ggufkit does not apply, or does not fit its base."""
+
+
 class QuantizeError(GGUFKitError):
     """A quantization request cannot be carried out."""
 

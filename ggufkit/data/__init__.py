@@ -6,7 +6,9 @@ seeds) on public-domain Gutenberg texts of Shakespeare and Milton:
 - ``tiny-llama``: a LlamaForCausalLM with a sentencepiece tokenizer, trained on Shakespeare;
 - ``tiny-llama-milton-delta``: a delta against tiny-llama (fine-tuned on Paradise Lost, one
   ``<pad>`` token added), the way Vicuna and Chimera ship their weights;
-- ``tiny-bloom``: a BloomForCausalLM with a byte-level BPE tokenizer, like Phoenix and BLOOMZ.
+- ``tiny-bloom``: a BloomForCausalLM with a byte-level BPE tokenizer, like Phoenix and BLOOMZ;
+- ``tiny-llama-milton-lora``: a PEFT LoRA adapter on tiny-llama trained on Paradise Lost, the way
+  fine-tunes ship today (``embedded_adapter``).
 
 The held-out text (Macbeth, never trained on) is the default evaluation corpus.
 """
@@ -35,6 +37,13 @@ EMBEDDED_MODELS: dict[str, str] = {
 # delta name -> the embedded model it applies to
 DELTA_BASES: dict[str, str] = {"tiny-llama-milton-delta": "tiny-llama"}
 
+# PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors) -> their base
+EMBEDDED_ADAPTERS: dict[str, str] = {
+    "tiny-llama-milton-lora": "LoRA on tiny-llama (r=8 on every linear layer, float16): "
+    "trained on Milton's Paradise Lost"
+}
+ADAPTER_BASES: dict[str, str] = {"tiny-llama-milton-lora": "tiny-llama"}
+
 REGENERATE_HINT = (
     "reinstall ggufkit, or regenerate the models from a checkout with "
     "`python scripts/train_tiny.py --out ggufkit/data/models`"
@@ -53,6 +62,19 @@ def embedded_model(name: str) -> Path:
     if not (path / "config.json").is_file():
         raise InputError(
             f"the embedded model {name} is missing from {path}", hint=REGENERATE_HINT, path=path
+        )
+    return path
+
+
+def embedded_adapter(name: str) -> Path:
+    """The directory of an embedded LoRA adapter (its base: ``ADAPTER_BASES[name]``)."""
+    if name not in EMBEDDED_ADAPTERS:
+        available = ", ".join(EMBEDDED_ADAPTERS)
+        raise UsageError(f"no embedded adapter named {name!r}", hint=f"use one of: {available}")
+    path = MODELS_DIR / name
+    if not (path / "adapter_config.json").is_file():
+        raise InputError(
+            f"the embedded adapter {name} is missing from {path}", hint=REGENERATE_HINT, path=path
         )
     return path
 

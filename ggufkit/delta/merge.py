@@ -14,18 +14,19 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ggufkit.core.errors import UsageError, disk_full
 from ggufkit.core.fsutil import atomic_dir, check_free_disk, human_bytes, path_key, same_file
 from ggufkit.core.log import get_logger, progress
-from ggufkit.delta.arith import DTYPES, TORCH_NAMES, Dtype
+from ggufkit.delta.arith import DTYPES, TORCH_NAMES, Dtype, RoundTrip
 from ggufkit.delta.source import STYLES, CombinedSource, Style
 from ggufkit.formats.hfconfig import load_config
 from ggufkit.formats.kernels import scratch
 from ggufkit.formats.origin import SourceInfo, SourceOrigin, write_merge_record
+from ggufkit.formats.safetensors import TensorInfo
 from ggufkit.formats.shards import (
     DEFAULT_MAX_SHARD_BYTES,
     RowProducer,
@@ -147,33 +148,60 @@ def merge_delta(
     started = time.perf_counter()
     base_dir, delta_dir = resolve_dir(base), resolve_dir(delta)
     output = Path(output)
-    _check_paths(output, {"--base": base_dir, "--delta": delta_dir})
+    check_paths(output, {"--base": base_dir, "--delta": delta_dir})
     # Hashed while merging; converting the output records base and delta, as the fused
     # `convert --delta-base` does.
     origin = SourceOrigin.of(SourceInfo(model_dir=delta_dir, delta_base=base_dir))
     with open_merged(base_dir, delta_dir, style=style, dtype=dtype) as source:
-        try:
-            written = _write_model(
-                source,
-                output,
-                files_from=delta_dir,
-                fallback=base_dir,
-                what="merged model",
-                max_shard_bytes=max_shard_bytes,
-                origin=origin,
-            )
-        finally:
-            origin.cancel()
-        result = MergeResult(
-            output=output,
+        return write_merged(
+            source,
+            output,
+            origin,
             style=source.style or "fastchat",
-            dtype=source.dtype,
-            tensors=len(source.names()),
-            extended=source.extended,
-            files=[output / f.name for f in written.files],
-            total_bytes=written.total_bytes,
-            seconds=time.perf_counter() - started,
+            files_from=delta_dir,
+            fallback=base_dir,
+            max_shard_bytes=max_shard_bytes,
+            started=started,
         )
+
+
+def write_merged(
+    source: MergedSource,
+    output: Path,
+    origin: SourceOrigin,
+    *,
+    style: str,
+    files_from: Path,
+    fallback: Path,
+    max_shard_bytes: int,
+    started: float,
+    config: dict[str, Any] | None = None,
+) -> MergeResult:
+    """:func:`write_model` for a merge (``origin`` hashed while writing, its hashing ended either
+    way), and what was written."""
+    try:
+        written = write_model(
+            source,
+            output,
+            files_from=files_from,
+            fallback=fallback,
+            what="merged model",
+            max_shard_bytes=max_shard_bytes,
+            origin=origin,
+            config=config,
+        )
+    finally:
+        origin.cancel()
+    result = MergeResult(
+        output=output,
+        style=style,
+        dtype=source.dtype,
+        tensors=len(source.infos()),
+        extended=dict(source.extended),
+        files=[output / f.name for f in written.files],
+        total_bytes=written.total_bytes,
+        seconds=time.perf_counter() - started,
+    )
     log.info(
         "merged %d tensors into %s (%s)", result.tensors, output, human_bytes(result.total_bytes)
     )
@@ -204,11 +232,11 @@ def make_delta(
             f"--base and --target are the same directory ({base_dir}): the delta would be zeros",
             hint="give the fine-tuned model as --target",
         )
-    _check_paths(output, {"--base": base_dir, "--target": target_dir})
+    check_paths(output, {"--base": base_dir, "--target": target_dir})
     with CombinedSource(
         base_dir, target_dir, dtype=working, subtract=True, allow_extra_rows=True, what="target"
     ) as source:
-        _write_model(
+        write_model(
             source,
             output,
             files_from=target_dir,
@@ -229,7 +257,7 @@ def make_delta(
     return output
 
 
-def _check_paths(output: Path, inputs: dict[str, Path]) -> None:
+def check_paths(output: Path, inputs: dict[str, Path]) -> None:
     """Refuse an output that is, holds or lies in an input, or that is someone else's directory."""
     target = path_key(output.resolve())  # case folded, as fsutil.check_output_path compares
     for option, path in inputs.items():
@@ -252,8 +280,26 @@ def _check_paths(output: Path, inputs: dict[str, Path]) -> None:
         )
 
 
-def _write_model(
-    source: CombinedSource,
+class MergedSource(Protocol):
+    """What the writer needs of a merged model: CombinedSource, lora_source.LoraSource."""
+
+    dtype: Dtype
+    round_trip: RoundTrip | None
+
+    @property
+    def extended(self) -> dict[str, tuple[int, int]]: ...
+    @property
+    def total_bytes(self) -> int: ...
+    def infos(self) -> list[TensorInfo]: ...
+    def read(self, name: str, *, float32: bool = False) -> np.ndarray: ...
+    def read_rows(
+        self, name: str, rows: slice | np.ndarray, buffer: np.ndarray | None = None
+    ) -> np.ndarray: ...
+    def release(self, name: str) -> None: ...
+
+
+def write_model(
+    source: MergedSource,
     output: Path,
     *,
     files_from: Path,
@@ -261,11 +307,14 @@ def _write_model(
     what: str,
     max_shard_bytes: int,
     origin: SourceOrigin | None = None,
+    config: dict[str, Any] | None = None,
 ) -> ShardedCheckpoint:
+    """Write a merged model as a Hugging Face directory: shards, config.json (``config``, else
+    ``files_from``'s), tokenizer files (``files_from``'s, else ``fallback``'s), the merge record."""
     specs = [TensorSpec(i.name, i.dtype, i.shape) for i in source.infos()]
     check_free_disk(output, source.total_bytes + 1024 * 1024, what=f"the {what} {output}")
     try:
-        return _write_files(source, output, specs, files_from, fallback, what, max_shard_bytes, origin)  # fmt: skip
+        return _write_files(source, output, specs, files_from, fallback, what, max_shard_bytes, origin, config)  # fmt: skip
     except OSError as exc:
         if (full := disk_full(exc, f"the {what} {output}", output)) is not None:
             raise full from exc
@@ -273,7 +322,7 @@ def _write_model(
 
 
 def _write_files(
-    source: CombinedSource,
+    source: MergedSource,
     output: Path,
     specs: list[TensorSpec],
     files_from: Path,
@@ -281,6 +330,7 @@ def _write_files(
     what: str,
     max_shard_bytes: int,
     origin: SourceOrigin | None,
+    config: dict[str, Any] | None,
 ) -> ShardedCheckpoint:
     with atomic_dir(output) as tmp, progress(source.total_bytes, f"writing the {what}") as bar:
 
@@ -299,7 +349,7 @@ def _write_files(
             produce_rows=_rows_of(source) if parallel else None,
             threads=os.cpu_count() or 1,
         )
-        config = load_config(files_from)
+        config = dict(config) if config is not None else load_config(files_from)
         _set_dtype(config, TORCH_NAMES[source.dtype])
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         _copy_side_files(files_from, fallback, tmp)
@@ -308,7 +358,7 @@ def _write_files(
     return written
 
 
-def _rows_of(source: CombinedSource) -> RowProducer:
+def _rows_of(source: MergedSource) -> RowProducer:
     def rows(spec: TensorSpec, start: int, stop: int) -> np.ndarray:
         # into this thread's buffer: the block is written before the thread makes the next
         buffer = scratch(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 
@@ -124,7 +124,40 @@ def _vocab_size(config: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-class CombinedSource:
+class ComputedTensors:
+    """The bookkeeping of a TensorSource whose tensors are computed on read: ``_infos`` describes
+    what ``read(name)`` returns; ``_where`` names the input an unknown name is looked for in."""
+
+    _infos: dict[str, TensorInfo]
+    _where: Path
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(info.n_bytes for info in self._infos.values())
+
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise DeltaError(f"tensor {name!r} is not in {self._where}") from None
+
+    def infos(self) -> list[TensorInfo]:
+        return list(self._infos.values())
+
+
+class CombinedSource(ComputedTensors):
     """A TensorSource whose tensors are ``other + base`` (merge) or ``other - base`` (make).
 
     ``info(name)`` describes what ``read(name)`` returns: the working dtype (F16, BF16 or F32;
@@ -171,6 +204,7 @@ class CombinedSource:
             opened.pop_all()
         self._rows_other, self._rows_base = RowReader(self.other), RowReader(self.base)
         self._passthrough: set[str] = set()
+        self._where = self.other_dir
         self._infos = {name: self._merged_info(name) for name in self.pairing.names}
 
     def _merged_info(self, name: str) -> TensorInfo:
@@ -181,32 +215,10 @@ class CombinedSource:
         n_bytes = (4 if self.dtype == "f32" else 2) * source.n_elements
         return TensorInfo(name, DTYPE_CODES[self.dtype], source.shape, source.file, -1, n_bytes)
 
-    def __enter__(self) -> CombinedSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @property
     def extended(self) -> dict[str, tuple[int, int]]:
         """Tensors whose vocabulary grew, as (base rows, other rows)."""
         return dict(self.pairing.extended)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(info.n_bytes for info in self._infos.values())
-
-    def names(self) -> list[str]:
-        return list(self._infos)
-
-    def info(self, name: str) -> TensorInfo:
-        try:
-            return self._infos[name]
-        except KeyError:
-            raise DeltaError(f"tensor {name!r} is not in {self.other_dir}") from None
-
-    def infos(self) -> list[TensorInfo]:
-        return list(self._infos.values())
 
     def read(self, name: str, *, float32: bool = False) -> np.ndarray:
         info = self.info(name)

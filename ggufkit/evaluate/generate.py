@@ -70,11 +70,13 @@ def generate(
     ctx: int | None = None,
     threads: int | None = None,
     on_text: Callable[[str], None] | None = None,
+    lora: str | Path | None = None,
 ) -> GenerationResult:
     """Generate from ``prompt``, passing each piece of text to ``on_text`` as it is produced.
 
     With ``chat`` the prompt is a user message formatted by the GGUF's own chat template (see
-    :func:`converse` for a conversation). A fixed ``sampling.seed`` makes sampling reproducible;
+    :func:`converse` for a conversation). ``lora``: a LoRA GGUF applied at run time (checked
+    against the model first). A fixed ``sampling.seed`` makes sampling reproducible;
     without one a seed is drawn and reported. llama.cpp runs in a child process (see
     :mod:`ggufkit.llamacpp.isolate`): a crash there is a ToolCrashedError here.
     """
@@ -87,7 +89,9 @@ def generate(
             ctx=ctx,
             threads=threads,
             on_text=on_text,
+            lora=lora,
         )[0]
+    _check_lora(model, lora)
     return run_isolated(
         _generate_here,
         str(model),
@@ -98,7 +102,17 @@ def generate(
         sampling=sampling,
         ctx=ctx,
         threads=threads,
+        lora=str(lora) if lora is not None else None,
     )
+
+
+def _check_lora(model: str | Path, lora: str | Path | None) -> None:
+    """Refuse an adapter that does not fit before llama.cpp loads it (llama-cpp-python crashes
+    on the NULL llama.cpp returns for it)."""
+    if lora is not None:
+        from ggufkit.formats.gguf_lora import check_lora_fits
+
+        check_lora_fits(model, lora)
 
 
 def _generate_here(
@@ -109,8 +123,9 @@ def _generate_here(
     ctx: int | None,
     threads: int | None,
     on_text: Callable[[str], None] | None = None,
+    lora: str | None = None,
 ) -> GenerationResult:
-    llm, sampling = _open_for(model, sampling, chat=False, ctx=ctx, threads=threads)
+    llm, sampling = _open_for(model, sampling, chat=False, ctx=ctx, threads=threads, lora=lora)
     try:
         return _complete(
             llm,
@@ -133,6 +148,7 @@ def converse(
     threads: int | None = None,
     on_text: Callable[[str], None] | None = None,
     on_turn: Callable[[int, str], None] | None = None,
+    lora: str | Path | None = None,
 ) -> list[GenerationResult]:
     """A multi-turn conversation: each of ``prompts`` is a user message, answered in turn.
 
@@ -150,6 +166,7 @@ def converse(
         elif kind == "turn" and on_turn is not None:
             on_turn(*payload)
 
+    _check_lora(model, lora)
     return run_isolated(
         _converse_here,
         str(model),
@@ -162,6 +179,7 @@ def converse(
         sampling=sampling.with_stops(template_stops(model)),
         ctx=ctx,
         threads=threads,
+        lora=str(lora) if lora is not None else None,
     )
 
 
@@ -174,9 +192,10 @@ def _converse_here(
     ctx: int | None,
     threads: int | None,
     on_event: Callable[[tuple[str, Any]], None] | None = None,
+    lora: str | None = None,
 ) -> list[GenerationResult]:
     emit = on_event or (lambda event: None)
-    llm, sampling = _open_for(model, sampling, chat=True, ctx=ctx, threads=threads)
+    llm, sampling = _open_for(model, sampling, chat=True, ctx=ctx, threads=threads, lora=lora)
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     results: list[GenerationResult] = []
     try:
@@ -206,12 +225,18 @@ def template_stops(model: str | Path) -> list[str]:
 
 
 def _open_for(
-    model: str, sampling: Sampling, *, chat: bool, ctx: int | None, threads: int | None
+    model: str,
+    sampling: Sampling,
+    *,
+    chat: bool,
+    ctx: int | None,
+    threads: int | None,
+    lora: str | None = None,
 ) -> tuple[Any, Sampling]:
     """The model opened for ``sampling``, and ``sampling`` with the seed it was opened with."""
     llm, seed = _open(
         model, chat=chat, ctx=ctx, threads=threads, seed=sampling.seed,
-        max_tokens=sampling.max_tokens,
+        max_tokens=sampling.max_tokens, lora=lora,
     )  # fmt: skip
     return llm, sampling.with_seed(seed)
 
@@ -224,6 +249,7 @@ def _open(
     threads: int | None,
     seed: int | None,
     max_tokens: int,
+    lora: str | None = None,
 ) -> tuple[Any, int]:
     """A ``llama_cpp.Llama`` for ``model`` (with the GGUF's chat template when ``chat``)."""
     model = Path(model)
@@ -249,6 +275,8 @@ def _open(
     }
     if threads:
         kwargs["n_threads"] = kwargs["n_threads_batch"] = threads
+    if lora is not None:
+        kwargs["lora_path"] = lora
     sandbox = None
     if chat:
         kwargs["chat_format"] = "chat_template.default"  # the GGUF's template, never a guess

@@ -104,14 +104,17 @@ def open_gguf(
     n_ctx: int = 512,
     vocab_only: bool = False,
     n_threads: int | None = None,
+    lora: str | Path | None = None,
 ) -> Iterator[Any]:
-    """A ``llama_cpp.Llama`` on our build, closed afterwards."""
+    """A ``llama_cpp.Llama`` on our build (with a LoRA GGUF applied: check it first with
+    ``formats.gguf_lora.check_lora_fits``), closed afterwards."""
     from ggufkit.llamacpp.bindings import load_llama_cpp
 
     llama_cpp = load_llama_cpp()
     try:
         llm = llama_cpp.Llama(
             model_path=str(gguf_path),
+            lora_path=str(lora) if lora is not None else None,
             n_ctx=n_ctx,
             n_batch=n_ctx,
             n_ubatch=n_ctx,
@@ -132,32 +135,52 @@ def open_gguf(
         llm.close()
 
 
-def reference_logits(hf_dir: str | Path, ids: Sequence[int]) -> np.ndarray:
+def reference_logits(
+    hf_dir: str | Path, ids: Sequence[int], adapter: str | Path | None = None
+) -> np.ndarray:
+    """transformers' fp32 logits; with ``adapter`` (a PEFT LoRA directory), PEFT's, unmerged."""
     torch, transformers = _import_transformers()
     model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    if adapter is not None:
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            raise ToolMissingError(
+                "comparing with a LoRA adapter needs peft", hint="pip install 'ggufkit[torch]'"
+            ) from exc
+        model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     with torch.no_grad():
         logits = model(torch.tensor([list(ids)], dtype=torch.long)).logits[0]
     return np.asarray(logits.float().numpy(), dtype=np.float32)
 
 
-def gguf_logits_here(gguf_path: str | Path, ids: Sequence[int]) -> np.ndarray:
+def gguf_logits_here(
+    gguf_path: str | Path, ids: Sequence[int], lora: str | None = None
+) -> np.ndarray:
     """llama.cpp's logits for ``ids`` in this process (a crash here ends the process)."""
     n_ctx = max(64, -(-len(ids) // 64) * 64)
-    with open_gguf(gguf_path, n_ctx=n_ctx) as llm:
+    with open_gguf(gguf_path, n_ctx=n_ctx, lora=lora) as llm:
         llm.eval(list(ids))
         return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
-def gguf_logits(gguf_path: str | Path, ids: Sequence[int]) -> np.ndarray:
-    """llama.cpp's logits for ``ids``, computed in a child process: a crashing kernel becomes a
-    ToolCrashedError naming the signal instead of taking this process down."""
+def gguf_logits(
+    gguf_path: str | Path, ids: Sequence[int], lora: str | Path | None = None
+) -> np.ndarray:
+    """llama.cpp's logits for ``ids`` (with a LoRA GGUF applied at run time), computed in a child
+    process: a crashing kernel becomes a ToolCrashedError naming the signal instead of taking
+    this process down. An adapter that does not fit is refused before llama.cpp loads it."""
+    from ggufkit.formats.gguf_lora import check_lora_fits
     from ggufkit.llamacpp.isolate import run_isolated
 
+    if lora is not None:
+        check_lora_fits(gguf_path, lora)
     return run_isolated(
         gguf_logits_here,
         str(gguf_path),
         [int(i) for i in ids],
+        str(lora) if lora is not None else None,
         what=f"llama.cpp evaluating {Path(gguf_path).name}",
     )
 
@@ -181,9 +204,18 @@ def compare_logits(ref: np.ndarray, got: np.ndarray) -> ParityReport:
     )
 
 
-def logit_parity(gguf_path: str | Path, hf_dir: str | Path, ids: Sequence[int]) -> ParityReport:
-    """llama.cpp's logits for ``ids`` vs transformers' fp32 logits, at every position."""
-    return compare_logits(reference_logits(hf_dir, ids), gguf_logits(gguf_path, ids))
+def logit_parity(
+    gguf_path: str | Path,
+    hf_dir: str | Path,
+    ids: Sequence[int],
+    *,
+    lora: str | Path | None = None,
+    adapter: str | Path | None = None,
+) -> ParityReport:
+    """llama.cpp's logits for ``ids`` (``lora``: a LoRA GGUF applied) vs transformers' fp32
+    logits (``adapter``: with a PEFT adapter), at every position."""
+    reference = reference_logits(hf_dir, ids, adapter)
+    return compare_logits(reference, gguf_logits(gguf_path, ids, lora))
 
 
 def hf_token_ids(hf_dir: str | Path, text: str) -> list[int]:

@@ -114,6 +114,7 @@ def evaluate(
     target_error: float | None = None,
     min_chunks: int = DEFAULT_MIN_CHUNKS,
     seed: int = 0,
+    lora: str | Path | None = None,
 ) -> EvalReport:
     """Measure each model: file size, bits per weight, perplexity on ``corpus``, speed, and, when
     there is a baseline, KL-divergence and top-token agreement against it.
@@ -129,6 +130,9 @@ def evaluate(
 
     Both paths run with the same flash-attention setting (``GGUFKIT_FLASH_ATTN``, ``--flash-attn``)
     and, when ``threads`` is None, the same thread count (llama.cpp's default, made explicit).
+
+    ``lora``: a LoRA GGUF applied to every model at run time (checked against each first);
+    llama-bench cannot apply one, so speed is not measured then.
     """
     if not models and baseline is None:
         raise UsageError("no models to evaluate", hint="give one or more .gguf files")
@@ -136,6 +140,9 @@ def evaluate(
     if not corpus_path.is_file():
         raise InputError(f"the corpus {corpus_path} does not exist", hint="check --corpus")
     infos = {p: read_gguf(p, max_array_items=0) for p in map(Path, models)}
+    lora_path, speed = _check_lora(
+        lora, [*infos, *([Path(baseline)] if baseline else [])], target_error, speed
+    )
     base_path = Path(baseline) if baseline is not None else None
     if base_path is None:
         base_path = next((p for p, info in infos.items() if not info.is_quantized), None)
@@ -216,6 +223,7 @@ def evaluate(
                     chunks=plan.chunks or None,
                     threads=threads,
                     save_base=base_file,
+                    lora=lora_path,
                 )
                 result.ppl, result.ppl_err, used_chunks = (
                     measured.ppl,
@@ -223,7 +231,9 @@ def evaluate(
                     measured.chunks,
                 )
             elif base_path is not None and len(paths) > 1:
-                kld = ppl_mod.kl_divergence(model, base_file, ctx=plan.ctx, threads=threads)
+                kld = ppl_mod.kl_divergence(
+                    model, base_file, ctx=plan.ctx, threads=threads, lora=lora_path
+                )
                 result.ppl, result.ppl_err = kld.ppl, kld.ppl_err
                 result.kld_mean, result.kld_err = kld.kld_mean, kld.kld_err
                 result.kld_median, result.kld_p99, result.kld_max = (
@@ -235,7 +245,12 @@ def evaluate(
                 fill_whole_corpus_intervals(result, kld.delta_ppl, kld.delta_ppl_err)
             else:
                 measured = ppl_mod.perplexity(
-                    model, corpus_path, ctx=plan.ctx, chunks=plan.chunks or None, threads=threads
+                    model,
+                    corpus_path,
+                    ctx=plan.ctx,
+                    chunks=plan.chunks or None,
+                    threads=threads,
+                    lora=lora_path,
                 )
                 result.ppl, result.ppl_err, used_chunks = (
                     measured.ppl,
@@ -269,6 +284,7 @@ def evaluate(
         baseline=str(base_path) if base_path is not None else None,
         llama_cpp_commit=current_build().llama_cpp_commit,
         models=results,
+        lora=str(lora_path) if lora_path is not None else None,
         bench={"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions} if speed else {},
         sequential=None
         if sequential is None
@@ -276,3 +292,23 @@ def evaluate(
         flash_attn=current_flash_attn(),
         flash_attn_resolved=resolved_flash_attn(),
     )
+
+
+def _check_lora(
+    lora: str | Path | None, models: Sequence[Path], target_error: float | None, speed: bool
+) -> tuple[Path | None, bool]:
+    """The LoRA GGUF, checked against every model before any runs; whether speed is measured."""
+    if lora is None:
+        return None, speed
+    if target_error is not None:
+        raise UsageError(
+            "--lora and --target-error cannot be combined yet",
+            hint="score the whole corpus (leave --target-error out), or evaluate a merged GGUF",
+        )
+    from ggufkit.formats.gguf_lora import check_lora_fits
+
+    for model in models:
+        check_lora_fits(model, lora)
+    if speed:
+        log.info("llama-bench cannot apply a LoRA adapter: speed is not measured with --lora")
+    return Path(lora), False

@@ -272,11 +272,13 @@ def _run_parsed(
     )
 
 
-def _common_args(model: Path, ctx: int, threads: int | None) -> list[str]:
+def _common_args(model: Path, ctx: int, threads: int | None, lora: Path | None = None) -> list[str]:
     args = [str(find_tool("llama-perplexity")), "-m", str(model), "-c", str(ctx), *ngl_args()]
     args += fa_args()  # the in-process scorer (chunkeval) uses the same setting
     if threads:
         args += ["-t", str(threads)]
+    if lora is not None:  # checked against the model by the caller (formats.gguf_lora)
+        args += ["--lora", str(lora)]
     return args
 
 
@@ -288,9 +290,11 @@ def perplexity(
     chunks: int | None = None,
     threads: int | None = None,
     save_base: Path | None = None,
+    lora: Path | None = None,
 ) -> PerplexityResult:
-    """Perplexity of ``model`` on ``corpus``; ``save_base`` also writes the KL-divergence base file."""
-    args = [*_common_args(model, ctx, threads), "-f", str(corpus)]
+    """Perplexity of ``model`` on ``corpus``; ``save_base`` also writes the KL-divergence base file;
+    ``lora``: a LoRA GGUF applied at run time."""
+    args = [*_common_args(model, ctx, threads, lora), "-f", str(corpus)]
     if chunks:
         args += ["--chunks", str(chunks)]
     if save_base is not None:
@@ -301,11 +305,16 @@ def perplexity(
 
 
 def kl_divergence(
-    model: Path, base_file: Path, *, ctx: int, threads: int | None = None
+    model: Path,
+    base_file: Path,
+    *,
+    ctx: int,
+    threads: int | None = None,
+    lora: Path | None = None,
 ) -> KLDResult:
     """Perplexity, KL-divergence and top-token agreement of ``model`` against a saved baseline."""
     args = [
-        *_common_args(model, ctx, threads),
+        *_common_args(model, ctx, threads, lora),
         "--kl-divergence-base",
         str(base_file),
         "--kl-divergence",

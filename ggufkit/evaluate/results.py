@@ -149,6 +149,7 @@ class EvalReport:
     # the -fa setting every measurement ran with, and what llama.cpp resolved it to
     flash_attn: str = "auto"
     flash_attn_resolved: str | None = None
+    lora: str | None = None  # a LoRA GGUF applied to every model at run time
 
     @property
     def baseline_result(self) -> ModelResult | None:

@@ -99,8 +99,12 @@ def verify(
     text_file: str | Path | None = None,
     positions: int = DEFAULT_POSITIONS,
     max_rel_diff: float | None = None,
+    lora: str | Path | None = None,
+    adapter: str | Path | None = None,
 ) -> VerifyReport:
-    """Compare ``gguf_path`` with the Hugging Face checkpoint in ``hf_dir``."""
+    """Compare ``gguf_path`` with the Hugging Face checkpoint in ``hf_dir``; ``lora``: a LoRA
+    GGUF llama.cpp applies at run time; ``adapter``: the PEFT adapter directory the reference
+    (PEFT in transformers) applies to ``hf_dir``."""
     from ggufkit.evaluate.parity import hf_token_ids, logit_parity, tokenizer_parity
 
     gguf_path, hf_dir = Path(gguf_path), Path(hf_dir)
@@ -124,7 +128,12 @@ def verify(
     tokens = tokenizer_parity(gguf_path, hf_dir, text)
     limit = min(positions, n_ctx_train(info) or positions)
     ids = hf_token_ids(hf_dir, text)[:limit]
-    logits = logit_parity(gguf_path, hf_dir, ids)
+    if lora is not None and adapter is None:
+        raise UsageError(
+            "--lora needs --against-adapter: the PEFT adapter the reference applies",
+            hint="give the adapter directory the LoRA GGUF was converted from",
+        )
+    logits = logit_parity(gguf_path, hf_dir, ids, lora=lora, adapter=adapter)
     quantized = info.is_quantized
     judged = max_rel_diff if max_rel_diff is not None or quantized else UNQUANTIZED_MAX_REL_DIFF
     problems: list[str] = []
@@ -147,7 +156,7 @@ def verify(
         )
     return VerifyReport(
         gguf=str(gguf_path),
-        against=str(hf_dir),
+        against=str(hf_dir) + (f" + PEFT adapter {adapter}" if adapter is not None else ""),
         type=type_label(info),
         quantized=quantized,
         text_source=f"{source} ({len(text)} characters, {len(ids)} positions for logits)",

@@ -25,6 +25,8 @@ from ggufkit.formats.safetensors import find_weight_files
 
 log = get_logger("formats.origin")
 
+# delta.lora's CONFIG and WEIGHTS (formats/ imports nothing above core/)
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 PLACEHOLDER = "0" * 64  # a sha256 not known yet; the GGUF header is patched when it is
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -37,6 +39,7 @@ class SourceInfo:
     repo_id: str | None = None
     revision: str | None = None  # the commit when known
     delta_base: Path | None = None
+    lora: Path | None = None  # a LoRA adapter merged into model_dir's weights
 
 
 @dataclass
@@ -52,15 +55,19 @@ class SourceOrigin:
     hashes: list[str]
     delta_base: str | None = None
     pending: SourceHashes | None = None  # hashing still running for some of ``hashes``
+    lora: str | None = None  # the LoRA adapter's directory name (its files are ``lora:``)
 
     @classmethod
     def of(cls, info: SourceInfo) -> SourceOrigin:
-        if info.delta_base is None and (recorded := read_merge_record(info.model_dir)):
+        plain = info.delta_base is None and info.lora is None
+        if plain and (recorded := read_merge_record(info.model_dir)):
             return recorded
-        files = source_files(info.model_dir, info.delta_base)
+        files = source_files(info.model_dir, info.delta_base, info.lora)
         pending = SourceHashes(files)
         base_name = info.delta_base.name if info.delta_base is not None else None
-        return cls([_label(f, info) for f in files], pending.hashes, base_name, pending)
+        lora = info.lora.name if info.lora is not None else None
+        labels = [_label(f, info) for f in files]
+        return cls(labels, pending.hashes, base_name, pending, lora)
 
     def result(self) -> list[str]:
         return self.pending.result() if self.pending is not None else list(self.hashes)
@@ -77,6 +84,7 @@ def write_merge_record(merged_dir: Path, origin: SourceOrigin, shards: list[Path
     """Record in a merged directory what it was merged from; sizes and mtimes detect later edits."""
     record = {
         "delta_base": origin.delta_base,
+        **({"lora": origin.lora} if origin.lora is not None else {}),
         "files": origin.labels,
         "sha256": origin.result(),
         "shards": {shard.name: _size_and_mtime(shard) for shard in shards},
@@ -98,7 +106,7 @@ def read_merge_record(model_dir: Path) -> SourceOrigin | None:
             return None
         shards = {name: [int(n) for n in stat] for name, stat in record["shards"].items()}
         labels, hashes = list(record["files"]), list(record["sha256"])
-        base = record["delta_base"]
+        base, lora = record["delta_base"], record.get("lora")
     except (InputError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("ignoring %s: %s", path, exc)
         return None
@@ -107,15 +115,16 @@ def read_merge_record(model_dir: Path) -> SourceOrigin | None:
         len(labels) == len(hashes)
         and all(isinstance(h, str) and _HEX64.match(h) for h in hashes)
         and isinstance(base, str | None)
+        and isinstance(lora, str | None)
     )
     if weights != shards or not valid:
         log.warning("ignoring %s: the weights beside it are not the ones it describes", path)
         return None
-    return SourceOrigin([str(label) for label in labels], hashes, base)
+    return SourceOrigin([str(label) for label in labels], hashes, base, lora=lora)
 
 
 def _label(file: Path, info: SourceInfo) -> str:
-    for root, prefix in ((info.model_dir, ""), (info.delta_base, "base:")):
+    for root, prefix in ((info.model_dir, ""), (info.delta_base, "base:"), (info.lora, "lora:")):
         if root is not None and file.parent.absolute() == Path(root).absolute():
             return prefix + file.name
     return file.name
@@ -210,8 +219,10 @@ class SourceHashes:
             log.debug("could not update the sha256 cache: %s", exc)
 
 
-def source_files(model_dir: Path, delta_base: Path | None) -> list[Path]:
+def source_files(model_dir: Path, delta_base: Path | None, lora: Path | None = None) -> list[Path]:
     files = list(find_weight_files(model_dir))
     if delta_base is not None:
         files = list(find_weight_files(delta_base)) + files
+    if lora is not None:  # what decides the adapter's effect: its settings and its weights
+        files += [lora / name for name in LORA_FILES]
     return [f for f in files if os.path.isfile(f)]

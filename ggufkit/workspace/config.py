@@ -32,6 +32,8 @@ source = {source}
 {revision}
 # When `source` is a delta (weights minus a base model): the base it is added to.
 {delta_base}
+# A PEFT LoRA adapter directory (relative to this file), merged into `source` while converting.
+{lora}
 
 # Outputs: <outdir>/<name>-<OUTTYPE>.gguf, then <outdir>/<name>-<TYPE>.gguf per type.
 name = {name}
@@ -91,6 +93,7 @@ class WorkspaceConfig:
     name: str
     revision: str | None = None
     delta_base: str | None = None
+    lora: str | None = None
     outdir: str = "out"
     outtype: str = "f16"
     split_max_size: str | None = None
@@ -158,6 +161,7 @@ class WorkspaceConfig:
             source=_toml_str(self.source),
             revision=optional("revision", self.revision, "main"),
             delta_base=optional("delta_base", self.delta_base, "owner/base-model"),
+            lora=optional("lora", self.lora, "my-lora"),
             name=_toml_str(self.name),
             outdir=_toml_str(self.outdir),
             outtype=_toml_str(self.outtype),

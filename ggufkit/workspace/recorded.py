@@ -23,7 +23,12 @@ class Workspace(Protocol):  # what of ggufkit.workspace.steps.Workspace these li
 
 
 def convert_command(
-    ws: Workspace, model: str, base: str | None, engine: str, chat_template: str | None
+    ws: Workspace,
+    model: str,
+    base: str | None,
+    engine: str,
+    chat_template: str | None,
+    lora: str | None = None,
 ) -> list[str]:
     return command_line(
         "convert",
@@ -31,6 +36,7 @@ def convert_command(
         output=Path(ws.relative(ws.f16_path)),
         outtype=ws.config.outtype,
         delta_base=base,
+        lora=Path(lora) if lora is not None else None,
         engine=engine,
         chat_template=chat_template,
         split_max_size=ws.config.split_max_size,

@@ -15,6 +15,7 @@ from ggufkit.core.errors import InputError, WorkspaceError
 from ggufkit.core.fsutil import locked
 from ggufkit.core.log import get_logger
 from ggufkit.hub import ResolvedModel, cached_model, looks_like_repo_id, resolve_model
+from ggufkit.workspace.adapter import adapter_dir, adapter_inputs
 from ggufkit.workspace.config import CONFIG_NAME, WorkspaceConfig
 from ggufkit.workspace.convert_engine import USED, chosen_engine, engine_options, engine_ran
 from ggufkit.workspace.manifest import (
@@ -148,11 +149,8 @@ class Workspace:
         return resolve_model(ref, revision=self.config.revision if isinstance(ref, str) else None)
 
     def delta_base(self) -> ResolvedModel | None:
-        return (
-            None
-            if self.config.delta_base is None
-            else resolve_model(self._local_or_hub(self.config.delta_base))
-        )
+        base = self.config.delta_base
+        return None if base is None else resolve_model(self._local_or_hub(base))
 
     def cached(self, ref: str | None, revision: str | None = None) -> ResolvedModel | None:
         """A source as it is on disk now (None: a Hub model not downloaded); no network."""
@@ -242,9 +240,9 @@ class Workspace:
     def convert_inputs(
         self, model: ResolvedModel, base: ResolvedModel | None
     ) -> list[dict[str, Any]]:
-        if base is None:
-            return [model_input(model)]
-        return [model_input(base, role="base"), model_input(model, role="delta")]
+        inputs = [model_input(model)] if base is None else [model_input(base, role="base")]
+        inputs += [model_input(model, role="delta")] if base is not None else []
+        return inputs + adapter_inputs(self.root, self.config.lora)
 
     def _convert_record(self, manifest: Manifest | None = None) -> dict[str, Any] | None:
         return (manifest or Manifest.load(self.manifest_path)).get(self.built(self.f16_path))
@@ -274,6 +272,7 @@ class Workspace:
         command line's) overrides ggufkit.toml's; see :meth:`convert_engine`."""
         with self.lock():
             model, base = self.source(), self.delta_base()
+            lora = adapter_dir(self.root, self.config.lora)
             engine = self.convert_engine(engine)
             options = self.convert_options(engine)
             chat_template = chat_template or self.config.chat_template
@@ -281,7 +280,8 @@ class Workspace:
                 options["chat_template"] = chat_template
             split = self.split()[0]
             describe = base.describe() if base is not None else None
-            command = convert_command(self, model.describe(), describe, engine, chat_template)
+            adapter = self.relative(lora) if lora is not None else None
+            command = convert_command(self, model.describe(), describe, engine, chat_template, adapter)
 
             def action() -> object:
                 from ggufkit.convert import convert
@@ -291,6 +291,7 @@ class Workspace:
                     self.f16_path,
                     outtype=self.config.outtype,
                     delta_base=base.path if base is not None else None,
+                    lora=lora,
                     engine=engine,
                     threads=threads,
                     force=True,

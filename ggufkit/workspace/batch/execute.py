@@ -56,6 +56,7 @@ def workspace(plan: BatchPlan, model: ModelSpec) -> Workspace:
         name=model.name,
         revision=model.revision,
         delta_base=model.delta_base,
+        lora=model.lora,
         outdir=".",
         outtype=plan.outtype,
         engine=model.engine,

@@ -9,6 +9,7 @@ Example::
     source = "owner/model"        # a Hub id, or a directory relative to this file
     name = "model"                # optional: the file names (default: the source's last part)
     delta_base = "owner/base"     # optional: `source` is a delta added to this base
+    lora = "my-lora"              # optional: a PEFT LoRA adapter directory merged into `source`
     chat_template = "vicuna_v1.1" # optional: as `ggufkit convert --chat-template`, a file
                                   # relative to this file
     engine = "upstream"           # optional: auto (default), native or upstream
@@ -43,7 +44,7 @@ from ggufkit.core.fsutil import read_toml, stays_inside
 from ggufkit.hub import looks_like_repo_id
 from ggufkit.workspace.config import ENGINES, default_name, parse_types
 
-_MODEL_KEYS = ("source", "name", "delta_base", "chat_template", "revision", "engine")
+_MODEL_KEYS = ("source", "name", "delta_base", "lora", "chat_template", "revision", "engine")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class ModelSpec:
     source: str  # an absolute directory, or a Hub id
     name: str
     delta_base: str | None = None
+    lora: str | None = None  # an absolute adapter directory
     chat_template: str | None = None
     revision: str | None = None
     engine: str | None = None  # None: auto
@@ -171,7 +173,9 @@ def _model(entry: dict[str, Any], here: Path, invalid: Any) -> ModelSpec:
     name = entry.get("name") or default_name(entry["source"])
     if default_name(name) != name:
         raise invalid(f"model name {name!r} is not a plain file name", "use letters, digits, . _ -")
-    base = entry.get("delta_base")
+    base, lora = entry.get("delta_base"), entry.get("lora")
+    if lora is not None and not (isinstance(lora, str) and (here / lora).is_dir()):
+        raise invalid(f"[[models]] lora {lora!r} is not a directory", "give the adapter's folder")
     engine = entry.get("engine")
     if engine is not None and engine not in ENGINES:
         raise invalid(f"[[models]] engine {engine!r} is unknown", f"choose {', '.join(ENGINES)}")
@@ -179,6 +183,7 @@ def _model(entry: dict[str, Any], here: Path, invalid: Any) -> ModelSpec:
         source=source,
         name=name,
         delta_base=where(base) if base else None,
+        lora=str((here / lora).absolute()) if lora else None,
         chat_template=_chat_template(entry.get("chat_template"), here, invalid),
         revision=entry.get("revision"),
         engine=engine,
