@@ -17,6 +17,7 @@ from ggufkit.cli.options import (
     json_option,
     output_option,
     outtype_option,
+    path_option,
     split_options,
     threads_option,
 )

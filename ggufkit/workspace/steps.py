@@ -281,7 +281,9 @@ class Workspace:
             split = self.split()[0]
             describe = base.describe() if base is not None else None
             adapter = self.relative(lora) if lora is not None else None
-            command = convert_command(self, model.describe(), describe, engine, chat_template, adapter)
+            command = convert_command(
+                self, model.describe(), describe, engine, chat_template, adapter
+            )
 
             def action() -> object:
                 from ggufkit.convert import convert
