@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from ggufkit.bnb.results import BnbReport, ModeResult
 from ggufkit.cli import cli
+from ggufkit.compare import BNB, GGUF, PLOT_SIZE_INCHES, compare, comparison_table
 from ggufkit.core.errors import InputError
-from ggufkit.evaluate.compare import BNB, GGUF, PLOT_SIZE_INCHES, compare, comparison_table
 from ggufkit.evaluate.plots import PLOT_DPI
 from ggufkit.evaluate.results import EvalReport, ModelResult
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ggufkit.cli.options import echo_result, json_option, path_option, plot_option
+from ggufkit.compare import compare, comparison_table, plot_comparison
 from ggufkit.core.log import get_logger
-from ggufkit.evaluate.compare import compare, comparison_table, plot_comparison
 
 log = get_logger("cli.compare")
 

@@ -24,9 +24,9 @@ from ggufkit.cli.options import (
 )
 from ggufkit.core.log import get_logger
 from ggufkit.evaluate import evaluate
-from ggufkit.evaluate.intervals import DEFAULT_MIN_CHUNKS
 from ggufkit.evaluate.pipeline import DEFAULT_BENCH_REPETITIONS
 from ggufkit.evaluate.report import eval_table, plot_eval
+from ggufkit.evaluate.sequential.intervals import DEFAULT_MIN_CHUNKS
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT
 from ggufkit.workspace.evals import record_results, resolve_models
 

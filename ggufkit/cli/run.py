@@ -20,8 +20,8 @@ from ggufkit.cli.options import (
 )
 from ggufkit.core.errors import UsageError
 from ggufkit.core.log import get_logger
-from ggufkit.evaluate.generate import GenerationResult, converse, generate, unescape
-from ggufkit.evaluate.sampling import Sampling
+from ggufkit.inference.generate import GenerationResult, converse, generate, unescape
+from ggufkit.inference.sampling import Sampling
 
 log = get_logger("cli.run")
 
