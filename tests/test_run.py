@@ -231,9 +231,8 @@ def test_several_prompts_need_chat(tmp_path: Path) -> None:
 def test_the_sampling_options_reach_the_library_as_one_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ggufkit.evaluate.generate import GenerationResult
-
     from ggufkit.cli import run as run_command
+    from ggufkit.inference.generate import GenerationResult
     from ggufkit.inference.sampling import Sampling
 
     seen: list[tuple[str, Sampling]] = []
