@@ -1,7 +1,7 @@
 """``ggufkit verify``: does a GGUF file tokenize and predict like the checkpoint it came from?
 
-A thin layer over :mod:`ggufkit.inference.parity` (which does the comparing): choose the text, run both
-checks, and judge them. Tokenization must be identical. For an unquantized file the logits must
+A thin layer over :mod:`ggufkit.inference.parity` (which does the comparing): choose the text, run
+both checks, and judge them. Tokenization must be identical. For an unquantized file the logits must
 agree within ``max_rel_diff`` of the largest reference logit and no confident top token may flip;
 a quantized file is only judged when a limit is given, since rounding the weights moves logits by
 design (see ``ggufkit eval`` for its KL-divergence).

@@ -5,8 +5,8 @@ be recovered from its output. This module scores chunks with llama-cpp-python's 
 ggufkit's own built libllama, the way llama-perplexity does: the corpus is tokenized once (BOS
 added when the vocabulary wants one), cut into ``ctx``-token chunks whose first token is replaced
 by BOS, only the second half of each chunk is scored, and as many chunks as one batch of
-llama-perplexity holds are decoded together (:mod:`ggufkit.evaluate.sequential.batchscore`, which also
-copies its threads and flash-attention setting). llama.cpp runs in a spawned child
+llama-perplexity holds are decoded together (:mod:`ggufkit.evaluate.sequential.batchscore`,
+which also copies its threads and flash-attention setting). llama.cpp runs in a spawned child
 (:func:`ggufkit.llamacpp.isolate.run_isolated`); the baseline's per-chunk log-probabilities go to
 a content-addressed cache (:mod:`ggufkit.evaluate.sequential.chunkcache`), 16 bits each as in
 llama-perplexity's base file, so that KLD and top-1 agreement match its numbers.
