@@ -133,7 +133,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--skip-135m", action="store_true", help="the tiny model only")
     args = parser.parse_args(argv)
     os.environ.setdefault("GGUFKIT_NO_PROGRESS", "1")
-    from ggufkit.evaluate.batchscore import default_threads
+    from ggufkit.evaluate.sequential.batchscore import default_threads
 
     print(f"threads {default_threads()} on both sides; context {args.ctx}\n")
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:

@@ -105,7 +105,7 @@ def check_cpu() -> Check:
 
 def check_selftest() -> Check:
     """The build's self-test: from its stamp, or run now (seconds) when it has not run yet."""
-    from ggufkit.evaluate.selftest import ensure_selftest
+    from ggufkit.selftest import ensure_selftest
 
     try:
         info = llama_build.current_build(allow_failed_selftest=True)

@@ -53,7 +53,7 @@ def test_a_perturbed_tensor_fails_the_measurement(workdirs: Path) -> None:
     import gguf
     import numpy as np
 
-    from ggufkit.evaluate.parity import compare_logits, gguf_logits, reference_logits
+    from ggufkit.inference.parity import compare_logits, gguf_logits, reference_logits
 
     name = "Qwen3ForCausalLM"
     workdir = workdirs / f"{name}-perturbed"

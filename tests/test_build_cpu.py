@@ -386,7 +386,8 @@ def test_a_crash_in_the_child_is_an_error_here_and_the_run_goes_on() -> None:
 @pytest.mark.needs_llamacpp
 def test_selftest_catches_a_crashing_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real convert and llama-quantize, then a llama-perplexity that dies of SIGILL."""
-    from ggufkit.evaluate import ppl, selftest
+    from ggufkit import selftest
+    from ggufkit.evaluate import ppl
 
     standin = tmp_path / "llama-perplexity"
     standin.write_text(
@@ -409,7 +410,7 @@ def test_selftest_catches_a_crashing_tool(tmp_path: Path, monkeypatch: pytest.Mo
 def test_a_failed_selftest_fails_build_and_every_later_use(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ggufkit.evaluate import selftest
+    from ggufkit import selftest
 
     monkeypatch.setenv("GGUFKIT_HOME", str(tmp_path))
     info = _fake_build(tmp_path)
@@ -442,7 +443,7 @@ def test_a_failed_selftest_fails_build_and_every_later_use(
 def test_a_stored_selftest_is_not_run_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ggufkit.evaluate import selftest
+    from ggufkit import selftest
 
     monkeypatch.setenv("GGUFKIT_HOME", str(tmp_path))
     stored = {"ok": True, "threads": 2, "seconds": 3.0, "perplexity": {"Q4_0": 80.0}}

@@ -257,7 +257,7 @@ def test_llama_cpp_python_renders_fastchats_prompt_and_tokens(
     """LLaMA (legacy tokenizer, adds BOS: Vicuna, Chimera) and BLOOM (no BOS: Phoenix)."""
     from transformers import AutoTokenizer
 
-    from ggufkit.evaluate.parity import open_gguf
+    from ggufkit.inference.parity import open_gguf
     from ggufkit.llamacpp.bindings import load_llama_cpp
 
     gguf_path, hf_dir = chat_gguf(kind, name)

@@ -13,8 +13,15 @@ from click.testing import CliRunner
 
 from ggufkit.bnb.results import BnbReport, ModeResult
 from ggufkit.cli import cli
+from ggufkit.compare import (
+    BNB,
+    GGUF,
+    PLOT_SIZE_INCHES,
+    compare,
+    compare_reports,
+    comparison_table,
+)
 from ggufkit.core.errors import InputError
-from ggufkit.evaluate.compare import BNB, GGUF, PLOT_SIZE_INCHES, compare, comparison_table
 from ggufkit.evaluate.plots import PLOT_DPI
 from ggufkit.evaluate.results import EvalReport, ModelResult
 
@@ -91,6 +98,8 @@ def test_table_has_both_families(tmp_path: Path) -> None:
     assert any("| bnb" in line and "nf4" in line and "80.0%" in line for line in lines)
     assert "585.94 KiB" in table  # the Q4_0 file, 600,000 bytes
     assert not any("tokenizers differ" in n or "different corpora" in n for n in result.notes)
+    # the files read back into the typed reports they were written from
+    assert compare_reports(eval_report(), bnb_report(), *files(tmp_path)) == result
 
 
 def test_notes_say_when_numbers_do_not_compare(tmp_path: Path) -> None:
@@ -116,6 +125,8 @@ def test_bad_inputs(tmp_path: Path) -> None:
         compare(good_eval, tmp_path / "bad.json")
     with pytest.raises(InputError, match="ggufkit bnb --json"):
         compare(good_eval, write(tmp_path, "x.json", {"models": []}))
+    with pytest.raises(InputError, match="malformed eval result"):
+        compare(write(tmp_path, "m.json", {"models": [{"name": "Q4_0"}]}), good_bnb)
     skipped = bnb_report()
     skipped.results = skipped.results[2:]
     with pytest.raises(InputError, match="no bitsandbytes result"):

@@ -18,8 +18,8 @@ from ggufkit.convert import ConvertResult, convert
 from ggufkit.convert.arch.bloom import BLOOM_TRAINING_CONTEXT, BloomConverter, qkv_row_order
 from ggufkit.convert.vocab_bpe import KEY_PRE_DETAIL, KEY_PRE_SOURCE
 from ggufkit.core.errors import ConfigError, ConversionError, UsageError
-from ggufkit.evaluate.parity import hf_token_ids, logit_parity, tokenizer_parity
 from ggufkit.formats.safetensors import Checkpoint
+from ggufkit.inference.parity import hf_token_ids, logit_parity, tokenizer_parity
 
 N_HEAD, N_EMBD = 4, 64  # tiny.make_bloom's defaults
 

@@ -294,7 +294,7 @@ def test_upstream_gets_the_pre_tokenizer_of_an_unknown_tokenizer(
 ) -> None:
     # Upstream alone refuses this locally trained tokenizer (test_convert_bloom); through
     # ggufkit it gets the pre-tokenizer derived from tokenizer.json, and tokenizes like HF.
-    from ggufkit.evaluate.parity import tokenizer_parity
+    from ggufkit.inference.parity import tokenizer_parity
 
     result = convert(tiny_bloom_dir, tmp_path / "up.gguf", engine="upstream")
     assert "pre-tokenizer 'bloom', derived from tokenizer.json" in result.notes

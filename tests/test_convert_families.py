@@ -93,7 +93,7 @@ def test_upstream_alone_refuses_them(family_dirs, tmp_path: Path, family: str) -
 @pytest.mark.needs_torch
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logit_parity(converted, family_dirs, family: str) -> None:
-    from ggufkit.evaluate.parity import logit_parity
+    from ggufkit.inference.parity import logit_parity
 
     ids = _ids(family_dirs[family])
     report = logit_parity(converted(family).output, family_dirs[family], ids)
@@ -106,7 +106,7 @@ def test_logit_parity(converted, family_dirs, family: str) -> None:
 @pytest.mark.needs_torch
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tokenizer_parity(converted, family_dirs, family: str, corpus_path: Path) -> None:
-    from ggufkit.evaluate.parity import tokenizer_parity
+    from ggufkit.inference.parity import tokenizer_parity
 
     text = corpus_path.read_text(encoding="utf-8")
     assert len(text.encode()) >= 10_000

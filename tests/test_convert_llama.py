@@ -287,7 +287,7 @@ def test_bf16_checkpoint_rounds_like_float32_to_float16(tmp_path: Path, spm_mode
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("outtype,tol", [("f16", F16_TOL), ("f32", F32_TOL)])
 def test_logit_parity(converted, llama_dirs, variant: str, outtype: str, tol: float) -> None:
-    from ggufkit.evaluate.parity import logit_parity
+    from ggufkit.inference.parity import logit_parity
 
     report = logit_parity(
         converted(variant, outtype), llama_dirs[variant], _ids(llama_dirs[variant])
@@ -301,7 +301,7 @@ def test_logit_parity(converted, llama_dirs, variant: str, outtype: str, tol: fl
 @pytest.mark.needs_torch
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_tokenizer_parity(converted, llama_dirs, variant: str, corpus_path: Path) -> None:
-    from ggufkit.evaluate.parity import tokenizer_parity
+    from ggufkit.inference.parity import tokenizer_parity
 
     text = corpus_path.read_text(encoding="utf-8")
     assert len(text.encode()) >= 10_000
@@ -314,7 +314,7 @@ def test_tokenizer_parity(converted, llama_dirs, variant: str, corpus_path: Path
 @pytest.mark.needs_llamacpp
 @pytest.mark.needs_torch
 def test_q8_0_parity(converted, llama_dirs) -> None:
-    from ggufkit.evaluate.parity import logit_parity
+    from ggufkit.inference.parity import logit_parity
 
     report = logit_parity(converted("gqa", "q8_0"), llama_dirs["gqa"], _ids(llama_dirs["gqa"]))
     assert report.rel_diff <= 0.1, report.summary()  # 8-bit weights: upstream's files get ~0.05

@@ -239,8 +239,8 @@ def test_upstream_alone_does_not_know_the_tokenizer(
 @pytest.mark.needs_llamacpp
 @pytest.mark.parametrize("style", ["llama3", "smollm"])
 def test_verify_passes(converted, bpe_dirs: dict[str, Path], style: str, corpus_path: Path) -> None:
-    from ggufkit.evaluate.parity import tokenizer_parity
-    from ggufkit.evaluate.verify import verify
+    from ggufkit.inference.parity import tokenizer_parity
+    from ggufkit.inference.verify import verify
 
     result = converted(style)
     report = verify(result.output, bpe_dirs[style], text_file=corpus_path, positions=64)

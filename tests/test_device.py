@@ -45,7 +45,8 @@ def _offload_seen(f16: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """-ngl as llama-perplexity, llama-bench and llama-imatrix get it; n_gpu_layers as the
     bindings get it for generation and for logit parity."""
     from ggufkit.data import default_corpus
-    from ggufkit.evaluate import generate, ppl, speed
+    from ggufkit.evaluate import ppl, speed
+    from ggufkit.inference import generate
     from ggufkit.llamacpp import bindings, runner
     from ggufkit.llamacpp import build as build_module
     from ggufkit.quantize import imatrix
@@ -87,7 +88,7 @@ def _offload_seen(f16: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     with pytest.raises(Captured):
         generate._open(f16, chat=False, ctx=64, threads=1, seed=0, max_tokens=4)
     which = "parity"
-    from ggufkit.evaluate.parity import open_gguf
+    from ggufkit.inference.parity import open_gguf
 
     with pytest.raises(Captured), open_gguf(f16):
         pass

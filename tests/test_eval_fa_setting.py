@@ -92,9 +92,9 @@ def test_auto_in_a_cache_key_is_what_llama_cpp_chose(
     """On a GPU, "auto" may resolve to off (a head size or type the device cannot run fused): the
     sequential eval's cache key names the kernel a context for the model chose, asked of
     llama.cpp (faked here), not a fixed rule; on the CPU it is on without asking."""
-    from ggufkit.evaluate import sequential
-    from ggufkit.evaluate.chunkcache import ChunkCache, chunk_key
-    from ggufkit.evaluate.chunkeval import Tokens
+    from ggufkit.evaluate.sequential import estimator
+    from ggufkit.evaluate.sequential.chunkcache import ChunkCache, chunk_key
+    from ggufkit.evaluate.sequential.chunkeval import Tokens
     from ggufkit.llamacpp import attention_probe
 
     asked: list[str] = []
@@ -113,9 +113,9 @@ def test_auto_in_a_cache_key_is_what_llama_cpp_chose(
         assert attention_probe.flash_attn_used("m.gguf") == "on" and len(asked) == 1
 
     chunks = [[1, 5, 6, 7], [1, 8, 9, 10]]
-    monkeypatch.setattr(sequential.chunkeval, "tokenize", lambda m, c: Tokens([], 1))
-    monkeypatch.setattr(sequential.chunkeval, "cut", lambda tokens, ctx: chunks)
-    monkeypatch.setattr(sequential, "sha256_file", lambda path: "sha-" + Path(path).name)
+    monkeypatch.setattr(estimator.chunkeval, "tokenize", lambda m, c: Tokens([], 1))
+    monkeypatch.setattr(estimator.chunkeval, "cut", lambda tokens, ctx: chunks)
+    monkeypatch.setattr(estimator, "sha256_file", lambda path: "sha-" + Path(path).name)
     seen: list[str] = []
 
     def score(base: Path, jobs: Any, **kwargs: Any) -> None:
@@ -123,9 +123,9 @@ def test_auto_in_a_cache_key_is_what_llama_cpp_chose(
         seen.append(job.base_key)
         raise _Stop
 
-    monkeypatch.setattr(sequential.chunkeval, "score_chunks", score)
+    monkeypatch.setattr(estimator.chunkeval, "score_chunks", score)
     with pytest.raises(_Stop):
-        sequential.run_sequential(
+        estimator.run_sequential(
             tmp_path / "base.gguf",
             [tmp_path / "q.gguf"],
             tmp_path / "corpus.txt",

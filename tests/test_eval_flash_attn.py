@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from random_gguf import write_random_gguf
 
 from ggufkit.cli import cli
-from ggufkit.evaluate.chunkcache import ChunkCache
+from ggufkit.evaluate.sequential.chunkcache import ChunkCache
 from ggufkit.llamacpp.attention import use_flash_attn
 
 CTX = 256

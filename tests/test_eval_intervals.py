@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
-from ggufkit.evaluate.chunkcache import ChunkCache, chunk_key
-from ggufkit.evaluate.intervals import (
+from ggufkit.evaluate.sequential.chunkcache import ChunkCache, chunk_key
+from ggufkit.evaluate.sequential.intervals import (
     ChunkValues,
     binomial_cdf,
     chunk_order,

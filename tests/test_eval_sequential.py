@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
-from ggufkit.evaluate.chunkcache import ChunkCache
-from ggufkit.evaluate.intervals import coverage
 from ggufkit.evaluate.sequential import SequentialRun, run_sequential
+from ggufkit.evaluate.sequential.chunkcache import ChunkCache
+from ggufkit.evaluate.sequential.intervals import coverage
 
 CTX = 128
 RUNS = 400  # chunk orders per model and type in the coverage proof

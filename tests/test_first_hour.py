@@ -226,7 +226,7 @@ def test_verify_shows_no_transformers_bar() -> None:
     """transformers' "Loading weights" bar is off once verify imports it (ggufkit's own progress)."""
     import transformers
 
-    from ggufkit.evaluate.parity import _import_transformers
+    from ggufkit.inference.parity import _import_transformers
 
     transformers.utils.logging.enable_progress_bar()
     _import_transformers()

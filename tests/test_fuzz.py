@@ -163,7 +163,7 @@ VALID_GGUF = valid_gguf()
 
 
 def _check_gguf(path: Path, data: bytes) -> None:
-    from ggufkit.evaluate.report import inspect_json
+    from ggufkit.formats.gguf_inspect import inspect_json
     from ggufkit.formats.gguf_reader import check_gguf, read_gguf
 
     path.write_bytes(data)

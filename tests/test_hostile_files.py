@@ -49,7 +49,7 @@ def test_inspect_escapes_what_the_file_holds(tmp_path: Path) -> None:
 
 
 def test_tables_and_errors_escape_control_characters(tmp_path: Path) -> None:
-    from ggufkit.evaluate.report import markdown_table
+    from ggufkit.core.text import markdown_table
 
     table = markdown_table(["model"], [["name" + HOSTILE]], "l")
     _no_controls(table)

@@ -491,7 +491,7 @@ def test_split_name_claiming_99999_shards(tmp_path: Path) -> None:
 
 
 def test_run_context_is_capped() -> None:
-    from ggufkit.evaluate.generate import MAX_CTX, context_size
+    from ggufkit.inference.generate import MAX_CTX, context_size
 
     model = Path("m.gguf")
     assert context_size(model, 128, None) == 128
@@ -506,7 +506,7 @@ def test_run_context_is_capped() -> None:
 
 
 def test_run_refuses_the_context_before_loading(tmp_path: Path) -> None:
-    from ggufkit.evaluate import generate
+    from ggufkit.inference import generate
 
     path = tmp_path / "m.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")

@@ -161,7 +161,7 @@ def test_a_renderer_that_exits_is_told_by_its_exit_code(
 
 
 def test_closing_the_chat_sandbox_unsets_the_renderer(tmp_path: Path) -> None:
-    from ggufkit.evaluate.chat_render import limit_chat_templates
+    from ggufkit.inference.chat_render import limit_chat_templates
     from ggufkit.llamacpp import chat_deferred
 
     sandbox = limit_chat_templates(tmp_path / "m.gguf", "{{ bos_token }}")

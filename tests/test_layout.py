@@ -29,12 +29,15 @@ RANKS = {
     "convert": 4,
     "quantize": 5,
     "evaluate": 6,
+    "inference": 7,  # run and verify: uses evaluate's corpus and labels
     "bnb": 7,  # the bitsandbytes path: uses hub/ and evaluate/; the workspace records its results
-    "workspace": 8,
-    "demo": 9,
-    "doctor": 9,
-    "cli": 10,
-    "__main__": 11,
+    "selftest": 8,  # the build's self-test: convert, quantize, perplexity and the bindings
+    "compare": 8,  # GGUF types (evaluate's report) beside bitsandbytes modes (bnb's)
+    "workspace": 9,
+    "demo": 10,
+    "doctor": 10,
+    "cli": 11,
+    "__main__": 12,
 }
 
 # Known exceptions in files another change owns right now (import lines only may change there).

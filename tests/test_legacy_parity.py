@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from ggufkit.cli import cli
 from ggufkit.convert import convert
-from ggufkit.evaluate.parity import hf_token_ids, logit_parity, tokenizer_parity
+from ggufkit.inference.parity import hf_token_ids, logit_parity, tokenizer_parity
 
 pytestmark = [pytest.mark.needs_torch, pytest.mark.needs_llamacpp]
 

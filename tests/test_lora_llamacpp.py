@@ -19,10 +19,10 @@ from ggufkit.cli import cli
 from ggufkit.convert import convert
 from ggufkit.convert.lora_adapter import convert_lora_adapter
 from ggufkit.core.errors import AdapterError
-from ggufkit.evaluate.parity import compare_logits
-from ggufkit.evaluate.verify import UNQUANTIZED_MAX_REL_DIFF
 from ggufkit.formats.gguf_lora import check_lora_fits
 from ggufkit.formats.gguf_reader import read_gguf
+from ggufkit.inference.parity import compare_logits
+from ggufkit.inference.verify import UNQUANTIZED_MAX_REL_DIFF
 
 pytestmark = [pytest.mark.needs_torch, pytest.mark.needs_llamacpp, pytest.mark.slow]
 

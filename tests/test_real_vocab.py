@@ -77,7 +77,7 @@ def test_identical_to_upstream(llama3_dir: Path, llama3_gguf: Path, tmp_path: Pa
 
 
 def _llamacpp_ids(model: str, texts: list[str]) -> list[list[int]]:
-    from ggufkit.evaluate.parity import open_gguf
+    from ggufkit.inference.parity import open_gguf
 
     with open_gguf(model, vocab_only=True) as llm:
         return [
@@ -102,7 +102,7 @@ def test_llamacpp_tokenizes_as_the_published_tokenizer(
 @pytest.mark.needs_llamacpp
 @pytest.mark.needs_torch
 def test_verify_passes(llama3_gguf: Path, llama3_dir: Path) -> None:
-    from ggufkit.evaluate.parity import logit_parity, tokenizer_parity
+    from ggufkit.inference.parity import logit_parity, tokenizer_parity
 
     ids = [int(i) for i in np.random.default_rng(3).integers(0, 128000, 96)]
     report = logit_parity(llama3_gguf, llama3_dir, ids)

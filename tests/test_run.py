@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
-from ggufkit.evaluate.generate import unescape
 from ggufkit.formats.gguf_reader import read_gguf
+from ggufkit.inference.generate import unescape
 
 # Starts with the BOS token, as real templates do: a chat prompt gets no automatic BOS.
 CHAT_TEMPLATE = (
@@ -141,7 +141,7 @@ def embedded_chat(tmp_path_factory: pytest.TempPathFactory):
 
 def _rendered_tokens(gguf_path: Path, messages: list[dict[str, str]]) -> int:
     """Tokens of the conversation as llama-cpp-python formats and tokenizes a chat prompt."""
-    from ggufkit.evaluate.parity import open_gguf
+    from ggufkit.inference.parity import open_gguf
     from ggufkit.llamacpp.bindings import load_llama_cpp
 
     load_llama_cpp()
@@ -204,7 +204,7 @@ def test_chat_reads_turns_from_stdin(embedded_chat) -> None:
 def test_chat_stops_at_the_templates_stop_strings(
     embedded_chat, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ggufkit.evaluate import generate
+    from ggufkit.inference import generate
 
     # zero_shot: one_shot's stop string without its example exchange, longer than this model's
     # 512-token context.
@@ -232,8 +232,8 @@ def test_the_sampling_options_reach_the_library_as_one_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ggufkit.cli import run as run_command
-    from ggufkit.evaluate.generate import GenerationResult
-    from ggufkit.evaluate.sampling import Sampling
+    from ggufkit.inference.generate import GenerationResult
+    from ggufkit.inference.sampling import Sampling
 
     seen: list[tuple[str, Sampling]] = []
 

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 from ggufkit.cli import cli
 from ggufkit.core.errors import InputError, UsageError
-from ggufkit.evaluate import image_chat as chat_module
-from ggufkit.evaluate.image_chat import check_pair, check_picture
+from ggufkit.inference import image_chat as chat_module
+from ggufkit.inference.image_chat import check_pair, check_picture
 
 
 def write_gguf(path: Path, arch: str, keys: dict[str, object]) -> Path:
@@ -201,7 +201,7 @@ def test_llama_cpp_sees_as_many_image_tokens_as_transformers(
         Qwen2VLImageProcessorPil,
     )
 
-    from ggufkit.evaluate.image_chat import find_mtmd_cli
+    from ggufkit.inference.image_chat import find_mtmd_cli
 
     picture = tiny_vision.make_picture(tmp_path / "p.png")
     processor = Qwen2VLImageProcessorPil.from_pretrained(str(qwen2vl_pair.parent.parent))

@@ -159,7 +159,7 @@ def memory_of(result: ModeResult, device: str) -> int | None:
 
 def markdown(report: BnbReport) -> str:
     """The guides' before/after table, then skipped modes and notes."""
-    from ggufkit.evaluate.report import markdown_table
+    from ggufkit.core.text import markdown_table
 
     base = report.baseline
     base_memory = memory_of(base, report.device) if base else None

@@ -8,9 +8,9 @@ import shlex
 import click
 
 from ggufkit.cli.options import echo_json, json_option
-from ggufkit.evaluate.selftest import build_and_test
 from ggufkit.llamacpp.build import configure_command
 from ggufkit.llamacpp.layout import BuildOptions
+from ggufkit.selftest import build_and_test
 
 
 @click.command("build")

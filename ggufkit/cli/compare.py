@@ -13,8 +13,8 @@ from ggufkit.cli.options import (
     path_option,
     plot_option,
 )
+from ggufkit.compare import compare, comparison_table, plot_comparison
 from ggufkit.core.log import get_logger
-from ggufkit.evaluate.compare import compare, comparison_table, plot_comparison
 
 log = get_logger("cli.compare")
 _FILE = click.Path(path_type=Path, dir_okay=False)

@@ -28,8 +28,8 @@ from ggufkit.cli.options import (
 )
 from ggufkit.core.log import get_logger
 from ggufkit.evaluate import evaluate
-from ggufkit.evaluate.intervals import DEFAULT_MIN_CHUNKS
 from ggufkit.evaluate.report import eval_table, plot_eval
+from ggufkit.evaluate.sequential.intervals import DEFAULT_MIN_CHUNKS
 from ggufkit.workspace.evals import record_results, resolve_models
 
 log = get_logger("cli.eval")

@@ -8,7 +8,7 @@ import click
 
 from ggufkit.cli.options import echo_json, json_option
 from ggufkit.core.text import printable
-from ggufkit.evaluate.report import inspect_json, inspect_text
+from ggufkit.formats.gguf_inspect import inspect_json, inspect_text
 from ggufkit.formats.gguf_reader import read_gguf
 
 # Metadata arrays longer than this are summarised (type, length, first items).

@@ -22,8 +22,8 @@ from ggufkit.cli.options import (
 )
 from ggufkit.core.errors import UsageError
 from ggufkit.core.log import get_logger
-from ggufkit.evaluate.generate import GenerationResult, converse, generate, unescape
-from ggufkit.evaluate.sampling import Sampling
+from ggufkit.inference.generate import GenerationResult, converse, generate, unescape
+from ggufkit.inference.sampling import Sampling
 
 log = get_logger("cli.run")
 
@@ -201,7 +201,7 @@ def _image_chat(
     threads: int | None,
     as_json: bool,
 ) -> None:
-    from ggufkit.evaluate.image_chat import image_chat
+    from ggufkit.inference.image_chat import image_chat
 
     if image is None:
         raise UsageError("--mmproj needs --image", hint="give the picture with --image")

@@ -19,7 +19,7 @@ from ggufkit.cli.options import (
     path_option,
 )
 from ggufkit.core.errors import EvaluationError
-from ggufkit.evaluate.verify import DEFAULT_POSITIONS, verify
+from ggufkit.inference.verify import DEFAULT_POSITIONS, verify
 
 
 @click.command("verify")

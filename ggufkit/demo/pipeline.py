@@ -140,8 +140,8 @@ class _Demo:
     def evaluate(
         self, workspace: Workspace, name: str, files: dict[str, Path], corpus: Path, out: Path
     ) -> EvalReport:
+        from ggufkit.compare import read_report
         from ggufkit.evaluate import EvalReport, evaluate
-        from ggufkit.evaluate.compare import read_report
         from ggufkit.workspace.evals import record_results
         from ggufkit.workspace.manifest import Manifest
 
@@ -186,8 +186,8 @@ class _Demo:
         return report
 
     def generate(self, model: Path, prompt: str) -> Sample:
-        from ggufkit.evaluate.generate import generate
-        from ggufkit.evaluate.sampling import Sampling
+        from ggufkit.inference.generate import generate
+        from ggufkit.inference.sampling import Sampling
 
         s = self.settings
         sampling = Sampling(max_tokens=s.sample_tokens, temperature=s.temperature, seed=s.seed)
@@ -196,8 +196,8 @@ class _Demo:
 
     def bnb(self, gguf_eval: Path) -> None:
         from ggufkit.bnb import BnbOptions, BnbReport, parse_modes, run_bnb
+        from ggufkit.compare import compare, plot_comparison
         from ggufkit.data import embedded_model
-        from ggufkit.evaluate.compare import compare, plot_comparison
         from ggufkit.hub import resolve_model
         from ggufkit.workspace.bnb import summary
         from ggufkit.workspace.manifest import model_input, record_eval

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ggufkit.compare import Comparison
     from ggufkit.evaluate import EvalReport
-    from ggufkit.evaluate.compare import Comparison
     from ggufkit.workspace import StepResult
 
 SCHEMA = "ggufkit.demo/1"
@@ -170,7 +170,7 @@ def _change_text(run: ModelRun, type_: str, change: float) -> str:
 
 def markdown(result: DemoResult) -> str:
     """The tables: one eval table per model, then bitsandbytes beside GGUF; and the samples."""
-    from ggufkit.evaluate.compare import comparison_table
+    from ggufkit.compare import comparison_table
     from ggufkit.evaluate.report import eval_table
 
     lines = [f"# ggufkit demo ({len(result.models)} models, {_shown(result.outdir)})", ""]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,16 @@ from ggufkit.core.fsutil import check_free_disk, sha256_file
 from ggufkit.core.log import get_logger, progress
 from ggufkit.core.partials import owned_temp_dir
 from ggufkit.evaluate import ppl as ppl_mod
-from ggufkit.evaluate.batchscore import default_threads
-from ggufkit.evaluate.intervals import DEFAULT_MIN_CHUNKS
+from ggufkit.evaluate.lora import check_eval_lora
 from ggufkit.evaluate.results import EvalReport, ModelResult, fill_whole_corpus_intervals
-from ggufkit.evaluate.sequential import fill_results, run_sequential, sequential_summary
+from ggufkit.evaluate.sequential import (
+    SequentialRun,
+    fill_results,
+    run_sequential,
+    sequential_summary,
+)
+from ggufkit.evaluate.sequential.batchscore import default_threads
+from ggufkit.evaluate.sequential.intervals import DEFAULT_MIN_CHUNKS
 from ggufkit.evaluate.speed import DEFAULT_GEN, DEFAULT_PROMPT, benchmark
 from ggufkit.formats.gguf_reader import read_gguf
 from ggufkit.formats.ggufinfo import ArraySummary, GGUFInfo
@@ -139,176 +146,249 @@ def evaluate(
     corpus_path = Path(corpus) if corpus is not None else default_corpus()
     if not corpus_path.is_file():
         raise InputError(f"the corpus {corpus_path} does not exist", hint="check --corpus")
-    infos = {p: read_gguf(p, max_array_items=0) for p in map(Path, models)}
-    lora_path, speed = _check_lora(
-        lora, [*infos, *([Path(baseline)] if baseline else [])], target_error, speed
-    )
-    base_path = Path(baseline) if baseline is not None else None
-    if base_path is None:
-        base_path = next((p for p, info in infos.items() if not info.is_quantized), None)
-        if base_path is None:
-            log.warning("no unquantized model among the inputs: KL-divergence is skipped")
-    paths = _order(list(infos), base_path)
-    if base_path is not None and base_path not in infos:
-        infos[base_path] = read_gguf(base_path, max_array_items=0)
-    results = [_new_result(infos[p], is_baseline=p == base_path) for p in paths]
-    _unique_names(results)
-    base_info = infos[base_path] if base_path is not None else infos[paths[0]]
-    vocab = n_vocab(base_info)
-    for path in paths:
-        if base_path is not None and n_vocab(infos[path]) != vocab:
-            raise UsageError(
-                f"{path} has {n_vocab(infos[path])} tokens, the baseline {base_path} has {vocab}",
-                hint="KL-divergence compares quantizations of the same model only",
-            )
-
+    chosen = _choose(models, baseline)
+    lora_path, speed = check_eval_lora(lora, chosen.paths, target_error, speed)
     if target_error is not None and threads is None:
         threads = default_threads()  # the scorer's count is llama-perplexity's
-    n_tokens = ppl_mod.count_tokens(base_info.path, corpus_path)
+    n_tokens = ppl_mod.count_tokens(chosen.reference.path, corpus_path)
     plan = ppl_mod.plan(
         n_tokens,
         ctx=ctx,
         chunks=chunks,
-        n_ctx_train=n_ctx_train(base_info),
-        kld=base_path is not None and len(paths) > 1,
+        n_ctx_train=n_ctx_train(chosen.reference),
+        kld=chosen.kld,
         corpus=corpus_path,
     )
     log.info(
         "evaluating %d model(s) on %s: %s tokens, context %d, %s chunks",
-        len(paths),
+        len(chosen.paths),
         corpus_path.name,
         n_tokens if n_tokens is not None else "?",
         plan.ctx,
         plan.chunks or "all",
     )
+    results = chosen.new_results()
+    bench = _Bench(n_prompt, n_gen, repetitions, threads) if speed else None
     sequential = None
-    if target_error is not None:
-        if base_path is None:
-            raise UsageError(
-                "--target-error needs a baseline",
-                hint="give an F16/BF16/F32 model or --baseline",
-            )
-        sequential = run_sequential(
-            base_path,
-            [p for p in paths if p != base_path],
-            corpus_path,
-            ctx=plan.ctx,
-            target=target_error,
-            min_chunks=min_chunks,
-            seed=seed,
-            max_chunks=chunks,
-            threads=threads,
+    if target_error is None:
+        used_chunks = _score_whole(
+            chosen, results, corpus_path, plan, threads, tmp_dir, bench, lora_path
         )
-        fill_results(results, sequential)
-    steps = len(paths) * (2 if speed else 1) if sequential is None else len(paths) * speed
-    with (
-        owned_temp_dir("ggufkit-eval-", tmp_dir) as work,  # a killed run's is cleared next time
-        progress(steps, "evaluating", unit="step") as bar,
-    ):
-        base_file = Path(work) / "baseline.kld"
-        used_chunks = plan.chunks if sequential is None else sequential.base_chunks
-        for result in results:
-            model = Path(result.path)
-            if sequential is not None:
-                pass  # measured above
-            elif result.is_baseline and len(paths) > 1:
-                if vocab and plan.chunks:
-                    check_free_disk(
-                        base_file, plan.base_file_bytes(vocab), what="the KL-divergence base file"
-                    )
-                measured = ppl_mod.perplexity(
-                    model,
-                    corpus_path,
-                    ctx=plan.ctx,
-                    chunks=plan.chunks or None,
-                    threads=threads,
-                    save_base=base_file,
-                    lora=lora_path,
-                )
-                result.ppl, result.ppl_err, used_chunks = (
-                    measured.ppl,
-                    measured.ppl_err,
-                    measured.chunks,
-                )
-            elif base_path is not None and len(paths) > 1:
-                kld = ppl_mod.kl_divergence(
-                    model, base_file, ctx=plan.ctx, threads=threads, lora=lora_path
-                )
-                result.ppl, result.ppl_err = kld.ppl, kld.ppl_err
-                result.kld_mean, result.kld_err = kld.kld_mean, kld.kld_err
-                result.kld_median, result.kld_p99, result.kld_max = (
-                    kld.kld_median,
-                    kld.kld_p99,
-                    kld.kld_max,
-                )
-                result.top1_agreement, result.top1_err = kld.top1_agreement, kld.top1_err
-                fill_whole_corpus_intervals(result, kld.delta_ppl, kld.delta_ppl_err)
-            else:
-                measured = ppl_mod.perplexity(
-                    model,
-                    corpus_path,
-                    ctx=plan.ctx,
-                    chunks=plan.chunks or None,
-                    threads=threads,
-                    lora=lora_path,
-                )
-                result.ppl, result.ppl_err, used_chunks = (
-                    measured.ppl,
-                    measured.ppl_err,
-                    measured.chunks,
-                )
-            if sequential is None:
-                fill_whole_corpus_intervals(result)
-                bar.update(1)
-            if speed:
-                tests = benchmark(
-                    model,
-                    n_prompt=n_prompt,
-                    n_gen=n_gen,
-                    repetitions=repetitions,
-                    threads=[threads] if threads else (),
-                )
-                for test in tests:
-                    result.threads = test.threads
-                    if test.kind == "pp":
-                        result.pp_tps, result.pp_tps_std = test.tps, test.tps_std
-                    else:
-                        result.tg_tps, result.tg_tps_std = test.tps, test.tps_std
-                bar.update(1)
+    else:
+        run = _score_sequential(
+            chosen, results, corpus_path, plan.ctx, target_error, min_chunks, seed, chunks, threads
+        )
+        used_chunks = run.base_chunks
+        sequential = sequential_summary(run, seed, min_chunks, target_error)
+        if bench is not None:
+            bench.measure_all(results)
     return EvalReport(
         corpus=str(corpus_path),
         corpus_sha256=sha256_file(corpus_path),
         corpus_tokens=n_tokens,
         ctx=plan.ctx,
         chunks=used_chunks,
-        baseline=str(base_path) if base_path is not None else None,
+        baseline=str(chosen.base) if chosen.base is not None else None,
         llama_cpp_commit=current_build().llama_cpp_commit,
         models=results,
         lora=str(lora_path) if lora_path is not None else None,
-        bench={"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions} if speed else {},
-        sequential=None
-        if sequential is None
-        else sequential_summary(sequential, seed, min_chunks, target_error),
+        bench=bench.settings() if bench is not None else {},
+        sequential=sequential,
         flash_attn=current_flash_attn(),
         flash_attn_resolved=resolved_flash_attn(),
     )
 
 
-def _check_lora(
-    lora: str | Path | None, models: Sequence[Path], target_error: float | None, speed: bool
-) -> tuple[Path | None, bool]:
-    """The LoRA GGUF, checked against every model before any runs; whether speed is measured."""
-    if lora is None:
-        return None, speed
-    if target_error is not None:
-        raise UsageError(
-            "--lora and --target-error cannot be combined yet",
-            hint="score the whole corpus (leave --target-error out), or evaluate a merged GGUF",
-        )
-    from ggufkit.formats.gguf_lora import check_lora_fits
+@dataclass
+class _Chosen:
+    """The files to evaluate (the baseline first), the baseline (None: no KL-divergence) and
+    their headers."""
 
-    for model in models:
-        check_lora_fits(model, lora)
-    if speed:
-        log.info("llama-bench cannot apply a LoRA adapter: speed is not measured with --lora")
-    return Path(lora), False
+    paths: list[Path]
+    base: Path | None
+    infos: dict[Path, GGUFInfo]
+
+    @property
+    def reference(self) -> GGUFInfo:
+        """The file whose tokenizer counts the corpus: the baseline, else the first file."""
+        return self.infos[self.base if self.base is not None else self.paths[0]]
+
+    @property
+    def kld(self) -> bool:
+        """Whether the others are scored against the baseline's saved logits."""
+        return self.base is not None and len(self.paths) > 1
+
+    def new_results(self) -> list[ModelResult]:
+        results = [_new_result(self.infos[p], is_baseline=p == self.base) for p in self.paths]
+        _unique_names(results)
+        return results
+
+
+def _choose(models: Sequence[str | Path], baseline: str | Path | None) -> _Chosen:
+    """Read the headers, pick the baseline (the first unquantized file unless given) and check
+    that every file has the baseline's vocabulary."""
+    infos = {p: read_gguf(p, max_array_items=0) for p in map(Path, models)}
+    base = Path(baseline) if baseline is not None else None
+    if base is None:
+        base = next((p for p, info in infos.items() if not info.is_quantized), None)
+        if base is None:
+            log.warning("no unquantized model among the inputs: KL-divergence is skipped")
+    paths = _order(list(infos), base)
+    if base is not None and base not in infos:
+        infos[base] = read_gguf(base, max_array_items=0)
+    chosen = _Chosen(paths, base, infos)
+    vocab = n_vocab(chosen.reference)
+    for path in paths if base is not None else ():
+        if n_vocab(infos[path]) != vocab:
+            raise UsageError(
+                f"{path} has {n_vocab(infos[path])} tokens, the baseline {base} has {vocab}",
+                hint="KL-divergence compares quantizations of the same model only",
+            )
+    return chosen
+
+
+@dataclass(frozen=True)
+class _Bench:
+    """llama-bench's settings for every model of one evaluation."""
+
+    n_prompt: int
+    n_gen: int
+    repetitions: int
+    threads: int | None
+
+    def settings(self) -> dict[str, int]:
+        return {"n_prompt": self.n_prompt, "n_gen": self.n_gen, "repetitions": self.repetitions}
+
+    def measure(self, result: ModelResult) -> None:
+        tests = benchmark(
+            Path(result.path),
+            n_prompt=self.n_prompt,
+            n_gen=self.n_gen,
+            repetitions=self.repetitions,
+            threads=[self.threads] if self.threads else (),
+        )
+        for test in tests:
+            result.threads = test.threads
+            if test.kind == "pp":
+                result.pp_tps, result.pp_tps_std = test.tps, test.tps_std
+            else:
+                result.tg_tps, result.tg_tps_std = test.tps, test.tps_std
+
+    def measure_all(self, results: list[ModelResult]) -> None:
+        with progress(len(results), "evaluating", unit="step") as bar:
+            for result in results:
+                self.measure(result)
+                bar.update(1)
+
+
+def _score_whole(
+    chosen: _Chosen,
+    results: list[ModelResult],
+    corpus: Path,
+    plan: ppl_mod.Plan,
+    threads: int | None,
+    tmp_dir: str | Path | None,
+    bench: _Bench | None,
+    lora: Path | None,
+) -> int:
+    """llama-perplexity on every model over the planned chunks, each followed by its bench: the
+    baseline first, saving its logits for the others' KL-divergence. Returns the chunks used."""
+    used_chunks = plan.chunks
+    with (
+        owned_temp_dir("ggufkit-eval-", tmp_dir) as work,  # a killed run's is cleared next time
+        progress(len(results) * (1 if bench is None else 2), "evaluating", unit="step") as bar,
+    ):
+        base_file = Path(work) / "baseline.kld"
+        for result in results:
+            model = Path(result.path)
+            paired: tuple[float | None, float | None] = (None, None)  # ΔPPL and its error
+            if chosen.kld and result.is_baseline:
+                vocab = n_vocab(chosen.reference)
+                if vocab and plan.chunks:
+                    need = plan.base_file_bytes(vocab)
+                    check_free_disk(base_file, need, what="the KL-divergence base file")
+                used_chunks = _perplexity(result, model, corpus, plan, threads, base_file, lora)
+            elif chosen.kld:
+                paired = _kl_divergence(result, model, base_file, plan.ctx, threads, lora)
+            else:
+                used_chunks = _perplexity(result, model, corpus, plan, threads, None, lora)
+            fill_whole_corpus_intervals(result, *paired)
+            bar.update(1)
+            if bench is not None:
+                bench.measure(result)
+                bar.update(1)
+    return used_chunks
+
+
+def _perplexity(
+    result: ModelResult,
+    model: Path,
+    corpus: Path,
+    plan: ppl_mod.Plan,
+    threads: int | None,
+    save_base: Path | None,
+    lora: Path | None,
+) -> int:
+    """Score ``model`` into ``result``; returns the chunks llama-perplexity used."""
+    measured = ppl_mod.perplexity(
+        model,
+        corpus,
+        ctx=plan.ctx,
+        chunks=plan.chunks or None,
+        threads=threads,
+        save_base=save_base,
+        lora=lora,
+    )
+    result.ppl, result.ppl_err = measured.ppl, measured.ppl_err
+    return measured.chunks
+
+
+def _kl_divergence(
+    result: ModelResult,
+    model: Path,
+    base_file: Path,
+    ctx: int,
+    threads: int | None,
+    lora: Path | None,
+) -> tuple[float | None, float | None]:
+    """Score ``model`` against the baseline's saved logits into ``result``; returns the paired
+    ΔPPL and its standard error, as llama-perplexity prints them."""
+    kld = ppl_mod.kl_divergence(model, base_file, ctx=ctx, threads=threads, lora=lora)
+    result.ppl, result.ppl_err = kld.ppl, kld.ppl_err
+    result.kld_mean, result.kld_err = kld.kld_mean, kld.kld_err
+    result.kld_median, result.kld_p99, result.kld_max = kld.kld_median, kld.kld_p99, kld.kld_max
+    result.top1_agreement, result.top1_err = kld.top1_agreement, kld.top1_err
+    return kld.delta_ppl, kld.delta_ppl_err
+
+
+def _score_sequential(
+    chosen: _Chosen,
+    results: list[ModelResult],
+    corpus: Path,
+    ctx: int,
+    target: float,
+    min_chunks: int,
+    seed: int,
+    max_chunks: int | None,
+    threads: int | None,
+) -> SequentialRun:
+    """``--target-error``: every type against the baseline, chunk by chunk, until its intervals
+    are within ``target``; the statistics go into ``results``."""
+    if chosen.base is None:
+        raise UsageError(
+            "--target-error needs a baseline",
+            hint="give an F16/BF16/F32 model or --baseline",
+        )
+    run = run_sequential(
+        chosen.base,
+        [p for p in chosen.paths if p != chosen.base],
+        corpus,
+        ctx=ctx,
+        target=target,
+        min_chunks=min_chunks,
+        seed=seed,
+        max_chunks=max_chunks,
+        threads=threads,
+    )
+    fill_results(results, run)
+    return run

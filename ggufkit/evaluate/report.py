@@ -1,4 +1,4 @@
-"""Human-readable reports: the guide's Markdown table, the size/quality plot, bench and inspect text.
+"""Human-readable reports: the guide's Markdown table and bench's (plots: `evaluate.plots`).
 
 Every number shown comes from the result objects whose ``to_json()`` gives ``--json``, so the table
 and the JSON always agree.
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from ggufkit.core.fsutil import human_bytes
-from ggufkit.core.text import printable
+from ggufkit.core.text import markdown_table
 from ggufkit.evaluate.plots import (  # noqa: F401  (the plot's home; importers use either)
     PLOT_SIZE_PX,
     new_figure,
@@ -19,36 +18,9 @@ from ggufkit.evaluate.plots import (  # noqa: F401  (the plot's home; importers 
     save_figure,
 )
 from ggufkit.evaluate.results import EvalReport, ModelResult, SpeedResult
-from ggufkit.formats.ggufinfo import ArraySummary, GGUFInfo
 
 BASELINE_CELL = "(baseline)"
 MISSING_CELL = "—"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
-    """A Markdown table; ``align`` has one of ``l``/``r`` per column; control characters in a
-    cell (a model's name from its file) are shown escaped."""
-    header = [printable(c) for c in header]
-    rows = [[printable(c) for c in row] for row in rows]
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
-    widths = [max(w, 3) for w in widths]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [
-            str(c).rjust(w) if a == "r" else str(c).ljust(w)
-            for c, w, a in zip(cells, widths, align, strict=True)
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = (
-        "|"
-        + "|".join(
-            "-" * (w + 1) + ":" if a == "r" else "-" * (w + 2)
-            for w, a in zip(widths, align, strict=True)
-        )
-        + "|"
-    )
-    return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -209,59 +181,3 @@ def bench_table(results: Sequence[SpeedResult], sizes: dict[str, int] | None = N
         for r in results
     ]
     return markdown_table(header, rows, "lrrrrrl")
-
-
-def _value_text(value: Any, width: int = 100) -> str:
-    if isinstance(value, ArraySummary):
-        head = ", ".join(repr(v) for v in value.head)
-        more = ", …" if value.length > len(value.head) else ""
-        return f"[{value.item_type} × {value.length}: {head}{more}]"
-    if isinstance(value, str):
-        text = repr(value)
-        return text if len(text) <= width else text[: width - 1] + "…'"
-    if isinstance(value, list):
-        return repr(value)
-    return str(value)
-
-
-def inspect_text(info: GGUFInfo, *, tensors: bool = False) -> str:
-    """What ``ggufkit inspect`` prints: header, summary, metadata (long arrays summarised)."""
-    bpw = info.bits_per_weight
-    types = ", ".join(f"{name} ×{count}" for name, count in info.tensor_types.most_common())
-    lines = [
-        f"file:          {info.path}",
-        f"size:          {human_bytes(info.file_size)} ({info.file_size:,} bytes)",
-        f"GGUF:          version {info.version}, {info.byte_order}-endian, "
-        f"alignment {info.alignment}, data at byte {info.data_offset:,}",
-        f"architecture:  {info.architecture or MISSING_CELL}",
-        f"file type:     {info.file_type_name or MISSING_CELL}",
-        f"parameters:    {info.parameter_count:,}",
-        f"bits/weight:   {_fmt(bpw, '.2f')}",
-        f"tensors:       {len(info.tensors)} ({types or 'none'})",
-        f"metadata:      {len(info.metadata)} keys",
-    ]
-    for key, value in info.summarized_metadata().items():
-        kind = info.metadata_types.get(key, "")
-        lines.append(f"  {key} ({kind}) = {_value_text(value)}")
-    if tensors:
-        header = ["name", "type", "shape", "bytes"]
-        rows = [
-            [
-                t.name,
-                t.type_name,
-                "×".join(str(d) for d in t.shape),
-                f"{t.n_bytes:,}" if t.n_bytes is not None else MISSING_CELL,
-            ]
-            for t in info.tensors
-        ]
-        return "\n".join([*map(printable, lines), "", markdown_table(header, rows, "llrr")])
-    return "\n".join(map(printable, lines))
-
-
-def inspect_json(info: GGUFInfo, *, tensors: bool = False) -> dict[str, Any]:
-    data = info.to_json()
-    data["tensor_count"] = len(info.tensors)
-    data["file_size_human"] = human_bytes(info.file_size)
-    if not tensors:
-        data.pop("tensors", None)
-    return data

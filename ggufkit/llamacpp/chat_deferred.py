@@ -5,7 +5,7 @@ file, which compiles the template in the process that loads the model: a templat
 is 300 million characters long exhausts memory on ``open``, before anything asks for a chat.
 :func:`defer_chat_templates` (called by ``bindings.load_llama_cpp``) replaces that class with
 :class:`DeferredChatFormatter`, which keeps the template as text and renders it only when a chat
-is formatted: through :data:`renderer` when one is set (``ggufkit.evaluate.chat_render`` sets a
+is formatted: through :data:`renderer` when one is set (``ggufkit.inference.chat_render`` sets a
 child process under limits), else with llama-cpp-python's own formatter.
 """
 

@@ -153,7 +153,7 @@ def measure(name: str, workdir: Path) -> Result:
 
 def _measure(row: Any, workdir: Path, result: Result) -> None:
     from ggufkit.convert import convert
-    from ggufkit.evaluate.parity import (
+    from ggufkit.inference.parity import (
         compare_logits,
         gguf_logits,
         reference_logits,

@@ -7,7 +7,6 @@ is missing, and every output is written under a temporary name and renamed when 
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 import traceback
@@ -165,7 +164,3 @@ def _publish(plan: BatchPlan, ws: Workspace, model: ModelSpec) -> str:
     assert plan.publish is not None
     publication = publish(ws, plan.publish.repo_for(model.name), private=plan.publish.private)
     return "built" if publication.result.uploaded else "up to date"
-
-
-def outcomes_json(outcomes: Sequence[StepOutcome]) -> str:
-    return json.dumps([o.to_json() for o in outcomes], indent=2)

@@ -44,9 +44,9 @@ def prepare_node(portable: bool = False) -> None:
     if _node_ready:
         return
     from ggufkit.core.errors import ToolMissingError
-    from ggufkit.evaluate.selftest import build_and_test, ensure_selftest
     from ggufkit.llamacpp.build import current_build
     from ggufkit.llamacpp.layout import BuildOptions
+    from ggufkit.selftest import build_and_test, ensure_selftest
 
     if portable:
         build_and_test(BuildOptions(native=False))

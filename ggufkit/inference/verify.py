@@ -1,7 +1,7 @@
 """``ggufkit verify``: does a GGUF file tokenize and predict like the checkpoint it came from?
 
-A thin layer over :mod:`ggufkit.evaluate.parity` (which does the comparing): choose the text, run both
-checks, and judge them. Tokenization must be identical. For an unquantized file the logits must
+A thin layer over :mod:`ggufkit.inference.parity` (which does the comparing): choose the text, run
+both checks, and judge them. Tokenization must be identical. For an unquantized file the logits must
 agree within ``max_rel_diff`` of the largest reference logit and no confident top token may flip;
 a quantized file is only judged when a limit is given, since rounding the weights moves logits by
 design (see ``ggufkit eval`` for its KL-divergence).
@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.core.errors import UsageError
-from ggufkit.evaluate.parity import ParityReport, TokenizerReport
 from ggufkit.evaluate.pipeline import default_corpus, n_ctx_train, type_label
 from ggufkit.evaluate.ppl import quiet_llama_logs
 from ggufkit.formats.gguf_reader import read_gguf
+from ggufkit.inference.parity import ParityReport, TokenizerReport
 from ggufkit.llamacpp.attention import resolved_flash_attn
 
 DEFAULT_POSITIONS = 128
@@ -105,7 +105,7 @@ def verify(
     """Compare ``gguf_path`` with the Hugging Face checkpoint in ``hf_dir``; ``lora``: a LoRA
     GGUF llama.cpp applies at run time; ``adapter``: the PEFT adapter directory the reference
     (PEFT in transformers) applies to ``hf_dir``."""
-    from ggufkit.evaluate.parity import hf_token_ids, logit_parity, tokenizer_parity
+    from ggufkit.inference.parity import hf_token_ids, logit_parity, tokenizer_parity
 
     gguf_path, hf_dir = Path(gguf_path), Path(hf_dir)
     info = read_gguf(gguf_path, max_array_items=0)

@@ -5,10 +5,10 @@ be recovered from its output. This module scores chunks with llama-cpp-python's 
 ggufkit's own built libllama, the way llama-perplexity does: the corpus is tokenized once (BOS
 added when the vocabulary wants one), cut into ``ctx``-token chunks whose first token is replaced
 by BOS, only the second half of each chunk is scored, and as many chunks as one batch of
-llama-perplexity holds are decoded together (:mod:`ggufkit.evaluate.batchscore`, which also
-copies its threads and flash-attention setting). llama.cpp runs in a spawned child
+llama-perplexity holds are decoded together (:mod:`ggufkit.evaluate.sequential.batchscore`,
+which also copies its threads and flash-attention setting). llama.cpp runs in a spawned child
 (:func:`ggufkit.llamacpp.isolate.run_isolated`); the baseline's per-chunk log-probabilities go to
-a content-addressed cache (:mod:`ggufkit.evaluate.chunkcache`), 16 bits each as in
+a content-addressed cache (:mod:`ggufkit.evaluate.sequential.chunkcache`), 16 bits each as in
 llama-perplexity's base file, so that KLD and top-1 agreement match its numbers.
 """
 
@@ -22,9 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from ggufkit.evaluate.batchscore import ChunkScorer, base_record, seqs_per_batch, type_values
-from ggufkit.evaluate.chunkcache import ChunkCache
 from ggufkit.evaluate.ppl import quiet_llama_logs
+from ggufkit.evaluate.sequential.batchscore import (
+    ChunkScorer,
+    base_record,
+    seqs_per_batch,
+    type_values,
+)
+from ggufkit.evaluate.sequential.chunkcache import ChunkCache
 from ggufkit.llamacpp.isolate import run_isolated
 
 

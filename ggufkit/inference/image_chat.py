@@ -18,7 +18,7 @@ from typing import Any
 from ggufkit.core.errors import InputError, ToolMissingError, UsageError
 from ggufkit.core.log import get_logger
 
-log = get_logger("evaluate.image_chat")
+log = get_logger("inference.image_chat")
 
 MAX_PICTURE_BYTES = 64 * 1024 * 1024
 MAX_PICTURE_PIXELS = 50_000_000  # 50 megapixels, checked from the header before decoding

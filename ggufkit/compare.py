@@ -12,9 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ggufkit.bnb.results import BASELINE, BnbReport, ModeResult
 from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.fsutil import human_bytes, read_json
-from ggufkit.evaluate.results import normal_half
+from ggufkit.core.text import markdown_table
+from ggufkit.evaluate.plots import label_offsets, new_figure, save_figure
+from ggufkit.evaluate.results import EvalReport, ModelResult, normal_half
 
 GGUF = "GGUF"
 BNB = "bnb"
@@ -56,12 +59,26 @@ def read_report(path: str | Path, what: str) -> Any:
     return read_json(path, InputError, hint=f"write it with `ggufkit {what} ... --json > {path}`")
 
 
-def _records(data: Any, key: str, path: Path, what: str) -> tuple[dict[str, Any], list[Any]]:
-    """(header, per-model records) of a report, or of a bare list of records."""
+# What a report read as a bare list of per-model records (no header) says about its run.
+_EVAL_HEAD: dict[str, Any] = {
+    "corpus": "", "corpus_sha256": "", "corpus_tokens": None, "ctx": 0, "chunks": 0,
+    "baseline": None, "llama_cpp_commit": "",
+}  # fmt: skip
+_BNB_HEAD: dict[str, Any] = {
+    "model": "", "device": "", "device_name": "", "compute_dtype": "", "corpus": None,
+    "corpus_sha256": None, "corpus_tokens": None, "ctx": None, "chunks": None, "prompts": [],
+    "runs": 0, "max_new_tokens": 0, "seed": 0,
+}  # fmt: skip
+
+
+def _typed(path: Path, what: str, key: str, head: dict[str, Any]) -> dict[str, Any]:
+    """The report at ``path`` as ``from_json`` reads it: a bare list of records gets an empty
+    header, and anything without a ``key`` list is refused."""
+    data = read_report(path, what)
     if isinstance(data, list):
-        return {}, data
+        data = {key: data}
     if isinstance(data, dict) and isinstance(data.get(key), list):
-        return data, data[key]
+        return {**head, **data}
     raise InputError(
         f"{path} is not the output of `ggufkit {what} --json` (no {key!r} list)",
         hint=f"write it with `ggufkit {what} ... --json > {path.name}`",
@@ -69,91 +86,109 @@ def _records(data: Any, key: str, path: Path, what: str) -> tuple[dict[str, Any]
     )
 
 
-def gguf_rows(records: list[Any]) -> list[Row]:
+def read_eval_report(path: str | Path) -> EvalReport:
+    """``ggufkit eval --json``'s report (or its ``models`` list alone) at ``path``."""
+    path = Path(path)
+    data = _typed(path, "eval", "models", _EVAL_HEAD)
+    try:
+        return EvalReport.from_json(data)
+    except (TypeError, AttributeError) as exc:  # a record that is no model's result
+        raise InputError(f"{path} holds a malformed eval result: {exc}", path=path) from exc
+
+
+def read_bnb_report(path: str | Path) -> BnbReport:
+    """``ggufkit bnb --json``'s report (or its ``results`` list alone) at ``path``."""
+    path = Path(path)
+    data = _typed(path, "bnb", "results", _BNB_HEAD)
+    try:
+        return BnbReport.from_json(data)
+    except (TypeError, AttributeError) as exc:
+        raise InputError(f"{path} holds a malformed bnb result: {exc}", path=path) from exc
+
+
+def gguf_rows(models: list[ModelResult]) -> list[Row]:
     return [
         Row(
             family=GGUF,
-            name=str(r.get("name") or r.get("type") or Path(str(r.get("path", "?"))).stem),
-            size_bytes=r.get("size_bytes"),
-            bpw=r.get("bpw"),
-            tokens_per_s=r.get("tg_tps"),
-            ppl=r.get("ppl"),
-            ppl_err=r.get("ppl_err"),
-            kld_mean=r.get("kld_mean"),
-            top1_agreement=r.get("top1_agreement"),
-            mean_abs_dlogit=r.get("mean_abs_dlogit"),
-            is_baseline=bool(r.get("is_baseline")),
-            ppl_half=r.get("ppl_ci")
-            if r.get("ppl_ci") is not None
-            else normal_half(r.get("ppl_err")),
+            name=m.name or m.type or Path(m.path).stem,
+            size_bytes=m.size_bytes,
+            bpw=m.bpw,
+            tokens_per_s=m.tg_tps,
+            ppl=m.ppl,
+            ppl_err=m.ppl_err,
+            kld_mean=m.kld_mean,
+            top1_agreement=m.top1_agreement,
+            is_baseline=m.is_baseline,
+            ppl_half=m.ppl_half,
         )
-        for r in records
-        if isinstance(r, dict)
+        for m in models
     ]
 
 
-def bnb_rows(records: list[Any]) -> list[Row]:
+def bnb_rows(results: list[ModeResult]) -> list[Row]:
     return [
         Row(
             family=BNB,
-            name=str(r.get("name", "?")),
-            size_bytes=r.get("footprint_bytes"),
-            bpw=r.get("bpw"),
-            tokens_per_s=r.get("tokens_per_s"),
-            ppl=r.get("ppl"),
-            ppl_err=r.get("ppl_err"),
-            kld_mean=r.get("kld_mean"),
-            top1_agreement=r.get("top1_agreement"),
-            mean_abs_dlogit=r.get("mean_abs_dlogit"),
-            is_baseline=r.get("name") == "baseline",
-            ppl_half=normal_half(r.get("ppl_err")),
+            name=r.name,
+            size_bytes=r.footprint_bytes,
+            bpw=r.bpw,
+            tokens_per_s=r.tokens_per_s,
+            ppl=r.ppl,
+            ppl_err=r.ppl_err,
+            kld_mean=r.kld_mean,
+            top1_agreement=r.top1_agreement,
+            mean_abs_dlogit=r.mean_abs_dlogit,
+            is_baseline=r.name == BASELINE,
+            ppl_half=normal_half(r.ppl_err),
         )
-        for r in records
-        if isinstance(r, dict) and r.get("status", "ok") == "ok"
+        for r in results
+        if r.ok
     ]
 
 
-def _comparability(gguf: dict[str, Any], bnb: dict[str, Any]) -> list[str]:
+def _comparability(gguf: EvalReport, bnb: BnbReport) -> list[str]:
     notes = []
-    sha_g, sha_b = gguf.get("corpus_sha256"), bnb.get("corpus_sha256")
+    sha_g, sha_b = gguf.corpus_sha256, bnb.corpus_sha256
     if sha_g and sha_b and sha_g != sha_b:
         notes.append(
-            f"different corpora ({gguf.get('corpus')} vs {bnb.get('corpus')}): perplexities "
+            f"different corpora ({gguf.corpus} vs {bnb.corpus}): perplexities "
             "do not compare across the families"
         )
     elif sha_g and sha_b:
-        n_g, n_b = gguf.get("corpus_tokens"), bnb.get("corpus_tokens")
+        n_g, n_b = gguf.corpus_tokens, bnb.corpus_tokens
         # one token apart is BOS, which llama.cpp always counts
         if isinstance(n_g, int) and isinstance(n_b, int) and abs(n_g - n_b) > 1:
             notes.append(
                 f"the tokenizers differ: the corpus is {n_g} tokens for llama.cpp and {n_b} for "
                 "transformers, so perplexities are per token of different vocabularies"
             )
-    for key in ("ctx", "chunks"):
-        if gguf.get(key) and bnb.get(key) and gguf[key] != bnb[key]:
-            notes.append(f"{key} differs: {gguf[key]} for GGUF, {bnb[key]} for bnb")
+    for key, ours, theirs in (("ctx", gguf.ctx, bnb.ctx), ("chunks", gguf.chunks, bnb.chunks)):
+        if ours and theirs and ours != theirs:
+            notes.append(f"{key} differs: {ours} for GGUF, {theirs} for bnb")
     return notes
 
 
 def compare(eval_file: str | Path, bnb_file: str | Path) -> Comparison:
     """Read both result files and put their rows side by side, with comparability notes."""
     eval_file, bnb_file = Path(eval_file), Path(bnb_file)
-    gguf_head, gguf_records = _records(read_report(eval_file, "eval"), "models", eval_file, "eval")
-    bnb_head, bnb_records = _records(read_report(bnb_file, "bnb"), "results", bnb_file, "bnb")
-    result = Comparison(
-        eval_file=str(eval_file), bnb_file=str(bnb_file), device=str(bnb_head.get("device", ""))
+    return compare_reports(
+        read_eval_report(eval_file), read_bnb_report(bnb_file), eval_file, bnb_file
     )
-    result.rows = gguf_rows(gguf_records) + bnb_rows(bnb_records)
+
+
+def compare_reports(
+    gguf: EvalReport, bnb: BnbReport, eval_file: str | Path, bnb_file: str | Path
+) -> Comparison:
+    """The rows of both reports side by side, with comparability notes; the files are named in
+    the result and in errors."""
+    result = Comparison(eval_file=str(eval_file), bnb_file=str(bnb_file), device=bnb.device)
+    result.rows = gguf_rows(gguf.models) + bnb_rows(bnb.results)
     if not any(r.family == GGUF for r in result.rows):
-        raise InputError(f"{eval_file} holds no GGUF results", path=eval_file)
+        raise InputError(f"{eval_file} holds no GGUF results", path=Path(eval_file))
     if not any(r.family == BNB for r in result.rows):
-        raise InputError(f"{bnb_file} holds no bitsandbytes result that ran", path=bnb_file)
-    result.notes = _comparability(gguf_head, bnb_head)
-    base = (
-        f"its {bnb_head['compute_dtype']} baseline"
-        if bnb_head.get("compute_dtype")
-        else "its baseline"
-    )
+        raise InputError(f"{bnb_file} holds no bitsandbytes result that ran", path=Path(bnb_file))
+    result.notes = _comparability(gguf, bnb)
+    base = f"its {bnb.compute_dtype} baseline" if bnb.compute_dtype else "its baseline"
     result.notes += [
         "Size: the GGUF file; for bnb the model's footprint in memory (weights, buffers and "
         "quantization constants).",
@@ -174,8 +209,6 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def comparison_table(comparison: Comparison) -> str:
     """The Markdown table, then the notes."""
-    from ggufkit.evaluate.report import markdown_table
-
     header = [
         "Family",
         "Type",
@@ -211,8 +244,6 @@ def plot_comparison(comparison: Comparison, out: str | Path) -> Path:
     """A PNG with four panels against size: perplexity, KL-divergence, and each family's speed
     on its own axis (llama-bench and transformers measure different things), with a title and a
     caption."""
-    from ggufkit.evaluate.plots import label_offsets, new_figure, save_figure
-
     out, figure = new_figure(out, "compare.png", PLOT_SIZE_INCHES)
     sized = [r for r in comparison.rows if r.size_bytes]
     if not any(r.ppl is not None for r in sized):

@@ -22,10 +22,11 @@ import numpy as np
 from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import sha256_file
 from ggufkit.core.log import get_logger
-from ggufkit.evaluate import chunkeval
-from ggufkit.evaluate.batchscore import seqs_per_batch
-from ggufkit.evaluate.chunkcache import ChunkCache, chunk_key
-from ggufkit.evaluate.intervals import (
+from ggufkit.evaluate.results import ModelResult
+from ggufkit.evaluate.sequential import chunkeval
+from ggufkit.evaluate.sequential.batchscore import seqs_per_batch
+from ggufkit.evaluate.sequential.chunkcache import ChunkCache, chunk_key
+from ggufkit.evaluate.sequential.intervals import (
     DEFAULT_MIN_CHUNKS,
     ChunkValues,
     PairedStats,
@@ -33,7 +34,6 @@ from ggufkit.evaluate.intervals import (
     ppl_interval,
     should_stop,
 )
-from ggufkit.evaluate.results import ModelResult
 from ggufkit.llamacpp.attention_probe import flash_attn_used
 
 log = get_logger("evaluate.sequential")

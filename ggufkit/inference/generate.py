@@ -12,10 +12,10 @@ from typing import Any
 
 from ggufkit.core.errors import EvaluationError, UsageError
 from ggufkit.core.log import get_logger
-from ggufkit.evaluate.chat_render import limit_chat_templates
 from ggufkit.evaluate.ppl import quiet_llama_logs
-from ggufkit.evaluate.sampling import Sampling
 from ggufkit.formats.gguf_reader import read_gguf
+from ggufkit.inference.chat_render import limit_chat_templates
+from ggufkit.inference.sampling import Sampling
 from ggufkit.llamacpp.attention import resolved_flash_attn
 from ggufkit.llamacpp.bindings import load_llama_cpp
 from ggufkit.llamacpp.device import gpu_layers

@@ -8,8 +8,9 @@ file is loaded and run through ``llama-cpp-python`` in a child process, all with
 threads (the AMX fault is per thread). The result is stored in the build stamp, so a cached build
 costs nothing; a build that failed it is refused by ``current_build()``.
 
-It uses the converter and the evaluator, so it lives here, above ``llamacpp/``, which must not
-import the pipeline.
+It uses the converter, the quantizer, ``evaluate``'s perplexity and ``inference``'s model loader,
+so it sits above them (``llamacpp/`` must not import the pipeline); ``build``, ``doctor`` and the
+batch nodes call it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ggufkit.llamacpp import build as llama_build
 from ggufkit.llamacpp.build import BuildInfo
 from ggufkit.llamacpp.layout import BuildOptions
 
-log = get_logger("evaluate.selftest")
+log = get_logger("selftest")
 
 MODEL = "tiny-llama"
 TYPES = ("q8_0", "q4_0", "q4_k_m")
@@ -67,7 +68,7 @@ class SelfTestResult:
 
 def _probe_bindings(model: str, threads: int, n_tokens: int) -> list[int]:
     """In the child: load ``model`` with llama-cpp-python and evaluate a few tokens."""
-    from ggufkit.evaluate.parity import open_gguf
+    from ggufkit.inference.parity import open_gguf
 
     with open_gguf(model, n_ctx=64, n_threads=threads) as llm:
         ids = llm.tokenize(b"Tomorrow, and tomorrow, and tomorrow, creeps in this petty pace")
