@@ -280,3 +280,12 @@ def test_convert_says_in_one_line_whether_the_architecture_is_proven(
         next(r for r in load_matrix()["rows"] if r["name"] == "LlamaForCausalLM")["status"]
         == "proven"
     )
+
+
+def test_the_child_and_the_parent_name_the_same_files() -> None:
+    """The upstream child runs as a script (it cannot import ggufkit): its request line and the
+    runtime tokenizer's file name are written twice and must agree."""
+    from ggufkit.convert import _upstream_child, upstream
+
+    assert _upstream_child.NEED_PRE_TOKENIZER == upstream.NEED_PRE_TOKENIZER
+    assert _upstream_child.RUNTIME_TOKENIZER == upstream.RUNTIME_TOKENIZER

@@ -319,7 +319,7 @@ CASES = [
         "eval-missing-corpus",
         lambda p, t: ["eval", str(p), "--corpus", str(t / "nope.txt")],
         kind="gguf",
-        code=2,
+        code=1,  # a missing input file exits as a missing GGUF does
         expect=("nope.txt",),
     ),
     Case(

@@ -157,14 +157,14 @@ def test_a_writer_renews_its_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_merge_delta_output_checks_fold_case_as_the_others_do(tmp_path: Path) -> None:
-    from ggufkit.delta.merge import _check_paths
+    from ggufkit.delta.merge import check_paths
 
     base = tmp_path / "base"
     base.mkdir()
     for output in (tmp_path / "BASE", tmp_path / "Base" / "merged", tmp_path):
         with pytest.raises(UsageError, match="would overwrite --base"):
-            _check_paths(output, {"--base": base})
-    _check_paths(tmp_path / "merged", {"--base": base})
+            check_paths(output, {"--base": base})
+    check_paths(tmp_path / "merged", {"--base": base})
 
 
 def test_a_short_lease_here_does_not_expire_another_writers_file(

@@ -190,7 +190,7 @@ def test_two_processes_on_one_workspace(tmp_path: Path, medium_llama: Path) -> N
     init = ggufkit("init", str(medium_llama), "--name", "m", "--outtype", "f32")
     assert init.wait(timeout=120) == 0
     first = ggufkit("convert")
-    final = workspace / "out" / "m-f32.gguf"
+    final = workspace / "out" / "m-F32.gguf"
     _wait_for(_has_bytes(final), first)
     second = ggufkit("convert")
     _, err = second.communicate(timeout=120)

@@ -21,6 +21,7 @@ It also adds the string keys of ``extra_kv`` (a vision pair's ``ggufkit.vision.*
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 FALCON = ("FalconForCausalLM", "RWForCausalLM")
 # ggufkit.convert.upstream.NEED_PRE_TOKENIZER (this file imports nothing from ggufkit).
 NEED_PRE_TOKENIZER = "ggufkit-request: pre-tokenizer"
+RUNTIME_TOKENIZER = "runtime-tokenizer.json"  # written beside the answer file before asking
 
 
 def main(argv: list[str]) -> None:
@@ -148,6 +150,7 @@ def _pre_tokenizer_fallback(base: Any, answer_file: Path) -> None:
         try:
             return str(original(self, tokenizer))
         except NotImplementedError:
+            _write_runtime_tokenizer(tokenizer, answer_file)
             name = _ask_parent(answer_file)
             if not name:
                 raise
@@ -155,6 +158,19 @@ def _pre_tokenizer_fallback(base: Any, answer_file: Path) -> None:
             return name
 
     base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+
+
+def _write_runtime_tokenizer(tokenizer: Any, answer_file: Path) -> None:
+    """The tokenizer as transformers runs it (it may rebuild a family's pre-tokenizer whatever
+    tokenizer.json says), for the parent to derive the name from without importing
+    transformers and torch itself."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return
+    target = answer_file.with_name(RUNTIME_TOKENIZER)
+    partial = target.with_suffix(".partial")
+    partial.write_text(backend.to_str(), encoding="utf-8")
+    os.replace(partial, target)
 
 
 def _ask_parent(answer_file: Path, timeout: float = 600.0) -> str:

@@ -42,6 +42,7 @@ log = get_logger("convert.upstream")
 SCRIPT = "convert_hf_to_gguf.py"
 # The child's request for the derived pre-tokenizer (it then waits for the answer file).
 NEED_PRE_TOKENIZER = "ggufkit-request: pre-tokenizer"
+RUNTIME_TOKENIZER = "runtime-tokenizer.json"  # the child's tokenizer as transformers runs it
 
 
 def _source() -> Path:
@@ -89,8 +90,10 @@ def _check_torch() -> None:
         )
 
 
-def derived_pre_tokenizer(model_dir: Path) -> str | None:
-    """The pre-tokenizer ggufkit derives from tokenizer.json, or None (no BPE, or cannot tell)."""
+def derived_pre_tokenizer(model_dir: Path, runtime: Path | None = None) -> str | None:
+    """The pre-tokenizer ggufkit derives from tokenizer.json, or None (no BPE, or cannot tell).
+    ``runtime``: the tokenizer as the upstream child's transformers runs it, if it wrote one
+    (else transformers is asked here)."""
     from ggufkit.convert.vocab_bpe import (
         check_text_hash,
         detect_pre_tokenizer,
@@ -104,7 +107,10 @@ def derived_pre_tokenizer(model_dir: Path) -> str | None:
         from tokenizers import Tokenizer
 
         data = load_tokenizer_json(model_dir)
-        tokenizer = _as_transformers_loads_it(model_dir) or Tokenizer.from_file(str(path))
+        if runtime is not None and runtime.is_file():
+            tokenizer = Tokenizer.from_str(runtime.read_text(encoding="utf-8"))
+        else:
+            tokenizer = _as_transformers_loads_it(model_dir) or Tokenizer.from_file(str(path))
         loaded = json.loads(tokenizer.to_str())
         data = {**data, "pre_tokenizer": loaded.get("pre_tokenizer")}
         data["normalizer"] = loaded.get("normalizer")
@@ -208,7 +214,8 @@ def run_upstream(
 def answer_pre_tokenizer(model_dir: Path, answer_file: Path) -> None:
     """Write the derived pre-tokenizer name ("" for none) where the waiting child reads it."""
     partial = answer_file.with_suffix(".partial")
-    partial.write_text(derived_pre_tokenizer(model_dir) or "", encoding="utf-8")
+    runtime = answer_file.with_name(RUNTIME_TOKENIZER)
+    partial.write_text(derived_pre_tokenizer(model_dir, runtime) or "", encoding="utf-8")
     os.replace(partial, answer_file)
 
 
