@@ -13,6 +13,8 @@ from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import locked, write_json_atomic, write_text_atomic
 from ggufkit.core.log import get_logger
 from ggufkit.data import embedded_text
+from ggufkit.demo.lora import BASE as LORA_BASE
+from ggufkit.demo.lora_run import run_lora
 from ggufkit.demo.results import (
     BNB_MODEL,
     BNB_MODULES,
@@ -284,6 +286,8 @@ def run_demo(
         result = demo.result
         for model in MODELS:
             result.models.append(demo.build(model))
+        base = next(run for run in result.models if run.name == LORA_BASE)
+        result.lora = run_lora(demo, base.files["F16"])
         if _missing(PLOT_MODULES):
             result.skipped.append(
                 "plots: matplotlib is not installed (pip install 'ggufkit[plot]')"

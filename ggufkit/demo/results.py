@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ggufkit.demo.lora import LoraRun, lora_markdown, where_rows
+
 if TYPE_CHECKING:
     from ggufkit.compare import Comparison
     from ggufkit.evaluate import EvalReport
@@ -61,6 +63,7 @@ class DemoSettings:
     bnb_runs: int = 1
     bnb_tokens: int = 16
     sample_tokens: int = 48
+    answer_tokens: int = 32  # the LoRA section's greedy answers
     temperature: float = 0.8
     seed: int = 0
 
@@ -105,6 +108,7 @@ class DemoResult:
     bnb_json: Path | None = None
     comparison: Comparison | None = None
     compare_plot: Path | None = None
+    lora: LoraRun | None = None  # the embedded LoRA adapter three ways (ggufkit.demo.lora)
     skipped: list[str] = field(default_factory=list)  # parts left out, and why
     seconds: float = 0.0
 
@@ -140,6 +144,7 @@ class DemoResult:
             "bnb": str(self.bnb_json) if self.bnb_json else None,
             "comparison": self.comparison.to_json() if self.comparison else None,
             "compare_plot": str(self.compare_plot) if self.compare_plot else None,
+            "lora": self.lora.to_json() if self.lora else None,
             "skipped": self.skipped,
             "steps": [step.to_json() for step in self.steps],
         }
@@ -187,6 +192,8 @@ def markdown(result: DemoResult) -> str:
             lines += [f"![{run.name}: ΔPPL, KL-divergence and speed by file size]({run.plot.name})"]
             lines += [""]
         lines += [f"Perplexity against F16 (± a paired 95 % interval): {change}.", ""]
+    if result.lora is not None:
+        lines += lora_markdown(result.lora)
     if result.comparison is not None:
         lines += [f"## bitsandbytes beside GGUF ({BNB_MODEL})", ""]
         lines += [comparison_table(result.comparison), ""]
@@ -208,6 +215,8 @@ def where(result: DemoResult) -> str:
         rows.append((f"{run.name}-{{{labels}}}.gguf", f"{run.about}: f16, then quantized"))
         plot = f", {run.plot.name}" if run.plot else ""
         rows.append((f"{run.eval_json.name}{plot}", f"{run.name}'s eval table"))
+    if result.lora is not None:
+        rows += where_rows(result.lora)
     if result.bnb_json is not None:
         plot = f", {result.compare_plot.name}" if result.compare_plot else ""
         rows.append((f"{result.bnb_json.name}{plot}", "bitsandbytes, and beside GGUF"))
