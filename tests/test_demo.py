@@ -16,12 +16,21 @@ import pytest
 from click.testing import CliRunner
 
 from ggufkit.cli import cli
-from ggufkit.data import default_corpus, embedded_model, embedded_text, milton_corpus
+from ggufkit.data import (
+    default_corpus,
+    embedded_adapter,
+    embedded_model,
+    embedded_text,
+    milton_corpus,
+)
 from ggufkit.demo import MODELS, TYPES, DemoResult, DemoSettings, ModelRun, markdown, run_demo
+from ggufkit.demo.lora import COLUMNS, ROUTES, Answer, Check, LoraRun
 from ggufkit.evaluate import EvalReport, ModelResult
+from ggufkit.evaluate.verify import UNQUANTIZED_MAX_REL_DIFF
 
 FAMILIES = [m.name for m in MODELS]
 LABELS = ["F16", *(t.upper() for t in TYPES)]
+LORA_SECTION = "tiny-llama + a LoRA adapter"
 
 
 def sha256(path: Path) -> str:
@@ -30,8 +39,9 @@ def sha256(path: Path) -> str:
 
 def table_row(markdown_text: str, section: str, measure: str) -> dict[str, str]:
     """The cells of one row of the eval table under ``## <section> (``, by column header."""
-    block = markdown_text.split(f"## {section} (", 1)[1]
+    block = markdown_text.split(f"## {section} (", 1)[1].split("\n## ", 1)[0]
     lines = [line for line in block.splitlines() if line.startswith("|")]
+    lines = lines[next(i for i, line in enumerate(lines) if "| Measure " in line) :]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     for line in lines[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -87,6 +97,38 @@ def test_markdown_states_each_types_perplexity_cost() -> None:
     assert "Q8_0 +0.10% ± 0.20% (no measurable change), Q4_0 +5.00% ± 0.50%." in text
     assert table_row(text, "m", "perplexity")["Q4_0"] == "21.0000"
     assert "](m-eval.png)" in text  # the plot is shown where the table is, beside it on disk
+
+
+def test_the_lora_section_shows_three_answers_verify_and_the_table() -> None:
+    def model(name: str, ppl: float, baseline: bool) -> ModelResult:
+        return ModelResult(
+            name, f"{name}.gguf", "F16", "tiny-llama", 1000, 100, 16.0, baseline, ppl
+        )
+
+    report = EvalReport("heldout-milton.txt", "0" * 64, 5000, 256, 16, "base.gguf", "abc")
+    report.models = [model("base", 105.0, True), model("merged", 99.0, False)]
+    adapter = EvalReport("heldout-milton.txt", "0" * 64, 5000, 256, 16, "base.gguf", "abc")
+    adapter.models = [model("base", 98.5, True)]
+    run = LoraRun(Path("a"), Path("b.gguf"), Path("m.gguf"), None, "So spake")
+    run.answers = {
+        "adapter": Answer("adapter", " the Angel", 2, ["ggufkit", "run", "b.gguf", "--lora", "x"]),
+        "merged": Answer("merged", " the Angel", 2, ["ggufkit", "run", "m.gguf"]),
+        "peft": Answer("peft", " the Angels", 2),
+    }
+    run.checks = {"merged": Check("merged", 0.0002, 1.0, 0.01, True, 128, Path("v.json"))}
+    run.report, run.adapter_report = report, adapter
+    text = markdown(DemoResult(Path("out"), DemoSettings(), lora=run))
+    section = text.split(f"## {LORA_SECTION} (", 1)[1]
+    for route in ROUTES.values():
+        assert route in section
+    assert "`ggufkit run b.gguf --lora x`" in section and "    So spake the Angel" in section
+    # The first two differ from PEFT's answer only after "the Angel" (10 characters).
+    assert "Against PEFT's answer: base F16 + adapter GGUF: the same for 10 characters" in section
+    assert "| 0.020% (limit 1%, PASS) | 100.0% of 128 |" in section
+    row = table_row(text, LORA_SECTION, "perplexity")
+    assert [row[c] for c in COLUMNS.values()] == ["105.0000", "99.0000", "98.5000"]
+    # base + adapter is a run of its own: not shown as the baseline of the table.
+    assert table_row(text, LORA_SECTION, "ΔPPL vs baseline")[COLUMNS["adapter"]] != "(baseline)"
 
 
 # --- the whole demo, once -------------------------------------------------------------------
@@ -156,6 +198,54 @@ class TestWholeDemo:
         assert not any("differ" in note for note in demo.comparison.notes), demo.comparison.notes
         assert "## bitsandbytes beside GGUF" in demo.results_md.read_text(encoding="utf-8")
 
+    def test_the_adapter_answers_three_ways(self, demo: DemoResult) -> None:
+        lora = demo.lora
+        assert lora is not None and not lora.skipped, lora and lora.skipped
+        assert set(lora.answers) == set(ROUTES)
+        for answer in lora.answers.values():
+            assert answer.tokens > 0 and len(answer.text.split()) >= 3, answer
+        adapter, merged = lora.answers["adapter"].command, lora.answers["merged"].command
+        assert adapter is not None and adapter[:2] == ["ggufkit", "run"] and "--lora" in adapter
+        assert merged is not None and "--lora" not in merged
+        text = demo.results_md.read_text(encoding="utf-8")
+        section = text.split(f"## {LORA_SECTION} (", 1)[1].split("\n## ", 1)[0]
+        for answer in lora.answers.values():
+            assert (lora.prompt + answer.text).strip().splitlines()[0] in section
+        assert lora.agreement() in section
+
+    @pytest.mark.parametrize("route", ["adapter", "merged"])
+    def test_the_adapter_gguf_and_the_merged_gguf_compute_what_peft_computes(
+        self, demo: DemoResult, route: str
+    ) -> None:
+        assert demo.lora is not None
+        check = demo.lora.checks[route]  # verify, against PEFT in transformers
+        assert check.passed and check.limit == UNQUANTIZED_MAX_REL_DIFF
+        assert check.rel_diff <= UNQUANTIZED_MAX_REL_DIFF
+        assert check.argmax_agreement == 1.0 and check.positions > 100
+        data = json.loads(check.json.read_text(encoding="utf-8"))
+        assert "+ PEFT adapter" in data["against"] and data["passed"]
+
+    def test_the_adapter_learned_milton_and_the_table_shows_it(self, demo: DemoResult) -> None:
+        lora = demo.lora
+        assert lora is not None and lora.report is not None and lora.adapter_report is not None
+        assert lora.report.corpus_sha256 == sha256(milton_corpus())
+        assert lora.adapter_report.corpus_sha256 == sha256(milton_corpus())
+        base, merged = lora.report.models
+        (adapter,) = lora.adapter_report.models
+        assert base.ppl and merged.ppl and adapter.ppl
+        # Run-time adapter and merged weights: the same perplexity on the same chunks.
+        assert adapter.ppl == pytest.approx(merged.ppl, rel=1e-3)
+        # Fine-tuned on Paradise Lost: better on Paradise Regained, beyond the paired interval.
+        assert merged.delta_ppl is not None and merged.delta_ppl_ci is not None
+        assert merged.delta_ppl + merged.delta_ppl_ci < 0, (merged.delta_ppl, merged.delta_ppl_ci)
+        row = table_row(demo.results_md.read_text(encoding="utf-8"), LORA_SECTION, "perplexity")
+        shown = [float(row[c].split("±")[0]) for c in COLUMNS.values()]
+        assert shown == pytest.approx([base.ppl, merged.ppl, adapter.ppl], abs=1e-4)
+        data = json.loads(demo.results_json.read_text(encoding="utf-8"))["lora"]
+        assert set(data["answers"]) == set(ROUTES) and data["eval"]["corpus"] == str(
+            milton_corpus()
+        )
+
     def test_manifest_names_the_inputs(self, demo: DemoResult) -> None:
         artefacts = json.loads(demo.manifest.read_text(encoding="utf-8"))["artefacts"]
         merged = artefacts["tiny-llama-milton-F16.gguf"]
@@ -175,6 +265,19 @@ class TestWholeDemo:
             expected = milton_corpus() if family == "tiny-llama-milton" else default_corpus()
             assert corpus["sha256"] == sha256(expected)
         assert artefacts["tiny-llama-bnb.json"]["eval"]["bnb"]["modes"]["nf4"]["status"] == "ok"
+        adapter_files = embedded_adapter("tiny-llama-milton-lora")
+        adapter_sha = sha256(adapter_files / "adapter_model.safetensors")
+        for name, command in [
+            ("tiny-llama-lora-merged-F16.gguf", ["ggufkit", "convert"]),
+            ("tiny-llama-milton-lora-F16-LoRA.gguf", ["ggufkit", "convert-lora"]),
+            ("tiny-llama-milton-lora-verify-adapter.json", ["ggufkit", "verify"]),
+        ]:
+            record = artefacts[name]
+            assert record["command"][:2] == command
+            lora_input = next(i for i in record["inputs"] if i["role"] == "lora")
+            assert lora_input["files"]["adapter_model.safetensors"] == adapter_sha
+        verified = {i["role"]: i for i in artefacts[name]["inputs"]}["lora_gguf"]
+        assert verified["sha256"] == artefacts["tiny-llama-milton-lora-F16-LoRA.gguf"]["sha256"]
 
     def test_cli_reuses_everything_and_ends_with_the_tables(self, demo: DemoResult) -> None:
         result = CliRunner().invoke(cli, ["demo", "--outdir", str(demo.outdir)])

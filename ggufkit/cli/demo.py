@@ -46,7 +46,10 @@ def command(
     Milton delta while converting, converts the three models to f16, quantizes each to q8_0, q4_0
     and q4_k_m, measures perplexity, KL-divergence, size and speed on held-out text (Macbeth),
     puts bitsandbytes (nf4, fp4, int8, ...) beside the GGUF files on tiny-llama, and generates a
-    few lines from each q4_0 file. It prints where everything is, the samples and the tables.
+    few lines from each q4_0 file. The embedded LoRA adapter (tiny-llama-milton-lora) runs three
+    ways: its adapter GGUF applied to tiny-llama's f16 (--lora), merged while converting, and PEFT
+    in transformers; their greedy answers, verify against PEFT and held-out perplexity are shown.
+    It prints where everything is, the samples and the tables.
 
     Needs the llama.cpp build (`ggufkit build`; `make demo` does both). Steps whose inputs and
     options are unchanged are reused on the next run (`--force` redoes them); OUTDIR/manifest.json

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,16 +40,9 @@ class Demo(Protocol):  # what of ggufkit.demo.pipeline's runner the LoRA steps u
     force: bool
     result: DemoResult
 
-    def step(
-        self,
-        workspace: Workspace,
-        step: str,
-        output: Path,
-        action: Callable[[], object],
-        command: list[str],
-        inputs: Sequence[Mapping[str, Any]],
-        **options: Any,
-    ) -> StepResult: ...
+    def step(self, *args: Any, **options: Any) -> StepResult:
+        """(workspace, step, output, action, command, inputs, **options): one recorded step."""
+        ...
 
 
 def _missing(modules: Sequence[str]) -> list[str]:
@@ -200,7 +193,7 @@ class _LoraSteps:
         command = command_line("eval", models=files, corpus=self.corpus, lora=rel_lora, **values)
         inputs = [file_input(p, role="model") for p in models]
         inputs += [file_input(self.corpus, role="corpus")]
-        inputs += [file_input(lora, role="lora")] if lora is not None else []
+        inputs += [file_input(lora, role="lora_gguf")] if lora is not None else []
         flags = command[2 + len(files) :]
         self.demo.step(
             self.ws, "eval", out, action, command, inputs, flags=flags, threads=self.demo.threads
@@ -227,7 +220,7 @@ class _LoraSteps:
             adapter=self.adapter_dir,
         )
         inputs = [file_input(model, role="model"), file_input(self.corpus, role="corpus")]
-        inputs += [file_input(lora, role="lora")] if lora is not None else []
+        inputs += [file_input(lora, role="lora_gguf")] if lora is not None else []
         inputs += self.adapter_inputs()
         self.demo.step(self.ws, "verify", out, action, command, inputs)
         data = json.loads(out.read_text(encoding="utf-8"))
