@@ -26,7 +26,7 @@ from ggufkit.data import (
 from ggufkit.demo import MODELS, TYPES, DemoResult, DemoSettings, ModelRun, markdown, run_demo
 from ggufkit.demo.lora import COLUMNS, ROUTES, Answer, Check, LoraRun
 from ggufkit.evaluate import EvalReport, ModelResult
-from ggufkit.evaluate.verify import UNQUANTIZED_MAX_REL_DIFF
+from ggufkit.inference.verify import UNQUANTIZED_MAX_REL_DIFF
 
 FAMILIES = [m.name for m in MODELS]
 LABELS = ["F16", *(t.upper() for t in TYPES)]

@@ -128,8 +128,8 @@ class _LoraSteps:
         return out
 
     def answer(self, route: str, model: Path, lora: Path | None) -> Answer:
-        from ggufkit.evaluate.generate import generate
-        from ggufkit.evaluate.sampling import Sampling
+        from ggufkit.inference.generate import generate
+        from ggufkit.inference.sampling import Sampling
 
         sampling = Sampling(max_tokens=self.s.answer_tokens, temperature=0.0, seed=self.s.seed)
         done = generate(model, PROMPT, sampling, threads=self.demo.threads, lora=lora)
@@ -201,7 +201,7 @@ class _LoraSteps:
         return EvalReport.from_json(json.loads(out.read_text(encoding="utf-8")))
 
     def verify(self, route: str, model: Path, lora: Path | None) -> Check:
-        from ggufkit.evaluate.verify import verify
+        from ggufkit.inference.verify import verify
 
         out = self.demo.outdir / f"{ADAPTER}-verify-{route}.json"
 
