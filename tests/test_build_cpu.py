@@ -285,7 +285,7 @@ def test_a_patch_that_does_not_fit_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.needs_llamacpp
 def test_the_committed_patches_apply_to_the_pinned_source(tmp_path: Path) -> None:
     files = patches.patch_files()
-    assert [f.name[:4] for f in files] == ["0001", "0002", "0003"]
+    assert [f.name[:4] for f in files] == ["0001", "0002", "0003", "0004"]
     targets = {fp.path for f in files for fp in patches.parse_patch(f.read_text(), f.name)}
     pin = read_pin()
     with tarfile.open(fetch_sdist(pin), "r:gz") as archive:
