@@ -47,7 +47,8 @@ from ggufkit.core.fsutil import human_bytes
 @path_option(
     "--lora",
     kind="dir",
-    help="A PEFT LoRA adapter directory: merge it into MODEL while converting (as merge-lora).",
+    help="A PEFT LoRA adapter directory: merge it into MODEL while converting (as merge-lora; "
+    "for the upstream engine into a temporary directory beside the output first).",
 )
 @click.option(
     "--pre-tokenizer",

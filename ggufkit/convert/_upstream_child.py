@@ -212,13 +212,16 @@ def _chat_template(gguf: Any, chat: dict[str, Any], bpe_pre_adding_bos: set[str]
     gguf.SpecialVocab.add_to_gguf = add_to_gguf
 
 
-def _extra_kv(gguf: Any, extra: dict[str, str]) -> None:
+def _extra_kv(gguf: Any, extra: dict[str, Any]) -> None:
     original = gguf.GGUFWriter.write_header_to_file
 
     def write_header_to_file(self: Any, path: Path | None = None) -> None:
         for key, value in extra.items():
             if key not in self.kv_data[0]:
-                self.add_string(key, value)
+                if isinstance(value, list):
+                    self.add_array(key, value)
+                else:
+                    self.add_string(key, value)
         original(self, path)
 
     gguf.GGUFWriter.write_header_to_file = write_header_to_file

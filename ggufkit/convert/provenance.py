@@ -56,6 +56,24 @@ def add_general_metadata(
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
+def provenance_kv(info: SourceInfo, origin: SourceOrigin, *, engine: str) -> dict[str, Any]:
+    """The ``ggufkit.*`` keys every engine writes: version, engine, source and its sha256s
+    (placeholders of the same length while the hashes are pending)."""
+    kv: dict[str, Any] = {"ggufkit.version": __version__, "ggufkit.engine": engine}
+    if info.repo_id:
+        kv["ggufkit.source.repo_id"] = info.repo_id
+    if info.revision:
+        kv["ggufkit.source.revision"] = info.revision
+    if origin.delta_base is not None:
+        kv["ggufkit.source.delta_base"] = origin.delta_base
+    if origin.lora is not None:
+        kv["ggufkit.source.lora"] = origin.lora
+    if origin.labels:
+        kv["ggufkit.source.files"] = list(origin.labels)
+        kv["ggufkit.source.sha256"] = list(origin.hashes)
+    return kv
+
+
 def add_provenance(
     writer: gguf.GGUFWriter,
     info: SourceInfo,
@@ -63,16 +81,27 @@ def add_provenance(
     *,
     engine: str,
 ) -> None:
-    writer.add_string("ggufkit.version", __version__)
-    writer.add_string("ggufkit.engine", engine)
-    if info.repo_id:
-        writer.add_string("ggufkit.source.repo_id", info.repo_id)
-    if info.revision:
-        writer.add_string("ggufkit.source.revision", info.revision)
-    if origin.delta_base is not None:
-        writer.add_string("ggufkit.source.delta_base", origin.delta_base)
-    if origin.lora is not None:
-        writer.add_string("ggufkit.source.lora", origin.lora)
-    if origin.labels:
-        writer.add_array("ggufkit.source.files", origin.labels)
-        writer.add_array("ggufkit.source.sha256", origin.hashes)
+    for key, value in provenance_kv(info, origin, engine=engine).items():
+        if isinstance(value, list):
+            writer.add_array(key, value)
+        else:
+            writer.add_string(key, value)
+
+
+def patch_source_hashes(path: Path, hashes: list[str]) -> None:
+    """Write the finished sha256s over the placeholders another writer (the upstream child)
+    put in ``path``'s header; each is 64 ASCII characters, so nothing else moves."""
+    import numpy as np
+
+    reader = gguf.GGUFReader(path, "r+")
+    field = reader.fields.get("ggufkit.source.sha256")
+    if field is None or len(field.data) != len(hashes):
+        raise ValueError(f"{path}: no ggufkit.source.sha256 of {len(hashes)} entries to patch")
+    for index, value in zip(field.data, hashes, strict=True):
+        part = field.parts[index]
+        encoded = np.frombuffer(value.encode("ascii"), dtype=np.uint8)
+        if part.shape != encoded.shape:
+            raise ValueError(f"{path}: a sha256 placeholder of {part.shape[0]} bytes")
+        part[:] = encoded
+    reader.data.flush()
+    del reader

@@ -27,6 +27,7 @@ from ggufkit.core.fsutil import check_output_path
 from ggufkit.core.log import get_logger
 from ggufkit.formats.gguf_split import SplitLimits, shards_named_like
 from ggufkit.formats.hfconfig import architecture, load_config
+from ggufkit.formats.origin import SourceInfo
 
 if TYPE_CHECKING:
     from ggufkit.convert.base import ModelConverter
@@ -127,13 +128,6 @@ def convert(
             f"is not one{why}",
             hint="leave `pre_tokenizer` out",
         )
-    if use_upstream and (base_dir is not None or lora_dir is not None):
-        option = "`delta_base`" if base_dir is not None else "`lora`"
-        raise UsageError(
-            f"{option} needs a natively supported architecture; {hf_arch} is not one{why}",
-            hint="merge first with `ggufkit merge-delta` or `ggufkit merge-lora`, then convert "
-            "the merged directory",
-        )
 
     name = repo_id.split("/")[-1] if repo_id else model_dir.name
     out = Path(output) if output is not None else Path.cwd() / default_output_name(name, outtype)
@@ -142,6 +136,16 @@ def convert(
     if existing is not None and not force:
         raise UsageError(f"{existing} already exists", hint=EXISTS_HINT)
     vision = use_upstream and _is_vision(config, hf_arch, out, force=force, split=split)
+    if vision and (base_dir is not None or lora_dir is not None):
+        option = "`delta_base`" if base_dir is not None else "`lora`"
+        raise UsageError(
+            f"{option} does not apply to a vision-language checkpoint ({hf_arch})",
+            hint="merge first with `ggufkit merge-delta` or `ggufkit merge-lora`, then convert "
+            "the merged directory",
+        )
+    info = SourceInfo(
+        model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir, lora=lora_dir
+    )
     chat = choose_chat_template(chat_template, model_dir, repo_id or model_dir.name)
 
     phases: dict[str, float] = {}
@@ -151,15 +155,12 @@ def convert(
     if vision:
         from ggufkit.convert.vision import convert_vision
 
-        done, mmproj = convert_vision(
-            model_dir, out, outtype, chat, hf_arch=hf_arch, repo_id=repo_id, revision=revision,
-            phases=phases,
-        )  # fmt: skip
+        done, mmproj = convert_vision(info, out, outtype, chat, hf_arch=hf_arch, phases=phases)
         engine_used = "upstream"
     elif use_upstream:
         from ggufkit.convert.upstream import convert_upstream  # loaded only when needed
 
-        done = convert_upstream(model_dir, out, outtype, chat, phases)
+        done = convert_upstream(info, out, outtype, chat, phases)
         engine_used = "upstream"
         if fallback is not None:
             done.notes.insert(0, f"auto engine: {fallback}; converted through upstream")
@@ -167,12 +168,8 @@ def convert(
             out = _split_upstream_output(out, split)
     else:
         from ggufkit.convert.native import convert_native
-        from ggufkit.formats.origin import SourceInfo
 
         assert converter_cls is not None
-        info = SourceInfo(
-            model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir, lora=lora_dir
-        )
         done = convert_native(
             converter_cls, info, config, out, outtype, threads, pre_tokenizer, chat, split, phases
         )

@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ggufkit.convert.chat_templates import ChatTemplateChoice, child_settings
 from ggufkit.convert.result import EngineResult
@@ -36,6 +36,10 @@ from ggufkit.core.fsutil import atomic_output, check_free_disk
 from ggufkit.core.log import get_logger, progress
 from ggufkit.llamacpp.runner import run_tool
 from ggufkit.llamacpp.source import ensure_source
+
+if TYPE_CHECKING:
+    from ggufkit.convert.upstream_source import UpstreamSource
+    from ggufkit.formats.origin import SourceInfo
 
 log = get_logger("convert.upstream")
 
@@ -165,14 +169,15 @@ def run_upstream(
     chat: ChatTemplateChoice | None = None,
     phases: dict[str, float] | None = None,
     extra_args: Sequence[str] = (),
-    extra_kv: dict[str, str] | None = None,
+    extra_kv: dict[str, Any] | None = None,
     flags: dict[str, str] | None = None,
 ) -> list[str]:
     """Run the upstream converter writing ``out_file``; returns notes for the result.
 
     A progress bar follows the file's size. ``phases["upstream"]`` receives the child's lifetime
     (the rest of a conversion's time is ggufkit's own). ``extra_args`` go to the converter
-    (``--mmproj``, ``--no-mtp``); ``extra_kv`` are string keys added to the file's header.
+    (``--mmproj``, ``--no-mtp``); ``extra_kv`` are keys (strings or lists of strings) added to
+    the file's header.
     """
     _check_torch()
     source = _source()
@@ -270,19 +275,34 @@ def _run(
 
 
 def convert_upstream(
-    model_dir: Path,
+    info: SourceInfo,
     out: Path,
     outtype: str,
     chat: ChatTemplateChoice,
     phases: dict[str, float] | None = None,
 ) -> EngineResult:
-    """Convert with the pinned converter into ``out`` (atomically)."""
+    """Convert with the pinned converter into ``out`` (atomically); a delta or LoRA adapter in
+    ``info`` is merged first (``ggufkit.convert.upstream_source``)."""
+    from ggufkit.convert.upstream_source import upstream_source
+
+    with upstream_source(info, out) as source:
+        return _convert_dir(source, out, outtype, chat, phases)
+
+
+def _convert_dir(
+    source: UpstreamSource,
+    out: Path,
+    outtype: str,
+    chat: ChatTemplateChoice,
+    phases: dict[str, float] | None,
+) -> EngineResult:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     from ggufkit.convert.arch_answers import upstream_flags
     from ggufkit.formats.hfconfig import check_layers_for_upstream, load_config
     from ggufkit.formats.safetensors import Checkpoint
 
+    model_dir = source.model_dir
     # the 2-D weights' (block, bytes per block) in ``outtype``: the output's size, roughly
     block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[outtype.upper()]]
     with Checkpoint.open(model_dir) as checkpoint:
@@ -301,8 +321,10 @@ def convert_upstream(
             chat=chat,
             phases=phases,
             flags=flags,
+            extra_kv=source.kv,
         )
         gguf_arch, n_tensors = written_arch_and_count(partial)
+        source.finish(partial)
     notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")
     return EngineResult(n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes)
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ggufkit import __version__
 from ggufkit.convert.chat_templates import ChatTemplateChoice
 from ggufkit.convert.result import EXISTS_HINT, EngineResult
 from ggufkit.core.errors import UsageError
 from ggufkit.core.fsutil import atomic_output, check_free_disk
 from ggufkit.core.log import get_logger
+
+if TYPE_CHECKING:
+    from ggufkit.formats.origin import SourceInfo
 
 log = get_logger("convert.vision")
 
@@ -85,18 +87,8 @@ def mmproj_path(model_file: Path) -> Path:
     return model_file.with_name(MMPROJ_PREFIX + model_file.name)
 
 
-def _provenance(role: str, pair: Path, repo_id: str | None, revision: str | None) -> dict[str, str]:
-    kv = {
-        "ggufkit.version": __version__,
-        "ggufkit.engine": "upstream",
-        ROLE_KEY: role,
-        PAIR_KEY: pair.name,
-    }
-    if repo_id:
-        kv["ggufkit.source.repo_id"] = repo_id
-    if revision:
-        kv["ggufkit.source.revision"] = revision
-    return kv
+def _pair_keys(role: str, pair: Path) -> dict[str, str]:
+    return {ROLE_KEY: role, PAIR_KEY: pair.name}
 
 
 def check_outputs(out: Path, *, force: bool) -> Path:
@@ -108,15 +100,13 @@ def check_outputs(out: Path, *, force: bool) -> Path:
 
 
 def convert_vision(
-    model_dir: Path,
+    info: SourceInfo,
     out: Path,
     outtype: str,
     chat: ChatTemplateChoice,
     *,
     hf_arch: str,
     mmproj_outtype: str = "f16",
-    repo_id: str | None = None,
-    revision: str | None = None,
     phases: dict[str, float] | None = None,
 ) -> tuple[EngineResult, Path]:
     """Write the language model to ``out`` and the projector beside it (both atomically).
@@ -124,9 +114,11 @@ def convert_vision(
     Returns what was written of the language model, and the projector's path.
     """
     from ggufkit.convert.upstream import run_upstream, written_arch_and_count
+    from ggufkit.convert.upstream_source import upstream_source
     from ggufkit.formats.safetensors import Checkpoint
 
     mmproj = mmproj_path(out)
+    model_dir = info.model_dir
     with Checkpoint.open(model_dir) as checkpoint:
         source_bytes = sum(i.n_bytes for i in checkpoint.infos())
     check_free_disk(out, source_bytes)
@@ -135,21 +127,24 @@ def convert_vision(
     if why:
         notes.append(why)
     text_phases: dict[str, float] = {}
-    with atomic_output(out) as partial:
-        notes += run_upstream(
-            model_dir, partial, outtype=outtype, expected_bytes=source_bytes, chat=chat,
-            phases=text_phases, extra_args=text_args,
-            extra_kv=_provenance("model", mmproj, repo_id, revision),
-        )  # fmt: skip
-        gguf_arch, n_tensors = written_arch_and_count(partial)
     mmproj_phases: dict[str, float] = {}
-    with atomic_output(mmproj) as partial:
-        notes += run_upstream(
-            model_dir, partial, outtype=mmproj_outtype, expected_bytes=0, chat=None,
-            phases=mmproj_phases, extra_args=("--mmproj",),
-            extra_kv=_provenance("mmproj", out, repo_id, revision),
-        )  # fmt: skip
-        _, mmproj_tensors = written_arch_and_count(partial)
+    with upstream_source(info, out) as source:
+        with atomic_output(out) as partial:
+            notes += run_upstream(
+                model_dir, partial, outtype=outtype, expected_bytes=source_bytes, chat=chat,
+                phases=text_phases, extra_args=text_args,
+                extra_kv=source.kv | _pair_keys("model", mmproj),
+            )  # fmt: skip
+            gguf_arch, n_tensors = written_arch_and_count(partial)
+            source.finish(partial)
+        with atomic_output(mmproj) as partial:
+            notes += run_upstream(
+                model_dir, partial, outtype=mmproj_outtype, expected_bytes=0, chat=None,
+                phases=mmproj_phases, extra_args=("--mmproj",),
+                extra_kv=source.kv | _pair_keys("mmproj", out),
+            )  # fmt: skip
+            _, mmproj_tensors = written_arch_and_count(partial)
+            source.finish(partial)
     if phases is not None:
         phases["upstream"] = text_phases.get("upstream", 0.0)
         phases["upstream_mmproj"] = mmproj_phases.get("upstream", 0.0)
