@@ -8,6 +8,7 @@ model against the checkpoint's config, and each file names the other.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -104,7 +105,12 @@ def test_projector_equals_the_pinned_converters(family: tuple[str, Path, Path],
     assert theirs_keys <= set(ours.fields)  # ours adds only ggufkit's keys
     assert {k for k in set(ours.fields) - theirs_keys if not k.startswith("GGUF.")} <= {
         "general.name", "ggufkit.version", "ggufkit.engine", ROLE_KEY, PAIR_KEY,
+        "ggufkit.source.files", "ggufkit.source.sha256",
     }  # fmt: skip
+    recorded = read_gguf(mmproj_path(pair_file)).metadata
+    weights = {name: hashlib.sha256((model_dir / name).read_bytes()).hexdigest()
+               for name in recorded["ggufkit.source.files"]}  # fmt: skip
+    assert recorded["ggufkit.source.sha256"] == list(weights.values())
 
 
 @pytest.mark.needs_torch

@@ -27,7 +27,6 @@ from ggufkit.core.fsutil import check_output_path
 from ggufkit.core.log import get_logger
 from ggufkit.formats.gguf_split import SplitLimits, shards_named_like
 from ggufkit.formats.hfconfig import architecture, load_config
-from ggufkit.formats.origin import SourceInfo
 
 if TYPE_CHECKING:
     from ggufkit.convert.base import ModelConverter
@@ -143,6 +142,8 @@ def convert(
             hint="merge first with `ggufkit merge-delta` or `ggufkit merge-lora`, then convert "
             "the merged directory",
         )
+    from ggufkit.formats.origin import SourceInfo  # light start: it loads numpy
+
     info = SourceInfo(
         model_dir, repo_id=repo_id, revision=revision, delta_base=base_dir, lora=lora_dir
     )
