@@ -255,6 +255,24 @@ def test_an_f16_failure_says_whether_the_f32_file_is_right() -> None:
     assert "off too" in archmeasure.f32_says(archmeasure.F16_TOL * 2)
 
 
+@pytest.mark.slow
+@pytest.mark.needs_torch
+@pytest.mark.needs_llamacpp
+def test_the_f32_check_computes_in_f32(tiny_llama_gqa_dir: Path, tmp_path: Path) -> None:
+    """The f32 file's check keeps llama.cpp's KV cache and attention in f32: it matches
+    transformers far closer than the default path (f16 KV cache), so that what is left after
+    it is the conversion's, not llama.cpp's rounding (which flipped AFMoE's near-tie expert)."""
+    from ggufkit.convert import convert
+    from ggufkit.inference.parity import compare_logits, gguf_logits, reference_logits
+
+    f32_file = convert(tiny_llama_gqa_dir, tmp_path / "m.gguf", outtype="f32").output
+    ids = archmeasure.random_ids(tiny_llama_gqa_dir, 64)
+    reference = reference_logits(tiny_llama_gqa_dir, ids)
+    exact = compare_logits(reference, archmeasure.f32_logits(f32_file, ids)).rel_diff
+    default = compare_logits(reference, gguf_logits(f32_file, ids)).rel_diff
+    assert exact < 1e-5 and exact * 10 < default, (exact, default)
+
+
 def test_causes_carry_no_temporary_paths(tmp_path: Path) -> None:
     workdir = tmp_path / "Row"
     cause = f"llama.cpp cannot load {workdir}/model-f16.gguf: Failed to load /tmp/abc123/x.gguf"

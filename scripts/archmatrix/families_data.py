@@ -124,8 +124,15 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # MiMo-V2-Flash rotates int(0.334 x head) dims of its 192-wide heads (64; llama.cpp needs an
     # even count): 48-wide heads rotate 16; values 2/3 as wide, as released (128).
     "MiMoV2FlashForCausalLM": {"head_dim": 48, "v_head_dim": 32},
-    # Trinity (AFMoE) is released with muP input scaling on, which llama.cpp's graph assumes.
-    "AfmoeForCausalLM": {"mup_enabled": True},
+    # gpt-oss (20b, 120b) has 64-wide heads. Its YaRN is released with truncate: false, which
+    # llama.cpp ignores (it always rounds the correction range out to whole dims); how much
+    # that moves depends on the head size: at head 16, 42.9% over 96 positions (proven with
+    # truncate true: 0.078%), at head 64 within the tolerance (0.076%, 0.072% with it true).
+    "GptOssForCausalLM": {"head_dim": 64},
+    # Trinity (AFMoE) is released with muP input scaling on, which llama.cpp's graph assumes,
+    # and its routed experts' weights scaled by 2.826 (route_scale; 1.0 would leave llama.cpp's
+    # expert_weights_scale untested).
+    "AfmoeForCausalLM": {"mup_enabled": True, "route_scale": 2.826},
     # Laguna XS.2's layout: a full-attention layer then three sliding ones, the first layer dense
     # (llama.cpp fixes that pattern whenever a sliding window is set).
     "LagunaForCausalLM": {
@@ -167,6 +174,11 @@ NOTES: dict[str, str] = {
     "Gemma3ForCausalLM": "5 sliding layers (window 32) + 1 full, as llama.cpp fixes the pattern",
     "Exaone4ForCausalLM": "EXAONE 4.0 1.2B layout (global attention only); the 32B's 64-layer "
     "hybrid measures 0.515-0.529% (f16 rounding over 64 random layers)",
+    "AfmoeForCausalLM": "route_scale 2.826, as released; with 1.0 this draw measured 8.4%: "
+    "llama.cpp's f16 KV cache flipped a near-tie expert choice (a 5e-4 gap) of the random "
+    "router, exact (1e-6) with an f32 cache",
+    "GptOssForCausalLM": "heads 64 wide, as released: llama.cpp ignores YaRN's truncate: false "
+    "(rotation angles off by up to 0.02 rad at position 96, growing with position)",
     "NemotronHForCausalLM": "Nemotron 3 (MoE) layout; a dense Nemotron-H saved by transformers 5 "
     "is read as MoE by upstream (num_experts_per_tok is always saved)",
 }
