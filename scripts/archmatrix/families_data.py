@@ -124,8 +124,17 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     },
     # Gemma 4's dense models (E2B, E4B, 31B): no experts (the shrinker's num_experts would turn
     # them on without a top-k).
-    # Global layers' heads twice as wide as the sliding ones', as released (256 -> 512).
-    "Gemma4ForCausalLM": {"num_experts": None, "top_k_experts": None, "global_head_dim": 32},
+    # Global layers' heads twice as wide as the sliding ones', as released (256 -> 512); E2B's
+    # layout: periods of 5 sliding layers and a full one, the later layers reusing the KV of
+    # the last earlier layer of their kind (E2B: 20 of 35).
+    "Gemma4ForCausalLM": {
+        "num_experts": None,
+        "top_k_experts": None,
+        "global_head_dim": 32,
+        "num_hidden_layers": 12,
+        "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 2,
+        "num_kv_shared_layers": 6,
+    },
     # MiMo-V2-Flash rotates int(0.334 x head) dims of its 192-wide heads (64; llama.cpp needs an
     # even count): 48-wide heads rotate 16; values 2/3 as wide, as released (128).
     "MiMoV2FlashForCausalLM": {"head_dim": 48, "v_head_dim": 32},
@@ -179,8 +188,8 @@ NOTES: dict[str, str] = {
     "Gemma3nForCausalLM": "E4B's widths (MLP 8 x hidden); query norm at 1/sqrt(head_dim); "
     "llama.cpp's sparsity cutoff takes the sample std (n - 1), transformers the population "
     "std: 4.2% at MLP width 256",
-    "Gemma4ForCausalLM": "per-layer inputs, proportional rope on the full layer (head 32), "
-    "query norm at 1/sqrt(head_dim) (the attention has no scaling)",
+    "Gemma4ForCausalLM": "per-layer inputs, proportional rope on full layers (head 32), the "
+    "last 6 of 12 layers sharing KV; query norm at 1/sqrt(head_dim) (no attention scaling)",
     "Exaone4ForCausalLM": "EXAONE 4.0 1.2B layout (global attention only); the 32B's 64-layer "
     "hybrid measures 0.515-0.529% (f16 rounding over 64 random layers)",
     "NemotronHForCausalLM": "Nemotron 3 (MoE) layout; a dense Nemotron-H saved by transformers 5 "
