@@ -213,6 +213,32 @@ def test_the_child_gives_answers_where_a_model_class_reads_its_own_config() -> N
 
 
 @pytest.mark.needs_torch
+def test_unscaled_attention_gets_its_temperature_from_the_query_norm() -> None:
+    """Gemma 4 puts no 1/sqrt(head_dim) on the scores: the builder's query norms carry it, per
+    layer (sliding heads 16, full heads 32), and only there."""
+    import torch
+    import transformers
+    from archmatrix.checkpoints import jitter
+
+    config = transformers.Gemma4TextConfig(
+        hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, global_head_dim=32, vocab_size=32,
+        hidden_size_per_layer_input=0, layer_types=["sliding_attention", "full_attention"],
+    )  # fmt: skip
+    plain, scaled = (transformers.Gemma4ForCausalLM(config) for _ in range(2))
+    jitter(plain, 0)
+    jitter(scaled, 0, unscaled_attention=True)
+    for layer, head in ((0, 16), (1, 32)):
+        name = f"model.layers.{layer}.self_attn.q_norm.weight"
+        want = dict(plain.named_parameters())[name] * head**-0.5
+        assert torch.allclose(dict(scaled.named_parameters())[name], want)
+        name = f"model.layers.{layer}.self_attn.k_norm.weight"
+        assert torch.equal(
+            dict(scaled.named_parameters())[name], dict(plain.named_parameters())[name]
+        )
+
+
+@pytest.mark.needs_torch
 def test_gemma3n_shared_layers_get_key_value_weights_only_where_llama_cpp_reads_none() -> None:
     """transformers 5 saves no k/v weights for Gemma 3n's KV-shared layers; llama.cpp's loader
     wants them for every layer but its graph reads them only before layer 20."""
