@@ -155,7 +155,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 # the builder scales their random query-norm weights by 1/sqrt(head_dim), the temperature of
 # scaled attention. With unit weights the scores are sqrt(head_dim) times sharper and the tiny
 # random model amplifies any rounding: transformers itself moves by 1.04% of the largest logit
-# (Gemma 4) when its own weights are rounded to f16, by 0.23% with this scale.
+# (Gemma 4) when its own weights are rounded to f16, by about 0.2% with this scale (a weight
+# scale, not a shape: trained query norms are not ones either).
 UNSCALED_ATTENTION = {"Gemma4ForCausalLM", "Gemma3nForCausalLM"}
 # "bpe": GPT-2-style byte-level BPE (tokenizer.json); "spm": LLaMA sentencepiece (tokenizer.model);
 # "spm-raw": the same without the dummy prefix space (Gemma's)
