@@ -212,6 +212,57 @@ def test_the_child_gives_answers_where_a_model_class_reads_its_own_config() -> N
     assert kept.hparams["rope_parameters"] == {"partial_rotary_factor": 0.5}
 
 
+@pytest.mark.needs_torch
+def test_unscaled_attention_gets_its_temperature_from_the_query_norm() -> None:
+    """Gemma 4 puts no 1/sqrt(head_dim) on the scores: the builder's query norms carry it, per
+    layer (sliding heads 16, full heads 32), and only there."""
+    import torch
+    import transformers
+    from archmatrix.checkpoints import jitter
+
+    config = transformers.Gemma4TextConfig(
+        hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, global_head_dim=32, vocab_size=32,
+        hidden_size_per_layer_input=0, layer_types=["sliding_attention", "full_attention"],
+    )  # fmt: skip
+    plain, scaled = (transformers.Gemma4ForCausalLM(config) for _ in range(2))
+    jitter(plain, 0)
+    jitter(scaled, 0, unscaled_attention=True)
+    for layer, head in ((0, 16), (1, 32)):
+        name = f"model.layers.{layer}.self_attn.q_norm.weight"
+        want = dict(plain.named_parameters())[name] * head**-0.5
+        assert torch.allclose(dict(scaled.named_parameters())[name], want)
+        name = f"model.layers.{layer}.self_attn.k_norm.weight"
+        assert torch.equal(
+            dict(scaled.named_parameters())[name], dict(plain.named_parameters())[name]
+        )
+
+
+@pytest.mark.needs_torch
+def test_gemma3n_shared_layers_get_key_value_weights_only_where_llama_cpp_reads_none() -> None:
+    """transformers 5 saves no k/v weights for Gemma 3n's KV-shared layers; llama.cpp's loader
+    wants them for every layer but its graph reads them only before layer 20."""
+    from ggufkit.convert._upstream_child import GEMMA3N_FIRST_SHARED, shared_kv_placeholders
+
+    hparams = {"num_hidden_layers": 25, "num_kv_shared_layers": 5, "head_dim": 16}
+    hparams |= {"hidden_size": 128, "num_key_value_heads": 2}
+    attn = "model.layers.{}.self_attn.{}.weight"
+    names = {attn.format(i, "q_proj") for i in range(25)}
+    names |= {attn.format(i, kind) for i in range(20) for kind in ("k_proj", "v_proj", "k_norm")}
+    names.add(attn.format(22, "k_norm"))  # one a checkpoint has is kept
+    given = dict(shared_kv_placeholders(hparams, names))
+    assert GEMMA3N_FIRST_SHARED == 20
+    assert set(given) == {
+        attn.format(i, kind) for i in range(20, 25) for kind in ("k_proj", "v_proj", "k_norm")
+    } - {attn.format(22, "k_norm")}
+    assert given[attn.format(24, "k_proj")].shape == (32, 128)
+    assert given[attn.format(24, "v_proj")].shape == (32, 128)
+    assert given[attn.format(20, "k_norm")].shape == (16,)
+    assert all(not bool(t.any()) for t in given.values())
+    # Elsewhere llama.cpp would read them: nothing given, llama.cpp refuses the file.
+    assert not list(shared_kv_placeholders({**hparams, "num_kv_shared_layers": 10}, names))
+
+
 @pytest.mark.needs_llamacpp
 def test_the_qwen35_split_is_llama_cpps() -> None:
     """The regex ggufkit matches for 'qwen35' is the tokenizer.json one llama.cpp's vocab code

@@ -12,6 +12,9 @@ Answers are given to upstream, each only where upstream would otherwise be wrong
 - config fields a checkpoint saved by transformers 5 lacks or names anew, per architecture
   (ggufkit.convert.arch_answers);
 - DeepSeek-V3.2's BOS check, asked of the tokenizer transformers 5 runs;
+- Gemma 3n's key/value weights of the layers that reuse an earlier layer's cache: transformers 5
+  saves none, llama.cpp's loader wants them for every layer and its graph reads them only before
+  layer 20, the released layouts' first shared one (zeros are written there, and only there);
 - the chat template chosen by ``--chat-template`` and its provenance keys, written after
   upstream's own special-token keys (so the variant for the file's add_bos is known).
 
@@ -44,6 +47,7 @@ def main(argv: list[str]) -> None:
 
     _fix_falcon_kv_heads(base)
     _bos_as_the_tokenizer_runs()
+    _gemma3n_shared_kv_placeholders()
     _fill_hparams(base, settings.get("hparams") or {}, settings.get("hparams_renamed") or {})
     if settings.get("pre_tokenizer_file"):
         _pre_tokenizer_fallback(base, Path(settings["pre_tokenizer_file"]))
@@ -93,6 +97,55 @@ def _bos_as_the_tokenizer_runs() -> None:
         self._set_vocab_gpt2()
 
     deepseek.DeepseekV32Model.set_vocab = set_vocab
+
+
+GEMMA3N_FIRST_SHARED = 20  # llama.cpp's gemma3n: n_layer_kv_from_start (E2B 30 - 10, E4B 35 - 15)
+
+
+def _gemma3n_shared_kv_placeholders() -> None:
+    try:
+        from conversion import gemma
+    except ImportError:
+        return
+    original = gemma.Gemma3NModel.generate_extra_tensors
+
+    def generate_extra_tensors(self: Any) -> Any:
+        yield from original(self)
+        yield from shared_kv_placeholders(self.hparams, set(self.model_tensors))
+
+    gemma.Gemma3NModel.generate_extra_tensors = generate_extra_tensors
+
+
+def shared_kv_placeholders(hparams: dict[str, Any], names: set[str]) -> Any:
+    """(name, zeros) for each key/value weight a KV-shared Gemma 3n layer lacks, where the
+    shared layers start where llama.cpp's graph stops reading them; else nothing (llama.cpp
+    then refuses the file rather than compute with zeros)."""
+    import re
+
+    import torch
+
+    n_layers = int(hparams["num_hidden_layers"])
+    if n_layers - int(hparams.get("num_kv_shared_layers") or 0) != GEMMA3N_FIRST_SHARED:
+        return
+    head, hidden = int(hparams["head_dim"]), int(hparams["hidden_size"])
+    kv_width = int(hparams["num_key_value_heads"]) * head
+    shapes: dict[str, tuple[int, ...]] = {"k_norm.weight": (head,)}
+    shapes |= {"k_proj.weight": (kv_width, hidden), "v_proj.weight": (kv_width, hidden)}
+    layers: set[int] = set()
+    for name in sorted(names):
+        found = re.fullmatch(r"(.*\blayers\.(\d+)\.self_attn\.)q_proj\.weight", name)
+        if not found or int(found.group(2)) < GEMMA3N_FIRST_SHARED or "vision" in name:
+            continue
+        for suffix, shape in shapes.items():
+            if found.group(1) + suffix not in names:
+                layers.add(int(found.group(2)))
+                yield found.group(1) + suffix, torch.zeros(shape)
+    if layers:
+        print(
+            f"ggufkit: answered the key/value weights of KV-shared layers {min(layers)}-"
+            f"{max(layers)} (transformers 5 saves none; llama.cpp reads none): zeros",
+            file=sys.stderr,
+        )
 
 
 def _fill_hparams(base: Any, answers: dict[str, Any], renamed: dict[str, Any]) -> None:

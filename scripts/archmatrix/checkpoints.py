@@ -101,6 +101,7 @@ from archmatrix.families_data import (  # noqa: E402  (the per-family tables)
     OVERRIDES,
     SPECIALS,
     TOKENIZERS,
+    UNSCALED_ATTENTION,
     UPSTREAM_CAUSES,
 )
 
@@ -148,7 +149,7 @@ def build(row: Variant, out_dir: Path, *, seed: int = 0) -> Path:
     config = small_config(model_cls.config_class, tokenizer, row.hf_architecture)
     torch.manual_seed(seed)
     model = model_cls(config).float()
-    jitter(model, seed)
+    jitter(model, seed, unscaled_attention=row.hf_architecture in UNSCALED_ATTENTION)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     return out_dir
 
@@ -227,10 +228,11 @@ def _vocab_size(n_tokens: int, kwargs: dict[str, Any]) -> int:
     return -(-n_tokens // multiple) * multiple
 
 
-def jitter(model: Any, seed: int) -> None:
+def jitter(model: Any, seed: int, *, unscaled_attention: bool = False) -> None:
     """Norm weights of ones and zero biases hide mapping mistakes: make them distinct. So does
     any other weight a family initialises to zeros (AFMoE's router: every expert choice a tie,
-    broken differently by each runtime; expert biases, attention sinks, scales)."""
+    broken differently by each runtime; expert biases, attention sinks, scales). Where the
+    attention has no 1/sqrt(head_dim) (``unscaled_attention``), the query norm carries it."""
     import torch
 
     generator = torch.Generator().manual_seed(seed + 1)
@@ -238,6 +240,8 @@ def jitter(model: Any, seed: int) -> None:
         for name, param in model.named_parameters():
             if "norm" in name.lower() and param.dim() == 1:
                 param.add_(0.2 * torch.randn(param.shape, generator=generator))
+                if unscaled_attention and name.endswith("q_norm.weight"):
+                    param.mul_(param.numel() ** -0.5)  # the norm's width is the head's
             elif name.endswith(".bias") or (param.numel() > 1 and not bool(param.any())):
                 param.copy_(0.05 * torch.randn(param.shape, generator=generator))
 

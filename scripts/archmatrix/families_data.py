@@ -90,8 +90,13 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "_vocab_multiple": 8,
     },
     "HunYuanMoEV1ForCausalLM": {"moe_topk": [2, 2]},
+    # Gemma 3n E4B's widths: the MLP 8 x hidden (2048 -> 16384). llama.cpp's activation sparsity
+    # cuts at the sample std (n - 1) where transformers takes the population std, a difference
+    # that falls as 1/width: 4.2% of the largest logit at width 256 (transformers made to take
+    # the sample std agrees within 0.21%), about 0.07% at the released 16384.
     "Gemma3nForCausalLM": {
-        "intermediate_size": [256] * 5,  # 4 x hidden, as released (the default list is 16384)
+        "hidden_size": 128,
+        "intermediate_size": [1024] * 5,
         "num_kv_shared_layers": 0,
         "hidden_size_per_layer_input": 256,  # llama.cpp's gemma3n graph fixes it
         "laurel_rank": 64,  # as released; llama.cpp assumes it
@@ -119,8 +124,17 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     },
     # Gemma 4's dense models (E2B, E4B, 31B): no experts (the shrinker's num_experts would turn
     # them on without a top-k).
-    # Global layers' heads twice as wide as the sliding ones', as released (256 -> 512).
-    "Gemma4ForCausalLM": {"num_experts": None, "top_k_experts": None, "global_head_dim": 32},
+    # Global layers' heads twice as wide as the sliding ones', as released (256 -> 512); E2B's
+    # layout: periods of 5 sliding layers and a full one, the later layers reusing the KV of
+    # the last earlier layer of their kind (E2B: 20 of 35).
+    "Gemma4ForCausalLM": {
+        "num_experts": None,
+        "top_k_experts": None,
+        "global_head_dim": 32,
+        "num_hidden_layers": 12,
+        "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 2,
+        "num_kv_shared_layers": 6,
+    },
     # MiMo-V2-Flash rotates int(0.334 x head) dims of its 192-wide heads (64; llama.cpp needs an
     # even count): 48-wide heads rotate 16; values 2/3 as wide, as released (128).
     "MiMoV2FlashForCausalLM": {"head_dim": 48, "v_head_dim": 32},
@@ -144,6 +158,13 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # BitNet b1.58 ties its embeddings (upstream maps no lm_head).
     "BitNetForCausalLM": {"tie_word_embeddings": True},
 }
+# Families whose attention puts no 1/sqrt(head_dim) on the scores (scaling 1.0 after QK-norm):
+# the builder scales their random query-norm weights by 1/sqrt(head_dim), the temperature of
+# scaled attention. With unit weights the scores are sqrt(head_dim) times sharper and the tiny
+# random model amplifies any rounding: transformers itself moves by 1.04% of the largest logit
+# (Gemma 4) when its own weights are rounded to f16, by about 0.2% with this scale (a weight
+# scale, not a shape: trained query norms are not ones either).
+UNSCALED_ATTENTION = {"Gemma4ForCausalLM", "Gemma3nForCausalLM"}
 # "bpe": GPT-2-style byte-level BPE (tokenizer.json); "spm": LLaMA sentencepiece (tokenizer.model);
 # "spm-raw": the same without the dummy prefix space (Gemma's)
 TOKENIZERS: dict[str, str] = {
@@ -172,6 +193,11 @@ NOTES: dict[str, str] = {
     "Phi3ForCausalLM": "no sliding window (128k / Phi-4 shape): llama.cpp disables Phi's at this pin",
     "Gemma2ForCausalLM": "sliding window 32 and soft-capping exercised",
     "Gemma3ForCausalLM": "5 sliding layers (window 32) + 1 full, as llama.cpp fixes the pattern",
+    "Gemma3nForCausalLM": "E4B's widths (MLP 8 x hidden); query norm at 1/sqrt(head_dim); "
+    "llama.cpp's sparsity cutoff takes the sample std (n - 1), transformers the population "
+    "std: 4.2% at MLP width 256",
+    "Gemma4ForCausalLM": "per-layer inputs, proportional rope on full layers (head 32), the "
+    "last 6 of 12 layers sharing KV; query norm at 1/sqrt(head_dim) (no attention scaling)",
     "Exaone4ForCausalLM": "EXAONE 4.0 1.2B layout (global attention only); the 32B's 64-layer "
     "hybrid measures 0.515-0.529% (f16 rounding over 64 random layers)",
     "AfmoeForCausalLM": "route_scale 2.826, as released; with 1.0 this draw measured 8.4%: "
