@@ -28,7 +28,7 @@ import numpy as np
 
 from ggufkit.core.errors import UsageError
 from ggufkit.inference.mtmd_embed import MtmdResult, Positions
-from ggufkit.inference.parity import ParityReport
+from ggufkit.inference.parity import ParityReport, _import_transformers
 
 # transformers' model type -> how llama.cpp's image positions are fed, and why.
 FAMILIES: dict[str, tuple[Positions, str]] = {
@@ -170,18 +170,53 @@ def _family(hf_dir: Path) -> tuple[str, Positions, str]:
     return model_type, positions, why
 
 
+def _processor(hf_dir: Path) -> Any:
+    _, transformers = _import_transformers()
+    return transformers.AutoImageProcessor.from_pretrained(str(hf_dir), backend="pil")
+
+
+def fit_picture(processor: Any, picture: Path, scratch: Path) -> tuple[Path, str | None]:
+    """The picture both sides are given, and what was done to it.
+
+    llama.cpp and transformers resize a picture with different kernels, which moves the
+    embeddings by far more than any conversion error. Where the processor makes one image of
+    one size (Qwen2-VL; MiniCPM-V without slices), the picture is resized to that size here,
+    with the processor's own resampling, so neither side resizes it again."""
+    from PIL import Image
+
+    with Image.open(picture) as image:
+        rgb = image.convert("RGB")
+    inputs = processor(images=[rgb])
+    patch = int(getattr(processor, "patch_size", 0) or 0)
+    grid = inputs.get("image_grid_thw")
+    sizes = inputs.get("target_sizes")
+    if grid is not None and len(grid) == 1:
+        rows, cols = int(grid[0][1]), int(grid[0][2])
+    elif sizes is not None and len(sizes) == 1:
+        rows, cols = int(sizes[0][0]), int(sizes[0][1])
+    else:
+        return picture, None  # several slices: each resized its own way; compared as they are
+    size = (cols * patch, rows * patch)
+    if not patch or size == rgb.size:
+        return picture, None
+    resample = Image.Resampling(int(getattr(processor, "resample", Image.Resampling.BICUBIC)))
+    fitted = scratch / "fitted.png"
+    rgb.resize(size, resample=resample).save(fitted, format="PNG")
+    return fitted, (
+        f"resized {rgb.size[0]}x{rgb.size[1]} -> {size[0]}x{size[1]} ({resample.name.lower()}, "
+        "the checkpoint processor's size and filter) before both sides, which resize differently"
+    )
+
+
 def reference_side(
-    hf_dir: Path, picture: Path, result: MtmdResult
+    hf_dir: Path, processor: Any, picture: Path, result: MtmdResult
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """transformers' image embeddings for ``picture``, and (when it lays the picture out in as
     many tokens as llama.cpp did) its logits for the text after the image in llama.cpp's
     layout of the prompt; ``None`` for the logits otherwise."""
     from PIL import Image
 
-    from ggufkit.inference.parity import _import_transformers
-
     torch, transformers = _import_transformers()
-    processor = transformers.AutoImageProcessor.from_pretrained(str(hf_dir), backend="pil")
     with Image.open(picture) as image:
         inputs = processor(images=[image.convert("RGB")], return_tensors="pt")
     model = transformers.AutoModelForImageTextToText.from_pretrained(
@@ -236,10 +271,11 @@ def verify_image(
         )
     _, positions, why = _family(hf_dir)
     with tempfile.TemporaryDirectory(prefix="ggufkit-verify-image-") as scratch:
-        picture = check_picture(image, Path(scratch))
+        processor = _processor(hf_dir)
+        picture, fitted = fit_picture(processor, check_picture(image, Path(scratch)), Path(scratch))
         result = mtmd_side(gguf_path, projector, picture, before="", after=prompt,
                            positions=positions)  # fmt: skip
-        reference, ref_logits = reference_side(hf_dir, picture, result)
+        reference, ref_logits = reference_side(hf_dir, processor, picture, result)
     info, proj_info = read_gguf(gguf_path, max_array_items=0), read_gguf(projector, max_array_items=0)
     quantized = info.is_quantized or proj_info.is_quantized
     judged = max_rel_diff if max_rel_diff is not None or quantized else UNQUANTIZED_MAX_REL_DIFF
@@ -267,7 +303,7 @@ def verify_image(
         gguf=str(gguf_path),
         mmproj=str(projector),
         against=str(hf_dir),
-        image=str(image),
+        image=str(image) + (f" ({fitted})" if fitted else ""),
         type=type_label(info),
         quantized=quantized,
         layout=_layout(result),
