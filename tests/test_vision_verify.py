@@ -9,6 +9,7 @@ perturbed (written in place with gguf-py's reader on a copy). The refusals need 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -50,16 +51,16 @@ def verify_json(
 
 
 def perturbed_copy(mmproj: Path, out: Path) -> str:
-    """A copy of ``mmproj`` with its first projector tensor (``mm.*``) scaled by 1.5 in place;
-    returns the tensor's name."""
+    """A copy of ``mmproj`` with its first projector weight (``mm.*.weight``) scaled by 1.1 in
+    place; returns the tensor's name."""
     import gguf
     import numpy as np
 
     shutil.copyfile(mmproj, out)
     reader = gguf.GGUFReader(str(out), "r+")
-    tensor = next(t for t in reader.tensors if t.name.startswith("mm."))
+    tensor = next(t for t in reader.tensors if re.fullmatch(r"mm\..*\.weight", t.name))
     before = np.array(tensor.data, copy=True)
-    tensor.data[...] = (before.astype(np.float32) * 1.5).astype(tensor.data.dtype)
+    tensor.data[...] = (before.astype(np.float32) * 1.1).astype(tensor.data.dtype)
     tensor.data.flush()  # type: ignore[union-attr]
     del reader
     return str(tensor.name)
@@ -108,7 +109,10 @@ def test_verify_fails_when_one_projector_tensor_is_perturbed(
     print(name, bad, data.get("embeddings", {}), data.get("logits", {}))
     assert code == 1, output
     assert data["passed"] is False
-    assert any("image token" in problem for problem in data["problems"])  # type: ignore[union-attr]
+    problems = data["problems"]
+    assert isinstance(problems, list)
+    assert any("image token" in problem for problem in problems)  # the embeddings
+    assert any("after the image" in problem for problem in problems)  # and the logits
     assert "does not see" in output  # the error line on stderr
 
 

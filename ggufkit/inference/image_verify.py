@@ -276,7 +276,10 @@ def verify_image(
         result = mtmd_side(gguf_path, projector, picture, before="", after=prompt,
                            positions=positions)  # fmt: skip
         reference, ref_logits = reference_side(hf_dir, processor, picture, result)
-    info, proj_info = read_gguf(gguf_path, max_array_items=0), read_gguf(projector, max_array_items=0)
+    info, proj_info = (
+        read_gguf(gguf_path, max_array_items=0),
+        read_gguf(projector, max_array_items=0),
+    )
     quantized = info.is_quantized or proj_info.is_quantized
     judged = max_rel_diff if max_rel_diff is not None or quantized else UNQUANTIZED_MAX_REL_DIFF
     problems: list[str] = []

@@ -67,7 +67,7 @@ def load_mtmd() -> tuple[ModuleType, ModuleType]:
             f"libmtmd cannot be loaded from ggufkit's llama.cpp build: {exc}",
             hint="`ggufkit build` builds it with the other tools",
         ) from exc
-    mtmd_cpp.mtmd_log_set(log_callback(llama_cpp), ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_helper_log_set(log_callback(llama_cpp), ctypes.c_void_p(0))  # mtmd_log_set too
     return llama_cpp, mtmd_cpp
 
 
@@ -98,7 +98,9 @@ def _decode(
     batch.pos = positions.ctypes.data_as(ctypes.POINTER(lib.llama_pos))
     n_seq = (ctypes.c_int32 * n)(*([1] * n))
     seq0 = (lib.llama_seq_id * 1)(0)
-    seq = (ctypes.POINTER(lib.llama_seq_id) * n)(*([ctypes.cast(seq0, ctypes.POINTER(lib.llama_seq_id))] * n))
+    seq = (ctypes.POINTER(lib.llama_seq_id) * n)(
+        *([ctypes.cast(seq0, ctypes.POINTER(lib.llama_seq_id))] * n)
+    )
     flags = (ctypes.c_int8 * n)(*([int(want_logits)] * n))
     keep += [positions, n_seq, seq0, seq, flags]
     batch.n_seq_id, batch.seq_id, batch.logits = n_seq, seq, flags
@@ -190,7 +192,7 @@ def _run_chunks(
             new_past = lib.llama_pos(0)
             done = mtmd.mtmd_helper_decode_image_chunk(
                 ctx, llm.ctx, chunk, out, n_past, 0, llm.n_batch, ctypes.byref(new_past),
-                ctypes.cast(None, mtmd.mtmd_helper_post_decode_callback), None,
+                mtmd.mtmd_helper_post_decode_callback(), None,  # no callback: NULL
             )  # fmt: skip
             if done != 0:
                 raise EvaluationError("llama.cpp could not decode the image embeddings")
