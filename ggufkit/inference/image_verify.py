@@ -179,9 +179,10 @@ def fit_picture(processor: Any, picture: Path, scratch: Path) -> tuple[Path, str
     """The picture both sides are given, and what was done to it.
 
     llama.cpp and transformers resize a picture with different kernels, which moves the
-    embeddings by far more than any conversion error. Where the processor makes one image of
-    one size (Qwen2-VL; MiniCPM-V without slices), the picture is resized to that size here,
-    with the processor's own resampling, so neither side resizes it again."""
+    embeddings by far more than any conversion error. The picture is resized here, with the
+    processor's own resampling, to the size the processor would resize it to (Qwen2-VL; a
+    MiniCPM-V overview), or cut into slices from (MiniCPM-V's slices), so that neither side
+    resizes it again before it reaches the vision tower."""
     from PIL import Image
 
     with Image.open(picture) as image:
@@ -190,12 +191,17 @@ def fit_picture(processor: Any, picture: Path, scratch: Path) -> tuple[Path, str
     patch = int(getattr(processor, "patch_size", 0) or 0)
     grid = inputs.get("image_grid_thw")
     sizes = inputs.get("target_sizes")
+    slices = (inputs.get("grids") or [[0, 0]])[0]
     if grid is not None and len(grid) == 1:
         rows, cols = int(grid[0][1]), int(grid[0][2])
     elif sizes is not None and len(sizes) == 1:
         rows, cols = int(sizes[0][0]), int(sizes[0][1])
+    elif sizes is not None and len(sizes) == 1 + int(slices[0]) * int(slices[1]):
+        # an overview and slices (MiniCPM-V): the size it cuts into slices, so that both sides
+        # cut the same pixels (the overview, resized from it, agrees)
+        rows, cols = int(sizes[1][0]) * int(slices[0]), int(sizes[1][1]) * int(slices[1])
     else:
-        return picture, None  # several slices: each resized its own way; compared as they are
+        return picture, None
     size = (cols * patch, rows * patch)
     if not patch or size == rgb.size:
         return picture, None
