@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import tiny_vision
@@ -21,6 +22,15 @@ from test_vision_run import model, projector
 from ggufkit.cli import cli
 
 FAMILIES = ["qwen2vl", "minicpmv"]
+T = TypeVar("T")
+
+
+def needs_vision(test: T) -> T:
+    """The build with libmtmd, and torch; slow (each family converted once per module)."""
+    marks = (pytest.mark.needs_llamacpp, pytest.mark.needs_mtmd, pytest.mark.needs_torch)
+    for mark in (*marks, pytest.mark.slow):
+        test = mark(test)
+    return test
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +76,7 @@ def perturbed_copy(mmproj: Path, out: Path) -> str:
     return str(tensor.name)
 
 
-@pytest.mark.needs_llamacpp
-@pytest.mark.needs_mtmd
-@pytest.mark.needs_torch
-@pytest.mark.slow
+@needs_vision
 @pytest.mark.parametrize("name", FAMILIES)
 def test_verify_passes_on_the_converted_pair(
     name: str, pairs: dict[str, tuple[Path, Path, Path]], tmp_path: Path
@@ -93,10 +100,24 @@ def test_verify_passes_on_the_converted_pair(
         assert "transformers' 1-D positions" in table.stdout
 
 
-@pytest.mark.needs_llamacpp
-@pytest.mark.needs_mtmd
-@pytest.mark.needs_torch
-@pytest.mark.slow
+@needs_vision
+def test_a_sliced_minicpmv_picture_is_compared_slice_by_slice(
+    pairs: dict[str, tuple[Path, Path, Path]], tmp_path: Path
+) -> None:
+    """A wide picture: MiniCPM-V's processor and llama.cpp both cut it into an overview and two
+    slices; fed the same pixels, every slice's tokens agree."""
+    gguf_file, mmproj, checkpoint = pairs["minicpmv"]
+    picture = tiny_vision.make_picture(tmp_path / "wide.png", size=(240, 110))
+    code, data, output = verify_json(gguf_file, mmproj, checkpoint, picture)
+    assert code == 0, output
+    assert str(data["layout"]).count("image of") == 3  # the overview and two slices
+    assert "240x110 -> 224x112" in str(data["fitted"])  # the size it is cut from
+    embeddings = data["embeddings"]
+    assert isinstance(embeddings, dict) and embeddings["n_tokens"] == 11
+    assert embeddings["rel_diff"] < 0.01
+
+
+@needs_vision
 @pytest.mark.parametrize("name", FAMILIES)
 def test_verify_fails_when_one_projector_tensor_is_perturbed(
     name: str, pairs: dict[str, tuple[Path, Path, Path]], tmp_path: Path

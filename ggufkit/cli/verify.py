@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,7 +20,10 @@ from ggufkit.cli.options import (
     path_option,
 )
 from ggufkit.core.errors import EvaluationError, UsageError
-from ggufkit.inference.verify import DEFAULT_POSITIONS, verify
+from ggufkit.inference.verify import DEFAULT_POSITIONS, VerifyReport, verify
+
+if TYPE_CHECKING:
+    from ggufkit.inference.image_verify import ImageVerifyReport
 
 
 @click.command("verify")
@@ -106,14 +110,19 @@ def command(
         lora=lora,
         adapter=adapter,
     )
+    _show(report, as_json, f"{file} does not match {hf_dir}", "it")
+
+
+def _show(report: VerifyReport | ImageVerifyReport, as_json: bool, failed: str, what: str) -> None:
+    """The report on stdout; an EvaluationError with its problems when it failed."""
     if as_json:
         echo_json(report.to_json())
     else:
         click.echo(report.text())
     if not report.passed:
         raise EvaluationError(
-            f"{file} does not match {hf_dir}: " + "; ".join(report.problems),
-            hint="re-convert it with `ggufkit convert`; report the model if it persists",
+            f"{failed}: " + "; ".join(report.problems),
+            hint=f"re-convert {what} with `ggufkit convert`; report the model if it persists",
         )
 
 
@@ -139,13 +148,5 @@ def _verify_image(
             hint="verify the text without --image",
         )
     report = verify_image(file, hf_dir, image, mmproj=mmproj, max_rel_diff=max_rel_diff)
-    if as_json:
-        echo_json(report.to_json())
-    else:
-        click.echo(report.text())
-    if not report.passed:
-        raise EvaluationError(
-            f"{file} with {report.mmproj} does not see {image} as {hf_dir} does: "
-            + "; ".join(report.problems),
-            hint="re-convert the pair with `ggufkit convert`; report the model if it persists",
-        )
+    failed = f"{file} with {report.mmproj} does not see {image} as {hf_dir} does"
+    _show(report, as_json, failed, "the pair")

@@ -86,6 +86,7 @@ class ImageVerifyReport:
     mmproj: str
     against: str
     image: str
+    fitted: str | None  # what was done to the picture before both sides saw it
     type: str
     quantized: bool
     layout: str  # the prompt as llama.cpp lays it out
@@ -106,6 +107,7 @@ class ImageVerifyReport:
             "mmproj": self.mmproj,
             "against": self.against,
             "image": self.image,
+            "fitted": self.fitted,
             "type": self.type,
             "quantized": self.quantized,
             "layout": self.layout,
@@ -118,15 +120,7 @@ class ImageVerifyReport:
                 "max_abs_diff": e.max_abs_diff,
                 "max_abs_value": e.max_abs_value,
             },
-            "logits": {
-                "n_positions": lg.n_positions,
-                "max_abs_diff": lg.max_abs_diff,
-                "mean_abs_diff": lg.mean_abs_diff,
-                "max_abs_logit": lg.max_abs_logit,
-                "rel_diff": lg.rel_diff,
-                "argmax_agreement": lg.argmax_agreement,
-                "decisive_mismatches": lg.decisive_mismatches(),
-            },
+            "logits": lg.to_json(),
             "max_rel_diff": self.max_rel_diff,
             "passed": self.passed,
             "problems": self.problems,
@@ -137,7 +131,7 @@ class ImageVerifyReport:
             f"file:       {self.gguf} ({self.type})",
             f"mmproj:     {self.mmproj}",
             f"against:    {self.against}",
-            f"image:      {self.image}",
+            f"image:      {self.image}" + (f" ({self.fitted})" if self.fitted else ""),
             f"layout:     {self.layout}",
             f"embeddings: {self.embeddings.summary()}",
             f"logits:     {self.logits.summary()} (the text after the image)",
@@ -266,7 +260,7 @@ def verify_image(
     from ggufkit.inference.image_chat import check_pair, check_picture
     from ggufkit.inference.mtmd_embed import mtmd_side
     from ggufkit.inference.parity import compare_logits
-    from ggufkit.inference.verify import UNQUANTIZED_MAX_REL_DIFF
+    from ggufkit.inference.verify import UNQUANTIZED_MAX_REL_DIFF, logit_problems
 
     gguf_path, hf_dir, image = Path(gguf_path), Path(hf_dir), Path(image)
     projector = check_pair(gguf_path, Path(mmproj) if mmproj is not None else None)
@@ -300,19 +294,13 @@ def verify_image(
                 f"{100 * embeddings.rel_diff:.3f}% of its max |value|, above the "
                 f"{100 * judged:g}% limit"
             )
-        if logits.rel_diff > judged:
-            problems.append(
-                f"after the image, max |Δlogit| is {100 * logits.rel_diff:.3f}% of max |logit|, "
-                f"above the {100 * judged:g}% limit"
-            )
-        flipped = logits.decisive_mismatches()
-        if flipped:
-            problems.append(f"after the image the top token flips at position(s) {flipped[:8]}")
+        problems += logit_problems(logits, judged, where="after the image, ")
     return ImageVerifyReport(
         gguf=str(gguf_path),
         mmproj=str(projector),
         against=str(hf_dir),
-        image=str(image) + (f" ({fitted})" if fitted else ""),
+        image=str(image),
+        fitted=fitted,
         type=type_label(info),
         quantized=quantized,
         layout=_layout(result),

@@ -55,6 +55,17 @@ class ParityReport:
             if a != b and m > margin
         ]
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n_positions": self.n_positions,
+            "max_abs_diff": self.max_abs_diff,
+            "mean_abs_diff": self.mean_abs_diff,
+            "max_abs_logit": self.max_abs_logit,
+            "rel_diff": self.rel_diff,
+            "argmax_agreement": self.argmax_agreement,
+            "decisive_mismatches": self.decisive_mismatches(),
+        }
+
     def summary(self) -> str:
         return (
             f"{self.n_positions} positions: max |Δlogit| {self.max_abs_diff:.4g} "
