@@ -137,6 +137,25 @@ def test_verify_fails_when_one_projector_tensor_is_perturbed(
     assert "does not see" in output  # the error line on stderr
 
 
+@needs_vision
+def test_a_projector_that_does_not_belong_is_an_error_not_a_crash(
+    pairs: dict[str, tuple[Path, Path, Path]], tmp_path: Path
+) -> None:
+    """Both are as wide as the model, so the header check lets them through: libmtmd refuses a
+    projector without tensors, and MiniCPM-V's projector frames the picture with tokens
+    Qwen2-VL's vocabulary lacks. Exit 1 with what is wrong, never a dead process."""
+    gguf_file, _, checkpoint = pairs["qwen2vl"]
+    picture = tiny_vision.make_picture(tmp_path / "p.png")
+    cases = [
+        (projector(tmp_path, width=64), "libmtmd cannot open"),
+        (pairs["minicpmv"][1], "the mmproj does not belong to this model"),
+    ]
+    for mmproj, message in cases:
+        code, _, output = verify_json(gguf_file, mmproj, checkpoint, picture)
+        assert code == 1, output
+        assert message in output and "llama.cpp's log:" in output
+
+
 def test_image_without_a_projector_or_for_a_text_model(tmp_path: Path) -> None:
     """Refused before anything is loaded: exit 2 and what to give."""
     text = model(tmp_path)

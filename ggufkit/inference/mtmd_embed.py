@@ -71,6 +71,18 @@ def load_mtmd() -> tuple[ModuleType, ModuleType]:
     return llama_cpp, mtmd_cpp
 
 
+def _failed(message: str) -> EvaluationError:
+    """An error from inside llama.cpp's work, pointing at its log (where llama.cpp says why)."""
+    from ggufkit.llamacpp.bindings import llama_log_path
+
+    log = llama_log_path()
+    return EvaluationError(
+        message,
+        hint="check that the mmproj was converted with this model (its projector type fits the "
+        "model's architecture)" + (f"; llama.cpp's log: {log}" if log else ""),
+    )
+
+
 def _decode(
     lib: ModuleType,
     ctx: Any,
@@ -105,7 +117,7 @@ def _decode(
     keep += [positions, n_seq, seq0, seq, flags]
     batch.n_seq_id, batch.seq_id, batch.logits = n_seq, seq, flags
     if int(lib.llama_decode(ctx, batch)) != 0:
-        raise EvaluationError("llama.cpp could not decode the prompt around the picture")
+        raise _failed("llama.cpp could not decode the prompt around the picture")
 
 
 def mtmd_side_here(
@@ -121,17 +133,18 @@ def mtmd_side_here(
     """In this process (a crash ends it): see the module's text. ``rgb`` is the picture's
     pixels, ``size`` (width, height); the prompt is ``before`` + picture + ``after``."""
     from ggufkit.inference.parity import open_gguf
+    from ggufkit.llamacpp.device import gpu_layers
 
     lib, mtmd = load_mtmd()
     with open_gguf(model, n_ctx=4096, n_threads=n_threads) as llm:
         params = mtmd.mtmd_context_params_default()
-        params.use_gpu = False
+        params.use_gpu = gpu_layers() > 0  # the backend the language model is on
         params.print_timings = False
         params.warmup = False
         params.n_threads = n_threads
         ctx = mtmd.mtmd_init_from_file(mmproj.encode(), llm.model, params)
         if not ctx:
-            raise EvaluationError(f"libmtmd cannot open {mmproj} with {model}")
+            raise _failed(f"libmtmd cannot open {mmproj} with {model}")
         chunks = mtmd.mtmd_input_chunks_init()
         pixels = (ctypes.c_ubyte * len(rgb)).from_buffer_copy(rgb)
         bitmap = mtmd.mtmd_bitmap_init(size[0], size[1], pixels)
@@ -140,7 +153,7 @@ def mtmd_side_here(
             text = mtmd.mtmd_input_text(prompt, len(prompt), True, True)
             bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
             if mtmd.mtmd_tokenize(ctx, chunks, ctypes.byref(text), bitmaps, 1) != 0:
-                raise EvaluationError("libmtmd could not lay out the prompt around the picture")
+                raise _failed("libmtmd could not lay out the prompt around the picture")
             return _run_chunks(lib, mtmd, llm, ctx, chunks, positions)
         finally:
             mtmd.mtmd_bitmap_free(bitmap)
@@ -167,6 +180,13 @@ def _run_chunks(
             count = ctypes.c_size_t(0)
             ids_p = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
             ids = [int(ids_p[k]) for k in range(count.value)]
+            if not ids:
+                continue
+            if not all(0 <= t < n_vocab for t in ids):  # -1: a marker the vocabulary lacks
+                raise _failed(
+                    "the projector frames the picture with tokens the model's vocabulary does "
+                    "not have: the mmproj does not belong to this model"
+                )
             found.append(MtmdChunk("text", ids, len(ids), len(ids)))
             want = any(c.kind == "image" for c in found)
             _decode(lib, llm.ctx, tokens=ids, pos=np.arange(n_past, n_past + len(ids)),
@@ -179,10 +199,10 @@ def _run_chunks(
             n_past += len(ids)
             continue
         if mtmd.mtmd_input_chunk_get_type(chunk) != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
-            raise EvaluationError("the prompt holds a media chunk that is not an image")
+            raise _failed("the prompt holds a media chunk that is not an image")
         logits.clear()  # only the text after the last image counts
         if mtmd.mtmd_encode_chunk(ctx, chunk) != 0:
-            raise EvaluationError("libmtmd could not encode the picture")
+            raise _failed("libmtmd could not encode the picture")
         out = mtmd.mtmd_get_output_embd(ctx)
         rows = np.ctypeslib.as_array(out, (n_tokens * n_embd,)).reshape(n_tokens, n_embd).copy()
         embeddings.append(rows)
@@ -195,7 +215,7 @@ def _run_chunks(
                 mtmd.mtmd_helper_post_decode_callback(), None,  # no callback: NULL
             )  # fmt: skip
             if done != 0:
-                raise EvaluationError("llama.cpp could not decode the image embeddings")
+                raise _failed("llama.cpp could not decode the image embeddings")
             n_past = int(new_past.value)
         else:
             line = np.arange(n_past, n_past + n_tokens)
@@ -204,7 +224,7 @@ def _run_chunks(
             n_past += n_tokens
             found[-1].n_pos = n_tokens
     if not embeddings:
-        raise EvaluationError("libmtmd laid out no image chunk for the picture")
+        raise _failed("libmtmd laid out no image chunk for the picture")
     return MtmdResult(
         chunks=found,
         embeddings=np.concatenate(embeddings),
