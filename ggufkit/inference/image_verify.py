@@ -255,10 +255,10 @@ def verify_image(
     image embeddings and the logits of ``prompt`` after the image."""
     import tempfile
 
-    from ggufkit.evaluate.pipeline import type_label
+    from ggufkit.evaluate.pipeline import n_ctx_train, type_label
     from ggufkit.formats.gguf_reader import read_gguf
     from ggufkit.inference.image_chat import check_pair, check_picture
-    from ggufkit.inference.mtmd_embed import mtmd_side
+    from ggufkit.inference.mtmd_embed import VERIFY_CTX, mtmd_side
     from ggufkit.inference.parity import compare_logits
     from ggufkit.inference.verify import UNQUANTIZED_MAX_REL_DIFF, logit_problems
 
@@ -270,16 +270,17 @@ def verify_image(
             hint="--against takes the checkpoint directory the GGUF was converted from",
         )
     _, positions, why = _family(hf_dir)
-    with tempfile.TemporaryDirectory(prefix="ggufkit-verify-image-") as scratch:
-        processor = _processor(hf_dir)
-        picture, fitted = fit_picture(processor, check_picture(image, Path(scratch)), Path(scratch))
-        result = mtmd_side(gguf_path, projector, picture, before="", after=prompt,
-                           positions=positions)  # fmt: skip
-        reference, ref_logits = reference_side(hf_dir, processor, picture, result)
     info, proj_info = (
         read_gguf(gguf_path, max_array_items=0),
         read_gguf(projector, max_array_items=0),
     )
+    with tempfile.TemporaryDirectory(prefix="ggufkit-verify-image-") as scratch:
+        processor = _processor(hf_dir)
+        picture, fitted = fit_picture(processor, check_picture(image, Path(scratch)), Path(scratch))
+        n_ctx = min(VERIFY_CTX, n_ctx_train(info) or VERIFY_CTX)
+        result = mtmd_side(gguf_path, projector, picture, before="", after=prompt,
+                           positions=positions, n_ctx=n_ctx)  # fmt: skip
+        reference, ref_logits = reference_side(hf_dir, processor, picture, result)
     quantized = info.is_quantized or proj_info.is_quantized
     judged = max_rel_diff if max_rel_diff is not None or quantized else UNQUANTIZED_MAX_REL_DIFF
     problems: list[str] = []

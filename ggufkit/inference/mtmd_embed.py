@@ -29,6 +29,7 @@ from ggufkit.core.errors import EvaluationError
 
 Positions = Literal["native", "linear"]
 MROPE_SECTIONS = 4  # llama.cpp's positions per embedding for M-RoPE models
+VERIFY_CTX, VERIFY_BATCH = 8192, 512  # the context (image tokens and text) and its batches
 
 
 @dataclass
@@ -85,39 +86,47 @@ def _failed(message: str) -> EvaluationError:
 
 def _decode(
     lib: ModuleType,
-    ctx: Any,
+    llm: Any,
     *,
     tokens: list[int] | None = None,
     embd: np.ndarray | None = None,
     pos: np.ndarray,
     want_logits: bool,
-) -> None:
-    """One llama_decode of ``tokens`` or of ``embd`` rows at ``pos`` (for embeddings with
-    M-RoPE: section-major, ``MROPE_SECTIONS`` x n); every row outputs logits when asked."""
+) -> list[np.ndarray]:
+    """llama_decode of ``tokens`` or of ``embd`` rows at ``pos`` (sections x n: one row for
+    tokens, ``MROPE_SECTIONS`` for embeddings of an M-RoPE model), ``n_batch`` at a time; the
+    logits of every row when asked."""
     n = len(tokens) if tokens is not None else int(embd.shape[0])  # type: ignore[union-attr]
-    keep: list[Any] = []
-    batch = lib.llama_batch()
-    batch.n_tokens = n
-    if tokens is not None:
-        ids = (lib.llama_token * n)(*tokens)
-        keep.append(ids)
-        batch.token = ids
-    else:
-        rows = np.ascontiguousarray(embd, dtype=np.float32)
-        keep.append(rows)
-        batch.embd = rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-    positions = np.ascontiguousarray(pos, dtype=np.int32)
-    batch.pos = positions.ctypes.data_as(ctypes.POINTER(lib.llama_pos))
-    n_seq = (ctypes.c_int32 * n)(*([1] * n))
-    seq0 = (lib.llama_seq_id * 1)(0)
-    seq = (ctypes.POINTER(lib.llama_seq_id) * n)(
-        *([ctypes.cast(seq0, ctypes.POINTER(lib.llama_seq_id))] * n)
-    )
-    flags = (ctypes.c_int8 * n)(*([int(want_logits)] * n))
-    keep += [positions, n_seq, seq0, seq, flags]
-    batch.n_seq_id, batch.seq_id, batch.logits = n_seq, seq, flags
-    if int(lib.llama_decode(ctx, batch)) != 0:
-        raise _failed("llama.cpp could not decode the prompt around the picture")
+    n_vocab = int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(llm.model)))
+    logits: list[np.ndarray] = []
+    for start in range(0, n, llm.n_batch):
+        stop = min(n, start + llm.n_batch)
+        size = stop - start
+        batch = lib.llama_batch()
+        batch.n_tokens = size
+        if tokens is not None:
+            ids = (lib.llama_token * size)(*tokens[start:stop])
+            batch.token = ids
+        else:
+            rows = np.ascontiguousarray(embd[start:stop], dtype=np.float32)  # type: ignore[index]
+            batch.embd = rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        positions = np.ascontiguousarray(pos[:, start:stop].reshape(-1), dtype=np.int32)
+        batch.pos = positions.ctypes.data_as(ctypes.POINTER(lib.llama_pos))
+        n_seq = (ctypes.c_int32 * size)(*([1] * size))
+        seq0 = (lib.llama_seq_id * 1)(0)
+        seq = (ctypes.POINTER(lib.llama_seq_id) * size)(
+            *([ctypes.cast(seq0, ctypes.POINTER(lib.llama_seq_id))] * size)
+        )
+        flags = (ctypes.c_int8 * size)(*([int(want_logits)] * size))
+        batch.n_seq_id, batch.seq_id, batch.logits = n_seq, seq, flags
+        if int(lib.llama_decode(llm.ctx, batch)) != 0:
+            raise _failed("llama.cpp could not decode the prompt around the picture")
+        if want_logits:
+            logits += [
+                np.ctypeslib.as_array(lib.llama_get_logits_ith(llm.ctx, k), (n_vocab,)).copy()
+                for k in range(size)
+            ]
+    return logits
 
 
 def mtmd_side_here(
@@ -129,6 +138,7 @@ def mtmd_side_here(
     after: str,
     positions: Positions,
     n_threads: int,
+    n_ctx: int = VERIFY_CTX,
 ) -> MtmdResult:
     """In this process (a crash ends it): see the module's text. ``rgb`` is the picture's
     pixels, ``size`` (width, height); the prompt is ``before`` + picture + ``after``."""
@@ -136,7 +146,9 @@ def mtmd_side_here(
     from ggufkit.llamacpp.device import gpu_layers
 
     lib, mtmd = load_mtmd()
-    with open_gguf(model, n_ctx=4096, n_threads=n_threads) as llm:
+    with open_gguf(
+        model, n_ctx=n_ctx, n_batch=min(n_ctx, VERIFY_BATCH), logits_all=False, n_threads=n_threads
+    ) as llm:
         params = mtmd.mtmd_context_params_default()
         params.use_gpu = gpu_layers() > 0  # the backend the language model is on
         params.print_timings = False
@@ -154,6 +166,13 @@ def mtmd_side_here(
             bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
             if mtmd.mtmd_tokenize(ctx, chunks, ctypes.byref(text), bitmaps, 1) != 0:
                 raise _failed("libmtmd could not lay out the prompt around the picture")
+            n_total = int(mtmd.mtmd_helper_get_n_tokens(chunks))
+            if n_total > n_ctx:
+                raise EvaluationError(
+                    f"the picture and the question take {n_total} tokens, more than the "
+                    f"{n_ctx} of verify's context",
+                    hint="give a smaller picture",
+                )
             return _run_chunks(lib, mtmd, llm, ctx, chunks, positions)
         finally:
             mtmd.mtmd_bitmap_free(bitmap)
@@ -188,14 +207,9 @@ def _run_chunks(
                     "not have: the mmproj does not belong to this model"
                 )
             found.append(MtmdChunk("text", ids, len(ids), len(ids)))
+            line = np.arange(n_past, n_past + len(ids))[None, :]
             want = any(c.kind == "image" for c in found)
-            _decode(lib, llm.ctx, tokens=ids, pos=np.arange(n_past, n_past + len(ids)),
-                    want_logits=want)  # fmt: skip
-            if want:
-                logits += [
-                    np.ctypeslib.as_array(lib.llama_get_logits_ith(llm.ctx, k), (n_vocab,)).copy()
-                    for k in range(len(ids))
-                ]
+            logits += _decode(lib, llm, tokens=ids, pos=line, want_logits=want)
             n_past += len(ids)
             continue
         if mtmd.mtmd_input_chunk_get_type(chunk) != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
@@ -218,9 +232,9 @@ def _run_chunks(
                 raise _failed("llama.cpp could not decode the image embeddings")
             n_past = int(new_past.value)
         else:
-            line = np.arange(n_past, n_past + n_tokens)
-            pos = np.tile(line, MROPE_SECTIONS) if mrope else line
-            _decode(lib, llm.ctx, embd=rows, pos=pos, want_logits=False)
+            line = np.arange(n_past, n_past + n_tokens)[None, :]
+            pos = np.repeat(line, MROPE_SECTIONS if mrope else 1, axis=0)
+            _decode(lib, llm, embd=rows, pos=pos, want_logits=False)
             n_past += n_tokens
             found[-1].n_pos = n_tokens
     if not embeddings:
@@ -243,6 +257,7 @@ def mtmd_side(
     after: str,
     positions: Positions,
     n_threads: int | None = None,
+    n_ctx: int = VERIFY_CTX,
 ) -> MtmdResult:
     """:func:`mtmd_side_here` in a spawned child: a crash there is a ToolCrashedError here.
     The picture is decoded here (Pillow, as transformers' processors read it) and its RGB
@@ -264,6 +279,7 @@ def mtmd_side(
         after,
         positions,
         n_threads or os.cpu_count() or 1,
+        n_ctx,
         what=f"llama.cpp encoding {picture.name} with {mmproj.name}",
         hint="see the llama.cpp log in $GGUFKIT_HOME/logs",
     )
