@@ -156,6 +156,28 @@ def test_a_projector_that_does_not_belong_is_an_error_not_a_crash(
         assert message in output and "llama.cpp's log:" in output
 
 
+@needs_vision
+def test_a_different_number_of_image_tokens_is_an_error(
+    pairs: dict[str, tuple[Path, Path, Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is compared when the checkpoint's processor lays the picture out in another
+    number of tokens than llama.cpp (here: the reference made one token short)."""
+    from ggufkit.inference import image_verify
+
+    real = image_verify.reference_side
+
+    def one_short(*args: object) -> object:
+        embeddings, _ = real(*args)  # type: ignore[arg-type]
+        return embeddings[:-1], None
+
+    monkeypatch.setattr(image_verify, "reference_side", one_short)
+    gguf_file, mmproj, checkpoint = pairs["qwen2vl"]
+    picture = tiny_vision.make_picture(tmp_path / "p.png")
+    code, _, output = verify_json(gguf_file, mmproj, checkpoint, picture)
+    assert code == 1, output
+    assert "as 9 image tokens" in output and "processor as 8" in output
+
+
 def test_image_without_a_projector_or_for_a_text_model(tmp_path: Path) -> None:
     """Refused before anything is loaded: exit 2 and what to give."""
     text = model(tmp_path)

@@ -283,9 +283,9 @@ def verify_image(
         reference, ref_logits = reference_side(hf_dir, processor, picture, result)
     quantized = info.is_quantized or proj_info.is_quantized
     judged = max_rel_diff if max_rel_diff is not None or quantized else UNQUANTIZED_MAX_REL_DIFF
-    problems: list[str] = []
     if ref_logits is None:
         raise _count_error(result, reference.shape[0], projector)
+    problems: list[str] = []
     embeddings = compare_embeddings(reference, result.embeddings)
     logits = compare_logits(ref_logits, result.logits)
     if judged is not None:
