@@ -55,6 +55,17 @@ class ParityReport:
             if a != b and m > margin
         ]
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n_positions": self.n_positions,
+            "max_abs_diff": self.max_abs_diff,
+            "mean_abs_diff": self.mean_abs_diff,
+            "max_abs_logit": self.max_abs_logit,
+            "rel_diff": self.rel_diff,
+            "argmax_agreement": self.argmax_agreement,
+            "decisive_mismatches": self.decisive_mismatches(),
+        }
+
     def summary(self) -> str:
         return (
             f"{self.n_positions} positions: max |Δlogit| {self.max_abs_diff:.4g} "
@@ -105,9 +116,13 @@ def open_gguf(
     vocab_only: bool = False,
     n_threads: int | None = None,
     lora: str | Path | None = None,
+    n_batch: int | None = None,
+    logits_all: bool | None = None,
 ) -> Iterator[Any]:
     """A ``llama_cpp.Llama`` on our build (with a LoRA GGUF applied: check it first with
-    ``formats.gguf_lora.check_lora_fits``), closed afterwards."""
+    ``formats.gguf_lora.check_lora_fits``), closed afterwards. ``n_batch`` defaults to
+    ``n_ctx``; ``logits_all`` (llama-cpp-python's score array for every position) to True
+    unless ``vocab_only``."""
     from ggufkit.llamacpp.bindings import load_llama_cpp
 
     llama_cpp = load_llama_cpp()
@@ -116,9 +131,9 @@ def open_gguf(
             model_path=str(gguf_path),
             lora_path=str(lora) if lora is not None else None,
             n_ctx=n_ctx,
-            n_batch=n_ctx,
-            n_ubatch=n_ctx,
-            logits_all=not vocab_only,
+            n_batch=n_batch or n_ctx,
+            n_ubatch=n_batch or n_ctx,
+            logits_all=not vocab_only if logits_all is None else logits_all,
             vocab_only=vocab_only,
             seed=0,
             n_threads=n_threads or os.cpu_count() or 1,

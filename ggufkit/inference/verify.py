@@ -56,15 +56,7 @@ class VerifyReport:
                 "n_gguf": t.n_gguf,
                 "first_mismatch": t.first_mismatch,
             },
-            "logits": {
-                "n_positions": lg.n_positions,
-                "max_abs_diff": lg.max_abs_diff,
-                "mean_abs_diff": lg.mean_abs_diff,
-                "max_abs_logit": lg.max_abs_logit,
-                "rel_diff": lg.rel_diff,
-                "argmax_agreement": lg.argmax_agreement,
-                "decisive_mismatches": lg.decisive_mismatches(),
-            },
+            "logits": lg.to_json(),
             "max_rel_diff": self.max_rel_diff,
             "flash_attn": resolved_flash_attn(),
             "passed": self.passed,
@@ -144,16 +136,8 @@ def verify(
             notes.append(note)
         else:
             problems.append(f"tokenization {tokens.summary()}")
-    if judged is not None and logits.rel_diff > judged:
-        problems.append(
-            f"max |Δlogit| is {100 * logits.rel_diff:.3f}% of max |logit|, "
-            f"above the {100 * judged:g}% limit"
-        )
-    flipped = logits.decisive_mismatches()
-    if judged is not None and flipped:
-        problems.append(
-            f"the top token flips at {len(flipped)} confident position(s): {flipped[:8]}"
-        )
+    if judged is not None:
+        problems += logit_problems(logits, judged)
     return VerifyReport(
         gguf=str(gguf_path),
         against=str(hf_dir) + (f" + PEFT adapter {adapter}" if adapter is not None else ""),
@@ -166,6 +150,23 @@ def verify(
         problems=problems,
         notes=notes,
     )
+
+
+def logit_problems(logits: ParityReport, limit: float, where: str = "") -> list[str]:
+    """What fails in ``logits`` at ``limit`` (a fraction of the largest reference logit): the
+    largest difference, and top tokens that flip where the reference is confident."""
+    problems = []
+    if logits.rel_diff > limit:
+        problems.append(
+            f"{where}max |Δlogit| is {100 * logits.rel_diff:.3f}% of max |logit|, "
+            f"above the {100 * limit:g}% limit"
+        )
+    flipped = logits.decisive_mismatches()
+    if flipped:
+        problems.append(
+            f"{where}the top token flips at {len(flipped)} confident position(s): {flipped[:8]}"
+        )
+    return problems
 
 
 def _special_only(tokens: TokenizerReport, metadata: dict[str, Any]) -> tuple[bool, str]:

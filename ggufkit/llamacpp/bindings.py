@@ -127,12 +127,18 @@ _router = _LlamaLog()
 _callbacks: list[Any] = []  # the ctypes callback must outlive every call from C
 
 
-def route_llama_log(llama_cpp: ModuleType) -> None:
-    """Install ggufkit's log callback in libllama (and, through it, ggml)."""
+def log_callback(llama_cpp: ModuleType) -> Any:
+    """ggufkit's log callback as a ctypes function, kept alive for the process (libmtmd takes
+    it too: ``mtmd_log_set``)."""
     _router.keep_stderr()
     callback = llama_cpp.llama_log_callback(_router)
     _callbacks.append(callback)
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    return callback
+
+
+def route_llama_log(llama_cpp: ModuleType) -> None:
+    """Install ggufkit's log callback in libllama (and, through it, ggml)."""
+    llama_cpp.llama_log_set(log_callback(llama_cpp), ctypes.c_void_p(0))
 
 
 def flash_attn_resolved() -> str | None:
