@@ -26,6 +26,7 @@ measurements are ``null``::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -213,12 +214,16 @@ def markdown(report: BnbReport) -> str:
     others = [r for r in report.results if not r.ok]
     if others:
         lines += ["", *(f"- {r.name}: {r.status}: {r.reason}" for r in others)]
-    # A note shared by several modes (the same guard) is shown once, naming them all.
-    by_note: dict[str, list[str]] = {}
-    for r in report.results:
-        for note in r.notes:
-            by_note.setdefault(note, []).append(r.name)
-    notes = [*report.notes, *(f"{', '.join(names)}: {note}" for note, names in by_note.items())]
-    if notes:
-        lines += ["", "Notes:", *(f"- {n}" for n in notes)]
+    lines += notes_section(report.notes, report.results)
     return "\n".join(lines)
+
+
+def notes_section(general: list[str], rows: Sequence[Any]) -> list[str]:
+    """``Notes:`` lines: ``general``, then each row's (``.name``, ``.notes``); a note shared by
+    several rows (the same guard) is shown once, naming them all."""
+    by_note: dict[str, list[str]] = {}
+    for row in rows:
+        for note in row.notes:
+            by_note.setdefault(note, []).append(row.name)
+    notes = [*general, *(f"{', '.join(names)}: {note}" for note, names in by_note.items())]
+    return ["", "Notes:", *(f"- {n}" for n in notes)] if notes else []

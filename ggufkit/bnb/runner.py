@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,15 @@ class _Session:
             skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
         skips = [*guards.default_skips(skeleton), *self.options.skip_modules]
         return guards.linear_layers(skeleton), list(dict.fromkeys(skips))
+
+    def plan(self, mode: Mode) -> guards.ModulePlan:
+        return guards.plan_modules(
+            self.layers,
+            mode,
+            base_skip=self.base_skip,
+            device=self.device,
+            quant_storage=self.settings.quant_storage,
+        )
 
     def load_kwargs(self) -> dict[str, Any]:
         return {
@@ -231,7 +240,7 @@ class _Session:
             out_dir,
             source_dir=self.model_dir,
             load_kwargs=self.load_kwargs(),
-            probe_ids=ids,
+            probe={"input_ids": ids},
         )
 
     def _score(self, model: Any, result: ModeResult, *, record: bool) -> None:
@@ -323,7 +332,7 @@ def run_bnb(model: str | Path | ResolvedModel, options: BnbOptions | None = None
             report.results.append(session.measure(BASELINE, None, None))
             report.n_params = session.n_params
             for mode in options.modes:
-                report.results.append(_run_mode(session, mode))
+                report.results.append(run_mode(session, mode))
         if dropped:
             report.notes.append(
                 f"dropped {sum(dropped.values())} repeated bitsandbytes warning(s): "
@@ -334,32 +343,27 @@ def run_bnb(model: str | Path | ResolvedModel, options: BnbOptions | None = None
     return report
 
 
-def _run_mode(session: _Session, mode: Mode) -> ModeResult:
-    plan = guards.plan_modules(
-        session.layers,
-        mode,
-        base_skip=session.base_skip,
-        device=session.device,
-        quant_storage=session.settings.quant_storage,
-    )
+def run_mode(session: Any, mode: Mode, row: Callable[..., Any] = ModeResult) -> Any:
+    """``session.measure`` one mode after ``session.plan(mode)``; a row of type ``row`` that says
+    skipped or failed when it could not run (the other modes still do)."""
+    plan = session.plan(mode)
     for note in plan.notes:
         log.warning("%s: %s", mode.name, note)
     if plan.quantized == 0:
         reason = "no layer left to quantize" + (f" ({plan.notes[0]})" if plan.notes else "")
         log.warning("%s: skipped: %s", mode.name, reason)
-        return ModeResult(name=mode.name, status="skipped", reason=reason, notes=plan.notes)
+        return row(name=mode.name, status="skipped", reason=reason, notes=plan.notes)
     log.info("%s: loading (%s)", mode.name, mode.description)
     try:
-        result = session.measure(mode.name, mode, plan)
+        return session.measure(mode.name, mode, plan)
     except EvaluationError as exc:
         log.error("%s: failed: %s", mode.name, exc)
-        return ModeResult(name=mode.name, status="failed", reason=str(exc), notes=plan.notes)
+        return row(name=mode.name, status="failed", reason=str(exc), notes=plan.notes)
     except Exception as exc:  # an unknown bitsandbytes defect must not hide the other modes
         log.debug("%s failed", mode.name, exc_info=True)
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.error("%s: failed: %s", mode.name, reason)
-        return ModeResult(name=mode.name, status="failed", reason=reason, notes=plan.notes)
-    return result
+        return row(name=mode.name, status="failed", reason=reason, notes=plan.notes)
 
 
 def footprint_change(

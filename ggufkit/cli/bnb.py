@@ -113,6 +113,26 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
 )
 @count_option("--seed", default=0, minimum=0, help="torch seed for each run.")
 @threads_option
+@path_option(
+    "--image",
+    kind="file",
+    default=None,
+    help="A picture to ask the -p question about (a vision-language checkpoint): the seed's "
+    "flow, with its defaults (nf4-dq, f16 compute, out_proj/kv_proj/lm_head kept, 10 "
+    "repetitions); each option above overrides one.",
+)
+@path_option(
+    "--gguf",
+    kind="file",
+    default=None,
+    help="With --image: the converted GGUF model, answered through llama-mtmd-cli in the same table.",
+)
+@path_option(
+    "--mmproj",
+    kind="file",
+    default=None,
+    help="With --image: the vision projector (default: the mmproj-<model> file convert wrote).",
+)
 @json_option
 def command(
     model: str | None,
@@ -135,6 +155,9 @@ def command(
     quality: bool,
     seed: int,
     threads: int | None,
+    image: Path | None,
+    gguf: Path | None,
+    mmproj: Path | None,
     as_json: bool,
 ) -> None:
     """Quantize a Hugging Face model in-process with bitsandbytes and compare each mode with the
@@ -151,10 +174,22 @@ def command(
         ggufkit bnb ./my-model --modes nf4,int8 --repetitions 10 --prompt "Tell me about Paris"
         ggufkit bnb ./my-model --device gpu --compute-dtype f16 --json > bnb.json
         ggufkit bnb ./my-model --modes nf4-dq --save quantized/
+        ggufkit bnb ./my-vlm --image cat.png -p "What is in the picture?" --gguf vlm-F16.gguf
+
+    With --image, MODEL is a vision-language checkpoint (MiniCPM-V, Qwen2-VL, ...) and the table
+    is the seed's: the answer, the time and tokens of N runs, memory and size, before and after
+    quantization, with the GGUF pair's row beside them when --gguf is given.
     """
     started = time.perf_counter()
     ref, workspace = workspace_model(model)
     resolved = resolve_model(ref)
+    if image is None and (gguf is not None or mmproj is not None):
+        raise UsageError("--gguf and --mmproj need --image", hint="give the picture with --image")
+    if image is not None:
+        from ggufkit.cli.bnb_image import image_command
+
+        image_command(resolved, image, gguf, mmproj, prompt, as_json)
+        return
     options = BnbOptions(
         modes=parse_modes(modes),
         compute_dtype=compute_dtype,
