@@ -143,7 +143,7 @@ def test_the_baseline_answers_as_transformers_does(
 def test_cli_takes_the_seeds_defaults_and_each_override(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ggufkit.cli.bnb_image as image_module
+    import ggufkit.cli.bnb as image_module
 
     seen: list[ImageBnbOptions] = []
 
