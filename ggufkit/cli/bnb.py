@@ -135,7 +135,8 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     "--gguf",
     kind="file",
     default=None,
-    help="With --image: the converted GGUF model, answered through llama-mtmd-cli in the same table.",
+    help="With --image: the converted GGUF model, answered through llama-mtmd-cli in the same "
+    "table (default in a workspace: its converted f16 file and mmproj).",
 )
 @path_option(
     "--mmproj",
@@ -196,6 +197,9 @@ def command(
     if image is None and (gguf is not None or mmproj is not None):
         raise UsageError("--gguf and --mmproj need --image", hint="give the picture with --image")
     if image is not None:
+        if gguf is None and workspace is not None and workspace.f16_path.is_file():
+            gguf = workspace.f16_path  # the workspace's converted pair
+            log.info("the GGUF row: %s (the workspace's)", gguf)
         _image_command(resolved, image, gguf, mmproj, prompt, as_json)
         return
     options = BnbOptions(
