@@ -24,15 +24,8 @@ from typing import Any
 
 from ggufkit.bnb import guards
 from ggufkit.bnb.image_results import BASELINE, ImageReport, ImageRow
-from ggufkit.bnb.loading import (
-    check_remote_code,
-    device_map,
-    device_name,
-    quiet_transformers,
-    resolve_device,
-    versions,
-)
-from ggufkit.bnb.measure import MemoryProbe, MemoryStats
+from ggufkit.bnb.loading import device_map, device_name, skeleton, start, versions
+from ggufkit.bnb.measure import MemoryProbe, MemoryStats, time_generation
 from ggufkit.bnb.modes import (
     MODES,
     Mode,
@@ -42,11 +35,10 @@ from ggufkit.bnb.modes import (
     torch_dtype,
 )
 from ggufkit.bnb.runner import run_mode
-from ggufkit.bnb.vision import Processor, image_inputs, load_processor, time_image_generation
+from ggufkit.bnb.vision import Processor, image_inputs, load_processor
 from ggufkit.core.errors import UsageError
 from ggufkit.core.log import get_logger
-from ggufkit.formats.hfconfig import load_config
-from ggufkit.hub import ResolvedModel, resolve_model
+from ggufkit.hub import ResolvedModel
 
 log = get_logger("bnb.image")
 
@@ -93,15 +85,15 @@ class _ImageSession:
         self.layers, self.base_skip = self._skeleton()
 
     def _skeleton(self) -> tuple[list[guards.LinearLayer], list[str]]:
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForImageTextToText
+        """Linear layers and default skips, from the model built on the meta device."""
+        from transformers import AutoModelForImageTextToText
 
-        trust = self.options.trust_remote_code
-        config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=trust)
-        with init_empty_weights():
-            skeleton = AutoModelForImageTextToText.from_config(config, trust_remote_code=trust)
-        skips = [*guards.default_skips(skeleton), *self.options.skip_modules]
-        return guards.linear_layers(skeleton), list(dict.fromkeys(skips))
+        return skeleton(
+            self.model_dir,
+            AutoModelForImageTextToText,
+            trust_remote_code=self.options.trust_remote_code,
+            skip_modules=self.options.skip_modules,
+        )
 
     def load_kwargs(self) -> dict[str, Any]:
         return {
@@ -165,10 +157,11 @@ class _ImageSession:
             if mode is not None and options.save is not None:
                 self._save(model, options.save / mode.name, row)
                 probe.reset()  # the reload for verification is not this model's memory
-            gen = time_image_generation(
+            gen = time_generation(
                 model,
                 self.processor.tokenizer,
-                self.inputs,
+                [],
+                encoded=[self.inputs],
                 runs=options.runs,
                 max_new_tokens=options.max_new_tokens,
                 seed=options.seed,
@@ -230,18 +223,14 @@ def run_image_bnb(model: str | Path | ResolvedModel, options: ImageBnbOptions) -
     """Ask ``options.question`` about ``options.image`` unquantized and in each mode."""
     if options.runs < 1 or options.max_new_tokens < 1 or not options.question.strip():
         raise UsageError("need a question, at least one run and one new token")
-    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
-    model_dir = resolved.path
-    config = load_config(model_dir)
-    notes = [*options.extra_notes, *check_remote_code(model_dir, config, options.trust_remote_code)]
-    guards.import_bitsandbytes()
-    quiet_transformers()
-    if options.threads:
-        import torch
-
-        torch.set_num_threads(options.threads)
-    device = resolve_device(options.device)
-    session = _ImageSession(model_dir, options, device)
+    resolved, notes, device = start(
+        model,
+        trust_remote_code=options.trust_remote_code,
+        threads=options.threads,
+        device=options.device,
+        notes=options.extra_notes,
+    )
+    session = _ImageSession(resolved.path, options, device)
     report = ImageReport(
         model=resolved.describe(),
         image=str(options.image),

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ggufkit.bnb.results import BASELINE, MISSING, notes_section
+from ggufkit.bnb.results import BASELINE, MISSING, ResultRow, notes_section
 from ggufkit.core.fsutil import human_bytes
 
 SCHEMA = "ggufkit.bnb-image/1"
@@ -41,7 +41,7 @@ RANDOM_WEIGHTS = (
 
 
 @dataclass
-class ImageRow:
+class ImageRow(ResultRow):
     """One way of answering the question; ``None`` means "not measured"."""
 
     name: str
@@ -65,18 +65,6 @@ class ImageRow:
     kept_layers: int | None = None  # Linear layers left unquantized
     same_answer: bool | None = None  # the baseline's answer, word for word
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ImageRow:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass

@@ -194,12 +194,14 @@ def time_generation(
     max_new_tokens: int,
     seed: int,
     device: str,
+    encoded: Sequence[Any] = (),
 ) -> GenerationStats:
-    """Greedy generation of each prompt, ``runs`` times, after one untimed warm-up step."""
+    """Greedy generation of each prompt, ``runs`` times, after one untimed warm-up step.
+    ``encoded``: model inputs already made (a processor's, with pixels) instead of ``prompts``."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [tokenizer(p, return_tensors="pt").to(device) for p in prompts]
+    encoded = list(encoded) or [tokenizer(p, return_tensors="pt").to(device) for p in prompts]
     settings: dict[str, Any] = {"do_sample": False, "pad_token_id": pad}
     with torch.inference_mode():
         model.generate(**encoded[0], max_new_tokens=1, **settings)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Self
 
 from ggufkit.core.fsutil import human_bytes
 
@@ -54,8 +54,26 @@ class Quality:
     max_abs_dlogit: float | None = None
 
 
+class ResultRow:
+    """``ok``, ``to_json`` and ``from_json`` of a row of results (a dataclass with a status)."""
+
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 @dataclass
-class ModeResult(Quality):
+class ModeResult(Quality, ResultRow):
     """One row: the baseline or one bitsandbytes mode. ``None`` means "not measured"."""
 
     name: str
@@ -82,18 +100,6 @@ class ModeResult(Quality):
     outputs: list[str] = field(default_factory=list)
     saved_to: str | None = None
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ModeResult:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass

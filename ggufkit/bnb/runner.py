@@ -10,14 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.bnb import guards
-from ggufkit.bnb.loading import (
-    check_remote_code,
-    device_map,
-    device_name,
-    quiet_transformers,
-    resolve_device,
-    versions,
-)
+from ggufkit.bnb.loading import device_map, device_name, skeleton, start, versions
 from ggufkit.bnb.measure import (
     BaselineLogits,
     MemoryProbe,
@@ -42,7 +35,7 @@ from ggufkit.core.errors import EvaluationError, InputError, UsageError
 from ggufkit.core.fsutil import human_bytes, sha256_file
 from ggufkit.core.log import get_logger
 from ggufkit.formats.hfconfig import load_config
-from ggufkit.hub import ResolvedModel, resolve_model
+from ggufkit.hub import ResolvedModel
 
 log = get_logger("bnb")
 
@@ -102,15 +95,14 @@ class _Session:
 
     def _skeleton(self) -> tuple[list[guards.LinearLayer], list[str]]:
         """Linear layers and default skips, from the model built on the meta device."""
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        trust = self.options.trust_remote_code
-        config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=trust)
-        with init_empty_weights():
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
-        skips = [*guards.default_skips(skeleton), *self.options.skip_modules]
-        return guards.linear_layers(skeleton), list(dict.fromkeys(skips))
+        return skeleton(
+            self.model_dir,
+            AutoModelForCausalLM,
+            trust_remote_code=self.options.trust_remote_code,
+            skip_modules=self.options.skip_modules,
+        )
 
     def plan(self, mode: Mode) -> guards.ModulePlan:
         return guards.plan_modules(
@@ -284,17 +276,15 @@ def run_bnb(model: str | Path | ResolvedModel, options: BnbOptions | None = None
     options = options or BnbOptions()
     if options.runs < 1 or options.max_new_tokens < 1 or not options.prompts:
         raise UsageError("need at least one prompt, one run and one new token")
-    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
+    resolved, notes, device = start(
+        model,
+        trust_remote_code=options.trust_remote_code,
+        threads=options.threads,
+        device=options.device,
+        notes=options.extra_notes,
+    )
     model_dir = resolved.path
     config = load_config(model_dir)
-    notes = [*options.extra_notes, *check_remote_code(model_dir, config, options.trust_remote_code)]
-    guards.import_bitsandbytes()
-    quiet_transformers()
-    if options.threads:
-        import torch
-
-        torch.set_num_threads(options.threads)
-    device = resolve_device(options.device)
     compute = options.compute_dtype or default_compute_dtype(device)
     if options.fp32_cpu_offload and device == "cpu":
         notes.append("--fp32-cpu-offload has no effect on CPU: the whole model is on CPU")

@@ -12,12 +12,10 @@ chat template.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ggufkit.bnb.measure import GenerationStats, synchronize
 from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.log import get_logger
 
@@ -149,36 +147,3 @@ def image_inputs(processor: Processor, question: str, picture: Path, device: str
     text = prompt_text(processor, question)
     inputs = processor.processor(images=[rgb], text=[text], return_tensors="pt")
     return inputs.to(device)
-
-
-def time_image_generation(
-    model: Any,
-    tokenizer: Any,
-    inputs: Any,
-    *,
-    runs: int,
-    max_new_tokens: int,
-    seed: int,
-    device: str,
-) -> GenerationStats:
-    """Greedy answers to the same question ``runs`` times, after one untimed warm-up token."""
-    import torch
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    settings: dict[str, Any] = {"do_sample": False, "pad_token_id": pad}
-    prompt_length = int(inputs["input_ids"].shape[1])
-    seconds, tokens, outputs = 0.0, 0, []
-    with torch.inference_mode():
-        model.generate(**inputs, max_new_tokens=1, **settings)
-        for run in range(runs):
-            torch.manual_seed(seed)
-            synchronize(device)
-            start = time.perf_counter()
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, **settings)
-            synchronize(device)
-            seconds += time.perf_counter() - start
-            new = out[0, prompt_length:]
-            tokens += int(new.numel())
-            if run == 0:
-                outputs.append(tokenizer.decode(new, skip_special_tokens=True))
-    return GenerationStats(seconds=seconds, runs=runs, tokens=tokens, outputs=outputs)

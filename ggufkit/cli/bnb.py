@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -244,10 +245,14 @@ def command(
         )
         log.info("results written to %s and recorded in %s", recorded, workspace.manifest_path)
     echo_result(report, as_json, markdown)
-    if report.failed:
+    _fail_on(report.failed, "mode(s)")
+
+
+def _fail_on(failed: list[Any], what: str) -> None:
+    """After the table: an error naming the rows that failed (the others are shown)."""
+    if failed:
         raise EvaluationError(
-            f"{len(report.failed)} mode(s) failed: "
-            + "; ".join(f"{r.name}: {r.reason}" for r in report.failed),
+            f"{len(failed)} {what} failed: " + "; ".join(f"{r.name}: {r.reason}" for r in failed),
             hint="the other results are above; GGUFKIT_DEBUG=1 -v shows the tracebacks",
         )
 
@@ -311,9 +316,4 @@ def _image_command(
         report.add(image_gguf_row(gguf, mmproj, report, tokenizer_dir=model.path,
                                   threads=params["threads"]))  # fmt: skip
     echo_result(report, as_json, image_markdown)
-    if report.failed:
-        raise EvaluationError(
-            f"{len(report.failed)} row(s) failed: "
-            + "; ".join(f"{r.name}: {r.reason}" for r in report.failed),
-            hint="the other results are above; GGUFKIT_DEBUG=1 -v shows the tracebacks",
-        )
+    _fail_on(report.failed, "row(s)")
