@@ -118,12 +118,12 @@ def _ask(demo: Demo, workspace: Any, run: VisionRun) -> None:
             question=QUESTION,
             runs=RUNS,
             max_new_tokens=TOKENS,
-            threads=demo.threads,
+            threads=demo.threads or 1,  # a model this small runs faster on one thread than two
         )
         report = run_image_bnb(resolved, options)
         try:
             row = image_gguf_row(gguf, mmproj, report, tokenizer_dir=run.model,
-                                 threads=demo.threads)  # fmt: skip
+                                 threads=options.threads)  # fmt: skip
         except ToolMissingError as exc:
             row = ImageRow(name=GGUF, kind="llama.cpp", status="skipped", reason=str(exc))
         report.add(row)
