@@ -4,6 +4,9 @@
 The two families are measured by different engines, so the table says what each column means for
 each family, and notes where the numbers do not compare: different corpora or contexts, or
 tokenizers that cut the same corpus into a different number of tokens.
+
+:func:`image_gguf_row` is the GGUF pair's row of ``bnb --image``'s table: the same question about
+the same picture through llama.cpp's ``llama-mtmd-cli``, beside the bitsandbytes rows.
 """
 
 from __future__ import annotations
