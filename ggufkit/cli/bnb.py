@@ -128,9 +128,9 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
     "--image",
     kind="file",
     default=None,
-    help="A picture to ask the -p question about (a vision-language checkpoint): the seed's "
-    "flow, with its defaults (nf4-dq, f16 compute, out_proj/kv_proj/lm_head kept, 10 "
-    "repetitions); each option above overrides one.",
+    help="A picture to ask the -p question about (a vision-language checkpoint), with the "
+    "defaults of the classic MiniCPM-V bitsandbytes script (nf4-dq, f16 compute, "
+    "out_proj/kv_proj/lm_head kept, 10 repetitions); each option above overrides one.",
 )
 @path_option(
     "--gguf",
@@ -189,8 +189,10 @@ def command(
         ggufkit bnb ./my-vlm --image cat.png -p "What is in the picture?" --gguf vlm-F16.gguf
 
     With --image, MODEL is a vision-language checkpoint (MiniCPM-V, Qwen2-VL, ...) and the table
-    is the seed's: the answer, the time and tokens of N runs, memory and size, before and after
-    quantization, with the GGUF pair's row beside them when --gguf is given.
+    is the classic MiniCPM-V script's: the greedy answer, the time and tokens of N runs, memory
+    and size, before and after quantization (--save writes each quantized model with its
+    processor and reloads it), with the GGUF pair's row beside them when --gguf is given (in a
+    workspace: its converted pair). These results are not recorded in the manifest.
     """
     started = time.perf_counter()
     ref, workspace = workspace_model(model)

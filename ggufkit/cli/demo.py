@@ -52,7 +52,7 @@ def command(
     in transformers; their greedy answers, verify against PEFT and held-out perplexity are shown.
     The embedded tiny-minicpmv (a MiniCPM-V 4.6 with random weights: its answers are noise) is
     converted to its GGUF pair and asked about a picture through bitsandbytes (unquantized and
-    nf4, the seed's flow) and llama-mtmd-cli, in one table. It prints where everything is, the
+    nf4 with double quantization) and llama-mtmd-cli, in one table. It prints where everything is, the
     samples and the tables.
 
     Needs the llama.cpp build (`ggufkit build`; `make demo` does both). Steps whose inputs and
