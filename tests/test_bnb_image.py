@@ -23,6 +23,7 @@ from ggufkit.cli import cli
 
 TOKENS = 4
 RUNS = 2
+PROC = Path("/proc/self/status").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +229,8 @@ def test_the_table_with_the_gguf_pair(
     assert pair["files"] == [str(gguf), str(mmproj)]
     assert pair["size_bytes"] == gguf.stat().st_size + mmproj.stat().st_size
     assert pair["runs"] == RUNS and 0 < pair["tokens"] <= RUNS * TOKENS
-    assert pair["gen_s"] > 0 and pair["peak_rss_bytes"] > 2**20
+    assert pair["gen_s"] > 0
+    if PROC:  # llama-mtmd-cli's peak RSS is read from /proc while it runs
+        assert pair["peak_rss_bytes"] > 2**20
     table = markdown(ImageReport.from_json(data))
     assert "| gguf" in table and "1." in table

@@ -207,7 +207,9 @@ class TestWholeDemo:
         assert list(rows) == ["baseline", "nf4-dq", "gguf"]
         for row in rows.values():
             assert row.ok and row.answer, (row.name, row.reason)
-            assert row.runs == IMAGE_RUNS and row.tokens and row.gen_s and row.peak_rss_bytes
+            assert row.runs == IMAGE_RUNS and row.tokens and row.gen_s
+            # llama-mtmd-cli's peak RSS is read from /proc while it runs
+            assert row.peak_rss_bytes or (row.kind == "llama.cpp" and not Path("/proc").is_dir())
         assert vision.gguf is not None and vision.mmproj is not None
         pair = rows["gguf"]
         assert pair.size_bytes == vision.gguf.stat().st_size + vision.mmproj.stat().st_size
