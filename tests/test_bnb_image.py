@@ -178,6 +178,48 @@ def test_cli_takes_the_seeds_defaults_and_each_override(
     assert given.runs == 2 and given.question == "Which colour?"
 
 
+def test_a_workspace_records_the_table_with_its_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a workspace: its model, its converted pair as the GGUF row, the result in its manifest."""
+    import shutil
+
+    import ggufkit.cli.bnb as image_module
+    from ggufkit.bnb.image_results import ImageRow
+    from ggufkit.data import embedded_model
+    from ggufkit.workspace import init_workspace
+    from ggufkit.workspace.manifest import Manifest
+
+    shutil.copytree(embedded_model("tiny-minicpmv"), tmp_path / "vlm")
+    init_workspace(tmp_path, "vlm", name="vlm")
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    pair = [out / "vlm-F16.gguf", out / "mmproj-vlm-F16.gguf"]
+    for path in pair:
+        path.write_bytes(b"GGUF")
+    asked: list[Path] = []
+
+    def fake(model: Any, options: ImageBnbOptions) -> ImageReport:
+        return ImageReport(str(model.path), str(options.image), options.question, "cpu", "cpu",
+                           "f16", options.runs, options.max_new_tokens, 0)  # fmt: skip
+
+    def fake_row(gguf: Path, mmproj: Path | None, report: ImageReport, **_: Any) -> ImageRow:
+        asked.append(gguf)
+        return ImageRow("gguf", kind="llama.cpp", answer="x", files=[str(p) for p in pair])
+
+    monkeypatch.setattr(image_module, "run_image_bnb", fake)
+    monkeypatch.setattr("ggufkit.compare.image_gguf_row", fake_row)
+    monkeypatch.chdir(tmp_path)
+    picture = tiny_vision.make_picture(tmp_path / "p.png")
+    result = CliRunner().invoke(cli, ["bnb", "--image", str(picture), "--json"])
+    assert result.exit_code == 0, result.output
+    assert asked == [pair[0]]
+    assert json.loads(result.stdout)["rows"][0]["name"] == "gguf"
+    record = Manifest.load(out / "manifest.json").artefacts["vlm-bnb-image.json"]
+    assert record["step"] == "bnb-image" and record["command"][:2] == ["ggufkit", "bnb"]
+    assert {i["role"] for i in record["inputs"]} >= {"picture", "model", "mmproj"}
+
+
 def test_cli_refusals(tmp_path: Path) -> None:
     model_dir = tmp_path / "m"
     model_dir.mkdir()

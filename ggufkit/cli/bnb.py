@@ -18,6 +18,7 @@ from ggufkit.bnb.image import (
     ImageBnbOptions,
     run_image_bnb,
 )
+from ggufkit.bnb.image_results import ImageReport
 from ggufkit.bnb.image_results import markdown as image_markdown
 from ggufkit.bnb.modes import COMPUTE_DTYPES, MODES, QUANT_STORAGE
 from ggufkit.cli.options import (
@@ -38,7 +39,11 @@ from ggufkit.core.cmdline import from_context
 from ggufkit.core.errors import EvaluationError, InputError, UsageError
 from ggufkit.core.log import get_logger
 from ggufkit.hub import ResolvedModel, resolve_model
-from ggufkit.workspace.bnb import record_in_workspace, workspace_model
+from ggufkit.workspace.bnb import (
+    record_image_in_workspace,
+    record_in_workspace,
+    workspace_model,
+)
 
 log = get_logger("cli.bnb")
 
@@ -192,7 +197,7 @@ def command(
     is the classic MiniCPM-V script's: the greedy answer, the time and tokens of N runs, memory
     and size, before and after quantization (--save writes each quantized model with its
     processor and reloads it), with the GGUF pair's row beside them when --gguf is given (in a
-    workspace: its converted pair). These results are not recorded in the manifest.
+    workspace: its converted pair, and the results are recorded in its manifest).
     """
     started = time.perf_counter()
     ref, workspace = workspace_model(model)
@@ -203,7 +208,18 @@ def command(
         if gguf is None and workspace is not None and workspace.f16_path.is_file():
             gguf = workspace.f16_path  # the workspace's converted pair
             log.info("the GGUF row: %s (the workspace's)", gguf)
-        _image_command(resolved, image, gguf, mmproj, prompt, as_json)
+        image_report = _image_command(resolved, image, gguf, mmproj, prompt)
+        if workspace is not None:
+            recorded = record_image_in_workspace(
+                image_report,
+                workspace,
+                resolved,
+                command=from_context(model=resolved.describe()),
+                seconds=time.perf_counter() - started,
+            )
+            log.info("results written to %s and recorded in %s", recorded, workspace.manifest_path)
+        echo_result(image_report, as_json, image_markdown)
+        _fail_on(image_report.failed, "row(s)")
         return
     options = BnbOptions(
         modes=parse_modes(modes),
@@ -276,8 +292,7 @@ def _image_command(
     gguf: Path | None,
     mmproj: Path | None,
     prompt: tuple[str, ...],
-    as_json: bool,
-) -> None:
+) -> ImageReport:
     """Run ``bnb --image`` with the values of the current ``bnb`` command line."""
     from ggufkit.compare import image_gguf_row
 
@@ -317,5 +332,4 @@ def _image_command(
     if gguf is not None:
         report.add(image_gguf_row(gguf, mmproj, report, tokenizer_dir=model.path,
                                   threads=params["threads"]))  # fmt: skip
-    echo_result(report, as_json, image_markdown)
-    _fail_on(report.failed, "row(s)")
+    return report
