@@ -4,6 +4,9 @@
 The two families are measured by different engines, so the table says what each column means for
 each family, and notes where the numbers do not compare: different corpora or contexts, or
 tokenizers that cut the same corpus into a different number of tokens.
+
+:func:`image_gguf_row` is the GGUF pair's row of ``bnb --image``'s table: the same question about
+the same picture through llama.cpp's ``llama-mtmd-cli``, beside the bitsandbytes rows.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ggufkit.bnb.image_results import GGUF as GGUF_ROW
+from ggufkit.bnb.image_results import ImageReport, ImageRow
+from ggufkit.bnb.measure import ChildPeakRss
 from ggufkit.bnb.results import BASELINE, BnbReport, ModeResult
 from ggufkit.core.errors import InputError, UsageError
 from ggufkit.core.fsutil import human_bytes, read_json
@@ -286,3 +292,50 @@ def plot_comparison(comparison: Comparison, out: str | Path) -> Path:
         "across the two right-hand panels; higher is better."
     )
     return save_figure(figure, out, caption)
+
+
+# --- one question about a picture: the GGUF pair beside bitsandbytes (``bnb --image``) ----------
+
+
+def image_gguf_row(
+    model: Path,
+    mmproj: Path | None,
+    report: ImageReport,
+    *,
+    tokenizer_dir: Path | None = None,
+    threads: int | None = None,
+) -> ImageRow:
+    """The GGUF pair's row of ``report``'s table: its question about its picture through
+    ``llama-mtmd-cli``, ``report.runs`` times, greedy. Tokens are the answer re-tokenized with
+    ``tokenizer_dir``'s tokenizer (llama-mtmd-cli reports no count); memory is the tool's peak RSS.
+    """
+    from ggufkit.inference.image_chat import check_pair, image_chat
+
+    mmproj = check_pair(model, mmproj)
+    row = ImageRow(name=GGUF_ROW, kind="llama.cpp", description="GGUF + mmproj, llama-mtmd-cli")
+    row.files = [str(model), str(mmproj)]
+    row.size_bytes = model.stat().st_size + mmproj.stat().st_size
+    seconds, answers = 0.0, []
+    with ChildPeakRss("llama-mtmd-cli") as memory:
+        for _ in range(report.runs):
+            result = image_chat(
+                model, report.question, Path(report.image), mmproj=mmproj,
+                max_tokens=report.max_new_tokens, temperature=0.0, seed=report.seed,
+                threads=threads,
+            )  # fmt: skip
+            seconds += result.seconds
+            answers.append(result.answer)
+    row.answer, row.gen_s, row.runs = answers[0], seconds, report.runs
+    row.notes.append(
+        "each run starts llama-mtmd-cli: its time includes loading the model and the projector"
+    )
+    row.peak_rss_bytes = memory.peak
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        counts = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+        row.tokens = sum(min(n, report.max_new_tokens) for n in counts)
+        row.tokens_per_s = row.tokens / seconds if seconds > 0 else None
+        row.notes.append("tokens: the answers re-tokenized (llama-mtmd-cli reports no count)")
+    return row

@@ -315,7 +315,7 @@ def test_save_reloads_to_the_same_logits(tiny_llama_dir: Path, tmp_path: Path) -
         tmp_path / "nf4",
         source_dir=tiny_llama_dir,
         load_kwargs=kwargs,
-        probe_ids=ids,
+        probe={"input_ids": ids},
     )
     assert "match" in note
     saved = tmp_path / "nf4"
@@ -345,12 +345,14 @@ def test_save_after_cpu_forward_is_caught(tiny_llama_dir: Path, tmp_path: Path) 
             tmp_path / "out",
             source_dir=tiny_llama_dir,
             load_kwargs=kwargs,
-            probe_ids=ids,
+            probe={"input_ids": ids},
         )
     assert not (tmp_path / "out").exists()
     model.save_pretrained(tmp_path / "naive")  # what a plain save_pretrained writes
     with pytest.raises(EvaluationError, match="differ from the quantized model"):
-        verify_saved(model, tmp_path / "naive", expected, load_kwargs=kwargs, probe_ids=ids)
+        verify_saved(
+            model, tmp_path / "naive", expected, load_kwargs=kwargs, probe={"input_ids": ids}
+        )
 
 
 # --- whole runs --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from ggufkit.bnb.image_results import RANDOM_WEIGHTS
 from ggufkit.cli import cli
 from ggufkit.data import (
     default_corpus,
@@ -25,6 +26,7 @@ from ggufkit.data import (
 )
 from ggufkit.demo import MODELS, TYPES, DemoResult, DemoSettings, ModelRun, markdown, run_demo
 from ggufkit.demo.lora import COLUMNS, ROUTES, Answer, Check, LoraRun
+from ggufkit.demo.vision import RUNS as IMAGE_RUNS
 from ggufkit.evaluate import EvalReport, ModelResult
 from ggufkit.inference.verify import UNQUANTIZED_MAX_REL_DIFF
 
@@ -56,7 +58,7 @@ def table_row(markdown_text: str, section: str, measure: str) -> dict[str, str]:
 def test_help_says_what_the_demo_does() -> None:
     result = CliRunner().invoke(cli, ["demo", "--help"])
     assert result.exit_code == 0, result.output
-    for text in ("q4_0", "Milton", "--outdir", "--no-bnb", "--force", "manifest.json"):
+    for text in ("q4_0", "Milton", "--outdir", "--no-bnb", "--force", "manifest.json", "picture"):
         assert text in result.output
 
 
@@ -197,6 +199,31 @@ class TestWholeDemo:
         # Same corpus, context and chunks: the notes raise no comparability warning.
         assert not any("differ" in note for note in demo.comparison.notes), demo.comparison.notes
         assert "## bitsandbytes beside GGUF" in demo.results_md.read_text(encoding="utf-8")
+
+    def test_one_image_question_through_both_paths(self, demo: DemoResult) -> None:
+        vision = demo.vision
+        assert vision is not None and not vision.skipped and vision.report is not None
+        rows = {row.name: row for row in vision.report.rows}
+        assert list(rows) == ["baseline", "nf4-dq", "gguf"]
+        for row in rows.values():
+            assert row.ok and row.answer, (row.name, row.reason)
+            assert row.runs == IMAGE_RUNS and row.tokens and row.gen_s
+            # llama-mtmd-cli's peak RSS is read from /proc while it runs
+            assert row.peak_rss_bytes or (row.kind == "llama.cpp" and not Path("/proc").is_dir())
+        assert vision.gguf is not None and vision.mmproj is not None
+        pair = rows["gguf"]
+        assert pair.size_bytes == vision.gguf.stat().st_size + vision.mmproj.stat().st_size
+        assert rows["nf4-dq"].footprint_bytes < rows["baseline"].footprint_bytes  # type: ignore[operator]
+        assert RANDOM_WEIGHTS in vision.report.notes  # its answers are noise, and it says so
+        text = demo.results_md.read_text(encoding="utf-8")
+        section = text.split("## One question about a picture (", 1)[1].split("\n## ", 1)[0]
+        assert "| gguf" in section and "| nf4-dq" in section and "noise" in section
+        artefacts = json.loads(demo.manifest.read_text(encoding="utf-8"))["artefacts"]
+        record = artefacts[vision.report_json.name]  # type: ignore[union-attr]
+        assert record["command"][:2] == ["ggufkit", "bnb"] and "--image" in record["command"]
+        roles = {i["role"] for i in record["inputs"]}
+        assert {"picture", "model", "mmproj"} <= roles
+        assert artefacts[vision.gguf.name]["command"][:2] == ["ggufkit", "convert"]
 
     def test_the_adapter_answers_three_ways(self, demo: DemoResult) -> None:
         lora = demo.lora

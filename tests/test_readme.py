@@ -4,7 +4,8 @@ Each ```sh / ```bash / ```console block runs in a folder of its own, one command
 (``&&`` splits a line), through CliRunner. A line the tests cannot run offline carries the
 visible comment ``(not run by the tests: WHY)`` in the README; there are few, and every other
 line must be a ``ggufkit`` command. The names in the README map to local stand-ins (SUBSTITUTES);
-the only options added are in EXTRA (speed runs off, to keep the suite short).
+the only options added are in EXTRA (speed runs off and bnb on one thread, to keep the suite
+short).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from click.testing import CliRunner
 from hubserver import FakeHub, serving
 
 from ggufkit.cli import cli
-from ggufkit.data import embedded_adapter, embedded_model
+from ggufkit.data import embedded_adapter, embedded_model, embedded_picture
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 NOT_RUN = "(not run by the tests"
@@ -38,12 +39,14 @@ FOLDERS = {
     "./tiny": "tiny-llama",
     "./vicuna-7b-delta-v0": "tiny-llama-milton-delta",
     "./llama-7b": "tiny-llama",
+    "./my-vlm": "tiny-minicpmv",  # a MiniCPM-V 4.6 with random weights
 }
+PICTURES = {"picture.png": "shapes.png"}  # ggufkit.data.embedded_picture
 ADAPTERS = {"./my-lora": "tiny-llama-milton-lora"}  # a PEFT LoRA of tiny-llama
 # The stand-ins claim LLaMA-1's and TinyLlama's context (2048) in config.json, as the real ones do.
 CONTEXT = 2048
 PLAN = 'outdir = "out"\ntypes = ["q4_0"]\n\n[[models]]\nsource = "my-model"\n'
-EXTRA = {"eval": ["--no-speed"]}
+EXTRA = {"eval": ["--no-speed"], "bnb": ["--threads", "1"]}
 
 
 def blocks() -> list[tuple[int, list[str]]]:
@@ -106,6 +109,8 @@ def test_readme_example_runs(
         (tmp_path / name).mkdir()
         for file in embedded_adapter(adapter).iterdir():
             (tmp_path / name / file.name).write_bytes(file.read_bytes())
+    for name, picture in PICTURES.items():
+        (tmp_path / name).write_bytes(embedded_picture(picture).read_bytes())
     (tmp_path / "batch.toml").write_text(PLAN, encoding="utf-8")
     for argv in commands(block):
         args = argv[1:] + EXTRA.get(argv[1], [])

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ggufkit.core.errors import ConfigError, UsageError
 from ggufkit.core.fsutil import read_json
 from ggufkit.core.log import progress_disabled
+from ggufkit.formats.hfconfig import load_config
+from ggufkit.hub import ResolvedModel, resolve_model
+
+if TYPE_CHECKING:
+    from ggufkit.bnb.guards import LinearLayer
 
 
 def resolve_device(device: str) -> str:
@@ -105,3 +111,45 @@ def quiet_transformers() -> None:
         hf_logging.disable_progress_bar()
     else:
         hf_logging.enable_progress_bar()
+
+
+def start(
+    model: str | Path | ResolvedModel,
+    *,
+    trust_remote_code: bool,
+    threads: int | None,
+    device: str,
+    notes: list[str],
+) -> tuple[ResolvedModel, list[str], str]:
+    """What every bitsandbytes run does first: resolve the model, refuse code it would run
+    untrusted, import bitsandbytes quietly, set torch's threads (process-wide) and pick the
+    device. Returns the model, ``notes`` with the remote-code note added, and the device."""
+    from ggufkit.bnb.guards import import_bitsandbytes
+
+    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
+    config = load_config(resolved.path)
+    notes = [*notes, *check_remote_code(resolved.path, config, trust_remote_code)]
+    import_bitsandbytes()
+    quiet_transformers()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return resolved, notes, resolve_device(device)
+
+
+def skeleton(
+    model_dir: Path, auto_class: Any, *, trust_remote_code: bool, skip_modules: Sequence[str]
+) -> tuple[list[LinearLayer], list[str]]:
+    """The Linear layers of the model ``auto_class`` builds (on the meta device), and the modules
+    kept unquantized: transformers' defaults (output embeddings, tied weights), then ``skip_modules``."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    from ggufkit.bnb.guards import default_skips, linear_layers
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    with init_empty_weights():
+        model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
+    skips = [*default_skips(model), *skip_modules]
+    return linear_layers(model), list(dict.fromkeys(skips))

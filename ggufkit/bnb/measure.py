@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,6 +62,56 @@ def peak_rss() -> int | None:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+class ChildPeakRss:
+    """The largest peak RSS (``VmHWM``) of this process's descendants named ``name`` while the
+    ``with`` block runs, sampled every ``interval`` seconds (Linux; ``peak`` stays None elsewhere).
+    """
+
+    def __init__(self, name: str, interval: float = 0.01) -> None:
+        self.name, self.interval = name[:15], interval  # /proc/PID/comm keeps 15 characters
+        self.peak: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> ChildPeakRss:
+        if Path("/proc/self/task").is_dir():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            for pid in _descendants(os.getpid()):
+                try:
+                    if Path(f"/proc/{pid}/comm").read_text().strip() != self.name:
+                        continue
+                    match = re.search(
+                        r"VmHWM:\s+(\d+)\s*kB", Path(f"/proc/{pid}/status").read_text()
+                    )
+                except OSError:
+                    continue
+                if match:
+                    self.peak = max(self.peak or 0, int(match.group(1)) * 1024)
+
+
+def _descendants(pid: int) -> list[int]:
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in children.read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += kids
+            queue += kids
+    return found
 
 
 @dataclass
@@ -142,12 +194,14 @@ def time_generation(
     max_new_tokens: int,
     seed: int,
     device: str,
+    encoded: Sequence[Any] = (),
 ) -> GenerationStats:
-    """Greedy generation of each prompt, ``runs`` times, after one untimed warm-up step."""
+    """Greedy generation of each prompt, ``runs`` times, after one untimed warm-up step.
+    ``encoded``: model inputs already made (a processor's, with pixels) instead of ``prompts``."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [tokenizer(p, return_tensors="pt").to(device) for p in prompts]
+    encoded = list(encoded) or [tokenizer(p, return_tensors="pt").to(device) for p in prompts]
     settings: dict[str, Any] = {"do_sample": False, "pad_token_id": pad}
     with torch.inference_mode():
         model.generate(**encoded[0], max_new_tokens=1, **settings)

@@ -26,8 +26,9 @@ measurements are ``null``::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Self
 
 from ggufkit.core.fsutil import human_bytes
 
@@ -53,8 +54,26 @@ class Quality:
     max_abs_dlogit: float | None = None
 
 
+class ResultRow:
+    """``ok``, ``to_json`` and ``from_json`` of a row of results (a dataclass with a status)."""
+
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 @dataclass
-class ModeResult(Quality):
+class ModeResult(Quality, ResultRow):
     """One row: the baseline or one bitsandbytes mode. ``None`` means "not measured"."""
 
     name: str
@@ -81,18 +100,6 @@ class ModeResult(Quality):
     outputs: list[str] = field(default_factory=list)
     saved_to: str | None = None
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ModeResult:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -213,12 +220,16 @@ def markdown(report: BnbReport) -> str:
     others = [r for r in report.results if not r.ok]
     if others:
         lines += ["", *(f"- {r.name}: {r.status}: {r.reason}" for r in others)]
-    # A note shared by several modes (the same guard) is shown once, naming them all.
-    by_note: dict[str, list[str]] = {}
-    for r in report.results:
-        for note in r.notes:
-            by_note.setdefault(note, []).append(r.name)
-    notes = [*report.notes, *(f"{', '.join(names)}: {note}" for note, names in by_note.items())]
-    if notes:
-        lines += ["", "Notes:", *(f"- {n}" for n in notes)]
+    lines += notes_section(report.notes, report.results)
     return "\n".join(lines)
+
+
+def notes_section(general: list[str], rows: Sequence[Any]) -> list[str]:
+    """``Notes:`` lines: ``general``, then each row's (``.name``, ``.notes``); a note shared by
+    several rows (the same guard) is shown once, naming them all."""
+    by_note: dict[str, list[str]] = {}
+    for row in rows:
+        for note in row.notes:
+            by_note.setdefault(note, []).append(row.name)
+    notes = [*general, *(f"{', '.join(names)}: {note}" for note, names in by_note.items())]
+    return ["", "Notes:", *(f"- {n}" for n in notes)] if notes else []

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ggufkit.bnb import guards
-from ggufkit.bnb.loading import (
-    check_remote_code,
-    device_map,
-    device_name,
-    quiet_transformers,
-    resolve_device,
-    versions,
-)
+from ggufkit.bnb.loading import device_map, device_name, skeleton, start, versions
 from ggufkit.bnb.measure import (
     BaselineLogits,
     MemoryProbe,
@@ -42,7 +35,7 @@ from ggufkit.core.errors import EvaluationError, InputError, UsageError
 from ggufkit.core.fsutil import human_bytes, sha256_file
 from ggufkit.core.log import get_logger
 from ggufkit.formats.hfconfig import load_config
-from ggufkit.hub import ResolvedModel, resolve_model
+from ggufkit.hub import ResolvedModel
 
 log = get_logger("bnb")
 
@@ -102,15 +95,23 @@ class _Session:
 
     def _skeleton(self) -> tuple[list[guards.LinearLayer], list[str]]:
         """Linear layers and default skips, from the model built on the meta device."""
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        trust = self.options.trust_remote_code
-        config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=trust)
-        with init_empty_weights():
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
-        skips = [*guards.default_skips(skeleton), *self.options.skip_modules]
-        return guards.linear_layers(skeleton), list(dict.fromkeys(skips))
+        return skeleton(
+            self.model_dir,
+            AutoModelForCausalLM,
+            trust_remote_code=self.options.trust_remote_code,
+            skip_modules=self.options.skip_modules,
+        )
+
+    def plan(self, mode: Mode) -> guards.ModulePlan:
+        return guards.plan_modules(
+            self.layers,
+            mode,
+            base_skip=self.base_skip,
+            device=self.device,
+            quant_storage=self.settings.quant_storage,
+        )
 
     def load_kwargs(self) -> dict[str, Any]:
         return {
@@ -231,7 +232,7 @@ class _Session:
             out_dir,
             source_dir=self.model_dir,
             load_kwargs=self.load_kwargs(),
-            probe_ids=ids,
+            probe={"input_ids": ids},
         )
 
     def _score(self, model: Any, result: ModeResult, *, record: bool) -> None:
@@ -275,17 +276,15 @@ def run_bnb(model: str | Path | ResolvedModel, options: BnbOptions | None = None
     options = options or BnbOptions()
     if options.runs < 1 or options.max_new_tokens < 1 or not options.prompts:
         raise UsageError("need at least one prompt, one run and one new token")
-    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
+    resolved, notes, device = start(
+        model,
+        trust_remote_code=options.trust_remote_code,
+        threads=options.threads,
+        device=options.device,
+        notes=options.extra_notes,
+    )
     model_dir = resolved.path
     config = load_config(model_dir)
-    notes = [*options.extra_notes, *check_remote_code(model_dir, config, options.trust_remote_code)]
-    guards.import_bitsandbytes()
-    quiet_transformers()
-    if options.threads:
-        import torch
-
-        torch.set_num_threads(options.threads)
-    device = resolve_device(options.device)
     compute = options.compute_dtype or default_compute_dtype(device)
     if options.fp32_cpu_offload and device == "cpu":
         notes.append("--fp32-cpu-offload has no effect on CPU: the whole model is on CPU")
@@ -323,7 +322,7 @@ def run_bnb(model: str | Path | ResolvedModel, options: BnbOptions | None = None
             report.results.append(session.measure(BASELINE, None, None))
             report.n_params = session.n_params
             for mode in options.modes:
-                report.results.append(_run_mode(session, mode))
+                report.results.append(run_mode(session, mode))
         if dropped:
             report.notes.append(
                 f"dropped {sum(dropped.values())} repeated bitsandbytes warning(s): "
@@ -334,32 +333,27 @@ def run_bnb(model: str | Path | ResolvedModel, options: BnbOptions | None = None
     return report
 
 
-def _run_mode(session: _Session, mode: Mode) -> ModeResult:
-    plan = guards.plan_modules(
-        session.layers,
-        mode,
-        base_skip=session.base_skip,
-        device=session.device,
-        quant_storage=session.settings.quant_storage,
-    )
+def run_mode(session: Any, mode: Mode, row: Callable[..., Any] = ModeResult) -> Any:
+    """``session.measure`` one mode after ``session.plan(mode)``; a row of type ``row`` that says
+    skipped or failed when it could not run (the other modes still do)."""
+    plan = session.plan(mode)
     for note in plan.notes:
         log.warning("%s: %s", mode.name, note)
     if plan.quantized == 0:
         reason = "no layer left to quantize" + (f" ({plan.notes[0]})" if plan.notes else "")
         log.warning("%s: skipped: %s", mode.name, reason)
-        return ModeResult(name=mode.name, status="skipped", reason=reason, notes=plan.notes)
+        return row(name=mode.name, status="skipped", reason=reason, notes=plan.notes)
     log.info("%s: loading (%s)", mode.name, mode.description)
     try:
-        result = session.measure(mode.name, mode, plan)
+        return session.measure(mode.name, mode, plan)
     except EvaluationError as exc:
         log.error("%s: failed: %s", mode.name, exc)
-        return ModeResult(name=mode.name, status="failed", reason=str(exc), notes=plan.notes)
+        return row(name=mode.name, status="failed", reason=str(exc), notes=plan.notes)
     except Exception as exc:  # an unknown bitsandbytes defect must not hide the other modes
         log.debug("%s failed", mode.name, exc_info=True)
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.error("%s: failed: %s", mode.name, reason)
-        return ModeResult(name=mode.name, status="failed", reason=reason, notes=plan.notes)
-    return result
+        return row(name=mode.name, status="failed", reason=reason, notes=plan.notes)
 
 
 def footprint_change(

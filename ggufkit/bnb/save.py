@@ -9,11 +9,13 @@ dequantized weights of every quantized layer, then the logits on a probe input.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ggufkit.bnb.guards import (
     fingerprint_mismatches,
+    guard_fast_path,
     packed_modules,
     shorten,
     weight_fingerprint,
@@ -33,13 +35,17 @@ def save_quantized(
     *,
     source_dir: Path,
     load_kwargs: dict[str, Any],
-    probe_ids: Any,
+    probe: Mapping[str, Any],
+    auto_class: Any = None,
 ) -> str:
     """Save ``model`` (safetensors) and ``tokenizer`` to ``out_dir``, reload and verify them.
 
-    ``load_kwargs`` are the ``from_pretrained`` arguments for the reload (device map, dtype,
-    trust_remote_code; no quantization config: the saved config carries it). Returns a note.
-    Nothing is left at ``out_dir`` when saving or verifying fails.
+    ``tokenizer`` is anything with ``save_pretrained`` (a tokenizer, a processor). ``load_kwargs``
+    are the ``from_pretrained`` arguments for the reload (device map, dtype, trust_remote_code;
+    no quantization config: the saved config carries it); ``probe`` the model inputs whose
+    logits are compared; ``auto_class`` the class that reloads it (default
+    ``AutoModelForCausalLM``). Returns a note. Nothing is left at ``out_dir`` when saving or
+    verifying fails.
     """
     packed = packed_modules(model)
     if packed:
@@ -57,7 +63,13 @@ def save_quantized(
             if (source_dir / name).is_file() and not (tmp / name).exists():
                 shutil.copy2(source_dir / name, tmp / name)
         delta = verify_saved(
-            model, tmp, expected, load_kwargs=load_kwargs, probe_ids=probe_ids, label=out_dir
+            model,
+            tmp,
+            expected,
+            load_kwargs=load_kwargs,
+            probe=probe,
+            label=out_dir,
+            auto_class=auto_class,
         )
     return f"saved to {out_dir}; reloaded weights match and logits differ by {delta:.3g} at most"
 
@@ -68,19 +80,23 @@ def verify_saved(
     expected: dict[str, tuple[float, float]],
     *,
     load_kwargs: dict[str, Any],
-    probe_ids: Any,
+    probe: Mapping[str, Any],
     label: Path | None = None,
+    auto_class: Any = None,
 ) -> float:
     """Reload ``saved_dir``; raise unless its weights and logits match ``model``. Returns max |Δlogit|.
 
     ``label`` is the name the messages use (the final directory while ``saved_dir`` is temporary).
     """
     import torch
-    from transformers import AutoModelForCausalLM
+
+    if auto_class is None:
+        from transformers import AutoModelForCausalLM as auto_class
 
     label = label or saved_dir
-    reloaded = AutoModelForCausalLM.from_pretrained(saved_dir, **load_kwargs)
+    reloaded = auto_class.from_pretrained(saved_dir, **load_kwargs)
     try:
+        guard_fast_path(reloaded, "the reloaded copy")  # as the model in memory was
         bad = fingerprint_mismatches(expected, weight_fingerprint(reloaded))
         if bad:
             raise EvaluationError(
@@ -90,8 +106,9 @@ def verify_saved(
                 "running the model first, or use double quantization (nf4-dq)",
             )
         with torch.inference_mode():
-            ours = model(probe_ids.to(model.device)).logits.float().cpu()
-            theirs = reloaded(probe_ids.to(reloaded.device)).logits.float().cpu()
+            ours = model(**{k: v.to(model.device) for k, v in probe.items()})
+            theirs = reloaded(**{k: v.to(reloaded.device) for k, v in probe.items()})
+            ours, theirs = ours.logits.float().cpu(), theirs.logits.float().cpu()
         delta = float((ours - theirs).abs().max())
         scale = float(ours.abs().max().clamp_min(1.0))
         if not delta <= LOGIT_TOLERANCE * scale:

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from ggufkit.bnb import DEFAULT_PROMPTS, BnbOptions, markdown, parse_modes, run_bnb
+from ggufkit.bnb.image import (
+    DEFAULT_QUESTION,
+    SEED_MODES,
+    SEED_RUNS,
+    SEED_SKIP_MODULES,
+    ImageBnbOptions,
+    run_image_bnb,
+)
+from ggufkit.bnb.image_results import ImageReport
+from ggufkit.bnb.image_results import markdown as image_markdown
 from ggufkit.bnb.modes import COMPUTE_DTYPES, MODES, QUANT_STORAGE
 from ggufkit.cli.options import (
     DeviceChoice,
@@ -26,8 +38,12 @@ from ggufkit.cli.options import (
 from ggufkit.core.cmdline import from_context
 from ggufkit.core.errors import EvaluationError, InputError, UsageError
 from ggufkit.core.log import get_logger
-from ggufkit.hub import resolve_model
-from ggufkit.workspace.bnb import record_in_workspace, workspace_model
+from ggufkit.hub import ResolvedModel, resolve_model
+from ggufkit.workspace.bnb import (
+    record_image_in_workspace,
+    record_in_workspace,
+    workspace_model,
+)
 
 log = get_logger("cli.bnb")
 
@@ -113,6 +129,27 @@ def _prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> list[str]:
 )
 @count_option("--seed", default=0, minimum=0, help="torch seed for each run.")
 @threads_option
+@path_option(
+    "--image",
+    kind="file",
+    default=None,
+    help="A picture to ask the -p question about (a vision-language checkpoint), with the "
+    "defaults of the classic MiniCPM-V bitsandbytes script (nf4-dq, f16 compute, "
+    "out_proj/kv_proj/lm_head kept, 10 repetitions); each option above overrides one.",
+)
+@path_option(
+    "--gguf",
+    kind="file",
+    default=None,
+    help="With --image: the converted GGUF model, answered through llama-mtmd-cli in the same "
+    "table (default in a workspace: its converted f16 file and mmproj).",
+)
+@path_option(
+    "--mmproj",
+    kind="file",
+    default=None,
+    help="With --image: the vision projector (default: the mmproj-<model> file convert wrote).",
+)
 @json_option
 def command(
     model: str | None,
@@ -135,6 +172,9 @@ def command(
     quality: bool,
     seed: int,
     threads: int | None,
+    image: Path | None,
+    gguf: Path | None,
+    mmproj: Path | None,
     as_json: bool,
 ) -> None:
     """Quantize a Hugging Face model in-process with bitsandbytes and compare each mode with the
@@ -151,10 +191,36 @@ def command(
         ggufkit bnb ./my-model --modes nf4,int8 --repetitions 10 --prompt "Tell me about Paris"
         ggufkit bnb ./my-model --device gpu --compute-dtype f16 --json > bnb.json
         ggufkit bnb ./my-model --modes nf4-dq --save quantized/
+        ggufkit bnb ./my-vlm --image cat.png -p "What is in the picture?" --gguf vlm-F16.gguf
+
+    With --image, MODEL is a vision-language checkpoint (MiniCPM-V, Qwen2-VL, ...) and the table
+    is the classic MiniCPM-V script's: the greedy answer, the time and tokens of N runs, memory
+    and size, before and after quantization (--save writes each quantized model with its
+    processor and reloads it), with the GGUF pair's row beside them when --gguf is given (in a
+    workspace: its converted pair, and the results are recorded in its manifest).
     """
     started = time.perf_counter()
     ref, workspace = workspace_model(model)
     resolved = resolve_model(ref)
+    if image is None and (gguf is not None or mmproj is not None):
+        raise UsageError("--gguf and --mmproj need --image", hint="give the picture with --image")
+    if image is not None:
+        if gguf is None and workspace is not None and workspace.f16_path.is_file():
+            gguf = workspace.f16_path  # the workspace's converted pair
+            log.info("the GGUF row: %s (the workspace's)", gguf)
+        image_report = _image_command(resolved, image, gguf, mmproj, prompt)
+        if workspace is not None:
+            recorded = record_image_in_workspace(
+                image_report,
+                workspace,
+                resolved,
+                command=from_context(model=resolved.describe()),
+                seconds=time.perf_counter() - started,
+            )
+            log.info("results written to %s and recorded in %s", recorded, workspace.manifest_path)
+        echo_result(image_report, as_json, image_markdown)
+        _fail_on(image_report.failed, "row(s)")
+        return
     options = BnbOptions(
         modes=parse_modes(modes),
         compute_dtype=compute_dtype,
@@ -197,9 +263,73 @@ def command(
         )
         log.info("results written to %s and recorded in %s", recorded, workspace.manifest_path)
     echo_result(report, as_json, markdown)
-    if report.failed:
+    _fail_on(report.failed, "mode(s)")
+
+
+def _fail_on(failed: list[Any], what: str) -> None:
+    """After the table: an error naming the rows that failed (the others are shown)."""
+    if failed:
         raise EvaluationError(
-            f"{len(report.failed)} mode(s) failed: "
-            + "; ".join(f"{r.name}: {r.reason}" for r in report.failed),
+            f"{len(failed)} {what} failed: " + "; ".join(f"{r.name}: {r.reason}" for r in failed),
             hint="the other results are above; GGUFKIT_DEBUG=1 -v shows the tracebacks",
         )
+
+
+# text-path options that mean nothing for one question about a picture
+TEXT_ONLY = {
+    "prompts_file": "--prompts",
+    "corpus": "--corpus",
+    "ctx": "--ctx",
+    "chunks": "--chunks",
+    "quality": "--quality/--no-quality",
+    "fp32_cpu_offload": "--fp32-cpu-offload",
+}
+
+
+def _image_command(
+    model: ResolvedModel,
+    image: Path,
+    gguf: Path | None,
+    mmproj: Path | None,
+    prompt: tuple[str, ...],
+) -> ImageReport:
+    """Run ``bnb --image`` with the values of the current ``bnb`` command line."""
+    from ggufkit.compare import image_gguf_row
+
+    ctx = click.get_current_context()
+    params = ctx.params
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    refused = [flag for name, flag in TEXT_ONLY.items() if given(name)]
+    if refused:
+        raise UsageError(
+            f"{', '.join(refused)} do(es) not apply to --image",
+            hint="--image measures one question about the picture (no corpus, no perplexity)",
+        )
+    if len(prompt) > 1:
+        raise UsageError("--image takes one -p question", hint='-p "What is in the picture?"')
+    skip = params["skip_modules"] if given("skip_modules") else ",".join(SEED_SKIP_MODULES)
+    device = params["device"] or "auto"
+    options = ImageBnbOptions(
+        image=image,
+        question=prompt[0] if prompt else DEFAULT_QUESTION,
+        modes=parse_modes(params["modes"] if given("modes") else ",".join(SEED_MODES)),
+        compute_dtype=params["compute_dtype"] or "f16",
+        quant_storage=params["quant_storage"],
+        skip_modules=[m.strip() for m in skip.split(",") if m.strip()],
+        int8_threshold=params["int8_threshold"],
+        runs=params["repetitions"] if given("repetitions") else SEED_RUNS,
+        max_new_tokens=params["max_new_tokens"],
+        save=params["save"],
+        trust_remote_code=params["trust_remote_code"],
+        device={"gpu": "cuda"}.get(device, device),
+        seed=params["seed"],
+        threads=params["threads"],
+    )
+    report = run_image_bnb(model, options)
+    if gguf is not None:
+        report.add(image_gguf_row(gguf, mmproj, report, tokenizer_dir=model.path,
+                                  threads=params["threads"]))  # fmt: skip
+    return report

@@ -30,7 +30,8 @@ from ggufkit.demo import DEFAULT_OUTDIR
 @click.option(
     "--bnb/--no-bnb",
     default=True,
-    help="Measure bitsandbytes on tiny-llama beside the GGUF files (default: on).",
+    help="Measure bitsandbytes on tiny-llama beside the GGUF files, and ask the tiny vision "
+    "model about a picture through both paths (default: on).",
 )
 @speed_option
 @force_option("Redo every step, even those that are up to date.")
@@ -49,7 +50,10 @@ def command(
     few lines from each q4_0 file. The embedded LoRA adapter (tiny-llama-milton-lora) runs three
     ways: its adapter GGUF applied to tiny-llama's f16 (--lora), merged while converting, and PEFT
     in transformers; their greedy answers, verify against PEFT and held-out perplexity are shown.
-    It prints where everything is, the samples and the tables.
+    The embedded tiny-minicpmv (a MiniCPM-V 4.6 with random weights: its answers are noise) is
+    converted to its GGUF pair and asked about a picture through bitsandbytes (unquantized and
+    nf4 with double quantization) and llama-mtmd-cli, in one table. It prints where everything is, the
+    samples and the tables.
 
     Needs the llama.cpp build (`ggufkit build`; `make demo` does both). Steps whose inputs and
     options are unchanged are reused on the next run (`--force` redoes them); OUTDIR/manifest.json

@@ -9,6 +9,9 @@ seeds) on public-domain Gutenberg texts of Shakespeare and Milton:
 - ``tiny-bloom``: a BloomForCausalLM with a byte-level BPE tokenizer, like Phoenix and BLOOMZ;
 - ``tiny-llama-milton-lora``: a PEFT LoRA adapter on tiny-llama trained on Paradise Lost, the way
   fine-tunes ship today (``embedded_adapter``).
+- ``tiny-minicpmv``: a seeded random MiniCPM-V 4.6 (vision tower, projector, Qwen3.5 text model,
+  its tokenizer and image processor), built by ``scripts/tiny_vlm.py``, not trained: it reads a
+  picture and answers noise; with ``pictures/shapes.png`` (``embedded_picture``) for the demo.
 
 The held-out text (Macbeth, never trained on) is the default evaluation corpus.
 """
@@ -24,6 +27,7 @@ from ggufkit.core.errors import InputError, UsageError
 DATA_DIR = Path(__file__).resolve().parent
 MODELS_DIR = DATA_DIR / "models"
 CORPUS_DIR = DATA_DIR / "corpus"
+PICTURES_DIR = DATA_DIR / "pictures"
 
 EMBEDDED_MODELS: dict[str, str] = {
     "tiny-llama": "LlamaForCausalLM (3.4M parameters, GQA) with a sentencepiece tokenizer, "
@@ -32,6 +36,8 @@ EMBEDDED_MODELS: dict[str, str] = {
     "with an added <pad> token (vocab 2048 -> 2049)",
     "tiny-bloom": "BloomForCausalLM (2.2M parameters) with a byte-level BPE tokenizer, "
     "trained on Shakespeare",
+    "tiny-minicpmv": "MiniCPMV4_6ForConditionalGeneration (0.5M parameters): a vision-language "
+    "model with random seeded weights (it answers noise), for the image paths",
 }
 
 # delta name -> the embedded model it applies to
@@ -84,6 +90,17 @@ def embedded_text(name: str) -> Path:
     path = CORPUS_DIR / name
     if not path.is_file():
         raise InputError(f"the embedded text {path} is missing", hint=REGENERATE_HINT, path=path)
+    return path
+
+
+def embedded_picture(name: str = "shapes.png") -> Path:
+    """A picture shipped beside the models (``scripts/tiny_vlm.py`` draws it)."""
+    path = PICTURES_DIR / name
+    if not path.is_file():
+        hint = (
+            "reinstall ggufkit, or redraw it with `python scripts/tiny_vlm.py --out ggufkit/data`"
+        )
+        raise InputError(f"the embedded picture {path} is missing", hint=hint, path=path)
     return path
 
 

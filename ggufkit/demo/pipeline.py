@@ -30,6 +30,7 @@ from ggufkit.demo.results import (
     Sample,
     markdown,
 )
+from ggufkit.demo.vision import run_vision
 from ggufkit.workspace import StepResult, Workspace, WorkspaceConfig
 from ggufkit.workspace.manifest import file_input
 
@@ -302,6 +303,11 @@ def run_demo(
             )
         else:
             demo.bnb(result.models[0].eval_json)
+        if bnb:
+            result.vision = run_vision(demo)
+            result.skipped += result.vision.skipped
+        else:
+            result.skipped.append("the image question through both paths: --no-bnb")
         for note in result.skipped:
             log.warning("demo: skipped %s", note)
         result.seconds = time.perf_counter() - started

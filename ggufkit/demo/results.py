@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ggufkit.demo.lora import LoraRun, lora_markdown, where_rows
+from ggufkit.demo.vision import VisionRun, vision_markdown
+from ggufkit.demo.vision import where_rows as vision_where_rows
 
 if TYPE_CHECKING:
     from ggufkit.compare import Comparison
@@ -109,6 +111,7 @@ class DemoResult:
     comparison: Comparison | None = None
     compare_plot: Path | None = None
     lora: LoraRun | None = None  # the embedded LoRA adapter three ways (ggufkit.demo.lora)
+    vision: VisionRun | None = None  # one image question, both paths (ggufkit.demo.vision)
     skipped: list[str] = field(default_factory=list)  # parts left out, and why
     seconds: float = 0.0
 
@@ -145,6 +148,7 @@ class DemoResult:
             "comparison": self.comparison.to_json() if self.comparison else None,
             "compare_plot": str(self.compare_plot) if self.compare_plot else None,
             "lora": self.lora.to_json() if self.lora else None,
+            "vision": self.vision.to_json() if self.vision else None,
             "skipped": self.skipped,
             "steps": [step.to_json() for step in self.steps],
         }
@@ -194,6 +198,8 @@ def markdown(result: DemoResult) -> str:
         lines += [f"Perplexity against F16 (± a paired 95 % interval): {change}.", ""]
     if result.lora is not None:
         lines += lora_markdown(result.lora)
+    if result.vision is not None:
+        lines += vision_markdown(result.vision)
     if result.comparison is not None:
         lines += [f"## bitsandbytes beside GGUF ({BNB_MODEL})", ""]
         lines += [comparison_table(result.comparison), ""]
@@ -217,6 +223,8 @@ def where(result: DemoResult) -> str:
         rows.append((f"{run.eval_json.name}{plot}", f"{run.name}'s eval table"))
     if result.lora is not None:
         rows += where_rows(result.lora)
+    if result.vision is not None:
+        rows += vision_where_rows(result.vision)
     if result.bnb_json is not None:
         plot = f", {result.compare_plot.name}" if result.compare_plot else ""
         rows.append((f"{result.bnb_json.name}{plot}", "bitsandbytes, and beside GGUF"))

@@ -2,7 +2,8 @@
 
 The report is written to ``<outdir>/<name>-bnb.json`` and recorded in the manifest (step ``bnb``,
 with the model as input and a per-mode summary as eval results); each ``--save`` directory inside
-the workspace gets its own record too.
+the workspace gets its own record too. ``bnb --image`` writes ``<outdir>/<name>-bnb-image.json``
+(step ``bnb-image``, with the picture and the GGUF pair as inputs).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ggufkit.core.fsutil import write_json_atomic
 from ggufkit.core.log import get_logger
 
 if TYPE_CHECKING:
+    from ggufkit.bnb.image_results import ImageReport
     from ggufkit.bnb.results import BnbReport
     from ggufkit.hub import ResolvedModel
     from ggufkit.workspace import Workspace
@@ -124,4 +126,31 @@ def record_in_workspace(
                 Path(result.saved_to),
                 {"bnb": numbers["bnb"]["modes"][result.name]},
             )
+    return out
+
+
+def record_image_in_workspace(
+    report: ImageReport,
+    workspace: Workspace,
+    model: ResolvedModel,
+    *,
+    command: Sequence[str],
+    seconds: float,
+) -> Path:
+    """``bnb --image``: the report beside the workspace's files, recorded with its inputs (the
+    checkpoint, the picture and the GGUF pair it asked)."""
+    from ggufkit.workspace.manifest import file_input, model_input, record_artefact
+
+    out = workspace.outdir / f"{workspace.config.name}-bnb-image.json"
+    write_json_atomic(out, report.to_json())
+    inputs = [model_input(model), file_input(Path(report.image), role="picture")]
+    for row in report.rows:
+        inputs += [
+            file_input(Path(f), role=role)
+            for f, role in zip(row.files, ("model", "mmproj"), strict=True)
+        ]
+    options = {"question": report.question, "runs": report.runs, "seed": report.seed,
+               "max_new_tokens": report.max_new_tokens, "quantization": report.quantization}  # fmt: skip
+    record_artefact(workspace.manifest_path, out, step="bnb-image", inputs=inputs,
+                    options=options, command=command, seconds=seconds)  # fmt: skip
     return out
