@@ -11,6 +11,10 @@ Answers are given to upstream, each only where upstream would otherwise be wrong
   for a multi-query model, which has one key/value head;
 - config fields a checkpoint saved by transformers 5 lacks or names anew, per architecture
   (ggufkit.convert.arch_answers);
+- tensor names a checkpoint saved by transformers 5 gives otherwise than the names upstream maps,
+  and tensor layouts upstream gets wrong, per architecture (``_upstream_tensors``);
+- a byte-level BPE tokenizer.json read as such where the converter reads only a sentencepiece
+  tokenizer.model that the checkpoint lacks (arch_answers.BPE_WITHOUT_SENTENCEPIECE);
 - DeepSeek-V3.2's BOS check, asked of the tokenizer transformers 5 runs;
 - the chat template chosen by ``--chat-template`` and its provenance keys, written after
   upstream's own special-token keys (so the variant for the file's add_bos is known).
@@ -20,6 +24,7 @@ It also adds the string keys of ``extra_kv`` (a vision pair's ``ggufkit.vision.*
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -45,6 +50,11 @@ def main(argv: list[str]) -> None:
     _fix_falcon_kv_heads(base)
     _bos_as_the_tokenizer_runs()
     _fill_hparams(base, settings.get("hparams") or {}, settings.get("hparams_renamed") or {})
+    if settings.get("tensor_renames") or settings.get("tensor_layouts"):
+        tensors = _sibling("_upstream_tensors")
+        tensors.install(base, settings["tensor_renames"], settings["tensor_layouts"])
+    if settings.get("bpe_without_sentencepiece"):
+        _bpe_without_sentencepiece(base)
     if settings.get("pre_tokenizer_file"):
         _pre_tokenizer_fallback(base, Path(settings["pre_tokenizer_file"]))
     if settings.get("chat"):
@@ -55,6 +65,16 @@ def main(argv: list[str]) -> None:
 
     sys.argv = [str(source / "convert_hf_to_gguf.py"), *argv[2:]]
     upstream.main()
+
+
+def _sibling(name: str) -> Any:
+    """A module beside this file that imports nothing from ggufkit (loaded by path: this
+    directory is not on the child's path, so as not to shadow upstream's modules)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _fix_falcon_kv_heads(base: Any) -> None:
@@ -141,6 +161,22 @@ def _fill(hparams: dict[str, Any], answers: dict[str, Any], prefix: str) -> list
             hparams[key] = value
             done.append(f"answered {prefix}{key}={value!r} (transformers' value)")
     return done
+
+
+def _bpe_without_sentencepiece(base: Any) -> None:
+    original = base.TextModel._set_vocab_sentencepiece
+
+    def _set_vocab_sentencepiece(self: Any, *args: Any, **kwargs: Any) -> Any:
+        folder = Path(self.dir_model)
+        if (folder / "tokenizer.model").is_file() or not (folder / "tokenizer.json").is_file():
+            return original(self, *args, **kwargs)
+        print(
+            "ggufkit: answered the vocabulary from tokenizer.json (BPE; no tokenizer.model)",
+            file=sys.stderr,
+        )
+        return self._set_vocab_gpt2()
+
+    base.TextModel._set_vocab_sentencepiece = _set_vocab_sentencepiece
 
 
 def _pre_tokenizer_fallback(base: Any, answer_file: Path) -> None:

@@ -216,3 +216,47 @@ def hparam_renames(config: dict[str, Any]) -> dict[str, Any]:
             if isinstance(values, list) and any(value in names for value in values):
                 renamed[key] = [names.get(value, value) for value in values]
     return renamed
+
+
+# transformers 5 saves some families' tensors under other names than the pinned converter maps
+# (it maps the names of an earlier or the original release). HF architecture -> (regular
+# expression over a checkpoint's tensor name, its replacement: the name upstream reads), applied
+# by the upstream child to every name before the converter sees it.
+TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    # BitNet b1.58 2B4T's sub-norms as transformers names them; upstream maps only 1bitLLM's.
+    "BitNetForCausalLM": (
+        (r"^(model\.layers\.\d+\.self_attn)\.attn_sub_norm\.", r"\1.inner_attn_ln."),
+        (r"^(model\.layers\.\d+\.mlp)\.ffn_sub_norm\.", r"\1.ffn_layernorm."),
+    ),
+}
+
+
+# Converters that read only a sentencepiece tokenizer.model, for families that transformers 5
+# releases with a byte-level BPE tokenizer.json only (BitNet b1.58 2B4T: Llama 3's tokenizer).
+# Where the checkpoint has no tokenizer.model, the upstream child reads tokenizer.json as BPE.
+BPE_WITHOUT_SENTENCEPIECE: frozenset[str] = frozenset({"BitNetForCausalLM"})
+
+
+def bpe_without_sentencepiece(config: dict[str, Any]) -> bool:
+    return bool(set(config.get("architectures") or ()) & BPE_WITHOUT_SENTENCEPIECE)
+
+
+# Tensor layouts upstream gets wrong for llama.cpp: HF architecture -> the names of the upstream
+# child's layout functions (ggufkit/convert/_upstream_tensors.py, LAYOUTS).
+TENSOR_LAYOUTS: dict[str, tuple[str, ...]] = {
+    # Bamba rotates half of each head; upstream's granitehybrid converter permutes q/k over the
+    # whole head for llama.cpp's NORM rope, right only where the whole head rotates.
+    "BambaForCausalLM": ("partial_rotary",),
+}
+
+
+def tensor_renames(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (pattern, replacement) pairs for the architectures in ``config``, in order."""
+    archs = config.get("architectures") or ()
+    return [rule for arch in archs for rule in TENSOR_RENAMES.get(arch, ())]
+
+
+def tensor_layouts(config: dict[str, Any]) -> list[str]:
+    """The layout functions for the architectures in ``config``."""
+    archs = config.get("architectures") or ()
+    return list(dict.fromkeys(name for arch in archs for name in TENSOR_LAYOUTS.get(arch, ())))

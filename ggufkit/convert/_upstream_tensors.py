@@ -1,0 +1,103 @@
+"""Tensor answers of the upstream child (``_upstream_child``): names and layouts given to the
+pinned converter as it reads a checkpoint saved by transformers 5.
+
+Loaded by the child from its own file (it imports nothing from ggufkit, and runs before the
+pinned gguf-py's converter is imported). Two kinds of answer, both per architecture and chosen
+by the parent (``ggufkit.convert.arch_answers``):
+
+- renames: (pattern, replacement) pairs over tensor names (data, ``TENSOR_RENAMES``);
+- layouts: a named function of LAYOUTS that rewrites a tensor where upstream would lay it out
+  wrongly for llama.cpp, given the config as upstream reads it (after ggufkit's config answers).
+
+Both are applied where upstream indexes the checkpoint (``ModelBase.index_tensors``), so every
+converter sees the answered names and the tensors load lazily as before.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+Layout = Callable[[str, Any, dict[str, Any]], Any]
+
+
+def rename_tensor(name: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
+    """``name`` after every rule that matches it, in order."""
+    for pattern, replacement in rules:
+        name = pattern.sub(replacement, name)
+    return name
+
+
+def partial_rotary_rows(head_dim: int, rotated: int) -> list[int]:
+    """Row order within a head that undoes upstream's whole-head q/k permutation (llama.cpp's
+    NORM rope: pairs (i, i + head_dim/2) made adjacent) and makes adjacent, instead, the pairs
+    transformers rotates when only the first ``rotated`` dims turn: (i, i + rotated/2), the rest
+    left in place. Row k of the answer is the checkpoint's row ``order[k]``."""
+    if rotated % 2 or head_dim % 2 or not 0 < rotated <= head_dim:
+        raise ValueError(f"cannot lay out {rotated} rotated dims of a {head_dim}-wide head")
+    half, rot_half = head_dim // 2, rotated // 2
+    wanted = [  # llama.cpp's row j: the checkpoint's row wanted there
+        (j // 2 + (j % 2) * rot_half) if j < rotated else j for j in range(head_dim)
+    ]
+    upstream_reads = [j // 2 + (j % 2) * half for j in range(head_dim)]  # row j <- in[f(j)]
+    order = [0] * head_dim
+    for j in range(head_dim):
+        order[upstream_reads[j]] = wanted[j]
+    return order
+
+
+def partial_rotary(name: str, tensor: Any, hparams: dict[str, Any]) -> Any:
+    """q/k rows of a model whose converter permutes the whole head for NORM rope although only
+    ``attn_rotary_emb`` dims of it rotate (Bamba: half of each head)."""
+    if not name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")) and not (
+        name.endswith(("self_attn.q_proj.bias", "self_attn.k_proj.bias"))
+    ):
+        return tensor
+    n_head = int(hparams["num_attention_heads"])
+    head_dim = int(hparams.get("head_dim") or int(hparams["hidden_size"]) // n_head)
+    rotated = int(hparams.get("attn_rotary_emb") or head_dim)
+    if rotated == head_dim:
+        return tensor
+    import torch
+
+    order = torch.tensor(partial_rotary_rows(head_dim, rotated))
+    heads = tensor.shape[0] // head_dim
+    rows = (order + head_dim * torch.arange(heads).unsqueeze(1)).reshape(-1)
+    return tensor[rows]
+
+
+LAYOUTS: dict[str, Layout] = {"partial_rotary": partial_rotary}
+
+
+def install(base: Any, renames: list[tuple[str, str]], layouts: list[str]) -> None:
+    """Answer tensor names and layouts where upstream indexes the checkpoint."""
+    rules = [(re.compile(pattern), replacement) for pattern, replacement in renames]
+    fixes = [LAYOUTS[name] for name in layouts]
+    original = base.ModelBase.index_tensors
+
+    def index_tensors(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tensors = original(self, *args, **kwargs)
+        answered: dict[str, Any] = {}
+        renamed = 0
+        for name, load in tensors.items():
+            new = rename_tensor(name, rules)
+            if new != name:
+                if new in tensors or new in answered:
+                    raise ValueError(f"ggufkit: renaming {name!r} to {new!r} replaces a tensor")
+                renamed += 1
+            for fix in fixes:
+                load = _fixed(fix, new, load, self.hparams)
+            answered[new] = load
+        if renamed:
+            print(f"ggufkit: answered {renamed} tensor names in upstream's names", file=sys.stderr)
+        for name in layouts:
+            print(f"ggufkit: answered the tensor layout {name!r}", file=sys.stderr)
+        return answered
+
+    base.ModelBase.index_tensors = index_tensors
+
+
+def _fixed(fix: Layout, name: str, load: Callable[[], Any], hparams: dict[str, Any]) -> Any:
+    return lambda: fix(name, load(), hparams)
