@@ -59,6 +59,17 @@ class FlagsOf:
 
 
 @dataclass(frozen=True)
+class IndicesOf:
+    """The 1-based positions of the entries of the per-layer list ``key`` that are ``kind``."""
+
+    key: str
+    kind: str
+
+    def read(self, config: dict[str, Any]) -> list[int]:
+        return [i + 1 for i, entry in enumerate(config.get(self.key) or ()) if entry == self.kind]
+
+
+@dataclass(frozen=True)
 class RotaryDims:
     """How many dims of a head transformers rotates: int(head size x partial_rotary_factor)."""
 
@@ -71,7 +82,7 @@ class RotaryDims:
         return int(head * (self.default_fraction if fraction is None else fraction))
 
 
-COMPUTED = From | CountOf | FlagsOf | RotaryDims
+COMPUTED = From | CountOf | FlagsOf | IndicesOf | RotaryDims
 PARTIAL_ROTARY = ("rope_parameters", "partial_rotary_factor")
 
 # HF architecture -> {config field the converter reads: transformers' value when it is absent}
@@ -108,6 +119,18 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # DeepseekV4Config marks hash-routed layers in mlp_layer_types; upstream reads a count.
     "DeepseekV4ForCausalLM": {"num_hash_layers": CountOf("mlp_layer_types", "hash_moe")},
+    # KimiLinearConfig spreads the release's linear_attn_config (1-based layer lists) over its own
+    # fields and marks dense layers in mlp_layer_types; upstream reads the release's fields.
+    "KimiLinearForCausalLM": {
+        "linear_attn_config": {
+            "full_attn_layers": IndicesOf("layer_types", "full_attention"),
+            "kda_layers": IndicesOf("layer_types", "linear_attention"),
+            "head_dim": From(("linear_head_dim",), None),
+            "num_heads": From(("linear_num_heads",), None),
+            "short_conv_kernel_size": From(("linear_conv_kernel_dim",), None),
+        },
+        "first_k_dense_replace": CountOf("mlp_layer_types", "dense"),
+    },
     # Glm4MoeLiteConfig marks dense layers in mlp_layer_types; upstream reads a leading count.
     "Glm4MoeLiteForCausalLM": {"first_k_dense_replace": CountOf("mlp_layer_types", "dense")},
     "DeepseekV32ForCausalLM": {"first_k_dense_replace": CountOf("mlp_layer_types", "dense")},
@@ -129,7 +152,7 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
 # These routers score experts with a sigmoid, which transformers' config classes do not
 # record (the released configs say scoring_func "sigmoid"); upstream writes the gating
 # function only from scoring_func, and llama.cpp then falls back to softmax (DeepSeek-V3,
-# GLM-4.7-Flash), stops (EXAONE MoE, DeepSeek-V3.2: a required key; dots3-note's converter
+# GLM-4.7-Flash), stops (EXAONE MoE, DeepSeek-V3.2, Kimi Linear: a required key; dots3-note's converter
 # refuses) or aborts (dots.llm1, MiniMax-M2: no gating function).
 SIGMOID_ROUTED = (
     "DeepseekV3ForCausalLM",
@@ -138,6 +161,7 @@ SIGMOID_ROUTED = (
     "Dots3NoteForCausalLM",
     "ExaoneMoeForCausalLM",
     "Glm4MoeLiteForCausalLM",
+    "KimiLinearForCausalLM",
     "MiniMaxM2ForCausalLM",
 )
 for _arch in SIGMOID_ROUTED:
@@ -227,6 +251,14 @@ TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "BitNetForCausalLM": (
         (r"^(model\.layers\.\d+\.self_attn)\.attn_sub_norm\.", r"\1.inner_attn_ln."),
         (r"^(model\.layers\.\d+\.mlp)\.ffn_sub_norm\.", r"\1.ffn_layernorm."),
+    ),
+    # transformers 5 saves every Kimi Linear layer's feed-forward under block_sparse_moe, the
+    # leading dense layers' too; upstream maps those under mlp, as released.
+    "KimiLinearForCausalLM": (
+        (
+            r"^(model\.layers\.\d+)\.block_sparse_moe\.(gate_proj|up_proj|down_proj)\.",
+            r"\1.mlp.\2.",
+        ),
     ),
 }
 

@@ -134,6 +134,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "mlp_layer_types": ["dense"] + ["sparse"] * 3,
         "num_attention_heads_per_layer": [4] * 4,
     },
+    # Kimi Linear 48B-A3B's full-attention layers have no query compression (q_lora_rank null;
+    # llama.cpp's kimi-linear graph reads no query rank).
+    "KimiLinearForCausalLM": {"q_lora_rank": None},
     # BitNet b1.58 ties its embeddings (upstream maps no lm_head). Its master weights, which
     # transformers runs ternary (online: per-tensor absmean, as upstream's converter rounds
     # them) with 8-bit activations; without a quantization_config it would run them unrounded.
