@@ -50,9 +50,10 @@ def main(argv: list[str]) -> None:
     _fix_falcon_kv_heads(base)
     _bos_as_the_tokenizer_runs()
     _fill_hparams(base, settings.get("hparams") or {}, settings.get("hparams_renamed") or {})
-    if settings.get("tensor_renames") or settings.get("tensor_layouts"):
+    renames, layouts = settings.get("tensor_renames"), settings.get("tensor_layouts")
+    if renames or layouts or settings.get("converter_patches"):
         tensors = _sibling("_upstream_tensors")
-        tensors.install(base, settings["tensor_renames"], settings["tensor_layouts"])
+        tensors.install(base, gguf, renames, layouts, settings["converter_patches"])
     if settings.get("bpe_without_sentencepiece"):
         _bpe_without_sentencepiece(base)
     if settings.get("pre_tokenizer_file"):

@@ -70,9 +70,74 @@ def partial_rotary(name: str, tensor: Any, hparams: dict[str, Any]) -> Any:
 
 LAYOUTS: dict[str, Layout] = {"partial_rotary": partial_rotary}
 
+DSV4_EXPERTS = {"w1": "FFN_GATE_EXP", "w2": "FFN_DOWN_EXP", "w3": "FFN_UP_EXP"}
 
-def install(base: Any, renames: list[tuple[str, str]], layouts: list[str]) -> None:
-    """Answer tensor names and layouts where upstream indexes the checkpoint."""
+
+def float_routed_experts(gguf: Any) -> None:
+    """DeepSeek-V4's converter reads only the release's MXFP4 routed experts (a scale beside
+    each weight) and repacks them; a transformers checkpoint holds them unquantized. Those
+    are stacked per layer and written in the output type, as other MoE converters do."""
+    import torch
+    from conversion import deepseek
+
+    model = deepseek.DeepseekV4Model
+    write_mxfp4, modify, extra = (
+        model._write_mxfp4_expert_tensor,
+        model.modify_tensors,
+        model.generate_extra_tensors,
+    )
+    prepare = model.prepare_tensors
+
+    def _write_mxfp4_expert_tensor(self: Any, bid: int, proj: str, key: Any) -> list[str]:
+        names = [
+            f"layers.{bid}.ffn.experts.{eid}.{proj}.weight"
+            for eid in range(self.hparams["n_routed_experts"])
+        ]
+        if names[0].removesuffix("weight") + "scale" in self.model_tensors:
+            return list(write_mxfp4(self, bid, proj, key))
+        loads = [self.model_tensors[name] for name in names]
+        self.ggufkit_experts[f"ggufkit.{bid}.experts.{proj}"] = (
+            self.format_tensor_name(key, bid),
+            loads,
+        )
+        return names
+
+    def generate_extra_tensors(self: Any) -> Any:
+        self.ggufkit_experts = {}
+        yield from extra(self)
+        for name, (_, loads) in self.ggufkit_experts.items():
+            yield name, torch.stack([load() for load in loads])
+
+    def modify_tensors(self: Any, data: Any, name: str, bid: int | None) -> Any:
+        if name.startswith("ggufkit.") and name in self.ggufkit_experts:
+            return [(self.ggufkit_experts[name][0], data)]
+        return modify(self, data, name, bid)
+
+    def prepare_tensors(self: Any) -> None:
+        ftype = self.ftype
+        prepare(self)
+        if self.ggufkit_experts:  # no MXFP4 written: the file type stays the output type
+            self.ftype, self._is_mxfp4 = ftype, False
+
+    model._write_mxfp4_expert_tensor = _write_mxfp4_expert_tensor
+    model.generate_extra_tensors = generate_extra_tensors
+    model.modify_tensors = modify_tensors
+    model.prepare_tensors = prepare_tensors
+    print(
+        "ggufkit: answered unquantized routed experts (upstream reads MXFP4 only)", file=sys.stderr
+    )
+
+
+PATCHES: dict[str, Callable[[Any], None]] = {"float_routed_experts": float_routed_experts}
+
+
+def install(
+    base: Any, gguf: Any, renames: list[tuple[str, str]], layouts: list[str], patches: list[str]
+) -> None:
+    """Answer tensor names and layouts where upstream indexes the checkpoint, and install the
+    named converter patches."""
+    for patch in patches:
+        PATCHES[patch](gguf)
     rules = [(re.compile(pattern), replacement) for pattern, replacement in renames]
     fixes = [LAYOUTS[name] for name in layouts]
     original = base.ModelBase.index_tensors

@@ -70,6 +70,20 @@ class IndicesOf:
 
 
 @dataclass(frozen=True)
+class ValuesOf:
+    """The per-layer list ``key`` with each kind replaced by its value: from ``fixed``, else
+    from the config's dict ``table``."""
+
+    key: str
+    table: str
+    fixed: tuple[tuple[str, Any], ...] = ()
+
+    def read(self, config: dict[str, Any]) -> list[Any]:
+        values = {**(config.get(self.table) or {}), **dict(self.fixed)}
+        return [values[entry] for entry in config.get(self.key) or ()]
+
+
+@dataclass(frozen=True)
 class RotaryDims:
     """How many dims of a head transformers rotates: int(head size x partial_rotary_factor)."""
 
@@ -82,7 +96,7 @@ class RotaryDims:
         return int(head * (self.default_fraction if fraction is None else fraction))
 
 
-COMPUTED = From | CountOf | FlagsOf | IndicesOf | RotaryDims
+COMPUTED = From | CountOf | FlagsOf | IndicesOf | ValuesOf | RotaryDims
 PARTIAL_ROTARY = ("rope_parameters", "partial_rotary_factor")
 
 # HF architecture -> {config field the converter reads: transformers' value when it is absent}
@@ -117,8 +131,13 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
         "swa_num_attention_heads": From(("num_attention_heads",), None),
         "swa_num_key_value_heads": From(("num_key_value_heads",), None, times=2),
     },
-    # DeepseekV4Config marks hash-routed layers in mlp_layer_types; upstream reads a count.
-    "DeepseekV4ForCausalLM": {"num_hash_layers": CountOf("mlp_layer_types", "hash_moe")},
+    # DeepseekV4Config marks hash-routed layers in mlp_layer_types and each layer's compression
+    # in layer_types (rates in compress_rates; sliding layers compress nothing); upstream reads
+    # the release's count and per-layer ratios.
+    "DeepseekV4ForCausalLM": {
+        "num_hash_layers": CountOf("mlp_layer_types", "hash_moe"),
+        "compress_ratios": ValuesOf("layer_types", "compress_rates", (("sliding_attention", 0),)),
+    },
     # KimiLinearConfig spreads the release's linear_attn_config (1-based layer lists) over its own
     # fields and marks dense layers in mlp_layer_types; upstream reads the release's fields.
     "KimiLinearForCausalLM": {
@@ -252,6 +271,14 @@ TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
         (r"^(model\.layers\.\d+\.self_attn)\.attn_sub_norm\.", r"\1.inner_attn_ln."),
         (r"^(model\.layers\.\d+\.mlp)\.ffn_sub_norm\.", r"\1.ffn_layernorm."),
     ),
+    # DeepSeek-V4: upstream reads the original release's names (no "model." prefix, embed,
+    # hc_head_*, the key/value norm as kv_norm); transformers 5 saves its own at the root.
+    "DeepseekV4ForCausalLM": (
+        (r"^model\.embed_tokens\.", "embed."),
+        (r"^model\.hc_head\.hc_(fn|base|scale)$", r"hc_head_\1"),
+        (r"^model\.layers\.(\d+)\.attn\.norm\.", r"model.layers.\1.attn.kv_norm."),
+        (r"^model\.", ""),
+    ),
     # transformers 5 saves every Kimi Linear layer's feed-forward under block_sparse_moe, the
     # leading dense layers' too; upstream maps those under mlp, as released.
     "KimiLinearForCausalLM": (
@@ -282,6 +309,14 @@ TENSOR_LAYOUTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Converter behaviour a transformers 5 checkpoint needs beyond names and layouts: HF architecture
+# -> the names of the upstream child's patches (ggufkit/convert/_upstream_tensors.py, PATCHES).
+CONVERTER_PATCHES: dict[str, tuple[str, ...]] = {
+    # upstream writes DeepSeek-V4's routed experts only from the release's MXFP4 blocks
+    "DeepseekV4ForCausalLM": ("float_routed_experts",),
+}
+
+
 def tensor_renames(config: dict[str, Any]) -> list[tuple[str, str]]:
     """The (pattern, replacement) pairs for the architectures in ``config``, in order."""
     archs = config.get("architectures") or ()
@@ -290,5 +325,14 @@ def tensor_renames(config: dict[str, Any]) -> list[tuple[str, str]]:
 
 def tensor_layouts(config: dict[str, Any]) -> list[str]:
     """The layout functions for the architectures in ``config``."""
+    return _named(config, TENSOR_LAYOUTS)
+
+
+def converter_patches(config: dict[str, Any]) -> list[str]:
+    """The converter patches for the architectures in ``config``."""
+    return _named(config, CONVERTER_PATCHES)
+
+
+def _named(config: dict[str, Any], table: dict[str, tuple[str, ...]]) -> list[str]:
     archs = config.get("architectures") or ()
-    return list(dict.fromkeys(name for arch in archs for name in TENSOR_LAYOUTS.get(arch, ())))
+    return list(dict.fromkeys(name for arch in archs for name in table.get(arch, ())))

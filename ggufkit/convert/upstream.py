@@ -149,11 +149,12 @@ def _as_transformers_loads_it(model_dir: Path) -> Any:
 def _hparam_answers(model_dir: Path) -> dict[str, Any]:
     """Config fields ggufkit gives upstream (``arch_answers``): transformers' values it lacks
     (``hparams``), fields in the names upstream reads (``hparams_renamed``), tensor names in
-    the names upstream maps (``tensor_renames``) and layouts it gets wrong (``tensor_layouts``),
+    the names upstream maps (``tensor_renames``) and layouts it gets wrong (``tensor_layouts``), converter patches (``converter_patches``),
     and whether a tokenizer.json without tokenizer.model is read as BPE
     (``bpe_without_sentencepiece``)."""
     from ggufkit.convert.arch_answers import (
         bpe_without_sentencepiece,
+        converter_patches,
         hparam_answers,
         hparam_renames,
         tensor_layouts,
@@ -167,6 +168,7 @@ def _hparam_answers(model_dir: Path) -> dict[str, Any]:
         "hparams_renamed": hparam_renames(config),
         "tensor_renames": tensor_renames(config),
         "tensor_layouts": tensor_layouts(config),
+        "converter_patches": converter_patches(config),
         "bpe_without_sentencepiece": bpe_without_sentencepiece(config),
     }
 

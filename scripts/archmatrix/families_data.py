@@ -137,6 +137,18 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # Kimi Linear 48B-A3B's full-attention layers have no query compression (q_lora_rank null;
     # llama.cpp's kimi-linear graph reads no query rank).
     "KimiLinearForCausalLM": {"q_lora_rank": None},
+    # DeepSeek-V4-Flash's attention: one latent key/value head, heads in output groups (8 of 64
+    # heads there), the rotated part of each head a fraction of it (64 of 512). Heads and
+    # indexer keys 64 wide: llama.cpp's deepseek4 caches assert on 16- and 32-wide ones.
+    "DeepseekV4ForCausalLM": {
+        "num_key_value_heads": 1,
+        "head_dim": 64,
+        "qk_rope_head_dim": 16,
+        "o_groups": 2,
+        "o_lora_rank": 16,
+        "index_n_heads": 4,
+        "index_head_dim": 64,
+    },
     # BitNet b1.58 ties its embeddings (upstream maps no lm_head). Its master weights, which
     # transformers runs ternary (online: per-tensor absmean, as upstream's converter rounds
     # them) with 8-bit activations; without a quantization_config it would run them unrounded.
@@ -193,8 +205,6 @@ UPSTREAM_CAUSES: dict[str, str] = {
     "hidden_act, relu2 as released) and full-precision activations (transformers: per-token "
     "8-bit absmax); with hidden_act silu the f16 file is 2.84% off, and 0.092% off transformers "
     "with ternary weights and unrounded activations",
-    "DeepseekV4ForCausalLM": "upstream reads the original release's tensor names (layers.N.ffn.*); "
-    "transformers saves the hash-routing table as model.layers.N.mlp.gate.tid2eid",
     "KimiLinearForCausalLM": "llama.cpp's kimi-linear graph l2-normalises KDA queries and keys "
     "with rms_norm_eps (1e-5 as released) where transformers uses 1e-6, which this tiny "
     "model's small q/k feel (dense layers only: 0.59%); with rms_norm_eps 1e-6 the f32 file "
