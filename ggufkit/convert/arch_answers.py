@@ -279,6 +279,17 @@ TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
         (r"^model\.layers\.(\d+)\.attn\.norm\.", r"model.layers.\1.attn.kv_norm."),
         (r"^model\.", ""),
     ),
+    # Hunyuan V4: transformers 5 saves the hyper-connection tensors under hc_pre (the head's
+    # and each layer's) and every gate_proj as linear_gate (the release's name of the attention
+    # gate only); upstream maps the release's names.
+    "HYV4ForCausalLM": (
+        (r"^(model\.layers\.\d+\.mlp(\.shared_experts)?)\.linear_gate\.", r"\1.gate_proj."),
+        (r"^model\.hc_pre\.hc_head\.", "model.hc_head."),
+        (
+            r"^(model\.layers\.\d+)\.hc_pre\.(hc_attn_layer|hc_mlp_layer)\.",
+            r"\1.\2.hc_pre.",
+        ),
+    ),
     # transformers 5 saves every Kimi Linear layer's feed-forward under block_sparse_moe, the
     # leading dense layers' too; upstream maps those under mlp, as released.
     "KimiLinearForCausalLM": (
