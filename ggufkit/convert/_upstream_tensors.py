@@ -68,7 +68,40 @@ def partial_rotary(name: str, tensor: Any, hparams: dict[str, Any]) -> Any:
     return tensor[rows]
 
 
-LAYOUTS: dict[str, Layout] = {"partial_rotary": partial_rotary}
+def _pairs_at_tail(tensor: Any, block: int, rotated: int) -> Any:
+    """``tensor`` with the last ``rotated`` rows of every ``block`` rows reordered from halves
+    (rotate_half: dims i and i + rotated/2 turn together) to adjacent pairs (llama.cpp's NORM
+    rope)."""
+    import torch
+
+    half = rotated // 2
+    order = list(range(block - rotated)) + [
+        block - rotated + j // 2 + (j % 2) * half for j in range(rotated)
+    ]
+    blocks = tensor.shape[0] // block
+    rows = (torch.tensor(order) + block * torch.arange(blocks).unsqueeze(1)).reshape(-1)
+    return tensor[rows]
+
+
+def mla_rope_halves(name: str, tensor: Any, hparams: dict[str, Any]) -> Any:
+    """Rows of the rotated parts of multi-head latent attention and its indexer (the tail of
+    each head, as in DeepSeek's layout) for a model that transformers rotates by halves and
+    whose llama.cpp graph, converted without a permutation, rotates adjacent pairs (HY V4)."""
+    rope = int(hparams["qk_rope_head_dim"])
+    qk_head = int(hparams["qk_nope_head_dim"]) + rope
+    index_head = int(hparams.get("index_head_dim") or 0)
+    if name.endswith("self_attn.q_b_proj.weight"):
+        return _pairs_at_tail(tensor, qk_head, rope)
+    if name.endswith("self_attn.kv_a_proj_with_mqa.weight"):
+        return _pairs_at_tail(tensor, tensor.shape[0], rope)
+    if name.endswith("self_attn.indexer.wq_b.weight"):
+        return _pairs_at_tail(tensor, index_head, rope)
+    if name.endswith(("indexer.wk.weight", "indexer.k_norm.weight", "indexer.k_norm.bias")):
+        return _pairs_at_tail(tensor, index_head, rope)
+    return tensor
+
+
+LAYOUTS: dict[str, Layout] = {"partial_rotary": partial_rotary, "mla_rope_halves": mla_rope_halves}
 
 DSV4_EXPERTS = {"w1": "FFN_GATE_EXP", "w2": "FFN_DOWN_EXP", "w3": "FFN_UP_EXP"}
 

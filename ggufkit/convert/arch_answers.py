@@ -317,6 +317,9 @@ TENSOR_LAYOUTS: dict[str, tuple[str, ...]] = {
     # Bamba rotates half of each head; upstream's granitehybrid converter permutes q/k over the
     # whole head for llama.cpp's NORM rope, right only where the whole head rotates.
     "BambaForCausalLM": ("partial_rotary",),
+    # transformers' HY V4 rotates the rope dims by halves ("non-interleave"); upstream writes
+    # them unpermuted for llama.cpp's hy_v4 graph, which rotates adjacent pairs.
+    "HYV4ForCausalLM": ("mla_rope_halves",),
 }
 
 

@@ -190,6 +190,8 @@ NOTES: dict[str, str] = {
     "Gemma2ForCausalLM": "sliding window 32 and soft-capping exercised",
     "Gemma3ForCausalLM": "5 sliding layers (window 32) + 1 full, as llama.cpp fixes the pattern",
     "BitNetForCausalLM": "master weights, run ternary by transformers (online quantization)",
+    "HYV4ForCausalLM": "rotated dims laid out as transformers rotates them (halves); upstream "
+    "keeps the release's rows for llama.cpp's adjacent pairs, which it says the reference uses",
     "Exaone4ForCausalLM": "EXAONE 4.0 1.2B layout (global attention only); the 32B's 64-layer "
     "hybrid measures 0.515-0.529% (f16 rounding over 64 random layers)",
     "NemotronHForCausalLM": "Nemotron 3 (MoE) layout; a dense Nemotron-H saved by transformers 5 "
@@ -209,8 +211,6 @@ UPSTREAM_CAUSES: dict[str, str] = {
     "with rms_norm_eps (1e-5 as released) where transformers uses 1e-6, which this tiny "
     "model's small q/k feel (dense layers only: 0.59%); with rms_norm_eps 1e-6 the f32 file "
     "is within 0.009% and f16 rounding flips near-tie choices of the random router (7.7%)",
-    "HYV4ForCausalLM": "upstream maps none of transformers' hyper-connection head tensors "
-    "(model.hc_pre.*)",
 }
 # Why a family cannot be built here, where that is known: the row is still attempted, and only
 # if it fails does this reason stand as its status (with the first error).
