@@ -339,3 +339,17 @@ def test_unquantized_routed_experts_are_stacked_per_layer(
     quantized = DeepseekV4Model({**experts, "layers.0.ffn.experts.0.w1.scale": lambda: 1})
     dict(quantized.generate_extra_tensors())
     assert written[0] == "0.w1"  # the release's MXFP4 path
+
+
+@pytest.mark.needs_torch
+def test_bitnets_released_weights_unpack_as_transformers_packs_them() -> None:
+    import torch
+    from transformers.integrations.bitnet import pack_weights, unpack_weights
+
+    generator = torch.Generator().manual_seed(2)
+    ternary = torch.randint(-1, 2, (12, 5), generator=generator).float()
+    packed = pack_weights(ternary.clone())
+    assert packed.dtype == torch.uint8 and packed.shape == (3, 5)
+    scale = torch.tensor([4.0])
+    assert torch.equal(unpack_weights(packed, torch.float32), ternary)  # transformers' own
+    assert torch.equal(answers.unpack_ternary(packed, scale), ternary / 4.0)

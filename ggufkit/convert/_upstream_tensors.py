@@ -161,7 +161,62 @@ def float_routed_experts(gguf: Any) -> None:
     )
 
 
-PATCHES: dict[str, Callable[[Any], None]] = {"float_routed_experts": float_routed_experts}
+def unpack_ternary(packed: Any, scale: Any) -> Any:
+    """BitNet's released weights: four ternary values per byte (2 bits each, value + 1), the
+    rows of the i-th quarter of the matrix in bits 2i, 2i+1; the weight is value / scale."""
+    import torch
+
+    quarters = [((packed >> (2 * i)) & 3).to(torch.float32) - 1 for i in range(4)]
+    return torch.cat(quarters, dim=0) / scale.to(torch.float32)
+
+
+def bitnet_packed(gguf: Any) -> None:
+    """BitNet b1.58 as released (quantization_config bitnet, offline): upstream unpacks the
+    weights with a shift its lazy tensors refuse, then rounds them to ternary again by their
+    mean, which is not the identity on ternary values with zeros (it scales each matrix by its
+    share of non-zeros). They are unpacked here, and written as they are."""
+    from conversion import base, bitnet
+    from gguf.lazy import LazyBase
+
+    dequant, modify, rounding = (
+        base.ModelBase.dequant_model,
+        bitnet.BitnetModel.modify_tensors,
+        bitnet.BitnetModel.weight_quant,
+    )
+
+    def dequant_model(self: Any) -> Any:
+        quantization = self.hparams.get("quantization_config") or {}
+        packed = quantization.get("linear_class", "bitlinear") == "bitlinear"  # 2-bit weights
+        if quantization.get("quant_method") == "bitnet" and packed:
+            self.ggufkit_ternary = set()
+            for name in [n for n in self.model_tensors if n.endswith(".weight_scale")]:
+                weight = name.removesuffix("_scale")
+                packed, scale = self.model_tensors[weight], self.model_tensors.pop(name)
+                self.model_tensors[weight] = lambda w=packed, s=scale: unpack_ternary(
+                    LazyBase.to_eager(w()), LazyBase.to_eager(s())
+                )
+                self.ggufkit_ternary.add(weight)
+            if self.ggufkit_ternary:
+                count = len(self.ggufkit_ternary)
+                print(f"ggufkit: answered {count} packed ternary weights", file=sys.stderr)
+        return dequant(self)
+
+    def modify_tensors(self: Any, data: Any, name: str, bid: int | None) -> Any:
+        self.ggufkit_exact = name in getattr(self, "ggufkit_ternary", ())
+        yield from modify(self, data, name, bid)
+
+    def weight_quant(self: Any, weight: Any) -> Any:
+        return weight if getattr(self, "ggufkit_exact", False) else rounding(self, weight)
+
+    base.ModelBase.dequant_model = dequant_model
+    bitnet.BitnetModel.modify_tensors = modify_tensors
+    bitnet.BitnetModel.weight_quant = weight_quant
+
+
+PATCHES: dict[str, Callable[[Any], None]] = {
+    "float_routed_experts": float_routed_experts,
+    "bitnet_packed": bitnet_packed,
+}
 
 
 def install(

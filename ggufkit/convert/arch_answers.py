@@ -328,6 +328,8 @@ TENSOR_LAYOUTS: dict[str, tuple[str, ...]] = {
 CONVERTER_PATCHES: dict[str, tuple[str, ...]] = {
     # upstream writes DeepSeek-V4's routed experts only from the release's MXFP4 blocks
     "DeepseekV4ForCausalLM": ("float_routed_experts",),
+    # upstream cannot unpack BitNet's released 2-bit weights (lazily) and re-rounds them wrongly
+    "BitNetForCausalLM": ("bitnet_packed",),
 }
 
 
