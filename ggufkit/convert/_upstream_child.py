@@ -12,7 +12,8 @@ Answers are given to upstream, each only where upstream would otherwise be wrong
 - config fields a checkpoint saved by transformers 5 lacks or names anew, per architecture
   (ggufkit.convert.arch_answers);
 - tensor names a checkpoint saved by transformers 5 gives otherwise than the names upstream maps,
-  and tensor layouts upstream gets wrong, per architecture (``_upstream_tensors``);
+  tensor layouts upstream gets wrong, and converter patches for what upstream reads only in a
+  release's own form, per architecture (``_upstream_tensors``);
 - a byte-level BPE tokenizer.json read as such where the converter reads only a sentencepiece
   tokenizer.model that the checkpoint lacks (arch_answers.BPE_WITHOUT_SENTENCEPIECE);
 - DeepSeek-V3.2's BOS check, asked of the tokenizer transformers 5 runs;
@@ -50,10 +51,10 @@ def main(argv: list[str]) -> None:
     _fix_falcon_kv_heads(base)
     _bos_as_the_tokenizer_runs()
     _fill_hparams(base, settings.get("hparams") or {}, settings.get("hparams_renamed") or {})
-    renames, layouts = settings.get("tensor_renames"), settings.get("tensor_layouts")
-    if renames or layouts or settings.get("converter_patches"):
-        tensors = _sibling("_upstream_tensors")
-        tensors.install(base, gguf, renames, layouts, settings["converter_patches"])
+    renames, layouts = settings.get("tensor_renames") or [], settings.get("tensor_layouts") or []
+    patches = settings.get("converter_patches") or []
+    if renames or layouts or patches:
+        _sibling("_upstream_tensors").install(base, gguf, renames, layouts, patches)
     if settings.get("bpe_without_sentencepiece"):
         _bpe_without_sentencepiece(base)
     if settings.get("pre_tokenizer_file"):

@@ -2,15 +2,18 @@
 pinned converter as it reads a checkpoint saved by transformers 5.
 
 Loaded by the child from its own file (it imports nothing from ggufkit, and runs before the
-pinned gguf-py's converter is imported). Two kinds of answer, both per architecture and chosen
+pinned gguf-py's converter is imported). Three kinds of answer, each per architecture and chosen
 by the parent (``ggufkit.convert.arch_answers``):
 
 - renames: (pattern, replacement) pairs over tensor names (data, ``TENSOR_RENAMES``);
 - layouts: a named function of LAYOUTS that rewrites a tensor where upstream would lay it out
-  wrongly for llama.cpp, given the config as upstream reads it (after ggufkit's config answers).
+  wrongly for llama.cpp, given the config as upstream reads it (after ggufkit's config answers);
+- patches: a named function of PATCHES that changes a converter's hooks where it reads only a
+  release's own form (DeepSeek-V4's MXFP4 experts, BitNet's packed weights).
 
-Both are applied where upstream indexes the checkpoint (``ModelBase.index_tensors``), so every
-converter sees the answered names and the tensors load lazily as before.
+Renames and layouts are applied where upstream indexes the checkpoint
+(``ModelBase.index_tensors``), so every converter sees the answered names and the tensors load
+lazily as before.
 """
 
 from __future__ import annotations
