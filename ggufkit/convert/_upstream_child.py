@@ -11,6 +11,11 @@ Answers are given to upstream, each only where upstream would otherwise be wrong
   for a multi-query model, which has one key/value head;
 - config fields a checkpoint saved by transformers 5 lacks or names anew, per architecture
   (ggufkit.convert.arch_answers);
+- tensor names a checkpoint saved by transformers 5 gives otherwise than the names upstream maps,
+  tensor layouts upstream gets wrong, and converter patches for what upstream reads only in a
+  release's own form, per architecture (``_upstream_tensors``);
+- a byte-level BPE tokenizer.json read as such where the converter reads only a sentencepiece
+  tokenizer.model that the checkpoint lacks (arch_answers.BPE_WITHOUT_SENTENCEPIECE);
 - DeepSeek-V3.2's BOS check, asked of the tokenizer transformers 5 runs;
 - Gemma 3n's key/value weights of the layers that reuse an earlier layer's cache: transformers 5
   saves none, llama.cpp's loader wants them for every layer and its graph reads them only before
@@ -23,6 +28,7 @@ It also adds the string keys of ``extra_kv`` (a vision pair's ``ggufkit.vision.*
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -49,6 +55,12 @@ def main(argv: list[str]) -> None:
     _bos_as_the_tokenizer_runs()
     _gemma3n_shared_kv_placeholders()
     _fill_hparams(base, settings.get("hparams") or {}, settings.get("hparams_renamed") or {})
+    renames, layouts = settings.get("tensor_renames") or [], settings.get("tensor_layouts") or []
+    patches = settings.get("converter_patches") or []
+    if renames or layouts or patches:
+        _sibling("_upstream_tensors").install(base, gguf, renames, layouts, patches)
+    if settings.get("bpe_without_sentencepiece"):
+        _bpe_without_sentencepiece(base)
     if settings.get("pre_tokenizer_file"):
         _pre_tokenizer_fallback(base, Path(settings["pre_tokenizer_file"]))
     if settings.get("chat"):
@@ -59,6 +71,16 @@ def main(argv: list[str]) -> None:
 
     sys.argv = [str(source / "convert_hf_to_gguf.py"), *argv[2:]]
     upstream.main()
+
+
+def _sibling(name: str) -> Any:
+    """A module beside this file that imports nothing from ggufkit (loaded by path: this
+    directory is not on the child's path, so as not to shadow upstream's modules)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _fix_falcon_kv_heads(base: Any) -> None:
@@ -194,6 +216,22 @@ def _fill(hparams: dict[str, Any], answers: dict[str, Any], prefix: str) -> list
             hparams[key] = value
             done.append(f"answered {prefix}{key}={value!r} (transformers' value)")
     return done
+
+
+def _bpe_without_sentencepiece(base: Any) -> None:
+    original = base.TextModel._set_vocab_sentencepiece
+
+    def _set_vocab_sentencepiece(self: Any, *args: Any, **kwargs: Any) -> Any:
+        folder = Path(self.dir_model)
+        if (folder / "tokenizer.model").is_file() or not (folder / "tokenizer.json").is_file():
+            return original(self, *args, **kwargs)
+        print(
+            "ggufkit: answered the vocabulary from tokenizer.json (BPE; no tokenizer.model)",
+            file=sys.stderr,
+        )
+        return self._set_vocab_gpt2()
+
+    base.TextModel._set_vocab_sentencepiece = _set_vocab_sentencepiece
 
 
 def _pre_tokenizer_fallback(base: Any, answer_file: Path) -> None:

@@ -59,6 +59,31 @@ class FlagsOf:
 
 
 @dataclass(frozen=True)
+class IndicesOf:
+    """The 1-based positions of the entries of the per-layer list ``key`` that are ``kind``."""
+
+    key: str
+    kind: str
+
+    def read(self, config: dict[str, Any]) -> list[int]:
+        return [i + 1 for i, entry in enumerate(config.get(self.key) or ()) if entry == self.kind]
+
+
+@dataclass(frozen=True)
+class ValuesOf:
+    """The per-layer list ``key`` with each kind replaced by its value: from ``fixed``, else
+    from the config's dict ``table``."""
+
+    key: str
+    table: str
+    fixed: tuple[tuple[str, Any], ...] = ()
+
+    def read(self, config: dict[str, Any]) -> list[Any]:
+        values = {**(config.get(self.table) or {}), **dict(self.fixed)}
+        return [values[entry] for entry in config.get(self.key) or ()]
+
+
+@dataclass(frozen=True)
 class RotaryDims:
     """How many dims of a head transformers rotates: int(head size x partial_rotary_factor)."""
 
@@ -71,7 +96,7 @@ class RotaryDims:
         return int(head * (self.default_fraction if fraction is None else fraction))
 
 
-COMPUTED = From | CountOf | FlagsOf | RotaryDims
+COMPUTED = From | CountOf | FlagsOf | IndicesOf | ValuesOf | RotaryDims
 PARTIAL_ROTARY = ("rope_parameters", "partial_rotary_factor")
 
 # HF architecture -> {config field the converter reads: transformers' value when it is absent}
@@ -106,8 +131,25 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
         "swa_num_attention_heads": From(("num_attention_heads",), None),
         "swa_num_key_value_heads": From(("num_key_value_heads",), None, times=2),
     },
-    # DeepseekV4Config marks hash-routed layers in mlp_layer_types; upstream reads a count.
-    "DeepseekV4ForCausalLM": {"num_hash_layers": CountOf("mlp_layer_types", "hash_moe")},
+    # DeepseekV4Config marks hash-routed layers in mlp_layer_types and each layer's compression
+    # in layer_types (rates in compress_rates; sliding layers compress nothing); upstream reads
+    # the release's count and per-layer ratios.
+    "DeepseekV4ForCausalLM": {
+        "num_hash_layers": CountOf("mlp_layer_types", "hash_moe"),
+        "compress_ratios": ValuesOf("layer_types", "compress_rates", (("sliding_attention", 0),)),
+    },
+    # KimiLinearConfig spreads the release's linear_attn_config (1-based layer lists) over its own
+    # fields and marks dense layers in mlp_layer_types; upstream reads the release's fields.
+    "KimiLinearForCausalLM": {
+        "linear_attn_config": {
+            "full_attn_layers": IndicesOf("layer_types", "full_attention"),
+            "kda_layers": IndicesOf("layer_types", "linear_attention"),
+            "head_dim": From(("linear_head_dim",), None),
+            "num_heads": From(("linear_num_heads",), None),
+            "short_conv_kernel_size": From(("linear_conv_kernel_dim",), None),
+        },
+        "first_k_dense_replace": CountOf("mlp_layer_types", "dense"),
+    },
     # Glm4MoeLiteConfig marks dense layers in mlp_layer_types; upstream reads a leading count.
     "Glm4MoeLiteForCausalLM": {"first_k_dense_replace": CountOf("mlp_layer_types", "dense")},
     "DeepseekV32ForCausalLM": {"first_k_dense_replace": CountOf("mlp_layer_types", "dense")},
@@ -129,7 +171,7 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
 # These routers score experts with a sigmoid, which transformers' config classes do not
 # record (the released configs say scoring_func "sigmoid"); upstream writes the gating
 # function only from scoring_func, and llama.cpp then falls back to softmax (DeepSeek-V3,
-# GLM-4.7-Flash), stops (EXAONE MoE, DeepSeek-V3.2: a required key; dots3-note's converter
+# GLM-4.7-Flash), stops (EXAONE MoE, DeepSeek-V3.2, Kimi Linear: a required key; dots3-note's converter
 # refuses) or aborts (dots.llm1, MiniMax-M2: no gating function).
 SIGMOID_ROUTED = (
     "DeepseekV3ForCausalLM",
@@ -138,6 +180,7 @@ SIGMOID_ROUTED = (
     "Dots3NoteForCausalLM",
     "ExaoneMoeForCausalLM",
     "Glm4MoeLiteForCausalLM",
+    "KimiLinearForCausalLM",
     "MiniMaxM2ForCausalLM",
 )
 for _arch in SIGMOID_ROUTED:
@@ -216,3 +259,96 @@ def hparam_renames(config: dict[str, Any]) -> dict[str, Any]:
             if isinstance(values, list) and any(value in names for value in values):
                 renamed[key] = [names.get(value, value) for value in values]
     return renamed
+
+
+# transformers 5 saves some families' tensors under other names than the pinned converter maps
+# (it maps the names of an earlier or the original release). HF architecture -> (regular
+# expression over a checkpoint's tensor name, its replacement: the name upstream reads), applied
+# by the upstream child to every name before the converter sees it.
+TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    # BitNet b1.58 2B4T's sub-norms as transformers names them; upstream maps only 1bitLLM's.
+    "BitNetForCausalLM": (
+        (r"^(model\.layers\.\d+\.self_attn)\.attn_sub_norm\.", r"\1.inner_attn_ln."),
+        (r"^(model\.layers\.\d+\.mlp)\.ffn_sub_norm\.", r"\1.ffn_layernorm."),
+    ),
+    # DeepSeek-V4: upstream reads the original release's names (no "model." prefix, embed,
+    # hc_head_*, the key/value norm as kv_norm); transformers 5 saves its own at the root.
+    "DeepseekV4ForCausalLM": (
+        (r"^model\.embed_tokens\.", "embed."),
+        (r"^model\.hc_head\.hc_(fn|base|scale)$", r"hc_head_\1"),
+        (r"^model\.layers\.(\d+)\.attn\.norm\.", r"model.layers.\1.attn.kv_norm."),
+        (r"^model\.", ""),
+    ),
+    # Hunyuan V4: transformers 5 saves the hyper-connection tensors under hc_pre (the head's
+    # and each layer's) and every gate_proj as linear_gate (the release's name of the attention
+    # gate only); upstream maps the release's names.
+    "HYV4ForCausalLM": (
+        (r"^(model\.layers\.\d+\.mlp(\.shared_experts)?)\.linear_gate\.", r"\1.gate_proj."),
+        (r"^model\.hc_pre\.hc_head\.", "model.hc_head."),
+        (
+            r"^(model\.layers\.\d+)\.hc_pre\.(hc_attn_layer|hc_mlp_layer)\.",
+            r"\1.\2.hc_pre.",
+        ),
+    ),
+    # transformers 5 saves every Kimi Linear layer's feed-forward under block_sparse_moe, the
+    # leading dense layers' too; upstream maps those under mlp, as released.
+    "KimiLinearForCausalLM": (
+        (
+            r"^(model\.layers\.\d+)\.block_sparse_moe\.(gate_proj|up_proj|down_proj)\.",
+            r"\1.mlp.\2.",
+        ),
+    ),
+}
+
+
+# Converters that read only a sentencepiece tokenizer.model, for families that transformers 5
+# releases with a byte-level BPE tokenizer.json only (BitNet b1.58 2B4T: Llama 3's tokenizer).
+# Where the checkpoint has no tokenizer.model, the upstream child reads tokenizer.json as BPE.
+BPE_WITHOUT_SENTENCEPIECE: frozenset[str] = frozenset({"BitNetForCausalLM"})
+
+
+def bpe_without_sentencepiece(config: dict[str, Any]) -> bool:
+    return bool(set(config.get("architectures") or ()) & BPE_WITHOUT_SENTENCEPIECE)
+
+
+# Tensor layouts upstream gets wrong for llama.cpp: HF architecture -> the names of the upstream
+# child's layout functions (ggufkit/convert/_upstream_tensors.py, LAYOUTS).
+TENSOR_LAYOUTS: dict[str, tuple[str, ...]] = {
+    # Bamba rotates half of each head; upstream's granitehybrid converter permutes q/k over the
+    # whole head for llama.cpp's NORM rope, right only where the whole head rotates.
+    "BambaForCausalLM": ("partial_rotary",),
+    # transformers' HY V4 rotates the rope dims by halves ("non-interleave"); upstream writes
+    # them unpermuted for llama.cpp's hy_v4 graph, which rotates adjacent pairs.
+    "HYV4ForCausalLM": ("mla_rope_halves",),
+}
+
+
+# Converter behaviour a transformers 5 checkpoint needs beyond names and layouts: HF architecture
+# -> the names of the upstream child's patches (ggufkit/convert/_upstream_tensors.py, PATCHES).
+CONVERTER_PATCHES: dict[str, tuple[str, ...]] = {
+    # upstream writes DeepSeek-V4's routed experts only from the release's MXFP4 blocks
+    "DeepseekV4ForCausalLM": ("float_routed_experts",),
+    # upstream cannot unpack BitNet's released 2-bit weights (lazily) and re-rounds them wrongly
+    "BitNetForCausalLM": ("bitnet_packed",),
+}
+
+
+def tensor_renames(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (pattern, replacement) pairs for the architectures in ``config``, in order."""
+    archs = config.get("architectures") or ()
+    return [rule for arch in archs for rule in TENSOR_RENAMES.get(arch, ())]
+
+
+def tensor_layouts(config: dict[str, Any]) -> list[str]:
+    """The layout functions for the architectures in ``config``."""
+    return _named(config, TENSOR_LAYOUTS)
+
+
+def converter_patches(config: dict[str, Any]) -> list[str]:
+    """The converter patches for the architectures in ``config``."""
+    return _named(config, CONVERTER_PATCHES)
+
+
+def _named(config: dict[str, Any], table: dict[str, tuple[str, ...]]) -> list[str]:
+    archs = config.get("architectures") or ()
+    return list(dict.fromkeys(name for arch in archs for name in table.get(arch, ())))

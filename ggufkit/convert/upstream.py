@@ -152,12 +152,29 @@ def _as_transformers_loads_it(model_dir: Path) -> Any:
 
 def _hparam_answers(model_dir: Path) -> dict[str, Any]:
     """Config fields ggufkit gives upstream (``arch_answers``): transformers' values it lacks
-    (``hparams``), and fields in the names upstream reads (``hparams_renamed``)."""
-    from ggufkit.convert.arch_answers import hparam_answers, hparam_renames
+    (``hparams``), fields in the names upstream reads (``hparams_renamed``), tensor names in
+    the names upstream maps (``tensor_renames``) and layouts it gets wrong (``tensor_layouts``), converter patches (``converter_patches``),
+    and whether a tokenizer.json without tokenizer.model is read as BPE
+    (``bpe_without_sentencepiece``)."""
+    from ggufkit.convert.arch_answers import (
+        bpe_without_sentencepiece,
+        converter_patches,
+        hparam_answers,
+        hparam_renames,
+        tensor_layouts,
+        tensor_renames,
+    )
     from ggufkit.formats.hfconfig import load_config
 
     config = load_config(model_dir)  # checked and bounded like every config read
-    return {"hparams": hparam_answers(config), "hparams_renamed": hparam_renames(config)}
+    return {
+        "hparams": hparam_answers(config),
+        "hparams_renamed": hparam_renames(config),
+        "tensor_renames": tensor_renames(config),
+        "tensor_layouts": tensor_layouts(config),
+        "converter_patches": converter_patches(config),
+        "bpe_without_sentencepiece": bpe_without_sentencepiece(config),
+    }
 
 
 def run_upstream(
