@@ -144,7 +144,7 @@ def test_cli_refusals_exit_2_before_any_tool(tmp_path: Path) -> None:
     cases = [
         (["--image", str(picture), "-p", "What?"], "has no vision projector"),
         (["--mmproj", str(projector(tmp_path)), "-p", "What?"], "--mmproj needs --image"),
-        (["--image", str(picture), "-p", "a", "-p", "b", "--chat"], "one -p question"),
+        (["--image", str(picture), "-p", "a", "-p", "b"], "several -p need --chat"),
     ]
     for extra, message in cases:
         result = runner.invoke(cli, ["run", str(text), *extra])
