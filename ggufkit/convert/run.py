@@ -57,6 +57,7 @@ def convert(
     tokenizer: str | Path | None = None,
     context_length: int | None = None,
     split: SplitLimits | None = None,
+    mmproj_outtype: str = "f16",
 ) -> ConvertResult:
     """Convert a checkpoint directory or Hub id to a GGUF file; returns what was written.
 
@@ -69,7 +70,8 @@ def convert(
     GGML/GGMF/GGJT or bloomz.cpp ``.bin`` file is converted by ``ggufkit.convert.legacy``, taking
     ``tokenizer`` (the original checkpoint's directory or Hub id) and ``context_length``;
     ``outtype`` does not apply. ``split`` writes a split set (``NAME-00001-of-0000N.gguf`` …);
-    the result's ``output`` is then its first shard.
+    the result's ``output`` is then its first shard. ``mmproj_outtype``: the type of a
+    vision-language checkpoint's projector (``mmproj-<output>``), f16 unless asked.
     """
     started = time.perf_counter()
     split = split if split is not None and split.active else None
@@ -88,12 +90,14 @@ def convert(
             "`tokenizer` and `context_length` apply to legacy .bin files only",
             hint="a checkpoint directory brings its own tokenizer and config.json",
         )
-    outtype = outtype.lower()
-    if outtype not in OUTTYPE_NAMES:
-        raise UsageError(
-            f"unknown output type {outtype!r}",
-            hint=f"choose one of {', '.join(OUTTYPE_NAMES)}; use `ggufkit quantize` for k-quants",
-        )
+    outtype, mmproj_outtype = outtype.lower(), mmproj_outtype.lower()
+    for given in (outtype, mmproj_outtype):
+        if given not in OUTTYPE_NAMES:
+            raise UsageError(
+                f"unknown output type {given!r}",
+                hint=f"choose one of {', '.join(OUTTYPE_NAMES)}; use `ggufkit quantize` for "
+                "k-quants",
+            )
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}", hint=f"choose one of {', '.join(ENGINES)}")
     if threads is not None and threads < 1:
@@ -142,6 +146,11 @@ def convert(
     if existing is not None and not force:
         raise UsageError(f"{existing} already exists", hint=EXISTS_HINT)
     vision = use_upstream and _is_vision(config, hf_arch, out, force=force, split=split)
+    if not vision and mmproj_outtype != "f16":
+        raise UsageError(
+            f"`mmproj_outtype` applies to vision-language checkpoints; {hf_arch} is not one",
+            hint="leave `mmproj_outtype` out",
+        )
     chat = choose_chat_template(chat_template, model_dir, repo_id or model_dir.name)
 
     phases: dict[str, float] = {}
@@ -153,7 +162,7 @@ def convert(
 
         done, mmproj = convert_vision(
             model_dir, out, outtype, chat, hf_arch=hf_arch, repo_id=repo_id, revision=revision,
-            phases=phases,
+            phases=phases, mmproj_outtype=mmproj_outtype,
         )  # fmt: skip
         engine_used = "upstream"
     elif use_upstream:

@@ -1,0 +1,120 @@
+"""A vision-language workspace: the projector (``mmproj-<name>-<OUTTYPE>.gguf``) beside the model.
+
+The convert step writes both files (``ggufkit.convert.vision``); the language model is the step's
+output and is what ``quantize`` makes its types from, while the projector stays as converted
+(f16 unless ggufkit.toml's ``mmproj_type`` asks for another type). The projector gets a record of
+its own in the manifest (step ``mmproj``, the convert step's inputs and command), and the model's
+record names it (``mmproj``), so that ``status`` shows it, ``publish`` uploads it beside the model
+files, and the card shows the pair. When the projector is missing or changed, the convert step
+runs again even though the model is up to date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ggufkit.core.errors import WorkspaceError
+from ggufkit.core.log import get_logger
+from ggufkit.workspace.manifest import Manifest, describe_output, editing, record_artefact
+
+if TYPE_CHECKING:
+    from ggufkit.workspace.card_pick import Artefact
+    from ggufkit.workspace.step_results import StepResult, StepState
+    from ggufkit.workspace.steps import Workspace
+
+log = get_logger("workspace.vision")
+
+STEP = "mmproj"
+MMPROJ_KEY = "mmproj"  # in the model's record: the projector's key in the manifest
+DEFAULT_TYPE = "f16"
+
+
+def mmproj_options(config: Any) -> dict[str, str]:
+    """What the convert step's fingerprint counts of the projector: its type, when asked for."""
+    return {"mmproj_type": config.mmproj_type} if config.mmproj_type else {}
+
+
+def mmproj_type(config: Any) -> str:
+    return str(config.mmproj_type or DEFAULT_TYPE)
+
+
+def recorded_mmproj(ws: Workspace, manifest: Manifest | None = None) -> Path | None:
+    """The projector the model's record names (whether or not it is on disk), or None."""
+    manifest = manifest or Manifest.load(ws.manifest_path)
+    record = manifest.get(ws.built(ws.f16_path)) or {}
+    key = record.get(MMPROJ_KEY)
+    return manifest.path.parent / key if isinstance(key, str) else None
+
+
+def mmproj_stale(ws: Workspace) -> bool:
+    """Whether the projector converted with the model is missing, unrecorded or changed (the
+    convert step must then run again)."""
+    manifest = Manifest.load(ws.manifest_path)
+    path = recorded_mmproj(ws, manifest)
+    if path is None:
+        return False
+    record = manifest.get(path)
+    if not path.is_file() or record is None:
+        why = "missing" if not path.is_file() else "not recorded"
+    elif describe_output(path)["sha256"] != record.get("sha256"):
+        why = "changed since it was made"
+    else:
+        return False
+    log.info("convert: the projector %s is %s; converting again", path.name, why)
+    return True
+
+
+def record_mmproj(
+    ws: Workspace, step: StepResult, inputs: Sequence[Mapping[str, Any]], command: Sequence[str]
+) -> None:
+    """After the convert step ran: record the projector it wrote (the step's inputs and command,
+    its own type), and name it in the model's record; a text model: nothing to do."""
+    if step.skipped:
+        return
+    manifest = Manifest.load(ws.manifest_path)
+    written = ((manifest.get(step.output) or {}).get("result") or {}).get("mmproj")
+    if not isinstance(written, str):
+        return
+    path, model = Path(written), manifest.key(step.output)
+    options = {"outtype": mmproj_type(ws.config), "model": step.output.name}
+    record_artefact(ws.manifest_path, path, step=STEP, inputs=inputs, options=options,
+                    command=command, seconds=0.0, extra={"model": model})  # fmt: skip
+    with editing(ws.manifest_path) as manifest:
+        manifest.artefacts[model][MMPROJ_KEY] = manifest.key(path)
+
+
+def mmproj_state(ws: Workspace, inputs: Sequence[Mapping[str, Any]] | None,
+                 manifest: Manifest) -> StepState | None:  # fmt: skip
+    """``status``'s row for the projector, when the workspace has one."""
+    path = recorded_mmproj(ws, manifest)
+    if path is None:
+        return None
+    options = {"outtype": mmproj_type(ws.config), "model": ws.built(ws.f16_path).name}
+    state = ws.state_of(STEP, path, inputs, options, manifest)
+    state.label = "convert mmproj"
+    return state
+
+
+def published_mmproj(ws: Workspace) -> Artefact | None:
+    """The projector as ``publish`` sends it beside the model files, checked against its record."""
+    from ggufkit.workspace.card_pick import Artefact
+
+    manifest = Manifest.load(ws.manifest_path)
+    path = recorded_mmproj(ws, manifest)
+    if path is None:
+        return None
+    record = manifest.get(path)
+    if not path.is_file() or record is None:
+        raise WorkspaceError(
+            f"the model's projector {path.name} is missing or not recorded",
+            hint="convert again: `ggufkit convert` (it writes the model and its mmproj)",
+        )
+    if describe_output(path)["sha256"] != record.get("sha256"):
+        raise WorkspaceError(
+            f"{path.name} changed since it was made: its record describes other bytes",
+            hint="convert again: `ggufkit convert --force`",
+        )
+    kind = (record.get("options") or {}).get("outtype") or DEFAULT_TYPE
+    return Artefact(path, str(kind).upper(), record)
