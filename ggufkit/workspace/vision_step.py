@@ -6,7 +6,8 @@ output and is what ``quantize`` makes its types from, while the projector stays 
 its own in the manifest (step ``mmproj``, the convert step's inputs and command), and the model's
 record names it (``mmproj``), so that ``status`` shows it, ``publish`` uploads it beside the model
 files, and the card shows the pair. When the projector is missing or changed, the convert step
-runs again even though the model is up to date.
+runs again even though the model is up to date. ``ws`` is a
+:class:`~ggufkit.workspace.steps.Workspace` (not imported: steps imports this module).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from ggufkit.workspace.manifest import Manifest, describe_output, editing, recor
 if TYPE_CHECKING:
     from ggufkit.workspace.card_pick import Artefact
     from ggufkit.workspace.step_results import StepResult, StepState
-    from ggufkit.workspace.steps import Workspace
 
 log = get_logger("workspace.vision")
 
@@ -40,7 +40,7 @@ def mmproj_type(config: Any) -> str:
     return str(config.mmproj_type or DEFAULT_TYPE)
 
 
-def recorded_mmproj(ws: Workspace, manifest: Manifest | None = None) -> Path | None:
+def recorded_mmproj(ws: Any, manifest: Manifest | None = None) -> Path | None:
     """The projector the model's record names (whether or not it is on disk), or None."""
     manifest = manifest or Manifest.load(ws.manifest_path)
     record = manifest.get(ws.built(ws.f16_path)) or {}
@@ -48,7 +48,7 @@ def recorded_mmproj(ws: Workspace, manifest: Manifest | None = None) -> Path | N
     return manifest.path.parent / key if isinstance(key, str) else None
 
 
-def mmproj_stale(ws: Workspace) -> bool:
+def mmproj_stale(ws: Any) -> bool:
     """Whether the projector converted with the model is missing, unrecorded or changed (the
     convert step must then run again)."""
     manifest = Manifest.load(ws.manifest_path)
@@ -67,25 +67,26 @@ def mmproj_stale(ws: Workspace) -> bool:
 
 
 def record_mmproj(
-    ws: Workspace, step: StepResult, inputs: Sequence[Mapping[str, Any]], command: Sequence[str]
+    ws: Any, step: StepResult, inputs: Sequence[Mapping[str, Any]], command: Sequence[str]
 ) -> None:
     """After the convert step ran: record the projector it wrote (the step's inputs and command,
     its own type), and name it in the model's record; a text model: nothing to do."""
     if step.skipped:
         return
     manifest = Manifest.load(ws.manifest_path)
-    written = ((manifest.get(step.output) or {}).get("result") or {}).get("mmproj")
-    if not isinstance(written, str):
+    result = (manifest.get(step.output) or {}).get("result") or {}
+    if not isinstance(result.get("mmproj"), str):
         return
-    path, model = Path(written), manifest.key(step.output)
+    path, model = Path(result["mmproj"]), manifest.key(step.output)
     options = {"outtype": mmproj_type(ws.config), "model": step.output.name}
+    seconds = (result.get("phases") or {}).get("upstream_mmproj", 0.0)  # the converter's run
     record_artefact(ws.manifest_path, path, step=STEP, inputs=inputs, options=options,
-                    command=command, seconds=0.0, extra={"model": model})  # fmt: skip
+                    command=command, seconds=seconds, extra={"model": model})  # fmt: skip
     with editing(ws.manifest_path) as manifest:
         manifest.artefacts[model][MMPROJ_KEY] = manifest.key(path)
 
 
-def mmproj_state(ws: Workspace, inputs: Sequence[Mapping[str, Any]] | None,
+def mmproj_state(ws: Any, inputs: Sequence[Mapping[str, Any]] | None,
                  manifest: Manifest) -> StepState | None:  # fmt: skip
     """``status``'s row for the projector, when the workspace has one."""
     path = recorded_mmproj(ws, manifest)
@@ -97,7 +98,7 @@ def mmproj_state(ws: Workspace, inputs: Sequence[Mapping[str, Any]] | None,
     return state
 
 
-def published_mmproj(ws: Workspace) -> Artefact | None:
+def published_mmproj(ws: Any) -> Artefact | None:
     """The projector as ``publish`` sends it beside the model files, checked against its record."""
     from ggufkit.workspace.card_pick import Artefact
 
