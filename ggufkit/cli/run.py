@@ -212,7 +212,7 @@ def _image_chat(
         raise UsageError("--mmproj needs --image", hint="give the picture with --image")
     if stop:
         raise UsageError("--stop does not apply to --image", hint="leave --stop out")
-    sampling = {"max_tokens": max_tokens, "temperature": temp, "seed": seed, "ctx": ctx,
+    sampling: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temp, "seed": seed, "ctx": ctx,
                 "threads": threads}  # fmt: skip
     if chat:
         _image_conversation(model, prompts, image, mmproj, system, echo, sampling, as_json)
