@@ -212,8 +212,8 @@ def _image_chat(
         raise UsageError("--mmproj needs --image", hint="give the picture with --image")
     if stop:
         raise UsageError("--stop does not apply to --image", hint="leave --stop out")
-    sampling: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temp, "seed": seed, "ctx": ctx,
-                "threads": threads}  # fmt: skip
+    sampling: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temp, "seed": seed,
+                                "ctx": ctx, "threads": threads}  # fmt: skip
     if chat:
         _image_conversation(model, prompts, image, mmproj, system, echo, sampling, as_json)
         return
