@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from ggufkit.core.errors import ToolOutputError, UsageError
-from ggufkit.inference.image_chat import MTMD_CLI, check_pair, check_picture, find_mtmd_cli
+from ggufkit.inference.image_chat import (
+    MTMD_CLI,
+    TOOL_HINT,
+    check_pair,
+    check_picture,
+    find_mtmd_cli,
+)
 
 MARKER_ENV = "MTMD_TEST_RESPONSE_MARKER"
 PROMPT = "\n> "  # the tool's prompt, printed after each answer
@@ -99,10 +105,10 @@ def image_conversation(
 
     asked = check_turns(turns)
     mmproj = check_pair(model, mmproj)
-    tool = find_mtmd_cli()
     marker = f"<<ggufkit-turn-{secrets.token_hex(8)}>>"
     with tempfile.TemporaryDirectory(prefix="ggufkit-image-") as scratch:
         picture = _one_line_path(check_picture(image, Path(scratch)), Path(scratch))
+        tool = find_mtmd_cli()
         script = Path(scratch) / "turns.txt"
         # A trailing space keeps a turn's last backslash from being read as a line continuation
         # (the tool strips the space).
@@ -124,7 +130,7 @@ def image_conversation(
             args += ["-t", str(threads)]
         result = run_tool(
             args, what=MTMD_CLI, env={MARKER_ENV: marker}, stdin=script,
-            hint="see the log: llama.cpp's own message",
+            hint=TOOL_HINT,
         )  # fmt: skip
         text = transcript.read_bytes().decode("utf-8", errors="replace")
     answers = split_answers(text, marker, len(asked), system=system is not None)
