@@ -120,7 +120,7 @@ def test_a_vision_workspace_end_to_end(
     with (out / MMPROJ).open("ab") as handle:  # a changed projector is not published
         handle.write(b"\0" * 32)
     changed = CliRunner().invoke(cli, ["publish", "me/tiny-vlm-GGUF", "--dry-run"])
-    assert changed.exit_code == 1 and f"{MMPROJ} changed since it was made" in changed.output
+    assert changed.exit_code == 1 and f"{MMPROJ} is changed since it was made" in changed.output
 
 
 def test_a_text_model_refuses_a_projector_type(tmp_path: Path) -> None:

@@ -211,6 +211,17 @@ def check_picture(path: Path, scratch: Path) -> Path:
         ) from exc
 
 
+def sampling_args(
+    max_tokens: int, temperature: float, seed: int | None, ctx: int | None, threads: int | None
+) -> list[str]:
+    """llama-mtmd-cli's options for what ``run`` was given."""
+    args = ["-n", str(max_tokens), "--temp", str(temperature)]
+    for flag, value in (("--seed", seed), ("-c", ctx), ("-t", threads)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
 def image_chat(
     model: Path,
     prompt: str,
@@ -232,14 +243,8 @@ def image_chat(
         tool = find_mtmd_cli()
         args: list[str | Path] = [
             tool, "-m", model, "--mmproj", mmproj, "--image", picture, "-p", prompt,
-            "-n", str(max_tokens), "--temp", str(temperature),
+            *sampling_args(max_tokens, temperature, seed, ctx, threads),
         ]  # fmt: skip
-        if seed is not None:
-            args += ["--seed", str(seed)]
-        if ctx is not None:
-            args += ["-c", str(ctx)]
-        if threads is not None:
-            args += ["-t", str(threads)]
         result = run_tool(args, what=MTMD_CLI, hint=TOOL_HINT)
     return ImageChatResult(
         answer=result.stdout.strip(),

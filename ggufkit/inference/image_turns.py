@@ -20,7 +20,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,11 @@ from ggufkit.core.errors import ToolOutputError, UsageError
 from ggufkit.inference.image_chat import (
     MTMD_CLI,
     TOOL_HINT,
+    ImageChatResult,
     check_pair,
     check_picture,
     find_mtmd_cli,
+    sampling_args,
 )
 
 MARKER_ENV = "MTMD_TEST_RESPONSE_MARKER"
@@ -41,27 +43,19 @@ COMMANDS = ("/image", "/audio", "/video", "/clear", "/quit", "/exit")
 
 
 @dataclass
-class ImageConversation:
-    turns: list[str]
-    answers: list[str]
-    model: Path
-    mmproj: Path
-    image: Path
-    seconds: float
-    log_path: Path
+class ImageConversation(ImageChatResult):
+    """The answer (``answer``: the last turn's) and every turn with its answer."""
+
+    turns: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "model": str(self.model),
-            "mmproj": str(self.mmproj),
-            "image": str(self.image),
-            "answer": self.answers[-1] if self.answers else "",
-            "turns": [
-                {"prompt": t, "answer": a} for t, a in zip(self.turns, self.answers, strict=True)
-            ],
-            "seconds": self.seconds,
-            "log_path": str(self.log_path),
-        }
+        data = super().to_json()
+        del data["answers"]
+        data["turns"] = [
+            {"prompt": t, "answer": a} for t, a in zip(self.turns, self.answers, strict=True)
+        ]
+        return data
 
 
 def check_turns(turns: Sequence[str]) -> list[str]:
@@ -116,18 +110,12 @@ def image_conversation(
         script.write_text("\n".join(lines) + "\n", encoding="utf-8")
         transcript = Path(scratch) / "chat.log"
         args: list[str | Path] = [
-            tool, "-m", model, "--mmproj", mmproj, "-n", str(max_tokens),
-            "--temp", str(temperature), "--log-file", transcript, "--log-prefix",
+            tool, "-m", model, "--mmproj", mmproj, "--log-file", transcript, "--log-prefix",
             "--log-timestamps", "--log-colors", "off",
+            *sampling_args(max_tokens, temperature, seed, ctx, threads),
         ]  # fmt: skip
         if system is not None:
             args += ["-sys", system]
-        if seed is not None:
-            args += ["--seed", str(seed)]
-        if ctx is not None:
-            args += ["-c", str(ctx)]
-        if threads is not None:
-            args += ["-t", str(threads)]
         result = run_tool(
             args, what=MTMD_CLI, env={MARKER_ENV: marker}, stdin=script,
             hint=TOOL_HINT,
@@ -141,7 +129,10 @@ def image_conversation(
             log_path=result.log_path,
             tail=text[-2000:],
         )
-    return ImageConversation(asked, answers, model, mmproj, image, result.seconds, result.log_path)
+    return ImageConversation(
+        answers[-1], model, mmproj, image, result.seconds, result.log_path,
+        turns=asked, answers=answers,
+    )  # fmt: skip
 
 
 def split_answers(log: str, marker: str, turns: int, *, system: bool) -> list[str] | None:

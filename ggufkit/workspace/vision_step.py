@@ -55,15 +55,19 @@ def mmproj_stale(ws: Any) -> bool:
     path = recorded_mmproj(ws, manifest)
     if path is None:
         return False
-    record = manifest.get(path)
+    why = _problem(path, manifest.get(path))
+    if why is not None:
+        log.info("convert: the projector %s is %s; converting again", path.name, why)
+    return why is not None
+
+
+def _problem(path: Path, record: dict[str, Any] | None) -> str | None:
+    """Why the projector's file does not match its record, or None when it does."""
     if not path.is_file() or record is None:
-        why = "missing" if not path.is_file() else "not recorded"
-    elif describe_output(path)["sha256"] != record.get("sha256"):
-        why = "changed since it was made"
-    else:
-        return False
-    log.info("convert: the projector %s is %s; converting again", path.name, why)
-    return True
+        return "missing" if not path.is_file() else "not recorded"
+    if describe_output(path)["sha256"] != record.get("sha256"):
+        return "changed since it was made"
+    return None
 
 
 def record_mmproj(
@@ -107,15 +111,11 @@ def published_mmproj(ws: Any) -> Artefact | None:
     if path is None:
         return None
     record = manifest.get(path)
-    if not path.is_file() or record is None:
+    why = _problem(path, record)
+    if why is not None or record is None:
         raise WorkspaceError(
-            f"the model's projector {path.name} is missing or not recorded",
-            hint="convert again: `ggufkit convert` (it writes the model and its mmproj)",
-        )
-    if describe_output(path)["sha256"] != record.get("sha256"):
-        raise WorkspaceError(
-            f"{path.name} changed since it was made: its record describes other bytes",
-            hint="convert again: `ggufkit convert --force`",
+            f"the model's projector {path.name} is {why}: its record describes other bytes",
+            hint="convert again: `ggufkit convert --force` (it writes the model and its mmproj)",
         )
     kind = (record.get("options") or {}).get("outtype") or DEFAULT_TYPE
     return Artefact(path, str(kind).upper(), record)
