@@ -107,6 +107,17 @@ def test_a_renamed_pair_still_pairs(tmp_path: Path) -> None:
     assert check_pair(*moved) == moved[1]
 
 
+def test_the_projector_is_named_by_its_own_type() -> None:
+    from ggufkit.convert.vision import converted_together, mmproj_path
+
+    assert mmproj_path(Path("d/X-F16.gguf")) == Path("d/mmproj-X-F16.gguf")
+    assert mmproj_path(Path("X-BF16.gguf")).name == "mmproj-X-F16.gguf"
+    assert mmproj_path(Path("X-F16.gguf"), "q8_0").name == "mmproj-X-Q8_0.gguf"
+    assert mmproj_path(Path("model.gguf"), "q8_0").name == "mmproj-model.gguf"
+    assert converted_together("mmproj-X-Q8_0.gguf", "X-F16.gguf")
+    assert not converted_together("mmproj-Y-F16.gguf", "X-F16.gguf")
+
+
 def test_other_files_from_other_models_are_warned_about(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -21,6 +21,7 @@ from ggufkit.formats.gguf_reader import read_gguf
 
 NAME = "tiny-minicpmv"
 MODEL, MMPROJ, Q8 = f"{NAME}-F16.gguf", f"mmproj-{NAME}-F16.gguf", f"{NAME}-Q8_0.gguf"
+MMPROJ_Q8 = f"mmproj-{NAME}-Q8_0.gguf"  # the projector in q8_0: named by its own type
 
 
 @pytest.fixture(scope="module")
@@ -85,42 +86,45 @@ def test_a_vision_workspace_end_to_end(
     manifest = json.loads((out / "manifest.json").read_text())["artefacts"]
     assert manifest[MODEL]["sha256"] == sha  # the same model, converted again
 
-    # mmproj_type: the projector in q8_0; the model's bytes stay those of the f16 conversion
+    # mmproj_type: the projector in q8_0, named so; the old one is removed
     config = tmp_path / "ggufkit.toml"
     config.write_text(config.read_text().replace('# mmproj_type = "f16"', 'mmproj_type = "q8_0"'))
     assert states()["convert"] == "out of date"
     invoke("convert")
-    assert "Q8_0" in tensor_types(out / MMPROJ)
+    assert "Q8_0" in tensor_types(out / MMPROJ_Q8) and not (out / MMPROJ).exists()
     manifest = json.loads((out / "manifest.json").read_text())["artefacts"]
-    assert manifest[MODEL]["sha256"] == sha and manifest[MMPROJ]["options"]["outtype"] == "q8_0"
-    invoke("quantize")
+    assert manifest[MODEL]["mmproj"] == MMPROJ_Q8
+    assert manifest[MMPROJ_Q8]["options"]["outtype"] == "q8_0" and MMPROJ not in manifest
+    invoke("quantize")  # the model's header names its new projector: its types follow
+    for name in (MODEL, Q8):
+        assert read_gguf(out / name, max_array_items=0).metadata[PAIR_KEY] == MMPROJ_Q8
 
     dry = invoke("publish", "me/tiny-vlm-GGUF", "--dry-run", "--base-model", "me/tiny-vlm")
     head, card_text = dry.split("\n--- README.md ---\n")
-    assert all(name in head for name in (MODEL, MMPROJ, Q8))
+    assert all(name in head for name in (MODEL, MMPROJ_Q8, Q8))
     card = ModelCard(card_text)
     assert card.data.pipeline_tag == "image-text-to-text" and "multimodal" in card.data.tags
     rows = [line for line in card.text.splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == [MODEL, Q8]  # the projector is not a row
-    assert f"`{MMPROJ}` (Q8_0, " in card.text
+    assert f"`{MMPROJ_Q8}` (Q8_0, " in card.text
     pictures = card.text.split("## Pictures")[1]
-    assert f"llama-mtmd-cli -m {Q8} --mmproj {MMPROJ} --image picture.png" in pictures
-    assert f"ggufkit run {Q8} --mmproj {MMPROJ} --image picture.png" in pictures
-    assert f"hf download me/tiny-vlm-GGUF {Q8} {MMPROJ} --local-dir ." in pictures
+    assert f"llama-mtmd-cli -m {Q8} --mmproj {MMPROJ_Q8} --image picture.png" in pictures
+    assert f"ggufkit run {Q8} --mmproj {MMPROJ_Q8} --image picture.png" in pictures
+    assert f"hf download me/tiny-vlm-GGUF {Q8} {MMPROJ_Q8} --local-dir ." in pictures
     assert "llama-server -hf me/tiny-vlm-GGUF:Q8_0" in pictures
-    recorded = json.loads((out / "manifest.json").read_text())["artefacts"][MMPROJ]
-    assert f"- vision projector: `{MMPROJ}` (Q8_0, " in card.text
+    recorded = json.loads((out / "manifest.json").read_text())["artefacts"][MMPROJ_Q8]
+    assert f"- vision projector: `{MMPROJ_Q8}` (Q8_0, " in card.text
     assert f"sha256 `{recorded['sha256']}`" in card.text
 
     invoke("publish", "me/tiny-vlm-GGUF", "--token", TOKEN, "--base-model", "me/tiny-vlm")
     files = hub.files("me/tiny-vlm-GGUF")
-    for name in (MODEL, MMPROJ, Q8):
+    for name in (MODEL, MMPROJ_Q8, Q8):
         assert files[name] == (out / name).read_bytes()
 
-    with (out / MMPROJ).open("ab") as handle:  # a changed projector is not published
+    with (out / MMPROJ_Q8).open("ab") as handle:  # a changed projector is not published
         handle.write(b"\0" * 32)
     changed = CliRunner().invoke(cli, ["publish", "me/tiny-vlm-GGUF", "--dry-run"])
-    assert changed.exit_code == 1 and f"{MMPROJ} is changed since it was made" in changed.output
+    assert changed.exit_code == 1 and f"{MMPROJ_Q8} is changed since it was made" in changed.output
 
 
 def test_a_text_model_refuses_a_projector_type(tmp_path: Path) -> None:

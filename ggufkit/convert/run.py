@@ -145,7 +145,9 @@ def convert(
     existing = out if out.exists() else next(iter(shards_named_like(out) if split else []), None)
     if existing is not None and not force:
         raise UsageError(f"{existing} already exists", hint=EXISTS_HINT)
-    vision = use_upstream and _is_vision(config, hf_arch, out, force=force, split=split)
+    vision = use_upstream and _is_vision(
+        config, hf_arch, out, force=force, split=split, mmproj_outtype=mmproj_outtype
+    )
     if not vision and mmproj_outtype != "f16":
         raise UsageError(
             f"`mmproj_outtype` applies to vision-language checkpoints; {hf_arch} is not one",
@@ -208,7 +210,13 @@ def convert(
 
 
 def _is_vision(
-    config: dict[str, Any], hf_arch: str, out: Path, *, force: bool, split: SplitLimits | None
+    config: dict[str, Any],
+    hf_arch: str,
+    out: Path,
+    *,
+    force: bool,
+    split: SplitLimits | None,
+    mmproj_outtype: str,
 ) -> bool:
     """A vision-language checkpoint (two files: ``ggufkit.convert.vision``), checked for them."""
     from ggufkit.convert.vision import check_outputs, is_vision_checkpoint
@@ -220,7 +228,7 @@ def _is_vision(
             f"{hf_arch} converts into a model and an mmproj file; splitting them is not supported",
             hint="convert without --split-max-size/--split-max-tensors",
         )
-    check_outputs(out, force=force)
+    check_outputs(out, force=force, mmproj_outtype=mmproj_outtype)
     return True
 
 

@@ -119,8 +119,11 @@ def _check_same_source(
     model's projector)."""
     pair, paired = meta.get("ggufkit.vision.pair"), projector.get("ggufkit.vision.pair")
     names = (meta.get("general.name"), projector.get("general.name"))
-    if isinstance(pair, str) and isinstance(paired, str) and pair == f"mmproj-{paired}":
-        return  # converted together (whatever the files are called now)
+    if isinstance(pair, str) and isinstance(paired, str):
+        from ggufkit.convert.vision import converted_together
+
+        if converted_together(pair, paired):
+            return  # whatever the files are called now
     if names[0] == names[1] or not all(isinstance(n, str) for n in names):
         return
     if isinstance(pair, str) and isinstance(paired, str):

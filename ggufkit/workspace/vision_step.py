@@ -88,6 +88,15 @@ def record_mmproj(
                     command=command, seconds=seconds, extra={"model": model})  # fmt: skip
     with editing(ws.manifest_path) as manifest:
         manifest.artefacts[model][MMPROJ_KEY] = manifest.key(path)
+        for key, other in list(manifest.artefacts.items()):  # one of another type, made before
+            if (
+                other.get("step") == STEP
+                and other.get("model") == model
+                and key != manifest.key(path)
+            ):
+                manifest.artefacts.pop(key)
+                (manifest.path.parent / key).unlink(missing_ok=True)
+                log.info("convert: removed %s (the projector is now %s)", key, path.name)
 
 
 def mmproj_state(ws: Any, inputs: Sequence[Mapping[str, Any]] | None,
