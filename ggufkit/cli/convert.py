@@ -84,7 +84,8 @@ from ggufkit.core.fsutil import human_bytes
     choices=["f16", "bf16", "f32", "q8_0"],
     default=None,
     case_sensitive=False,
-    help="A vision-language checkpoint: the type of its projector, mmproj-<OUT> (default: f16). "
+    help="A vision-language checkpoint: the type of its projector, mmproj-<model>-<TYPE>.gguf "
+    "beside OUT (default: f16). "
     "In a workspace: ggufkit.toml's `mmproj_type`.",
 )
 @force_option("Overwrite an existing output file.")

@@ -41,7 +41,7 @@ name = {name}
 outdir = {outdir}
 # The converted file's type: f16, bf16, f32 or q8_0.
 outtype = {outtype}
-# A vision-language model: its projector's type, mmproj-<name>-<OUTTYPE>.gguf (default f16;
+# A vision-language model: its projector's type, mmproj-<name>-<TYPE>.gguf (default f16;
 # quantize makes the language model's types only).
 {mmproj_type}
 # Cut each output into a split set of files with at most this much tensor data (M or G,

@@ -1,4 +1,4 @@
-"""A vision-language workspace: the projector (``mmproj-<name>-<OUTTYPE>.gguf``) beside the model.
+"""A vision-language workspace: the projector (``mmproj-<name>-<TYPE>.gguf``) beside the model.
 
 The convert step writes both files (``ggufkit.convert.vision``); the language model is the step's
 output and is what ``quantize`` makes its types from, while the projector stays as converted
