@@ -147,3 +147,16 @@ def test_mmproj_type_in_ggufkit_toml_is_checked(tmp_path: Path) -> None:
         WorkspaceConfig.from_toml(config)
     config.write_text('source = "m"\nname = "m"\nmmproj_type = "q8_0"\n')
     assert WorkspaceConfig.from_toml(config).mmproj_type == "q8_0"
+
+
+@pytest.mark.needs_torch
+@pytest.mark.slow
+def test_convert_mmproj_type(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / MODEL
+    data = json.loads(
+        invoke("convert", str(checkpoint), "-o", str(out), "--mmproj-type", "Q8_0", "--json")
+    )
+    assert data["mmproj"] == str(tmp_path / MMPROJ_Q8)
+    assert "Q8_0" in tensor_types(tmp_path / MMPROJ_Q8) and tensor_types(out) <= {"F16", "F32"}
+    assert read_gguf(out, max_array_items=0).metadata[PAIR_KEY] == MMPROJ_Q8
+    assert read_gguf(tmp_path / MMPROJ_Q8, max_array_items=0).metadata[PAIR_KEY] == MODEL
