@@ -72,6 +72,66 @@ def test_an_mmproj_of_another_model(tmp_path: Path) -> None:
         check_pair(model(tmp_path), projector(tmp_path, width=32))
 
 
+def converted_pair(directory: Path, name: str, *, width: int = 64) -> tuple[Path, Path]:
+    """A model and projector with the keys convert writes: each names the other, and both carry
+    the checkpoint's ``general.name``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model_file, mmproj_file = f"{name}-F16.gguf", f"mmproj-{name}-F16.gguf"
+    text = write_gguf(directory / model_file, "qwen2vl", {
+        "qwen2vl.embedding_length": width, "general.name": name,
+        "ggufkit.vision.role": "model", "ggufkit.vision.pair": mmproj_file,
+    })  # fmt: skip
+    mmproj = write_gguf(directory / mmproj_file, "clip", {
+        "clip.has_vision_encoder": True, "clip.vision.projection_dim": width,
+        "general.name": name, "ggufkit.vision.role": "mmproj", "ggufkit.vision.pair": model_file,
+    })  # fmt: skip
+    return text, mmproj
+
+
+def test_an_mmproj_of_another_model_as_wide(tmp_path: Path) -> None:
+    """Both 64 wide, as the tiny MiniCPM-V and Qwen2-VL are: llama.cpp aborts on such a pair."""
+    qwen, _ = converted_pair(tmp_path / "q", "tiny-qwen2vl")
+    _, minicpm = converted_pair(tmp_path / "m", "tiny-minicpmv")
+    with pytest.raises(UsageError, match="converted from 'tiny-minicpmv'") as caught:
+        check_pair(qwen, minicpm)
+    assert "mmproj-tiny-qwen2vl-F16.gguf" in (caught.value.hint or "")
+    picture = tiny_vision.make_picture(tmp_path / "p.png")
+    args = ["run", str(qwen), "--mmproj", str(minicpm), "--image", str(picture), "-p", "What?"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "does not belong to tiny-qwen2vl-F16.gguf" in result.output
+
+
+def test_a_renamed_pair_still_pairs(tmp_path: Path) -> None:
+    text, mmproj = converted_pair(tmp_path, "tiny-qwen2vl")
+    moved = text.rename(tmp_path / "renamed.gguf"), mmproj.rename(tmp_path / "projector.gguf")
+    assert check_pair(*moved) == moved[1]
+
+
+def test_the_projector_is_named_by_its_own_type() -> None:
+    from ggufkit.convert.vision import converted_together, mmproj_path
+
+    assert mmproj_path(Path("d/X-F16.gguf")) == Path("d/mmproj-X-F16.gguf")
+    assert mmproj_path(Path("X-BF16.gguf")).name == "mmproj-X-F16.gguf"
+    assert mmproj_path(Path("X-F16.gguf"), "q8_0").name == "mmproj-X-Q8_0.gguf"
+    assert mmproj_path(Path("model.gguf"), "q8_0").name == "mmproj-model.gguf"
+    assert converted_together("mmproj-X-Q8_0.gguf", "X-F16.gguf")
+    assert not converted_together("mmproj-Y-F16.gguf", "X-F16.gguf")
+
+
+def test_other_files_from_other_models_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without ggufkit's keys (converted elsewhere), a fine-tune may use its base's projector."""
+    text = write_gguf(tmp_path / "ft.gguf", "qwen2vl",
+                      {"qwen2vl.embedding_length": 64, "general.name": "Fine Tune"})  # fmt: skip
+    base = write_gguf(tmp_path / "mmproj-base.gguf", "clip", {
+        "clip.has_vision_encoder": True, "clip.vision.projection_dim": 64, "general.name": "Base",
+    })  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert check_pair(text, base) == base
+    assert "mmproj-base.gguf is from 'Base' and ft.gguf from 'Fine Tune'" in caplog.text
+
+
 def test_files_swapped(tmp_path: Path) -> None:
     text, mmproj = model(tmp_path), projector(tmp_path)
     with pytest.raises(UsageError, match="is an mmproj"):
@@ -137,6 +197,45 @@ def test_a_picture_over_the_byte_limit(tmp_path: Path, monkeypatch: pytest.Monke
         check_picture(picture, tmp_path)
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_cli_picture_errors_come_before_any_tool(
+    tmp_path: Path, chat: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    text, _ = converted_pair(tmp_path, "tiny-qwen2vl")
+    monkeypatch.setattr(chat_module, "find_mtmd_cli", pytest.fail)  # never reached
+    damaged, huge = tmp_path / "damaged.png", tmp_path / "huge.png"
+    damaged.write_bytes(tiny_vision.make_picture(tmp_path / "p.png").read_bytes()[:200])
+    Image.new("1", (10_000, 6_000)).save(huge)
+    cases = [
+        (damaged, "cannot read", "give a PNG, JPEG, BMP or GIF file"),
+        (huge, "10000x6000 pixels, over the limit", "scale it down first"),
+        (tmp_path / "missing.png", "cannot read the picture", "check the path"),
+    ]
+    for picture, message, hint in cases:
+        args = ["run", str(text), "--image", str(picture), "-p", "What?"]
+        result = CliRunner().invoke(cli, [*args, *(["--chat"] if chat else [])])
+        assert result.exit_code in (1, 2) and message in result.output, result.output
+        assert hint in result.output
+
+
+def test_a_text_only_checkpoint_folder_given_an_image(tmp_path: Path) -> None:
+    from ggufkit.data import embedded_model
+
+    picture = tiny_vision.make_picture(tmp_path / "p.png")
+    args = ["run", str(embedded_model("tiny-llama")), "--image", str(picture), "-p", "What?"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "tiny-llama is a text-only checkpoint" in result.output
+    assert "drop --image" in result.output
+    vlm = tmp_path / "vlm"  # a vision-language checkpoint folder: convert it first
+    vlm.mkdir()
+    (vlm / "config.json").write_text('{"vision_config": {"hidden_size": 32}}')
+    result = CliRunner().invoke(cli, ["run", str(vlm), "--image", str(picture), "-p", "What?"])
+    assert result.exit_code == 2 and f"ggufkit convert {vlm}" in result.output
+
+
 def test_cli_refusals_exit_2_before_any_tool(tmp_path: Path) -> None:
     text = model(tmp_path)
     picture = tiny_vision.make_picture(tmp_path / "p.png")
@@ -144,7 +243,7 @@ def test_cli_refusals_exit_2_before_any_tool(tmp_path: Path) -> None:
     cases = [
         (["--image", str(picture), "-p", "What?"], "has no vision projector"),
         (["--mmproj", str(projector(tmp_path)), "-p", "What?"], "--mmproj needs --image"),
-        (["--image", str(picture), "-p", "a", "-p", "b", "--chat"], "one -p question"),
+        (["--image", str(picture), "-p", "a", "-p", "b"], "several -p need --chat"),
     ]
     for extra, message in cases:
         result = runner.invoke(cli, ["run", str(text), *extra])

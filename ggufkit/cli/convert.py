@@ -80,6 +80,15 @@ from ggufkit.core.fsutil import human_bytes
     default=None,
     help="Legacy .bin input: the model's training context (the files record none).",
 )
+@choice_option(
+    "--mmproj-type",
+    choices=["f16", "bf16", "f32", "q8_0"],
+    default=None,
+    case_sensitive=False,
+    help="A vision-language checkpoint: the type of its projector, mmproj-<model>-<TYPE>.gguf "
+    "beside OUT (default: f16). "
+    "In a workspace: ggufkit.toml's `mmproj_type`.",
+)
 @force_option("Overwrite an existing output file.")
 @split_options
 @threads_option
@@ -95,6 +104,7 @@ def command(
     chat_template: str,
     tokenizer: str | None,
     context_length: int | None,
+    mmproj_type: str | None,
     force: bool,
     split_max_size: str | None,
     split_max_tensors: int | None,
@@ -146,15 +156,16 @@ def command(
             or chat_template != "auto"
             or tokenizer is not None
             or context_length is not None
+            or mmproj_type is not None
             or split.active
             or given == ParameterSource.COMMANDLINE
         ):
             raise UsageError(
-                "-o, --outtype, --delta-base, --lora, --chat-template and the split size come "
-                "from ggufkit.toml when MODEL is left out (--pre-tokenizer, --tokenizer and "
-                "--context-length need MODEL)",
-                hint="edit ggufkit.toml (outdir, name, outtype, delta_base, lora, chat_template, "
-                "split_max_size), or give MODEL",
+                "-o, --outtype, --mmproj-type, --delta-base, --lora, --chat-template and the "
+                "split size come from ggufkit.toml when MODEL is left out (--pre-tokenizer, "
+                "--tokenizer and --context-length need MODEL)",
+                hint="edit ggufkit.toml (outdir, name, outtype, mmproj_type, delta_base, lora, "
+                "chat_template, split_max_size), or give MODEL",
             )
         engine_given = click.get_current_context().get_parameter_source("engine")
         with options_named():
@@ -192,6 +203,7 @@ def command(
             tokenizer=tokenizer,
             context_length=context_length,
             split=split,
+            mmproj_outtype=mmproj_type or "f16",
         )
     result.notes = [in_option_terms(note) for note in result.notes]
     if as_json:
@@ -223,6 +235,7 @@ OPTION_NAMES = {
     '`engine="upstream"`': "--engine upstream",
     "`split`": "--split-max-size/--split-max-tensors",
     "`chat_template`": "--chat-template",
+    "`mmproj_outtype`": "--mmproj-type",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -67,7 +68,8 @@ log = get_logger("cli.run")
     "--image",
     kind="file",
     default=None,
-    help="A picture to ask about (PNG, JPEG, ...): runs llama-mtmd-cli with the model's mmproj.",
+    help="A picture to ask about (PNG, JPEG, ...): runs llama-mtmd-cli with the model's mmproj; "
+    "with --chat, the picture goes with the first turn.",
 )
 @path_option(
     "--mmproj",
@@ -112,6 +114,7 @@ def command(
         ggufkit run model-Q4_0.gguf --chat -p "Hello" -p "Say more" --system "Be brief."
         ggufkit run model-Q4_0.gguf --chat          # type a line, get a reply; Ctrl-D ends
         ggufkit run vlm-F16.gguf --image cat.png -p "What is in the picture?"
+        ggufkit run vlm-F16.gguf --image cat.png --chat -p "What is in it?" -p "Which colour?"
         ggufkit run base-F16.gguf --lora my-lora-F16.gguf -p "Once upon a time"
     """
     if image is not None or mmproj is not None:
@@ -119,8 +122,8 @@ def command(
             raise UsageError(
                 "--lora does not apply to --image yet", hint="merge the adapter first (merge-lora)"
             )
-        _image_chat(model, prompts, image, mmproj, chat, stop, max_tokens, temp, seed, ctx,
-                    threads, as_json)  # fmt: skip
+        _image_chat(model, prompts, image, mmproj, chat, system, echo, stop, max_tokens, temp,
+                    seed, ctx, threads, as_json)  # fmt: skip
         return
     sampling = Sampling(max_tokens, temp, top_p, seed, tuple(unescape(s) for s in stop))
     if not chat and len(prompts) != 1:
@@ -193,6 +196,8 @@ def _image_chat(
     image: Path | None,
     mmproj: Path | None,
     chat: bool,
+    system: str | None,
+    echo: bool,
     stop: tuple[str, ...],
     max_tokens: int,
     temp: float,
@@ -205,21 +210,61 @@ def _image_chat(
 
     if image is None:
         raise UsageError("--mmproj needs --image", hint="give the picture with --image")
-    if chat or stop or len(prompts) != 1:
+    if stop:
+        raise UsageError("--stop does not apply to --image", hint="leave --stop out")
+    sampling: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temp, "seed": seed,
+                                "ctx": ctx, "threads": threads}  # fmt: skip
+    if chat:
+        _image_conversation(model, prompts, image, mmproj, system, echo, sampling, as_json)
+        return
+    if system is not None or len(prompts) != 1:
         raise UsageError(
-            "--image takes one -p question (--chat and --stop do not apply to it yet)",
+            "--system needs --chat"
+            if system is not None
+            else "--image takes one -p question; several -p need --chat",
             hint='ggufkit run MODEL.gguf --image PICTURE -p "What is in the picture?"',
         )
-    result = image_chat(
-        model, prompts[0], image, mmproj=mmproj, max_tokens=max_tokens, temperature=temp,
-        seed=seed, ctx=ctx, threads=threads,
-    )  # fmt: skip
+    result = image_chat(model, prompts[0], image, mmproj=mmproj, **sampling)
     if as_json:
         echo_json({"prompt": prompts[0], **result.to_json()})
         return
+    if echo:
+        click.echo(f"> {prompts[0]}")
     click.echo(result.answer)
     log.info("answered in %.2f s with %s (log: %s)", result.seconds, result.mmproj.name,
              result.log_path)  # fmt: skip
+
+
+def _image_conversation(
+    model: Path,
+    prompts: tuple[str, ...],
+    image: Path,
+    mmproj: Path | None,
+    system: str | None,
+    echo: bool,
+    sampling: dict[str, Any],
+    as_json: bool,
+) -> None:
+    """Every turn is known before llama-mtmd-cli starts: from -p, or piped in on stdin."""
+    from ggufkit.inference.image_turns import image_conversation
+
+    if not prompts and sys.stdin.isatty():
+        raise UsageError(
+            "--image --chat takes its turns from -p (repeat it) or piped in, one per line",
+            hint="for a live chat, run llama-mtmd-cli -m MODEL --mmproj MMPROJ and type "
+            "/image PICTURE, then your questions",
+        )
+    turns = list(prompts or _stdin_turns())
+    result = image_conversation(model, turns, image, mmproj=mmproj, system=system, **sampling)
+    if as_json:
+        echo_json(result.to_json())
+        return
+    for prompt, answer in zip(result.turns, result.answers, strict=True):
+        if echo:
+            click.echo(f"> {prompt}")
+        click.echo(answer)
+    log.info("%d turns answered in %.2f s with %s (log: %s)", len(result.turns), result.seconds,
+             result.mmproj.name, result.log_path)  # fmt: skip
 
 
 def _stdin_turns() -> Iterator[str]:

@@ -57,6 +57,7 @@ def convert(
     tokenizer: str | Path | None = None,
     context_length: int | None = None,
     split: SplitLimits | None = None,
+    mmproj_outtype: str = "f16",
 ) -> ConvertResult:
     """Convert a checkpoint directory or Hub id to a GGUF file; returns what was written.
 
@@ -69,7 +70,8 @@ def convert(
     GGML/GGMF/GGJT or bloomz.cpp ``.bin`` file is converted by ``ggufkit.convert.legacy``, taking
     ``tokenizer`` (the original checkpoint's directory or Hub id) and ``context_length``;
     ``outtype`` does not apply. ``split`` writes a split set (``NAME-00001-of-0000N.gguf`` …);
-    the result's ``output`` is then its first shard.
+    the result's ``output`` is then its first shard. ``mmproj_outtype``: the type of a
+    vision-language checkpoint's projector (``mmproj-<output>``), f16 unless asked.
     """
     started = time.perf_counter()
     split = split if split is not None and split.active else None
@@ -88,12 +90,14 @@ def convert(
             "`tokenizer` and `context_length` apply to legacy .bin files only",
             hint="a checkpoint directory brings its own tokenizer and config.json",
         )
-    outtype = outtype.lower()
-    if outtype not in OUTTYPE_NAMES:
-        raise UsageError(
-            f"unknown output type {outtype!r}",
-            hint=f"choose one of {', '.join(OUTTYPE_NAMES)}; use `ggufkit quantize` for k-quants",
-        )
+    outtype, mmproj_outtype = outtype.lower(), mmproj_outtype.lower()
+    for given in (outtype, mmproj_outtype):
+        if given not in OUTTYPE_NAMES:
+            raise UsageError(
+                f"unknown output type {given!r}",
+                hint=f"choose one of {', '.join(OUTTYPE_NAMES)}; use `ggufkit quantize` for "
+                "k-quants",
+            )
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}", hint=f"choose one of {', '.join(ENGINES)}")
     if threads is not None and threads < 1:
@@ -134,7 +138,14 @@ def convert(
     existing = out if out.exists() else next(iter(shards_named_like(out) if split else []), None)
     if existing is not None and not force:
         raise UsageError(f"{existing} already exists", hint=EXISTS_HINT)
-    vision = use_upstream and _is_vision(config, hf_arch, out, force=force, split=split)
+    vision = use_upstream and _is_vision(
+        config, hf_arch, out, force=force, split=split, mmproj_outtype=mmproj_outtype
+    )
+    if not vision and mmproj_outtype != "f16":
+        raise UsageError(
+            f"`mmproj_outtype` applies to vision-language checkpoints; {hf_arch} is not one",
+            hint="leave `mmproj_outtype` out",
+        )
     if vision and (base_dir is not None or lora_dir is not None):
         option = "`delta_base`" if base_dir is not None else "`lora`"
         raise UsageError(
@@ -156,7 +167,9 @@ def convert(
     if vision:
         from ggufkit.convert.vision import convert_vision
 
-        done, mmproj = convert_vision(info, out, outtype, chat, hf_arch=hf_arch, phases=phases)
+        done, mmproj = convert_vision(
+            info, out, outtype, chat, hf_arch=hf_arch, phases=phases, mmproj_outtype=mmproj_outtype
+        )
         engine_used = "upstream"
     elif use_upstream:
         from ggufkit.convert.upstream import convert_upstream  # loaded only when needed
@@ -197,7 +210,13 @@ def convert(
 
 
 def _is_vision(
-    config: dict[str, Any], hf_arch: str, out: Path, *, force: bool, split: SplitLimits | None
+    config: dict[str, Any],
+    hf_arch: str,
+    out: Path,
+    *,
+    force: bool,
+    split: SplitLimits | None,
+    mmproj_outtype: str,
 ) -> bool:
     """A vision-language checkpoint (two files: ``ggufkit.convert.vision``), checked for them."""
     from ggufkit.convert.vision import check_outputs, is_vision_checkpoint
@@ -209,7 +228,7 @@ def _is_vision(
             f"{hf_arch} converts into a model and an mmproj file; splitting them is not supported",
             hint="convert without --split-max-size/--split-max-tensors",
         )
-    check_outputs(out, force=force)
+    check_outputs(out, force=force, mmproj_outtype=mmproj_outtype)
     return True
 
 

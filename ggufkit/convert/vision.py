@@ -5,7 +5,7 @@ model, once as an ``MmprojModel`` (the vision tower and projector, written with 
 ``convert_vision`` runs the upstream engine for each, with ggufkit's answers (per-architecture
 flags such as MiniCPM-V 4.6's ``--no-mtp``, the derived pre-tokenizer, the chat template), and
 records in each file which file is its pair (``ggufkit.vision.*``). The projector is named as
-llama.cpp's releases name it: ``mmproj-<model file>``.
+llama.cpp's releases name it: ``mmproj-<model>-<TYPE>.gguf`` (``mmproj_path``).
 """
 
 from __future__ import annotations
@@ -82,8 +82,18 @@ def is_vision_checkpoint(config: dict[str, Any], hf_arch: str) -> bool:
         return False
 
 
-def mmproj_path(model_file: Path) -> Path:
-    """``mmproj-<model file>`` beside it (llama.cpp's releases name the pair so)."""
+def mmproj_path(model_file: Path, mmproj_outtype: str = "f16") -> Path:
+    """``mmproj-<model>-<TYPE>.gguf`` beside the model (llama.cpp's releases name the pair so):
+    a model named ``<model>-<OUTTYPE>.gguf`` gives its name with the projector's own type
+    (``X-F16.gguf`` -> ``mmproj-X-F16.gguf``; with a q8_0 projector ``mmproj-X-Q8_0.gguf``), any
+    other name ``mmproj-<model file>``."""
+    from ggufkit.convert.result import OUTTYPE_NAMES
+
+    stem = model_file.name.removesuffix(".gguf")
+    for outtype in OUTTYPE_NAMES:
+        if stem.upper().endswith(f"-{outtype.upper()}") and model_file.name.endswith(".gguf"):
+            base = stem[: -len(outtype) - 1]
+            return model_file.with_name(f"{MMPROJ_PREFIX}{base}-{mmproj_outtype.upper()}.gguf")
     return model_file.with_name(MMPROJ_PREFIX + model_file.name)
 
 
@@ -91,9 +101,18 @@ def _pair_keys(role: str, pair: Path) -> dict[str, str]:
     return {ROLE_KEY: role, PAIR_KEY: pair.name}
 
 
-def check_outputs(out: Path, *, force: bool) -> Path:
+def converted_together(model_pair: str, mmproj_pair: str) -> bool:
+    """Whether a model whose header names ``model_pair`` as its projector and a projector whose
+    header names ``mmproj_pair`` as its model were converted together (whatever their names
+    are now)."""
+    from ggufkit.convert.result import OUTTYPE_NAMES
+
+    return any(mmproj_path(Path(mmproj_pair), t).name == model_pair for t in OUTTYPE_NAMES)
+
+
+def check_outputs(out: Path, *, force: bool, mmproj_outtype: str = "f16") -> Path:
     """The projector's path for ``out``; refuses to overwrite it without ``force``."""
-    mmproj = mmproj_path(out)
+    mmproj = mmproj_path(out, mmproj_outtype)
     if mmproj.exists() and not force:
         raise UsageError(f"{mmproj} already exists", hint=EXISTS_HINT)
     return mmproj
@@ -117,7 +136,7 @@ def convert_vision(
     from ggufkit.convert.upstream_source import upstream_source
     from ggufkit.formats.safetensors import Checkpoint
 
-    mmproj = mmproj_path(out)
+    mmproj = mmproj_path(out, mmproj_outtype)
     model_dir = info.model_dir
     with Checkpoint.open(model_dir) as checkpoint:
         source_bytes = sum(i.n_bytes for i in checkpoint.infos())

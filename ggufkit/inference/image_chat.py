@@ -25,6 +25,9 @@ MAX_PICTURE_PIXELS = 50_000_000  # 50 megapixels, checked from the header before
 # Formats llama.cpp's loader (stb_image) reads; others are re-encoded as PNG first.
 LLAMA_FORMATS = frozenset({"PNG", "JPEG", "BMP", "GIF", "TGA", "PPM"})
 MTMD_CLI = "llama-mtmd-cli"
+TOOL_HINT = (
+    "see the log: llama.cpp's own message (a projector made for another model can make it abort)"
+)
 
 
 @dataclass
@@ -66,6 +69,8 @@ def check_pair(model: Path, mmproj: Path | None) -> Path:
     Raises UsageError for a text-only model without a projector, a projector given as the
     model (or a model as the projector), and a projector whose width is not the model's.
     """
+    if model.is_dir():
+        _refuse_checkpoint(model)
     meta = _metadata(model)
     arch = str(meta.get("general.architecture"))
     if arch == "clip":
@@ -100,7 +105,57 @@ def check_pair(model: Path, mmproj: Path | None) -> Path:
             f"embeddings, the model's are {width} wide",
             hint="give the mmproj converted from the same checkpoint as the model",
         )
+    _check_same_source(model, meta, mmproj, projector)
     return mmproj
+
+
+def _check_same_source(
+    model: Path, meta: dict[str, Any], mmproj: Path, projector: dict[str, Any]
+) -> None:
+    """A projector of another model, though as wide: llama.cpp can abort on it (a projector
+    type that needs image tokens the model's vocabulary lacks). Files ggufkit converted name
+    their pair; when those names and the models' names both disagree, it is refused. Otherwise
+    differing ``general.name`` values are only warned about (a fine-tune may reuse its base
+    model's projector)."""
+    pair, paired = meta.get("ggufkit.vision.pair"), projector.get("ggufkit.vision.pair")
+    names = (meta.get("general.name"), projector.get("general.name"))
+    if isinstance(pair, str) and isinstance(paired, str):
+        from ggufkit.convert.vision import converted_together
+
+        if converted_together(pair, paired):
+            return  # whatever the files are called now
+    if names[0] == names[1] or not all(isinstance(n, str) for n in names):
+        return
+    if isinstance(pair, str) and isinstance(paired, str):
+        raise UsageError(
+            f"{mmproj.name} does not belong to {model.name}: it was converted from {names[1]!r} "
+            f"(with {paired}), the model from {names[0]!r} (with its projector {pair})",
+            hint=f"give the mmproj converted with the model ({pair}, written beside it)",
+        )
+    log.warning(
+        "%s is from %r and %s from %r: if the projector was not made for this model, llama.cpp "
+        "may fail or answer nonsense", mmproj.name, names[1], model.name, names[0],
+    )  # fmt: skip
+
+
+def _refuse_checkpoint(folder: Path) -> None:
+    """A checkpoint folder given as MODEL: a text-only one cannot read pictures; a vision one is
+    converted first."""
+    from ggufkit.core.fsutil import read_json
+
+    config = read_json(folder / "config.json", InputError, missing={})
+    if isinstance(config, dict) and isinstance(config.get("vision_config"), dict):
+        raise UsageError(
+            f"{folder} is a checkpoint folder; --image runs its GGUF files",
+            hint=f"convert it first: `ggufkit convert {folder}` writes the model and its "
+            "mmproj-<model> file; then give the model",
+        )
+    raise UsageError(
+        f"{folder} is a text-only checkpoint (no vision_config in its config.json): it cannot "
+        "read pictures",
+        hint="give a vision-language model converted by `ggufkit convert` (it writes the model "
+        "and its mmproj), or drop --image",
+    )
 
 
 def check_picture(path: Path, scratch: Path) -> Path:
@@ -118,7 +173,10 @@ def check_picture(path: Path, scratch: Path) -> Path:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise InputError(f"cannot read the picture {path}: {exc.strerror or exc}") from exc
+        raise InputError(
+            f"cannot read the picture {path}: {exc.strerror or exc}",
+            hint="check the path and that the file can be read",
+        ) from exc
     if size > MAX_PICTURE_BYTES:
         raise InputError(
             f"the picture {path} is {size:,} bytes, over the limit of {MAX_PICTURE_BYTES:,}",
@@ -156,6 +214,17 @@ def check_picture(path: Path, scratch: Path) -> Path:
         ) from exc
 
 
+def sampling_args(
+    max_tokens: int, temperature: float, seed: int | None, ctx: int | None, threads: int | None
+) -> list[str]:
+    """llama-mtmd-cli's options for what ``run`` was given."""
+    args = ["-n", str(max_tokens), "--temp", str(temperature)]
+    for flag, value in (("--seed", seed), ("-c", ctx), ("-t", threads)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
 def image_chat(
     model: Path,
     prompt: str,
@@ -172,20 +241,14 @@ def image_chat(
     from ggufkit.llamacpp.runner import run_tool
 
     mmproj = check_pair(model, mmproj)
-    tool = find_mtmd_cli()
     with tempfile.TemporaryDirectory(prefix="ggufkit-image-") as scratch:
         picture = check_picture(image, Path(scratch))
+        tool = find_mtmd_cli()
         args: list[str | Path] = [
             tool, "-m", model, "--mmproj", mmproj, "--image", picture, "-p", prompt,
-            "-n", str(max_tokens), "--temp", str(temperature),
+            *sampling_args(max_tokens, temperature, seed, ctx, threads),
         ]  # fmt: skip
-        if seed is not None:
-            args += ["--seed", str(seed)]
-        if ctx is not None:
-            args += ["-c", str(ctx)]
-        if threads is not None:
-            args += ["-t", str(threads)]
-        result = run_tool(args, what=MTMD_CLI, hint="see the log: llama.cpp's own message")
+        result = run_tool(args, what=MTMD_CLI, hint=TOOL_HINT)
     return ImageChatResult(
         answer=result.stdout.strip(),
         model=model,

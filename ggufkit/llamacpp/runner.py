@@ -62,6 +62,7 @@ def run_tool(
     merge_stderr: bool = False,
     die_with_parent: bool = True,
     watcher: bool = True,
+    stdin: Path | None = None,
 ) -> ToolResult:
     """Run ``args`` (never through a shell), streaming its diagnostics to a log and ``on_line``.
 
@@ -72,13 +73,17 @@ def run_tool(
     (:mod:`ggufkit.llamacpp.lifeline`: one small watcher process per tool on POSIX; with
     ``watcher=False`` none where the system ties the tool alone: Linux, Windows). When this call
     fails or is interrupted, the tool is killed with whatever it started (its process group).
+    ``stdin``: a file the tool reads as its standard input (default: none, end of input at once).
     """
     argv = [str(a) for a in args]
     log_path = log_path or new_log_path(Path(argv[0]).name)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     log.debug("running %s", " ".join(argv))
     stdout_parts: list[str] = []
-    with open(log_path, "w", encoding="utf-8", errors="replace") as log_file:
+    with (
+        open(log_path, "w", encoding="utf-8", errors="replace") as log_file,
+        open(stdin, "rb") if stdin is not None else open(os.devnull, "rb") as feed,
+    ):
         log_file.write("$ " + " ".join(argv) + "\n")
         log_file.flush()
         tie = lifeline_options(watcher=watcher) if die_with_parent else {}
@@ -87,7 +92,7 @@ def run_tool(
             argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
+            stdin=feed,
             # llama.cpp writes UTF-8 on every OS; the locale's code page (Windows) would mangle
             # "±" and non-ASCII paths.
             encoding="utf-8",

@@ -68,8 +68,11 @@ def build_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     from ggufkit.workspace.card_pick import pick_section, recommended
+    from ggufkit.workspace.card_vision import pictures_section, projector_line
+    from ggufkit.workspace.vision_step import published_mmproj
 
     config = workspace.config
+    projector = published_mmproj(workspace)  # a vision-language model's mmproj, else None
     info = read_gguf(artefacts[0].path, max_array_items=0)
     family = info.architecture or "unknown"
     bases = [b for b in (base_model or _hub_id(config.source), _hub_id(config.delta_base)) if b]
@@ -77,7 +80,8 @@ def build_card(
     data = ModelCardData(
         base_model=bases or None,
         base_model_relation="quantized" if bases else None,
-        tags=["gguf", "llama-cpp", family],
+        tags=["gguf", "llama-cpp", family, *(["multimodal"] if projector else [])],
+        pipeline_tag="image-text-to-text" if projector else None,
         license=license_id,
         model_name=config.name,
     )
@@ -90,10 +94,12 @@ def build_card(
         f"with ggufkit {__version__}.",
         *missing_metadata(bases, license_id),
         measured_table(artefacts),
+        projector_line(projector) if projector else "",
         picture,
         pick_section(artefacts),
-        provenance(workspace, artefacts),
+        provenance(workspace, artefacts, projector),
         usage(repo_id, artefacts, recommended(artefacts)),
+        pictures_section(repo_id, _pick(artefacts), projector) if projector else "",
     ]
     sections = [section for section in sections if section]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
@@ -231,7 +237,9 @@ def measured_table(artefacts: list[Artefact]) -> str:
     return "\n".join(rows)
 
 
-def provenance(workspace: Workspace, artefacts: list[Artefact]) -> str:
+def provenance(
+    workspace: Workspace, artefacts: list[Artefact], projector: Artefact | None = None
+) -> str:
     convert = next((a.record for a in artefacts if a.record.get("step") == "convert"), {})
     env = convert.get("environment") or artefacts[0].record.get("environment") or {}
     lines = ["## Provenance"]
@@ -243,6 +251,10 @@ def provenance(workspace: Workspace, artefacts: list[Artefact]) -> str:
             lines.append(f"- {role}: local checkpoint `{Path(str(item.get('path'))).name}`")
         for name, sha in sorted((item.get("files") or {}).items()):
             lines.append(f"  - `{name}` sha256 `{sha}`")
+    if projector is not None:  # a vision-language model's mmproj, converted with the model
+        from ggufkit.workspace.card_vision import provenance_lines
+
+        lines += provenance_lines(projector)
     lines.append(f"- llama.cpp commit: `{env.get('llama_cpp_commit') or '?'}`")
     lines.append(f"- ggufkit version: `{env.get('ggufkit') or __version__}`")
     imatrix = [
@@ -260,6 +272,14 @@ def provenance(workspace: Workspace, artefacts: list[Artefact]) -> str:
     return "\n".join(lines)
 
 
+def _pick(artefacts: list[Artefact]) -> Artefact:
+    """The file the usage shows: the recommended one, else the first quantized one."""
+    from ggufkit.workspace.card_pick import recommended
+
+    found = recommended(artefacts)
+    return found or next((a for a in artefacts if a.record.get("step") == "quantize"), artefacts[0])
+
+
 def usage(
     repo_id: str,
     artefacts: list[Artefact],
@@ -267,7 +287,7 @@ def usage(
 ) -> str:
     """``llama-cli -hf``, ``ollama run hf.co/…``, llama-cpp-python and the Modelfile, with the
     recommended file (else the first quantized one) and its real name."""
-    pick = pick or next((a for a in artefacts if a.record.get("step") == "quantize"), artefacts[0])
+    pick = pick or _pick(artefacts)
     name = pick.path.name
     tag = f"{repo_id}:{pick.type}"
     text = [

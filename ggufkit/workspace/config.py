@@ -20,6 +20,7 @@ log = get_logger("workspace")
 CONFIG_NAME = "ggufkit.toml"
 _TYPE = re.compile(r"[a-z0-9_]+")
 ENGINES = ("auto", "native", "upstream")  # ggufkit.convert.ENGINES, without importing it
+MMPROJ_TYPES = ("f16", "bf16", "f32", "q8_0")  # ggufkit.convert.OUTTYPE_NAMES, likewise
 
 TEMPLATE = """\
 # ggufkit workspace: `ggufkit convert && ggufkit quantize` build what this file describes.
@@ -40,6 +41,9 @@ name = {name}
 outdir = {outdir}
 # The converted file's type: f16, bf16, f32 or q8_0.
 outtype = {outtype}
+# A vision-language model: its projector's type, mmproj-<name>-<TYPE>.gguf (default f16;
+# quantize makes the language model's types only).
+{mmproj_type}
 # Cut each output into a split set of files with at most this much tensor data (M or G,
 # decimal; the Hub refuses files over 50 GB). `--split-max-size` on the command line overrides.
 {split_max_size}
@@ -99,6 +103,7 @@ class WorkspaceConfig:
     split_max_size: str | None = None
     engine: str | None = None  # None: auto
     chat_template: str | None = None  # None: auto
+    mmproj_type: str | None = None  # None: f16 (a vision-language model's projector)
     imatrix: ImatrixTable | None = None  # None: no importance matrix
     types: list[str] = field(default_factory=lambda: ["q4_0"])  # the last string field
 
@@ -147,6 +152,11 @@ class WorkspaceConfig:
                 parse_size(data["split_max_size"])
             except UsageError as exc:
                 raise invalid(f"`split_max_size`: {exc}", exc.hint or "") from exc
+        if data.get("mmproj_type") is not None and data["mmproj_type"] not in MMPROJ_TYPES:
+            raise invalid(
+                f"`mmproj_type` {data['mmproj_type']!r} is unknown",
+                f"choose {', '.join(MMPROJ_TYPES)}",
+            )
         if data.get("engine") is not None and data["engine"] not in ENGINES:
             raise invalid(f"`engine` {data['engine']!r} is unknown", f"choose {', '.join(ENGINES)}")
         return cls(**data)
@@ -165,6 +175,7 @@ class WorkspaceConfig:
             name=_toml_str(self.name),
             outdir=_toml_str(self.outdir),
             outtype=_toml_str(self.outtype),
+            mmproj_type=optional("mmproj_type", self.mmproj_type, "f16"),
             split_max_size=optional("split_max_size", self.split_max_size, "50G"),
             engine=optional("engine", self.engine, "upstream"),
             chat_template=optional("chat_template", self.chat_template, "vicuna_v1.1"),

@@ -10,6 +10,7 @@ from ggufkit.workspace.card import Artefact, build_card, published_artefacts
 from ggufkit.workspace.card_pick import recommended
 from ggufkit.workspace.publish_extras import write_modelfile, write_plot
 from ggufkit.workspace.steps import Workspace
+from ggufkit.workspace.vision_step import published_mmproj
 
 
 @dataclass
@@ -28,8 +29,9 @@ def publish(
     base_model: str | None = None,
     dry_run: bool = False,
 ) -> Publication:
-    """Upload the workspace's converted and quantized files (split sets whole) with a card that
-    carries the measured table; a re-run sends only what changed."""
+    """Upload the workspace's converted and quantized files (split sets whole), a vision-language
+    model's projector beside them, with a card that carries the measured table; a re-run sends
+    only what changed."""
     with workspace.lock():
         artefacts = published_artefacts(workspace)
         beside = publish_extras(workspace, repo_id, artefacts)
@@ -37,9 +39,10 @@ def publish(
         card = build_card(
             workspace, repo_id, artefacts, base_model=base_model, token=token, plot=plot
         )
+        projector = published_mmproj(workspace)  # a vision-language model's, beside the model
         plan = plan_upload(
             repo_id,
-            [*(a.path for a in artefacts), *beside],
+            [*(a.path for a in artefacts), *([projector.path] if projector else []), *beside],
             card=card,
             revision=revision,
             private=private,

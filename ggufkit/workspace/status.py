@@ -23,6 +23,10 @@ def step_states(ws: Any) -> list[StepState]:
     convert = ws.state_of("convert", f16, inputs, options, manifest)
     convert.label = "convert"
     states = [convert]
+    from ggufkit.workspace.vision_step import mmproj_state
+
+    if (projector := mmproj_state(ws, inputs, manifest)) is not None:  # a vision-language model
+        states.append(projector)
     f16_stale = convert.state in ("missing", "out of date", "modified")
     f16_input = [file_input(f16)] if f16.is_file() else None
     if ws.config.imatrix is not None and f16_input is not None:  # [imatrix]: an input too

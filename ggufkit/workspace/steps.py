@@ -31,6 +31,7 @@ from ggufkit.workspace.manifest import (
 )
 from ggufkit.workspace.recorded import convert_command, quantize_command
 from ggufkit.workspace.step_results import STATE_REASONS, StepResult, StepState, jsonable
+from ggufkit.workspace.vision_step import mmproj_options, mmproj_stale, mmproj_type, record_mmproj
 
 if TYPE_CHECKING:
     from ggufkit.formats.gguf_split import SplitLimits
@@ -254,7 +255,7 @@ class Workspace:
     def convert_options(self, engine: str, manifest: Manifest | None = None) -> dict[str, Any]:
         """What the convert step's fingerprint counts besides its inputs (the engine that ran
         included, for ``auto``)."""
-        options: dict[str, Any] = {"outtype": self.config.outtype}
+        options: dict[str, Any] = {"outtype": self.config.outtype} | mmproj_options(self.config)
         options |= engine_options(engine, self._convert_record(manifest))
         split_args = self.split()[1]
         return options | ({"split": split_args} if split_args else {})
@@ -299,6 +300,7 @@ class Workspace:
                     force=True,
                     chat_template=chat_template or "auto",
                     split=split,
+                    mmproj_outtype=mmproj_type(self.config),
                 )
                 if engine == "auto":  # auto's choice joins the options run_step records next
                     options.pop(USED, None)
@@ -307,15 +309,10 @@ class Workspace:
                 return done
 
             inputs = self.convert_inputs(model, base)
-            return self.run_step(
-                "convert",
-                self.f16_path,
-                inputs=inputs,
-                options=options,
-                command=command,
-                action=action,
-                force=force,
-            )
+            step = self.run_step("convert", self.f16_path, inputs=inputs, options=options,
+                                 command=command, action=action, force=force or mmproj_stale(self))  # fmt: skip
+            record_mmproj(self, step, inputs, command)  # a vision-language model's projector
+            return step
 
     def quantize(
         self,
