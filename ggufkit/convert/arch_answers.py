@@ -71,7 +71,28 @@ class RotaryDims:
         return int(head * (self.default_fraction if fraction is None else fraction))
 
 
-COMPUTED = From | CountOf | FlagsOf | RotaryDims
+@dataclass(frozen=True)
+class OfLayerKind:
+    """``field`` of the first layer whose ``layer_types`` entry is ``kind``: its entry in
+    ``per_layer_config`` (keyed by the layer's index; transformers saves there only what differs
+    from the top level), else the top-level value."""
+
+    kind: str
+    field: str
+
+    def read(self, config: dict[str, Any]) -> Any:
+        kinds = list(config.get("layer_types") or ())
+        if self.kind not in kinds:
+            return None
+        index = kinds.index(self.kind)
+        per_layer = config.get("per_layer_config")
+        for key, values in per_layer.items() if isinstance(per_layer, dict) else ():
+            if str(key).isdigit() and int(key) == index and self.field in (values or {}):
+                return values[self.field]
+        return config.get(self.field)
+
+
+COMPUTED = From | CountOf | FlagsOf | RotaryDims | OfLayerKind
 PARTIAL_ROTARY = ("rope_parameters", "partial_rotary_factor")
 
 # HF architecture -> {config field the converter reads: transformers' value when it is absent}
@@ -105,6 +126,34 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
         "swa_v_head_dim": From(("v_head_dim",), None),
         "swa_num_attention_heads": From(("num_attention_heads",), None),
         "swa_num_key_value_heads": From(("num_key_value_heads",), None, times=2),
+    },
+    # Dots3NoteTextConfig reads the released swa_* fields into per_layer_config (the sliding
+    # layers' geometry, saved where it differs from the top level) and sliding_window_size into
+    # sliding_window, first_k_dense_replace into mlp_layer_types; upstream reads the released
+    # names. transformers always rescales the Q/KV
+    # latents by sqrt(hidden / rank), upstream only when told; its indexed layers' rope base is
+    # rope_parameters.indexed_attention's, which upstream reads at the top (it knows only
+    # full_attention as the other kind).
+    "Dots3NoteForCausalLM": {
+        **{
+            f"swa_{field}": OfLayerKind("sliding_attention", field)
+            for field in (
+                "num_attention_heads",
+                "num_key_value_heads",
+                "q_lora_rank",
+                "kv_lora_rank",
+                "head_dim",
+                "qk_nope_head_dim",
+                "qk_rope_head_dim",
+                "v_head_dim",
+            )
+        },
+        "sliding_window_size": From(("sliding_window",), None),
+        "first_k_dense_replace": CountOf("mlp_layer_types", "dense"),
+        "apply_mla_qkv_lora_rescale": True,
+        "rope_parameters": {
+            "rope_theta": From(("rope_parameters", "indexed_attention", "rope_theta"), None)
+        },
     },
     # DeepseekV4Config marks hash-routed layers in mlp_layer_types; upstream reads a count.
     "DeepseekV4ForCausalLM": {"num_hash_layers": CountOf("mlp_layer_types", "hash_moe")},
@@ -191,7 +240,9 @@ def _missing(
             if isinstance(inner_present, dict) and (inner := _missing(root, inner_present, value)):
                 answers[key] = inner
         elif key not in present:
-            answers[key] = value.read(root) if isinstance(value, COMPUTED) else value
+            value = value.read(root) if isinstance(value, COMPUTED) else value
+            if value is not None:  # transformers has no value either: nothing to answer
+                answers[key] = value
     return answers
 
 
@@ -203,6 +254,9 @@ LEGACY_NAMES: dict[str, dict[str, dict[str, str]]] = {
     "GraniteMoeHybridForCausalLM": {
         "layer_types": {"linear_attention": "mamba", "full_attention": "attention"}
     },
+    # Qwen4-Exp's released config calls its QSA (indexed) layers "full_attention", which
+    # transformers 5 renames; upstream marks compressed (QSA) layers by the released name.
+    "Qwen4ExpForCausalLM": {"layer_types": {"indexed_attention": "full_attention"}},
 }
 
 

@@ -43,7 +43,20 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     },
     # dots.llm1 has as many key/value heads as heads (llama.cpp's dots1 graph assumes it).
     "Dots1ForCausalLM": {"num_key_value_heads": 4},
-    "Dots3NoteForCausalLM": {"num_key_value_heads": 4},
+    # dots3-note's sliding layers have their own MLA geometry (released: half the heads, twice the
+    # KV rank, wider no-rope heads than the indexed layers'; the same rope part and Q rank).
+    "Dots3NoteForCausalLM": {
+        "num_key_value_heads": 4,
+        "swa_num_attention_heads": 2,
+        "swa_num_key_value_heads": 2,
+        "swa_q_lora_rank": 32,
+        "swa_kv_lora_rank": 48,
+        "swa_qk_nope_head_dim": 24,
+        "swa_qk_rope_head_dim": 8,
+        "swa_head_dim": 32,
+        "swa_v_head_dim": 16,
+        "shared_experts_intermediate_size": 32,
+    },
     # Phi-2 and OLMoE have as many key/value heads as heads (llama.cpp's graphs assume it).
     "PhiForCausalLM": {"num_key_value_heads": 4, "intermediate_size": 256},  # 4 x hidden
     "OlmoeForCausalLM": {"num_key_value_heads": 4},
@@ -134,6 +147,20 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "mlp_layer_types": ["dense"] + ["sparse"] * 3,
         "num_attention_heads_per_layer": [4] * 4,
     },
+    # Qwen4-Exp (Qwen3.8-Flash-Next): the Qwen3.5 head (a quarter rotated, interleaved M-RoPE)
+    # and QSA on its full-attention layers, whose sizes its config leaves unset (one key head,
+    # as the config requires; a budget of 32 of the 96 positions in blocks of 4, so that the
+    # indexer chooses), hyper-connections of a small rank.
+    "Qwen4ExpForCausalLM": {
+        "head_dim": 32,
+        "rope_parameters": QWEN35_ROPE,
+        "indexer_n_heads": 2,
+        "indexer_kv_heads": 1,
+        "indexer_head_dim": 16,
+        "indexer_budget": 32,
+        "indexer_compress_ratio": 4,
+        "hc_lowrank": 16,
+    },
     # BitNet b1.58 ties its embeddings (upstream maps no lm_head).
     "BitNetForCausalLM": {"tie_word_embeddings": True},
 }
@@ -187,19 +214,35 @@ UPSTREAM_CAUSES: dict[str, str] = {
     "HYV4ForCausalLM": "upstream maps none of transformers' hyper-connection head tensors "
     "(model.hc_pre.*)",
 }
+# Rows whose weights are written as f16 values (checkpoints.as_f16_values), so that the f16
+# file's weights are transformers' own: a random router's near-tie expert choice is then flipped
+# by nothing but the runtimes' arithmetic.
+F16_WEIGHTS = {
+    "DbrxForCausalLM",
+    "ExaoneMoeForCausalLM",
+    "MiMoV2FlashForCausalLM",
+    "MiniMaxM2ForCausalLM",
+    "NemotronHForCausalLM",
+}
+# Rows whose routers are redrawn until their top-k choices on the positions measured are decisive
+# (routers.make_decisive; the row's note gives the margin and the largest gate). After
+# F16_WEIGHTS, these still flipped a near-tie choice on llama.cpp's f16 activations.
+DECISIVE_ROUTERS = {"ExaoneMoeForCausalLM", "MiniMaxM2ForCausalLM"}
 # Why a family cannot be built here, where that is known: the row is still attempted, and only
 # if it fails does this reason stand as its status (with the first error).
 CANNOT_BUILD: dict[str, str] = {
     "Qwen4ExpForCausalLM": "its config class is the multimodal Qwen4ExpConfig, whose text "
     "sizes are unset (None) by default",
-    "Gemma4AssistantForCausalLM": "a Gemma 4 drafter whose config validates a nested backbone "
-    "config this builder does not shrink",
+    "Gemma4AssistantForCausalLM": "a Gemma 4 drafter: its forward takes the backbone model's "
+    "input embeddings and shared key/value states, never token ids, so it has no logits of its "
+    "own to compare (and its config nests a backbone config this builder does not shrink)",
     "Gemma4UnifiedAssistantForCausalLM": "a Gemma 4 drafter that shares the cache of a backbone "
     "it does not contain",
     "HunYuanMoEV1ForCausalLM": "its converter reads the tiktoken ranks of HunYuan's own "
     "tokenizer (remote code), and writes BOS id 127959 of that vocabulary",
 }
-# Special tokens a family's converter looks up by name, and the one that is its EOS.
+# Special tokens a family's converter looks up by name, and the one that is its EOS (None: the
+# tokenizer's own).
 GLM_SPECIALS = (
     "<|endoftext|>",
     "[gMASK]",
@@ -210,7 +253,7 @@ GLM_SPECIALS = (
     "<|observation|>",
     "<|startoftext|>",
 )
-SPECIALS: dict[str, tuple[tuple[str, ...], str]] = {
+SPECIALS: dict[str, tuple[tuple[str, ...], str | None]] = {
     arch: (GLM_SPECIALS, "<|endoftext|>")
     for arch in (
         "GlmForCausalLM",
@@ -221,5 +264,7 @@ SPECIALS: dict[str, tuple[tuple[str, ...], str]] = {
         "SolarOpenForCausalLM",  # converted as GLM-4 MoE
     )
 }
+# dots3-note's converter marks its end-of-turn token, which it looks up by name, as EOT.
+SPECIALS["Dots3NoteForCausalLM"] = (("<|endofassistant|>",), None)
 # Families whose tokenizer adds BOS (their converters check it).
 ADDS_BOS = {"DeepseekV32ForCausalLM"}

@@ -22,6 +22,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from archmatrix.checkpoints import (
+    BUILD_NOTES,
     CANNOT_BUILD,
     CHAT_SPECIALS,
     CORPUS,
@@ -169,6 +170,7 @@ def _measure(row: Any, workdir: Path, result: Result) -> None:
     result.engine, result.gguf_arch = converted.engine, converted.gguf_arch
     notes = [n for n in converted.notes if "derived" in n or "answer" in n]
     notes += [NOTES[row.hf_architecture]] if row.hf_architecture in NOTES else []
+    notes += (model_dir / BUILD_NOTES).read_text(encoding="utf-8").splitlines()
     result.notes = list(dict.fromkeys(notes))  # upstream may read a config twice
     result.status = "llama.cpp"
     f16 = compare_logits(reference, gguf_logits(converted.output, ids))
