@@ -194,6 +194,8 @@ NOTES: dict[str, str] = {
     "Gemma3ForCausalLM": "5 sliding layers (window 32) + 1 full, as llama.cpp fixes the pattern",
     "Exaone4ForCausalLM": "EXAONE 4.0 1.2B layout (global attention only); the 32B's 64-layer "
     "hybrid measures 0.515-0.529% (f16 rounding over 64 random layers)",
+    "Dots3NoteForCausalLM": "an indexed (DSA) and a sliding MLA layer, each kind its own "
+    "geometry; the indexer's top-k (2048, as released) keeps all 96 positions",
     "NemotronHForCausalLM": "Nemotron 3 (MoE) layout; a dense Nemotron-H saved by transformers 5 "
     "is read as MoE by upstream (num_experts_per_tok is always saved)",
 }
@@ -231,8 +233,6 @@ DECISIVE_ROUTERS = {"ExaoneMoeForCausalLM", "MiniMaxM2ForCausalLM"}
 # Why a family cannot be built here, where that is known: the row is still attempted, and only
 # if it fails does this reason stand as its status (with the first error).
 CANNOT_BUILD: dict[str, str] = {
-    "Qwen4ExpForCausalLM": "its config class is the multimodal Qwen4ExpConfig, whose text "
-    "sizes are unset (None) by default",
     "Gemma4AssistantForCausalLM": "a Gemma 4 drafter: its forward takes the backbone model's "
     "input embeddings and shared key/value states, never token ids, so it has no logits of its "
     "own to compare (and its config nests a backbone config this builder does not shrink)",

@@ -70,9 +70,13 @@ def mixed_text(model_dir: Path) -> str:
 
 
 def random_ids(model_dir: Path, n: int = N_POSITIONS) -> list[int]:
+    return random_ids_for(int(read_config(model_dir).get("vocab_size") or 0), n)
+
+
+def random_ids_for(vocab: int, n: int = N_POSITIONS) -> list[int]:
+    """The positions measured: seeded token ids of a vocabulary of ``vocab``."""
     import numpy as np
 
-    vocab = int(read_config(model_dir).get("vocab_size") or 0)
     low = 8  # past the special tokens every tokenizer here starts with
     return [int(i) for i in np.random.default_rng(SEED).integers(low, min(vocab, 600), n)]
 
