@@ -148,20 +148,21 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "num_attention_heads_per_layer": [4] * 4,
     },
     # Qwen4-Exp (Qwen3.8-Flash-Next): the Qwen3.5 head (a quarter rotated, interleaved M-RoPE)
-    # and QSA on its full-attention layers, whose sizes its config leaves unset (one key head,
-    # as the config requires; blocks of 4 and a budget of 128, above the 96 positions: see its
-    # note), hyper-connections of a small rank, and the sigmoid output gate of its
-    # linear-attention layers, which llama.cpp's qwen4exp graph fixes (transformers' default is
-    # hidden_act's silu).
+    # and QSA on its full-attention layers, whose sizes its config leaves unset: one key head (the
+    # config requires it), 8 query heads (with 2, the relu'd scores of many tokens are exactly 0,
+    # a tie each runtime breaks its own way), a budget of 32 of the 96 positions over blocks of
+    # one token (see the row's note for blocks of 4); hyper-connections of a small rank; the
+    # sigmoid output gate of its linear-attention layers, which llama.cpp's qwen4exp graph
+    # fixes (transformers' default is hidden_act's silu).
     "Qwen4ExpForCausalLM": {
         "output_gate_type": "sigmoid",
         "head_dim": 32,
         "rope_parameters": QWEN35_ROPE,
-        "indexer_n_heads": 2,
+        "indexer_n_heads": 8,
         "indexer_kv_heads": 1,
         "indexer_head_dim": 16,
-        "indexer_budget": 128,
-        "indexer_compress_ratio": 4,
+        "indexer_budget": 32,
+        "indexer_compress_ratio": 1,
         "hc_lowrank": 16,
     },
     # BitNet b1.58 ties its embeddings (upstream maps no lm_head).
@@ -200,9 +201,11 @@ NOTES: dict[str, str] = {
     "Dots3NoteForCausalLM": "an indexed (DSA) and a sliding MLA layer, each kind its own "
     "geometry; the indexer's top-k (2048, as released) keeps all 96 positions",
     "Qwen4ExpForCausalLM": "sigmoid output gate in the linear-attention layers, as llama.cpp's "
-    "graph fixes it (a silu-gated checkpoint converts but measures 70% off); QSA's budget (128) "
-    "keeps all 96 positions: with a budget of 32 the f32 file is 14% off (QSA's block choice "
-    "differs from transformers', not traced here); no PLE layer",
+    "graph fixes it (a silu-gated checkpoint converts but measures 70% off); QSA chooses 32 of "
+    "the 96 positions in blocks of 1: with blocks of 4 the f32 file is 11.5% off, as llama.cpp "
+    "takes budget + 3 tokens by block score (where the incomplete tail is shorter than 3, tokens "
+    "of one more block) and transformers whole blocks plus the tail (read in the pinned "
+    "sources); no PLE layer",
     "NemotronHForCausalLM": "Nemotron 3 (MoE) layout; a dense Nemotron-H saved by transformers 5 "
     "is read as MoE by upstream (num_experts_per_tok is always saved)",
 }
