@@ -331,6 +331,7 @@ def test_decisive_routers_widen_the_margin_and_keep_the_gates_soft() -> None:
         assert 0.7 < float(router.weight.detach().std()) / std < 1.3
     numbers = [float(x) for x in re.findall(r"\d+\.\d+", note)]
     assert numbers == [round(after, 3), round(share, 2)]
+    assert routers.make_decisive(model, ids, seed=0, redraw=False).endswith(note.split(": ")[1])
 
 
 class _Sized:

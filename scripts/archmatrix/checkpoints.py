@@ -156,12 +156,13 @@ def build(row: Variant, out_dir: Path, *, seed: int = 0) -> Path:
     if row.hf_architecture in F16_WEIGHTS:
         as_f16_values(model)
         notes.append("weights written as f16 values (the f16 file holds transformers' own)")
-    if row.hf_architecture in DECISIVE_ROUTERS:
+    if row.hf_architecture in F16_WEIGHTS | DECISIVE_ROUTERS:  # MoE rows: how decisive
         from archmatrix.measure import random_ids_for
         from archmatrix.routers import make_decisive
 
         ids = random_ids_for(int(config.vocab_size))  # the positions measure.py measures
-        notes.append(make_decisive(model.eval(), ids, seed))
+        redraw = row.hf_architecture in DECISIVE_ROUTERS
+        notes.append(make_decisive(model.eval(), ids, seed, redraw=redraw))
     model.save_pretrained(str(out_dir), safe_serialization=True)
     (out_dir / BUILD_NOTES).write_text("".join(f"{n}\n" for n in notes), encoding="utf-8")
     return out_dir

@@ -118,15 +118,16 @@ def _top_share(router: Router, top_k: int) -> float:
     return float((gates / gates.sum(-1, keepdim=True)).max())
 
 
-def make_decisive(model: Any, ids: list[int], seed: int) -> str:
-    """Redraw the routers of ``model`` (in place) for decisive choices on ``ids``; the row's
-    note: the smallest margin and the largest gate share, measured in transformers. A router's
-    inputs do not depend on its own weights: one forward pass per router, then the draws."""
+def make_decisive(model: Any, ids: list[int], seed: int, *, redraw: bool = True) -> str:
+    """Redraw the routers of ``model`` (in place) for decisive choices on ``ids`` (with
+    ``redraw`` false, only measure them); the row's note: the smallest margin and the largest
+    gate share, measured in transformers. A router's inputs do not depend on its own weights:
+    one forward pass per router, then the draws."""
     import torch
 
     routers, top_k = find_routers(model)
     generator = torch.Generator().manual_seed(seed + 2)
-    for router in routers:
+    for router in routers if redraw else ():
         _forward(model, [router], ids)  # its inputs, with the shallower routers already drawn
         std = float(router.weight.detach().std())
         best, best_margin = router.weight.detach().clone(), _margin(router.scores, top_k)
@@ -142,7 +143,8 @@ def make_decisive(model: Any, ids: list[int], seed: int) -> str:
     _forward(model, routers, ids)
     margin = min(_margin(r.scores, top_k) for r in routers)
     share = max(_top_share(r, top_k) for r in routers)
+    what = f"routers drawn for decisive top-{top_k} choices" if redraw else "routers as drawn"
     return (
-        f"routers drawn for decisive top-{top_k} choices: smallest margin {margin:.3f} of the "
-        f"scores' spread over the {len(ids)} positions, largest gate {share:.2f} of the chosen"
+        f"{what}: smallest top-{top_k} margin {margin:.3f} of the scores' spread over the "
+        f"{len(ids)} positions, largest gate {share:.2f} of the chosen"
     )
