@@ -128,12 +128,11 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
         "swa_num_key_value_heads": From(("num_key_value_heads",), None, times=2),
     },
     # Dots3NoteTextConfig reads the released swa_* fields into per_layer_config (the sliding
-    # layers' geometry, saved where it differs from the top level) and sliding_window_size into
-    # sliding_window, first_k_dense_replace into mlp_layer_types; upstream reads the released
-    # names. transformers always rescales the Q/KV
-    # latents by sqrt(hidden / rank), upstream only when told; its indexed layers' rope base is
-    # rope_parameters.indexed_attention's, which upstream reads at the top (it knows only
-    # full_attention as the other kind).
+    # layers' geometry, saved where it differs from the top level), sliding_window_size into
+    # sliding_window and first_k_dense_replace into mlp_layer_types; upstream reads the released
+    # names. transformers always rescales the Q/KV latents by sqrt(hidden / rank), upstream only
+    # when told; the indexed layers' rope base is rope_parameters.indexed_attention's, which
+    # upstream reads at the top (it knows only full_attention as the other kind).
     "Dots3NoteForCausalLM": {
         **{
             f"swa_{field}": OfLayerKind("sliding_attention", field)
