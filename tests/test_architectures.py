@@ -48,25 +48,33 @@ def test_fast_subset_is_proven(workdirs: Path, name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.needs_torch
 @pytest.mark.needs_llamacpp
-def test_a_perturbed_tensor_fails_the_measurement(workdirs: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "tensor"),
+    [
+        ("Qwen3ForCausalLM", "blk.1.ffn_down.weight"),
+        # a row whose routers are drawn for decisive choices: its gates stay soft enough that a
+        # router off by 25% (every gate weight moved, hardly a choice) fails it
+        ("MiniMaxM2ForCausalLM", "blk.1.ffn_gate_inp.weight"),
+    ],
+)
+def test_a_perturbed_tensor_fails_the_measurement(workdirs: Path, name: str, tensor: str) -> None:
     """The same checks on the same checkpoint, with one tensor of the GGUF changed."""
     import gguf
     import numpy as np
 
     from ggufkit.inference.parity import compare_logits, gguf_logits, reference_logits
 
-    name = "Qwen3ForCausalLM"
     workdir = workdirs / f"{name}-perturbed"
     assert archmeasure.measure(name, workdir).status == "proven"
     model_dir, path = workdir / "hf", workdir / "model-f16.gguf"
     ids = archmeasure.random_ids(model_dir)
     reference = reference_logits(model_dir, ids)
     reader = gguf.GGUFReader(path, "r+")
-    tensor = next(t for t in reader.tensors if t.name == "blk.1.ffn_down.weight")
-    data = tensor.data
+    found = next(t for t in reader.tensors if t.name == tensor)
+    data = found.data
     data[...] = (data.astype(np.float32) * 1.25).astype(data.dtype)  # one tensor, +25%
     reader.data.flush()
-    del reader, data, tensor
+    del reader, data, found
     status, cause = archmeasure.verdict(
         compare_logits(reference, gguf_logits(path, ids)), None, None
     )
@@ -358,3 +366,47 @@ def test_the_child_and_the_parent_name_the_same_files() -> None:
 
     assert _upstream_child.NEED_PRE_TOKENIZER == upstream.NEED_PRE_TOKENIZER
     assert _upstream_child.RUNTIME_TOKENIZER == upstream.RUNTIME_TOKENIZER
+
+
+@pytest.mark.needs_torch
+def test_decisive_routers_widen_the_margin_and_keep_the_gates_soft() -> None:
+    """The redraw keeps a router's scale (the family's initialiser's) and its gates unsaturated,
+    and its note reports what transformers computes with the drawn routers."""
+    import re
+    import types
+
+    import torch
+    import transformers
+    from archmatrix import routers
+    from archmatrix.checkpoints import small_config
+
+    tokenizer = types.SimpleNamespace(bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    arch = "MiniMaxM2ForCausalLM"
+    config = small_config(transformers.MiniMaxM2Config, _Sized(tokenizer, 600), arch)
+    torch.manual_seed(0)
+    model = transformers.MiniMaxM2ForCausalLM(config).float().eval()
+    ids = archmeasure.random_ids_for(int(config.vocab_size))
+    found, top_k = routers.find_routers(model)
+    routers._forward(model, found, ids)
+    before = min(routers._margin(r.scores, top_k) for r in found)
+    stds = [float(r.weight.detach().std()) for r in found]
+    note = routers.make_decisive(model, ids, seed=0)
+    routers._forward(model, found, ids)
+    after = min(routers._margin(r.scores, top_k) for r in found)
+    share = max(routers._top_share(r, top_k) for r in found)
+    assert after >= before and after > 0.02
+    assert share < 0.9  # no expert near one-hot among the chosen
+    for router, std in zip(found, stds, strict=True):
+        assert 0.7 < float(router.weight.detach().std()) / std < 1.3
+    numbers = [float(x) for x in re.findall(r"\d+\.\d+", note)]
+    assert numbers == [round(after, 3), round(share, 2)]
+    assert routers.make_decisive(model, ids, seed=0, redraw=False).endswith(note.split(": ")[1])
+
+
+class _Sized:
+    def __init__(self, inner: object, size: int) -> None:
+        self.__dict__.update(vars(inner))
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size

@@ -11,93 +11,19 @@ matrix (scripts/archmatrix) is what found them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True)
-class From:
-    """The value at ``path`` (keys, outermost first) of the config, else ``default``."""
-
-    path: tuple[str, ...]
-    default: Any
-    per_layer: bool = False  # a list with the value for each layer
-    times: int = 1  # a multiple of the value
-
-    def read(self, config: dict[str, Any]) -> Any:
-        value: Any = config
-        for key in self.path:
-            if not isinstance(value, dict) or key not in value:
-                value = self.default
-                break
-            value = value[key]
-        if self.times != 1 and value is not None:
-            value = value * self.times
-        return [value] * int(config["num_hidden_layers"]) if self.per_layer else value
-
-
-@dataclass(frozen=True)
-class CountOf:
-    """How many entries of the per-layer list ``key`` are ``kind``."""
-
-    key: str
-    kind: str
-
-    def read(self, config: dict[str, Any]) -> int:
-        return sum(entry == self.kind for entry in config.get(self.key) or ())
-
-
-@dataclass(frozen=True)
-class FlagsOf:
-    """The per-layer list ``key`` as 1 where the entry is ``kind``, else 0."""
-
-    key: str
-    kind: str
-
-    def read(self, config: dict[str, Any]) -> list[int]:
-        return [int(entry == self.kind) for entry in config.get(self.key) or ()]
-
-
-@dataclass(frozen=True)
-class IndicesOf:
-    """The 1-based positions of the entries of the per-layer list ``key`` that are ``kind``."""
-
-    key: str
-    kind: str
-
-    def read(self, config: dict[str, Any]) -> list[int]:
-        return [i + 1 for i, entry in enumerate(config.get(self.key) or ()) if entry == self.kind]
-
-
-@dataclass(frozen=True)
-class ValuesOf:
-    """The per-layer list ``key`` with each kind replaced by its value: from ``fixed``, else
-    from the config's dict ``table``."""
-
-    key: str
-    table: str
-    fixed: tuple[tuple[str, Any], ...] = ()
-
-    def read(self, config: dict[str, Any]) -> list[Any]:
-        values = {**(config.get(self.table) or {}), **dict(self.fixed)}
-        return [values[entry] for entry in config.get(self.key) or ()]
-
-
-@dataclass(frozen=True)
-class RotaryDims:
-    """How many dims of a head transformers rotates: int(head size x partial_rotary_factor)."""
-
-    default_fraction: float  # the config class's own, where rope_parameters has none
-
-    def read(self, config: dict[str, Any]) -> int:
-        head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-        rope = config.get("rope_parameters")
-        fraction = rope.get("partial_rotary_factor") if isinstance(rope, dict) else None
-        return int(head * (self.default_fraction if fraction is None else fraction))
-
-
-COMPUTED = From | CountOf | FlagsOf | IndicesOf | ValuesOf | RotaryDims
-PARTIAL_ROTARY = ("rope_parameters", "partial_rotary_factor")
+from ggufkit.convert.arch_computed import (
+    COMPUTED,
+    PARTIAL_ROTARY,
+    CountOf,
+    FlagsOf,
+    From,
+    IndicesOf,
+    OfLayerKind,
+    RotaryDims,
+    ValuesOf,
+)
 
 # HF architecture -> {config field the converter reads: transformers' value when it is absent}
 HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -130,6 +56,33 @@ HPARAM_DEFAULTS: dict[str, dict[str, Any]] = {
         "swa_v_head_dim": From(("v_head_dim",), None),
         "swa_num_attention_heads": From(("num_attention_heads",), None),
         "swa_num_key_value_heads": From(("num_key_value_heads",), None, times=2),
+    },
+    # Dots3NoteTextConfig reads the released swa_* fields into per_layer_config (the sliding
+    # layers' geometry, saved where it differs from the top level), sliding_window_size into
+    # sliding_window and first_k_dense_replace into mlp_layer_types; upstream reads the released
+    # names. transformers always rescales the Q/KV latents by sqrt(hidden / rank), upstream only
+    # when told; the indexed layers' rope base is rope_parameters.indexed_attention's, which
+    # upstream reads at the top (it knows only full_attention as the other kind).
+    "Dots3NoteForCausalLM": {
+        **{
+            f"swa_{field}": OfLayerKind("sliding_attention", field)
+            for field in (
+                "num_attention_heads",
+                "num_key_value_heads",
+                "q_lora_rank",
+                "kv_lora_rank",
+                "head_dim",
+                "qk_nope_head_dim",
+                "qk_rope_head_dim",
+                "v_head_dim",
+            )
+        },
+        "sliding_window_size": From(("sliding_window",), None),
+        "first_k_dense_replace": CountOf("mlp_layer_types", "dense"),
+        "apply_mla_qkv_lora_rescale": True,
+        "rope_parameters": {
+            "rope_theta": From(("rope_parameters", "indexed_attention", "rope_theta"), None)
+        },
     },
     # DeepseekV4Config marks hash-routed layers in mlp_layer_types and each layer's compression
     # in layer_types (rates in compress_rates; sliding layers compress nothing); upstream reads
@@ -234,7 +187,9 @@ def _missing(
             if isinstance(inner_present, dict) and (inner := _missing(root, inner_present, value)):
                 answers[key] = inner
         elif key not in present:
-            answers[key] = value.read(root) if isinstance(value, COMPUTED) else value
+            value = value.read(root) if isinstance(value, COMPUTED) else value
+            if value is not None:  # transformers has no value either: nothing to answer
+                answers[key] = value
     return answers
 
 
@@ -246,6 +201,9 @@ LEGACY_NAMES: dict[str, dict[str, dict[str, str]]] = {
     "GraniteMoeHybridForCausalLM": {
         "layer_types": {"linear_attention": "mamba", "full_attention": "attention"}
     },
+    # Qwen4-Exp's released config calls its QSA (indexed) layers "full_attention", which
+    # transformers 5 renames; upstream marks compressed (QSA) layers by the released name.
+    "Qwen4ExpForCausalLM": {"layer_types": {"indexed_attention": "full_attention"}},
 }
 
 

@@ -30,6 +30,7 @@ from tokenizer_training import (
 ROOT = Path(__file__).resolve().parent.parent.parent
 CORPUS = ROOT / "tests" / "data" / "corpus.txt"
 VOCAB = 600  # tokenizer size before the family's own special tokens
+BUILD_NOTES = "archmatrix-notes.txt"  # what the builder did beyond the config, a line each
 
 # Small legal sizes, set wherever the config class has the field (names differ per family).
 SHRINK: dict[str, Any] = {
@@ -97,6 +98,8 @@ SHRINK: dict[str, Any] = {
 from archmatrix.families_data import (  # noqa: E402  (the per-family tables)
     ADDS_BOS,
     CANNOT_BUILD,
+    DECISIVE_ROUTERS,
+    F16_WEIGHTS,
     NOTES,
     OVERRIDES,
     SPECIALS,
@@ -150,7 +153,19 @@ def build(row: Variant, out_dir: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = model_cls(config).float()
     jitter(model, seed, unscaled_attention=row.hf_architecture in UNSCALED_ATTENTION)
+    notes = []
+    if row.hf_architecture in F16_WEIGHTS:
+        as_f16_values(model)
+        notes.append("weights written as f16 values (the f16 file holds transformers' own)")
+    if row.hf_architecture in F16_WEIGHTS | DECISIVE_ROUTERS:  # MoE rows: how decisive
+        from archmatrix.measure import random_ids_for
+        from archmatrix.routers import make_decisive
+
+        ids = random_ids_for(int(config.vocab_size))  # the positions measure.py measures
+        redraw = row.hf_architecture in DECISIVE_ROUTERS
+        notes.append(make_decisive(model.eval(), ids, seed, redraw=redraw))
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    (out_dir / BUILD_NOTES).write_text("".join(f"{n}\n" for n in notes), encoding="utf-8")
     return out_dir
 
 
@@ -246,7 +261,19 @@ def jitter(model: Any, seed: int, *, unscaled_attention: bool = False) -> None:
                 param.copy_(0.05 * torch.randn(param.shape, generator=generator))
 
 
-def _tokenizer(kind: str, out_dir: Path, specials: tuple[tuple[str, ...], str] | None) -> Any:
+def as_f16_values(model: Any) -> None:
+    """Every weight rounded to its nearest f16 value (kept in its dtype): the f16 GGUF then
+    holds exactly the weights transformers computes with, as a released f16 checkpoint's would."""
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(param.to(torch.float16).to(param.dtype))
+
+
+def _tokenizer(
+    kind: str, out_dir: Path, specials: tuple[tuple[str, ...], str | None] | None
+) -> Any:
     if kind == "bpe":
         fast = as_transformers_tokenizer(train_byte_bpe(VOCAB, files=[CORPUS], style="gpt2"))
         extra, eos = specials or ((), None)

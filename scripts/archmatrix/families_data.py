@@ -43,7 +43,20 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     },
     # dots.llm1 has as many key/value heads as heads (llama.cpp's dots1 graph assumes it).
     "Dots1ForCausalLM": {"num_key_value_heads": 4},
-    "Dots3NoteForCausalLM": {"num_key_value_heads": 4},
+    # dots3-note's sliding layers have their own MLA geometry (released: half the heads, twice the
+    # KV rank, wider no-rope heads than the indexed layers'; the same rope part and Q rank).
+    "Dots3NoteForCausalLM": {
+        "num_key_value_heads": 4,
+        "swa_num_attention_heads": 2,
+        "swa_num_key_value_heads": 2,
+        "swa_q_lora_rank": 32,
+        "swa_kv_lora_rank": 48,
+        "swa_qk_nope_head_dim": 24,
+        "swa_qk_rope_head_dim": 8,
+        "swa_head_dim": 32,
+        "swa_v_head_dim": 16,
+        "shared_experts_intermediate_size": 32,
+    },
     # Phi-2 and OLMoE have as many key/value heads as heads (llama.cpp's graphs assume it).
     "PhiForCausalLM": {"num_key_value_heads": 4, "intermediate_size": 256},  # 4 x hidden
     "OlmoeForCausalLM": {"num_key_value_heads": 4},
@@ -155,6 +168,24 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "mlp_layer_types": ["dense"] + ["sparse"] * 3,
         "num_attention_heads_per_layer": [4] * 4,
     },
+    # Qwen4-Exp (Qwen3.8-Flash-Next): the Qwen3.5 head (a quarter rotated, interleaved M-RoPE)
+    # and QSA on its full-attention layers, whose sizes its config leaves unset: one key head (the
+    # config requires it), 8 query heads (with 2, the relu'd scores of many tokens are exactly 0,
+    # a tie each runtime breaks its own way), a budget of 32 of the 96 positions over blocks of
+    # one token (see the row's note for blocks of 4); hyper-connections of a small rank; the
+    # sigmoid output gate of its linear-attention layers, which llama.cpp's qwen4exp graph
+    # fixes (transformers' default is hidden_act's silu).
+    "Qwen4ExpForCausalLM": {
+        "output_gate_type": "sigmoid",
+        "head_dim": 32,
+        "rope_parameters": QWEN35_ROPE,
+        "indexer_n_heads": 8,
+        "indexer_kv_heads": 1,
+        "indexer_head_dim": 16,
+        "indexer_budget": 32,
+        "indexer_compress_ratio": 1,
+        "hc_lowrank": 16,
+    },
     # Kimi Linear 48B-A3B's full-attention layers have no query compression (q_lora_rank null;
     # llama.cpp's kimi-linear graph reads no query rank).
     "KimiLinearForCausalLM": {"q_lora_rank": None},
@@ -232,6 +263,14 @@ NOTES: dict[str, str] = {
     "router, exact (1e-6) with an f32 cache",
     "GptOssForCausalLM": "heads 64 wide, as released: llama.cpp ignores YaRN's truncate: false "
     "(rotation angles off by up to 0.02 rad at position 96, growing with position)",
+    "Dots3NoteForCausalLM": "an indexed (DSA) and a sliding MLA layer, each kind its own "
+    "geometry; the indexer's top-k (2048, as released) keeps all 96 positions",
+    "Qwen4ExpForCausalLM": "sigmoid output gate in the linear-attention layers, as llama.cpp's "
+    "graph fixes it (a silu-gated checkpoint converts but measures 70% off); QSA chooses 32 of "
+    "the 96 positions in blocks of 1: with blocks of 4 the f32 file is 11.5% off, as llama.cpp "
+    "takes budget + 3 tokens by block score (where the incomplete tail is shorter than 3, tokens "
+    "of one more block) and transformers whole blocks plus the tail (read in the pinned "
+    "sources); no PLE layer",
     "NemotronHForCausalLM": "Nemotron 3 (MoE) layout; a dense Nemotron-H saved by transformers 5 "
     "is read as MoE by upstream (num_experts_per_tok is always saved)",
 }
@@ -250,19 +289,36 @@ UPSTREAM_CAUSES: dict[str, str] = {
     "model's small q/k feel (dense layers only: 0.59%); with rms_norm_eps 1e-6 the f32 file "
     "is within 0.009% and f16 rounding flips near-tie choices of the random router (7.7%)",
 }
+# Rows whose weights are written as f16 values (checkpoints.as_f16_values), so that the f16
+# file's weights are transformers' own: a random router's near-tie expert choice is then flipped
+# by nothing but the runtimes' arithmetic. (These are MoE rows: the note gives their routers'
+# smallest top-k margin and largest gate, measured in transformers.)
+F16_WEIGHTS = {
+    "DbrxForCausalLM",
+    "ExaoneMoeForCausalLM",
+    "MiMoV2FlashForCausalLM",
+    "MiniMaxM2ForCausalLM",
+    "NemotronHForCausalLM",
+}
+# Rows whose routers are redrawn until their top-k choices on the positions measured are decisive
+# (routers.make_decisive; the row's note gives the margin and the largest gate). After
+# F16_WEIGHTS, EXAONE MoE and MiniMax-M2 still flipped a near-tie choice on llama.cpp's f16
+# activations; the others came out proven with margins of 0.000-0.001 of the scores' spread,
+# which another CPU's arithmetic could flip.
+DECISIVE_ROUTERS = set(F16_WEIGHTS)
 # Why a family cannot be built here, where that is known: the row is still attempted, and only
 # if it fails does this reason stand as its status (with the first error).
 CANNOT_BUILD: dict[str, str] = {
-    "Qwen4ExpForCausalLM": "its config class is the multimodal Qwen4ExpConfig, whose text "
-    "sizes are unset (None) by default",
-    "Gemma4AssistantForCausalLM": "a Gemma 4 drafter whose config validates a nested backbone "
-    "config this builder does not shrink",
+    "Gemma4AssistantForCausalLM": "a Gemma 4 drafter: its forward takes the backbone model's "
+    "input embeddings and shared key/value states, never token ids, so it has no logits of its "
+    "own to compare (and its config nests a backbone config this builder does not shrink)",
     "Gemma4UnifiedAssistantForCausalLM": "a Gemma 4 drafter that shares the cache of a backbone "
     "it does not contain",
     "HunYuanMoEV1ForCausalLM": "its converter reads the tiktoken ranks of HunYuan's own "
     "tokenizer (remote code), and writes BOS id 127959 of that vocabulary",
 }
-# Special tokens a family's converter looks up by name, and the one that is its EOS.
+# Special tokens a family's converter looks up by name, and the one that is its EOS (None: the
+# tokenizer's own).
 GLM_SPECIALS = (
     "<|endoftext|>",
     "[gMASK]",
@@ -273,7 +329,7 @@ GLM_SPECIALS = (
     "<|observation|>",
     "<|startoftext|>",
 )
-SPECIALS: dict[str, tuple[tuple[str, ...], str]] = {
+SPECIALS: dict[str, tuple[tuple[str, ...], str | None]] = {
     arch: (GLM_SPECIALS, "<|endoftext|>")
     for arch in (
         "GlmForCausalLM",
@@ -284,5 +340,7 @@ SPECIALS: dict[str, tuple[tuple[str, ...], str]] = {
         "SolarOpenForCausalLM",  # converted as GLM-4 MoE
     )
 }
+# dots3-note's converter marks its end-of-turn token, which it looks up by name, as EOT.
+SPECIALS["Dots3NoteForCausalLM"] = (("<|endofassistant|>",), None)
 # Families whose tokenizer adds BOS (their converters check it).
 ADDS_BOS = {"DeepseekV32ForCausalLM"}

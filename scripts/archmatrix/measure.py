@@ -22,6 +22,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from archmatrix.checkpoints import (
+    BUILD_NOTES,
     CANNOT_BUILD,
     CHAT_SPECIALS,
     CORPUS,
@@ -69,9 +70,13 @@ def mixed_text(model_dir: Path) -> str:
 
 
 def random_ids(model_dir: Path, n: int = N_POSITIONS) -> list[int]:
+    return random_ids_for(int(read_config(model_dir).get("vocab_size") or 0), n)
+
+
+def random_ids_for(vocab: int, n: int = N_POSITIONS) -> list[int]:
+    """The positions measured: seeded token ids of a vocabulary of ``vocab``."""
     import numpy as np
 
-    vocab = int(read_config(model_dir).get("vocab_size") or 0)
     low = 8  # past the special tokens every tokenizer here starts with
     return [int(i) for i in np.random.default_rng(SEED).integers(low, min(vocab, 600), n)]
 
@@ -169,6 +174,7 @@ def _measure(row: Any, workdir: Path, result: Result) -> None:
     result.engine, result.gguf_arch = converted.engine, converted.gguf_arch
     notes = [n for n in converted.notes if "derived" in n or "answer" in n]
     notes += [NOTES[row.hf_architecture]] if row.hf_architecture in NOTES else []
+    notes += (model_dir / BUILD_NOTES).read_text(encoding="utf-8").splitlines()
     result.notes = list(dict.fromkeys(notes))  # upstream may read a config twice
     result.status = "llama.cpp"
     f16 = compare_logits(reference, gguf_logits(converted.output, ids))

@@ -1,0 +1,81 @@
+"""ggufkit's answers for configs that transformers 5 saves per layer kind (arch_answers), checked
+against transformers' own reading of the released field names: a config built from the released
+names and saved by transformers must be answered with those very values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ggufkit.convert.arch_answers import hparam_answers, hparam_renames
+
+# dots3-note's released names for its sliding layers' geometry (tiny, each kind its own)
+DOTS3_RELEASED = {
+    "swa_num_attention_heads": 2,
+    "swa_num_key_value_heads": 2,
+    "swa_q_lora_rank": 32,  # the same as the indexed layers': not saved per layer
+    "swa_kv_lora_rank": 48,
+    "swa_head_dim": 32,
+    "swa_qk_nope_head_dim": 24,
+    "swa_qk_rope_head_dim": 8,
+    "swa_v_head_dim": 16,
+    "sliding_window_size": 32,
+}
+DOTS3_SIZES = {
+    "num_hidden_layers": 2,
+    "layer_types": ["indexed_attention", "sliding_attention"],
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "q_lora_rank": 32,
+    "kv_lora_rank": 32,
+    "qk_nope_head_dim": 16,
+    "qk_rope_head_dim": 8,
+    "v_head_dim": 16,
+    "head_dim": 24,
+}
+
+
+def _saved(config: object, tmp_path: Path, arch: str) -> dict:
+    config.save_pretrained(str(tmp_path))  # type: ignore[attr-defined]
+    saved = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    return {**saved, "architectures": [arch]}
+
+
+@pytest.mark.needs_torch
+def test_dots3_answers_are_the_released_swa_fields(tmp_path: Path) -> None:
+    from transformers import Dots3NoteTextConfig
+
+    config = Dots3NoteTextConfig(**DOTS3_SIZES, **DOTS3_RELEASED, swa_rope_theta=5000.0)
+    saved = _saved(config, tmp_path, "Dots3NoteForCausalLM")
+    assert not any(key.startswith("swa_") for key in saved)  # transformers 5 moved them
+    answers = hparam_answers(saved)
+    assert {key: answers.get(key) for key in DOTS3_RELEASED} == DOTS3_RELEASED
+    assert answers["apply_mla_qkv_lora_rescale"] is True  # transformers always rescales
+    indexed_theta = saved["rope_parameters"]["indexed_attention"]["rope_theta"]
+    assert answers["rope_parameters"] == {"rope_theta": indexed_theta}
+    assert answers["scoring_func"] == "sigmoid"
+    assert answers["first_k_dense_replace"] == saved["mlp_layer_types"].count("dense") == 1
+    # a released config, which has the swa_* names, keeps its own
+    assert not any(key.startswith("swa_") for key in hparam_answers({**saved, **DOTS3_RELEASED}))
+
+
+def test_a_layer_kind_answer_without_that_kind_is_no_answer() -> None:
+    dense = {"architectures": ["Dots3NoteForCausalLM"], "num_hidden_layers": 1}
+    dense |= {"layer_types": ["indexed_attention"], "qk_nope_head_dim": 16}
+    answers = hparam_answers(dense)
+    assert not any(key.startswith("swa_") for key in answers)
+    assert "rope_parameters" not in answers  # no rope_parameters to read a base from
+
+
+@pytest.mark.needs_torch
+def test_qwen4exp_layer_kinds_in_the_released_names(tmp_path: Path) -> None:
+    from transformers import Qwen4ExpTextConfig
+
+    released = ["linear_attention", "full_attention"]  # the released config's names
+    config = Qwen4ExpTextConfig(num_hidden_layers=2, layer_types=released)
+    saved = _saved(config, tmp_path, "Qwen4ExpForCausalLM")
+    assert saved["layer_types"] == ["linear_attention", "indexed_attention"]
+    assert hparam_renames(saved) == {"layer_types": released}
+    assert hparam_renames({**saved, "layer_types": released}) == {}
