@@ -41,10 +41,8 @@ FOLDERS = {
     "./llama-7b": "tiny-llama",
     "./my-vlm": "tiny-minicpmv",  # a MiniCPM-V 4.6 with random weights
 }
-PICTURES = {"picture.png": "shapes.png"}  # ggufkit.data.embedded_picture
+PICTURES = {"cat.png": "shapes.png"}  # ggufkit.data.embedded_picture
 ADAPTERS = {"./my-lora": "tiny-llama-milton-lora"}  # a PEFT LoRA of tiny-llama
-VISION_FOLDERS = {"./my-vlm"}  # the tiny MiniCPM-V 4.6 (tests/tiny_vision.py), built once
-PICTURE = "cat.png"
 # The stand-ins claim LLaMA-1's and TinyLlama's context (2048) in config.json, as the real ones do.
 CONTEXT = 2048
 PLAN = 'outdir = "out"\ntypes = ["q4_0"]\n\n[[models]]\nsource = "my-model"\n'
@@ -94,14 +92,6 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def vision_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny MiniCPM-V 4.6 (tests/tiny_vision.py), built once for the README's ./my-vlm."""
-    import tiny_vision
-
-    return tiny_vision.make_minicpmv46(tmp_path_factory.mktemp("readme-vlm") / "my-vlm")
-
-
 @pytest.mark.slow
 @pytest.mark.needs_llamacpp
 @pytest.mark.needs_torch
@@ -133,14 +123,6 @@ def test_readme_example_runs(
     for name, picture in PICTURES.items():
         (tmp_path / name).write_bytes(embedded_picture(picture).read_bytes())
     (tmp_path / "batch.toml").write_text(PLAN, encoding="utf-8")
-    if any(name in line for line in block for name in VISION_FOLDERS):
-        import shutil
-
-        import tiny_vision
-
-        for name in VISION_FOLDERS:
-            shutil.copytree(request.getfixturevalue("vision_checkpoint"), tmp_path / name)
-        tiny_vision.make_picture(tmp_path / PICTURE)
     for argv in commands(block):
         args = argv[1:] + EXTRA.get(argv[1], [])
         result = CliRunner().invoke(cli, args)

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from test_vision_run import model, projector
 
 from ggufkit.cli import cli
+from ggufkit.convert.vision import PAIR_KEY
 
 FAMILIES = ["qwen2vl", "minicpmv"]
 T = TypeVar("T")
@@ -141,14 +142,23 @@ def test_verify_fails_when_one_projector_tensor_is_perturbed(
 def test_a_projector_that_does_not_belong_is_an_error_not_a_crash(
     pairs: dict[str, tuple[Path, Path, Path]], tmp_path: Path
 ) -> None:
-    """Both are as wide as the model, so the header check lets them through: libmtmd refuses a
-    projector without tensors, and MiniCPM-V's projector frames the picture with tokens
-    Qwen2-VL's vocabulary lacks. Exit 1 with what is wrong, never a dead process."""
+    """Each as wide as the model. A projector converted with another model is refused from the
+    pair keys both headers carry (exit 2, nothing loaded); without those keys (a file from
+    elsewhere) libmtmd refuses a projector without tensors, and MiniCPM-V's projector frames the
+    picture with tokens Qwen2-VL's vocabulary lacks: exit 1 with what is wrong, never a dead
+    process."""
     gguf_file, _, checkpoint = pairs["qwen2vl"]
     picture = tiny_vision.make_picture(tmp_path / "p.png")
+    foreign = pairs["minicpmv"][1]
+    code, _, output = verify_json(gguf_file, foreign, checkpoint, picture)
+    assert code == 2 and "does not belong to" in output, output
+    unkeyed = tmp_path / "unkeyed" / foreign.name
+    unkeyed.parent.mkdir()
+    key = PAIR_KEY.encode()
+    unkeyed.write_bytes(foreign.read_bytes().replace(key, key[:-1] + b"_"))  # same length
     cases = [
         (projector(tmp_path, width=64), "libmtmd cannot open"),
-        (pairs["minicpmv"][1], "the mmproj does not belong to this model"),
+        (unkeyed, "the mmproj does not belong to this model"),
     ]
     for mmproj, message in cases:
         code, _, output = verify_json(gguf_file, mmproj, checkpoint, picture)

@@ -6,8 +6,9 @@ with placeholders of the same length and patched when the hashes are done.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import gguf
 
@@ -88,20 +89,49 @@ def add_provenance(
             writer.add_string(key, value)
 
 
-def patch_source_hashes(path: Path, hashes: list[str]) -> None:
-    """Write the finished sha256s over the placeholders another writer (the upstream child)
-    put in ``path``'s header; each is 64 ASCII characters, so nothing else moves."""
-    import numpy as np
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+SHA256_KEY = b"ggufkit.source.sha256"
 
-    reader = gguf.GGUFReader(path, "r+")
-    field = reader.fields.get("ggufkit.source.sha256")
-    if field is None or len(field.data) != len(hashes):
-        raise ValueError(f"{path}: no ggufkit.source.sha256 of {len(hashes)} entries to patch")
-    for index, value in zip(field.data, hashes, strict=True):
-        part = field.parts[index]
-        encoded = np.frombuffer(value.encode("ascii"), dtype=np.uint8)
-        if part.shape != encoded.shape:
-            raise ValueError(f"{path}: a sha256 placeholder of {part.shape[0]} bytes")
-        part[:] = encoded
-    reader.data.flush()
-    del reader
+
+def patch_source_hashes(path: Path, hashes: list[str]) -> None:
+    """Write the finished sha256s over the placeholders another writer (the upstream child) put
+    in ``path``'s header; each is 64 ASCII characters, so nothing else moves. The header's
+    key/value section is walked as written (nothing of the tensors is read)."""
+    with open(path, "r+b") as handle:
+        magic, _version, _n_tensors, n_kv = struct.unpack("<4sIQQ", handle.read(24))
+        if magic != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        for _ in range(n_kv):
+            key = handle.read(struct.unpack("<Q", handle.read(8))[0])
+            (kind,) = struct.unpack("<I", handle.read(4))
+            if key == SHA256_KEY and kind == _ARRAY:
+                item, count = struct.unpack("<IQ", handle.read(12))
+                if item != _STRING or count != len(hashes):
+                    break
+                for value in hashes:
+                    (size,) = struct.unpack("<Q", handle.read(8))
+                    encoded = value.encode("ascii")
+                    if size != len(encoded):
+                        raise ValueError(f"{path}: a sha256 placeholder of {size} bytes")
+                    handle.write(encoded)  # in place, over the placeholder
+                return
+            try:
+                _skip_value(handle, kind)
+            except (KeyError, struct.error) as exc:  # a type GGUF does not have: a broken file
+                raise ValueError(f"{path}: unreadable header ({exc})") from exc
+    raise ValueError(f"{path}: no {SHA256_KEY.decode()} of {len(hashes)} entries to patch")
+
+
+def _skip_value(handle: BinaryIO, kind: int) -> None:
+    if kind == _STRING:
+        handle.seek(struct.unpack("<Q", handle.read(8))[0], 1)
+    elif kind == _ARRAY:
+        item, count = struct.unpack("<IQ", handle.read(12))
+        if item in _SCALAR_SIZES:
+            handle.seek(_SCALAR_SIZES[item] * count, 1)
+        else:
+            for _ in range(count):
+                _skip_value(handle, item)
+    else:
+        handle.seek(_SCALAR_SIZES[kind], 1)
