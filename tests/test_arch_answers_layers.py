@@ -79,3 +79,20 @@ def test_qwen4exp_layer_kinds_in_the_released_names(tmp_path: Path) -> None:
     assert saved["layer_types"] == ["linear_attention", "indexed_attention"]
     assert hparam_renames(saved) == {"layer_types": released}
     assert hparam_renames({**saved, "layer_types": released}) == {}
+
+
+@pytest.mark.needs_torch
+@pytest.mark.parametrize(("gate", "warned"), [(None, True), ("silu", True), ("sigmoid", False)])
+def test_a_qwen4exp_gate_llama_cpp_ignores_is_warned_of(
+    gate: str | None, warned: bool, tmp_path: Path
+) -> None:
+    from transformers import Qwen4ExpConfig
+
+    from ggufkit.convert.arch_answers import llama_cpp_assumptions
+
+    saved = _saved(Qwen4ExpConfig(output_gate_type=gate), tmp_path, "Qwen4ExpForCausalLM")
+    # transformers computes with output_gate_type, else hidden_act (silu by default)
+    warnings = llama_cpp_assumptions(saved)
+    assert bool(warnings) is warned
+    if warned:
+        assert "sigmoid" in warnings[0] and repr(gate or "silu") in warnings[0]
