@@ -168,6 +168,20 @@ def upstream_flags(config: dict[str, Any], tensor_names: Iterable[str]) -> dict[
     return {"--no-mtp": "the checkpoint has no MTP weights, as transformers saves it"}
 
 
+# Where a family's usual layer-count key counts something else than the blocks its tensors hold:
+# the key that counts those (checked against the tensor names before the converter runs).
+# HRM-Text's num_hidden_layers is its unrolled depth (cycles x stacks); each stack holds
+# num_layers_per_stack blocks.
+LAYER_COUNT_KEYS: dict[str, tuple[str, ...]] = {"HrmTextForCausalLM": ("num_layers_per_stack",)}
+
+
+def layer_count_keys(config: dict[str, Any]) -> tuple[str, ...]:
+    return next(
+        (LAYER_COUNT_KEYS[a] for a in config.get("architectures") or () if a in LAYER_COUNT_KEYS),
+        (),
+    )
+
+
 # Values llama.cpp's graph assumes whatever the file says (found by the matrix): a checkpoint
 # with another value converts, but llama.cpp then computes something else than transformers.
 # HF architecture -> (config fields, the first set one counting; transformers' default when

@@ -315,7 +315,11 @@ def _convert_dir(
 ) -> EngineResult:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from ggufkit.convert.arch_answers import llama_cpp_assumptions, upstream_flags
+    from ggufkit.convert.arch_answers import (
+        layer_count_keys,
+        llama_cpp_assumptions,
+        upstream_flags,
+    )
     from ggufkit.formats.hfconfig import check_layers_for_upstream, load_config
     from ggufkit.formats.safetensors import Checkpoint
 
@@ -323,8 +327,8 @@ def _convert_dir(
     # the 2-D weights' (block, bytes per block) in ``outtype``: the output's size, roughly
     block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[outtype.upper()]]
     with Checkpoint.open(model_dir) as checkpoint:
-        check_layers_for_upstream(model_dir, checkpoint.names())
         config = load_config(model_dir)
+        check_layers_for_upstream(model_dir, checkpoint.names(), layer_count_keys(config))
         flags = upstream_flags(config, checkpoint.names())
         infos = checkpoint.infos()
         source_bytes = sum(i.n_bytes for i in infos)
