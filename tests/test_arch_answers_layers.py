@@ -79,3 +79,45 @@ def test_qwen4exp_layer_kinds_in_the_released_names(tmp_path: Path) -> None:
     assert saved["layer_types"] == ["linear_attention", "indexed_attention"]
     assert hparam_renames(saved) == {"layer_types": released}
     assert hparam_renames({**saved, "layer_types": released}) == {}
+
+
+@pytest.mark.needs_torch
+@pytest.mark.parametrize(("gate", "warned"), [(None, True), ("silu", True), ("sigmoid", False)])
+def test_a_qwen4exp_gate_llama_cpp_ignores_is_warned_of(
+    gate: str | None, warned: bool, tmp_path: Path
+) -> None:
+    from transformers import Qwen4ExpConfig
+
+    from ggufkit.convert.arch_answers import llama_cpp_assumptions
+
+    saved = _saved(Qwen4ExpConfig(output_gate_type=gate), tmp_path, "Qwen4ExpForCausalLM")
+    # transformers computes with output_gate_type, else hidden_act (silu by default)
+    warnings = llama_cpp_assumptions(saved)
+    assert bool(warnings) is warned
+    if warned:
+        assert "sigmoid" in warnings[0] and repr(gate or "silu") in warnings[0]
+
+
+def test_hrm_text_blocks_are_counted_per_stack(tmp_path: Path) -> None:
+    """HRM-Text's num_hidden_layers is its unrolled depth; its tensors hold num_layers_per_stack
+    blocks per stack. The layer check before upstream runs must count those (and still refuse a
+    stack size the tensors lack)."""
+    from ggufkit.convert.arch_answers import layer_count_keys
+    from ggufkit.core.errors import ConversionError
+    from ggufkit.formats.hfconfig import check_layers_for_upstream
+
+    config = {
+        "architectures": ["HrmTextForCausalLM"],
+        "num_hidden_layers": 16,
+        "num_layers_per_stack": 2,
+        "vocab_size": 64,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    names = [f"model.{s}_module.layers.{i}.mlp.down_proj.weight" for s in "HL" for i in range(2)]
+    check_layers_for_upstream(tmp_path, names, layer_count_keys(config))
+    with pytest.raises(ConversionError, match="16 layers"):
+        check_layers_for_upstream(tmp_path, names)  # the usual key: the unrolled depth
+    with pytest.raises(ConversionError, match="3 layers"):
+        config["num_layers_per_stack"] = 3
+        (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        check_layers_for_upstream(tmp_path, names, layer_count_keys(config))

@@ -168,6 +168,51 @@ def upstream_flags(config: dict[str, Any], tensor_names: Iterable[str]) -> dict[
     return {"--no-mtp": "the checkpoint has no MTP weights, as transformers saves it"}
 
 
+# Where a family's usual layer-count key counts something else than the blocks its tensors hold:
+# the key that counts those (checked against the tensor names before the converter runs).
+# HRM-Text's num_hidden_layers is its unrolled depth (cycles x stacks); each stack holds
+# num_layers_per_stack blocks.
+LAYER_COUNT_KEYS: dict[str, tuple[str, ...]] = {"HrmTextForCausalLM": ("num_layers_per_stack",)}
+
+
+def layer_count_keys(config: dict[str, Any]) -> tuple[str, ...]:
+    return next(
+        (LAYER_COUNT_KEYS[a] for a in config.get("architectures") or () if a in LAYER_COUNT_KEYS),
+        (),
+    )
+
+
+# Values llama.cpp's graph assumes whatever the file says (found by the matrix): a checkpoint
+# with another value converts, but llama.cpp then computes something else than transformers.
+# HF architecture -> (config fields, the first set one counting; transformers' default when
+# none is saved; the value llama.cpp assumes; why).
+ASSUMED_BY_LLAMA_CPP: dict[str, tuple[tuple[tuple[str, ...], Any, Any, str], ...]] = {
+    "Qwen4ExpForCausalLM": (
+        (
+            ("output_gate_type", "hidden_act"),
+            "silu",
+            "sigmoid",
+            "llama.cpp's qwen4exp graph gates its linear-attention output with a sigmoid; a "
+            "tiny model gated otherwise measured 70% off",
+        ),
+    ),
+}
+
+
+def llama_cpp_assumptions(config: dict[str, Any]) -> list[str]:
+    """Warnings for ``config`` values that llama.cpp's graph for the architecture ignores."""
+    warnings = []
+    for arch in config.get("architectures") or ():
+        for fields, default, assumed, why in ASSUMED_BY_LLAMA_CPP.get(arch, ()):
+            value = next((config[f] for f in fields if config.get(f) is not None), default)
+            if value != assumed:
+                warnings.append(
+                    f"{fields[0]} is {value!r} but {why}: the converted file will not compute "
+                    "what transformers computes"
+                )
+    return warnings
+
+
 def hparam_answers(config: dict[str, Any]) -> dict[str, Any]:
     """The fields to set, for the architectures in ``config``, that ``config`` lacks (a dict
     answer fills the keys missing from the config's dict of that name)."""

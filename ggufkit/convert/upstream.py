@@ -315,7 +315,11 @@ def _convert_dir(
 ) -> EngineResult:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from ggufkit.convert.arch_answers import upstream_flags
+    from ggufkit.convert.arch_answers import (
+        layer_count_keys,
+        llama_cpp_assumptions,
+        upstream_flags,
+    )
     from ggufkit.formats.hfconfig import check_layers_for_upstream, load_config
     from ggufkit.formats.safetensors import Checkpoint
 
@@ -323,8 +327,9 @@ def _convert_dir(
     # the 2-D weights' (block, bytes per block) in ``outtype``: the output's size, roughly
     block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[outtype.upper()]]
     with Checkpoint.open(model_dir) as checkpoint:
-        check_layers_for_upstream(model_dir, checkpoint.names())
-        flags = upstream_flags(load_config(model_dir), checkpoint.names())
+        config = load_config(model_dir)
+        check_layers_for_upstream(model_dir, checkpoint.names(), layer_count_keys(config))
+        flags = upstream_flags(config, checkpoint.names())
         infos = checkpoint.infos()
         source_bytes = sum(i.n_bytes for i in infos)
         expected = sum(i.n_elements * type_size // block for i in infos)
@@ -343,6 +348,9 @@ def _convert_dir(
         gguf_arch, n_tensors = written_arch_and_count(partial)
         source.finish(partial)
     notes.insert(0, "converted by the pinned upstream convert_hf_to_gguf.py")
+    for warning in llama_cpp_assumptions(config):
+        log.warning("%s", warning)
+        notes.append(f"warning: {warning}")
     return EngineResult(n_tensors, out.stat().st_size, source_bytes, gguf_arch, notes)
 
 

@@ -139,11 +139,15 @@ def check_block_count(
     )
 
 
-def check_layers_for_upstream(model_dir: Path, tensor_names: list[str]) -> None:
+def check_layers_for_upstream(
+    model_dir: Path, tensor_names: list[str], count_keys: tuple[str, ...] = ()
+) -> None:
     """Before the upstream converter builds its per-layer maps: the same rule as the native
-    engine's (:func:`check_block_count`), for the block count under any of its usual keys."""
+    engine's (:func:`check_block_count`), for the block count under ``count_keys`` (a family's
+    own, where its usual key counts something else) or any of the usual keys."""
     config, path = load_config(model_dir), Path(model_dir) / "config.json"
-    count = next((config[k] for k in (*BLOCK_KEYS, "num_layers") if type(config.get(k)) is int), 0)
+    keys = count_keys or (*BLOCK_KEYS, "num_layers")
+    count = next((config[k] for k in keys if type(config.get(k)) is int), 0)
     check_block_count(count, tensor_names, config_path=path, model_dir=Path(model_dir))
 
 

@@ -258,9 +258,9 @@ NOTES: dict[str, str] = {
     "keeps the release's rows for llama.cpp's adjacent pairs, which it says the reference uses",
     "Exaone4ForCausalLM": "EXAONE 4.0 1.2B layout (global attention only); the 32B's 64-layer "
     "hybrid measures 0.515-0.529% (f16 rounding over 64 random layers)",
-    "AfmoeForCausalLM": "route_scale 2.826, as released; with 1.0 this draw measured 8.4%: "
-    "llama.cpp's f16 KV cache flipped a near-tie expert choice (a 5e-4 gap) of the random "
-    "router, exact (1e-6) with an f32 cache",
+    "AfmoeForCausalLM": "route_scale 2.826, as released; a plain random draw measured 8.4%: "
+    "llama.cpp's f16 KV cache flipped a near-tie expert choice (a 5e-4 gap) of its router, "
+    "exact (1e-6) with an f32 cache",
     "GptOssForCausalLM": "heads 64 wide, as released: llama.cpp ignores YaRN's truncate: false "
     "(rotation angles off by up to 0.02 rad at position 96, growing with position)",
     "Dots3NoteForCausalLM": "an indexed (DSA) and a sliding MLA layer, each kind its own "
@@ -305,7 +305,7 @@ F16_WEIGHTS = {
 # F16_WEIGHTS, EXAONE MoE and MiniMax-M2 still flipped a near-tie choice on llama.cpp's f16
 # activations; the others came out proven with margins of 0.000-0.001 of the scores' spread,
 # which another CPU's arithmetic could flip.
-DECISIVE_ROUTERS = set(F16_WEIGHTS)
+DECISIVE_ROUTERS = set(F16_WEIGHTS) | {"AfmoeForCausalLM"}
 # Why a family cannot be built here, where that is known: the row is still attempted, and only
 # if it fails does this reason stand as its status (with the first error).
 CANNOT_BUILD: dict[str, str] = {
