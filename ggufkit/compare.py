@@ -19,7 +19,7 @@ from ggufkit.bnb.image_results import GGUF as GGUF_ROW
 from ggufkit.bnb.image_results import ImageReport, ImageRow
 from ggufkit.bnb.measure import ChildPeakRss
 from ggufkit.bnb.results import BASELINE, BnbReport, ModeResult
-from ggufkit.core.errors import InputError, UsageError
+from ggufkit.core.errors import GGUFKitError, InputError, ToolMissingError, UsageError
 from ggufkit.core.fsutil import human_bytes, read_json
 from ggufkit.core.text import markdown_table
 from ggufkit.evaluate.plots import label_offsets, new_figure, save_figure
@@ -304,10 +304,12 @@ def image_gguf_row(
     *,
     tokenizer_dir: Path | None = None,
     threads: int | None = None,
+    trust_remote_code: bool = False,
 ) -> ImageRow:
     """The GGUF pair's row of ``report``'s table: its question about its picture through
     ``llama-mtmd-cli``, ``report.runs`` times, greedy. Tokens are the answer re-tokenized with
     ``tokenizer_dir``'s tokenizer (llama-mtmd-cli reports no count); memory is the tool's peak RSS.
+    A failure of the tool is the row's (status "failed"), so the rows measured before still show.
     """
     from ggufkit.inference.image_chat import check_pair, image_chat
 
@@ -316,15 +318,21 @@ def image_gguf_row(
     row.files = [str(model), str(mmproj)]
     row.size_bytes = model.stat().st_size + mmproj.stat().st_size
     seconds, answers = 0.0, []
-    with ChildPeakRss("llama-mtmd-cli") as memory:
-        for _ in range(report.runs):
-            result = image_chat(
-                model, report.question, Path(report.image), mmproj=mmproj,
-                max_tokens=report.max_new_tokens, temperature=0.0, seed=report.seed,
-                threads=threads,
-            )  # fmt: skip
-            seconds += result.seconds
-            answers.append(result.answer)
+    try:
+        with ChildPeakRss("llama-mtmd-cli") as memory:
+            for _ in range(report.runs):
+                result = image_chat(
+                    model, report.question, Path(report.image), mmproj=mmproj,
+                    max_tokens=report.max_new_tokens, temperature=0.0, seed=report.seed,
+                    threads=threads,
+                )  # fmt: skip
+                seconds += result.seconds
+                answers.append(result.answer)
+    except ToolMissingError:
+        raise  # no llama.cpp at all: the callers decide (the demo skips the row)
+    except GGUFKitError as exc:
+        row.status, row.reason = "failed", str(exc)
+        return row
     row.answer, row.gen_s, row.runs = answers[0], seconds, report.runs
     row.notes.append(
         "each run starts llama-mtmd-cli: its time includes loading the model and the projector"
@@ -333,7 +341,9 @@ def image_gguf_row(
     if tokenizer_dir is not None:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_dir, trust_remote_code=trust_remote_code
+        )
         counts = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
         row.tokens = sum(min(n, report.max_new_tokens) for n in counts)
         row.tokens_per_s = row.tokens / seconds if seconds > 0 else None

@@ -20,6 +20,7 @@ from ggufkit.bnb.image import SEED_SKIP_MODULES, ImageBnbOptions, run_image_bnb
 from ggufkit.bnb.image_results import ImageReport, markdown
 from ggufkit.bnb.modes import MODES
 from ggufkit.cli import cli
+from ggufkit.core.errors import InputError, ToolFailedError
 
 TOKENS = 4
 RUNS = 2
@@ -200,8 +201,10 @@ def test_a_workspace_records_the_table_with_its_pair(
     asked: list[Path] = []
 
     def fake(model: Any, options: ImageBnbOptions) -> ImageReport:
-        return ImageReport(str(model.path), str(options.image), options.question, "cpu", "cpu",
-                           "f16", options.runs, options.max_new_tokens, 0)  # fmt: skip
+        report = ImageReport(str(model.path), str(options.image), options.question, "cpu", "cpu",
+                             "f16", options.runs, options.max_new_tokens, 0)  # fmt: skip
+        report.add(ImageRow("baseline", kind="transformers", answer="x"))  # no files: the checkpoint
+        return report
 
     def fake_row(gguf: Path, mmproj: Path | None, report: ImageReport, **_: Any) -> ImageRow:
         asked.append(gguf)
@@ -214,10 +217,74 @@ def test_a_workspace_records_the_table_with_its_pair(
     result = CliRunner().invoke(cli, ["bnb", "--image", str(picture), "--json"])
     assert result.exit_code == 0, result.output
     assert asked == [pair[0]]
-    assert json.loads(result.stdout)["rows"][0]["name"] == "gguf"
+    assert [r["name"] for r in json.loads(result.stdout)["rows"]] == ["baseline", "gguf"]
     record = Manifest.load(out / "manifest.json").artefacts["vlm-bnb-image.json"]
     assert record["step"] == "bnb-image" and record["command"][:2] == ["ggufkit", "bnb"]
     assert {i["role"] for i in record["inputs"]} >= {"picture", "model", "mmproj"}
+    assert sum(i["role"] == "mmproj" for i in record["inputs"]) == 1
+
+
+def test_a_huge_picture_is_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A picture whose header claims 200 megapixels is an InputError in bnb/ (not PIL's
+    DecompressionBombError); the CLI refuses one over ggufkit's limit before measuring."""
+    from PIL import Image
+
+    import ggufkit.cli.bnb as image_module
+    from ggufkit.bnb.vision import image_inputs
+
+    huge = tmp_path / "huge.png"  # one bit a pixel: small on disk
+    Image.new("1", (20_000, 10_000)).save(huge)
+    with pytest.raises(InputError, match="too large to decode safely") as caught:
+        image_inputs(None, "?", huge, "cpu")  # type: ignore[arg-type]  # refused before it is used
+    assert caught.value.hint
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(b"not a picture")
+    with pytest.raises(InputError, match="cannot read"):
+        image_inputs(None, "?", damaged, "cpu")  # type: ignore[arg-type]
+    monkeypatch.setattr(image_module, "run_image_bnb", lambda *_: pytest.fail("measured"))
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    large = tmp_path / "large.png"  # 60 megapixels: PIL decodes it, ggufkit's limit refuses it
+    Image.new("1", (10_000, 6_000)).save(large)
+    result = CliRunner().invoke(cli, ["bnb", str(model_dir), "--image", str(large)])
+    assert result.exit_code != 0 and "6000 pixels, over the limit" in result.output, result.output
+
+
+def test_a_failing_gguf_row_keeps_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama-mtmd-cli failing: the GGUF row says so, the rows measured before are still shown."""
+    import ggufkit.cli.bnb as image_module
+    import ggufkit.inference.image_chat as chat_module
+    from ggufkit.bnb.image_results import ImageRow
+
+    def fake(model: Any, options: ImageBnbOptions) -> ImageReport:
+        report = ImageReport("m", str(options.image), options.question, "cpu", "cpu", "f16",
+                             options.runs, options.max_new_tokens, 0)  # fmt: skip
+        report.add(ImageRow("baseline", kind="transformers", answer="a cat"))
+        return report
+
+    def chat(*_: Any, **__: Any) -> Any:
+        raise ToolFailedError("llama-mtmd-cli exited with status 1")
+
+    monkeypatch.setattr(image_module, "run_image_bnb", fake)
+    monkeypatch.setattr(chat_module, "check_pair", lambda model, mmproj: mmproj)
+    monkeypatch.setattr(chat_module, "image_chat", chat)
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    pair = [tmp_path / "x-F16.gguf", tmp_path / "mmproj-x-F16.gguf"]
+    for path in pair:
+        path.write_bytes(b"GGUF")
+    picture = tiny_vision.make_picture(tmp_path / "p.png")
+    args = ["bnb", str(model_dir), "--image", str(picture), "--gguf", str(pair[0]),
+            "--mmproj", str(pair[1]), "--json"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    rows = {r["name"]: r for r in json.loads(result.stdout)["rows"]}
+    assert rows["baseline"]["answer"] == "a cat"
+    assert rows["gguf"]["status"] == "failed"
+    assert "exited with status 1" in rows["gguf"]["reason"]
+    assert "1 row(s) failed: gguf" in result.output
 
 
 def test_cli_refusals(tmp_path: Path) -> None:

@@ -142,8 +142,18 @@ def image_inputs(processor: Processor, question: str, picture: Path, device: str
     try:
         with Image.open(picture) as image:
             rgb = image.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {picture} as a picture: {exc}", path=picture) from exc
+    except Image.DecompressionBombError as exc:  # an Exception, not an OSError
+        raise InputError(
+            f"the picture {picture} is too large to decode safely: {exc}",
+            hint="scale it down first; models see a few hundred pixels a side",
+            path=picture,
+        ) from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
+        raise InputError(
+            f"cannot read {picture} as a picture: {exc}",
+            hint="give a PNG, JPEG, BMP or GIF file",
+            path=picture,
+        ) from exc
     text = prompt_text(processor, question)
     inputs = processor.processor(images=[rgb], text=[text], return_tensors="pt")
     return inputs.to(device)

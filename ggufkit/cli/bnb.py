@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,7 @@ def _image_command(
 ) -> ImageReport:
     """Run ``bnb --image`` with the values of the current ``bnb`` command line."""
     from ggufkit.compare import image_gguf_row
+    from ggufkit.inference.image_chat import check_picture
 
     ctx = click.get_current_context()
     params = ctx.params
@@ -328,8 +330,11 @@ def _image_command(
         seed=params["seed"],
         threads=params["threads"],
     )
+    with tempfile.TemporaryDirectory() as scratch:  # the picture's limits, before PIL decodes it
+        check_picture(image, Path(scratch))
     report = run_image_bnb(model, options)
     if gguf is not None:
         report.add(image_gguf_row(gguf, mmproj, report, tokenizer_dir=model.path,
-                                  threads=params["threads"]))  # fmt: skip
+                                  threads=params["threads"],
+                                  trust_remote_code=params["trust_remote_code"]))  # fmt: skip
     return report

@@ -72,6 +72,7 @@ def run_vision(demo: Demo) -> VisionRun:
     from ggufkit.bnb.image_results import ImageReport
     from ggufkit.data import embedded_model, embedded_picture
     from ggufkit.workspace import Workspace, WorkspaceConfig
+    from ggufkit.workspace.vision_step import recorded_mmproj
 
     run = VisionRun(embedded_model(VLM), embedded_picture(PICTURE))
     missing = [name for name in MODULES if importlib.util.find_spec(name) is None]
@@ -85,7 +86,7 @@ def run_vision(demo: Demo) -> VisionRun:
     log.info("demo: %s: convert to its GGUF pair (language model + mmproj)", VLM)
     demo.result.steps.append(workspace.convert(force=demo.force, threads=demo.threads))
     run.gguf = workspace.f16_path
-    run.mmproj = run.gguf.with_name("mmproj-" + run.gguf.name)
+    run.mmproj = recorded_mmproj(workspace)  # the projector converted with the model
     run.report_json = demo.outdir / f"{VLM}-image.json"
     _ask(demo, workspace, run)
     run.report = ImageReport.from_json(_read(run.report_json))
