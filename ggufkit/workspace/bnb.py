@@ -145,7 +145,9 @@ def record_image_in_workspace(
     write_json_atomic(out, report.to_json())
     inputs = [model_input(model), file_input(Path(report.image), role="picture")]
     for row in report.rows:
-        if row.kind != "llama.cpp" or not row.files:  # the GGUF pair; other rows load the checkpoint
+        if (
+            row.kind != "llama.cpp" or not row.files
+        ):  # the GGUF pair; other rows load the checkpoint
             continue
         inputs += [
             file_input(Path(f), role=role)
