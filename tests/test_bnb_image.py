@@ -203,9 +203,7 @@ def test_a_workspace_records_the_table_with_its_pair(
     def fake(model: Any, options: ImageBnbOptions) -> ImageReport:
         report = ImageReport(str(model.path), str(options.image), options.question, "cpu", "cpu",
                              "f16", options.runs, options.max_new_tokens, 0)  # fmt: skip
-        report.add(
-            ImageRow("baseline", kind="transformers", answer="x")
-        )  # no files: the checkpoint
+        report.add(ImageRow("baseline", kind="transformers", answer="x"))  # no files
         return report
 
     def fake_row(gguf: Path, mmproj: Path | None, report: ImageReport, **_: Any) -> ImageRow:

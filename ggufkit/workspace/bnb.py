@@ -145,9 +145,8 @@ def record_image_in_workspace(
     write_json_atomic(out, report.to_json())
     inputs = [model_input(model), file_input(Path(report.image), role="picture")]
     for row in report.rows:
-        if (
-            row.kind != "llama.cpp" or not row.files
-        ):  # the GGUF pair; other rows load the checkpoint
+        # the GGUF pair's files; the other rows load the checkpoint (no files)
+        if row.kind != "llama.cpp" or not row.files:
             continue
         inputs += [
             file_input(Path(f), role=role)
