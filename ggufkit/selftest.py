@@ -306,9 +306,6 @@ def probe_mtmd(model: Path, scratch: Path, threads: int) -> str:
             f"llama-mtmd-cli encoded the picture into {found} image tokens, not {N_PATCHES}",
             hint=f"see the log {done.log_path}",
         )
-    if not done.stdout.strip():
-        raise BuildError(
-            "llama-mtmd-cli encoded the picture but answered nothing",
-            hint=f"see the log {done.log_path}",
-        )
+    # What the tiny model answers is its own (greedy; possibly end-of-text at once): the tool
+    # must have encoded the picture and finished, not said something.
     return f"ok ({N_PATCHES} image tokens)"

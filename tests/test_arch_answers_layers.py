@@ -121,3 +121,20 @@ def test_hrm_text_blocks_are_counted_per_stack(tmp_path: Path) -> None:
         config["num_layers_per_stack"] = 3
         (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
         check_layers_for_upstream(tmp_path, names, layer_count_keys(config))
+
+
+def test_computed_answers_of_an_unexpected_config_are_no_answer() -> None:
+    """A config.json from elsewhere: a layer kind without a rate, a table or layer entry of the
+    wrong type gives no answer (the converter then says what it lacks), never a crash."""
+    from ggufkit.convert.arch_computed import OfLayerKind, ValuesOf
+
+    rates = ValuesOf("layer_types", "compress_rates", (("sliding_attention", 0),))
+    good = {"layer_types": ["sliding_attention", "full"], "compress_rates": {"full": 4}}
+    assert rates.read(good) == [0, 4]
+    assert rates.read({**good, "layer_types": ["sliding_attention", "weird"]}) is None
+    assert rates.read({**good, "compress_rates": [4]}) is None
+    assert rates.read({**good, "layer_types": "full"}) is None
+    kind = OfLayerKind("sliding_attention", "head_dim")
+    config = {"layer_types": ["full", "sliding_attention"], "head_dim": 8}
+    assert kind.read({**config, "per_layer_config": {"1": {"head_dim": 4}}}) == 4
+    assert kind.read({**config, "per_layer_config": {"1": 7}}) == 8

@@ -93,3 +93,33 @@ def test_fused_delta_on_an_upstream_architecture_equals_the_tuned_model(
     assert agrees(llama_logits(direct.output, IDS), llama_logits(fused.output, IDS))
     assert not agrees(llama_logits(convert(glm4, tmp_path / "base.gguf").output, IDS),
                       llama_logits(fused.output, IDS))  # fmt: skip
+
+
+def test_the_placeholders_are_patched_in_place_and_a_broken_header_is_refused(
+    tmp_path: Path,
+) -> None:
+    import gguf
+
+    from ggufkit.convert.provenance import patch_source_hashes
+    from ggufkit.core.errors import GGUFFormatError
+
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["a", "bc", "d"])  # walked over, not read
+    writer.add_array("ggufkit.source.sha256", ["0" * 64, "0" * 64])
+    writer.add_string("ggufkit.version", "x")
+    writer.add_tensor("t", np.arange(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    size = path.stat().st_size
+    hashes = [sha256(path), "f" * 64]
+    patch_source_hashes(path, hashes)
+    assert read_gguf(path).metadata["ggufkit.source.sha256"] == hashes
+    assert path.stat().st_size == size
+    with pytest.raises(GGUFFormatError, match="no ggufkit.source.sha256 of 3 entries"):
+        patch_source_hashes(path, [*hashes, "e" * 64])
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(GGUFFormatError, match="unreadable header"):
+        patch_source_hashes(path, hashes)

@@ -277,7 +277,7 @@ def _stdin_turns() -> Iterator[str]:
         if not line:
             return
         if line.strip():
-            yield line.rstrip("\n")
+            yield line.rstrip("\r\n")
 
 
 def _log_result(result: GenerationResult) -> None:

@@ -70,9 +70,14 @@ class ValuesOf:
     table: str
     fixed: tuple[tuple[str, Any], ...] = ()
 
-    def read(self, config: dict[str, Any]) -> list[Any]:
-        values = {**(config.get(self.table) or {}), **dict(self.fixed)}
-        return [values[entry] for entry in config.get(self.key) or ()]
+    def read(self, config: dict[str, Any]) -> list[Any] | None:
+        table, kinds = config.get(self.table), config.get(self.key)
+        values = {**(table if isinstance(table, dict) else {}), **dict(self.fixed)}
+        if not isinstance(kinds, list) or any(
+            not isinstance(k, str) or k not in values for k in kinds
+        ):
+            return None  # a kind without a value: no answer (the converter says what it lacks)
+        return [values[entry] for entry in kinds]
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,8 @@ class OfLayerKind:
         index = kinds.index(self.kind)
         per_layer = config.get("per_layer_config")
         for key, values in per_layer.items() if isinstance(per_layer, dict) else ():
-            if str(key).isdigit() and int(key) == index and self.field in (values or {}):
+            is_layer = str(key).isdigit() and int(key) == index
+            if is_layer and isinstance(values, dict) and self.field in values:
                 return values[self.field]
         return config.get(self.field)
 

@@ -98,29 +98,42 @@ def patch_source_hashes(path: Path, hashes: list[str]) -> None:
     """Write the finished sha256s over the placeholders another writer (the upstream child) put
     in ``path``'s header; each is 64 ASCII characters, so nothing else moves. The header's
     key/value section is walked as written (nothing of the tensors is read)."""
-    with open(path, "r+b") as handle:
-        magic, _version, _n_tensors, n_kv = struct.unpack("<4sIQQ", handle.read(24))
-        if magic != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        for _ in range(n_kv):
-            key = handle.read(struct.unpack("<Q", handle.read(8))[0])
-            (kind,) = struct.unpack("<I", handle.read(4))
-            if key == SHA256_KEY and kind == _ARRAY:
-                item, count = struct.unpack("<IQ", handle.read(12))
-                if item != _STRING or count != len(hashes):
-                    break
-                for value in hashes:
-                    (size,) = struct.unpack("<Q", handle.read(8))
-                    encoded = value.encode("ascii")
-                    if size != len(encoded):
-                        raise ValueError(f"{path}: a sha256 placeholder of {size} bytes")
-                    handle.write(encoded)  # in place, over the placeholder
+    from ggufkit.core.errors import GGUFFormatError
+
+    try:
+        with open(path, "r+b") as handle:
+            if _patch(handle, hashes):
                 return
-            try:
-                _skip_value(handle, kind)
-            except (KeyError, struct.error) as exc:  # a type GGUF does not have: a broken file
-                raise ValueError(f"{path}: unreadable header ({exc})") from exc
-    raise ValueError(f"{path}: no {SHA256_KEY.decode()} of {len(hashes)} entries to patch")
+        why = f"no {SHA256_KEY.decode()} of {len(hashes)} entries"
+    except (ValueError, KeyError, struct.error) as exc:  # a type GGUF lacks, a short header
+        why = f"an unreadable header ({exc})"
+    raise GGUFFormatError(
+        f"the upstream converter wrote {path.name} with {why} to record the sources' sha256s in",
+        hint="run the conversion again; report it if it persists",
+        path=path,
+    )
+
+
+def _patch(handle: BinaryIO, hashes: list[str]) -> bool:
+    magic, _version, _n_tensors, n_kv = struct.unpack("<4sIQQ", handle.read(24))
+    if magic != b"GGUF":
+        raise ValueError("not a GGUF file")
+    for _ in range(n_kv):
+        key = handle.read(struct.unpack("<Q", handle.read(8))[0])
+        (kind,) = struct.unpack("<I", handle.read(4))
+        if key == SHA256_KEY and kind == _ARRAY:
+            item, count = struct.unpack("<IQ", handle.read(12))
+            if item != _STRING or count != len(hashes):
+                return False
+            for value in hashes:
+                (size,) = struct.unpack("<Q", handle.read(8))
+                encoded = value.encode("ascii")
+                if size != len(encoded):
+                    raise ValueError(f"a sha256 placeholder of {size} bytes")
+                handle.write(encoded)  # in place, over the placeholder
+            return True
+        _skip_value(handle, kind)
+    return False
 
 
 def _skip_value(handle: BinaryIO, kind: int) -> None:

@@ -11,7 +11,6 @@ hashes are patched into the header before the output gets its final name.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -49,12 +48,12 @@ def upstream_source(info: SourceInfo, out: Path) -> Iterator[UpstreamSource]:
 
 
 def _merge_first(info: SourceInfo, out: Path, stack: ExitStack) -> Path:
+    from ggufkit.core.partials import owned_temp_dir
     from ggufkit.delta import merge_delta, merge_lora
 
     out.parent.mkdir(parents=True, exist_ok=True)  # as atomic_output would
-    scratch = Path(
-        stack.enter_context(tempfile.TemporaryDirectory(prefix=".ggufkit-merge-", dir=out.parent))
-    )
+    # a run killed mid-merge leaves a model-sized folder: the next one removes it
+    scratch = stack.enter_context(owned_temp_dir(".ggufkit-merge-", out.parent))
     merged = scratch / info.model_dir.name  # the converter names the model after its directory
     if info.lora is not None:
         log.info(

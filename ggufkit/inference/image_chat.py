@@ -80,6 +80,8 @@ def check_pair(model: Path, mmproj: Path | None) -> Path:
         )
     if mmproj is None:
         paired = meta.get("ggufkit.vision.pair")
+        if isinstance(paired, str):
+            paired = Path(paired).name  # beside the model, whatever the header says
         if not isinstance(paired, str) or not (model.parent / paired).is_file():
             raise UsageError(
                 f"{model} ({arch}) has no vision projector: --image needs its mmproj file"

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ggufkit.core.errors import UsageError
+from ggufkit.core.errors import EvaluationError, UsageError
 from ggufkit.inference.mtmd_embed import MtmdResult, Positions
 from ggufkit.inference.parity import ParityReport, _import_transformers
 
@@ -68,6 +68,12 @@ class EmbeddingReport:
 
 
 def compare_embeddings(reference: np.ndarray, got: np.ndarray) -> EmbeddingReport:
+    if reference.shape != got.shape:
+        raise EvaluationError(
+            f"llama.cpp's image embeddings are {got.shape[0]} x {got.shape[-1]}, transformers' "
+            f"{reference.shape[0]} x {reference.shape[-1]}: not the same projector's output",
+            hint="give --against the checkpoint the model and mmproj were converted from",
+        )
     ref, out = reference.astype(np.float64), got.astype(np.float64)
     diff = np.abs(ref - out)
     scale = np.abs(ref).max(axis=1)
@@ -322,8 +328,6 @@ def _layout(result: MtmdResult) -> str:
 
 
 def _count_error(result: MtmdResult, n_reference: int, projector: Path) -> Exception:
-    from ggufkit.core.errors import EvaluationError
-
     n_image = sum(c.n_tokens for c in result.chunks if c.kind == "image")
     return EvaluationError(
         f"llama.cpp lays the picture out as {n_image} image tokens ({_layout(result)}), the "

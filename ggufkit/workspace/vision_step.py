@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ggufkit.core.errors import WorkspaceError
+from ggufkit.core.fsutil import stays_inside
 from ggufkit.core.log import get_logger
 from ggufkit.workspace.manifest import Manifest, describe_output, editing, record_artefact
 
@@ -45,7 +46,14 @@ def recorded_mmproj(ws: Any, manifest: Manifest | None = None) -> Path | None:
     manifest = manifest or Manifest.load(ws.manifest_path)
     record = manifest.get(ws.built(ws.f16_path)) or {}
     key = record.get(MMPROJ_KEY)
-    return manifest.path.parent / key if isinstance(key, str) else None
+    if not isinstance(key, str):
+        return None
+    if not stays_inside(key):  # a manifest edited or copied from elsewhere
+        raise WorkspaceError(
+            f"{manifest.path} names the projector {key!r}, outside the workspace",
+            hint=f"delete {manifest.path.name} to convert again",
+        )
+    return manifest.path.parent / key
 
 
 def mmproj_stale(ws: Any) -> bool:
@@ -95,7 +103,8 @@ def record_mmproj(
                 and key != manifest.key(path)
             ):
                 manifest.artefacts.pop(key)
-                (manifest.path.parent / key).unlink(missing_ok=True)
+                if stays_inside(key):  # never a file outside the workspace
+                    (manifest.path.parent / key).unlink(missing_ok=True)
                 log.info("convert: removed %s (the projector is now %s)", key, path.name)
 
 
