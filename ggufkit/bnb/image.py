@@ -82,17 +82,14 @@ class _ImageSession:
             model_dir, trust_remote_code=options.trust_remote_code
         )
         self.inputs = image_inputs(self.processor, options.question, options.image, device)
-        self.layers, self.base_skip = self._skeleton()
-
-    def _skeleton(self) -> tuple[list[guards.LinearLayer], list[str]]:
-        """Linear layers and default skips, from the model built on the meta device."""
         from transformers import AutoModelForImageTextToText
 
-        return skeleton(
-            self.model_dir,
+        # Linear layers and default skips, from the model built on the meta device
+        self.layers, self.base_skip = skeleton(
+            model_dir,
             AutoModelForImageTextToText,
-            trust_remote_code=self.options.trust_remote_code,
-            skip_modules=self.options.skip_modules,
+            trust_remote_code=options.trust_remote_code,
+            skip_modules=options.skip_modules,
         )
 
     def load_kwargs(self) -> dict[str, Any]:

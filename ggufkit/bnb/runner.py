@@ -90,19 +90,16 @@ class _Session:
         self.windows: Windows | None = None
         self.baseline: BaselineLogits | None = None
         self.baseline_outputs: list[str] = []
-        self.layers, self.base_skip = self._skeleton()
-        self.n_params: int | None = None
-
-    def _skeleton(self) -> tuple[list[guards.LinearLayer], list[str]]:
-        """Linear layers and default skips, from the model built on the meta device."""
         from transformers import AutoModelForCausalLM
 
-        return skeleton(
-            self.model_dir,
+        # Linear layers and default skips, from the model built on the meta device
+        self.layers, self.base_skip = skeleton(
+            model_dir,
             AutoModelForCausalLM,
-            trust_remote_code=self.options.trust_remote_code,
-            skip_modules=self.options.skip_modules,
+            trust_remote_code=options.trust_remote_code,
+            skip_modules=options.skip_modules,
         )
+        self.n_params: int | None = None
 
     def plan(self, mode: Mode) -> guards.ModulePlan:
         return guards.plan_modules(
